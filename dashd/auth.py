@@ -1,0 +1,126 @@
+"""
+Who is calling: API keys for the REST API and the notification stream,
+device tokens for the device channel. The two never open each other's
+door, and the refusal says so, so that a misconfigured client learns what
+is wrong without anyone learning anything about valid secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dashd import tokens
+from dashd.errors import Unauthorized
+from dashd.model import ApiKey, Device
+from dashd.store import IStore
+
+log = Logger()
+
+
+def bearer_secret(request: Any) -> str | None:
+    """
+    The secret a request carries: ``Authorization: Bearer SECRET`` or
+    ``?access_token=SECRET``.
+
+    @raise Unauthorized: the Authorization header is there but malformed.
+    """
+    header = request.getHeader(b"authorization")
+    if header is not None:
+        scheme, _, value = header.decode("latin-1").strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() != "bearer" or not value:
+            raise Unauthorized("the Authorization header must be \"Bearer SECRET\"")
+        return value
+    values = request.args.get(b"access_token")
+    if values:
+        try:
+            secret = values[0].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise Unauthorized("the access_token is not valid UTF-8")
+        return secret or None
+    return None
+
+
+class Authenticator:
+    """
+    Checks secrets against the store: a lookup by the record ID the secret
+    starts with, then a constant-time comparison of hashes. Valid API keys
+    are cached for a few seconds (a REST call should not cost a database
+    round trip); revoking a key through L{forget} takes effect at once.
+    """
+
+    def __init__(self, store: IStore, clock: IReactorTime, cache_seconds: float = 5.0) -> None:
+        self._store = store
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        # key ID -> (key, its secret's hash, valid until)
+        self._keys: dict[str, tuple[ApiKey, str, float]] = {}
+
+    @inlineCallbacks
+    def api_key(self, secret: str | None) -> Any:
+        if secret is None:
+            raise Unauthorized(
+                "an API key is required: send \"Authorization: Bearer KEY\" or ?access_token=KEY"
+            )
+        key_id = tokens.key_id_of(secret)
+        if key_id is None:
+            device_id = tokens.device_id_of(secret)
+            if device_id is not None:
+                found = yield self._store.device_credentials(device_id)
+                if found is not None and tokens.matches(secret, found[1]):
+                    raise Unauthorized(
+                        "this is a device token: it opens only the device channel "
+                        "(/api/v2/rpc); use an API key here"
+                    )
+            raise Unauthorized("unknown API key")
+        now = self._clock.seconds()
+        cached = self._keys.get(key_id)
+        if cached is not None and cached[2] > now:
+            key, secret_hash = cached[0], cached[1]
+        else:
+            found = yield self._store.key_credentials(key_id)
+            if found is None:
+                self._keys.pop(key_id, None)
+                raise Unauthorized("unknown API key")
+            key, secret_hash = found
+            if len(self._keys) > 10000:
+                self._keys.clear()
+            self._keys[key_id] = (key, secret_hash, now + self._cache_seconds)
+        if not tokens.matches(secret, secret_hash):
+            raise Unauthorized("unknown API key")
+        if key.expired(now):
+            raise Unauthorized("API key %s has expired" % key.id)
+        return key
+
+    def forget(self, key_id: str) -> None:
+        self._keys.pop(key_id, None)
+
+    def device(self, token: str | None) -> Deferred[Device]:
+        return self._device(token)
+
+    @inlineCallbacks
+    def _device(self, token: str | None) -> Any:
+        if token is None:
+            raise Unauthorized(
+                "a device token is required: send \"Authorization: Bearer TOKEN\" "
+                "or ?access_token=TOKEN"
+            )
+        device_id = tokens.device_id_of(token)
+        if device_id is None:
+            key_id = tokens.key_id_of(token)
+            if key_id is not None:
+                found = yield self._store.key_credentials(key_id)
+                if found is not None and tokens.matches(token, found[1]):
+                    raise Unauthorized(
+                        "this is an API key: it cannot open the device channel; "
+                        "use the device's token"
+                    )
+            raise Unauthorized("unknown device token")
+        found = yield self._store.device_credentials(device_id)
+        if found is None or not tokens.matches(token, found[1]):
+            raise Unauthorized("unknown device token")
+        return found[0]

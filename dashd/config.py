@@ -1,0 +1,180 @@
+"""
+dashd's configuration: every option, its default and its check, in one
+table. A TOML file (``--config``) sets any of them; command-line options
+override the file; a wrong value stops the start with a message that names
+the option.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # "section.key", or "key" at the top level
+    default: Any
+    kind: type | tuple[type, ...]
+    help: str
+    check: Callable[[Any], str | None] | None = None
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _endpoints(value: Any) -> str | None:
+    if not value:
+        return "must name at least one endpoint"
+    if not all(isinstance(v, str) and v for v in value):
+        return "must be a list of endpoint strings such as \"tcp:8080\""
+    return None
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else "must be one of %s" % ", ".join(choices)
+
+    return check
+
+
+OPTIONS = [
+    Option("listen", ["tcp:8080"], list,
+           "Twisted endpoints to serve on (REST, UI, device and notification WebSockets), "
+           "e.g. \"tcp:8080\", \"ssl:8443:privateKey=key.pem:certKey=cert.pem\", "
+           "\"systemd:domain=INET:index=0\"", _endpoints),
+    Option("data_dir", "./dashd-data", str,
+           "Directory for the SQLite store and the first admin key"),
+    Option("device.ping_interval", 30.0, (int, float),
+           "Seconds between WebSocket pings to each device; 0 turns pings off", _not_negative),
+    Option("device.ping_timeout", 10.0, (int, float),
+           "Seconds to wait for a pong before dropping the connection as dead", _positive),
+    Option("device.info_request_delay", 3.0, (int, float),
+           "Seconds to wait for Dash.Heartbeat after a device connects before asking it "
+           "for Sys.GetInfo", _not_negative),
+    Option("device.max_frame_bytes", 65536, int,
+           "Largest JSON value a device may send; larger ones are skipped with an error reply",
+           _positive),
+    Option("device.max_message_bytes", 1048576, int,
+           "Largest WebSocket message a device may send; larger ones close the connection "
+           "(code 1009)", _positive),
+    Option("device.max_calls_in_flight", 64, int,
+           "Calls a device may have outstanding at once; more are refused with 429",
+           _positive),
+    Option("rpc.default_timeout", 10.0, (int, float),
+           "Seconds a REST RPC call waits for the device when ?timeout= is not given",
+           _positive),
+    Option("rpc.max_timeout", 120.0, (int, float),
+           "Largest ?timeout= a REST RPC call may ask for", _positive),
+    Option("http.max_body_bytes", 1048576, int,
+           "Largest REST request body; larger ones get 413", _positive),
+    Option("http.idle_timeout", 60.0, (int, float),
+           "Seconds an idle HTTP connection (or an unfinished request) is kept open",
+           _positive),
+    Option("http.access_log", True, bool,
+           "Log every HTTP request (secrets in query strings are masked)"),
+    Option("shadow.max_bytes", 16384, int,
+           "Largest shadow document (state and tags, as compact JSON)", _positive),
+    Option("shadow.max_depth", 8, int,
+           "Deepest nesting of objects within a shadow section", _positive),
+    Option("store.synchronous", "FULL", str,
+           "SQLite synchronous mode: FULL survives power loss, NORMAL only a crash "
+           "of dashd", _one_of("FULL", "NORMAL")),
+    Option("notify.max_backlog", 1000, int,
+           "Events held for a notification subscriber that is not reading; beyond it "
+           "the subscriber is dropped (close code 1008)", _positive),
+]
+
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+class Config:
+    """Effective configuration; read options as C{config["device.ping_interval"]}."""
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self._values = {o.name: o.default for o in OPTIONS}
+        for name, value in (values or {}).items():
+            self.set(name, value)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def set(self, name: str, value: Any) -> None:
+        option = _BY_NAME.get(name)
+        if option is None:
+            raise ConfigError("unknown option %r" % name)
+        if isinstance(value, bool) and option.kind is not bool:
+            raise ConfigError("%s: expected %s, got a boolean" % (name, _kind_name(option.kind)))
+        if not isinstance(value, option.kind):
+            raise ConfigError(
+                "%s: expected %s, got %r" % (name, _kind_name(option.kind), value)
+            )
+        if option.check is not None:
+            problem = option.check(value)
+            if problem:
+                raise ConfigError("%s: %r %s" % (name, value, problem))
+        self._values[name] = value
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(o.name, self._values[o.name]) for o in OPTIONS]
+
+    def check(self) -> None:
+        """Cross-option checks."""
+        if self["rpc.default_timeout"] > self["rpc.max_timeout"]:
+            raise ConfigError("rpc.default_timeout must not exceed rpc.max_timeout")
+        if self["device.max_frame_bytes"] > self["device.max_message_bytes"] * 16:
+            raise ConfigError(
+                "device.max_frame_bytes is far larger than device.max_message_bytes"
+            )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list"}
+    if isinstance(kind, tuple):
+        return "a number" if float in kind else " or ".join(names[k] for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"device": {"ping_interval": 5}} -> {"device.ping_interval": 5}"""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = prefix + key
+        if isinstance(value, dict) and name not in _BY_NAME:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file at C{path} (if any), then apply C{overrides}."""
+    config = Config()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError("cannot read %s: %s" % (path, e.strerror or e))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("%s is not valid TOML: %s" % (path, e))
+        for name, value in flatten(doc).items():
+            try:
+                config.set(name, value)
+            except ConfigError as e:
+                raise ConfigError("%s: %s" % (path, e))
+    for name, value in (overrides or {}).items():
+        config.set(name, value)
+    config.check()
+    return config

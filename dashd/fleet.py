@@ -1,0 +1,135 @@
+"""
+The fleet: what dashd does with devices, whoever asks for it.
+
+The REST API and the device sessions both go through L{Fleet}, so that a
+shadow change publishes the same notification and reaches the device the
+same way whether a user or the device itself made it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dashd import shadow, tokens
+from dashd.config import Config
+from dashd.errors import DeviceOffline
+from dashd.hub import Event, IHub
+from dashd.model import Device
+from dashd.router import IRouter
+from dashd.store import IStore
+
+log = Logger()
+
+# Which keys of Dash.Heartbeat's params describe the firmware; they are kept
+# in the shadow as reported.ota (the other ones change all the time and stay
+# in the device's info only).
+FIRMWARE_KEYS = ("app", "arch", "fw_version", "fw_id")
+
+
+class Fleet:
+    def __init__(
+        self,
+        store: IStore,
+        router: IRouter,
+        hub: IHub,
+        clock: IReactorTime,
+        config: Config,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.hub = hub
+        self.clock = clock
+        self.config = config
+
+    def now(self) -> float:
+        return self.clock.seconds()
+
+    def publish(self, device: Device, name: str, data: Any) -> None:
+        self.hub.publish(Event(name, device.id, data, device.account_id, device.shared_with))
+
+    # Devices
+
+    @inlineCallbacks
+    def register_device(
+        self, account_id: str, name: str | None, shared_with: tuple[str, ...] = ()
+    ) -> Any:
+        """Fire with C{(device, token)}; the token is never stored."""
+        device_id = tokens.new_id("d")
+        token = tokens.new_device_token(device_id)
+        device = Device(
+            id=device_id,
+            account_id=account_id,
+            name=name or device_id,
+            created=self.now(),
+            shared_with=shared_with,
+        )
+        device = yield self.store.create_device(device, tokens.hash_secret(token))
+        log.info("device {id} registered", id=device.id)
+        return device, token
+
+    @inlineCallbacks
+    def update_device(
+        self,
+        device_id: str,
+        name: str | None = None,
+        shared_with: tuple[str, ...] | None = None,
+        shadow_update: shadow.ShadowUpdate | None = None,
+    ) -> Any:
+        device, result = yield self.store.update_device(
+            device_id, name, shared_with, shadow_update, self.now()
+        )
+        if name is not None or shared_with is not None:
+            self.router.device_changed(device)
+        if result is not None:
+            self._shadow_changed(device, result)
+        return device
+
+    @inlineCallbacks
+    def update_shadow(self, device_id: str, update: shadow.ShadowUpdate) -> Any:
+        """Fire with C{(device, UpdateResult)}."""
+        device, result = yield self.store.update_shadow(device_id, update, self.now())
+        self._shadow_changed(device, result)
+        return device, result
+
+    @inlineCallbacks
+    def record_info(self, device_id: str, info: dict[str, Any]) -> Any:
+        """Keep what the device says of itself; its firmware identity also goes
+        to the shadow's reported.ota (only when it changed)."""
+        firmware = {k: info[k] for k in FIRMWARE_KEYS if k in info}
+        update = None
+        if firmware:
+            update = shadow.ShadowUpdate(patches={"reported": {"ota": firmware}})
+        device, result = yield self.store.record_info(device_id, info, update, self.now())
+        if result is not None:
+            self._shadow_changed(device, result)
+        return device
+
+    def _shadow_changed(self, device: Device, result: shadow.UpdateResult) -> None:
+        if not result.changed:
+            return
+        self.publish(device, "shadow.update", shadow.view(result.document))
+        if result.desired_changed:
+            self.router.desired_changed(device.id, result.document)
+
+    @inlineCallbacks
+    def delete_device(self, device_id: str) -> Any:
+        deleted = yield self.store.delete_device(device_id)
+        if deleted:
+            self.router.disconnect(device_id, 4004, "device deleted")
+            log.info("device {id} deleted", id=device_id)
+        return deleted
+
+    # Calls to devices
+
+    def call(self, device: Device, method: str, params: Any, timeout: float) -> Deferred[Any]:
+        if not self.router.is_online(device.id):
+            # Answer at once, and do not announce a call that never happens.
+            from twisted.internet.defer import fail
+
+            return fail(DeviceOffline("device %s is offline" % device.id))
+        self.publish(device, "rpc.in." + method, params)
+        return self.router.call(device.id, method, params, timeout)

@@ -1,0 +1,87 @@
+"""
+Live notifications: ``{"name", "id", "data"}`` objects fanned out to the
+subscribers of ``/api/v2/notify``.
+
+Event names:
+
+- ``online`` / ``offline``: a device connected / disconnected
+  (``data.reason`` says why it went offline);
+- ``rpc.in.METHOD``: a call dashd made to the device (``data`` = params);
+- ``rpc.out.METHOD``: something the device sent: its notifications under
+  their own method name, ``rpc.out.Log`` for ``Dash.Log`` lines and
+  ``rpc.out.Heartbeat`` for ``Dash.Heartbeat`` (``data`` = params);
+- ``shadow.update``: the shadow changed (``data`` = the whole shadow, with
+  its delta).
+
+Publishers go through L{IHub} so that a cluster hub (relaying between
+nodes) can replace L{LocalHub}. Each event is encoded once, whatever the
+number of subscribers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from zope.interface import Attribute, Interface, implementer
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    device_id: str
+    data: Any
+    # Who may see it: the owning account and those the device is shared with.
+    account_id: str
+    shared_with: tuple[str, ...] = ()
+    payload: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        encoded = json.dumps(
+            {"name": self.name, "id": self.device_id, "data": self.data},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        object.__setattr__(self, "payload", encoded)
+
+
+class ISubscriber(Interface):
+    key = Attribute("the ApiKey the subscriber authenticated with")
+
+    def deliver(event):
+        """Send one L{Event} (use C{event.payload}); must not block."""
+
+
+class IHub(Interface):
+    def publish(event):
+        """Deliver C{event} to every subscriber allowed to see it."""
+
+    def subscribe(subscriber):
+        """Start delivering events to C{subscriber}."""
+
+    def unsubscribe(subscriber):
+        """Stop delivering to it (unknown subscribers are ignored)."""
+
+    def subscriber_count():
+        """How many subscribers are attached here."""
+
+
+@implementer(IHub)
+class LocalHub:
+    def __init__(self) -> None:
+        self._subscribers: dict[int, Any] = {}
+
+    def publish(self, event: Event) -> None:
+        for subscriber in list(self._subscribers.values()):
+            if subscriber.key.can_see(event.account_id, event.shared_with):
+                subscriber.deliver(event)
+
+    def subscribe(self, subscriber: Any) -> None:
+        self._subscribers[id(subscriber)] = subscriber
+
+    def unsubscribe(self, subscriber: Any) -> None:
+        self._subscribers.pop(id(subscriber), None)
+
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)

@@ -1,0 +1,121 @@
+"""
+Which connection holds device X, and how to reach it.
+
+The REST layer and the fleet logic talk to devices only through L{IRouter},
+so that a multi-node router (a later cluster mode, where the connection may
+live on another node) plugs in without touching them. L{LocalRouter} is the
+single-process implementation: a dictionary of live sessions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from zope.interface import Attribute, Interface, implementer
+
+from dashd.errors import DeviceOffline
+from dashd.model import Device
+
+
+class ISession(Interface):
+    """The live connection of one device, as the router sees it."""
+
+    device_id = Attribute("the ID of the device on this connection")
+
+    def call(method, params, timeout):
+        """Send a JSON-RPC call; fire with the result, or fail with
+        L{dashd.errors.DeviceError}, L{DeviceOffline} or
+        L{dashd.errors.DeviceTimeout}."""
+
+    def replaced():
+        """A newer connection of the same device took over: close this one."""
+
+    def disconnect(code, reason):
+        """Close the connection (device deleted, token rotated, shutdown)."""
+
+    def desired_changed(document):
+        """The shadow's desired section changed: tell the device its delta."""
+
+    def device_changed(device):
+        """The device record changed (name, sharing)."""
+
+
+class IRouter(Interface):
+    def attach(session):
+        """C{session} now holds its device; a previous session of the same
+        device is told it was replaced."""
+
+    def detach(session):
+        """C{session} closed; return True if it was the one holding the
+        device (False if a newer one had replaced it)."""
+
+    def is_online(device_id):
+        """True if a live connection holds the device."""
+
+    def online_count():
+        """How many devices hold a live connection."""
+
+    def call(device_id, method, params, timeout):
+        """Call a method on the device wherever it is connected; fails at
+        once with L{DeviceOffline} if it is not."""
+
+    def desired_changed(device_id, document):
+        """Pass a changed shadow to the connection holding the device."""
+
+    def device_changed(device):
+        """Pass a changed device record to the connection holding it."""
+
+    def disconnect(device_id, code, reason):
+        """Close the device's connection, if it has one."""
+
+    def sessions():
+        """The sessions held here (for a graceful shutdown)."""
+
+
+@implementer(IRouter)
+class LocalRouter:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Any] = {}
+
+    def attach(self, session: Any) -> None:
+        old = self._sessions.get(session.device_id)
+        self._sessions[session.device_id] = session
+        if old is not None and old is not session:
+            old.replaced()
+
+    def detach(self, session: Any) -> bool:
+        if self._sessions.get(session.device_id) is session:
+            del self._sessions[session.device_id]
+            return True
+        return False
+
+    def is_online(self, device_id: str) -> bool:
+        return device_id in self._sessions
+
+    def online_count(self) -> int:
+        return len(self._sessions)
+
+    def call(self, device_id: str, method: str, params: Any, timeout: float) -> Deferred[Any]:
+        session = self._sessions.get(device_id)
+        if session is None:
+            return fail(DeviceOffline("device %s is offline" % device_id))
+        return session.call(method, params, timeout)
+
+    def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:
+        session = self._sessions.get(device_id)
+        if session is not None:
+            session.desired_changed(document)
+
+    def device_changed(self, device: Device) -> None:
+        session = self._sessions.get(device.id)
+        if session is not None:
+            session.device_changed(device)
+
+    def disconnect(self, device_id: str, code: int, reason: str) -> None:
+        session = self._sessions.get(device_id)
+        if session is not None:
+            session.disconnect(code, reason)
+
+    def sessions(self) -> list[Any]:
+        return list(self._sessions.values())

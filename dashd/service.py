@@ -1,0 +1,138 @@
+"""
+The service tree ``twistd dashd`` runs.
+
+Children start in order and stop in reverse: the store first (so it is
+open before anything is served) and last; then the fleet (which closes
+device connections on the way down); then one listening port per
+``listen`` endpoint, which stop accepting first.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
+
+from dashd import tokens
+from dashd.api import Api
+from dashd.auth import Authenticator
+from dashd.config import Config
+from dashd.fleet import Fleet
+from dashd.hub import LocalHub
+from dashd.model import Account, ApiKey
+from dashd.router import LocalRouter
+from dashd.session import CLOSE_GOING_AWAY
+from dashd.store import IStore
+from dashd.store.sqlite import SQLiteStore
+from dashd.web import DashdSite
+
+log = Logger()
+
+ADMIN_KEY_FILE = "admin.key"
+DATABASE_FILE = "dashd.sqlite3"
+
+
+def write_secret_file(path: str, secret: str) -> None:
+    """Write C{secret} alone on one line, readable by the owner only."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class StoreService(Service):
+    """Opens the store and, on the very first start, creates the admin key."""
+
+    def __init__(self, store: IStore, data_dir: str, clock: Any) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.clock = clock
+        self.ready: Deferred[None] | None = None
+
+    def privilegedStartService(self) -> None:
+        # Listening ports bind in privilegedStartService, in child order; the
+        # store is a child before them, so it is open before they accept.
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        self.store.start()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.store.start()  # no-op if privilegedStartService opened it
+        super().startService()
+        self.ready = self._bootstrap()
+
+    @inlineCallbacks
+    def _bootstrap(self) -> Any:
+        now = self.clock.seconds()
+        key_id = tokens.new_id("k")
+        secret = tokens.new_api_key(key_id)
+        account = Account(id=tokens.new_id("a"), name="default", created=now)
+        key = ApiKey(id=key_id, account_id=account.id, name="admin", kind="admin", created=now)
+        try:
+            created = yield self.store.bootstrap_admin_key(key, tokens.hash_secret(secret), account)
+        except Exception:
+            log.failure("could not create the first admin key")
+            return
+        if created is None:
+            return
+        path = os.path.abspath(os.path.join(self.data_dir, ADMIN_KEY_FILE))
+        try:
+            write_secret_file(path, secret)
+        except OSError as e:
+            log.critical(
+                "created the first admin key {id} but could not write it to {path}: {error}",
+                id=created.id, path=path, error=e,
+            )
+            return
+        log.info("created the first admin key {id}; it is in {path}", id=created.id, path=path)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.store.stop()
+
+
+class FleetService(Service):
+    """Closes every device connection (code 1001) when dashd stops."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def stopService(self) -> None:
+        super().stopService()
+        for session in self.fleet.router.sessions():
+            session.disconnect(CLOSE_GOING_AWAY, "server shutting down")
+
+
+class DashdService(MultiService):
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        data_dir = config["data_dir"]
+        self.store = SQLiteStore(
+            os.path.join(data_dir, DATABASE_FILE),
+            reactor,
+            synchronous=config["store.synchronous"],
+            shadow_limits=(config["shadow.max_bytes"], config["shadow.max_depth"]),
+        )
+        self.fleet = Fleet(self.store, LocalRouter(), LocalHub(), reactor, config)
+        self.auth = Authenticator(self.store, reactor)
+        self.api = Api(self.fleet, self.auth, config, reactor)
+        self.site = DashdSite(
+            self.api.resource(),
+            max_body_bytes=config["http.max_body_bytes"],
+            idle_timeout=config["http.idle_timeout"],
+            access_log=config["http.access_log"],
+            reactor=reactor,
+        )
+        self.store_service = StoreService(self.store, data_dir, reactor)
+        self.store_service.setServiceParent(self)
+        FleetService(self.fleet).setServiceParent(self)
+        for endpoint in config["listen"]:
+            strports.service(endpoint, self.site, reactor=reactor).setServiceParent(self)

@@ -1,0 +1,368 @@
+"""
+One connected device: the domain side of its WebSocket.
+
+The WebSocket protocol (L{dashd.device_ws}) only turns messages into JSON
+values and hands them to L{DeviceSession.received}; everything the protocol
+of SPEC section 1 means is here, testable without a socket:
+
+- the device's own calls: ``Dash.Heartbeat``, ``Dash.Shadow.Update``,
+  ``Dash.Shadow.Get``, ``Dash.Log``, ``State.Set``; any other method with an
+  ``id`` gets error -32601, any other method without one is a notification
+  published as ``rpc.out.METHOD``;
+- calls dashd makes (REST RPC, ``Sys.GetInfo``, ``Shadow.Delta``), matched to
+  the device's answers by id, each with a timeout, all failed at once when
+  the connection goes;
+- ``Sys.GetInfo`` for devices that do not send ``Dash.Heartbeat`` soon after
+  connecting, and ``Shadow.Delta`` on connect and whenever ``desired``
+  changes (not retried if the device does not implement it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from dashd import frames, shadow
+from dashd.errors import DeviceError, DeviceOffline, DeviceTimeout, TooManyRequests
+from dashd.fleet import Fleet
+from dashd.model import Device
+from dashd.router import ISession
+from dashd.store import NotFound, StoreError
+
+log = Logger()
+
+# Close codes dashd uses on the device channel (4000-4999 are for applications).
+CLOSE_REPLACED = 4000
+CLOSE_DELETED = 4004
+CLOSE_GOING_AWAY = 1001
+
+_NOT_IMPLEMENTED_CODES = (frames.METHOD_NOT_FOUND, 404)
+
+
+@dataclass
+class _PendingCall:
+    method: str
+    deferred: Deferred[Any]
+    timer: IDelayedCall
+
+
+@implementer(ISession)
+class DeviceSession:
+    def __init__(
+        self,
+        device: Device,
+        fleet: Fleet,
+        send: Callable[[str], None],
+        close: Callable[[int, str], None],
+        peer: str = "",
+    ) -> None:
+        self.device = device
+        self.device_id = device.id
+        self.fleet = fleet
+        self.peer = peer
+        self._send = send
+        self._close = close
+        self._config = fleet.config
+        self._clock = fleet.clock
+        # The src the device announced; Mongoose OS drops frames addressed to
+        # anyone else, so replies and calls carry it as dst.
+        self.src: str | None = None
+        self._next_id = 0
+        self._pending: dict[int, _PendingCall] = {}
+        self._info_call: IDelayedCall | None = None
+        self._heard_info = False
+        self._delta_unsupported = False
+        self._closed = False
+        self._replaced = False
+
+    # Life cycle
+
+    def opened(self) -> None:
+        fleet = self.fleet
+        fleet.router.attach(self)
+        log.info("device {id} online from {peer}", id=self.device_id, peer=self.peer)
+        fleet.publish(self.device, "online", None)
+        delay = self._config["device.info_request_delay"]
+        self._info_call = self._clock.callLater(delay, self._request_info)
+        # Read the shadow after attaching: a desired change made from now on
+        # is pushed through the router, one made before is in what we read.
+        d = fleet.store.get_device(self.device_id)
+        d.addCallback(self._send_initial_delta)
+        d.addErrback(self._log_failure, "reading the shadow")
+        fleet.store.touch(self.device_id, fleet.now()).addErrback(
+            self._log_failure, "recording last_seen"
+        )
+
+    def closed(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._info_call is not None and self._info_call.active():
+            self._info_call.cancel()
+        self._fail_pending(reason)
+        fleet = self.fleet
+        if fleet.router.detach(self):
+            log.info("device {id} offline: {reason}", id=self.device_id, reason=reason)
+            fleet.publish(self.device, "offline", {"reason": reason})
+            fleet.store.touch(self.device_id, fleet.now()).addErrback(
+                self._log_failure, "recording last_seen"
+            )
+
+    def _fail_pending(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for call in pending.values():
+            call.timer.cancel()
+            call.deferred.errback(
+                DeviceOffline(
+                    "device %s disconnected before answering %s (%s)"
+                    % (self.device_id, call.method, reason)
+                )
+            )
+
+    # ISession
+
+    def replaced(self) -> None:
+        self._replaced = True
+        self._fail_pending("replaced by a newer connection")
+        self._close(CLOSE_REPLACED, "replaced by a newer connection of this device")
+
+    def disconnect(self, code: int, reason: str) -> None:
+        self._fail_pending(reason)
+        self._close(code, reason)
+
+    def device_changed(self, device: Device) -> None:
+        self.device = device
+
+    def desired_changed(self, document: dict[str, Any]) -> None:
+        self._send_delta(document)
+
+    def call(self, method: str, params: Any, timeout: float) -> Deferred[Any]:
+        if self._closed or self._replaced:
+            return fail(DeviceOffline("device %s is offline" % self.device_id))
+        limit = self._config["device.max_calls_in_flight"]
+        if len(self._pending) >= limit:
+            return fail(
+                TooManyRequests(
+                    "device %s already has %d calls in flight" % (self.device_id, limit)
+                )
+            )
+        self._next_id += 1
+        call_id = self._next_id
+        d: Deferred[Any] = Deferred(lambda _: self._forget(call_id))
+        timer = self._clock.callLater(timeout, self._timed_out, call_id, timeout)
+        self._pending[call_id] = _PendingCall(method, d, timer)
+        self._send(frames.encode_request(call_id, method, params, self.src))
+        return d
+
+    def _forget(self, call_id: int) -> None:
+        # The caller gave up (e.g. the HTTP client went away).
+        call = self._pending.pop(call_id, None)
+        if call is not None:
+            call.timer.cancel()
+
+    def _timed_out(self, call_id: int, timeout: float) -> None:
+        call = self._pending.pop(call_id, None)
+        if call is not None:
+            call.deferred.errback(
+                DeviceTimeout(
+                    "device %s did not answer %s within %g s"
+                    % (self.device_id, call.method, timeout)
+                )
+            )
+
+    # Frames from the device
+
+    def received(self, value: Any) -> None:
+        """One JSON value read from the device channel."""
+        try:
+            frame = frames.parse_frame(value)
+        except frames.InvalidFrame as e:
+            self.reply_error(e.id, frames.INVALID_REQUEST, str(e), e.src)
+            return
+        if isinstance(frame, frames.Response):
+            self._response(frame)
+            return
+        if frame.src:
+            self.src = frame.src
+        handler = self._HANDLERS.get(frame.method)
+        if handler is not None:
+            handler(self, frame)
+        elif frame.id is None:
+            self._publish_out(frame.method, frame.params)
+        else:
+            self.reply_error(
+                frame.id, frames.METHOD_NOT_FOUND, "method not found: %s" % frame.method
+            )
+
+    def reply(self, frame: frames.Request, result: Any) -> None:
+        if frame.id is not None and not self._closed:
+            self._send(frames.encode_result(frame.id, result, frame.src or self.src))
+
+    def reply_error(
+        self, frame_id: Any, code: int, message: str, dst: str | None = None
+    ) -> None:
+        if not self._closed:
+            self._send(frames.encode_error(frame_id, code, message, dst or self.src))
+
+    def _response(self, response: frames.Response) -> None:
+        call = self._pending.pop(response.id, None)  # type: ignore[arg-type]
+        if call is None:
+            # A late answer to a call that timed out, or to one never made:
+            # responses are never answered.
+            log.debug(
+                "device {id} answered unknown call {call_id}",
+                id=self.device_id,
+                call_id=response.id,
+            )
+            return
+        call.timer.cancel()
+        if response.error is not None:
+            call.deferred.errback(
+                DeviceError(response.error["message"], code=response.error["code"])
+            )
+        else:
+            call.deferred.callback(response.result)
+
+    def _publish_out(self, method: str, params: Any) -> None:
+        name = method[len("Dash."):] if method.startswith("Dash.") else method
+        self.fleet.publish(self.device, "rpc.out." + name, params)
+
+    def _answer(self, frame: frames.Request, d: Deferred[Any], result: Callable[[Any], Any]) -> None:
+        """Reply once the store has acknowledged, or with the error."""
+
+        def ok(value: Any) -> None:
+            self.reply(frame, result(value))
+
+        def failed(failure: Failure) -> None:
+            if failure.check(shadow.VersionConflict):
+                self.reply_error(frame.id, frames.CONFLICT, failure.getErrorMessage(), frame.src)
+            elif failure.check(shadow.ShadowTooLarge):
+                self.reply_error(frame.id, frames.TOO_LARGE, failure.getErrorMessage(), frame.src)
+            elif failure.check(shadow.InvalidShadowUpdate):
+                self.reply_error(
+                    frame.id, frames.INVALID_PARAMS, failure.getErrorMessage(), frame.src
+                )
+            elif failure.check(NotFound):
+                self.disconnect(CLOSE_DELETED, "device deleted")
+            elif failure.check(StoreError):
+                self.reply_error(frame.id, frames.UNAVAILABLE, failure.getErrorMessage(), frame.src)
+            else:
+                log.failure("handling {method} from {id}", failure,
+                            method=frame.method, id=self.device_id)
+                self.reply_error(frame.id, frames.INTERNAL_ERROR, "internal error", frame.src)
+
+        d.addCallbacks(ok, failed)
+
+    # The device's own calls
+
+    def _heartbeat(self, frame: frames.Request) -> None:
+        self._heard_info = True
+        info = frame.params if isinstance(frame.params, dict) else {}
+        self._publish_out(frame.method, frame.params)
+        self._answer(frame, self._record_info(info), lambda _: True)
+
+    def _record_info(self, info: dict[str, Any]) -> Deferred[Any]:
+        d = self.fleet.record_info(self.device_id, info)
+
+        def keep(device: Device) -> Device:
+            self.device = device
+            return device
+
+        return d.addCallback(keep)
+
+    def _shadow_update(self, frame: frames.Request) -> None:
+        try:
+            update = shadow.parse_device_update(frame.params)
+        except shadow.InvalidShadowUpdate as e:
+            self.reply_error(frame.id, frames.INVALID_PARAMS, str(e), frame.src)
+            return
+        d = self.fleet.update_shadow(self.device_id, update)
+        self._answer(frame, d, lambda r: {"version": r[1].document["version"]})
+
+    def _state_set(self, frame: frames.Request) -> None:
+        # The mDash device library reports state this way (e.g. OTA progress).
+        if not isinstance(frame.params, dict):
+            self.reply_error(frame.id, frames.INVALID_PARAMS, "params must be an object", frame.src)
+            return
+        update = shadow.ShadowUpdate(patches={"reported": frame.params})
+        self._answer(frame, self.fleet.update_shadow(self.device_id, update), lambda _: True)
+
+    def _shadow_get(self, frame: frames.Request) -> None:
+        def view(device: Device | None) -> Any:
+            if device is None:
+                raise NotFound(self.device_id)
+            return shadow.view(device.shadow, include_tags=False)
+
+        self._answer(frame, self.fleet.store.get_device(self.device_id), view)
+
+    def _log(self, frame: frames.Request) -> None:
+        self._publish_out(frame.method, frame.params)
+        self.reply(frame, True)
+
+    _HANDLERS: dict[str, Callable[[DeviceSession, frames.Request], None]] = {
+        "Dash.Heartbeat": _heartbeat,
+        "Dash.Shadow.Update": _shadow_update,
+        "Dash.Shadow.Get": _shadow_get,
+        "Dash.Log": _log,
+        "State.Set": _state_set,
+    }
+
+    # Calls dashd makes on its own
+
+    def _request_info(self) -> None:
+        self._info_call = None
+        if self._heard_info or self._closed:
+            return
+        d = self.call("Sys.GetInfo", None, self._config["rpc.default_timeout"])
+
+        def got(info: Any) -> Deferred[Any] | None:
+            if isinstance(info, dict):
+                return self._record_info(info)
+            return None
+
+        d.addCallback(got)
+        d.addErrback(self._log_failure, "asking for Sys.GetInfo", expected=True)
+
+    def _send_initial_delta(self, device: Device | None) -> None:
+        if device is not None:
+            self._send_delta(device.shadow)
+
+    def _send_delta(self, document: dict[str, Any]) -> None:
+        if self._delta_unsupported or self._closed:
+            return
+        delta = shadow.delta(document["state"]["desired"], document["state"]["reported"])
+        if not delta:
+            return
+        d = self.call(
+            "Shadow.Delta",
+            {"state": delta, "version": document["version"]},
+            self._config["rpc.default_timeout"],
+        )
+
+        def unsupported(failure: Failure) -> None:
+            if failure.check(DeviceError) and failure.value.code in _NOT_IMPLEMENTED_CODES:
+                # Fine: remember it for this connection, so no retry storm.
+                self._delta_unsupported = True
+                return
+            self._log_failure(failure, "sending Shadow.Delta", expected=True)
+
+        d.addErrback(unsupported)
+
+    def _log_failure(self, failure: Failure, doing: str, expected: bool = False) -> None:
+        if failure.check(CancelledError):
+            return
+        if expected or failure.check(DeviceOffline, DeviceTimeout, DeviceError, StoreError):
+            log.info(
+                "device {id}: {doing} failed: {error}",
+                id=self.device_id,
+                doing=doing,
+                error=failure.getErrorMessage(),
+            )
+        else:
+            log.failure("device {id}: {doing}", failure, id=self.device_id, doing=doing)

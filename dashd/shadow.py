@@ -1,0 +1,287 @@
+"""
+The device shadow: pure functions over its JSON document, shared by every
+store so that all backends agree on the semantics.
+
+A stored document::
+
+    {"state": {"desired": {...}, "reported": {...}},
+     "tags": {...}, "version": 7, "timestamp": 1764090000.25}
+
+``state.delta`` is never stored: L{view} computes it, as the keys of
+``desired`` (recursively) whose value differs from ``reported``. An update
+is a JSON merge patch per section (RFC 7386): objects merge, ``null``
+deletes a key, anything else replaces; a section given as ``null`` is
+emptied. ``version`` grows by one on every update that changes something.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SECTIONS = ("desired", "reported", "tags")
+
+# Chosen between AWS IoT (8 KB, depth 6) and Azure twins (32 KB, depth 10):
+# roomy enough for real fleets, small enough for an 8 KB-RAM device to fetch.
+DEFAULT_MAX_BYTES = 16384
+DEFAULT_MAX_DEPTH = 8
+
+
+class ShadowError(Exception):
+    """Base of the errors an update can fail with."""
+
+
+class InvalidShadowUpdate(ShadowError):
+    pass
+
+
+class VersionConflict(ShadowError):
+    def __init__(self, given: int, current: int):
+        super().__init__(
+            "shadow version %d is stale: the current version is %d" % (given, current)
+        )
+        self.given = given
+        self.current = current
+
+
+class ShadowTooLarge(ShadowError):
+    pass
+
+
+@dataclass(frozen=True)
+class ShadowUpdate:
+    """
+    What to change. A section that is absent from C{patches} is untouched;
+    a section mapped to None is emptied.
+    """
+
+    patches: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    version: int | None = None
+
+    @property
+    def touches_desired(self) -> bool:
+        return "desired" in self.patches
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    document: dict[str, Any]
+    changed: bool
+    # Whether the delta a device sees may have changed because users changed
+    # what they want (the server then sends Shadow.Delta).
+    desired_changed: bool
+
+
+def empty() -> dict[str, Any]:
+    return {
+        "state": {"desired": {}, "reported": {}},
+        "tags": {},
+        "version": 0,
+        "timestamp": None,
+    }
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Return C{target} with the RFC 7386 merge C{patch} applied (no mutation)."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict):
+            old = result.get(key)
+            result[key] = merge_patch(old if isinstance(old, dict) else {}, value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def delta(desired: dict[str, Any], reported: dict[str, Any]) -> dict[str, Any]:
+    """The part of C{desired} that C{reported} does not match yet."""
+    out: dict[str, Any] = {}
+    for key, want in desired.items():
+        have = reported.get(key, _MISSING)
+        if isinstance(want, dict) and isinstance(have, dict):
+            sub = delta(want, have)
+            if sub:
+                out[key] = sub
+        elif have is _MISSING or not _same(want, have):
+            out[key] = want
+    return out
+
+
+_MISSING = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    # JSON equality: 1 == 1.0, but True is not 1.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    if name == "tags":
+        return doc["tags"]
+    return doc["state"][name]
+
+
+def depth(value: Any) -> int:
+    """Nesting depth of objects and arrays (a scalar is 0, {} is 1)."""
+    if isinstance(value, dict):
+        return 1 + max((depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth(v) for v in value), default=0)
+    return 0
+
+
+def apply_update(
+    doc: dict[str, Any],
+    update: ShadowUpdate,
+    now: float,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> UpdateResult:
+    """
+    Apply C{update} to the stored document C{doc}.
+
+    @raise VersionConflict: C{update.version} is given and is not current.
+    @raise ShadowTooLarge: the result would exceed the size or depth limit.
+    """
+    if update.version is not None and update.version != doc["version"]:
+        raise VersionConflict(update.version, doc["version"])
+    new = {
+        "state": dict(doc["state"]),
+        "tags": doc["tags"],
+        "version": doc["version"],
+        "timestamp": doc["timestamp"],
+    }
+    changed: set[str] = set()
+    for name, patch in update.patches.items():
+        old = _section(doc, name)
+        value = {} if patch is None else merge_patch(old, patch)
+        if depth(value) > max_depth:
+            raise ShadowTooLarge(
+                "the shadow's %s section would be nested deeper than %d levels"
+                % (name, max_depth)
+            )
+        if not _same(value, old):
+            changed.add(name)
+            if name == "tags":
+                new["tags"] = value
+            else:
+                new["state"][name] = value
+    if not changed:
+        return UpdateResult(doc, changed=False, desired_changed=False)
+    size = len(encode({"state": new["state"], "tags": new["tags"]}).encode("utf-8"))
+    if size > max_bytes:
+        raise ShadowTooLarge(
+            "the shadow would be %d bytes, more than the limit of %d" % (size, max_bytes)
+        )
+    new["version"] = doc["version"] + 1
+    new["timestamp"] = now
+    return UpdateResult(new, changed=True, desired_changed="desired" in changed)
+
+
+def view(doc: dict[str, Any], include_tags: bool = True) -> dict[str, Any]:
+    """The document as clients see it, with the computed delta."""
+    desired = doc["state"]["desired"]
+    reported = doc["state"]["reported"]
+    out: dict[str, Any] = {
+        "state": {
+            "desired": desired,
+            "reported": reported,
+            "delta": delta(desired, reported),
+        },
+        "version": doc["version"],
+        "timestamp": doc["timestamp"],
+    }
+    if include_tags:
+        out["tags"] = doc["tags"]
+    return out
+
+
+def parse_update(body: Any, allow_tags: bool) -> ShadowUpdate:
+    """
+    Read an update as REST clients send it::
+
+        {"state": {"desired": {...}, "reported": {...}}, "tags": {...},
+         "version": N}
+
+    @raise InvalidShadowUpdate: with a message that names what is wrong.
+    """
+    if not isinstance(body, dict):
+        raise InvalidShadowUpdate("the shadow update must be a JSON object")
+    unknown = set(body) - {"state", "tags", "version"}
+    if unknown:
+        raise InvalidShadowUpdate(
+            "unknown shadow field(s): %s" % ", ".join(sorted(unknown))
+        )
+    patches: dict[str, dict[str, Any] | None] = {}
+    if "state" in body:
+        state = body["state"]
+        if not isinstance(state, dict):
+            raise InvalidShadowUpdate("shadow.state must be an object")
+        unknown = set(state) - {"desired", "reported"}
+        if unknown:
+            raise InvalidShadowUpdate(
+                "shadow.state may hold only desired and reported, not %s"
+                % ", ".join(sorted(unknown))
+            )
+        for name in ("desired", "reported"):
+            if name in state:
+                patches[name] = _section_patch(state[name], "state." + name)
+    if "tags" in body:
+        if not allow_tags:
+            raise InvalidShadowUpdate("tags may not be changed here")
+        patches["tags"] = _section_patch(body["tags"], "tags")
+    return ShadowUpdate(patches=patches, version=_version(body.get("version")))
+
+
+def parse_device_update(params: Any) -> ShadowUpdate:
+    """
+    Read the params of Dash.Shadow.Update: C{{"state": {...}, "version": N}}.
+    If C{state} has C{reported} and/or C{desired}, those sections are
+    updated; otherwise the whole of C{state} is an update of C{reported}.
+    """
+    if not isinstance(params, dict):
+        raise InvalidShadowUpdate("params must be an object with a state")
+    state = params.get("state")
+    if not isinstance(state, dict):
+        raise InvalidShadowUpdate("params.state must be an object")
+    patches: dict[str, dict[str, Any] | None] = {}
+    if "desired" in state or "reported" in state:
+        extra = set(state) - {"desired", "reported"}
+        if extra:
+            raise InvalidShadowUpdate(
+                "state has desired/reported and also %s" % ", ".join(sorted(extra))
+            )
+        for name in ("desired", "reported"):
+            if name in state:
+                patches[name] = _section_patch(state[name], "state." + name)
+    else:
+        patches["reported"] = state
+    return ShadowUpdate(patches=patches, version=_version(params.get("version")))
+
+
+def _section_patch(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None or isinstance(value, dict):
+        return value
+    raise InvalidShadowUpdate("%s must be an object or null" % where)
+
+
+def _version(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidShadowUpdate("version must be a non-negative integer")
+    return value
+
+
+def encode(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,514 @@
+"""
+Simulated devices: Mongoose OS (``dash`` library) or mDash-library firmware
+in software, as many as you like in one process.
+
+    python -m dashd.simulator --url ws://127.0.0.1:8080/api/v2/rpc --token TOKEN
+
+A simulated device connects like the real firmware does (token in an
+``Authorization: Bearer`` header, ``dash.mongoose-os.com`` subprotocol),
+then:
+
+- ``mos`` dialect (default): sends ``Dash.Heartbeat`` with its system info
+  as soon as it connects, puts ``src``/``dst``/``key`` on every frame,
+  answers unknown methods with error 404 like Mongoose OS, applies
+  ``Shadow.Delta`` and reports the new state back with
+  ``Dash.Shadow.Update``;
+- ``mdash`` dialect: like the mDash device library: no heartbeat (dashd has
+  to ask ``Sys.GetInfo``), no ``Shadow.Delta`` handler, error -32601 for
+  unknown methods, state reported with ``State.Set``.
+
+Methods it serves: ``Sys.GetInfo``, ``RPC.List``, ``GPIO.Toggle {"pin"}``,
+``GPIO.Read {"pin"}``, ``Sim.Echo`` (returns its params), ``Sim.Sleep
+{"seconds"}`` (answers late), ``Sim.Fail {"code", "message"}`` (answers with
+that error), ``Sys.Reboot`` (drops the connection and comes back), and
+``Shadow.Delta`` (mos only). It reconnects when the connection drops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from dashd import shadow
+
+log = Logger()
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _DeviceClientProtocol(WebSocketClientProtocol):
+    device: SimulatedDevice
+
+    def onOpen(self) -> None:
+        self.device._opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.device._message(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.device._closed(self, code, reason)
+
+
+class _DeviceClientFactory(WebSocketClientFactory):
+    protocol = _DeviceClientProtocol
+
+    def __init__(self, device: SimulatedDevice, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.device = device
+
+    def buildProtocol(self, addr: Any) -> _DeviceClientProtocol:
+        proto = super().buildProtocol(addr)
+        proto.device = self.device
+        return proto
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.device._connect_failed(reason)
+
+
+class SimulatedDevice:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        reactor: Any = None,
+        dialect: str = "mos",
+        heartbeat: bool | None = None,
+        heartbeat_interval: float = 0,
+        implements_delta: bool | None = None,
+        reconnect: bool = True,
+        reconnect_delay: tuple[float, float] = (1.0, 30.0),
+        bind_address: str | None = None,
+        token_in_url: bool = False,
+        tls_options: Any = None,
+        fw_version: str = "1.0.0",
+        fw_id: str = "20261125-000000",
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        if dialect not in ("mos", "mdash"):
+            raise ValueError("dialect must be mos or mdash")
+        self.url = url
+        self.token = token
+        self.reactor = reactor
+        self.dialect = dialect
+        self.heartbeat = (dialect == "mos") if heartbeat is None else heartbeat
+        self.heartbeat_interval = heartbeat_interval
+        self.implements_delta = (dialect == "mos") if implements_delta is None else implements_delta
+        self.reconnect = reconnect
+        self.reconnect_delay = reconnect_delay
+        self.bind_address = bind_address
+        self.token_in_url = token_in_url
+        self.tls_options = tls_options
+        # What Mongoose OS would put in src: the token's ID part and the
+        # device's own hardware ID.
+        self.mac = "".join(random.choice("0123456789ABCDEF") for _ in range(12))
+        self.src = "%s-esp32_%s" % (token.split("-", 1)[0], self.mac[6:])
+        self.info = {
+            "app": "dashd-simulator",
+            "fw_version": fw_version,
+            "fw_id": fw_id,
+            "arch": "esp32" if dialect == "mos" else "posix",
+            "mac": self.mac,
+            "ram_size": 294512,
+            "ram_free": 201000,
+        }
+        self.reported: dict[str, Any] = {}
+        self.pins: dict[int, int] = {}
+        self.handlers: dict[str, Callable[[Any], Any]] = {
+            "Sys.GetInfo": self._get_info,
+            "RPC.List": self._rpc_list,
+            "GPIO.Toggle": self._gpio_toggle,
+            "GPIO.Read": self._gpio_read,
+            "Sim.Echo": lambda params: params,
+            "Sim.Sleep": self._sleep,
+            "Sim.Fail": self._fail,
+            "Sys.Reboot": self._reboot,
+        }
+        if self.implements_delta:
+            self.handlers["Shadow.Delta"] = self._shadow_delta
+        # What the device received and how its connections ended (for tests).
+        self.frames: list[dict[str, Any]] = []
+        self.connections = 0
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.started_at = time.monotonic()
+        self._proto: _DeviceClientProtocol | None = None
+        self._stopped = False
+        self._next_id = 0
+        self._calls: dict[int, Deferred[Any]] = {}
+        self._waiting_open: list[Deferred[SimulatedDevice]] = []
+        self._waiting_close: list[Deferred[SimulatedDevice]] = []
+        self._waiting_frame: list[tuple[Callable[[dict[str, Any]], bool], Deferred[dict[str, Any]]]] = []
+        self._retry = reconnect_delay[0]
+        self._heartbeat_call: Any = None
+        self._pending_connect: Any = None
+
+    # Life cycle
+
+    @property
+    def online(self) -> bool:
+        return self._proto is not None
+
+    def start(self) -> SimulatedDevice:
+        self._stopped = False
+        self._connect()
+        return self
+
+    def stop(self) -> Deferred[SimulatedDevice]:
+        """Stop reconnecting and close the connection."""
+        self._stopped = True
+        if self._pending_connect is not None and self._pending_connect.active():
+            self._pending_connect.cancel()
+        if self._proto is None:
+            return succeed(self)
+        d = self.wait_closed()
+        self._proto.sendClose(1000, "simulator stopping")
+        return d
+
+    def drop(self) -> None:
+        """Lose the connection abruptly (like a device losing power)."""
+        if self._proto is not None:
+            self._proto.transport.abortConnection()
+
+    def wait_open(self) -> Deferred[SimulatedDevice]:
+        if self._proto is not None:
+            return succeed(self)
+        d: Deferred[SimulatedDevice] = Deferred()
+        self._waiting_open.append(d)
+        return d
+
+    def wait_closed(self) -> Deferred[SimulatedDevice]:
+        d: Deferred[SimulatedDevice] = Deferred()
+        self._waiting_close.append(d)
+        return d
+
+    def wait_frame(self, match: Callable[[dict[str, Any]], bool]) -> Deferred[dict[str, Any]]:
+        """Fire with the first frame received from now on that C{match}es."""
+        d: Deferred[dict[str, Any]] = Deferred()
+        self._waiting_frame.append((match, d))
+        return d
+
+    def _connect(self) -> None:
+        self._pending_connect = None
+        url = self.url
+        headers = {}
+        if self.token_in_url:
+            url += ("&" if "?" in url else "?") + "access_token=" + self.token
+        else:
+            headers["Authorization"] = "Bearer " + self.token
+        factory = _DeviceClientFactory(
+            self,
+            url,
+            headers=headers,
+            protocols=["dash.mongoose-os.com"],
+            reactor=self.reactor,
+        )
+        factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=30)
+        bind = (self.bind_address, 0) if self.bind_address else None
+        connectWS(factory, contextFactory=self.tls_options, bindAddress=bind)
+
+    def _schedule_reconnect(self) -> None:
+        if self._stopped or not self.reconnect:
+            return
+        delay = self._retry * random.uniform(0.8, 1.2)
+        self._retry = min(self._retry * 2, self.reconnect_delay[1])
+        self._pending_connect = self.reactor.callLater(delay, self._connect)
+
+    def _connect_failed(self, reason: Any) -> None:
+        self.close_reason = reason.getErrorMessage()
+        self._fire_closed()
+        self._schedule_reconnect()
+
+    def _opened(self, proto: _DeviceClientProtocol) -> None:
+        self._proto = proto
+        self.connections += 1
+        self._retry = self.reconnect_delay[0]
+        self.close_code = self.close_reason = None
+        if self.heartbeat:
+            self.call("Dash.Heartbeat", self._sysinfo())
+            if self.heartbeat_interval > 0:
+                self._heartbeat_call = self.reactor.callLater(
+                    self.heartbeat_interval, self._periodic_heartbeat
+                )
+        waiting, self._waiting_open = self._waiting_open, []
+        for d in waiting:
+            d.callback(self)
+
+    def _closed(self, proto: _DeviceClientProtocol, code: int | None, reason: str | None) -> None:
+        if self._proto is proto:
+            self._proto = None
+        self.close_code = code
+        self.close_reason = reason
+        if self._heartbeat_call is not None and self._heartbeat_call.active():
+            self._heartbeat_call.cancel()
+        calls, self._calls = self._calls, {}
+        for d in calls.values():
+            d.errback(RpcError(-1, "connection closed"))
+        self._fire_closed()
+        self._schedule_reconnect()
+
+    def _fire_closed(self) -> None:
+        waiting, self._waiting_close = self._waiting_close, []
+        for d in waiting:
+            d.callback(self)
+
+    def _periodic_heartbeat(self) -> None:
+        if self._proto is not None:
+            self.notify("Dash.Heartbeat", self._sysinfo())
+            self._heartbeat_call = self.reactor.callLater(
+                self.heartbeat_interval, self._periodic_heartbeat
+            )
+
+    # Sending
+
+    def send_raw(self, data: str | bytes, binary: bool = False) -> None:
+        """Send one WebSocket message as it is (for malformed-input tests)."""
+        if self._proto is None:
+            raise RuntimeError("not connected")
+        payload = data.encode("utf-8") if isinstance(data, str) else data
+        self._proto.sendMessage(payload, isBinary=binary)
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        if self.dialect == "mos":
+            frame.setdefault("src", self.src)
+            frame.setdefault("dst", self.url)
+            frame.setdefault("key", self.token)
+        self.send_raw(json.dumps(frame))
+
+    def call(self, method: str, params: Any = None) -> Deferred[Any]:
+        """Call a method on the server; fires with the result or fails with
+        L{RpcError}."""
+        self._next_id += 1
+        frame: dict[str, Any] = {"id": self._next_id, "method": method}
+        if params is not None:
+            frame["params"] = params
+        d: Deferred[Any] = Deferred()
+        self._calls[self._next_id] = d
+        self._send(frame)
+        return d
+
+    def notify(self, method: str, params: Any = None) -> None:
+        frame: dict[str, Any] = {"method": method}
+        if params is not None:
+            frame["params"] = params
+        self._send(frame)
+
+    def report(self, state: dict[str, Any]) -> Deferred[Any]:
+        """Report state the way this dialect does."""
+        self.reported = shadow.merge_patch(self.reported, state)
+        if self.dialect == "mos":
+            return self.call("Dash.Shadow.Update", {"state": {"reported": state}})
+        return self.call("State.Set", state)
+
+    # Receiving
+
+    def _message(self, payload: bytes) -> None:
+        try:
+            frame = json.loads(payload)
+        except ValueError:
+            log.warn("simulator: server sent invalid JSON: {payload!r}", payload=payload[:200])
+            return
+        if not isinstance(frame, dict):
+            return
+        self.frames.append(frame)
+        if len(self.frames) > 1000:
+            del self.frames[:500]
+        waiting, self._waiting_frame = self._waiting_frame, []
+        for match, d in waiting:
+            if match(frame):
+                d.callback(frame)
+            else:
+                self._waiting_frame.append((match, d))
+        if self.dialect == "mos" and frame.get("dst") not in (None, self.src):
+            return  # Mongoose OS drops frames addressed to someone else.
+        if "method" in frame:
+            self._request(frame)
+        elif "id" in frame:
+            d = self._calls.pop(frame["id"], None)
+            if d is None:
+                return
+            if frame.get("error") is not None:
+                error = frame["error"]
+                d.errback(RpcError(error.get("code", 0), error.get("message", "")))
+            else:
+                d.callback(frame.get("result"))
+
+    def _request(self, frame: dict[str, Any]) -> None:
+        method = frame["method"]
+        params = frame.get("params", frame.get("args"))
+        handler = self.handlers.get(method)
+        if handler is None:
+            if self.dialect == "mos":
+                self._answer(frame, error=(404, "No handler for %s" % method))
+            else:
+                self._answer(frame, error=(-32601, "%s not found" % method))
+            return
+        try:
+            result = handler(params)
+        except RpcError as e:
+            self._answer(frame, error=(e.code, e.message))
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                lambda r: self._answer(frame, result=r),
+                lambda f: self._answer(frame, error=(500, f.getErrorMessage())),
+            )
+        else:
+            self._answer(frame, result=result)
+
+    def _answer(self, frame: dict[str, Any], result: Any = None, error: tuple[int, str] | None = None) -> None:
+        if "id" not in frame or self._proto is None:
+            return
+        reply: dict[str, Any] = {"id": frame["id"]}
+        if frame.get("src"):
+            reply["dst"] = frame["src"]
+        if error is not None:
+            reply["error"] = {"code": error[0], "message": error[1]}
+        else:
+            reply["result"] = result
+        self._send(reply)
+
+    # The methods it serves
+
+    def _sysinfo(self) -> dict[str, Any]:
+        info = dict(self.info)
+        info["uptime"] = round(time.monotonic() - self.started_at, 3)
+        return info
+
+    def _get_info(self, params: Any) -> Any:
+        return self._sysinfo()
+
+    def _rpc_list(self, params: Any) -> Any:
+        return sorted(self.handlers)
+
+    def _pin(self, params: Any) -> int:
+        if not isinstance(params, dict) or not isinstance(params.get("pin"), int):
+            raise RpcError(400, "pin is required")
+        return params["pin"]
+
+    def _gpio_toggle(self, params: Any) -> Any:
+        pin = self._pin(params)
+        self.pins[pin] = 1 - self.pins.get(pin, 0)
+        return {"value": self.pins[pin]}
+
+    def _gpio_read(self, params: Any) -> Any:
+        return {"value": self.pins.get(self._pin(params), 0)}
+
+    def _sleep(self, params: Any) -> Any:
+        seconds = params.get("seconds", 1) if isinstance(params, dict) else 1
+        d: Deferred[Any] = Deferred()
+        self.reactor.callLater(seconds, d.callback, {"slept": seconds})
+        return d
+
+    def _fail(self, params: Any) -> Any:
+        params = params if isinstance(params, dict) else {}
+        raise RpcError(params.get("code", 500), params.get("message", "simulated failure"))
+
+    def _reboot(self, params: Any) -> Any:
+        self.reactor.callLater(0.1, self.drop)
+        return True
+
+    def _shadow_delta(self, params: Any) -> Any:
+        state = params.get("state") if isinstance(params, dict) else None
+        if not isinstance(state, dict):
+            raise RpcError(400, "state is required")
+        # Apply what was asked, then say so.
+        self.reactor.callLater(0, self.report, state)
+        return True
+
+
+# Command line
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m dashd.simulator",
+        description="Run simulated Mongoose OS / mDash devices against a dashd.",
+    )
+    p.add_argument("--url", required=True, help="device channel, e.g. ws://127.0.0.1:8080/api/v2/rpc")
+    p.add_argument("--token", action="append", default=[], help="device token (repeatable)")
+    p.add_argument("--tokens-file", help="file with one device token a line")
+    p.add_argument("--dialect", choices=("mos", "mdash"), default="mos")
+    p.add_argument("--heartbeat-interval", type=float, default=0,
+                   help="seconds between periodic heartbeats (mos; 0: only on connect)")
+    p.add_argument("--bind", action="append", default=[],
+                   help="local addresses to connect from, used in turn (e.g. 127.0.0.2)")
+    p.add_argument("--ca", help="CA certificate (PEM) to verify a wss:// server with")
+    p.add_argument("--token-in-url", action="store_true", help="send the token as ?access_token=")
+    p.add_argument("--ramp", type=float, default=0, help="connections started a second (0: all at once)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def _tls_options(url: str, ca_file: str | None) -> Any:
+    parsed = urlparse(url)
+    if parsed.scheme != "wss":
+        return None
+    from twisted.internet import ssl
+
+    if ca_file:
+        with open(ca_file, "rb") as f:
+            trust = ssl.Certificate.loadPEM(f.read())
+        return ssl.optionsForClientTLS(parsed.hostname or "", trustRoot=trust)
+    return ssl.optionsForClientTLS(parsed.hostname or "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    tokens = list(args.token)
+    if args.tokens_file:
+        with open(args.tokens_file) as f:
+            tokens += [line.strip() for line in f if line.strip()]
+    if not tokens:
+        print("give at least one --token or a --tokens-file", file=sys.stderr)
+        return 2
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    if not args.quiet:
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+    tls = _tls_options(args.url, args.ca)
+    devices = []
+    for i, token in enumerate(tokens):
+        device = SimulatedDevice(
+            args.url,
+            token,
+            reactor,
+            dialect=args.dialect,
+            heartbeat_interval=args.heartbeat_interval,
+            bind_address=args.bind[i % len(args.bind)] if args.bind else None,
+            token_in_url=args.token_in_url,
+            tls_options=tls,
+        )
+        devices.append(device)
+        delay = i / args.ramp if args.ramp > 0 else 0
+        reactor.callLater(delay, device.start)
+
+    def status() -> None:
+        online = sum(1 for d in devices if d.online)
+        print("%d of %d simulated devices online" % (online, len(devices)), flush=True)
+        reactor.callLater(10 if online == len(devices) else 2, status)
+
+    reactor.callLater(1, status)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

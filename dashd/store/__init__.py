@@ -1,0 +1,92 @@
+"""
+Persistent state behind one small interface, so that a second backend
+(PostgreSQL for cluster mode) plugs in without touching the REST or
+WebSocket code.
+
+Every method returns a Deferred that fires only once what it wrote is
+durable: a caller that acknowledges something (a 200 to REST, a reply to a
+device) after the Deferred fires never acknowledges what a crash could lose.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class StoreError(Exception):
+    """The store cannot serve the request (disk full, overloaded, closed)."""
+
+
+class NotFound(Exception):
+    """The record does not exist."""
+
+
+class IStore(Interface):
+    shadow_limits = Attribute("(max_bytes, max_depth) applied to every shadow update")
+
+    def start():
+        """Open the store and bring its schema up to date (blocking; called
+        once while the service starts, before anything is served)."""
+
+    def stop():
+        """Finish queued work and close; returns a Deferred."""
+
+    # Accounts and keys
+
+    def bootstrap_admin_key(key, secret_hash, account):
+        """If the store holds no API key at all, create C{account} (unless an
+        account exists already, in which case the key joins the first one)
+        and store C{key}; fire with the stored L{ApiKey} or None."""
+
+    def create_key(key, secret_hash):
+        """Store a new L{ApiKey}; fire with it."""
+
+    def key_credentials(key_id):
+        """Fire with C{(ApiKey, secret_hash)}, or None if there is no such key."""
+
+    def list_keys(account_id):
+        """Fire with the account's keys, oldest first."""
+
+    def delete_key(key_id, account_id):
+        """Delete the key; fire with True, or False if there was none.
+        @raise LastAdminKey: it is the account's last admin key."""
+
+    # Devices
+
+    def create_device(device, token_hash):
+        """Store a new L{Device}; fire with it."""
+
+    def get_device(device_id):
+        """Fire with the L{Device} or None."""
+
+    def device_credentials(device_id):
+        """Fire with C{(Device, token_hash)}, or None if there is no such device."""
+
+    def list_devices(account_id):
+        """Fire with the devices the account owns or that are shared with it."""
+
+    def update_device(device_id, name, shared_with, shadow_update, now):
+        """In one transaction change the name and/or sharing (None leaves a
+        field alone) and apply a L{dashd.shadow.ShadowUpdate} (or None).
+        Fire with C{(Device, UpdateResult or None)}.
+        @raise NotFound: no such device.
+        @raise dashd.shadow.ShadowError: the shadow update was refused;
+            nothing was changed."""
+
+    def update_shadow(device_id, update, now):
+        """Apply a shadow update; fire with C{(Device, UpdateResult)}."""
+
+    def record_info(device_id, info, shadow_update, now):
+        """Record what a device says about itself (and its last-seen time),
+        applying C{shadow_update} (or None) in the same transaction. Fire with
+        C{(Device, UpdateResult or None)}."""
+
+    def touch(device_id, now):
+        """Set the device's last-seen time."""
+
+    def delete_device(device_id):
+        """Delete the device; fire with True, or False if there was none."""
+
+
+class LastAdminKey(Exception):
+    """Deleting this key would lock the account out."""

@@ -1,0 +1,524 @@
+"""
+The default store: one SQLite file in the data directory.
+
+Tables (the schema is in ``migrations/*.sql``, one numbered file per change,
+applied in order and recorded in ``PRAGMA user_version``):
+
+- ``accounts(id, name, created)``
+- ``api_keys(id, account_id, name, kind, secret_hash, created, expires)``:
+  only the SHA-256 of each key is kept.
+- ``devices(id, account_id, name, token_hash, created, last_seen, info,
+  shadow)``: ``info`` and ``shadow`` are JSON documents.
+- ``device_shares(device_id, account_id)``: who else may use a device.
+
+All work happens on one dedicated writer thread, never on the reactor. It
+takes every job that is waiting, runs them in a single transaction (each
+inside its own savepoint, so that one failing job does not undo the others)
+and commits once: a burst of shadow updates from thousands of devices costs
+one fsync instead of thousands ("group commit"). Results are handed back to
+the reactor only after the commit, so nothing is acknowledged before it is
+on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sqlite3
+import threading
+from importlib import resources
+from typing import Any, Callable, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from dashd import shadow
+from dashd.model import Account, ApiKey, Device
+from dashd.store import IStore, LastAdminKey, NotFound, StoreError
+
+log = Logger()
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], Any]
+
+_STOP = object()
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The numbered schema migrations shipped with the package, in order."""
+    found = []
+    for entry in resources.files("dashd.store").joinpath("migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), entry.read_text("utf-8")))
+    found.sort()
+    return found
+
+
+def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Apply the migrations the database has not seen; return (from, to)."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    version = current
+    for number, script in migrations():
+        if number <= version:
+            continue
+        # executescript commits first, so wrap each migration in its own
+        # transaction explicitly; user_version is transactional in SQLite.
+        conn.executescript(
+            "BEGIN IMMEDIATE;\n%s\nPRAGMA user_version = %d;\nCOMMIT;" % (script, number)
+        )
+        version = number
+    return current, version
+
+
+def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = %s" % synchronous)
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+@implementer(IStore)
+class SQLiteStore:
+    def __init__(
+        self,
+        path: str,
+        reactor: IReactorThreads,
+        synchronous: str = "FULL",
+        queue_size: int = 50000,
+        batch_size: int = 1000,
+        shadow_limits: tuple[int, int] = (shadow.DEFAULT_MAX_BYTES, shadow.DEFAULT_MAX_DEPTH),
+    ) -> None:
+        self.path = path
+        self.shadow_limits = shadow_limits
+        self._reactor = reactor
+        self._synchronous = synchronous
+        self._queue: queue.Queue[Any] = queue.Queue(queue_size)
+        self._batch_size = batch_size
+        self._thread: threading.Thread | None = None
+        self._stopped: Deferred[None] | None = None
+
+    # Life cycle
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        conn = connect(self.path, self._synchronous)
+        before, after = migrate(conn)
+        if before != after:
+            log.info(
+                "store {path}: schema migrated from version {before} to {after}",
+                path=self.path,
+                before=before,
+                after=after,
+            )
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="dashd-sqlite", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> Deferred[None]:
+        if self._thread is None:
+            from twisted.internet.defer import succeed
+
+            return succeed(None)
+        if self._stopped is None:
+            self._stopped = Deferred()
+            self._queue.put(_STOP)
+        return self._stopped
+
+    # The writer thread
+
+    def _submit(self, job: Job) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        if self._thread is None or self._stopped is not None:
+            d.errback(StoreError("the store is closed"))
+            return d
+        try:
+            self._queue.put_nowait((job, d))
+        except queue.Full:
+            d.errback(StoreError("the store is overloaded; try again shortly"))
+        return d
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                batch = [item]
+                stop_after = False
+                while len(batch) < self._batch_size:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop_after = True
+                        break
+                    batch.append(nxt)
+                try:
+                    results = self._run_batch(conn, batch)
+                except Exception:
+                    log.failure("store batch failed")
+                    failure = Failure(StoreError("the store failed"))
+                    results = [(d, failure) for _, d in batch]
+                self._reactor.callFromThread(_deliver, results)
+                if stop_after:
+                    break
+        finally:
+            conn.close()
+            self._reactor.callFromThread(self._stopped_now)
+
+    def _stopped_now(self) -> None:
+        if self._stopped is not None:
+            self._stopped.callback(None)
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[Job, Deferred[Any]]]
+    ) -> list[tuple[Deferred[Any], Any]]:
+        results: list[tuple[Deferred[Any], Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job, d in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job(conn)
+                except sqlite3.Error:
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back (disk
+                        # full, I/O error): the batch failed as one.
+                        raise
+                    log.failure("store job failed")
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((d, Failure(StoreError("the store failed"))))
+                except Exception as e:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((d, Failure(e)))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((d, result))
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            # Nothing of this batch is durable; say so to every caller.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            log.error("store write failed: {error}", error=str(e))
+            failure = Failure(StoreError("the store cannot write: %s" % e))
+            return [(d, failure) for _, d in batch]
+        return results
+
+    # Accounts and keys
+
+    def bootstrap_admin_key(
+        self, key: ApiKey, secret_hash: str, account: Account
+    ) -> Deferred[ApiKey | None]:
+        def job(conn: sqlite3.Connection) -> ApiKey | None:
+            if conn.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone():
+                return None
+            row = conn.execute(
+                "SELECT id FROM accounts ORDER BY created, rowid LIMIT 1"
+            ).fetchone()
+            account_id = row[0] if row else account.id
+            if not row:
+                conn.execute(
+                    "INSERT INTO accounts (id, name, created) VALUES (?, ?, ?)",
+                    (account.id, account.name, account.created),
+                )
+            stored = ApiKey(
+                id=key.id,
+                account_id=account_id,
+                name=key.name,
+                kind=key.kind,
+                created=key.created,
+                expires=key.expires,
+            )
+            _insert_key(conn, stored, secret_hash)
+            return stored
+
+        return self._submit(job)
+
+    def create_key(self, key: ApiKey, secret_hash: str) -> Deferred[ApiKey]:
+        def job(conn: sqlite3.Connection) -> ApiKey:
+            _insert_key(conn, key, secret_hash)
+            return key
+
+        return self._submit(job)
+
+    def key_credentials(self, key_id: str) -> Deferred[tuple[ApiKey, str] | None]:
+        def job(conn: sqlite3.Connection) -> tuple[ApiKey, str] | None:
+            row = conn.execute(
+                "SELECT %s, secret_hash FROM api_keys WHERE id = ?" % _KEY_COLUMNS,
+                (key_id,),
+            ).fetchone()
+            return (_key(row), row[-1]) if row else None
+
+        return self._submit(job)
+
+    def list_keys(self, account_id: str) -> Deferred[list[ApiKey]]:
+        def job(conn: sqlite3.Connection) -> list[ApiKey]:
+            rows = conn.execute(
+                "SELECT %s FROM api_keys WHERE account_id = ? ORDER BY created, id"
+                % _KEY_COLUMNS,
+                (account_id,),
+            ).fetchall()
+            return [_key(r) for r in rows]
+
+        return self._submit(job)
+
+    def delete_key(self, key_id: str, account_id: str) -> Deferred[bool]:
+        def job(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT kind FROM api_keys WHERE id = ? AND account_id = ?",
+                (key_id, account_id),
+            ).fetchone()
+            if row is None:
+                return False
+            if row[0] == "admin":
+                (admins,) = conn.execute(
+                    "SELECT count(*) FROM api_keys WHERE account_id = ? AND kind = 'admin'",
+                    (account_id,),
+                ).fetchone()
+                if admins <= 1:
+                    raise LastAdminKey(
+                        "%s is the account's last admin key; create another first" % key_id
+                    )
+            conn.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
+            return True
+
+        return self._submit(job)
+
+    # Devices
+
+    def create_device(self, device: Device, token_hash: str) -> Deferred[Device]:
+        def job(conn: sqlite3.Connection) -> Device:
+            conn.execute(
+                "INSERT INTO devices (id, account_id, name, token_hash, created,"
+                " last_seen, info, shadow) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    device.id,
+                    device.account_id,
+                    device.name,
+                    token_hash,
+                    device.created,
+                    device.last_seen,
+                    _json(device.info),
+                    _json(device.shadow),
+                ),
+            )
+            _set_shares(conn, device.id, device.shared_with)
+            return device
+
+        return self._submit(job)
+
+    def get_device(self, device_id: str) -> Deferred[Device | None]:
+        return self._submit(lambda conn: _get_device(conn, device_id))
+
+    def device_credentials(self, device_id: str) -> Deferred[tuple[Device, str] | None]:
+        def job(conn: sqlite3.Connection) -> tuple[Device, str] | None:
+            row = conn.execute(
+                "SELECT %s, token_hash FROM devices WHERE id = ?" % _DEVICE_COLUMNS,
+                (device_id,),
+            ).fetchone()
+            return (_device(conn, row), row[-1]) if row else None
+
+        return self._submit(job)
+
+    def list_devices(self, account_id: str) -> Deferred[list[Device]]:
+        def job(conn: sqlite3.Connection) -> list[Device]:
+            rows = conn.execute(
+                "SELECT %s FROM devices WHERE account_id = ? OR id IN"
+                " (SELECT device_id FROM device_shares WHERE account_id = ?)"
+                " ORDER BY created, id" % _DEVICE_COLUMNS,
+                (account_id, account_id),
+            ).fetchall()
+            shares = _shares_of(conn, [r[0] for r in rows])
+            return [_device(conn, r, shares.get(r[0], ())) for r in rows]
+
+        return self._submit(job)
+
+    def update_device(
+        self,
+        device_id: str,
+        name: str | None,
+        shared_with: tuple[str, ...] | None,
+        shadow_update: shadow.ShadowUpdate | None,
+        now: float,
+    ) -> Deferred[tuple[Device, shadow.UpdateResult | None]]:
+        def job(conn: sqlite3.Connection) -> tuple[Device, shadow.UpdateResult | None]:
+            device = _get_device(conn, device_id)
+            if device is None:
+                raise NotFound(device_id)
+            result = None
+            if shadow_update is not None:
+                result = self._apply_shadow(conn, device, shadow_update, now)
+            if name is not None:
+                conn.execute("UPDATE devices SET name = ? WHERE id = ?", (name, device_id))
+            if shared_with is not None:
+                _set_shares(conn, device_id, shared_with)
+            return _get_device(conn, device_id), result
+
+        return self._submit(job)
+
+    def update_shadow(
+        self, device_id: str, update: shadow.ShadowUpdate, now: float
+    ) -> Deferred[tuple[Device, shadow.UpdateResult]]:
+        def job(conn: sqlite3.Connection) -> tuple[Device, shadow.UpdateResult]:
+            device = _get_device(conn, device_id)
+            if device is None:
+                raise NotFound(device_id)
+            result = self._apply_shadow(conn, device, update, now)
+            return _replace_shadow(device, result.document), result
+
+        return self._submit(job)
+
+    def _apply_shadow(
+        self,
+        conn: sqlite3.Connection,
+        device: Device,
+        update: shadow.ShadowUpdate,
+        now: float,
+    ) -> shadow.UpdateResult:
+        max_bytes, max_depth = self.shadow_limits
+        result = shadow.apply_update(device.shadow, update, now, max_bytes, max_depth)
+        if result.changed:
+            conn.execute(
+                "UPDATE devices SET shadow = ? WHERE id = ?",
+                (_json(result.document), device.id),
+            )
+        return result
+
+    def record_info(
+        self,
+        device_id: str,
+        info: dict[str, Any],
+        shadow_update: shadow.ShadowUpdate | None,
+        now: float,
+    ) -> Deferred[tuple[Device, shadow.UpdateResult | None]]:
+        def job(conn: sqlite3.Connection) -> tuple[Device, shadow.UpdateResult | None]:
+            device = _get_device(conn, device_id)
+            if device is None:
+                raise NotFound(device_id)
+            result = None
+            if shadow_update is not None:
+                result = self._apply_shadow(conn, device, shadow_update, now)
+            conn.execute(
+                "UPDATE devices SET info = ?, last_seen = ? WHERE id = ?",
+                (_json(info), now, device_id),
+            )
+            return _get_device(conn, device_id), result
+
+        return self._submit(job)
+
+    def touch(self, device_id: str, now: float) -> Deferred[None]:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
+
+        return self._submit(job)
+
+    def delete_device(self, device_id: str) -> Deferred[bool]:
+        def job(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+            return cur.rowcount > 0
+
+        return self._submit(job)
+
+
+def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
+    for d, result in results:
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+_KEY_COLUMNS = "id, account_id, name, kind, created, expires"
+
+
+def _key(row: tuple[Any, ...]) -> ApiKey:
+    return ApiKey(
+        id=row[0], account_id=row[1], name=row[2], kind=row[3], created=row[4], expires=row[5]
+    )
+
+
+def _insert_key(conn: sqlite3.Connection, key: ApiKey, secret_hash: str) -> None:
+    conn.execute(
+        "INSERT INTO api_keys (id, account_id, name, kind, secret_hash, created, expires)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (key.id, key.account_id, key.name, key.kind, secret_hash, key.created, key.expires),
+    )
+
+
+_DEVICE_COLUMNS = "id, account_id, name, created, last_seen, info, shadow"
+
+
+def _get_device(conn: sqlite3.Connection, device_id: str) -> Device | None:
+    row = conn.execute(
+        "SELECT %s FROM devices WHERE id = ?" % _DEVICE_COLUMNS, (device_id,)
+    ).fetchone()
+    return _device(conn, row) if row else None
+
+
+def _device(
+    conn: sqlite3.Connection, row: tuple[Any, ...], shares: tuple[str, ...] | None = None
+) -> Device:
+    if shares is None:
+        shares = _shares_of(conn, [row[0]]).get(row[0], ())
+    return Device(
+        id=row[0],
+        account_id=row[1],
+        name=row[2],
+        created=row[3],
+        last_seen=row[4],
+        info=json.loads(row[5]),
+        shadow=json.loads(row[6]),
+        shared_with=shares,
+    )
+
+
+def _replace_shadow(device: Device, document: dict[str, Any]) -> Device:
+    from dataclasses import replace
+
+    return replace(device, shadow=document)
+
+
+def _shares_of(conn: sqlite3.Connection, device_ids: list[str]) -> dict[str, tuple[str, ...]]:
+    if not device_ids:
+        return {}
+    out: dict[str, list[str]] = {}
+    # Chunk to stay below SQLite's limit on bound parameters.
+    for i in range(0, len(device_ids), 500):
+        chunk = device_ids[i : i + 500]
+        rows = conn.execute(
+            "SELECT device_id, account_id FROM device_shares WHERE device_id IN (%s)"
+            " ORDER BY rowid" % ",".join("?" * len(chunk)),
+            chunk,
+        ).fetchall()
+        for device_id, account_id in rows:
+            out.setdefault(device_id, []).append(account_id)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _set_shares(conn: sqlite3.Connection, device_id: str, accounts: tuple[str, ...]) -> None:
+    conn.execute("DELETE FROM device_shares WHERE device_id = ?", (device_id,))
+    conn.executemany(
+        "INSERT OR IGNORE INTO device_shares (device_id, account_id) VALUES (?, ?)",
+        [(device_id, a) for a in accounts],
+    )

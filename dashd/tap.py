@@ -1,0 +1,57 @@
+"""
+``twistd dashd``: command-line options and the service they make.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from dashd import config as configuration
+from dashd.service import DashdService
+
+
+class Options(usage.Options):
+    synopsis = "[--listen ENDPOINT]... [--data-dir DIR] [--config FILE]"
+    longdesc = (
+        "Run dashd, the device management dashboard: REST API, device and "
+        "notification WebSockets on the same port(s). Command-line options "
+        "override the configuration file."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (see etc/dashd.toml)"],
+        ["data-dir", "d", None, "Directory for the store and the first admin key "
+                                "[default: ./dashd-data]"],
+        ["ping-interval", None, None, "Seconds between WebSocket pings to devices (0: off)",
+         float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Endpoint to serve on, e.g. tcp:8080 (repeatable) [default: tcp:8080]"""
+        self["listen"].append(endpoint)
+
+    def postOptions(self) -> None:
+        overrides: dict[str, Any] = {}
+        if self["listen"]:
+            overrides["listen"] = list(self["listen"])
+        if self["data-dir"] is not None:
+            overrides["data_dir"] = self["data-dir"]
+        if self["ping-interval"] is not None:
+            overrides["device.ping_interval"] = self["ping-interval"]
+        try:
+            self["effective"] = configuration.load(self["config"], overrides)
+        except configuration.ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+def makeService(options: Options, reactor: Any = None) -> DashdService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    return DashdService(options["effective"], reactor)

@@ -1,0 +1,222 @@
+"""
+The two WebSocket doors, on Autobahn: ``/api/v2/rpc`` for devices and
+``/api/v2/notify`` for notification subscribers.
+
+Both are authenticated by the REST layer before the upgrade; the
+authenticated party is handed to the protocol instance through
+L{Handover}, a one-connection factory wrapper, so nothing about the peer is
+trusted from the handshake itself. The protocols stay thin: the device one
+turns messages into JSON values for L{dashd.session.DeviceSession}; the
+notification one writes events, holding at most a bounded backlog for a
+subscriber that does not read.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from dashd import frames
+from dashd.config import Config
+from dashd.fleet import Fleet
+from dashd.hub import Event, IHub
+from dashd.jsonstream import JSONStreamDecoder, StreamError
+from dashd.model import ApiKey, Device
+from dashd.session import DeviceSession
+
+log = Logger()
+
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+# A device that sends this many unreadable values in a row is not speaking
+# JSON-RPC; drop it rather than answer garbage forever.
+MAX_CONSECUTIVE_ERRORS = 50
+
+
+def close_connection(proto: WebSocketProtocol, code: int, reason: str) -> None:
+    """Close with any code, including those Autobahn's sendClose refuses
+    (1001 going away, 1008 policy, 1009 too big)."""
+    if proto.state == WebSocketProtocol.STATE_OPEN:
+        proto.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+    elif proto.state != WebSocketProtocol.STATE_CLOSED:
+        proto.dropConnection(abort=True)
+
+
+class Handover:
+    """
+    A factory stand-in for one WebSocketResource render: builds the protocol
+    from the real factory and gives it what the REST layer authenticated.
+    """
+
+    def __init__(self, factory: WebSocketServerFactory, **attributes: Any) -> None:
+        self._factory = factory
+        self._attributes = attributes
+
+    def buildProtocol(self, addr: Any) -> WebSocketServerProtocol:
+        proto = self._factory.buildProtocol(addr)
+        for name, value in self._attributes.items():
+            setattr(proto, name, value)
+        return proto
+
+
+def _accept_subprotocol(request: Any) -> str | None:
+    # Devices offer e.g. "dash.mongoose-os.com"; agreeing to whatever they
+    # offer keeps strict clients happy and means nothing to dashd.
+    return request.protocols[0] if request.protocols else None
+
+
+class DeviceProtocol(WebSocketServerProtocol):
+    # Set by Handover before the connection is made.
+    device: Device
+    fleet: Fleet
+    session: DeviceSession | None = None
+
+    def onConnect(self, request: Any) -> str | None:
+        return _accept_subprotocol(request)
+
+    def onOpen(self) -> None:
+        try:
+            self._decoder = JSONStreamDecoder(self.factory.max_frame_bytes)
+            self._errors = 0
+            self.session = DeviceSession(
+                self.device, self.fleet, self._send_text, self._close, peer=self.peer
+            )
+            self.session.opened()
+        except Exception:
+            log.failure("device {id}: opening the session", id=self.device.id)
+            close_connection(self, 1011, "internal error")
+
+    def _send_text(self, text: str) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendMessage(text.encode("utf-8"), isBinary=False)
+
+    def _close(self, code: int, reason: str) -> None:
+        close_connection(self, code, reason)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self.session
+        if session is None:
+            return
+        try:
+            for item in self._decoder.feed(payload):
+                if isinstance(item, StreamError):
+                    self._errors += 1
+                    code = frames.TOO_LARGE if item.too_large else frames.PARSE_ERROR
+                    session.reply_error(None, code, item.message)
+                    if self._errors >= MAX_CONSECUTIVE_ERRORS:
+                        log.warn("device {id}: dropped for sending garbage", id=session.device_id)
+                        close_connection(self, CLOSE_POLICY, "too many invalid frames")
+                        return
+                else:
+                    self._errors = 0
+                    session.received(item)
+        except Exception:
+            log.failure("device {id}: handling a message", id=session.device_id)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.session is not None:
+            why = reason or ("closed with code %s" % code if code else "connection lost")
+            if not wasClean and self.wasNotCleanReason:
+                why = self.wasNotCleanReason
+            try:
+                self.session.closed(why)
+            except Exception:
+                log.failure("device {id}: closing the session", id=self.session.device_id)
+
+
+class DeviceFactory(WebSocketServerFactory):
+    protocol = DeviceProtocol
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.max_frame_bytes = config["device.max_frame_bytes"]
+        self.setProtocolOptions(
+            autoPingInterval=config["device.ping_interval"],
+            autoPingTimeout=config["device.ping_timeout"],
+            maxMessagePayloadSize=config["device.max_message_bytes"],
+            maxFramePayloadSize=config["device.max_message_bytes"],
+            allowedOrigins=["*"],
+            openHandshakeTimeout=config["http.idle_timeout"],
+            closeHandshakeTimeout=2,
+        )
+
+
+@implementer(IPushProducer)
+class NotifyProtocol(WebSocketServerProtocol):
+    # Set by Handover before the connection is made.
+    key: ApiKey
+    hub: IHub
+
+    def onConnect(self, request: Any) -> str | None:
+        return _accept_subprotocol(request)
+
+    def onOpen(self) -> None:
+        self._paused = False
+        self._backlog: deque[str] = deque()
+        self._subscribed = True
+        # Twisted tells us when the socket's buffer is full (pauseProducing)
+        # and when it has drained (resumeProducing).
+        self.transport.registerProducer(self, True)
+        self.hub.subscribe(self)
+        log.info("notification subscriber {peer} (key {key})", peer=self.peer, key=self.key.id)
+
+    def deliver(self, event: Event) -> None:
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        if not self._paused:
+            self.sendMessage(event.payload.encode("utf-8"), isBinary=False)
+            return
+        if len(self._backlog) >= self.factory.max_backlog:
+            log.warn("notification subscriber {peer} dropped: not reading", peer=self.peer)
+            self._unsubscribe()
+            self._backlog.clear()
+            close_connection(self, CLOSE_POLICY, "notification backlog exceeded; read faster")
+            return
+        self._backlog.append(event.payload)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        while self._backlog and not self._paused and self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendMessage(self._backlog.popleft().encode("utf-8"), isBinary=False)
+
+    def stopProducing(self) -> None:
+        self._unsubscribe()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        # The stream is one-way; what a subscriber sends is ignored.
+        pass
+
+    def _unsubscribe(self) -> None:
+        if getattr(self, "_subscribed", False):
+            self._subscribed = False
+            self.hub.unsubscribe(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._unsubscribe()
+        if hasattr(self, "_backlog"):
+            self._backlog.clear()
+
+
+class NotifyFactory(WebSocketServerFactory):
+    protocol = NotifyProtocol
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__(reactor=reactor)
+        self.max_backlog = config["notify.max_backlog"]
+        self.setProtocolOptions(
+            autoPingInterval=30,
+            autoPingTimeout=10,
+            maxMessagePayloadSize=65536,
+            allowedOrigins=["*"],
+            openHandshakeTimeout=config["http.idle_timeout"],
+            closeHandshakeTimeout=2,
+        )
