@@ -15,6 +15,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from dashd import tokens
@@ -104,13 +105,25 @@ class FleetService(Service):
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        for session in self.fleet.router.sessions():
+        sessions = self.fleet.router.sessions()
+        for session in sessions:
             session.disconnect(CLOSE_GOING_AWAY, "server shutting down")
+        return self._drain(deadline=3.0)
+
+    @inlineCallbacks
+    def _drain(self, deadline: float) -> Any:
+        # Give the closing handshakes (and their last_seen writes) a moment.
+        clock = self.fleet.clock
+        end = clock.seconds() + deadline
+        while self.fleet.router.sessions() and clock.seconds() < end:
+            yield deferLater(clock, 0.05)
 
 
 class DashdService(MultiService):
+    """dashd as a whole; stops its children one after the other, in reverse
+    order, so the store outlives everything that writes to it."""
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.config = config
@@ -136,3 +149,12 @@ class DashdService(MultiService):
         FleetService(self.fleet).setServiceParent(self)
         for endpoint in config["listen"]:
             strports.service(endpoint, self.site, reactor=reactor).setServiceParent(self)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            try:
+                yield service.stopService()
+            except Exception:
+                log.failure("stopping {service}", service=service)

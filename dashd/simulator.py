@@ -241,7 +241,7 @@ class SimulatedDevice:
         self._retry = self.reconnect_delay[0]
         self.close_code = self.close_reason = None
         if self.heartbeat:
-            self.call("Dash.Heartbeat", self._sysinfo())
+            self.call("Dash.Heartbeat", self._sysinfo()).addErrback(_ignore)
             if self.heartbeat_interval > 0:
                 self._heartbeat_call = self.reactor.callLater(
                     self.heartbeat_interval, self._periodic_heartbeat
@@ -429,8 +429,12 @@ class SimulatedDevice:
         if not isinstance(state, dict):
             raise RpcError(400, "state is required")
         # Apply what was asked, then say so.
-        self.reactor.callLater(0, self.report, state)
+        self.reactor.callLater(0, lambda: self.report(state).addErrback(_ignore))
         return True
+
+
+def _ignore(failure: Any) -> None:
+    """For calls whose outcome the simulated firmware does not care about."""
 
 
 # Command line

@@ -48,6 +48,19 @@ def close_connection(proto: WebSocketProtocol, code: int, reason: str) -> None:
         proto.dropConnection(abort=True)
 
 
+def take_over_producer(transport: Any, producer: Any) -> None:
+    """
+    Make C{producer} the transport's producer (None: no producer at all).
+
+    Twisted Web registered its HTTP channel as the producer of the
+    connection; once Autobahn has taken the connection over, that channel is
+    dead weight, and keeping it registered would keep it in memory.
+    """
+    transport.unregisterProducer()
+    if producer is not None:
+        transport.registerProducer(producer, True)
+
+
 class Handover:
     """
     A factory stand-in for one WebSocketResource render: builds the protocol
@@ -82,6 +95,7 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
+            take_over_producer(self.transport, None)
             self._decoder = JSONStreamDecoder(self.factory.max_frame_bytes)
             self._errors = 0
             self.session = DeviceSession(
@@ -144,6 +158,8 @@ class DeviceFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
             openHandshakeTimeout=config["http.idle_timeout"],
             closeHandshakeTimeout=2,
+            # Say why (e.g. 1009 too big) in a close frame before dropping.
+            failByDrop=False,
         )
 
 
@@ -159,11 +175,17 @@ class NotifyProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self._paused = False
         self._backlog: deque[str] = deque()
-        self._subscribed = True
-        # Twisted tells us when the socket's buffer is full (pauseProducing)
-        # and when it has drained (resumeProducing).
-        self.transport.registerProducer(self, True)
-        self.hub.subscribe(self)
+        self._subscribed = False
+        try:
+            # Twisted tells the registered producer when the socket's buffer
+            # is full (pauseProducing) and when it has drained again.
+            take_over_producer(self.transport, self)
+            self.hub.subscribe(self)
+            self._subscribed = True
+        except Exception:
+            log.failure("notification subscriber {peer}: opening", peer=self.peer)
+            close_connection(self, 1011, "internal error")
+            return
         log.info("notification subscriber {peer} (key {key})", peer=self.peer, key=self.key.id)
 
     def deliver(self, event: Event) -> None:
@@ -219,4 +241,6 @@ class NotifyFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
             openHandshakeTimeout=config["http.idle_timeout"],
             closeHandshakeTimeout=2,
+            # Say why (e.g. 1009 too big) in a close frame before dropping.
+            failByDrop=False,
         )

@@ -1,0 +1,391 @@
+"""
+What the end-to-end tests are made of: a real dashd process (``twistd -n
+dashd``) on a real port with a real SQLite file, a REST client (treq),
+notification subscribers and simulated devices over real WebSockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredQueue, ensureDeferred
+from twisted.internet.task import deferLater
+
+from dashd.simulator import SimulatedDevice
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+# Every secret the tests create; no dashd log may contain any of them.
+SECRETS: set[str] = set()
+
+# Settings that make the timing-based behaviour quick to observe.
+FAST_CONFIG = {
+    "device": {
+        "ping_interval": 1.0,
+        "ping_timeout": 1.0,
+        "info_request_delay": 0.5,
+        "max_frame_bytes": 4096,
+        "max_message_bytes": 65536,
+    },
+    "rpc": {"default_timeout": 5.0, "max_timeout": 30.0},
+    "http": {"max_body_bytes": 65536},
+    "notify": {"max_backlog": 50},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[%s]" % ", ".join(toml_value(v) for v in value)
+    raise TypeError(value)
+
+
+def write_toml(path: str, doc: dict[str, Any]) -> None:
+    lines = []
+    for key, value in doc.items():
+        if not isinstance(value, dict):
+            lines.append("%s = %s" % (key, toml_value(value)))
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            lines.append("\n[%s]" % key)
+            lines.extend("%s = %s" % (k, toml_value(v)) for k, v in value.items())
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class DashdProcess:
+    """``twistd -n dashd`` in a subprocess, with its own data directory."""
+
+    def __init__(self, directory: str, config: dict[str, Any] | None = None) -> None:
+        self.directory = directory
+        self.data_dir = os.path.join(directory, "data")
+        self.port = free_port()
+        self.log_path = os.path.join(directory, "dashd.log")
+        self.config_path = os.path.join(directory, "dashd.toml")
+        doc = merge(FAST_CONFIG, config or {})
+        doc = merge(
+            {"listen": ["tcp:%d:interface=127.0.0.1" % self.port], "data_dir": self.data_dir}, doc
+        )
+        write_toml(self.config_path, doc)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.port
+
+    @property
+    def device_url(self) -> str:
+        return "ws://127.0.0.1:%d/api/v2/rpc" % self.port
+
+    @property
+    def notify_url(self) -> str:
+        return "ws://127.0.0.1:%d/api/v2/notify" % self.port
+
+    @property
+    def admin_key(self) -> str:
+        with open(os.path.join(self.data_dir, "admin.key")) as f:
+            key = f.read().strip()
+        SECRETS.add(key)
+        return key
+
+    def spawn(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "dashd", "--config", self.config_path],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
+        )
+        log.close()
+
+    def _up(self) -> bool:
+        if not os.path.exists(os.path.join(self.data_dir, "admin.key")):
+            return False
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def start(self, timeout: float = 20) -> None:
+        """Start and wait, blocking (for fixtures, before the reactor runs)."""
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while not self._up():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError("dashd did not start:\n" + self.log())
+            time.sleep(0.05)
+
+    async def start_async(self, timeout: float = 20) -> None:
+        """Start and wait without blocking the reactor."""
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while not self._up():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError("dashd did not start:\n" + self.log())
+            await deferLater(reactor, 0.05)
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError("dashd exited with %s:\n%s" % (self.proc.returncode, self.log()))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def problems(self) -> list[str]:
+        """What a healthy run never logs: tracebacks, and any test secret."""
+        text = self.log()
+        found = []
+        for marker in ("Traceback (most recent call last)", "Unhandled Error", "Unhandled error"):
+            if marker in text:
+                found.append("dashd logged %r" % marker)
+        for secret in SECRETS:
+            if secret in text:
+                found.append("dashd logged a secret (%s...)" % secret[:16])
+        return found
+
+
+def within(d: Any, seconds: float = 10) -> Deferred[Any]:
+    """Wait for C{d} (a Deferred or coroutine), failing after C{seconds}."""
+    if not isinstance(d, Deferred):
+        d = ensureDeferred(d)
+    return d.addTimeout(seconds, reactor)
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds)
+
+
+async def eventually(check: Callable[[], Any], seconds: float = 10, interval: float = 0.05) -> Any:
+    """Poll C{check} (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if isinstance(value, Deferred) or hasattr(value, "__await__"):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within %gs" % seconds)
+        await sleep(interval)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: Any = None
+    raw: bytes = b""
+
+    @property
+    def error(self) -> dict[str, Any]:
+        assert isinstance(self.body, dict) and "error" in self.body, self
+        return self.body["error"]
+
+
+class Client:
+    """A REST client for one dashd and one API key."""
+
+    def __init__(self, server: DashdProcess, key: str | None) -> None:
+        self.server = server
+        self.key = key
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        key: Any = "default",
+    ) -> Reply:
+        hdrs = dict(headers or {})
+        key = self.key if key == "default" else key
+        if key is not None and "Authorization" not in hdrs:
+            hdrs["Authorization"] = "Bearer " + key
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        response = await within(
+            treq.request(
+                method,
+                self.server.url + path,
+                data=data,
+                headers={k: [v] for k, v in hdrs.items()},
+                persistent=False,
+            ),
+            30,
+        )
+        content = await within(response.content(), 30)
+        try:
+            parsed = json.loads(content) if content else None
+        except ValueError:
+            parsed = None
+        return Reply(response.code, parsed, response.headers, content)
+
+    async def get(self, path: str, **kw: Any) -> Reply:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, body: Any = None, **kw: Any) -> Reply:
+        return await self.request("POST", path, body=body, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> Reply:
+        return await self.request("DELETE", path, **kw)
+
+    async def register(self, name: str | None = None) -> tuple[str, str]:
+        reply = await self.post("/api/v2/devices", {"name": name} if name else {})
+        assert reply.status == 200, reply
+        SECRETS.add(reply.body["token"])
+        return reply.body["id"], reply.body["token"]
+
+    async def device(self, device_id: str) -> dict[str, Any]:
+        reply = await self.get("/api/v2/devices/" + device_id)
+        assert reply.status == 200, reply
+        return reply.body
+
+
+async def connect_device(server: DashdProcess, token: str, **options: Any) -> SimulatedDevice:
+    options.setdefault("reconnect_delay", (0.2, 1.0))
+    device = SimulatedDevice(server.device_url, token, reactor, **options).start()
+    await within(device.wait_open(), 10)
+    return device
+
+
+async def device_online(client: Client, device_id: str, online: bool = True) -> dict[str, Any]:
+    async def check() -> Any:
+        view = await client.device(device_id)
+        return view if view["online"] == online else None
+
+    return await eventually(check)
+
+
+class _SubscriberProtocol(WebSocketClientProtocol):
+    subscriber: Subscriber
+
+    def onOpen(self) -> None:
+        self.subscriber.proto = self
+        self.subscriber.opened.callback(self.subscriber)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.subscriber.events.put(json.loads(payload))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.subscriber.close_code = code
+        self.subscriber.close_reason = reason
+        if not self.subscriber.opened.called:
+            self.subscriber.opened.errback(ConnectionError(reason))
+        self.subscriber.closed.callback((code, reason))
+
+
+class _SubscriberFactory(WebSocketClientFactory):
+    protocol = _SubscriberProtocol
+
+    def __init__(self, subscriber: Subscriber, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.subscriber = subscriber
+
+    def buildProtocol(self, addr: Any) -> Any:
+        proto = super().buildProtocol(addr)
+        proto.subscriber = self.subscriber
+        return proto
+
+
+@dataclass
+class Subscriber:
+    """A client of /api/v2/notify that collects the events it receives."""
+
+    events: DeferredQueue = field(default_factory=DeferredQueue)
+    opened: Deferred = field(default_factory=Deferred)
+    closed: Deferred = field(default_factory=Deferred)
+    proto: Any = None
+    close_code: int | None = None
+    close_reason: str | None = None
+
+    async def next(
+        self, match: Callable[[dict[str, Any]], bool] = lambda e: True, seconds: float = 10
+    ) -> dict[str, Any]:
+        """The next event that C{match}es (others are skipped)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no matching event within %gs" % seconds)
+            event = await within(self.events.get(), left)
+            if match(event):
+                return event
+
+    def close(self) -> None:
+        if self.proto is not None:
+            self.proto.sendClose(1000)
+
+
+async def subscribe(server: DashdProcess, key: str, query: bool = False) -> Subscriber:
+    sub = Subscriber()
+    url = server.notify_url
+    headers = {}
+    if query:
+        url += "?access_token=" + key
+    else:
+        headers["Authorization"] = "Bearer " + key
+    factory = _SubscriberFactory(sub, url, headers=headers, reactor=reactor)
+    connectWS(factory)
+    await within(sub.opened, 10)
+    return sub
+
+
+async def raw_handshake(
+    server: DashdProcess, path: str = "/api/v2/rpc", headers: dict[str, str] | None = None
+) -> Reply:
+    """A WebSocket opening handshake by hand, to see how dashd refuses it."""
+    hdrs = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    hdrs.update(headers or {})
+    return await Client(server, None).request("GET", path, headers=hdrs, key=None)

@@ -1,0 +1,42 @@
+"""Configuration: defaults, the TOML file, overrides and errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashd import config
+
+
+def test_defaults():
+    c = config.load(None)
+    assert c["listen"] == ["tcp:8080"]
+    assert c["data_dir"] == "./dashd-data"
+    assert c["rpc.default_timeout"] <= c["rpc.max_timeout"]
+
+
+def test_file_and_overrides(tmp_path):
+    path = tmp_path / "d.toml"
+    path.write_text('listen = ["tcp:9000"]\n[device]\nping_interval = 5\n[rpc]\nmax_timeout = 60\n')
+    c = config.load(str(path), {"device.ping_interval": 7.5})
+    assert c["listen"] == ["tcp:9000"]
+    assert c["device.ping_interval"] == 7.5
+    assert c["rpc.max_timeout"] == 60
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[device]\nping_interval = -1\n", "device.ping_interval: -1 must be 0 or more"),
+    ("[device]\nmax_frame_bytes = 1.5\n", "device.max_frame_bytes: expected an integer"),
+    ("[device]\nnope = 1\n", "unknown option 'device.nope'"),
+    ("listen = []\n", "listen: [] must name at least one endpoint"),
+    ("[store]\nsynchronous = \"OFF\"\n", "must be one of FULL, NORMAL"),
+    ("[http]\naccess_log = 1\n", "http.access_log: expected true or false"),
+    ("[rpc]\nmax_timeout = true\n", "rpc.max_timeout: expected a number, got a boolean"),
+    ("[rpc]\ndefault_timeout = 50\nmax_timeout = 10\n", "must not exceed rpc.max_timeout"),
+    ("this is = not toml [", "is not valid TOML"),
+])
+def test_errors_name_the_option(tmp_path, text, message):
+    path = tmp_path / "d.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(str(path))
+    assert message in str(e.value)

@@ -1,0 +1,161 @@
+"""
+dashd as a process: first start, restart, kill -9.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+
+from support import (
+    SECRETS,
+    TWISTD,
+    Client,
+    DashdProcess,
+    connect_device,
+    device_online,
+    eventually,
+    within,
+)
+
+
+def test_first_start_creates_the_admin_key_once(tmp_path):
+    server = DashdProcess(str(tmp_path))
+    server.start()
+    try:
+        path = os.path.join(server.data_dir, "admin.key")
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        assert mode == 0o600
+        with open(path) as f:
+            content = f.read()
+        assert content.count("\n") == 1 and content.endswith("\n")
+        key = content.strip()
+        SECRETS.add(key)
+        assert len(key) > 40
+        assert "created the first admin key" in server.log()
+        assert path in server.log()
+    finally:
+        server.stop()
+    server.start()
+    try:
+        with open(path) as f:
+            assert f.read().strip() == key
+        assert server.log().count("created the first admin key") == 1
+    finally:
+        server.stop()
+    assert not server.problems()
+
+
+def test_a_busy_port_stops_the_start(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "dashd", "--data-dir", str(tmp_path / "d"),
+             "--listen", "tcp:%d:interface=127.0.0.1" % port],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode != 0
+    assert "Address already in use" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--listen", "nonsense:1"], "nonsense"),
+    (["--ping-interval", "-1"], "device.ping_interval: -1.0 must be 0 or more"),
+    (["--config", "/no/such/file.toml"], "cannot read /no/such/file.toml"),
+])
+def test_bad_options_stop_the_start_with_a_message(tmp_path, args, message):
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "dashd", "--data-dir", str(tmp_path / "d")] + args,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_bad_config_file_names_the_option(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[device]\nping_interval = "often"\n')
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "dashd", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "device.ping_interval: expected a number, got 'often'" in result.stdout + result.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_restart_device_reconnects_with_its_shadow(own_server: DashdProcess):
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    device_id, token = await admin.register()
+    sim = await connect_device(own_server, token)
+    try:
+        await device_online(admin, device_id)
+        await admin.post("/api/v2/devices/" + device_id,
+                         {"shadow": {"state": {"desired": {"speed": 3}}, "tags": {"t": 1}}})
+        await eventually(lambda: sim.reported.get("speed") == 3)
+        before = await admin.device(device_id)
+
+        closed = sim.wait_closed()
+        own_server.stop()
+        await within(closed)
+        assert sim.close_code == 1001  # going away
+        await own_server.start_async()
+
+        await within(sim.wait_open(), 15)
+        after = await device_online(admin, device_id)
+        assert after["shadow"]["state"]["desired"] == {"speed": 3}
+        assert after["shadow"]["state"]["reported"]["speed"] == 3
+        assert after["shadow"]["tags"] == {"t": 1}
+        assert after["shadow"]["version"] >= before["shadow"]["version"]
+        reply = await admin.get("/api/v2/devices/%s/rpc/Sys.GetInfo" % device_id)
+        assert reply.status == 200
+    finally:
+        await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_9_loses_nothing_acknowledged(own_server: DashdProcess):
+    """Everything answered with a 200 (or a reply to the device) just before
+    a SIGKILL is there after the restart."""
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    device_id, token = await admin.register("survivor")
+    sim = await connect_device(own_server, token, reconnect=False)
+    await device_online(admin, device_id)
+
+    # Many acknowledged writes in flight at once, REST and device side.
+    rest = [
+        Deferred.fromCoroutine(admin.post("/api/v2/devices/" + device_id,
+                                          {"shadow": {"tags": {"k%d" % i: i}}}))
+        for i in range(30)
+    ]
+    device_side = [
+        sim.call("Dash.Shadow.Update", {"state": {"reported": {"r%d" % i: i}}})
+        for i in range(30)
+    ]
+    replies = await within(gatherResults(rest), 20)
+    assert all(r.status == 200 for r in replies)
+    acks = await within(gatherResults(device_side), 20)
+    assert all("version" in a for a in acks)
+    created = await admin.post("/api/v2/keys", {"name": "late"})
+    SECRETS.add(created.body["key"])
+    own_server.kill9()
+
+    await own_server.start_async()
+    view = await admin.device(device_id)
+    assert view["name"] == "survivor"
+    assert all(view["shadow"]["tags"]["k%d" % i] == i for i in range(30))
+    assert all(view["shadow"]["state"]["reported"]["r%d" % i] == i for i in range(30))
+    assert view["shadow"]["version"] >= 60
+    late = Client(own_server, created.body["key"])
+    assert (await late.get("/api/v2/devices")).status == 200

@@ -1,0 +1,422 @@
+"""
+The REST API: every error a client can get, with its status and message,
+and the key and device endpoints.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest_twisted
+
+from support import SECRETS, Client, connect_device, device_online, sleep, subscribe, within
+
+
+# Who may call
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_wrong_and_malformed_keys(server, admin: Client):
+    anonymous = Client(server, None)
+    reply = await anonymous.get("/api/v2/devices")
+    assert reply.status == 401
+    assert "API key is required" in reply.error["message"]
+    assert reply.error["code"] == 401
+    assert reply.headers.getRawHeaders("www-authenticate") == ['Bearer realm="dashd"']
+
+    forged = admin.key[:-3] + ("AAA" if not admin.key.endswith("AAA") else "BBB")
+    for bad in ("nope", forged, admin.key + "x", admin.key.split(".")[0]):
+        reply = await Client(server, bad).get("/api/v2/devices")
+        assert (reply.status, reply.error["message"]) == (401, "unknown API key"), bad
+
+    reply = await admin.get("/api/v2/devices", headers={"Authorization": "Token " + admin.key})
+    assert reply.status == 401
+    assert "Bearer" in reply.error["message"]
+
+    # ?access_token= works, and the key never reaches the access log.
+    reply = await anonymous.get("/api/v2/devices?access_token=" + admin.key)
+    assert reply.status == 200
+    assert "access_token=***" in server.log()
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_token_does_not_open_the_api(server, admin: Client):
+    device_id, token = await admin.register()
+    reply = await Client(server, token).get("/api/v2/devices")
+    assert reply.status == 401
+    assert "this is a device token" in reply.error["message"]
+    reply = await Client(server, token).get("/api/v2/devices/" + device_id)
+    assert reply.status == 401
+    # Nor the notification stream.
+    try:
+        await subscribe(server, token)
+        raise AssertionError("a device token opened /notify")
+    except ConnectionError:
+        pass
+
+
+# Devices
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_crud(server, admin: Client):
+    reply = await admin.post("/api/v2/devices", {"name": "  porch light "})
+    assert reply.status == 200
+    device = reply.body
+    SECRETS.add(device["token"])
+    assert device["name"] == "porch light"
+    assert set(device) >= {"id", "name", "online", "last_seen", "info", "shadow", "shared_with",
+                           "token", "created"}
+    assert device["shadow"] == {
+        "state": {"desired": {}, "reported": {}, "delta": {}},
+        "tags": {}, "version": 0, "timestamp": None,
+    }
+
+    listed = await admin.get("/api/v2/devices")
+    assert listed.status == 200
+    ours = [d for d in listed.body if d["id"] == device["id"]]
+    assert len(ours) == 1 and "token" not in ours[0]
+
+    reply = await admin.post("/api/v2/devices/" + device["id"],
+                             {"name": "porch", "shared_with": "a1,a2, a1"})
+    assert reply.status == 200
+    assert reply.body["name"] == "porch" and reply.body["shared_with"] == "a1,a2"
+
+    # Registering without a name names the device after its ID.
+    unnamed = await admin.post("/api/v2/devices")
+    assert unnamed.status == 200 and unnamed.body["name"] == unnamed.body["id"]
+    SECRETS.add(unnamed.body["token"])
+
+    reply = await admin.delete("/api/v2/devices/" + device["id"])
+    assert reply.status == 200
+    reply = await admin.delete("/api/v2/devices/" + device["id"])
+    assert reply.status == 404
+    assert reply.error["message"] == "no such device: %s" % device["id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_bodies(server, admin: Client):
+    device_id, _ = await admin.register()
+    cases = [
+        ("/api/v2/devices", b"{not json", "not valid JSON"),
+        ("/api/v2/devices", b"[1,2]", "must be a JSON object"),
+        ("/api/v2/devices", b'{"name": 5}', "name must be a non-empty string"),
+        ("/api/v2/devices", b'{"name": ""}', "name must be a non-empty string"),
+        ("/api/v2/devices", b'{"colour": "red"}', "unknown field(s): colour"),
+        ("/api/v2/devices", b'{"name": "' + b"x" * 200 + b'"}', "at most 128"),
+        ("/api/v2/devices/" + device_id, b'{"shadow": {"state": {"desired": 5}}}',
+         "state.desired must be an object"),
+        ("/api/v2/devices/" + device_id, b'{"shadow": {"state": {"delta": {}}}}',
+         "only desired and reported"),
+        ("/api/v2/devices/" + device_id, b'{"shadow": {"version": "x"}}', "version must be"),
+        ("/api/v2/devices/" + device_id, b'{"shared_with": 7}', "shared_with must be"),
+        ("/api/v2/devices/" + device_id + "/rpc/Sim.Echo", b"{oops", "not valid JSON"),
+        ("/api/v2/keys", b'{"kind": "god"}', 'kind must be "admin"'),
+        ("/api/v2/keys", b'{"expires": 1}', "expires must be a Unix time in the future"),
+    ]
+    for path, raw, message in cases:
+        reply = await admin.request("POST", path, raw=raw,
+                                    headers={"Content-Type": "application/json"})
+        assert reply.status == 400, (path, raw, reply)
+        assert message in reply.error["message"], (path, raw, reply.error)
+        assert reply.error["code"] == 400
+    # Nothing was changed by any of them.
+    view = await admin.device(device_id)
+    assert view["shadow"]["version"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_over_the_limit_gets_413(server, admin: Client):
+    device_id, _ = await admin.register()
+    big = b'{"name": "' + b"x" * 70000 + b'"}'  # the test server allows 64 KiB
+    reply = await admin.request("POST", "/api/v2/devices/" + device_id, raw=big)
+    assert reply.status == 413
+    assert reply.error["message"] == "the request body is larger than 65536 bytes"
+    view = await admin.device(device_id)
+    assert view["name"] == device_id
+    # Chunked (no Content-Length): refused as soon as the chunks pass the limit.
+    response = raw_http(
+        server,
+        b"POST /api/v2/devices/%s HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+        % (device_id.encode(), admin.key.encode()),
+        [b"1000\r\n" + b"x" * 4096 + b"\r\n"] * 40,
+    )
+    assert response.startswith(b"HTTP/1.1 413 "), response[:200]
+    assert b"larger than 65536 bytes" in response
+    assert (await admin.device(device_id))["name"] == device_id
+
+
+def raw_http(server, head: bytes, chunks: list[bytes]) -> bytes:
+    """Send a request by hand (dashd runs in another process, so blocking
+    here is fine) and return all that comes back before the close."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head)
+        try:
+            for chunk in chunks:
+                s.sendall(chunk)
+        except OSError:
+            pass  # dashd closed the connection: what we want
+        data = b""
+        while True:
+            try:
+                part = s.recv(65536)
+            except OSError:
+                break
+            if not part:
+                break
+            data += part
+        return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_routes_and_methods(server, admin: Client):
+    reply = await admin.get("/api/v2/nothing/here")
+    assert (reply.status, reply.error["message"]) == (404, "no such route: /api/v2/nothing/here")
+    reply = await admin.request("PUT", "/api/v2/devices")
+    assert reply.status == 405
+    assert "PUT is not allowed" in reply.error["message"]
+    assert "GET" in reply.headers.getRawHeaders("allow")[0]
+    reply = await admin.get("/api/v2/devices/d000000000000")
+    assert (reply.status, reply.error["message"]) == (404, "no such device: d000000000000")
+
+
+# RPC
+
+
+@pytest_twisted.ensureDeferred
+async def test_rpc_errors(server, admin: Client):
+    device_id, token = await admin.register()
+    path = "/api/v2/devices/%s/rpc/" % device_id
+
+    # Offline: 503 at once.
+    started = time.monotonic()
+    reply = await admin.get(path + "Sys.GetInfo")
+    assert reply.status == 503
+    assert reply.error["message"] == "device %s is offline" % device_id
+    assert time.monotonic() - started < 2
+
+    reply = await admin.get("/api/v2/devices/dnosuchdevice0/rpc/Sys.GetInfo")
+    assert reply.status == 404
+
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        # The device's own error is passed on with its code, as 502.
+        reply = await admin.post(path + "Sim.Fail", {"code": 42, "message": "flux capacitor"})
+        assert reply.status == 502
+        assert reply.body == {"error": {"code": 42, "message": "flux capacitor"}}
+        reply = await admin.get(path + "No.Such")
+        assert (reply.status, reply.error["code"]) == (502, 404)
+
+        # Timeout: 504 after ?timeout=.
+        started = time.monotonic()
+        reply = await admin.post(path + "Sim.Sleep?timeout=0.5", {"seconds": 3})
+        assert reply.status == 504
+        assert reply.error["message"] == (
+            "device %s did not answer Sim.Sleep within 0.5 s" % device_id
+        )
+        assert 0.4 < time.monotonic() - started < 3
+        # The late answer, when it comes, is dropped; the device works on.
+        await sleep(3)
+        reply = await admin.post(path + "Sim.Echo", [1, 2])
+        assert (reply.status, reply.body) == (200, [1, 2])
+
+        for bad in ("0", "-1", "abc", "31", "nan", "inf"):
+            reply = await admin.get(path + "Sim.Echo?timeout=" + bad)
+            assert reply.status == 400, bad
+            assert "timeout must be a number of seconds" in reply.error["message"]
+        reply = await admin.get(path + "x" * 200)
+        assert reply.status == 400
+
+        # GET sends no params, POST with an empty body neither.
+        reply = await admin.get(path + "Sim.Echo")
+        assert (reply.status, reply.body) == (200, None)
+        reply = await admin.post(path + "Sim.Echo")
+        assert (reply.status, reply.body) == (200, None)
+        sent = [f for f in sim.frames if f.get("method") == "Sim.Echo"][-1]
+        assert "params" not in sent
+    finally:
+        await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_in_flight_are_bounded(tmp_path):
+    """More calls than device.max_calls_in_flight get 429 with Retry-After."""
+    from support import DashdProcess
+
+    server = DashdProcess(str(tmp_path), {"device": {"max_calls_in_flight": 3}})
+    await server.start_async()
+    try:
+        admin = Client(server, server.admin_key)
+        device_id, token = await admin.register()
+        sim = await connect_device(server, token)
+        await device_online(admin, device_id)
+        path = "/api/v2/devices/%s/rpc/Sim.Sleep" % device_id
+        from twisted.internet.defer import Deferred, gatherResults
+
+        slow = [Deferred.fromCoroutine(admin.post(path, {"seconds": 1.5})) for _ in range(3)]
+        await sleep(0.5)
+        reply = await admin.post(path, {"seconds": 0})
+        assert reply.status == 429
+        assert reply.headers.getRawHeaders("retry-after") == ["1"]
+        assert "3 calls in flight" in reply.error["message"]
+        replies = await within(gatherResults(slow), 10)
+        assert [r.status for r in replies] == [200, 200, 200]
+        reply = await admin.post(path, {"seconds": 0})
+        assert reply.status == 200
+        await sim.stop()
+    finally:
+        server.stop()
+    assert not server.problems()
+
+
+# Shadow
+
+
+@pytest_twisted.ensureDeferred
+async def test_shadow_over_rest(server, admin: Client):
+    device_id, _ = await admin.register()
+    url = "/api/v2/devices/" + device_id
+    reply = await admin.post(url, {"shadow": {"state": {"desired": {"a": 1, "b": {"c": 2, "d": 3}}},
+                                              "tags": {"site": "north"}}})
+    assert reply.status == 200
+    doc = reply.body["shadow"]
+    assert doc["version"] == 1
+    assert doc["state"]["delta"] == {"a": 1, "b": {"c": 2, "d": 3}}
+    assert doc["tags"] == {"site": "north"}
+
+    reply = await admin.post(url, {"shadow": {"state": {"reported": {"a": 1, "b": {"c": 2}}}}})
+    assert reply.body["shadow"]["state"]["delta"] == {"b": {"d": 3}}
+    assert reply.body["shadow"]["version"] == 2
+
+    # null deletes a key; a stale version is refused with 409 and changes nothing.
+    reply = await admin.post(url, {"shadow": {"state": {"desired": {"b": {"d": None}}},
+                                              "version": 2}})
+    assert reply.status == 200
+    assert reply.body["shadow"]["state"]["desired"] == {"a": 1, "b": {"c": 2}}
+    assert reply.body["shadow"]["state"]["delta"] == {}
+    reply = await admin.post(url, {"name": "renamed",
+                                   "shadow": {"state": {"desired": {"a": 9}}, "version": 2}})
+    assert reply.status == 409
+    assert reply.error["message"] == "shadow version 2 is stale: the current version is 3"
+    view = await admin.device(device_id)
+    assert view["shadow"]["state"]["desired"]["a"] == 1
+    assert view["name"] != "renamed"  # the whole change was refused
+
+    # An update that changes nothing does not bump the version.
+    reply = await admin.post(url, {"shadow": {"state": {"desired": {"a": 1}}}})
+    assert reply.body["shadow"]["version"] == 3
+    # A section set to null is emptied.
+    reply = await admin.post(url, {"shadow": {"tags": None}})
+    assert reply.body["shadow"]["tags"] == {} and reply.body["shadow"]["version"] == 4
+
+    # Too large or too deep: 413, nothing stored.
+    reply = await admin.post(url, {"shadow": {"state": {"desired": {"big": "x" * 20000}}}})
+    assert reply.status == 413
+    assert "more than the limit of 16384" in reply.error["message"]
+    deep: dict = {}
+    node = deep
+    for _ in range(12):
+        node["n"] = {}
+        node = node["n"]
+    reply = await admin.post(url, {"shadow": {"state": {"desired": deep}}})
+    assert reply.status == 413
+    assert "nested deeper than 8 levels" in reply.error["message"]
+    assert (await admin.device(device_id))["shadow"]["version"] == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_shadow_from_the_device(server, admin: Client):
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        await admin.post("/api/v2/devices/" + device_id,
+                         {"shadow": {"tags": {"secret": "for users"}}})
+        doc = await within(sim.call("Dash.Shadow.Get"))
+        assert "tags" not in doc
+        version = doc["version"]
+        # A device update with the current version is accepted...
+        result = await within(sim.call("Dash.Shadow.Update",
+                                       {"state": {"reported": {"t": 1}}, "version": version}))
+        assert result == {"version": version + 1}
+        # ...with a stale one it gets error 409.
+        try:
+            await within(sim.call("Dash.Shadow.Update",
+                                  {"state": {"reported": {"t": 2}}, "version": version}))
+            raise AssertionError("stale version accepted")
+        except Exception as e:
+            assert getattr(e, "code", None) == 409
+            assert "stale" in e.message
+        # The device may also change desired, and delete with null.
+        await within(sim.call("Dash.Shadow.Update",
+                              {"state": {"desired": {"want": 1}, "reported": {"t": None}}}))
+        view = await admin.device(device_id)
+        assert view["shadow"]["state"]["desired"] == {"want": 1}
+        assert "t" not in view["shadow"]["state"]["reported"]
+        # Bad params get -32602 and change nothing.
+        for params in ({"state": 5}, [], {"state": {"desired": 3}}):
+            try:
+                await within(sim.call("Dash.Shadow.Update", params))
+                raise AssertionError("accepted %r" % (params,))
+            except Exception as e:
+                assert getattr(e, "code", None) == -32602, params
+    finally:
+        await sim.stop()
+
+
+# Keys
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys(server, admin: Client):
+    reply = await admin.post("/api/v2/keys", {"name": "ci"})
+    assert reply.status == 200
+    new = reply.body
+    SECRETS.add(new["key"])
+    assert new["key"].startswith(new["id"] + ".")
+    assert new["kind"] == "admin" and new["name"] == "ci"
+
+    listed = await admin.get("/api/v2/keys")
+    assert listed.status == 200
+    assert new["id"] in [k["id"] for k in listed.body]
+    assert all("key" not in k and "secret_hash" not in k for k in listed.body)
+    assert new["key"] not in listed.raw.decode()
+
+    other = Client(server, new["key"])
+    assert (await other.get("/api/v2/devices")).status == 200
+    sub = await subscribe(server, new["key"])
+
+    reply = await admin.delete("/api/v2/keys/" + new["id"])
+    assert reply.status == 200
+    # Revocation takes effect at once.
+    reply = await other.get("/api/v2/devices")
+    assert (reply.status, reply.error["message"]) == (401, "unknown API key")
+    reply = await admin.delete("/api/v2/keys/" + new["id"])
+    assert reply.status == 404
+    sub.close()
+
+    # The account's last admin key cannot be deleted.
+    keys = (await admin.get("/api/v2/keys")).body
+    mine = [k for k in keys if admin.key.startswith(k["id"] + ".")][0]
+    if len([k for k in keys if k["kind"] == "admin"]) == 1:
+        reply = await admin.delete("/api/v2/keys/" + mine["id"])
+        assert reply.status == 409
+        assert "last admin key" in reply.error["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_key(server, admin: Client):
+    reply = await admin.post("/api/v2/keys", {"name": "short", "expires": time.time() + 1.5})
+    assert reply.status == 200
+    SECRETS.add(reply.body["key"])
+    key_id = reply.body["id"]
+    short = Client(server, reply.body["key"])
+    assert (await short.get("/api/v2/devices")).status == 200
+    await sleep(2)
+    reply = await short.get("/api/v2/devices")
+    assert reply.status == 401
+    assert reply.error["message"] == "API key %s has expired" % key_id

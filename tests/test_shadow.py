@@ -1,0 +1,93 @@
+"""The shadow's semantics, as pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashd import shadow
+from dashd.shadow import ShadowUpdate
+
+
+def doc(desired=None, reported=None, tags=None, version=0):
+    d = shadow.empty()
+    d["state"] = {"desired": desired or {}, "reported": reported or {}}
+    d["tags"] = tags or {}
+    d["version"] = version
+    return d
+
+
+def test_delta_is_desired_minus_reported_recursively():
+    assert shadow.delta({"a": 1, "b": {"c": 2, "d": 3}, "e": [1, 2]},
+                        {"a": 1, "b": {"c": 2}, "e": [1, 2]}) == {"b": {"d": 3}}
+    assert shadow.delta({"a": {"b": 1}}, {"a": 5}) == {"a": {"b": 1}}
+    assert shadow.delta({"a": 1}, {"a": 1.0}) == {}
+    assert shadow.delta({"a": True}, {"a": 1}) == {"a": True}
+    assert shadow.delta({"a": [1, True]}, {"a": [1, 1]}) == {"a": [1, True]}
+    assert shadow.delta({"a": None}, {}) == {"a": None}
+    assert shadow.delta({}, {"x": 1}) == {}
+
+
+def test_merge_patch():
+    assert shadow.merge_patch({"a": 1, "b": {"c": 2}}, {"b": {"c": None, "d": 4}, "e": 5}) == {
+        "a": 1, "b": {"d": 4}, "e": 5}
+    assert shadow.merge_patch({"a": {"b": 1}}, {"a": 7}) == {"a": 7}
+    assert shadow.merge_patch({"a": 7}, {"a": {"b": None}}) == {"a": {}}
+
+
+def test_update_bumps_version_only_on_change():
+    d = doc()
+    r = shadow.apply_update(d, ShadowUpdate({"desired": {"x": 1}}), now=10.0)
+    assert r.changed and r.desired_changed and r.document["version"] == 1
+    assert r.document["timestamp"] == 10.0
+    assert d["version"] == 0 and d["state"]["desired"] == {}  # input untouched
+    r2 = shadow.apply_update(r.document, ShadowUpdate({"desired": {"x": 1}}), now=11.0)
+    assert not r2.changed and r2.document["version"] == 1
+    r3 = shadow.apply_update(r.document, ShadowUpdate({"reported": {"x": 1}}), now=12.0)
+    assert r3.changed and not r3.desired_changed and r3.document["version"] == 2
+
+
+def test_version_conflict():
+    d = doc(version=5)
+    with pytest.raises(shadow.VersionConflict) as e:
+        shadow.apply_update(d, ShadowUpdate({"desired": {"x": 1}}, version=4), now=0)
+    assert str(e.value) == "shadow version 4 is stale: the current version is 5"
+    r = shadow.apply_update(d, ShadowUpdate({"desired": {"x": 1}}, version=5), now=0)
+    assert r.document["version"] == 6
+
+
+def test_limits():
+    with pytest.raises(shadow.ShadowTooLarge):
+        shadow.apply_update(doc(), ShadowUpdate({"reported": {"x": "y" * 100}}), 0, max_bytes=80)
+    deep = {"a": {"b": {"c": {"d": 1}}}}
+    with pytest.raises(shadow.ShadowTooLarge):
+        shadow.apply_update(doc(), ShadowUpdate({"tags": deep}), 0, max_depth=3)
+    shadow.apply_update(doc(), ShadowUpdate({"tags": deep}), 0, max_depth=4)
+
+
+def test_parse_device_update():
+    u = shadow.parse_device_update({"state": {"temp": 20}})
+    assert u.patches == {"reported": {"temp": 20}} and u.version is None
+    u = shadow.parse_device_update({"state": {"desired": None, "reported": {"a": 1}}, "version": 3})
+    assert u.patches == {"desired": None, "reported": {"a": 1}} and u.version == 3
+    for bad in (None, [], {"state": 1}, {"state": {"reported": 1}},
+                {"state": {"reported": {}, "x": 1}}, {"state": {}, "version": -1},
+                {"state": {}, "version": True}):
+        with pytest.raises(shadow.InvalidShadowUpdate):
+            shadow.parse_device_update(bad)
+
+
+def test_parse_rest_update():
+    u = shadow.parse_update({"state": {"desired": {"a": 1}}, "tags": {"t": 1}, "version": 2},
+                            allow_tags=True)
+    assert u.patches == {"desired": {"a": 1}, "tags": {"t": 1}} and u.version == 2
+    with pytest.raises(shadow.InvalidShadowUpdate, match="tags may not be changed"):
+        shadow.parse_update({"tags": {}}, allow_tags=False)
+    with pytest.raises(shadow.InvalidShadowUpdate, match="unknown shadow field"):
+        shadow.parse_update({"metadata": {}}, allow_tags=True)
+
+
+def test_view_hides_tags_from_devices():
+    d = doc(desired={"a": 1}, tags={"t": 1}, version=3)
+    assert shadow.view(d)["tags"] == {"t": 1}
+    device_view = shadow.view(d, include_tags=False)
+    assert "tags" not in device_view and device_view["state"]["delta"] == {"a": 1}

@@ -1,0 +1,131 @@
+"""
+The SQLite store, on a real file: migrations, group commit, and that a
+failing job does not take the others of its batch with it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from zope.interface.verify import verifyObject
+
+from dashd import shadow, tokens
+from dashd.model import Account, ApiKey, Device
+from dashd.store import IStore, LastAdminKey, NotFound, StoreError
+from dashd.store.sqlite import SQLiteStore, migrate, migrations
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor)
+    s.start()
+    yield s
+    pytest_twisted.blockon(s.stop())
+
+
+def test_interface(store):
+    assert verifyObject(IStore, store)
+
+
+def test_migrations_are_numbered_and_applied_once(tmp_path):
+    numbers = [n for n, _ in migrations()]
+    assert numbers == sorted(set(numbers)) and numbers[0] == 1
+    conn = sqlite3.connect(str(tmp_path / "m.sqlite3"), isolation_level=None)
+    assert migrate(conn) == (0, numbers[-1])
+    assert migrate(conn) == (numbers[-1], numbers[-1])
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"accounts", "api_keys", "devices", "device_shares"} <= tables
+
+
+async def _account_and_device(store):
+    account = Account(tokens.new_id("a"), "acme", 1.0)
+    key = ApiKey(tokens.new_id("k"), account.id, "admin", "admin", 1.0)
+    stored = await store.bootstrap_admin_key(key, "h" * 64, account)
+    assert stored.account_id == account.id
+    device = Device(tokens.new_id("d"), account.id, "dev", 2.0, shared_with=("b1",))
+    await store.create_device(device, "t" * 64)
+    return account, key, device
+
+
+@pytest_twisted.ensureDeferred
+async def test_devices_keys_and_sharing(store):
+    account, key, device = await _account_and_device(store)
+    # Only the first start creates a key.
+    again = await store.bootstrap_admin_key(
+        ApiKey(tokens.new_id("k"), "x", "admin", "admin", 1.0), "i" * 64, account)
+    assert again is None
+    found, token_hash = await store.device_credentials(device.id)
+    assert found == device and token_hash == "t" * 64
+    assert [d.id for d in await store.list_devices(account.id)] == [device.id]
+    assert [d.id for d in await store.list_devices("b1")] == [device.id]
+    assert await store.list_devices("zz") == []
+    with pytest.raises(LastAdminKey):
+        await store.delete_key(key.id, account.id)
+    assert await store.delete_key("knope", account.id) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_job_does_not_spoil_its_batch(store):
+    _, _, device = await _account_and_device(store)
+    update = shadow.ShadowUpdate({"reported": {"n": 1}})
+    stale = shadow.ShadowUpdate({"reported": {"n": 2}}, version=999)
+    # Queued together, so they share a transaction.
+    results = [
+        store.update_shadow(device.id, update, 3.0),
+        store.update_shadow(device.id, stale, 3.0),
+        store.update_shadow("dmissing", update, 3.0),
+        store.update_shadow(device.id, shadow.ShadowUpdate({"tags": {"t": 1}}), 3.0),
+    ]
+    outcomes = []
+    for d in results:
+        try:
+            outcomes.append(await d)
+        except Exception as e:
+            outcomes.append(e)
+    assert outcomes[0][1].document["version"] == 1
+    assert isinstance(outcomes[1], shadow.VersionConflict)
+    assert isinstance(outcomes[2], NotFound)
+    assert outcomes[3][1].document["version"] == 2
+    stored = await store.get_device(device.id)
+    assert stored.shadow["state"]["reported"] == {"n": 1} and stored.shadow["tags"] == {"t": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_writes_are_grouped(store):
+    _, _, device = await _account_and_device(store)
+    ds = [store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 4.0)
+          for i in range(2000)]
+    await gatherResults(ds)
+    stored = await store.get_device(device.id)
+    assert stored.shadow["version"] == 2000 and stored.shadow["state"]["reported"] == {"i": 1999}
+
+
+@pytest_twisted.ensureDeferred
+async def test_closed_store_fails_clearly(tmp_path):
+    s = SQLiteStore(str(tmp_path / "c.sqlite3"), reactor)
+    s.start()
+    await s.stop()
+    with pytest.raises(StoreError, match="closed"):
+        await s.get_device("d")
+
+
+@pytest_twisted.ensureDeferred
+async def test_overloaded_store_fails_fast(tmp_path):
+    s = SQLiteStore(str(tmp_path / "o.sqlite3"), reactor, queue_size=5)
+    s.start()
+    try:
+        ds = [s.get_device("d%d" % i) for i in range(50)]
+        outcomes = []
+        for d in ds:
+            try:
+                outcomes.append(await d)
+            except StoreError as e:
+                outcomes.append(e)
+        refused = [o for o in outcomes if isinstance(o, StoreError)]
+        assert refused and "overloaded" in str(refused[0])
+    finally:
+        await s.stop()
