@@ -154,7 +154,8 @@ class Api:
 
     def _json(self, request: Any, value: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
-        return json_bytes(value)
+        # The newline keeps a shell prompt (or the next curl) off the line.
+        return json_bytes(value) + b"\n"
 
     def _view(self, device: Device) -> dict[str, Any]:
         return device_view(device, self.fleet.router.is_online(device.id))

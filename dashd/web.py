@@ -61,7 +61,7 @@ class DashdRequest(Request):
         self.content = BytesIO()
         body = json_bytes(
             {"error": {"code": 413, "message": "the request body is larger than %d bytes" % limit}}
-        )
+        ) + b"\n"
         transport = self.channel.transport
         transport.write(
             b"HTTP/1.1 413 Request Entity Too Large\r\n"

@@ -40,3 +40,24 @@ def test_errors_name_the_option(tmp_path, text, message):
     with pytest.raises(config.ConfigError) as e:
         config.load(str(path))
     assert message in str(e.value)
+
+
+def test_example_file_lists_every_option_with_its_default():
+    """etc/dashd.toml documents every option, and says its true default."""
+    import os
+    import tomllib
+
+    path = os.path.join(os.path.dirname(__file__), "..", "etc", "dashd.toml")
+    with open(path, "rb") as f:
+        values = config.flatten(tomllib.load(f))
+    assert values == {o.name: o.default for o in config.OPTIONS}
+
+
+def test_readme_documents_every_option():
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    with open(path) as f:
+        readme = f.read()
+    missing = [o.name for o in config.OPTIONS if "`%s`" % o.name not in readme]
+    assert not missing
