@@ -44,8 +44,9 @@ def close_connection(proto: WebSocketProtocol, code: int, reason: str) -> None:
     (1001 going away, 1008 policy, 1009 too big)."""
     if proto.state == WebSocketProtocol.STATE_OPEN:
         proto.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
-    elif proto.state != WebSocketProtocol.STATE_CLOSED:
+    elif proto.state in (WebSocketProtocol.STATE_CONNECTING, WebSocketProtocol.STATE_PROXY_CONNECTING):
         proto.dropConnection(abort=True)
+    # CLOSING: the closing handshake is under way already (with a timeout).
 
 
 def take_over_producer(transport: Any, producer: Any) -> None:
@@ -115,8 +116,8 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
-        if session is None:
-            return
+        if session is None or self.state != WebSocketProtocol.STATE_OPEN:
+            return  # closing: what the device still sends is moot
         try:
             for item in self._decoder.feed(payload):
                 if isinstance(item, StreamError):

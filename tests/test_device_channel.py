@@ -355,3 +355,21 @@ async def test_deleting_a_device_disconnects_it(server, admin: Client):
     reply = await raw_handshake(server, headers={"Authorization": "Bearer " + token})
     assert reply.status == 401
     assert (await admin.get("/api/v2/devices/" + device_id)).status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_endless_garbage_closes_the_connection(server, admin: Client):
+    bystander_id, bystander = await _bystander(server, admin)
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token, reconnect=False)
+    try:
+        await device_online(admin, device_id)
+        closed = sim.wait_closed()
+        for i in range(60):
+            sim.send_raw("garbage %d" % i)
+        await within(closed)
+        assert (sim.close_code, sim.close_reason) == (1008, "too many invalid frames")
+        await device_online(admin, device_id, online=False)
+        await _still_answers(admin, bystander_id)
+    finally:
+        await bystander.stop()
