@@ -1,0 +1,42 @@
+"""The two WebSocket doors: /api/v2/rpc for devices, /api/v2/notify for
+subscribers. Both authenticate before the upgrade."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.logger import Logger
+
+from dashd.api.base import ApiBase, app
+from dashd.auth import bearer_secret
+from dashd.errors import ApiError
+from dashd.websocket import DeviceFactory, Handover, NotifyFactory
+
+log = Logger()
+
+
+class ChannelRoutes(ApiBase):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.device_factory = DeviceFactory(self.config, self.reactor)
+        self.notify_factory = NotifyFactory(self.config, self.reactor)
+
+    @app.route("/api/v2/rpc", branch=False)
+    async def device_channel(self, request: Any) -> Any:
+        try:
+            device = await self.auth.device(bearer_secret(request))
+        except ApiError as e:
+            peer = request.getClientAddress()
+            log.warn(
+                "device channel refused for {host}: {why}",
+                host=getattr(peer, "host", peer),
+                why=e.message,
+            )
+            raise
+        return WebSocketResource(Handover(self.device_factory, device=device, fleet=self.fleet))
+
+    @app.route("/api/v2/notify", branch=False)
+    async def notify_channel(self, request: Any) -> Any:
+        key = await self.authenticate(request)
+        return WebSocketResource(Handover(self.notify_factory, key=key, hub=self.fleet.hub))

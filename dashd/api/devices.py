@@ -1,0 +1,89 @@
+"""/api/v2/devices: register, list, read, change and delete devices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dashd import shadow
+from dashd.api.base import ApiBase, app, name_value, object_body
+from dashd.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from dashd.store import NotFound as StoreNotFound
+
+
+def shared_with_value(value: Any) -> tuple[str, ...]:
+    """mDash's comma-separated account IDs (a JSON list is accepted too)."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise BadRequest("shared_with must be a string of comma-separated account IDs")
+    out: list[str] = []
+    for item in items:
+        if item and item not in out:
+            if len(item) > 128:
+                raise BadRequest("shared_with holds an account ID that is too long")
+            out.append(item)
+    return tuple(out)
+
+
+class DeviceRoutes(ApiBase):
+    @app.route("/api/v2/devices", methods=["GET"])
+    async def list_devices(self, request: Any) -> bytes:
+        key = await self.authenticate(request)
+        devices = await self.fleet.store.list_devices(key.account_id)
+        return self.json(request, [self.view(d) for d in devices])
+
+    @app.route("/api/v2/devices", methods=["POST"])
+    async def register_device(self, request: Any) -> bytes:
+        key = await self.authenticate(request)
+        body = object_body(request, {"name", "shared_with"})
+        name = name_value(body["name"]) if "name" in body else None
+        shared_with = shared_with_value(body["shared_with"]) if "shared_with" in body else ()
+        device, token = await self.fleet.register_device(key.account_id, name, shared_with)
+        view = self.view(device)
+        view["token"] = token
+        return self.json(request, view)
+
+    @app.route("/api/v2/devices/<device_id>", methods=["GET"])
+    async def get_device(self, request: Any, device_id: str) -> bytes:
+        key = await self.authenticate(request)
+        device = await self.visible_device(key, device_id)
+        return self.json(request, self.view(device))
+
+    @app.route("/api/v2/devices/<device_id>", methods=["POST"])
+    async def change_device(self, request: Any, device_id: str) -> bytes:
+        key = await self.authenticate(request)
+        body = object_body(request, {"name", "shared_with", "shadow"})
+        device = await self.visible_device(key, device_id)
+        name = name_value(body["name"]) if "name" in body else None
+        shared_with = None
+        if "shared_with" in body:
+            if device.account_id != key.account_id:
+                raise Forbidden("only the device's owner may change its sharing")
+            shared_with = shared_with_value(body["shared_with"])
+        update = None
+        if "shadow" in body:
+            try:
+                update = shadow.parse_update(body["shadow"], allow_tags=True)
+            except shadow.InvalidShadowUpdate as e:
+                raise BadRequest(str(e))
+        try:
+            device = await self.fleet.update_device(device_id, name, shared_with, update)
+        except shadow.VersionConflict as e:
+            raise Conflict(str(e))
+        except shadow.ShadowTooLarge as e:
+            raise TooLarge(str(e))
+        except StoreNotFound:
+            raise NotFound("no such device: %s" % device_id)
+        return self.json(request, self.view(device))
+
+    @app.route("/api/v2/devices/<device_id>", methods=["DELETE"])
+    async def delete_device(self, request: Any, device_id: str) -> bytes:
+        key = await self.authenticate(request)
+        device = await self.visible_device(key, device_id)
+        if device.account_id != key.account_id:
+            raise Forbidden("only the device's owner may delete it")
+        if not await self.fleet.delete_device(device_id):
+            raise NotFound("no such device: %s" % device_id)
+        return self.json(request, {"id": device_id, "deleted": True})
