@@ -41,6 +41,12 @@ def _endpoints(value: Any) -> str | None:
     return None
 
 
+def _url_or_empty(value: Any) -> str | None:
+    if value == "" or (value.startswith(("http://", "https://")) and len(value) > 8):
+        return None
+    return "must be empty or an http:// or https:// URL"
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else "must be one of %s" % ", ".join(choices)
@@ -93,6 +99,40 @@ OPTIONS = [
     Option("notify.max_backlog", 1000, int,
            "Events held for a notification subscriber that is not reading; beyond it "
            "the subscriber is dropped (close code 1008)", _positive),
+    Option("notify.max_backlog_bytes", 4194304, int,
+           "Bytes of events held for a notification subscriber that is not reading; "
+           "beyond it the subscriber is dropped (close code 1008)", _positive),
+    Option("ota.max_bytes", 16777216, int,
+           "Largest firmware file POST /devices/:id/ota accepts; larger ones get 413 "
+           "before they are read", _positive),
+    Option("ota.chunk_bytes", 2048, int,
+           "Firmware bytes in each OTA.Write call (sent base64-encoded, a third larger)",
+           _positive),
+    Option("ota.writes_in_flight", 4, int,
+           "OTA.Write calls sent to a device before it has answered the earlier ones",
+           _positive),
+    Option("ota.step_timeout", 30.0, (int, float),
+           "Seconds a device has to answer each OTA.Begin, OTA.Write, OTA.End and "
+           "OTA.Commit", _positive),
+    Option("ota.pull_timeout", 600.0, (int, float),
+           "Seconds a device has to download the firmware and answer OTA.Update (pull "
+           "mode); the one-time download link expires then", _positive),
+    Option("ota.reboot_timeout", 300.0, (int, float),
+           "Seconds a device has to come back after receiving new firmware before the "
+           "update is marked failed", _positive),
+    Option("ota.commit_timeout", 600, int,
+           "commit_timeout sent with OTA.Update: seconds the new firmware has to be "
+           "committed before the device reverts to the old one (0: no revert)",
+           _not_negative),
+    Option("ota.public_url", "", str,
+           "Base URL devices download firmware from in pull mode, e.g. "
+           "\"https://dash.example.com\"; empty: the address the upload was sent to",
+           _url_or_empty),
+    Option("data.retention_days", 90.0, (int, float),
+           "Days stored data (tags.save) is kept; 0 keeps it forever", _not_negative),
+    Option("logs.max_per_device", 1000, int,
+           "Device log lines and notifications kept per device for POST /logs; older "
+           "ones are dropped", _positive),
 ]
 
 _BY_NAME = {o.name: o for o in OPTIONS}

@@ -8,7 +8,7 @@ same way whether a user or the device itself made it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
@@ -44,12 +44,23 @@ class Fleet:
         self.hub = hub
         self.clock = clock
         self.config = config
+        # Who else hears of what happens: every published event (the stored
+        # history, dashd.history) and every info a device gives about itself
+        # (firmware updates, dashd.ota). Observers must not block or raise.
+        self.event_observers: list[Callable[[Event], None]] = []
+        self.info_observers: list[Callable[[Device, dict[str, Any]], None]] = []
 
     def now(self) -> float:
         return self.clock.seconds()
 
     def publish(self, device: Device, name: str, data: Any) -> None:
-        self.hub.publish(Event(name, device.id, data, device.account_id, device.shared_with))
+        event = Event(name, device.id, data, device.account_id, device.shared_with)
+        self.hub.publish(event)
+        for observer in self.event_observers:
+            try:
+                observer(event)
+            except Exception:
+                log.failure("event observer {observer}", observer=observer)
 
     # Devices
 
@@ -89,9 +100,14 @@ class Fleet:
         return device
 
     @inlineCallbacks
-    def update_shadow(self, device_id: str, update: shadow.ShadowUpdate) -> Any:
-        """Fire with C{(device, UpdateResult)}."""
-        device, result = yield self.store.update_shadow(device_id, update, self.now())
+    def update_shadow(
+        self, device_id: str, update: shadow.ShadowUpdate, save_data: bool = False
+    ) -> Any:
+        """Fire with C{(device, UpdateResult)}. C{save_data}: the device
+        itself reports, so values of keys in C{tags.save} are stored."""
+        device, result = yield self.store.update_shadow(
+            device_id, update, self.now(), save_data=save_data
+        )
         self._shadow_changed(device, result)
         return device, result
 
@@ -106,6 +122,11 @@ class Fleet:
         device, result = yield self.store.record_info(device_id, info, update, self.now())
         if result is not None:
             self._shadow_changed(device, result)
+        for observer in self.info_observers:
+            try:
+                observer(device, info)
+            except Exception:
+                log.failure("info observer {observer}", observer=observer)
         return device
 
     def _shadow_changed(self, device: Device, result: shadow.UpdateResult) -> None:

@@ -10,9 +10,11 @@ device connections on the way down); then one listening port per
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -23,18 +25,26 @@ from dashd.api import Api
 from dashd.auth import Authenticator
 from dashd.config import Config
 from dashd.fleet import Fleet
+from dashd.history import History
 from dashd.hub import LocalHub
 from dashd.model import Account, ApiKey
+from dashd.ota import OtaManager
+from dashd.retention import DataRetention
 from dashd.router import LocalRouter
 from dashd.session import CLOSE_GOING_AWAY
 from dashd.store import IStore
 from dashd.store.sqlite import SQLiteStore
-from dashd.web import DashdSite
+from dashd.web import DashdSite, SpoolRule
 
 log = Logger()
 
 ADMIN_KEY_FILE = "admin.key"
 DATABASE_FILE = "dashd.sqlite3"
+# Firmware uploads while they are checked and sent (emptied at start).
+FIRMWARE_DIR = "firmware"
+MULTIPART_ALLOWANCE = 65536
+# Seconds between two runs of the stored data retention.
+PRUNE_INTERVAL = 600.0
 
 
 def write_secret_file(path: str, secret: str) -> None:
@@ -121,6 +131,24 @@ class FleetService(Service):
             yield deferLater(clock, 0.05)
 
 
+class OtaService(Service):
+    """Starts the firmware update manager, and fails the transfers under way
+    when dashd stops."""
+
+    def __init__(self, ota: OtaManager) -> None:
+        self.ota = ota
+
+    def startService(self) -> None:
+        super().startService()
+        self.ota.start().addErrback(
+            lambda f: log.failure("resuming firmware updates", f)
+        )
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return self.ota.stop()
+
+
 class DashdService(MultiService):
     """dashd as a whole; stops its children one after the other, in reverse
     order, so the store outlives everything that writes to it."""
@@ -135,8 +163,13 @@ class DashdService(MultiService):
             shadow_limits=(config["shadow.max_bytes"], config["shadow.max_depth"]),
         )
         self.fleet = Fleet(self.store, LocalRouter(), LocalHub(), reactor, config)
+        self.history = History(self.store, reactor, config["logs.max_per_device"])
+        self.fleet.event_observers.append(self.history.observe)
+        firmware_dir = os.path.join(data_dir, FIRMWARE_DIR)
+        self.ota = OtaManager(self.fleet, config, firmware_dir, reactor)
         self.auth = Authenticator(self.store, reactor)
         self.api = Api(self.fleet, self.auth, config, reactor)
+        self.api.ota = self.ota
         self.site = DashdSite(
             self.api.resource(),
             max_body_bytes=config["http.max_body_bytes"],
@@ -144,9 +177,22 @@ class DashdService(MultiService):
             access_log=config["http.access_log"],
             reactor=reactor,
         )
+        # Firmware uploads: their own limit (plus room for multipart
+        # headers), and to a file rather than memory.
+        self.site.spool_rules.append(SpoolRule(
+            b"POST", re.compile(rb"^/api/v2/devices/[^/]+/ota/?$"),
+            config["ota.max_bytes"] + MULTIPART_ALLOWANCE, firmware_dir,
+        ))
         self.store_service = StoreService(self.store, data_dir, reactor)
         self.store_service.setServiceParent(self)
         FleetService(self.fleet).setServiceParent(self)
+        # After the fleet, so it stops first: transfers under way are marked
+        # failed while the store is still open.
+        OtaService(self.ota).setServiceParent(self)
+        retention = DataRetention(self.store, reactor, config["data.retention_days"])
+        pruner = TimerService(PRUNE_INTERVAL, retention.tick)
+        pruner.clock = reactor
+        pruner.setServiceParent(self)
         for endpoint in config["listen"]:
             strports.service(endpoint, self.site, reactor=reactor).setServiceParent(self)
 

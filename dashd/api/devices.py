@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashd import shadow
+from dashd import shadow, timeseries
 from dashd.api.base import ApiBase, app, name_value, object_body
 from dashd.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
 from dashd.store import NotFound as StoreNotFound
@@ -49,7 +49,10 @@ class DeviceRoutes(ApiBase):
     async def get_device(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         device = await self.visible_device(key, device_id)
-        return self.json(request, self.view(device))
+        view = self.view(device)
+        # The status of its last firmware update (dashd.ota), or null.
+        view["ota"] = await self.fleet.store.get_ota_status(device_id)
+        return self.json(request, view)
 
     @app.route("/api/v2/devices/<device_id>", methods=["POST"])
     async def change_device(self, request: Any, device_id: str) -> bytes:
@@ -66,7 +69,10 @@ class DeviceRoutes(ApiBase):
         if "shadow" in body:
             try:
                 update = shadow.parse_update(body["shadow"], allow_tags=True)
-            except shadow.InvalidShadowUpdate as e:
+                tags = update.patches.get("tags")
+                if tags and "save" in tags:
+                    timeseries.check_save_list(tags["save"])
+            except (shadow.InvalidShadowUpdate, timeseries.InvalidSaveList) as e:
                 raise BadRequest(str(e))
         try:
             device = await self.fleet.update_device(device_id, name, shared_with, update)

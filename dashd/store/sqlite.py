@@ -10,6 +10,9 @@ applied in order and recorded in ``PRAGMA user_version``):
 - ``devices(id, account_id, name, token_hash, created, last_seen, info,
   shadow)``: ``info`` and ``shadow`` are JSON documents.
 - ``device_shares(device_id, account_id)``: who else may use a device.
+- ``data_points``, ``device_events``, ``ota_status``: stored data, the log
+  and notification history, the last firmware update of each device (jobs
+  in ``series.py``).
 
 All work happens on one dedicated writer thread, never on the reactor. It
 takes every job that is waiting, runs them in a single transaction (each
@@ -38,7 +41,7 @@ from zope.interface import implementer
 
 from dashd import shadow
 from dashd.model import Account, ApiKey, Device
-from dashd.store import IStore, LastAdminKey, NotFound, StoreError
+from dashd.store import IStore, LastAdminKey, NotFound, StoreError, series
 
 log = Logger()
 
@@ -374,13 +377,20 @@ class SQLiteStore:
         return self._submit(job)
 
     def update_shadow(
-        self, device_id: str, update: shadow.ShadowUpdate, now: float
+        self, device_id: str, update: shadow.ShadowUpdate, now: float, save_data: bool = False
     ) -> Deferred[tuple[Device, shadow.UpdateResult]]:
         def job(conn: sqlite3.Connection) -> tuple[Device, shadow.UpdateResult]:
             device = _get_device(conn, device_id)
             if device is None:
                 raise NotFound(device_id)
             result = self._apply_shadow(conn, device, update, now)
+            if save_data and update.patches.get("reported"):
+                # In the same transaction: a point is durable exactly when
+                # the report is acknowledged.
+                series.save_reported(
+                    conn, device_id, device.account_id, result.document["tags"],
+                    update.patches["reported"], now,
+                )
             return _replace_shadow(device, result.document), result
 
         return self._submit(job)
@@ -435,6 +445,41 @@ class SQLiteStore:
             return cur.rowcount > 0
 
         return self._submit(job)
+
+    # Stored data, device events, OTA status (the jobs are in series.py)
+
+    def query_data(
+        self, account_id: str, device_id: str | None, skip: int, limit: int, text: str | None
+    ) -> Deferred[list[dict[str, Any]]]:
+        return self._submit(
+            lambda conn: series.query_points(conn, account_id, device_id, skip, limit, text)
+        )
+
+    def prune_data(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._submit(lambda conn: series.prune_points(conn, before, batch))
+
+    def append_event(
+        self, device_id: str, account_id: str, name: str, data: Any, now: float, keep: int
+    ) -> Deferred[int]:
+        return self._submit(
+            lambda conn: series.append_event(conn, device_id, account_id, name, data, now, keep)
+        )
+
+    def query_events(
+        self, account_id: str, device_id: str | None, start: int, limit: int
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        return self._submit(
+            lambda conn: series.query_events(conn, account_id, device_id, start, limit)
+        )
+
+    def set_ota_status(self, device_id: str, status: dict[str, Any], now: float) -> Deferred[bool]:
+        return self._submit(lambda conn: series.set_ota_status(conn, device_id, status, now))
+
+    def get_ota_status(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+        return self._submit(lambda conn: series.get_ota_status(conn, device_id))
+
+    def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
+        return self._submit(lambda conn: series.ota_statuses(conn, states))
 
 
 def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:

@@ -1,0 +1,224 @@
+"""
+The SQLite jobs behind stored data, the device event history and the OTA
+status (schema: ``migrations/0003_data_logs_ota.sql``). Each function is a
+job for L{dashd.store.sqlite.SQLiteStore}'s writer thread: a function of the
+connection, short, touching only index ranges it can bound.
+
+Visibility: an account sees the rows of the devices it owns (the
+``account_id`` column, the device's owner) and of those shared with it
+(``device_shares``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from dashd import timeseries
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _visible(conn: sqlite3.Connection, account_id: str, device_id: str | None) -> tuple[str, list[Any]]:
+    """A WHERE clause (and its parameters) for the rows an account may see."""
+    if device_id is not None:
+        # The caller has checked that the account may see this device.
+        return "device_id = ?", [device_id]
+    shared = conn.execute(
+        "SELECT 1 FROM device_shares WHERE account_id = ? LIMIT 1", (account_id,)
+    ).fetchone()
+    if not shared:
+        # The common case, one index range in id order.
+        return "account_id = ?", [account_id]
+    return (
+        "(account_id = ? OR device_id IN"
+        " (SELECT device_id FROM device_shares WHERE account_id = ?))",
+        [account_id, account_id],
+    )
+
+
+def _window(skip: int, limit: int) -> tuple[str, int, int, bool]:
+    """ORDER, LIMIT and OFFSET for C{skip} (negative: from the end) and
+    C{limit}; the last item says whether the rows come newest first."""
+    if skip >= 0:
+        return "ASC", limit, skip, False
+    wanted = -skip
+    count = min(limit, wanted)
+    return "DESC", count, wanted - count, True
+
+
+# Stored data
+
+
+def save_reported(
+    conn: sqlite3.Connection,
+    device_id: str,
+    account_id: str,
+    tags: dict[str, Any],
+    patch: Any,
+    now: float,
+) -> int:
+    """Append the points a report makes (see L{dashd.timeseries}); return
+    how many."""
+    points = timeseries.reported_points(timeseries.saved_keys(tags), patch)
+    if points:
+        conn.executemany(
+            "INSERT INTO data_points (device_id, account_id, t, key, value)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(device_id, account_id, now, key, _json(value)) for key, value in points],
+        )
+    return len(points)
+
+
+def query_points(
+    conn: sqlite3.Connection,
+    account_id: str,
+    device_id: str | None,
+    skip: int,
+    limit: int,
+    text: str | None,
+) -> list[dict[str, Any]]:
+    where, params = _visible(conn, account_id, device_id)
+    if text:
+        where += " AND (instr(key, ?) > 0 OR instr(value, ?) > 0)"
+        params += [text, text]
+    order, count, offset, newest_first = _window(skip, limit)
+    rows = conn.execute(
+        "SELECT device_id, t, key, value FROM data_points WHERE %s"
+        " ORDER BY id %s LIMIT ? OFFSET ?" % (where, order),
+        params + [count, offset],
+    ).fetchall()
+    if newest_first:
+        rows.reverse()
+    return [
+        {"device_id": r[0], "timestamp": r[1], "key": r[2], "value": json.loads(r[3])}
+        for r in rows
+    ]
+
+
+def prune_points(conn: sqlite3.Connection, before: float, batch: int) -> int:
+    """Delete up to C{batch} of the oldest points reported before C{before};
+    return how many. Points arrive in time order, so the old ones are the
+    first ids: this reads C{batch} rows at most, whatever the table's size."""
+    rows = conn.execute(
+        "SELECT id, t FROM data_points ORDER BY id LIMIT ?", (batch,)
+    ).fetchall()
+    last = None
+    for row_id, t in rows:
+        if t >= before:
+            break
+        last = row_id
+    if last is None:
+        return 0
+    cur = conn.execute("DELETE FROM data_points WHERE id <= ? AND t < ?", (last, before))
+    return cur.rowcount
+
+
+# Device events (logs and notifications)
+
+
+def append_event(
+    conn: sqlite3.Connection,
+    device_id: str,
+    account_id: str,
+    name: str,
+    data: Any,
+    now: float,
+    keep: int,
+) -> int:
+    """Store one event and drop the device's oldest beyond C{keep}; return
+    its offset (0 if the device no longer exists)."""
+    # A device deleted meanwhile (its "offline" comes after) stores nothing.
+    cur = conn.execute(
+        "INSERT INTO device_events (device_id, account_id, t, name, data)"
+        " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM devices WHERE id = ?)",
+        (device_id, account_id, now, name, _json(data), device_id),
+    )
+    if cur.rowcount == 0:
+        return 0
+    row = conn.execute(
+        "SELECT id FROM device_events WHERE device_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+        (device_id, keep),
+    ).fetchone()
+    if row is not None:
+        conn.execute(
+            "DELETE FROM device_events WHERE device_id = ? AND id <= ?", (device_id, row[0])
+        )
+    return int(cur.lastrowid or 0)
+
+
+def query_events(
+    conn: sqlite3.Connection,
+    account_id: str,
+    device_id: str | None,
+    start: int,
+    limit: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """Events from offset C{start} (negative: that many before the end),
+    oldest first, and the offset to ask for next."""
+    where, params = _visible(conn, account_id, device_id)
+    if start >= 0:
+        rows = conn.execute(
+            "SELECT id, device_id, t, name, data FROM device_events WHERE %s AND id >= ?"
+            " ORDER BY id LIMIT ?" % where,
+            params + [start, limit],
+        ).fetchall()
+    else:
+        order, count, offset, _ = _window(start, limit)
+        rows = conn.execute(
+            "SELECT id, device_id, t, name, data FROM device_events WHERE %s"
+            " ORDER BY id DESC LIMIT ? OFFSET ?" % where,
+            params + [count, offset],
+        ).fetchall()
+        rows.reverse()
+    events = [
+        {"offset": r[0], "id": r[1], "timestamp": r[2], "name": r[3], "data": json.loads(r[4])}
+        for r in rows
+    ]
+    if events:
+        following = events[-1]["offset"] + 1
+    elif start >= 0:
+        following = start
+    else:
+        seq = conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'device_events'"
+        ).fetchone()
+        following = (seq[0] if seq else 0) + 1
+    return events, following
+
+
+# OTA status
+
+
+def set_ota_status(
+    conn: sqlite3.Connection, device_id: str, status: dict[str, Any], now: float
+) -> bool:
+    """Store the status of the device's current update; False if the device
+    is gone."""
+    if conn.execute("SELECT 1 FROM devices WHERE id = ?", (device_id,)).fetchone() is None:
+        return False
+    conn.execute(
+        "INSERT INTO ota_status (device_id, state, status, updated) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (device_id) DO UPDATE SET state = excluded.state,"
+        " status = excluded.status, updated = excluded.updated",
+        (device_id, status["state"], _json(status), now),
+    )
+    return True
+
+
+def get_ota_status(conn: sqlite3.Connection, device_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT status FROM ota_status WHERE device_id = ?", (device_id,)
+    ).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def ota_statuses(conn: sqlite3.Connection, states: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT status FROM ota_status WHERE state IN (%s)" % ",".join("?" * len(states)),
+        states,
+    ).fetchall()
+    return [json.loads(r[0]) for r in rows]
