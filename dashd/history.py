@@ -12,6 +12,8 @@ own version) and OTA progress. Each device keeps its last
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,6 +25,12 @@ log = Logger()
 
 NOT_STORED = ("rpc.out.Heartbeat",)
 STORED_NAMES = ("online", "offline", "ota.status")
+
+# Events handed to the store and not yet written. A fleet that floods faster
+# than the disk keeps up loses events beyond these (with a warning) rather
+# than growing dashd's memory.
+MAX_PENDING = 5000
+MAX_PENDING_BYTES = 4 * 1024 * 1024
 
 # Seconds between two warnings that events could not be stored.
 WARN_EVERY = 60.0
@@ -43,25 +51,37 @@ class History:
         self.keep = keep
         self._lost = 0
         self._warned_at: float | None = None
+        self.pending = 0
+        self.pending_bytes = 0
 
     def observe(self, event: Event) -> None:
         if not stored(event.name):
             return
+        size = len(event.payload)
+        if self.pending >= MAX_PENDING or self.pending_bytes + size > MAX_PENDING_BYTES:
+            self._lose("the store is behind")
+            return
+        self.pending += 1
+        self.pending_bytes += size
         d = self.store.append_event(
             event.device_id, event.account_id, event.name, event.data,
             self.clock.seconds(), self.keep,
         )
-        d.addErrback(self._failed)
+        d.addBoth(self._written, size)
 
-    def _failed(self, failure: Failure) -> None:
-        # An overloaded store refuses work at once; say so now and then, not
-        # once an event (a chatty fleet would flood the log).
+    def _written(self, result: Any, size: int) -> None:
+        self.pending -= 1
+        self.pending_bytes -= size
+        if isinstance(result, Failure):
+            self._lose(result.getErrorMessage())
+
+    def _lose(self, why: str) -> None:
+        # Say so now and then, not once an event (a chatty fleet would flood
+        # the log).
         self._lost += 1
         now = self.clock.seconds()
         if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
-            log.warn(
-                "{count} device event(s) could not be stored: {error}",
-                count=self._lost, error=failure.getErrorMessage(),
-            )
+            log.warn("{count} device event(s) could not be stored: {why}",
+                     count=self._lost, why=why)
             self._warned_at = now
             self._lost = 0
