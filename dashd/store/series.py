@@ -40,14 +40,39 @@ def _visible(conn: sqlite3.Connection, account_id: str, device_id: str | None) -
     )
 
 
-def _window(skip: int, limit: int) -> tuple[str, int, int, bool]:
-    """ORDER, LIMIT and OFFSET for C{skip} (negative: from the end) and
-    C{limit}; the last item says whether the rows come newest first."""
+def _window(
+    conn: sqlite3.Connection,
+    select: str,
+    where: str,
+    params: list[Any],
+    skip: int,
+    limit: int,
+) -> list[Any]:
+    """
+    C{limit} rows of C{select ... WHERE where} in id order from position
+    C{skip}, a negative C{skip} counting from the end: like C{rows[skip:]
+    [:limit]} in Python. Every query walks an index in id order from one
+    end, reading at most |skip| + limit entries.
+    """
+    base = "%s WHERE %s ORDER BY id" % (select, where)
     if skip >= 0:
-        return "ASC", limit, skip, False
+        return conn.execute(base + " LIMIT ? OFFSET ?", params + [limit, skip]).fetchall()
     wanted = -skip
+    (available,) = conn.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM %s WHERE %s ORDER BY id DESC LIMIT ?)"
+        % (select.split(" FROM ", 1)[1], where),
+        params + [wanted],
+    ).fetchone()
+    if available < wanted:
+        # Fewer rows than that: the window starts at the first one (as
+        # Python's rows[skip:][:limit] does).
+        return conn.execute(base + " LIMIT ?", params + [limit]).fetchall()
     count = min(limit, wanted)
-    return "DESC", count, wanted - count, True
+    rows = conn.execute(
+        base + " DESC LIMIT ? OFFSET ?", params + [count, wanted - count]
+    ).fetchall()
+    rows.reverse()
+    return rows
 
 
 # Stored data
@@ -85,14 +110,9 @@ def query_points(
     if text:
         where += " AND (instr(key, ?) > 0 OR instr(value, ?) > 0)"
         params += [text, text]
-    order, count, offset, newest_first = _window(skip, limit)
-    rows = conn.execute(
-        "SELECT device_id, t, key, value FROM data_points WHERE %s"
-        " ORDER BY id %s LIMIT ? OFFSET ?" % (where, order),
-        params + [count, offset],
-    ).fetchall()
-    if newest_first:
-        rows.reverse()
+    rows = _window(
+        conn, "SELECT device_id, t, key, value FROM data_points", where, params, skip, limit
+    )
     return [
         {"device_id": r[0], "timestamp": r[1], "key": r[2], "value": json.loads(r[3])}
         for r in rows
@@ -167,13 +187,10 @@ def query_events(
             params + [start, limit],
         ).fetchall()
     else:
-        order, count, offset, _ = _window(start, limit)
-        rows = conn.execute(
-            "SELECT id, device_id, t, name, data FROM device_events WHERE %s"
-            " ORDER BY id DESC LIMIT ? OFFSET ?" % where,
-            params + [count, offset],
-        ).fetchall()
-        rows.reverse()
+        rows = _window(
+            conn, "SELECT id, device_id, t, name, data FROM device_events", where, params,
+            start, limit,
+        )
     events = [
         {"offset": r[0], "id": r[1], "timestamp": r[2], "name": r[3], "data": json.loads(r[4])}
         for r in rows

@@ -21,6 +21,10 @@ and commits once: a burst of shadow updates from thousands of devices costs
 one fsync instead of thousands ("group commit"). Results are handed back to
 the reactor only after the commit, so nothing is acknowledged before it is
 on disk.
+
+Queries that may read many rows (stored data, the history) run on a second,
+read-only connection with a thread of its own, so that they never hold up
+the writer; in WAL mode they see the last commit.
 """
 
 from __future__ import annotations
@@ -106,6 +110,11 @@ class SQLiteStore:
         self._batch_size = batch_size
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
+        # Long reads (stored data, history) run on a reader thread of their
+        # own, so that a query over millions of rows never holds up writes
+        # (WAL lets it read the last commit meanwhile).
+        self._read_queue: queue.Queue[Any] = queue.Queue(1000)
+        self._reader: threading.Thread | None = None
 
     # Life cycle
 
@@ -127,6 +136,12 @@ class SQLiteStore:
             target=self._run, args=(conn,), name="dashd-sqlite", daemon=True
         )
         self._thread.start()
+        reader = connect(self.path, self._synchronous)
+        reader.execute("PRAGMA query_only = ON")
+        self._reader = threading.Thread(
+            target=self._run_reader, args=(reader,), name="dashd-sqlite-reader", daemon=True
+        )
+        self._reader.start()
 
     def stop(self) -> Deferred[None]:
         if self._thread is None:
@@ -135,6 +150,7 @@ class SQLiteStore:
             return succeed(None)
         if self._stopped is None:
             self._stopped = Deferred()
+            self._read_queue.put(_STOP)
             self._queue.put(_STOP)
         return self._stopped
 
@@ -181,7 +197,44 @@ class SQLiteStore:
             conn.close()
             self._reactor.callFromThread(self._stopped_now)
 
+    def _read(self, job: Job) -> Deferred[Any]:
+        """Run a read-only job on the reader thread."""
+        d: Deferred[Any] = Deferred()
+        if self._reader is None or self._stopped is not None:
+            d.errback(StoreError("the store is closed"))
+            return d
+        try:
+            self._read_queue.put_nowait((job, d))
+        except queue.Full:
+            d.errback(StoreError("the store is overloaded; try again shortly"))
+        return d
+
+    def _run_reader(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                item = self._read_queue.get()
+                if item is _STOP:
+                    break
+                job, d = item
+                try:
+                    result: Any = job(conn)
+                except sqlite3.Error:
+                    log.failure("store read failed")
+                    result = Failure(StoreError("the store failed"))
+                except Exception as e:
+                    result = Failure(e)
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                self._reactor.callFromThread(_deliver, [(d, result)])
+        finally:
+            conn.close()
+
     def _stopped_now(self) -> None:
+        if self._reader is not None:
+            # It had its stop first; it is done with its last read by now or
+            # soon (a daemon thread; its connection only reads).
+            self._reader.join(5)
         if self._stopped is not None:
             self._stopped.callback(None)
 
@@ -451,7 +504,7 @@ class SQLiteStore:
     def query_data(
         self, account_id: str, device_id: str | None, skip: int, limit: int, text: str | None
     ) -> Deferred[list[dict[str, Any]]]:
-        return self._submit(
+        return self._read(
             lambda conn: series.query_points(conn, account_id, device_id, skip, limit, text)
         )
 
@@ -468,7 +521,7 @@ class SQLiteStore:
     def query_events(
         self, account_id: str, device_id: str | None, start: int, limit: int
     ) -> Deferred[tuple[list[dict[str, Any]], int]]:
-        return self._submit(
+        return self._read(
             lambda conn: series.query_events(conn, account_id, device_id, start, limit)
         )
 
