@@ -525,12 +525,17 @@ class OtaManager:
 
     # Pull downloads
 
-    def take_download(self, secret: str) -> tuple[_Update, str, int] | None:
+    def take_download(
+        self, secret: str, use: bool = True
+    ) -> tuple[_Update, str, int] | None:
         """The update a one-time link belongs to, its file and size; the
-        link is used up. None if it is unknown, used or expired."""
-        update = self._downloads.pop(secret, None)
+        link is used up (unless not C{use}: a HEAD request). None if it is
+        unknown, used or expired."""
+        update = self._downloads.get(secret)
         if update is None or update.path is None or update.state != "downloading":
             return None
+        if use:
+            del self._downloads[secret]
         return update, update.path, update.status["size"]
 
     def served(self, update: _Update, sent: int) -> None:

@@ -207,6 +207,13 @@ class DashdRequest(Request):
             self._refuse_too_large(self._limit)
             return
         if rule is not None:
+            uri = getattr(self.channel, "_path", b"")
+            if self.requestHeaders.getRawHeaders(b"authorization") is None and \
+                    b"access_token=" not in uri:
+                # Not even a key: no reason to take a large body to disk.
+                self._refuse(401, "Unauthorized", "an API key is required: send "
+                             "\"Authorization: Bearer KEY\" or ?access_token=KEY")
+                return
             try:
                 self._spool = _Spool(rule.directory, self.requestHeaders.getRawHeaders(
                     b"content-type", [None])[0])

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 import zipfile
 
 import pytest
@@ -419,6 +421,9 @@ async def test_bad_uploads_are_refused_and_nothing_is_sent(server, admin: Client
         # No key, another's device, an unknown device.
         reply = await Client(server, None).request("POST", path, raw=b"\xe9", key=None)
         assert reply.status == 401
+        assert "an API key is required" in reply.error["message"]
+        reply = await Client(server, "k000000000000.nope").request("POST", path, raw=b"\xe9")
+        assert (reply.status, reply.error["message"]) == (401, "unknown API key")
         reply = await admin.upload("/api/v2/devices/dnosuchdevice0/ota", str(text))
         assert reply.status == 404
 
@@ -485,3 +490,82 @@ async def test_large_upload_is_streamed_to_disk(tmp_path):
         await sim.stop()
         own_server.stop()
     assert not own_server.problems()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+@pytest_twisted.ensureDeferred
+async def test_the_readme_curl_commands(server, admin: Client, tmp_path):
+    """curl -F file=@fw.zip (over 1 MB, so curl sends Expect: 100-continue)
+    and curl --data-binary @firmware.bin, as the README shows them."""
+    from twisted.internet.threads import deferToThread
+
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        url = server.url + "/api/v2/devices/%s/ota" % device_id
+        auth = "Authorization: Bearer " + admin.key
+        fw = make_zip(str(tmp_path / "fw.zip"), build_id="20261203-curl", size=1_200_000)
+
+        def curl(*args: str) -> dict:
+            result = subprocess.run(["curl", "-s", "-H", auth, *args], capture_output=True,
+                                    timeout=60, cwd=str(tmp_path))
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+
+        # The test server allows 256 KiB: this one is refused, unread.
+        reply = await deferToThread(curl, "-F", "file=@fw.zip", url)
+        assert reply["error"]["code"] == 413
+        small = make_zip(str(tmp_path / "small.zip"), build_id="20261203-curl", size=150_000)
+        reply = await deferToThread(curl, "-F", "file=@" + os.path.basename(small), url)
+        assert reply["state"] == "uploading" and reply["file"] == "small.zip", reply
+        await ota_state(admin, device_id, "uncommitted")
+        assert sim.ota_image_sha256 == sha256(small)
+
+        image = make_bin(str(tmp_path / "firmware.bin"), 40_000)
+        reply = await deferToThread(
+            curl, "-H", "Content-Type: application/octet-stream", "--data-binary",
+            "@firmware.bin", url + "?filename=firmware.bin&auto_commit=true")
+        assert reply["kind"] == "bin" and reply["file"] == "firmware.bin", reply
+        await ota_state(admin, device_id, "committed")
+        assert sim.ota_image_sha256 == sha256(image)
+    finally:
+        await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pull_link_works_once(server, admin: Client, tmp_path):
+    """HEAD does not use the link up; the first GET does; the link dies with
+    its update."""
+    import treq
+
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token, ota_silent="OTA.Update")  # never downloads
+    try:
+        await device_online(admin, device_id)
+        fw = make_zip(str(tmp_path / "fw.zip"), build_id="x", size=30_000)
+        reply = await admin.upload("/api/v2/devices/%s/ota?mode=pull" % device_id, fw,
+                                   "application/zip")
+        assert reply.status == 202
+        calls = await eventually(
+            lambda: [f for f in sim.frames if f.get("method") == "OTA.Update"])
+        url = calls[0]["params"]["url"]
+        SECRETS.add(url.rsplit("/", 1)[1])
+        head = await within(treq.head(url, persistent=False))
+        assert head.code == 200
+        assert head.headers.getRawHeaders("content-length") == [str(os.path.getsize(fw))]
+        got = await within(treq.get(url, persistent=False))
+        assert got.code == 200
+        assert await within(got.content()) == open(fw, "rb").read()
+        again = await within(treq.get(url, persistent=False))
+        assert again.code == 404
+        await within(again.content())
+        view = await admin.device(device_id)
+        assert view["ota"]["state"] == "downloading" and view["ota"]["percent"] == 100
+        # The device goes away: the update fails, and its file is gone.
+        await sim.stop()
+        status = await ota_state(admin, device_id, "failed")
+        assert status["reason"] == "the device went offline during OTA.Update"
+        assert firmware_dir_is_empty(server)
+    finally:
+        await sim.stop()

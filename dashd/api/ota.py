@@ -138,13 +138,16 @@ class OtaRoutes(ApiBase):
 
     @app.route("/api/v2/firmware/<secret>", methods=["GET"])
     def download_firmware(self, request: Any, secret: str) -> Any:
-        found = self.ota.take_download(secret)
+        head = request.method == b"HEAD"
+        found = self.ota.take_download(secret, use=not head)
         if found is None:
             raise NotFound("no such firmware download (a link works once, while its update runs)")
         update, path, size = found
-        f = open(path, "rb")
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", b"%d" % size)
+        if head:
+            return b""
+        f = open(path, "rb")
         consumer = _CountingConsumer(request, lambda sent: self.ota.served(update, sent))
         d: Deferred[Any] = FileSender().beginFileTransfer(f, consumer)
 
