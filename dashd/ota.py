@@ -230,12 +230,13 @@ class OtaManager:
 
     def stop(self) -> Deferred[Any]:
         """Fail the transfers under way; fire once their status is stored."""
-        for update in list(self._updates.values()):
+        updates = list(self._updates.values())
+        for update in updates:
             if update.state in TRANSFERRING:
                 self._fail(update, "dashd stopped during the transfer")
             elif update.timer is not None and update.timer.active():
                 update.timer.cancel()
-        pending = [d for u in self._updates.values() for d in u.saved]
+        pending = [d for u in updates for d in u.saved if not d.called]
         self._updates.clear()
         return gatherResults(pending, consumeErrors=True).addErrback(_ignore)
 
@@ -338,7 +339,8 @@ class OtaManager:
                             self.config["device.max_calls_in_flight"] - 1))
         try:
             await self._call(update, "OTA.Begin", {"size": size})
-            assert update.path is not None
+            if update.path is None:
+                raise _Failed("the update ended")  # (failed meanwhile)
             with open(update.path, "rb") as f:
                 in_flight: deque[tuple[Deferred[Any], int]] = deque()
                 sent = acked = 0

@@ -212,7 +212,8 @@ class DashdRequest(Request):
                     b"access_token=" not in uri:
                 # Not even a key: no reason to take a large body to disk.
                 self._refuse(401, "Unauthorized", "an API key is required: send "
-                             "\"Authorization: Bearer KEY\" or ?access_token=KEY")
+                             "\"Authorization: Bearer KEY\" or ?access_token=KEY",
+                             b'WWW-Authenticate: Bearer realm="dashd"\r\n')
                 return
             try:
                 self._spool = _Spool(rule.directory, self.requestHeaders.getRawHeaders(
@@ -261,7 +262,7 @@ class DashdRequest(Request):
             413, "Request Entity Too Large", "the request body is larger than %d bytes" % limit
         )
 
-    def _refuse(self, status: int, phrase: str, message: str) -> None:
+    def _refuse(self, status: int, phrase: str, message: str, headers: bytes = b"") -> None:
         self._refused = True
         self.content = BytesIO()
         if self._spool is not None:
@@ -269,10 +270,11 @@ class DashdRequest(Request):
         body = json_bytes({"error": {"code": status, "message": message}}) + b"\n"
         transport = self.channel.transport
         transport.write(
-            b"HTTP/1.1 %d %s\r\n"
+            b"HTTP/1.1 %d %s\r\n%s"
             b"Content-Type: application/json\r\n"
             b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (status, phrase.encode("ascii"), len(body)) + body
+            b"Connection: close\r\n\r\n" % (status, phrase.encode("ascii"), headers, len(body))
+            + body
         )
         transport.loseConnection()
 

@@ -15,6 +15,7 @@ import zipfile
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 
 from support import (
     SECRETS,
@@ -28,6 +29,7 @@ from support import (
     subscribe,
     within,
 )
+from test_rest import raw_http
 
 
 def make_zip(path: str, build_id: str, size: int = 100_000, manifest: bool = True) -> str:
@@ -422,16 +424,37 @@ async def test_bad_uploads_are_refused_and_nothing_is_sent(server, admin: Client
         reply = await Client(server, None).request("POST", path, raw=b"\xe9", key=None)
         assert reply.status == 401
         assert "an API key is required" in reply.error["message"]
+        assert reply.headers.getRawHeaders("www-authenticate") == ['Bearer realm="dashd"']
         reply = await Client(server, "k000000000000.nope").request("POST", path, raw=b"\xe9")
         assert (reply.status, reply.error["message"]) == (401, "unknown API key")
         reply = await admin.upload("/api/v2/devices/dnosuchdevice0/ota", str(text))
         assert reply.status == 404
 
+        # Chunked, without a length: refused once past the limit, unread.
+        head = (b"POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" % (path.encode(), admin.key.encode()))
+        response = await deferToThread(
+            raw_http, server, head, [b"10000\r\n" + b"x" * 65536 + b"\r\n"] * 8)
+        assert response.startswith(b"HTTP/1.1 413 "), response[:200]
+        # A client that goes away mid-upload leaves no file behind.
+        head = (b"POST %s?filename=a.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Length: 200000\r\n\r\n" % (path.encode(), admin.key.encode()))
+        await deferToThread(raw_http_abandoned, server, head + b"\xe9" * 50000)
+
         assert ota_frames(sim) == []
         assert (await admin.device(device_id))["ota"] is None
-        assert firmware_dir_is_empty(server)
+        await eventually(lambda: firmware_dir_is_empty(server))
     finally:
         await sim.stop()
+
+
+def raw_http_abandoned(server, data: bytes) -> None:
+    import socket
+    import time
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(data)
+        time.sleep(0.3)  # (a thread of its own: the reactor runs on)
 
 
 @pytest_twisted.ensureDeferred
@@ -497,15 +520,13 @@ async def test_large_upload_is_streamed_to_disk(tmp_path):
 async def test_the_readme_curl_commands(server, admin: Client, tmp_path):
     """curl -F file=@fw.zip (over 1 MB, so curl sends Expect: 100-continue)
     and curl --data-binary @firmware.bin, as the README shows them."""
-    from twisted.internet.threads import deferToThread
-
     device_id, token = await admin.register()
     sim = await connect_device(server, token)
     try:
         await device_online(admin, device_id)
         url = server.url + "/api/v2/devices/%s/ota" % device_id
         auth = "Authorization: Bearer " + admin.key
-        fw = make_zip(str(tmp_path / "fw.zip"), build_id="20261203-curl", size=1_200_000)
+        make_zip(str(tmp_path / "fw.zip"), build_id="20261203-curl", size=1_200_000)
 
         def curl(*args: str) -> dict:
             result = subprocess.run(["curl", "-s", "-H", auth, *args], capture_output=True,
