@@ -590,3 +590,73 @@ async def test_the_pull_link_works_once(server, admin: Client, tmp_path):
         assert firmware_dir_is_empty(server)
     finally:
         await sim.stop()
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_updates_across_restarts(tmp_path):
+    """An update waiting for its device survives a restart of dashd; one
+    cut off mid-transfer (SIGTERM, kill -9) ends failed, and says why."""
+    server = DashdProcess(str(tmp_path))
+    await server.start_async()
+    admin = Client(server, server.admin_key)
+    waiting_id, waiting_token = await admin.register()
+    cut_id, cut_token = await admin.register()
+    waiting = await connect_device(server, waiting_token, reconnect=False)
+    cut = await connect_device(server, cut_token, ota_write_delay=0.05)
+    try:
+        await device_online(admin, waiting_id)
+        await device_online(admin, cut_id)
+        # This one reboots into its new firmware but does not come back yet.
+        reply = await admin.upload("/api/v2/devices/%s/ota" % waiting_id,
+                                   make_bin(str(tmp_path / "w.bin"), 4000))
+        assert reply.status == 202
+        await ota_state(admin, waiting_id, "rebooting")
+        await eventually(lambda: not waiting.online)
+        # This one is mid-transfer when dashd stops.
+        reply = await admin.upload("/api/v2/devices/%s/ota" % cut_id,
+                                   make_bin(str(tmp_path / "c.bin"), 200_000))
+        assert reply.status == 202
+        await sleep(0.5)
+        server.stop()
+        await server.start_async()
+        status = await ota_state(admin, cut_id, "failed")
+        assert status["reason"] == "dashd stopped during the transfer"
+        assert (await admin.device(waiting_id))["ota"]["state"] == "rebooting"
+        # The device comes back, to the restarted dashd, with new firmware.
+        waiting.start()
+        status = await ota_state(admin, waiting_id, "uncommitted")
+        assert status["fw_id"] == waiting.info["fw_id"] != status["fw_id_before"]
+
+        # The cut device still has its first transfer open (as the mDash
+        # library would, until it reboots): a new one is refused at Begin.
+        await device_online(admin, cut_id)
+        reply = await admin.upload("/api/v2/devices/%s/ota" % cut_id,
+                                   make_bin(str(tmp_path / "c.bin"), 2000))
+        assert reply.status == 202
+        status = await ota_state(admin, cut_id, "failed")
+        assert status["reason"] == (
+            "the device refused OTA.Begin: OTA already in progress (code 500)")
+        await usable(admin, cut_id)
+
+        # kill -9 mid-transfer: the next start marks it failed.
+        killed_id, killed_token = await admin.register()
+        killed = await connect_device(server, killed_token, ota_write_delay=0.05)
+        await device_online(admin, killed_id)
+        reply = await admin.upload("/api/v2/devices/%s/ota" % killed_id,
+                                   make_bin(str(tmp_path / "k.bin"), 200_000))
+        assert reply.status == 202
+        await sleep(0.5)
+        server.kill9()
+        await server.start_async()
+        status = await ota_state(admin, killed_id, "failed")
+        assert status["reason"] == "dashd restarted during the transfer"
+        assert firmware_dir_is_empty(server)
+        await usable(admin, killed_id)
+        await killed.stop()
+    finally:
+        await waiting.stop()
+        await cut.stop()
+        if server.proc is not None:
+            server.stop()
+    assert not server.problems()
