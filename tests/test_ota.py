@@ -660,3 +660,28 @@ async def test_updates_across_restarts(tmp_path):
         if server.proc is not None:
             server.stop()
     assert not server.problems()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pull_links_use_ota_public_url(tmp_path):
+    server = DashdProcess(str(tmp_path), {"ota": {"public_url": "https://dash.example.com/"}})
+    await server.start_async()
+    admin = Client(server, server.admin_key)
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token, ota_silent="OTA.Update")
+    try:
+        await device_online(admin, device_id)
+        reply = await admin.upload("/api/v2/devices/%s/ota?mode=pull" % device_id,
+                                   make_zip(str(tmp_path / "fw.zip"), "x", 1000),
+                                   "application/zip")
+        assert reply.status == 202
+        calls = await eventually(
+            lambda: [f for f in sim.frames if f.get("method") == "OTA.Update"])
+        url = calls[0]["params"]["url"]
+        SECRETS.add(url.rsplit("/", 1)[1])
+        assert url.startswith("https://dash.example.com/api/v2/firmware/")
+        assert calls[0]["params"]["commit_timeout"] == 600  # ota.commit_timeout
+    finally:
+        await sim.stop()
+        server.stop()
+    assert not server.problems()

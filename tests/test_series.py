@@ -217,3 +217,22 @@ def test_hub_delivers_only_what_a_key_may_see():
     assert owner.got == ["d1", "d2"]
     assert partner.got == ["d2"]
     assert stranger.got == ["d3"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_retention_job(store):
+    from twisted.internet.task import Clock
+
+    from dashd.retention import DAY, DataRetention
+
+    one, _ = await _devices(store)
+    await store.update_device(one.id, None, None,
+                              shadow.ShadowUpdate({"tags": {"save": ["n"]}}), 3.0)
+    for i in range(5):
+        await store.update_shadow(one.id, report({"n": i}), 1000.0 + i * DAY, save_data=True)
+    clock = Clock()
+    clock.advance(1000.0 + 4 * DAY + 1)
+    assert await DataRetention(store, clock, days=0).run() == 0  # keeps everything
+    assert await DataRetention(store, clock, days=2).run() == 3
+    points = await store.query_data("a", one.id, 0, 10, None)
+    assert [p["value"] for p in points] == [3, 4]
