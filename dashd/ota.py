@@ -341,7 +341,11 @@ class OtaManager:
             await self._call(update, "OTA.Begin", {"size": size})
             if update.path is None:
                 raise _Failed("the update ended")  # (failed meanwhile)
-            with open(update.path, "rb") as f:
+            try:
+                f = open(update.path, "rb")
+            except OSError as e:
+                raise _Failed("dashd cannot read the firmware file: %s" % e.strerror)
+            with f:
                 in_flight: deque[tuple[Deferred[Any], int]] = deque()
                 sent = acked = 0
                 try:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -49,6 +50,13 @@ def request_base_url(request: Any) -> str:
         return "%s://%s" % (scheme, host.decode("latin-1"))
     address = request.getHost()
     return "%s://%s:%d" % (scheme, address.host, address.port)
+
+
+def _delete(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class _CountingConsumer:
@@ -110,16 +118,22 @@ class OtaRoutes(ApiBase):
         if upload.size == 0:
             raise BadRequest("the firmware file is empty")
         filename = upload.filename if upload.multipart else _arg(request, "filename")
-        kind = firmware_kind(filename, upload.content_type)
-        manifest = await self.ota.validate(upload.path, kind)
-        base = None
-        if mode == "pull":
-            base = self.config["ota.public_url"] or request_base_url(request)
-        status = self.ota.start_update(
-            device, upload.path, upload.size, filename or ("firmware." + kind), kind, manifest,
-            pull_base_url=base, auto_commit=auto in _TRUE, commit_timeout=commit_timeout,
-        )
-        upload.claim()  # the update owns the file now
+        # The route owns the file from here (the request may end while it is
+        # checked): the update takes it over, or it goes.
+        path = upload.claim()
+        try:
+            kind = firmware_kind(filename, upload.content_type)
+            manifest = await self.ota.validate(path, kind)
+            base = None
+            if mode == "pull":
+                base = self.config["ota.public_url"] or request_base_url(request)
+            status = self.ota.start_update(
+                device, path, upload.size, filename or ("firmware." + kind), kind, manifest,
+                pull_base_url=base, auto_commit=auto in _TRUE, commit_timeout=commit_timeout,
+            )
+        except BaseException:
+            _delete(path)
+            raise
         request.setResponseCode(202)
         request.setHeader(b"location", b"/api/v2/devices/%s/ota" % device_id.encode("ascii"))
         return self.json(request, status)
