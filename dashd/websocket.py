@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from dashd import frames
+from dashd import access, frames
 from dashd.config import Config
 from dashd.fleet import Fleet
 from dashd.hub import Event, IHub
@@ -33,6 +33,7 @@ from dashd.session import DeviceSession
 log = Logger()
 
 CLOSE_POLICY = 1008
+CLOSE_KEY_REVOKED = 4001
 CLOSE_TOO_BIG = 1009
 # A device that sends this many unreadable values in a row is not speaking
 # JSON-RPC; drop it rather than answer garbage forever.
@@ -183,6 +184,12 @@ class NotifyProtocol(WebSocketServerProtocol):
             take_over_producer(self.transport, self)
             self.hub.subscribe(self)
             self._subscribed = True
+            self._expiry = None
+            if self.key.expires is not None:
+                clock = self.factory.reactor
+                self._expiry = clock.callLater(
+                    max(0, self.key.expires - clock.seconds()), self._expired
+                )
         except Exception:
             log.failure("notification subscriber {peer}: opening", peer=self.peer)
             close_connection(self, 1011, "internal error")
@@ -192,8 +199,11 @@ class NotifyProtocol(WebSocketServerProtocol):
     def deliver(self, event: Event) -> None:
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
+        payload = access.event_payload(self.key, event)
+        if payload is None:
+            return
         if not self._paused:
-            self.sendMessage(event.payload.encode("utf-8"), isBinary=False)
+            self.sendMessage(payload.encode("utf-8"), isBinary=False)
             return
         if len(self._backlog) >= self.factory.max_backlog:
             log.warn("notification subscriber {peer} dropped: not reading", peer=self.peer)
@@ -201,7 +211,18 @@ class NotifyProtocol(WebSocketServerProtocol):
             self._backlog.clear()
             close_connection(self, CLOSE_POLICY, "notification backlog exceeded; read faster")
             return
-        self._backlog.append(event.payload)
+        self._backlog.append(payload)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self._unsubscribe()
+        close_connection(self, CLOSE_KEY_REVOKED, "API key expired")
+
+    def revoked(self) -> None:
+        log.info("notification subscriber {peer}: key {key} revoked", peer=self.peer,
+                 key=self.key.id)
+        self._unsubscribe()
+        close_connection(self, CLOSE_KEY_REVOKED, "API key revoked")
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -227,6 +248,9 @@ class NotifyProtocol(WebSocketServerProtocol):
         self._unsubscribe()
         if hasattr(self, "_backlog"):
             self._backlog.clear()
+        expiry = getattr(self, "_expiry", None)
+        if expiry is not None and expiry.active():
+            expiry.cancel()
 
 
 class NotifyFactory(WebSocketServerFactory):
