@@ -24,6 +24,7 @@ from dashd.auth import Authenticator
 from dashd.config import Config
 from dashd.fleet import Fleet
 from dashd.hub import LocalHub
+from dashd.limits import FailureLimiter, TokenBucket
 from dashd.model import Account, ApiKey
 from dashd.router import LocalRouter
 from dashd.session import CLOSE_GOING_AWAY
@@ -135,12 +136,21 @@ class DashdService(MultiService):
             shadow_limits=(config["shadow.max_bytes"], config["shadow.max_depth"]),
         )
         self.fleet = Fleet(self.store, LocalRouter(), LocalHub(), reactor, config)
-        self.auth = Authenticator(self.store, reactor)
+        self.auth = Authenticator(
+            self.store,
+            reactor,
+            failures=FailureLimiter(reactor, config["limits.failed_auth_per_minute"]),
+            requests=TokenBucket(
+                reactor, config["limits.requests_per_second"], config["limits.burst"]
+            ),
+        )
         self.api = Api(self.fleet, self.auth, config, reactor)
         self.site = DashdSite(
             self.api.resource(),
             max_body_bytes=config["http.max_body_bytes"],
             idle_timeout=config["http.idle_timeout"],
+            request_timeout=config["http.request_timeout"],
+            cors_origins=config["http.cors_origins"],
             access_log=config["http.access_log"],
             reactor=reactor,
         )

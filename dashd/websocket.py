@@ -86,6 +86,7 @@ def _accept_subprotocol(request: Any) -> str | None:
     return request.protocols[0] if request.protocols else None
 
 
+@implementer(IPushProducer)
 class DeviceProtocol(WebSocketServerProtocol):
     # Set by Handover before the connection is made.
     device: Device
@@ -97,7 +98,9 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
-            take_over_producer(self.transport, None)
+            # Twisted calls pauseProducing when what we write to the device
+            # is piling up unread, and resumeProducing once it drained.
+            take_over_producer(self.transport, self)
             self._decoder = JSONStreamDecoder(self.factory.max_frame_bytes)
             self._errors = 0
             self.session = DeviceSession(
@@ -134,6 +137,21 @@ class DeviceProtocol(WebSocketServerProtocol):
                     session.received(item)
         except Exception:
             log.failure("device {id}: handling a message", id=session.device_id)
+
+    def pauseProducing(self) -> None:
+        # Stop reading from the device too: a device that does not read may
+        # not make us queue replies to what it keeps sending.
+        self.transport.pauseProducing()
+        if self.session is not None:
+            self.session.stalled()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+        if self.session is not None:
+            self.session.unstalled()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is going; onClose does the rest
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:

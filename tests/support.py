@@ -41,6 +41,9 @@ FAST_CONFIG = {
     "rpc": {"default_timeout": 5.0, "max_timeout": 30.0},
     "http": {"max_body_bytes": 65536},
     "notify": {"max_backlog": 50},
+    # Tests make many requests and many deliberate failures from one
+    # address; the limits have tests of their own with their own servers.
+    "limits": {"requests_per_second": 0, "failed_auth_per_minute": 0},
 }
 
 
@@ -86,6 +89,7 @@ class DashdProcess:
     """``twistd -n dashd`` in a subprocess, with its own data directory."""
 
     def __init__(self, directory: str, config: dict[str, Any] | None = None) -> None:
+        os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.data_dir = os.path.join(directory, "data")
         self.port = free_port()

@@ -224,6 +224,17 @@ async def test_rpc_errors(server, admin: Client):
         reply = await admin.post(path + "Sim.Echo", [1, 2])
         assert (reply.status, reply.body) == (200, [1, 2])
 
+        # Params that fit the body limit (64 KiB here) but not, once framed,
+        # the device channel's message limit (also 64 KiB): 413, not sent.
+        frames_before = len(sim.frames)
+        big = '"' + "y" * 65500 + '"'
+        reply = await admin.request("POST", path + "Sim.Echo", raw=big.encode())
+        assert reply.status == 413
+        assert "more than the device channel's limit of 65536 bytes" in reply.error["message"]
+        await admin.post(path + "Sim.Echo", "after")
+        assert [f for f in sim.frames[frames_before:] if f.get("method") == "Sim.Echo"][0][
+            "params"] == "after"
+
         for bad in ("0", "-1", "abc", "31", "nan", "inf"):
             reply = await admin.get(path + "Sim.Echo?timeout=" + bad)
             assert reply.status == 400, bad
