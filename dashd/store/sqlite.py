@@ -467,6 +467,10 @@ class SQLiteStore:
 
 def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
     for d, result in results:
+        if d.called:
+            # Cancelled meanwhile (e.g. its HTTP client went away); the work
+            # is done and durable all the same.
+            continue
         if isinstance(result, Failure):
             d.errback(result)
         else:
