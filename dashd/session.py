@@ -202,7 +202,12 @@ class DeviceSession:
         d: Deferred[Any] = Deferred(lambda _: self._forget(call_id))
         timer = self._clock.callLater(timeout, self._timed_out, call_id, timeout)
         self._pending[call_id] = _PendingCall(method, d, timer)
-        self._send(frame)
+        try:
+            self._send(frame)
+        except Exception:
+            # Nothing may stay pending that nobody will ever answer.
+            self._forget(call_id)
+            raise
         return d
 
     def _forget(self, call_id: int) -> None:
