@@ -99,6 +99,7 @@ class DashdProcess:
         doc = merge(
             {"listen": ["tcp:%d:interface=127.0.0.1" % self.port], "data_dir": self.data_dir}, doc
         )
+        self.data_dir = doc["data_dir"]
         write_toml(self.config_path, doc)
         self.proc: subprocess.Popen[bytes] | None = None
 

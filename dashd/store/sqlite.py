@@ -193,15 +193,15 @@ class SQLiteStore:
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job(conn)
-                except sqlite3.Error:
+                except sqlite3.Error as e:
                     if not conn.in_transaction:
                         # SQLite rolled the whole transaction back (disk
                         # full, I/O error): the batch failed as one.
                         raise
-                    log.failure("store job failed")
+                    log.error("store job failed: {error}", error=str(e))
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((d, Failure(StoreError("the store failed"))))
+                    results.append((d, Failure(StoreError("the store cannot write: %s" % e))))
                 except Exception as e:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
