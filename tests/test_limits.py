@@ -21,6 +21,7 @@ from support import (
     device_online,
     raw_handshake,
     sleep,
+    subscribe,
     within,
 )
 
@@ -191,3 +192,41 @@ async def test_device_that_stops_reading_is_dropped(limited):
     assert (reply.status, reply.body) == (200, 1)
     await bystander.stop()
     sim.drop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscriber_that_stops_reading_is_dropped(limited):
+    """A subscriber that does not read gets at most notify.max_backlog events
+    queued (beyond what the sockets hold), then is closed with 1008; one that
+    reads gets everything."""
+    server = await limited({"notify": {"max_backlog": 300}})
+    admin = Client(server, server.admin_key)
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    slow = await subscribe(server, admin.key)
+    fast = await subscribe(server, admin.key)
+    try:
+        await device_online(admin, device_id)
+        slow.proto.transport.pauseProducing()  # stop reading from the socket
+        payload = "p" * 3500
+        reading_again = False
+        for i in range(3000):  # about 10 MB of events: more than the sockets hold
+            sim.notify("Flood", {"i": i, "pad": payload})
+            if i % 50 == 49:
+                await sleep(0.02)
+                if not reading_again and "dropped: not reading" in server.log():
+                    # Read again at once, to see the close frame before dashd
+                    # gives up on the closing handshake and drops the connection.
+                    slow.proto.transport.resumeProducing()
+                    reading_again = True
+        assert reading_again, "the subscriber that did not read was never dropped"
+        last = await fast.next(lambda e: e["name"] == "rpc.out.Flood" and e["data"]["i"] == 2999,
+                               seconds=60)
+        assert last["id"] == device_id
+        await within(slow.closed, 20)
+        assert (slow.close_code, slow.close_reason) == (
+            1008, "notification backlog exceeded; read faster")
+        assert fast.close_code is None
+    finally:
+        fast.close()
+        await sim.stop()
