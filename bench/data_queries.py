@@ -23,7 +23,7 @@ from dashd.store.sqlite import connect, migrate
 
 
 def fill(conn, points: int, devices: int) -> list[str]:
-    conn.execute("INSERT INTO accounts VALUES ('a', 'big', 0), ('b', 'small', 0)")
+    conn.execute("INSERT INTO accounts (id, name, created) VALUES ('a', 'big', 0), ('b', 'small', 0)")
     ids = ["d%012d" % i for i in range(devices)]
     conn.executemany(
         "INSERT INTO devices (id, account_id, name, token_hash, created, shadow)"

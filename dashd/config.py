@@ -47,6 +47,14 @@ def _url_or_empty(value: Any) -> str | None:
     return "must be empty or an http:// or https:// URL"
 
 
+def _origins(value: Any) -> str | None:
+    for origin in value:
+        if not isinstance(origin, str) or not origin.startswith(("http://", "https://")) \
+                or origin.rstrip("/") != origin:
+            return "must be a list of origins such as \"https://tools.example.com\""
+    return None
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else "must be one of %s" % ", ".join(choices)
@@ -77,6 +85,10 @@ OPTIONS = [
     Option("device.max_calls_in_flight", 64, int,
            "Calls a device may have outstanding at once; more are refused with 429",
            _positive),
+    Option("device.write_stall_timeout", 30.0, (int, float),
+           "Seconds a device may leave dashd's writes to it unread (its buffer full) before "
+           "it is disconnected (close code 4008); meanwhile calls to it fail with 503",
+           _positive),
     Option("rpc.default_timeout", 10.0, (int, float),
            "Seconds a REST RPC call waits for the device when ?timeout= is not given",
            _positive),
@@ -87,8 +99,22 @@ OPTIONS = [
     Option("http.idle_timeout", 60.0, (int, float),
            "Seconds an idle HTTP connection (or an unfinished request) is kept open",
            _positive),
+    Option("http.request_timeout", 30.0, (int, float),
+           "Seconds a client has to send a whole request (headers and body), or a WebSocket "
+           "handshake; slower ones get 408 and are closed", _positive),
+    Option("http.cors_origins", [], list,
+           "Origins allowed to call the API from a browser (CORS), e.g. "
+           "[\"https://tools.example.com\"]; empty: CORS off", _origins),
     Option("http.access_log", True, bool,
            "Log every HTTP request (secrets in query strings are masked)"),
+    Option("limits.requests_per_second", 100.0, (int, float),
+           "Requests a second each API key may make (token bucket); more get 429 with "
+           "Retry-After; 0 turns the limit off", _not_negative),
+    Option("limits.burst", 200, int,
+           "Requests an API key may make at once before the rate applies", _positive),
+    Option("limits.failed_auth_per_minute", 30, int,
+           "Failed authentications a client address may make a minute (both doors); past "
+           "that it gets 429 until the minute ends; 0 turns the limit off", _not_negative),
     Option("shadow.max_bytes", 16384, int,
            "Largest shadow document (state and tags, as compact JSON)", _positive),
     Option("shadow.max_depth", 8, int,
@@ -111,6 +137,9 @@ OPTIONS = [
     Option("ota.writes_in_flight", 4, int,
            "OTA.Write calls sent to a device before it has answered the earlier ones",
            _positive),
+    Option("ota.upload_timeout", 600.0, (int, float),
+           "Seconds a firmware upload may take to arrive (instead of http.request_timeout); "
+           "a slower one gets 408", _positive),
     Option("ota.step_timeout", 30.0, (int, float),
            "Seconds a device has to answer each OTA.Begin, OTA.Write, OTA.End and "
            "OTA.Commit", _positive),

@@ -137,6 +137,18 @@ class Fleet:
             self.router.desired_changed(device.id, result.document)
 
     @inlineCallbacks
+    def rotate_token(self, device_id: str) -> Any:
+        """Give the device a new token; the old one stops working and a
+        connection opened with it is closed. Fire with the new token, or None
+        if there is no such device."""
+        token = tokens.new_device_token(device_id)
+        changed = yield self.store.set_device_token(device_id, tokens.hash_secret(token))
+        if not changed:
+            return None
+        self.router.disconnect(device_id, 4003, "device token rotated")
+        return token
+
+    @inlineCallbacks
     def delete_device(self, device_id: str) -> Any:
         deleted = yield self.store.delete_device(device_id)
         if deleted:

@@ -50,7 +50,11 @@ class ISubscriber(Interface):
     key = Attribute("the ApiKey the subscriber authenticated with")
 
     def deliver(event):
-        """Send one L{Event} (use C{event.payload}); must not block."""
+        """Send one L{Event}, or nothing if the subscriber's key may not see
+        it (see L{dashd.access.event_payload}); must not block."""
+
+    def revoked():
+        """Its key was revoked: close the stream."""
 
 
 class IHub(Interface):
@@ -66,6 +70,9 @@ class IHub(Interface):
     def subscriber_count():
         """How many subscribers are attached here."""
 
+    def revoke(key_id):
+        """Close every stream opened with this key."""
+
 
 @implementer(IHub)
 class LocalHub:
@@ -74,8 +81,7 @@ class LocalHub:
 
     def publish(self, event: Event) -> None:
         for subscriber in list(self._subscribers.values()):
-            if subscriber.key.can_see(event.account_id, event.shared_with):
-                subscriber.deliver(event)
+            subscriber.deliver(event)
 
     def subscribe(self, subscriber: Any) -> None:
         self._subscribers[id(subscriber)] = subscriber
@@ -85,3 +91,8 @@ class LocalHub:
 
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+    def revoke(self, key_id: str) -> None:
+        for subscriber in list(self._subscribers.values()):
+            if subscriber.key.id == key_id:
+                subscriber.revoked()

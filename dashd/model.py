@@ -9,7 +9,9 @@ from typing import Any
 
 from dashd import shadow
 
-KEY_KINDS = ("admin",)
+# admin: everything in its account; read-only: sees, changes nothing;
+# restricted: a customer's key for listed devices (see dashd.access).
+KEY_KINDS = ("admin", "read-only", "restricted")
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,8 @@ class Account:
     id: str
     name: str
     created: float
+    # The first account: its admins manage accounts.
+    operator: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,9 @@ class ApiKey:
     kind: str
     created: float
     expires: float | None = None
+    # For restricted keys: {"devices": {DEVICE_ID: {"read": [...],
+    # "write": [...], "rpc": [...]}}}; None for the other kinds.
+    scope: dict[str, Any] | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
-
-    def can_see(self, account_id: str, shared_with: tuple[str, ...]) -> bool:
-        return account_id == self.account_id or self.account_id in shared_with

@@ -78,6 +78,11 @@ TRANSFERRING = ("uploading", "downloading")
 AWAITING = ("rebooting", "uncommitted")
 FINISHED = ("committed", "failed")
 
+# Bytes of OTA.Write frames sent and not yet answered, at most: well below
+# the 64 KiB a connection buffers before dashd takes its device for one that
+# does not read.
+MAX_BYTES_IN_FLIGHT = 32768
+
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
 BIN_TYPES = ("application/octet-stream",)
 MAX_MANIFEST_BYTES = 65536
@@ -334,9 +339,13 @@ class OtaManager:
     async def _push(self, update: _Update) -> None:
         size = update.status["size"]
         chunk = self.config["ota.chunk_bytes"]
-        # Never more than a device accepts in flight, leaving room for a call.
+        # Never more than a device accepts in flight (leaving room for a
+        # call), nor more bytes unanswered than the connection buffers
+        # before it counts the device as not reading (dashd.session).
+        encoded = 4 * ((chunk + 2) // 3) + 64
         window = max(1, min(self.config["ota.writes_in_flight"],
-                            self.config["device.max_calls_in_flight"] - 1))
+                            self.config["device.max_calls_in_flight"] - 1,
+                            MAX_BYTES_IN_FLIGHT // encoded))
         try:
             await self._call(update, "OTA.Begin", {"size": size})
             if update.path is None:
@@ -407,6 +416,10 @@ class OtaManager:
                 raise _Failed("the device went offline during %s" % method)
             if isinstance(error, TooManyRequests):
                 raise _Failed("the device has too many calls in flight for %s" % method)
+            if isinstance(error, ApiError):
+                # E.g. the device does not read its connection (503), or a
+                # chunk too large for the device channel (413).
+                raise _Failed("%s could not be sent: %s" % (method, error.message))
             if isinstance(error, _Failed):
                 raise error
             failure.raiseException()

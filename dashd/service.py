@@ -27,6 +27,7 @@ from dashd.config import Config
 from dashd.fleet import Fleet
 from dashd.history import History
 from dashd.hub import LocalHub
+from dashd.limits import FailureLimiter, TokenBucket
 from dashd.model import Account, ApiKey
 from dashd.ota import OtaManager
 from dashd.retention import DataRetention
@@ -167,13 +168,22 @@ class DashdService(MultiService):
         self.fleet.event_observers.append(self.history.observe)
         firmware_dir = os.path.join(data_dir, FIRMWARE_DIR)
         self.ota = OtaManager(self.fleet, config, firmware_dir, reactor)
-        self.auth = Authenticator(self.store, reactor)
+        self.auth = Authenticator(
+            self.store,
+            reactor,
+            failures=FailureLimiter(reactor, config["limits.failed_auth_per_minute"]),
+            requests=TokenBucket(
+                reactor, config["limits.requests_per_second"], config["limits.burst"]
+            ),
+        )
         self.api = Api(self.fleet, self.auth, config, reactor)
         self.api.ota = self.ota
         self.site = DashdSite(
             self.api.resource(),
             max_body_bytes=config["http.max_body_bytes"],
             idle_timeout=config["http.idle_timeout"],
+            request_timeout=config["http.request_timeout"],
+            cors_origins=config["http.cors_origins"],
             access_log=config["http.access_log"],
             reactor=reactor,
         )
@@ -182,6 +192,7 @@ class DashdService(MultiService):
         self.site.spool_rules.append(SpoolRule(
             b"POST", re.compile(rb"^/api/v2/devices/[^/]+/ota/?$"),
             config["ota.max_bytes"] + MULTIPART_ALLOWANCE, firmware_dir,
+            config["ota.upload_timeout"],
         ))
         self.store_service = StoreService(self.store, data_dir, reactor)
         self.store_service.setServiceParent(self)

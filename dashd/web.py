@@ -1,15 +1,17 @@
 """
 The HTTP side shared by every route: a Site whose requests refuse bodies
-over the size limit before reading them, whose access log never shows a
-secret, and which answers every error as JSON.
+over the size limit before reading them, give up on clients too slow to
+send a request, carry the security headers a dashboard needs, answer CORS
+only for configured origins, and whose access log never shows a secret.
 
 Bodies are small and kept in memory, except on the routes a L{SpoolRule}
-names (the firmware upload): there the limit is the rule's, and the body is
-written to a file in the rule's directory as it arrives, chunk by chunk as
-twisted.web delivers it; a ``multipart/form-data`` body is parsed as it
-streams (with the ``multipart`` package's push parser), so that only the
-file part lands in the file. The route finds it as C{request.upload}; the
-file is deleted when the request ends unless the route L{Upload.claim}s it.
+names (the firmware upload): there the size limit and the time limit are
+the rule's, and the body is written to a file in the rule's directory as it
+arrives, chunk by chunk as twisted.web delivers it; a
+``multipart/form-data`` body is parsed as it streams (with the
+``multipart`` package's push parser), so that only the file part lands in
+the file. The route finds it as C{request.upload}; the file is deleted when
+the request ends unless the route L{Upload.claim}s it.
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ MAX_FIELD_BYTES = 1024
 @dataclass(frozen=True)
 class SpoolRule:
     """Requests with this method whose path matches C{path} may send bodies
-    of up to C{max_bytes}, which are written to a file in C{directory}."""
+    of up to C{max_bytes}, in up to C{timeout} seconds, which are written to
+    a file in C{directory}."""
 
     method: bytes
     path: re.Pattern[bytes]
     max_bytes: int
     directory: str
+    # Seconds the whole request may take (instead of http.request_timeout).
+    timeout: float
 
 
 @dataclass
@@ -169,16 +174,33 @@ class _Spool:
         self.upload.discard()
 
 
+# Sent with every response. The API answers JSON only; the dashboard's
+# pages load scripts and styles from dashd itself and nowhere else.
+SECURITY_HEADERS = {
+    b"X-Content-Type-Options": b"nosniff",
+    b"Referrer-Policy": b"no-referrer",
+    b"X-Frame-Options": b"DENY",
+    b"Content-Security-Policy": b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+}
+CORS_ALLOW_HEADERS = b"Authorization, Content-Type"
+CORS_ALLOW_METHODS = b"GET, POST, DELETE"
+
+
 def json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def _error_bytes(code: int, message: str) -> bytes:
+    return json_bytes({"error": {"code": code, "message": message}}) + b"\n"
+
+
 class DashdRequest(Request):
     """
-    A request that keeps its body in memory (it is bounded) and answers 413
-    as soon as the headers (or the chunks received so far) show that the body
-    is over the limit, without reading the rest of it. On the routes of a
-    L{SpoolRule} the limit is the rule's and the body goes to a file
+    A request that keeps its body in memory (it is bounded), answers 413 as
+    soon as the headers (or the chunks received so far) show that the body is
+    over the limit, without reading the rest, and 408 if the whole request
+    has not arrived within the request timeout. On the routes of a
+    L{SpoolRule} the limits are the rule's and the body goes to a file
     (C{self.upload}); C{self.content} is then empty.
 
     Bodies are never parsed as forms into C{args} (twisted.web would read a
@@ -187,43 +209,62 @@ class DashdRequest(Request):
 
     _refused = False
     _received = 0
+    _deadline: Any = None
     _spool: _Spool | None = None
     upload: Upload | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         kwargs["parsePOSTFormSubmission"] = False
-        super().__init__(*args, **kwargs)
+        super().__init__(channel, *args, **kwargs)
+        site = getattr(channel, "site", None)
+        if site is not None:
+            # Created when the request line arrives; the clock runs from there.
+            self._deadline = site.reactor.callLater(site.request_timeout, self._too_slow)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self, timeout: float | None = None) -> None:
+        self._deadline = None
+        if timeout is None:
+            timeout = self.channel.site.request_timeout
+        self._refuse(408, b"Request Timeout",
+                     "the request was not complete within %g s" % timeout)
 
     def gotLength(self, length: int | None) -> None:
         self.content = BytesIO()
         site = self.channel.site
         # The request line is known by now, but Request learns it only once
         # the body is in (requestReceived); HTTPChannel keeps it meanwhile.
-        rule = site.spool_rule(
-            getattr(self.channel, "_command", b""), getattr(self.channel, "_path", b"")
-        )
+        uri = getattr(self.channel, "_path", b"")
+        rule = site.spool_rule(getattr(self.channel, "_command", b""), uri)
         self._limit = site.max_body_bytes if rule is None else rule.max_bytes
         if length is not None and length > self._limit:
             self._refuse_too_large(self._limit)
             return
-        if rule is not None:
-            uri = getattr(self.channel, "_path", b"")
-            if self.requestHeaders.getRawHeaders(b"authorization") is None and \
-                    b"access_token=" not in uri:
-                # Not even a key: no reason to take a large body to disk.
-                self._refuse(401, "Unauthorized", "an API key is required: send "
-                             "\"Authorization: Bearer KEY\" or ?access_token=KEY",
-                             b'WWW-Authenticate: Bearer realm="dashd"\r\n')
-                return
-            try:
-                self._spool = _Spool(rule.directory, self.requestHeaders.getRawHeaders(
-                    b"content-type", [None])[0])
-            except OSError as e:
-                log.error("cannot store an upload in {dir}: {error}", dir=rule.directory, error=e)
-                self._refuse(507, "Insufficient Storage", "the server cannot store the upload")
-                return
-            # Whatever happens to the request, an unclaimed file goes.
-            self.notifyFinish().addBoth(self._discard_upload)
+        if rule is None:
+            return
+        if self.requestHeaders.getRawHeaders(b"authorization") is None and \
+                b"access_token=" not in uri:
+            # Not even a key: no reason to take a large body to disk.
+            self._refuse(401, b"Unauthorized", "an API key is required: send "
+                         "\"Authorization: Bearer KEY\" or ?access_token=KEY",
+                         b'WWW-Authenticate: Bearer realm="dashd"\r\n')
+            return
+        # A large upload takes longer than a small request.
+        self._cancel_deadline()
+        self._deadline = site.reactor.callLater(rule.timeout, self._too_slow, rule.timeout)
+        try:
+            self._spool = _Spool(rule.directory, self.requestHeaders.getRawHeaders(
+                b"content-type", [None])[0])
+        except OSError as e:
+            log.error("cannot store an upload in {dir}: {error}", dir=rule.directory, error=e)
+            self._refuse(507, b"Insufficient Storage", "the server cannot store the upload")
+            return
+        # Whatever happens to the request, an unclaimed file goes.
+        self.notifyFinish().addBoth(self._discard_upload)
 
     def _discard_upload(self, _: Any) -> None:
         if self._spool is not None:
@@ -241,11 +282,12 @@ class DashdRequest(Request):
                 self._spool.feed(data)
             except OSError as e:
                 log.error("cannot store an upload: {error}", error=e)
-                self._refuse(507, "Insufficient Storage", "the server cannot store the upload")
+                self._refuse(507, b"Insufficient Storage", "the server cannot store the upload")
             return
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._cancel_deadline()
         if self._refused:
             return
         if self._spool is not None:
@@ -253,30 +295,55 @@ class DashdRequest(Request):
                 self.upload = self._spool.finish()
             except OSError as e:
                 log.error("cannot store an upload: {error}", error=e)
-                self._refuse(507, "Insufficient Storage", "the server cannot store the upload")
+                self._refuse(507, b"Insufficient Storage", "the server cannot store the upload")
                 return
         super().requestReceived(command, path, version)
 
-    def _refuse_too_large(self, limit: int) -> None:
-        self._refuse(
-            413, "Request Entity Too Large", "the request body is larger than %d bytes" % limit
-        )
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
 
-    def _refuse(self, status: int, phrase: str, message: str, headers: bytes = b"") -> None:
+    def _refuse_too_large(self, limit: int) -> None:
+        self._refuse(413, b"Request Entity Too Large",
+                     "the request body is larger than %d bytes" % limit)
+
+    def _refuse(self, code: int, phrase: bytes, message: str, headers: bytes = b"") -> None:
+        """Answer before the request is complete, and close."""
+        self._cancel_deadline()
+        if self._refused:
+            return
         self._refused = True
         self.content = BytesIO()
         if self._spool is not None:
             self._spool.abort()
-        body = json_bytes({"error": {"code": status, "message": message}}) + b"\n"
+        body = _error_bytes(code, message)
         transport = self.channel.transport
+        if transport is None:
+            return
         transport.write(
             b"HTTP/1.1 %d %s\r\n%s"
             b"Content-Type: application/json\r\n"
             b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (status, phrase.encode("ascii"), headers, len(body))
-            + body
+            b"Connection: close\r\n\r\n" % (code, phrase, headers, len(body)) + body
         )
         transport.loseConnection()
+
+    def process(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.setHeader(name, value)
+        origin = self.getHeader(b"origin")
+        if origin is not None and origin.decode("latin-1") in self.channel.site.cors_origins:
+            self.setHeader(b"Access-Control-Allow-Origin", origin)
+            self.setHeader(b"Vary", b"Origin")
+            if self.method == b"OPTIONS":
+                # A preflight: answer it here, whatever the route.
+                self.setHeader(b"Access-Control-Allow-Methods", CORS_ALLOW_METHODS)
+                self.setHeader(b"Access-Control-Allow-Headers", CORS_ALLOW_HEADERS)
+                self.setHeader(b"Access-Control-Max-Age", b"600")
+                self.setResponseCode(204)
+                self.finish()
+                return
+        super().process()
 
 
 class _MaskedRequest:
@@ -304,12 +371,16 @@ class DashdSite(Site):
         max_body_bytes: int,
         idle_timeout: float,
         access_log: bool,
+        request_timeout: float = 30.0,
+        cors_origins: list[str] | None = None,
         reactor: Any = None,
     ) -> None:
         super().__init__(
             resource, timeout=idle_timeout, logFormatter=masked_log_formatter, reactor=reactor
         )
         self.max_body_bytes = max_body_bytes
+        self.request_timeout = request_timeout
+        self.cors_origins = frozenset(cors_origins or ())
         self.spool_rules: list[SpoolRule] = []
         self._access_log = access_log
 

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from dashd import frames
+from dashd import access, frames
 from dashd.config import Config
 from dashd.fleet import Fleet
 from dashd.hub import Event, IHub
@@ -33,6 +33,7 @@ from dashd.session import DeviceSession
 log = Logger()
 
 CLOSE_POLICY = 1008
+CLOSE_KEY_REVOKED = 4001
 CLOSE_TOO_BIG = 1009
 # A device that sends this many unreadable values in a row is not speaking
 # JSON-RPC; drop it rather than answer garbage forever.
@@ -85,6 +86,7 @@ def _accept_subprotocol(request: Any) -> str | None:
     return request.protocols[0] if request.protocols else None
 
 
+@implementer(IPushProducer)
 class DeviceProtocol(WebSocketServerProtocol):
     # Set by Handover before the connection is made.
     device: Device
@@ -96,7 +98,9 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
-            take_over_producer(self.transport, None)
+            # Twisted calls pauseProducing when what we write to the device
+            # is piling up unread, and resumeProducing once it drained.
+            take_over_producer(self.transport, self)
             self._decoder = JSONStreamDecoder(self.factory.max_frame_bytes)
             self._errors = 0
             self.session = DeviceSession(
@@ -133,6 +137,21 @@ class DeviceProtocol(WebSocketServerProtocol):
                     session.received(item)
         except Exception:
             log.failure("device {id}: handling a message", id=session.device_id)
+
+    def pauseProducing(self) -> None:
+        # Stop reading from the device too: a device that does not read may
+        # not make us queue replies to what it keeps sending.
+        self.transport.pauseProducing()
+        if self.session is not None:
+            self.session.stalled()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+        if self.session is not None:
+            self.session.unstalled()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is going; onClose does the rest
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:
@@ -184,6 +203,12 @@ class NotifyProtocol(WebSocketServerProtocol):
             take_over_producer(self.transport, self)
             self.hub.subscribe(self)
             self._subscribed = True
+            self._expiry = None
+            if self.key.expires is not None:
+                clock = self.factory.reactor
+                self._expiry = clock.callLater(
+                    max(0, self.key.expires - clock.seconds()), self._expired
+                )
         except Exception:
             log.failure("notification subscriber {peer}: opening", peer=self.peer)
             close_connection(self, 1011, "internal error")
@@ -193,12 +218,15 @@ class NotifyProtocol(WebSocketServerProtocol):
     def deliver(self, event: Event) -> None:
         if self.state != WebSocketProtocol.STATE_OPEN:
             return
+        payload = access.event_payload(self.key, event)
+        if payload is None:
+            return
         if not self._paused:
-            self.sendMessage(event.payload.encode("utf-8"), isBinary=False)
+            self.sendMessage(payload.encode("utf-8"), isBinary=False)
             return
         # Bounded in events and in bytes (an event may be up to a device's
         # largest frame).
-        size = len(event.payload)
+        size = len(payload)
         if (len(self._backlog) >= self.factory.max_backlog
                 or self._backlog_bytes + size > self.factory.max_backlog_bytes):
             log.warn("notification subscriber {peer} dropped: not reading", peer=self.peer)
@@ -207,8 +235,19 @@ class NotifyProtocol(WebSocketServerProtocol):
             self._backlog_bytes = 0
             close_connection(self, CLOSE_POLICY, "notification backlog exceeded; read faster")
             return
-        self._backlog.append(event.payload)
+        self._backlog.append(payload)
         self._backlog_bytes += size
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self._unsubscribe()
+        close_connection(self, CLOSE_KEY_REVOKED, "API key expired")
+
+    def revoked(self) -> None:
+        log.info("notification subscriber {peer}: key {key} revoked", peer=self.peer,
+                 key=self.key.id)
+        self._unsubscribe()
+        close_connection(self, CLOSE_KEY_REVOKED, "API key revoked")
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -236,6 +275,9 @@ class NotifyProtocol(WebSocketServerProtocol):
         self._unsubscribe()
         if hasattr(self, "_backlog"):
             self._backlog.clear()
+        expiry = getattr(self, "_expiry", None)
+        if expiry is not None and expiry.active():
+            expiry.cancel()
 
 
 class NotifyFactory(WebSocketServerFactory):

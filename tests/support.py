@@ -49,6 +49,9 @@ FAST_CONFIG = {
         "reboot_timeout": 4.0,
     },
     "logs": {"max_per_device": 50},
+    # Tests make many requests and many deliberate failures from one
+    # address; the limits have tests of their own with their own servers.
+    "limits": {"requests_per_second": 0, "failed_auth_per_minute": 0},
 }
 
 
@@ -94,6 +97,7 @@ class DashdProcess:
     """``twistd -n dashd`` in a subprocess, with its own data directory."""
 
     def __init__(self, directory: str, config: dict[str, Any] | None = None) -> None:
+        os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.data_dir = os.path.join(directory, "data")
         self.port = free_port()
@@ -103,6 +107,7 @@ class DashdProcess:
         doc = merge(
             {"listen": ["tcp:%d:interface=127.0.0.1" % self.port], "data_dir": self.data_dir}, doc
         )
+        self.data_dir = doc["data_dir"]
         write_toml(self.config_path, doc)
         self.proc: subprocess.Popen[bytes] | None = None
 

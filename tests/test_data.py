@@ -264,3 +264,96 @@ async def test_bad_logs_requests_get_400(server, admin: Client):
     # An empty body starts at the beginning.
     reply = await admin.post("/api/v2/logs")
     assert reply.status == 200 and "events" in reply.body and "next" in reply.body
+
+
+# Who sees what
+
+
+@pytest_twisted.ensureDeferred
+async def test_who_sees_stored_data_logs_and_firmware(server, admin: Client, tmp_path):
+    """Another account sees what is shared with it and nothing else; a
+    read-only key reads but updates no firmware; a restricted key reads none
+    of it; only the owner's admin keys update or commit firmware."""
+    from support import SECRETS
+    from test_ota import make_bin
+
+    created = await admin.post("/api/v2/accounts", {"name": "partner"})
+    assert created.status == 200, created
+    SECRETS.add(created.body["admin_key"]["key"])
+    partner = Client(server, created.body["admin_key"]["key"])
+
+    async def key(owner: Client, **body) -> Client:
+        reply = await owner.post("/api/v2/keys", body)
+        assert reply.status == 200, reply
+        SECRETS.add(reply.body["key"])
+        return Client(server, reply.body["key"])
+
+    own_id, own_token = await admin.register("own")
+    reply = await admin.post("/api/v2/devices", {"name": "shared",
+                                                 "shared_with": created.body["id"]})
+    shared_id, shared_token = reply.body["id"], reply.body["token"]
+    SECRETS.add(shared_token)
+    theirs_id, theirs_token = await partner.register("theirs")
+    reader = await key(admin, kind="read-only")
+    customer = await key(admin, kind="restricted",
+                         scope={"devices": {own_id: {"read": ["n"], "write": [], "rpc": []}}})
+    sims = {}
+    try:
+        for device_id, token, owner in ((own_id, own_token, admin),
+                                        (shared_id, shared_token, admin),
+                                        (theirs_id, theirs_token, partner)):
+            await _save(owner, device_id, ["n"])
+            sims[device_id] = sim = await connect_device(server, token)
+            await device_online(owner, device_id)
+            await within(sim.call("Dash.Shadow.Update", {"state": {"reported": {"n": device_id}}}))
+            await within(sim.call("Dash.Log", {"fd": 1, "data": device_id}))
+
+        async def devices_in(client: Client, path: str, body=None) -> set:
+            if body is None:
+                reply = await client.get(path)
+                assert reply.status == 200, reply
+                return {p["device_id"] for p in reply.body}
+            reply = await client.post(path, body)
+            assert reply.status == 200, reply
+            return {e["id"] for e in reply.body["events"]}
+
+        mine = {own_id, shared_id, theirs_id}
+        for path in ("/api/v2/data?limit=5000", "/api/v2/devices/data?limit=5000"):
+            assert await devices_in(admin, path) & mine == {own_id, shared_id}
+            assert await devices_in(reader, path) & mine == {own_id, shared_id}
+            assert await devices_in(partner, path) == {shared_id, theirs_id}
+        logs = {"start": -1000, "limit": 1000}
+        assert await devices_in(admin, "/api/v2/logs", logs) & mine == {own_id, shared_id}
+        assert await devices_in(partner, "/api/v2/logs", logs) == {shared_id, theirs_id}
+        assert await devices_in(partner, "/api/v2/devices/%s/data" % shared_id) == {shared_id}
+        reply = await partner.get("/api/v2/devices/%s/data" % own_id)
+        assert (reply.status, reply.error["message"]) == (404, "no such device: %s" % own_id)
+        reply = await partner.post("/api/v2/logs", {"device_id": own_id})
+        assert reply.status == 404
+
+        # A restricted key reads none of it.
+        for reply in (await customer.get("/api/v2/devices/%s/data" % own_id),
+                      await customer.get("/api/v2/data"),
+                      await customer.post("/api/v2/logs", {"start": 0}),
+                      await customer.get("/api/v2/devices/%s/ota" % own_id)):
+            assert reply.status == 403, reply
+        assert "ota" not in (await customer.get("/api/v2/devices/" + own_id)).body
+
+        # Firmware: the owner's admin keys only.
+        fw = make_bin(str(tmp_path / "x.bin"), 1000)
+        reply = await reader.upload("/api/v2/devices/%s/ota" % own_id, fw)
+        assert reply.status == 403
+        assert "only admin keys may update a device's firmware" in reply.error["message"]
+        reply = await partner.upload("/api/v2/devices/%s/ota" % shared_id, fw)
+        assert reply.status == 403
+        assert "of the account that owns device %s" % shared_id in reply.error["message"]
+        reply = await partner.upload("/api/v2/devices/%s/ota" % own_id, fw)
+        assert reply.status == 404
+        reply = await reader.post("/api/v2/devices/%s/ota/commit" % own_id)
+        assert reply.status == 403
+        assert not any(str(f.get("method", "")).startswith("OTA.")
+                       for sim in sims.values() for f in sim.frames)
+        assert (await reader.get("/api/v2/devices/%s/ota" % own_id)).body is None
+    finally:
+        for sim in sims.values():
+            await sim.stop()

@@ -53,7 +53,7 @@ def test_migration_3_creates_the_tables_and_cascades(tmp_path):
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"data_points_device", "data_points_account", "device_events_device",
             "device_events_account"} <= indexes
-    conn.execute("INSERT INTO accounts VALUES ('a', 'a', 1)")
+    conn.execute("INSERT INTO accounts (id, name, created) VALUES ('a', 'a', 1)")
     conn.execute("INSERT INTO devices (id, account_id, name, token_hash, created, shadow)"
                  " VALUES ('d1', 'a', 'd', 'h', 1, '{}')")
     conn.execute("INSERT INTO data_points (device_id, account_id, t, key, value)"
@@ -197,7 +197,10 @@ def test_saved_keys_ignores_junk():
     assert timeseries.saved_keys(None) == []
 
 
-def test_hub_delivers_only_what_a_key_may_see():
+def test_subscribers_get_only_what_their_key_may_see():
+    """Stored-data events (ota.*, rpc.out.*) follow the notification rules."""
+    from dashd import access
+
     hub = LocalHub()
 
     class Sub:
@@ -206,14 +209,15 @@ def test_hub_delivers_only_what_a_key_may_see():
             self.got = []
 
         def deliver(self, event):
-            self.got.append(event.device_id)
+            if access.event_payload(self.key, event) is not None:
+                self.got.append(event.device_id)
 
     owner, partner, stranger = Sub("a"), Sub("b"), Sub("c")
     for s in (owner, partner, stranger):
         hub.subscribe(s)
-    hub.publish(Event("online", "d1", None, "a", ()))
-    hub.publish(Event("online", "d2", None, "a", ("b",)))
-    hub.publish(Event("online", "d3", None, "c", ()))
+    hub.publish(Event("ota.status", "d1", {}, "a", ()))
+    hub.publish(Event("rpc.out.Log", "d2", {}, "a", ("b",)))
+    hub.publish(Event("ota.progress", "d3", {}, "c", ()))
     assert owner.got == ["d1", "d2"]
     assert partner.got == ["d2"]
     assert stranger.got == ["d3"]

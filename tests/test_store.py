@@ -129,3 +129,52 @@ async def test_overloaded_store_fails_fast(tmp_path):
         assert refused and "overloaded" in str(refused[0])
     finally:
         await s.stop()
+
+
+def test_migration_2_keeps_data_and_marks_the_operator(tmp_path):
+    """Upgrade a version-1 database holding data; compare with a fresh one."""
+    path = str(tmp_path / "v1.sqlite3")
+    conn = sqlite3.connect(path, isolation_level=None)
+    first = [m for m in migrations() if m[0] == 1][0][1]
+    conn.executescript("BEGIN;" + first + "PRAGMA user_version = 1; COMMIT;")
+    conn.execute("INSERT INTO accounts VALUES ('a1', 'first', 1.0)")
+    conn.execute("INSERT INTO accounts VALUES ('a2', 'second', 2.0)")
+    conn.execute("INSERT INTO api_keys VALUES ('k1', 'a1', 'admin', 'admin', 'h1', 1.0, NULL)")
+    conn.execute("INSERT INTO devices VALUES ('d1', 'a2', 'dev', 't1', 3.0, NULL, '{}', ?)",
+                 ('{"state":{"desired":{},"reported":{}},"tags":{},"version":0,"timestamp":null}',))
+    assert migrate(conn)[0] == 1
+    assert conn.execute("SELECT id, operator FROM accounts ORDER BY id").fetchall() == [
+        ("a1", 1), ("a2", 0)]
+    assert conn.execute("SELECT scope FROM api_keys").fetchall() == [(None,)]
+    assert conn.execute("SELECT name FROM devices").fetchall() == [("dev",)]
+
+    fresh = sqlite3.connect(str(tmp_path / "fresh.sqlite3"), isolation_level=None)
+    migrate(fresh)
+    schema = "SELECT type, name, tbl_name FROM sqlite_master ORDER BY name"
+    assert conn.execute(schema).fetchall() == fresh.execute(schema).fetchall()
+    columns = {t: conn.execute("PRAGMA table_info(%s)" % t).fetchall()
+               for t in ("accounts", "api_keys", "devices", "device_shares")}
+    assert columns == {t: fresh.execute("PRAGMA table_info(%s)" % t).fetchall()
+                       for t in columns}
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_admin_keys_do_not_count_as_the_last_one(store):
+    account, key, _ = await _account_and_device(store)
+    old = ApiKey(tokens.new_id("k"), account.id, "old", "admin", 1.0, expires=5.0)
+    await store.create_key(old, "o" * 64)
+    with pytest.raises(LastAdminKey):
+        await store.delete_key(key.id, account.id, now=10.0)
+    assert await store.delete_key(key.id, account.id, now=4.0) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_caller_does_not_stop_the_others(store):
+    """Klein cancels the Deferred of a request whose client went away; the
+    results of the rest of that batch must still be delivered."""
+    _, _, device = await _account_and_device(store)
+    ds = [store.get_device(device.id) for _ in range(50)]
+    ds[10].cancel()
+    ds[10].addErrback(lambda f: f.trap(Exception))
+    results = [await d for i, d in enumerate(ds) if i != 10]
+    assert all(r.id == device.id for r in results)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from dashd import __version__
+from dashd.api.accounts import AccountRoutes
 from dashd.api.base import app
 from dashd.api.channels import ChannelRoutes
 from dashd.api.data import DataRoutes
@@ -22,7 +23,7 @@ from dashd.api.rpc import RpcRoutes
 __all__ = ["Api"]
 
 
-class Api(ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, OtaRoutes, DataRoutes):
+class Api(ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OtaRoutes, DataRoutes):
     @app.route("/", methods=["GET"])
     def root(self, request: Any) -> bytes:
         return self.json(request, {"name": "dashd", "version": __version__, "api": "/api/v2"})

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from dashd import shadow
+from dashd import access, shadow
 from dashd.auth import Authenticator, bearer_secret
 from dashd.config import Config
 from dashd.errors import (
@@ -103,6 +103,11 @@ def number_arg(request: Any, name: str, default: float, maximum: float) -> float
     return value
 
 
+def client_address(request: Any) -> str | None:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", None)
+
+
 class ApiBase:
     app = app
 
@@ -116,12 +121,12 @@ class ApiBase:
         return self.app.resource()
 
     async def authenticate(self, request: Any) -> ApiKey:
-        return await self.auth.api_key(bearer_secret(request))
+        return await self.auth.api_key(bearer_secret(request), client_address(request))
 
     async def visible_device(self, key: ApiKey, device_id: str) -> Device:
         device = await self.fleet.store.get_device(device_id)
         # A device the key may not see is answered exactly like a missing one.
-        if device is None or not key.can_see(device.account_id, device.shared_with):
+        if device is None or not access.sees(key, device):
             raise NotFound("no such device: %s" % device_id)
         return device
 
@@ -130,8 +135,10 @@ class ApiBase:
         # The newline keeps a shell prompt (or the next curl) off the line.
         return json_bytes(value) + b"\n"
 
-    def view(self, device: Device) -> dict[str, Any]:
-        return device_view(device, self.fleet.router.is_online(device.id))
+    def view(self, key: ApiKey, device: Device) -> dict[str, Any]:
+        """The device as this key may see it."""
+        view = device_view(device, self.fleet.router.is_online(device.id))
+        return access.device_view_for(key, view)
 
     # Errors
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from dashd import access
 from dashd.api.base import ApiBase, app, object_body
-from dashd.errors import BadRequest
+from dashd.errors import BadRequest, Forbidden
 
 MAX_DATA_LIMIT = 5000
 DEFAULT_DATA_LIMIT = 100
@@ -45,6 +46,8 @@ def _int(value: Any, name: str, minimum: int, maximum: int) -> int:
 class DataRoutes(ApiBase):
     async def _data(self, request: Any, device_id: str | None) -> bytes:
         key = await self.authenticate(request)
+        if key.kind == access.RESTRICTED:
+            raise Forbidden("restricted keys may not read stored data")
         unknown = sorted(a.decode("latin-1") for a in request.args
                          if a.decode("latin-1") not in DATA_ARGS)
         if unknown:
@@ -85,6 +88,8 @@ class DataRoutes(ApiBase):
     @app.route("/api/v2/logs", methods=["POST"])
     async def logs(self, request: Any) -> bytes:
         key = await self.authenticate(request)
+        if key.kind == access.RESTRICTED:
+            raise Forbidden("restricted keys may not read device logs")
         body = object_body(request, {"start", "limit", "device_id"})
         for name in ("start", "limit"):
             if isinstance(body.get(name), str):

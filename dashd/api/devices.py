@@ -1,13 +1,18 @@
-"""/api/v2/devices: register, list, read, change and delete devices."""
+"""/api/v2/devices: register, list, read, change and delete devices, and
+rotate their tokens."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from dashd import shadow, timeseries
+from twisted.logger import Logger
+
+from dashd import access, shadow, timeseries
 from dashd.api.base import ApiBase, app, name_value, object_body
-from dashd.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from dashd.errors import BadRequest, Conflict, NotFound, TooLarge
 from dashd.store import NotFound as StoreNotFound
+
+log = Logger()
 
 
 def shared_with_value(value: Any) -> tuple[str, ...]:
@@ -32,16 +37,17 @@ class DeviceRoutes(ApiBase):
     async def list_devices(self, request: Any) -> bytes:
         key = await self.authenticate(request)
         devices = await self.fleet.store.list_devices(key.account_id)
-        return self.json(request, [self.view(d) for d in devices])
+        return self.json(request, [self.view(key, d) for d in devices if access.sees(key, d)])
 
     @app.route("/api/v2/devices", methods=["POST"])
     async def register_device(self, request: Any) -> bytes:
         key = await self.authenticate(request)
+        access.require_admin(key, "register devices")
         body = object_body(request, {"name", "shared_with"})
         name = name_value(body["name"]) if "name" in body else None
         shared_with = shared_with_value(body["shared_with"]) if "shared_with" in body else ()
         device, token = await self.fleet.register_device(key.account_id, name, shared_with)
-        view = self.view(device)
+        view = self.view(key, device)
         view["token"] = token
         return self.json(request, view)
 
@@ -49,9 +55,10 @@ class DeviceRoutes(ApiBase):
     async def get_device(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         device = await self.visible_device(key, device_id)
-        view = self.view(device)
-        # The status of its last firmware update (dashd.ota), or null.
-        view["ota"] = await self.fleet.store.get_ota_status(device_id)
+        view = self.view(key, device)
+        if key.kind != access.RESTRICTED:
+            # The status of its last firmware update (dashd.ota), or null.
+            view["ota"] = await self.fleet.store.get_ota_status(device_id)
         return self.json(request, view)
 
     @app.route("/api/v2/devices/<device_id>", methods=["POST"])
@@ -59,11 +66,13 @@ class DeviceRoutes(ApiBase):
         key = await self.authenticate(request)
         body = object_body(request, {"name", "shared_with", "shadow"})
         device = await self.visible_device(key, device_id)
-        name = name_value(body["name"]) if "name" in body else None
+        name = None
+        if "name" in body:
+            access.require_owner(key, device, "rename a device")
+            name = name_value(body["name"])
         shared_with = None
         if "shared_with" in body:
-            if device.account_id != key.account_id:
-                raise Forbidden("only the device's owner may change its sharing")
+            access.require_owner(key, device, "change a device's sharing")
             shared_with = shared_with_value(body["shared_with"])
         update = None
         if "shadow" in body:
@@ -74,6 +83,7 @@ class DeviceRoutes(ApiBase):
                     timeseries.check_save_list(tags["save"])
             except (shadow.InvalidShadowUpdate, timeseries.InvalidSaveList) as e:
                 raise BadRequest(str(e))
+            access.check_shadow_update(key, device, update)
         try:
             device = await self.fleet.update_device(device_id, name, shared_with, update)
         except shadow.VersionConflict as e:
@@ -82,14 +92,26 @@ class DeviceRoutes(ApiBase):
             raise TooLarge(str(e))
         except StoreNotFound:
             raise NotFound("no such device: %s" % device_id)
-        return self.json(request, self.view(device))
+        return self.json(request, self.view(key, device))
 
     @app.route("/api/v2/devices/<device_id>", methods=["DELETE"])
     async def delete_device(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         device = await self.visible_device(key, device_id)
-        if device.account_id != key.account_id:
-            raise Forbidden("only the device's owner may delete it")
+        access.require_owner(key, device, "delete a device")
         if not await self.fleet.delete_device(device_id):
             raise NotFound("no such device: %s" % device_id)
+        log.info("device {id} deleted by key {key}", id=device_id, key=key.id)
         return self.json(request, {"id": device_id, "deleted": True})
+
+    @app.route("/api/v2/devices/<device_id>/token", methods=["POST"])
+    async def rotate_token(self, request: Any, device_id: str) -> bytes:
+        key = await self.authenticate(request)
+        object_body(request, set())
+        device = await self.visible_device(key, device_id)
+        access.require_owner(key, device, "rotate a device's token")
+        token = await self.fleet.rotate_token(device_id)
+        if token is None:
+            raise NotFound("no such device: %s" % device_id)
+        log.info("device {id}: token rotated by key {key}", id=device_id, key=key.id)
+        return self.json(request, {"id": device_id, "token": token})

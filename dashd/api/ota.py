@@ -22,8 +22,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.protocols.basic import FileSender
 
+from dashd import access
 from dashd.api.base import ApiBase, app
-from dashd.errors import BadRequest, NotFound, TooLarge
+from dashd.errors import BadRequest, Forbidden, NotFound, TooLarge
 from dashd.ota import OtaManager, firmware_kind
 
 _TRUE = ("1", "true", "yes", "on")
@@ -104,6 +105,7 @@ class OtaRoutes(ApiBase):
                 raise BadRequest("commit_timeout must be a whole number of seconds (at most 30 days)")
             commit_timeout = int(given)
         device = await self.visible_device(key, device_id)
+        access.require_owner(key, device, "update a device's firmware")
         self.ota.check_not_running(device_id)
 
         upload = getattr(request, "upload", None)
@@ -142,12 +144,15 @@ class OtaRoutes(ApiBase):
     async def firmware_status(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         await self.visible_device(key, device_id)
+        if key.kind == access.RESTRICTED:
+            raise Forbidden("restricted keys may not read a device's firmware update status")
         return self.json(request, await self.fleet.store.get_ota_status(device_id))
 
     @app.route("/api/v2/devices/<device_id>/ota/commit", methods=["POST"])
     async def commit_firmware(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
-        await self.visible_device(key, device_id)
+        device = await self.visible_device(key, device_id)
+        access.require_owner(key, device, "commit a device's firmware")
         return self.json(request, await self.ota.commit(device_id))
 
     @app.route("/api/v2/firmware/<secret>", methods=["GET"])

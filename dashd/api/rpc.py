@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dashd import access
 from dashd.api.base import ApiBase, app, json_body, number_arg
 from dashd.errors import BadRequest
 
@@ -21,5 +22,6 @@ class RpcRoutes(ApiBase):
         )
         params = json_body(request) if request.method == b"POST" else None
         device = await self.visible_device(key, device_id)
+        access.check_rpc(key, device, method)
         result = await self.fleet.call(device, method, params, timeout)
         return self.json(request, result)

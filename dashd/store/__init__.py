@@ -47,9 +47,20 @@ class IStore(Interface):
     def list_keys(account_id):
         """Fire with the account's keys, oldest first."""
 
-    def delete_key(key_id, account_id):
+    def delete_key(key_id, account_id, now=None):
         """Delete the key; fire with True, or False if there was none.
-        @raise LastAdminKey: it is the account's last admin key."""
+        @raise LastAdminKey: it is the account's last admin key that has not
+            expired by C{now}."""
+
+    def create_account(account, key, secret_hash):
+        """Store a new L{Account} and its first admin L{ApiKey} together;
+        fire with the account."""
+
+    def list_accounts():
+        """Fire with every account, oldest first."""
+
+    def get_account(account_id):
+        """Fire with the L{Account} or None."""
 
     # Devices
 
@@ -86,6 +97,10 @@ class IStore(Interface):
 
     def touch(device_id, now):
         """Set the device's last-seen time."""
+
+    def set_device_token(device_id, token_hash):
+        """Replace the device's token hash (the old token stops working);
+        fire with True, or False if there is no such device."""
 
     def delete_device(device_id):
         """Delete the device; fire with True, or False if there was none."""

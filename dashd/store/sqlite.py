@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+from dataclasses import replace
 import sqlite3
 import threading
 from importlib import resources
@@ -248,15 +249,15 @@ class SQLiteStore:
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job(conn)
-                except sqlite3.Error:
+                except sqlite3.Error as e:
                     if not conn.in_transaction:
                         # SQLite rolled the whole transaction back (disk
                         # full, I/O error): the batch failed as one.
                         raise
-                    log.failure("store job failed")
+                    log.error("store job failed: {error}", error=str(e))
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((d, Failure(StoreError("the store failed"))))
+                    results.append((d, Failure(StoreError("the store cannot write: %s" % e))))
                 except Exception as e:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
@@ -290,20 +291,36 @@ class SQLiteStore:
             ).fetchone()
             account_id = row[0] if row else account.id
             if not row:
-                conn.execute(
-                    "INSERT INTO accounts (id, name, created) VALUES (?, ?, ?)",
-                    (account.id, account.name, account.created),
-                )
-            stored = ApiKey(
-                id=key.id,
-                account_id=account_id,
-                name=key.name,
-                kind=key.kind,
-                created=key.created,
-                expires=key.expires,
-            )
+                _insert_account(conn, replace(account, operator=True))
+            stored = replace(key, account_id=account_id)
             _insert_key(conn, stored, secret_hash)
             return stored
+
+        return self._submit(job)
+
+    def create_account(self, account: Account, key: ApiKey, secret_hash: str) -> Deferred[Account]:
+        def job(conn: sqlite3.Connection) -> Account:
+            _insert_account(conn, account)
+            _insert_key(conn, key, secret_hash)
+            return account
+
+        return self._submit(job)
+
+    def list_accounts(self) -> Deferred[list[Account]]:
+        def job(conn: sqlite3.Connection) -> list[Account]:
+            rows = conn.execute(
+                "SELECT id, name, created, operator FROM accounts ORDER BY created, rowid"
+            ).fetchall()
+            return [_account(r) for r in rows]
+
+        return self._submit(job)
+
+    def get_account(self, account_id: str) -> Deferred[Account | None]:
+        def job(conn: sqlite3.Connection) -> Account | None:
+            row = conn.execute(
+                "SELECT id, name, created, operator FROM accounts WHERE id = ?", (account_id,)
+            ).fetchone()
+            return _account(row) if row else None
 
         return self._submit(job)
 
@@ -335,7 +352,7 @@ class SQLiteStore:
 
         return self._submit(job)
 
-    def delete_key(self, key_id: str, account_id: str) -> Deferred[bool]:
+    def delete_key(self, key_id: str, account_id: str, now: float | None = None) -> Deferred[bool]:
         def job(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
                 "SELECT kind FROM api_keys WHERE id = ? AND account_id = ?",
@@ -344,9 +361,11 @@ class SQLiteStore:
             if row is None:
                 return False
             if row[0] == "admin":
+                # Expired admin keys do not count: they open nothing.
                 (admins,) = conn.execute(
-                    "SELECT count(*) FROM api_keys WHERE account_id = ? AND kind = 'admin'",
-                    (account_id,),
+                    "SELECT count(*) FROM api_keys WHERE account_id = ? AND kind = 'admin'"
+                    " AND (expires IS NULL OR expires > ?)",
+                    (account_id, now if now is not None else 0),
                 ).fetchone()
                 if admins <= 1:
                     raise LastAdminKey(
@@ -492,6 +511,15 @@ class SQLiteStore:
 
         return self._submit(job)
 
+    def set_device_token(self, device_id: str, token_hash: str) -> Deferred[bool]:
+        def job(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE devices SET token_hash = ? WHERE id = ?", (token_hash, device_id)
+            )
+            return cur.rowcount > 0
+
+        return self._submit(job)
+
     def delete_device(self, device_id: str) -> Deferred[bool]:
         def job(conn: sqlite3.Connection) -> bool:
             cur = conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
@@ -537,6 +565,10 @@ class SQLiteStore:
 
 def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
     for d, result in results:
+        if d.called:
+            # Cancelled meanwhile (e.g. its HTTP client went away); the work
+            # is done and durable all the same.
+            continue
         if isinstance(result, Failure):
             d.errback(result)
         else:
@@ -547,20 +579,46 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-_KEY_COLUMNS = "id, account_id, name, kind, created, expires"
+def _account(row: tuple[Any, ...]) -> Account:
+    return Account(id=row[0], name=row[1], created=row[2], operator=bool(row[3]))
+
+
+def _insert_account(conn: sqlite3.Connection, account: Account) -> None:
+    conn.execute(
+        "INSERT INTO accounts (id, name, created, operator) VALUES (?, ?, ?, ?)",
+        (account.id, account.name, account.created, int(account.operator)),
+    )
+
+
+_KEY_COLUMNS = "id, account_id, name, kind, created, expires, scope"
 
 
 def _key(row: tuple[Any, ...]) -> ApiKey:
     return ApiKey(
-        id=row[0], account_id=row[1], name=row[2], kind=row[3], created=row[4], expires=row[5]
+        id=row[0],
+        account_id=row[1],
+        name=row[2],
+        kind=row[3],
+        created=row[4],
+        expires=row[5],
+        scope=json.loads(row[6]) if row[6] else None,
     )
 
 
 def _insert_key(conn: sqlite3.Connection, key: ApiKey, secret_hash: str) -> None:
     conn.execute(
-        "INSERT INTO api_keys (id, account_id, name, kind, secret_hash, created, expires)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (key.id, key.account_id, key.name, key.kind, secret_hash, key.created, key.expires),
+        "INSERT INTO api_keys (id, account_id, name, kind, secret_hash, created, expires, scope)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            key.id,
+            key.account_id,
+            key.name,
+            key.kind,
+            secret_hash,
+            key.created,
+            key.expires,
+            _json(key.scope) if key.scope is not None else None,
+        ),
     )
 
 
@@ -592,8 +650,6 @@ def _device(
 
 
 def _replace_shadow(device: Device, document: dict[str, Any]) -> Device:
-    from dataclasses import replace
-
     return replace(device, shadow=document)
 
 
