@@ -688,3 +688,58 @@ async def test_pull_links_use_ota_public_url(tmp_path):
         await sim.stop()
         server.stop()
     assert not server.problems()
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_have_their_own_time_limit(tmp_path):
+    """http.request_timeout (1 s here) does not cut a firmware upload short;
+    ota.upload_timeout (3 s here) does."""
+    server = DashdProcess(str(tmp_path), {"http": {"request_timeout": 1.0},
+                                          "ota": {"upload_timeout": 3.0}})
+    await server.start_async()
+    admin = Client(server, server.admin_key)
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    path = "/api/v2/devices/%s/ota?filename=slow.bin" % device_id
+
+    def slow_upload(seconds: float) -> bytes:
+        import socket
+        import time as clock
+
+        body = b"\xe9" * 20_000
+        head = (b"POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Length: %d\r\n\r\n" % (path.encode(), admin.key.encode(), len(body)))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(head)
+            for i in range(10):
+                try:
+                    s.sendall(body[i * 2000:(i + 1) * 2000])
+                except OSError:
+                    break
+                clock.sleep(seconds / 10)
+            data = b""
+            while True:
+                try:
+                    part = s.recv(65536)
+                except OSError:
+                    break
+                if not part:
+                    break
+                data += part
+                if b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1].endswith(b"\n"):
+                    break
+            return data
+
+    try:
+        await device_online(admin, device_id)
+        response = await deferToThread(slow_upload, 2.0)
+        assert response.startswith(b"HTTP/1.1 202 "), response[:300]
+        await ota_state(admin, device_id, "uncommitted")
+        response = await deferToThread(slow_upload, 5.0)
+        assert response.startswith(b"HTTP/1.1 408 "), response[:300]
+        assert b"the request was not complete within 3 s" in response
+        await eventually(lambda: firmware_dir_is_empty(server))
+    finally:
+        await sim.stop()
+        server.stop()
+    assert not server.problems()
