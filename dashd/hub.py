@@ -66,6 +66,9 @@ class IHub(Interface):
     def subscriber_count():
         """How many subscribers are attached here."""
 
+    def subscribers():
+        """The subscribers attached here (for a graceful shutdown)."""
+
 
 @implementer(IHub)
 class LocalHub:
@@ -85,3 +88,6 @@ class LocalHub:
 
     def subscriber_count(self) -> int:
         return len(self._subscribers)
+
+    def subscribers(self) -> list[Any]:
+        return list(self._subscribers.values())

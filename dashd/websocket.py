@@ -95,6 +95,7 @@ class DeviceProtocol(WebSocketServerProtocol):
         return _accept_subprotocol(request)
 
     def onOpen(self) -> None:
+        self.factory.connections_opened += 1
         try:
             take_over_producer(self.transport, None)
             self._decoder = JSONStreamDecoder(self.factory.max_frame_bytes)
@@ -109,6 +110,7 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def _send_text(self, text: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
+            self.factory.frames_sent += 1
             self.sendMessage(text.encode("utf-8"), isBinary=False)
 
     def _close(self, code: int, reason: str) -> None:
@@ -121,6 +123,7 @@ class DeviceProtocol(WebSocketServerProtocol):
         try:
             for item in self._decoder.feed(payload):
                 if isinstance(item, StreamError):
+                    self.factory.frames_invalid += 1
                     self._errors += 1
                     code = frames.TOO_LARGE if item.too_large else frames.PARSE_ERROR
                     session.reply_error(None, code, item.message)
@@ -129,6 +132,7 @@ class DeviceProtocol(WebSocketServerProtocol):
                         close_connection(self, CLOSE_POLICY, "too many invalid frames")
                         return
                 else:
+                    self.factory.frames_received += 1
                     self._errors = 0
                     session.received(item)
         except Exception:
@@ -151,6 +155,11 @@ class DeviceFactory(WebSocketServerFactory):
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__(reactor=reactor)
         self.max_frame_bytes = config["device.max_frame_bytes"]
+        # Counted here, read by dashd.metrics when /metrics is scraped.
+        self.connections_opened = 0
+        self.frames_received = 0
+        self.frames_invalid = 0
+        self.frames_sent = 0
         self.setProtocolOptions(
             autoPingInterval=config["device.ping_interval"],
             autoPingTimeout=config["device.ping_timeout"],

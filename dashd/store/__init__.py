@@ -87,6 +87,18 @@ class IStore(Interface):
     def delete_device(device_id):
         """Delete the device; fire with True, or False if there was none."""
 
+    def set_device_token(device_id, token_hash):
+        """Replace the device's token (rotation); fire with True, or False
+        if there is no such device."""
+
+    # Operation
+
+    def list_accounts():
+        """Fire with every L{Account}, oldest first."""
+
+    def ping():
+        """Fire once the store has answered a trivial query (health checks)."""
+
 
 class LastAdminKey(Exception):
     """Deleting this key would lock the account out."""
