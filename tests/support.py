@@ -96,6 +96,7 @@ class DashdProcess:
         env: dict[str, str] | None = None,
         command_prefix: list[str] | None = None,
         pass_fds: tuple[int, ...] = (),
+        twistd_options: list[str] | None = None,
     ) -> None:
         """
         @param listen: endpoints instead of plain TCP on a free port;
@@ -103,9 +104,9 @@ class DashdProcess:
         @param tls_ca: the CA (PEM file) that signed the server's
             certificate when C{listen} is TLS: clients then use https/wss
             to C{host} and verify it.
-        @param env, command_prefix, pass_fds: how the process is started
-            (extra environment, a command that execs twistd, descriptors to
-            hand over).
+        @param env, command_prefix, pass_fds, twistd_options: how the
+            process is started (extra environment, a command that execs
+            twistd, descriptors to hand over, options for twistd itself).
         """
         self.directory = directory
         self.data_dir = os.path.join(directory, "data")
@@ -117,6 +118,7 @@ class DashdProcess:
         self.env = env or {}
         self.command_prefix = command_prefix or []
         self.pass_fds = pass_fds
+        self.twistd_options = twistd_options or []
         endpoints = [e.replace("{port}", str(self.port)) for e in listen] if listen else [
             "tcp:%d:interface=127.0.0.1" % self.port
         ]
@@ -158,7 +160,8 @@ class DashdProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.command_prefix
-            + [TWISTD, "-n", "--pidfile=", "dashd", "--config", self.config_path],
+            + [TWISTD, "-n", "--pidfile="] + self.twistd_options
+            + ["dashd", "--config", self.config_path],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.directory,
