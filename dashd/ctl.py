@@ -48,12 +48,13 @@ from typing import Any
 
 from dashd import config as configuration
 from dashd import tokens
-from dashd.lifecycle import DataDirInUse, DataDirLock
 from dashd.model import ApiKey
-from dashd.service import DATABASE_FILE
-from dashd.store.sqlite import migrations
+
+# Twisted and the rest of dashd are imported by the commands that use them,
+# so that dashctl starts quickly.
 
 DEFAULT_CONFIG = "/etc/dashd/dashd.toml"
+DATABASE_FILE = "dashd.sqlite3"  # as dashd.service names it
 
 
 class Failed(Exception):
@@ -100,6 +101,8 @@ def check_data_dir(data_dir: str, need_store: bool = True) -> str:
 
 
 def latest_schema() -> int:
+    from dashd.store.sqlite import migrations
+
     return max(number for number, _ in migrations())
 
 
@@ -175,15 +178,9 @@ async def keys_list(store: Any, args: argparse.Namespace, out: Any) -> None:
 
 
 async def keys_create(store: Any, args: argparse.Namespace, out: Any) -> None:
-    from dashd.api.base import MAX_NAME_LENGTH
-
-    name = (args.name or "").strip()
-    if len(name) > MAX_NAME_LENGTH:
-        raise Failed("--name must be at most %d characters" % MAX_NAME_LENGTH)
+    name = args.name or ""
     expires = None
     if args.expires_in is not None:
-        if not args.expires_in > 0:
-            raise Failed("--expires-in must be a number of days greater than 0")
         expires = time.time() + args.expires_in * 86400
     account = await _account(store, args.account)
     key_id = tokens.new_id("k")
@@ -247,15 +244,14 @@ async def devices_list(store: Any, args: argparse.Namespace, out: Any) -> None:
 
 async def devices_register(store: Any, args: argparse.Namespace, out: Any,
                            reactor: Any) -> None:
-    from dashd.api.base import name_value
     from dashd.api.devices import shared_with_value
     from dashd.errors import BadRequest
 
     try:
-        name = name_value(args.name, "--name") if args.name is not None else None
         shared = shared_with_value(args.shared_with) if args.shared_with else ()
     except BadRequest as e:
         raise Failed(e.message.replace("shared_with", "--shared-with"))
+    name = args.name
     account = await _account(store, args.account)
     device, token = await _fleet(store, reactor).register_device(account, name, shared)
     if args.json:
@@ -283,6 +279,21 @@ async def devices_rotate(store: Any, args: argparse.Namespace, out: Any) -> None
             "new token for device %s, shown this once (the old one no longer opens a "
             "connection; one open now stays up until it ends):\n%s\n" % (args.device_id, token)
         )
+
+
+MAX_NAME_LENGTH = 128  # as the REST API's
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """What can be refused before the store is opened (and Twisted loaded)."""
+    if getattr(args, "name", None) is not None:
+        args.name = args.name.strip()
+        if not args.name:
+            raise Failed("--name must be a non-empty string")
+        if len(args.name) > MAX_NAME_LENGTH:
+            raise Failed("--name must be at most %d characters" % MAX_NAME_LENGTH)
+    if getattr(args, "expires_in", None) is not None and not args.expires_in > 0:
+        raise Failed("--expires-in must be a number of days greater than 0")
 
 
 STORE_COMMANDS = {
@@ -422,6 +433,8 @@ def check_backup(source: str) -> tuple[int, int, int]:
 
 
 def restore(data_dir: str, source: str, out: Any) -> None:
+    from dashd.lifecycle import DataDirInUse, DataDirLock
+
     version, devices, keys = check_backup(source)
     path = os.path.join(data_dir, DATABASE_FILE)
     lock = DataDirLock(data_dir)
@@ -524,6 +537,7 @@ def main(argv: list[str] | None = None, out: Any = None) -> int:
         if args.area == "config":
             out.write(configuration.dump(config, source))
             return 0
+        check_arguments(args)
         data_dir = config["data_dir"]
         path = check_data_dir(data_dir, need_store=args.area != "restore")
         if args.area == "backup":
