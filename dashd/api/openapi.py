@@ -73,11 +73,11 @@ NAME = {
     "pattern": r"\S",
     "description": "leading and trailing white space is removed",
 }
-ACCOUNT_ID = {"type": "string", "maxLength": 128, "pattern": r"^[^,\s]*$"}
+ACCOUNT_ID = {"type": "string", "maxLength": 128}
 SHARED_WITH = {
     "description": "account IDs the device is shared with: comma-separated, or a list",
     "oneOf": [
-        {"type": "string", "pattern": r"^(\s*[^,\s]{0,128}\s*)(,\s*[^,\s]{0,128}\s*)*$"},
+        {"type": "string", "pattern": r"^[^,]{0,128}(,[^,]{0,128})*$"},
         {"type": "array", "items": ACCOUNT_ID},
     ],
 }
@@ -195,8 +195,9 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "properties": {
                             "name": NAME,
                             "kind": {"type": "string", "enum": ["admin"]},
-                            "expires": {"type": "number",
-                                        "description": "Unix time in the future"},
+                            "expires": {"type": ["number", "null"],
+                                        "description": "Unix time in the future; "
+                                                       "null: never"},
                         },
                     }),
                     "responses": _responses(_ok("the key and its secret", _ref("CreatedKey")),
@@ -263,7 +264,7 @@ def document(config: Config, version: str) -> dict[str, Any]:
                                            "reported": SECTION_PATCH},
                         },
                         "tags": SECTION_PATCH,
-                        "version": {"type": "integer", "minimum": 0,
+                        "version": {"type": ["integer", "null"], "minimum": 0,
                                     "description": "the version read; a stale one gets 409"},
                     },
                 },
