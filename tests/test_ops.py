@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 
 from dashd import config as configuration
-from support import TWISTD, Client, DashdProcess, connect_device, device_online, eventually
+from support import TWISTD, Client, DashdProcess, connect_device, device_online
 
 
 def sample(text: str, name: str, labels: str = "") -> float:

@@ -17,7 +17,7 @@ from twisted.internet import ssl
 from twisted.web.client import ResponseNeverReceived
 
 from certs import make_server_cert
-from support import SECRETS, Client, DashdProcess, connect_device, device_online, within
+from support import Client, DashdProcess, connect_device, device_online, within
 from dashd.simulator import SimulatedDevice
 
 
