@@ -43,7 +43,8 @@ ERRORS = {
     "404": _error("No such device (or one the key may not see)"),
     "409": _error("Stale shadow version, or revoking the account's last admin key"),
     "413": _error("The body or the shadow is too large or too deep"),
-    "429": _error("Too many calls in flight to the device", _RETRY_AFTER),
+    "429": _error("Too many calls in flight to the device, too many requests with this key, "
+                  "or too many failed authentications from this address", _RETRY_AFTER),
     "502": _error("The device answered with a JSON-RPC error: its code and message"),
     "503": _error("The device is offline, the store is unavailable or dashd is stopping",
                   _RETRY_AFTER),
@@ -73,12 +74,13 @@ NAME = {
     "pattern": r"\S",
     "description": "leading and trailing white space is removed",
 }
-ACCOUNT_ID = {"type": "string", "maxLength": 128}
 SHARED_WITH = {
     "description": "account IDs the device is shared with: comma-separated, or a list",
     "oneOf": [
-        {"type": "string", "pattern": r"^[^,]{0,128}(,[^,]{0,128})*$"},
-        {"type": "array", "items": ACCOUNT_ID},
+        {"type": "string", "pattern": r"^ *([A-Za-z0-9_.:-]{1,64})? *(, *([A-Za-z0-9_.:-]{1,64})? *)*$"},
+        {"type": "array", "items": {
+            "type": "string", "pattern": r"^ *([A-Za-z0-9_.:-]{1,64})? *$",
+            "description": "an account ID; white space around it and empty items are ignored"}},
     ],
 }
 SECTION_PATCH = {
@@ -162,6 +164,20 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "responses": _responses(_ok("deleted", _ref("Deleted")), "403", "404"),
                 },
             },
+            "/devices/{device_id}/token": {
+                "parameters": [device_id],
+                "post": {
+                    "operationId": "rotateDeviceToken",
+                    "summary": "Give the device a new token; the old one stops working and a "
+                               "device connected with it is disconnected (close code 4003)",
+                    "requestBody": _body({"type": "object", "additionalProperties": False,
+                                          "maxProperties": 0}),
+                    "responses": _responses(_ok("the new token", {
+                        "type": "object", "required": ["id", "token"],
+                        "properties": {"id": {"type": "string"}, "token": {"type": "string"}},
+                    }), "400", "403", "404"),
+                },
+            },
             "/devices/{device_id}/rpc/{method}": {
                 "parameters": [device_id, method],
                 "get": {
@@ -194,14 +210,46 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "additionalProperties": False,
                         "properties": {
                             "name": NAME,
-                            "kind": {"type": "string", "enum": ["admin"]},
+                            "kind": {"type": "string",
+                                     "enum": ["admin", "read-only", "restricted"]},
+                            "scope": _ref("Scope"),
                             "expires": {"type": ["number", "null"],
                                         "description": "Unix time in the future; "
                                                        "null: never"},
                         },
                     }),
                     "responses": _responses(_ok("the key and its secret", _ref("CreatedKey")),
-                                            "400", "413"),
+                                            "400", "403", "413"),
+                },
+            },
+            "/whoami": {
+                "get": {
+                    "operationId": "whoami",
+                    "summary": "The calling key: its ID, kind, account and scope",
+                    "responses": _responses(_ok("the key", _ref("Key"))),
+                },
+            },
+            "/accounts": {
+                "get": {
+                    "operationId": "listAccounts",
+                    "summary": "Every account (admin keys of the operator account only)",
+                    "responses": _responses(_ok("accounts", {"type": "array",
+                                                             "items": _ref("Account")}),
+                                            "403"),
+                },
+                "post": {
+                    "operationId": "createAccount",
+                    "summary": "Create an account; the reply holds its first admin key, once",
+                    "requestBody": _body({
+                        "type": "object", "additionalProperties": False,
+                        "required": ["name"], "properties": {"name": NAME},
+                    }, required=True),
+                    "responses": _responses(_ok("the account and its admin key", {
+                        "allOf": [_ref("Account"), {
+                            "type": "object", "required": ["admin_key"],
+                            "properties": {"admin_key": _ref("CreatedKey")},
+                        }],
+                    }), "400", "403", "413"),
                 },
             },
             "/keys/{key_id}": {
@@ -269,6 +317,8 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     },
                 },
                 "Device": {
+                    "description": "a restricted key sees only id, name, online, last_seen "
+                                   "and the shadow's readable keys",
                     "type": "object",
                     "required": ["id", "name", "online", "created", "last_seen", "info",
                                  "shared_with", "shadow"],
@@ -292,14 +342,49 @@ def document(config: Config, version: str) -> dict[str, Any]:
                 },
                 "Key": {
                     "type": "object",
-                    "required": ["id", "name", "kind", "account_id", "created", "expires"],
+                    "required": ["id", "name", "kind", "account_id", "created", "expires",
+                                 "scope"],
                     "properties": {
                         "id": {"type": "string"},
                         "name": {"type": "string"},
-                        "kind": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["admin", "read-only", "restricted"]},
                         "account_id": {"type": "string"},
                         "created": {"type": "number"},
                         "expires": {"type": ["number", "null"]},
+                        "scope": {"oneOf": [_ref("Scope"), {"type": "null"}]},
+                    },
+                },
+                "Scope": {
+                    "description": "a restricted key's devices and what it may do with each",
+                    "type": "object",
+                    "required": ["devices"],
+                    "additionalProperties": False,
+                    "properties": {"devices": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "additionalProperties": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "read": {"type": "array", "items": {"type": "string"},
+                                         "description": "shadow keys it may read (dotted)"},
+                                "write": {"type": "array", "items": {"type": "string"},
+                                          "description": "desired keys it may change"},
+                                "rpc": {"type": "array", "items": {"type": "string"},
+                                        "description": "methods it may call; * matches "
+                                                       "any run of characters"},
+                            },
+                        },
+                    }},
+                },
+                "Account": {
+                    "type": "object",
+                    "required": ["id", "name", "created", "operator"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "created": {"type": "number"},
+                        "operator": {"type": "boolean"},
                     },
                 },
                 "CreatedKey": {
