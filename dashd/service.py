@@ -18,6 +18,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -207,7 +208,13 @@ class DashdService(MultiService):
                      before=before, after=after)
         else:
             log.info("open files limit: {limit}", limit=after)
-        super().privilegedStartService()
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # Say which endpoint and why in one line, not with a traceback.
+            log.critical("cannot start: cannot listen on {where}: {why}",
+                         where="%s:%s" % (e.interface or "*", e.port), why=e.socketError)
+            raise SystemExit(1)
 
     @inlineCallbacks
     def stopService(self) -> Any:
