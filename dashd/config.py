@@ -7,9 +7,13 @@ the option.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import tomli_w
 
 
 class ConfigError(Exception):
@@ -52,6 +56,14 @@ def _origins(value: Any) -> str | None:
         if not isinstance(origin, str) or not origin.startswith(("http://", "https://")) \
                 or origin.rstrip("/") != origin:
             return "must be a list of origins such as \"https://tools.example.com\""
+def _networks(value: Any) -> str | None:
+    for item in value:
+        if not isinstance(item, str):
+            return "must be a list of networks such as \"127.0.0.0/8\""
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return "holds %r, which is not an IP network such as \"10.0.0.0/8\"" % item
     return None
 
 
@@ -162,6 +174,14 @@ OPTIONS = [
     Option("logs.max_per_device", 1000, int,
            "Device log lines and notifications kept per device for POST /logs; older "
            "ones are dropped", _positive),
+    Option("shutdown.grace_period", 10.0, (int, float),
+           "Seconds dashd waits on SIGTERM for REST calls in flight to finish, after it "
+           "stopped accepting connections and before it closes the device connections "
+           "(code 1001)", _not_negative),
+    Option("metrics.allow", ["127.0.0.0/8", "::1/128"], list,
+           "Networks whose clients may read /metrics without an API key; any other client "
+           "needs one (Authorization: Bearer KEY). [] requires a key from everyone",
+           _networks),
 ]
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -205,6 +225,32 @@ class Config:
             raise ConfigError(
                 "device.max_frame_bytes is far larger than device.max_message_bytes"
             )
+
+
+def dump(config: Config, source: str | None = None) -> str:
+    """The effective configuration as TOML that L{load} reads back: every
+    option, and after each one that is not at its default, that default."""
+    lines = ["# dashd's effective configuration: the defaults, then %s, then the command line"
+             % (source or "no configuration file")]
+    section = ""
+    for option in OPTIONS:
+        head, _, key = option.name.rpartition(".")
+        if head != section:
+            lines.append("\n[%s]" % head)
+            section = head
+        value = config[option.name]
+        line = "%s = %s" % (key, _toml_value(value))
+        if value != option.default:
+            line += "  # default: %s" % _toml_value(option.default)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    # tomli_w writes arrays over several lines; one line reads better here.
+    line = tomli_w.dumps({"v": value}).strip()
+    line = " ".join(part.strip() for part in line.splitlines())
+    return re.sub(r",\s*\]$", " ]", line)[len("v = "):]
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

@@ -49,6 +49,9 @@ class Fleet:
         # (firmware updates, dashd.ota). Observers must not block or raise.
         self.event_observers: list[Callable[[Event], None]] = []
         self.info_observers: list[Callable[[Device, dict[str, Any]], None]] = []
+        # Each is given the Deferred of every call() (dashd.metrics counts
+        # them by outcome); an observer adds callbacks that pass the result on.
+        self.call_observers: list[Callable[[Deferred[Any]], None]] = []
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -163,6 +166,10 @@ class Fleet:
             # Answer at once, and do not announce a call that never happens.
             from twisted.internet.defer import fail
 
-            return fail(DeviceOffline("device %s is offline" % device.id))
-        self.publish(device, "rpc.in." + method, params)
-        return self.router.call(device.id, method, params, timeout)
+            d: Deferred[Any] = fail(DeviceOffline("device %s is offline" % device.id))
+        else:
+            self.publish(device, "rpc.in." + method, params)
+            d = self.router.call(device.id, method, params, timeout)
+        for observer in self.call_observers:
+            observer(d)
+        return d

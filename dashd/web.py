@@ -22,9 +22,10 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import Any, Callable
 
 import multipart
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import IResource
@@ -174,6 +175,7 @@ class _Spool:
         self.upload.discard()
 
 
+
 # Sent with every response. The API answers JSON only; the dashboard's
 # pages load scripts and styles from dashd itself and nowhere else.
 SECURITY_HEADERS = {
@@ -308,7 +310,8 @@ class DashdRequest(Request):
                      "the request body is larger than %d bytes" % limit)
 
     def _refuse(self, code: int, phrase: bytes, message: str, headers: bytes = b"") -> None:
-        """Answer before the request is complete, and close."""
+        """Answer with a JSON error and close, bypassing the resource tree
+        (before the request is complete, or while dashd stops)."""
         self._cancel_deadline()
         if self._refused:
             return
@@ -321,14 +324,25 @@ class DashdRequest(Request):
         if transport is None:
             return
         transport.write(
-            b"HTTP/1.1 %d %s\r\n%s"
+            b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (code, phrase, headers, len(body)) + body
+            b"Content-Length: %d\r\n%s"
+            b"Connection: close\r\n\r\n" % (code, phrase, len(body), headers) + body
         )
         transport.loseConnection()
 
     def process(self) -> None:
+        site = self.channel.site
+        if site.draining:
+            # dashd is stopping: no new work on a kept-alive connection.
+            self._refuse(503, b"Service Unavailable", "dashd is shutting down; retry shortly",
+                         b"Retry-After: 5\r\n")
+            return
+        if (self.getHeader(b"upgrade") or b"").lower() != b"websocket":
+            # A WebSocket handshake becomes a connection of its own; every
+            # other request is work in flight until its answer is written.
+            site.started(self)
+            self.notifyFinish().addBoth(lambda _: site.finished(self))
         for name, value in SECURITY_HEADERS.items():
             self.setHeader(name, value)
         origin = self.getHeader(b"origin")
@@ -381,8 +395,15 @@ class DashdSite(Site):
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
         self.cors_origins = frozenset(cors_origins or ())
-        self.spool_rules: list[SpoolRule] = []
         self._access_log = access_log
+        # Set when dashd begins to stop: requests still arriving on open
+        # connections get 503; those in flight are let finish.
+        self.draining = False
+        self.in_flight: set[Request] = set()
+        self._idle_waiters: list[Deferred[None]] = []
+        # Called with each finished request (for metrics).
+        self.request_observers: list[Callable[[Request], None]] = []
+        self.spool_rules: list[SpoolRule] = []
 
     def spool_rule(self, method: bytes, uri: bytes) -> SpoolRule | None:
         path = uri.split(b"?", 1)[0]
@@ -391,7 +412,27 @@ class DashdSite(Site):
                 return rule
         return None
 
+    def started(self, request: Request) -> None:
+        self.in_flight.add(request)
+
+    def finished(self, request: Request) -> None:
+        self.in_flight.discard(request)
+        if not self.in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fire once no request is in flight."""
+        if not self.in_flight:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        return d
+
     def log(self, request: Request) -> None:
+        for observer in self.request_observers:
+            observer(request)
         if self._access_log:
             line = self._logFormatter(self._logDateTime, request)
             access_log.info("{line}", line=line)

@@ -97,6 +97,7 @@ class DeviceProtocol(WebSocketServerProtocol):
         return _accept_subprotocol(request)
 
     def onOpen(self) -> None:
+        self.factory.connections_opened += 1
         try:
             # Twisted calls pauseProducing when what we write to the device
             # is piling up unread, and resumeProducing once it drained.
@@ -113,6 +114,7 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def _send_text(self, text: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
+            self.factory.frames_sent += 1
             self.sendMessage(text.encode("utf-8"), isBinary=False)
 
     def _close(self, code: int, reason: str) -> None:
@@ -125,6 +127,7 @@ class DeviceProtocol(WebSocketServerProtocol):
         try:
             for item in self._decoder.feed(payload):
                 if isinstance(item, StreamError):
+                    self.factory.frames_invalid += 1
                     self._errors += 1
                     code = frames.TOO_LARGE if item.too_large else frames.PARSE_ERROR
                     session.reply_error(None, code, item.message)
@@ -133,6 +136,7 @@ class DeviceProtocol(WebSocketServerProtocol):
                         close_connection(self, CLOSE_POLICY, "too many invalid frames")
                         return
                 else:
+                    self.factory.frames_received += 1
                     self._errors = 0
                     session.received(item)
         except Exception:
@@ -170,6 +174,11 @@ class DeviceFactory(WebSocketServerFactory):
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__(reactor=reactor)
         self.max_frame_bytes = config["device.max_frame_bytes"]
+        # Counted here, read by dashd.metrics when /metrics is scraped.
+        self.connections_opened = 0
+        self.frames_received = 0
+        self.frames_invalid = 0
+        self.frames_sent = 0
         self.setProtocolOptions(
             autoPingInterval=config["device.ping_interval"],
             autoPingTimeout=config["device.ping_timeout"],

@@ -17,13 +17,17 @@ from dashd.api.channels import ChannelRoutes
 from dashd.api.data import DataRoutes
 from dashd.api.devices import DeviceRoutes
 from dashd.api.keys import KeyRoutes
+from dashd.api.ops import OpsRoutes
 from dashd.api.ota import OtaRoutes
 from dashd.api.rpc import RpcRoutes
 
 __all__ = ["Api"]
 
 
-class Api(ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OtaRoutes, DataRoutes):
+class Api(
+    ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes, OtaRoutes,
+    DataRoutes,
+):
     @app.route("/", methods=["GET"])
     def root(self, request: Any) -> bytes:
         return self.json(request, {"name": "dashd", "version": __version__, "api": "/api/v2"})

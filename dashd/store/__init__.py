@@ -136,6 +136,10 @@ class IStore(Interface):
 
     def ota_statuses(states):
         """Fire with the OTA status documents whose state is in C{states}."""
+    # Operation
+
+    def ping():
+        """Fire once the store has answered a trivial query (health checks)."""
 
 
 class LastAdminKey(Exception):

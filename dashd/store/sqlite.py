@@ -35,6 +35,7 @@ import queue
 from dataclasses import replace
 import sqlite3
 import threading
+import time
 from importlib import resources
 from typing import Any, Callable, TypeVar
 
@@ -116,6 +117,16 @@ class SQLiteStore:
         # (WAL lets it read the last commit meanwhile).
         self._read_queue: queue.Queue[Any] = queue.Queue(1000)
         self._reader: threading.Thread | None = None
+        # Called on the reactor with the seconds each job took, from its
+        # submission to its durable result (dashd.metrics sets it).
+        self.latency_observer: Callable[[float], None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._thread is not None and self._stopped is None
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
 
     # Life cycle
 
@@ -166,6 +177,16 @@ class SQLiteStore:
             self._queue.put_nowait((job, d))
         except queue.Full:
             d.errback(StoreError("the store is overloaded; try again shortly"))
+            return d
+        observer = self.latency_observer
+        if observer is not None:
+            started = time.monotonic()
+
+            def observe(result: Any) -> Any:
+                observer(time.monotonic() - started)
+                return result
+
+            d.addBoth(observe)
         return d
 
     def _run(self, conn: sqlite3.Connection) -> None:
@@ -561,6 +582,10 @@ class SQLiteStore:
 
     def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
         return self._submit(lambda conn: series.ota_statuses(conn, states))
+    # Operation
+
+    def ping(self) -> Deferred[bool]:
+        return self._submit(lambda conn: conn.execute("SELECT 1").fetchone() == (1,))
 
 
 def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
