@@ -15,6 +15,7 @@ Stored data and the device history:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from dashd import access
@@ -27,15 +28,15 @@ MAX_LOGS_LIMIT = 1000
 DEFAULT_LOGS_LIMIT = 100
 MAX_FILTER_LENGTH = 256
 DATA_ARGS = ("skip", "limit", "filter", "access_token")
+_INTEGER = re.compile(r"-?[0-9]{1,19}\Z")
 
 
 def _int(value: Any, name: str, minimum: int, maximum: int) -> int:
     if isinstance(value, (bytes, str)):
         text = value.decode("latin-1") if isinstance(value, bytes) else value
-        try:
-            value = int(text.strip())
-        except ValueError:
+        if not _INTEGER.match(text):
             raise BadRequest("%s must be an integer, not %r" % (name, text[:32]))
+        value = int(text)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest("%s must be an integer" % name)
     if not minimum <= value <= maximum:
@@ -97,7 +98,7 @@ class DataRoutes(ApiBase):
         start = _int(body.get("start", 0), "start", -(2**62), 2**62)
         limit = _int(body.get("limit", DEFAULT_LOGS_LIMIT), "limit", 1, MAX_LOGS_LIMIT)
         device_id = body.get("device_id")
-        if device_id is not None:
+        if "device_id" in body:
             if not isinstance(device_id, str):
                 raise BadRequest("device_id must be a string")
             await self.visible_device(key, device_id)

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from twisted.logger import Logger
+from werkzeug.routing import BaseConverter
 
 from dashd import access, shadow, timeseries
 from dashd.api.base import ApiBase, app, name_value, object_body
@@ -17,6 +18,17 @@ log = Logger()
 
 
 ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class DeviceIdConverter(BaseConverter):
+    """A device ID as the last part of a path: anything but ``data``, so that
+    ``/devices/data`` (the stored data of every device, dashd.api.data) is
+    not also a device, whose POST and DELETE would then be advertised."""
+
+    regex = "(?!data$)[^/]+"
+
+
+app.url_map.converters["device"] = DeviceIdConverter
 
 
 def shared_with_value(value: Any) -> tuple[str, ...]:
@@ -58,7 +70,7 @@ class DeviceRoutes(ApiBase):
         view["token"] = token
         return self.json(request, view)
 
-    @app.route("/api/v2/devices/<device_id>", methods=["GET"])
+    @app.route("/api/v2/devices/<device:device_id>", methods=["GET"])
     async def get_device(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         device = await self.visible_device(key, device_id)
@@ -68,7 +80,7 @@ class DeviceRoutes(ApiBase):
             view["ota"] = await self.fleet.store.get_ota_status(device_id)
         return self.json(request, view)
 
-    @app.route("/api/v2/devices/<device_id>", methods=["POST"])
+    @app.route("/api/v2/devices/<device:device_id>", methods=["POST"])
     async def change_device(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         body = object_body(request, {"name", "shared_with", "shadow"})
@@ -101,7 +113,7 @@ class DeviceRoutes(ApiBase):
             raise NotFound("no such device: %s" % device_id)
         return self.json(request, self.view(key, device))
 
-    @app.route("/api/v2/devices/<device_id>", methods=["DELETE"])
+    @app.route("/api/v2/devices/<device:device_id>", methods=["DELETE"])
     async def delete_device(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         device = await self.visible_device(key, device_id)

@@ -41,8 +41,10 @@ ERRORS = {
                   {"WWW-Authenticate": {"schema": {"type": "string"}}}),
     "403": _error("The key may not do this"),
     "404": _error("No such device (or one the key may not see)"),
-    "409": _error("Stale shadow version, or revoking the account's last admin key"),
-    "413": _error("The body or the shadow is too large or too deep"),
+    "409": _error("Stale shadow version, revoking the account's last admin key, a firmware "
+                  "update already running or none to commit"),
+    "413": _error("The body, the shadow or the firmware file is too large (or too deep)"),
+    "415": _error("A firmware file of a kind dashd does not know"),
     "429": _error("Too many calls in flight to the device, too many requests with this key, "
                   "or too many failed authentications from this address", _RETRY_AFTER),
     "502": _error("The device answered with a JSON-RPC error: its code and message"),
@@ -103,13 +105,37 @@ def document(config: Config, version: str) -> dict[str, Any]:
                    "maximum": config["rpc.max_timeout"]},
     }
     rpc_errors = ("400", "404", "429", "502", "503", "504")
+    query = {"in": "query", "required": False}
+    data_params = [
+        dict(query, name="skip", description="where to start; negative counts from the end "
+             "(default: -limit, the last ones)",
+             schema={"type": "integer", "minimum": -(2**62), "maximum": 2**62}),
+        dict(query, name="limit", description="how many (default 100)",
+             schema={"type": "integer", "minimum": 1, "maximum": 5000}),
+        dict(query, name="filter", description="only points whose key or JSON value holds it",
+             schema={"type": "string", "minLength": 1, "maxLength": 256}),
+    ]
+    data_ok = _ok("points, oldest first", {"type": "array", "items": _ref("DataPoint")})
+    ota_params = [
+        dict(query, name="mode", schema={"type": "string", "enum": ["push", "pull"]},
+             description="push: OTA.Begin/Write/End; pull: OTA.Update with a one-time link"),
+        dict(query, name="auto_commit", description="commit once the device is back",
+             schema={"type": "string",
+                     "enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]}),
+        dict(query, name="commit_timeout", description="pull: seconds to commit in",
+             schema={"type": "integer", "minimum": 0, "maximum": 2592000}),
+        dict(query, name="filename", description="the raw body's file name (.zip or .bin)",
+             schema={"type": "string"}),
+    ]
+    binary = {"type": "string", "format": "binary"}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "dashd REST API",
             "version": version,
             "description": (
-                "Devices, their shadows, RPC calls to them and API keys. Every request "
+                "Devices, their shadows, RPC calls to them, firmware updates, stored "
+                "data and logs, and API keys. Every request "
                 "carries an API key (Authorization: Bearer KEY, or ?access_token=KEY). "
                 "Every failure is {\"error\": {\"code\", \"message\"}}."
             ),
@@ -193,6 +219,90 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "requestBody": _body({"description": "the params: any JSON value"}),
                     "responses": _responses(_ok("the device's result", {}),
                                             *(rpc_errors + ("413",))),
+                },
+            },
+            "/devices/{device_id}/ota": {
+                "parameters": [device_id],
+                "get": {
+                    "operationId": "getFirmwareUpdate",
+                    "summary": "The status of the device's last firmware update, or null",
+                    "responses": _responses(_ok("the status", {
+                        "oneOf": [_ref("OtaStatus"), {"type": "null"}]}), "403", "404"),
+                },
+                "post": {
+                    "operationId": "updateFirmware",
+                    "summary": "Update the device's firmware: a Mongoose OS .zip or a .bin "
+                               "image, as multipart (file) or as the raw body",
+                    "parameters": ota_params,
+                    "requestBody": {"required": True, "content": {
+                        "multipart/form-data": {"schema": {
+                            "type": "object", "required": ["file"],
+                            "properties": {"file": binary}}},
+                        "application/zip": {"schema": binary},
+                        "application/octet-stream": {"schema": binary},
+                    }},
+                    "responses": dict(
+                        {"202": _ok("the update started: its status", _ref("OtaStatus"))},
+                        **{c: ERRORS[c] for c in ("400", "401", "403", "404", "409", "413",
+                                                  "415", "503")}),
+                },
+            },
+            "/devices/{device_id}/ota/commit": {
+                "parameters": [device_id],
+                "post": {
+                    "operationId": "commitFirmware",
+                    "summary": "OTA.Commit on a device back with new firmware",
+                    "responses": _responses(_ok("the status", _ref("OtaStatus")),
+                                            "403", "404", "409", "502", "503", "504"),
+                },
+            },
+            "/devices/{device_id}/data": {
+                "parameters": [device_id],
+                "get": {
+                    "operationId": "getDeviceData",
+                    "summary": "The device's stored data (the reported keys in tags.save)",
+                    "parameters": data_params,
+                    "responses": _responses(data_ok, "400", "403", "404"),
+                },
+            },
+            "/devices/data": {
+                "get": {
+                    "operationId": "getDevicesData",
+                    "summary": "The stored data of every device the key may see",
+                    "parameters": data_params,
+                    "responses": _responses(data_ok, "400", "403"),
+                },
+            },
+            "/data": {
+                "get": {
+                    "operationId": "getData",
+                    "summary": "The stored data of every device the key may see",
+                    "parameters": data_params,
+                    "responses": _responses(data_ok, "400", "403"),
+                },
+            },
+            "/logs": {
+                "post": {
+                    "operationId": "getLogs",
+                    "summary": "Stored device logs and notifications, oldest first, from an "
+                               "offset; ask again with next",
+                    "requestBody": _body({
+                        "type": "object", "additionalProperties": False,
+                        "properties": {
+                            "start": {"type": "integer", "minimum": -(2**62),
+                                      "maximum": 2**62,
+                                      "description": "offset; negative counts from the end"},
+                            "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                            "device_id": {"type": "string"},
+                        },
+                    }),
+                    "responses": _responses(_ok("a page of events", {
+                        "type": "object", "required": ["events", "next"],
+                        "properties": {
+                            "events": {"type": "array", "items": _ref("LogEvent")},
+                            "next": {"type": "integer"},
+                        },
+                    }), "400", "403", "404", "413"),
                 },
             },
             "/keys": {
@@ -385,6 +495,53 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "name": {"type": "string"},
                         "created": {"type": "number"},
                         "operator": {"type": "boolean"},
+                    },
+                },
+                "OtaStatus": {
+                    "type": "object",
+                    "required": ["id", "device_id", "mode", "state", "file", "kind", "size",
+                                 "sent", "percent", "auto_commit", "started", "updated"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "device_id": {"type": "string"},
+                        "mode": {"enum": ["push", "pull"]},
+                        "state": {"enum": ["uploading", "downloading", "rebooting",
+                                           "uncommitted", "committed", "failed"]},
+                        "file": {"type": "string"},
+                        "kind": {"enum": ["zip", "bin"]},
+                        "size": {"type": "integer"},
+                        "sent": {"type": "integer"},
+                        "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+                        "auto_commit": {"type": "boolean"},
+                        "commit_timeout": {"type": "integer"},
+                        "manifest": {"type": "object"},
+                        "fw_id_before": {"type": ["string", "null"]},
+                        "fw_id": {"type": "string"},
+                        "fw_version": {"type": "string"},
+                        "started": {"type": "number"},
+                        "updated": {"type": "number"},
+                        "reason": {"type": "string"},
+                    },
+                },
+                "DataPoint": {
+                    "type": "object",
+                    "required": ["device_id", "timestamp", "key", "value"],
+                    "properties": {
+                        "device_id": {"type": "string"},
+                        "timestamp": {"type": "number"},
+                        "key": {"type": "string"},
+                        "value": {},
+                    },
+                },
+                "LogEvent": {
+                    "type": "object",
+                    "required": ["offset", "id", "timestamp", "name", "data"],
+                    "properties": {
+                        "offset": {"type": "integer"},
+                        "id": {"type": "string", "description": "the device"},
+                        "timestamp": {"type": "number"},
+                        "name": {"type": "string"},
+                        "data": {},
                     },
                 },
                 "CreatedKey": {

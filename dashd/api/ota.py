@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -95,13 +96,13 @@ class OtaRoutes(ApiBase):
         mode = _arg(request, "mode") or "push"
         if mode not in ("push", "pull"):
             raise BadRequest("mode must be push or pull")
-        auto = (_arg(request, "auto_commit") or "false").lower()
+        auto = _arg(request, "auto_commit") or "false"
         if auto not in _TRUE + _FALSE:
             raise BadRequest("auto_commit must be true or false")
         commit_timeout = self.config["ota.commit_timeout"]
         given = _arg(request, "commit_timeout")
         if given is not None:
-            if not given.isdigit() or int(given) > 86400 * 30:
+            if not re.fullmatch(r"[0-9]{1,8}", given) or int(given) > 86400 * 30:
                 raise BadRequest("commit_timeout must be a whole number of seconds (at most 30 days)")
             commit_timeout = int(given)
         device = await self.visible_device(key, device_id)
