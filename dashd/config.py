@@ -127,6 +127,9 @@ OPTIONS = [
     Option("limits.failed_auth_per_minute", 30, int,
            "Failed authentications a client address may make a minute (both doors); past "
            "that it gets 429 until the minute ends; 0 turns the limit off", _not_negative),
+    Option("audit.retention_days", 90.0, (int, float),
+           "Days the audit log of REST changes and device calls is kept; 0 keeps it forever",
+           _not_negative),
     Option("shadow.max_bytes", 16384, int,
            "Largest shadow document (state and tags, as compact JSON)", _positive),
     Option("shadow.max_depth", 8, int,

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from dashd import __version__, tokens
 from dashd.api import Api
+from dashd.audit import AuditLog
 from dashd.auth import Authenticator
 from dashd.config import Config
 from dashd.fleet import Fleet
@@ -226,10 +227,16 @@ class DashdService(MultiService):
         # After the fleet, so it stops first: transfers under way are marked
         # failed while the store is still open.
         OtaService(self.ota).setServiceParent(self)
-        retention = DataRetention(self.store, reactor, config["data.retention_days"])
-        pruner = TimerService(PRUNE_INTERVAL, retention.tick)
-        pruner.clock = reactor
-        pruner.setServiceParent(self)
+        for retention in (
+            DataRetention(self.store, reactor, config["data.retention_days"]),
+            DataRetention(self.store, reactor, config["audit.retention_days"],
+                          self.store.prune_audit, "audit entries"),
+        ):
+            pruner = TimerService(PRUNE_INTERVAL, retention.tick)
+            pruner.clock = reactor
+            pruner.setServiceParent(self)
+        self.audit = AuditLog(self.store, reactor)
+        self.site.request_observers.append(self.audit.observe)
         DrainService(
             self.site, self.readiness, config["shutdown.grace_period"], reactor
         ).setServiceParent(self)

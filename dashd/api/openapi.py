@@ -305,6 +305,41 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     }), "400", "403", "404", "413"),
                 },
             },
+            "/audit": {
+                "get": {
+                    "operationId": "getAudit",
+                    "summary": "The account's audit log (admin keys): every change and device "
+                               "call made through the REST API, oldest first from an offset",
+                    "parameters": [
+                        {"name": "start", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": -(2**62), "maximum": 2**62},
+                         "description": "offset; negative counts from the end"},
+                        {"name": "limit", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    ],
+                    "responses": _responses(_ok("a page of entries", {
+                        "type": "object", "required": ["entries", "next"],
+                        "properties": {
+                            "entries": {"type": "array", "items": {
+                                "type": "object",
+                                "required": ["offset", "timestamp", "key_id", "method", "path",
+                                             "device_id", "status", "error"],
+                                "properties": {
+                                    "offset": {"type": "integer"},
+                                    "timestamp": {"type": "number"},
+                                    "key_id": {"type": "string"},
+                                    "method": {"type": "string"},
+                                    "path": {"type": "string"},
+                                    "device_id": {"type": ["string", "null"]},
+                                    "status": {"type": "integer"},
+                                    "error": {"type": ["string", "null"]},
+                                },
+                            }},
+                            "next": {"type": "integer"},
+                        },
+                    }), "400", "403"),
+                },
+            },
             "/keys": {
                 "get": {
                     "operationId": "listKeys",

@@ -136,6 +136,19 @@ class IStore(Interface):
 
     def ota_statuses(states):
         """Fire with the OTA status documents whose state is in C{states}."""
+    def append_audit(entry):
+        """Store one audit entry (see L{dashd.audit.entry_for}); fire with
+        its offset."""
+
+    def query_audit(account_id, start, limit):
+        """Fire with C{(entries, next_offset)}: the account's audit entries
+        from offset C{start} (negative: that many before the end), oldest
+        first."""
+
+    def prune_audit(before, batch=10000):
+        """Delete up to C{batch} audit entries older than C{before}; fire
+        with how many."""
+
     # Operation
 
     def ping():

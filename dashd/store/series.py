@@ -239,3 +239,53 @@ def ota_statuses(conn: sqlite3.Connection, states: tuple[str, ...]) -> list[dict
         states,
     ).fetchall()
     return [json.loads(r[0]) for r in rows]
+
+
+# The audit log (see dashd/audit.py)
+
+
+def append_audit(conn: sqlite3.Connection, entry: dict[str, Any]) -> int:
+    cur = conn.execute(
+        "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error)"
+        " VALUES (:t, :account_id, :key_id, :method, :path, :device_id, :status, :error)",
+        entry,
+    )
+    return int(cur.lastrowid or 0)
+
+
+def query_audit(
+    conn: sqlite3.Connection, account_id: str, start: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The account's entries from offset C{start} (negative: that many
+    before the end), oldest first, and the offset to ask for next."""
+    select = "SELECT id, t, key_id, method, path, device_id, status, error FROM audit"
+    if start >= 0:
+        rows = conn.execute(
+            select + " WHERE account_id = ? AND id >= ? ORDER BY id LIMIT ?",
+            (account_id, start, limit),
+        ).fetchall()
+    else:
+        rows = _window(conn, select, "account_id = ?", [account_id], start, limit)
+    entries = [
+        {"offset": r[0], "timestamp": r[1], "key_id": r[2], "method": r[3], "path": r[4],
+         "device_id": r[5], "status": r[6], "error": r[7]}
+        for r in rows
+    ]
+    if entries:
+        following = entries[-1]["offset"] + 1
+    elif start >= 0:
+        following = start
+    else:
+        (last,) = conn.execute(
+            "SELECT coalesce(max(id), 0) FROM audit WHERE account_id = ?", (account_id,)
+        ).fetchone()
+        following = last + 1
+    return entries, following
+
+
+def prune_audit(conn: sqlite3.Connection, before: float, batch: int) -> int:
+    cur = conn.execute(
+        "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE t < ? ORDER BY t LIMIT ?)",
+        (before, batch),
+    )
+    return cur.rowcount

@@ -582,6 +582,17 @@ class SQLiteStore:
 
     def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
         return self._submit(lambda conn: series.ota_statuses(conn, states))
+    def append_audit(self, entry: dict[str, Any]) -> Deferred[int]:
+        return self._submit(lambda conn: series.append_audit(conn, entry))
+
+    def query_audit(
+        self, account_id: str, start: int, limit: int
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        return self._read(lambda conn: series.query_audit(conn, account_id, start, limit))
+
+    def prune_audit(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._submit(lambda conn: series.prune_audit(conn, before, batch))
+
     # Operation
 
     def ping(self) -> Deferred[bool]:
