@@ -76,9 +76,11 @@ async def test_only_admins_read_their_own_account(server, admin: Client):
     other = await admin.post("/api/v2/accounts", {"name": "audit-other"})
     SECRETS.add(other.body["admin_key"]["key"])
     stranger = Client(server, other.body["admin_key"]["key"])
-    await stranger.post("/api/v2/devices", {"name": "theirs"})
-    theirs = await _entries(stranger, start=-50)
-    assert theirs and all(e["key_id"] == other.body["admin_key"]["id"] for e in theirs)
+    made = await stranger.post("/api/v2/devices", {"name": "theirs"})
+    SECRETS.add(made.body["token"])
+    # Entries are written once the answer is sent: wait for it.
+    theirs = await eventually(lambda: _entries(stranger, start=-50))
+    assert all(e["key_id"] == other.body["admin_key"]["id"] for e in theirs)
     ours = await _entries(admin, start=-200, limit=1000)
     assert not any(e["key_id"] == other.body["admin_key"]["id"] for e in ours)
     for bad, message in (("start=x", "start must be an integer"),
