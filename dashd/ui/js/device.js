@@ -4,7 +4,7 @@
 // a new token and deletion. What the key may not do is not offered.
 
 import {api, describe, encode} from './api.js';
-import {announce, clearMessage, field, h, messageArea, pretty, replace, showMessage, uid} from './dom.js';
+import {add, announce, clearMessage, field, h, messageArea, pretty, replace, showMessage, uid} from './dom.js';
 import {confirmDialog, tokenDialog} from './dialogs.js';
 import {deleteDevice, displayName, statusBadge} from './devices.js';
 import {timeEl} from './format.js';
@@ -49,7 +49,7 @@ export function mount(main, ctx, {id}) {
     heading.textContent = displayName(device);
     document.title = `${displayName(device)} · dashd`;
     replace(badge, statusBadge(device.online));
-    body.append(
+    add(body,
       infoSection(),
       shadowSection(),
       rpcSection(),

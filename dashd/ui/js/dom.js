@@ -32,14 +32,16 @@ export function h(tag, props = {}, ...children) {
       el.setAttribute(name, value === true ? '' : String(value));
     }
   }
-  append(el, children);
+  add(el, children);
   return el;
 }
 
-function append(el, children) {
+// Append children, skipping null, undefined and false (which the native
+// append() would show as text) and flattening arrays.
+export function add(el, ...children) {
   for (const child of children) {
     if (child === null || child === undefined || child === false) continue;
-    if (Array.isArray(child)) append(el, child);
+    if (Array.isArray(child)) add(el, ...child);
     else if (child instanceof Node) el.appendChild(child);
     else el.appendChild(document.createTextNode(String(child)));
   }
@@ -47,7 +49,7 @@ function append(el, children) {
 
 export function replace(el, ...children) {
   el.replaceChildren();
-  append(el, children);
+  add(el, children);
   return el;
 }
 

@@ -3,7 +3,7 @@
 // nothing that outlives the tab.
 
 import {describe} from './api.js';
-import {h, field, messageArea, showMessage} from './dom.js';
+import {add, h, field, messageArea, showMessage} from './dom.js';
 
 export function mount(main, ctx, params, {notice, signIn, next}) {
   const message = messageArea();
@@ -35,7 +35,7 @@ export function mount(main, ctx, params, {notice, signIn, next}) {
       input.select();
     }
   });
-  main.append(
+  add(main,
     h('h1', {}, 'Sign in'),
     notice ? h('p', {class: 'message info', role: 'status'}, notice) : null,
     h('p', {}, 'Sign in with a dashd API key. It is kept only in this browser tab until you sign out or close the tab.'),
