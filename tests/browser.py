@@ -144,6 +144,8 @@ class UI:
     page: Any = None
     problems: list[str] = field(default_factory=list)
     allowances: list[Allowance] = field(default_factory=list)
+    # Substrings of console errors or failed requests the test provokes.
+    failures_allowed: list[str] = field(default_factory=list)
     # (url, status) of every HTTP error the page received, expected or not.
     http_errors: list[tuple[str, int]] = field(default_factory=list)
     console_failures: list[tuple[str, int, str]] = field(default_factory=list)
@@ -171,8 +173,9 @@ class UI:
     # What the page does wrong
 
     def _problem(self, text: str) -> None:
-        if not self.closing:
-            self.problems.append(text)
+        if self.closing or any(allowed in text for allowed in self.failures_allowed):
+            return
+        self.problems.append(text)
 
     def _console(self, message: Any) -> None:
         if message.type not in ("error", "assert"):
@@ -201,13 +204,25 @@ class UI:
         self._problem("unexpected HTTP %d for %s %s" % (response.status, response.request.method, url))
 
     def allow(self, status: int, path: str) -> None:
-        """The page may get C{status} from a URL containing C{path}."""
+        """The page will get C{status} from a URL containing C{path} (and
+        the test fails if it never does)."""
         self.allowances.append(Allowance(status, path))
+
+    def allow_failure(self, text: str) -> None:
+        """Console errors and failed requests that contain C{text} are
+        expected (e.g. while the test has dashd stopped)."""
+        self.failures_allowed.append(text)
 
     def unexplained(self) -> list[str]:
         found = list(self.problems)
+        for allowance in self.allowances:
+            if not allowance.used:
+                found.append("the test expected HTTP %d from a URL with %s, which never came"
+                             % (allowance.status, allowance.path))
         for url, status, text in self.console_failures:
-            if (url, status) not in self.http_errors:
+            if (url, status) not in self.http_errors and not any(
+                allowed in text for allowed in self.failures_allowed
+            ):
                 found.append("console error: %s (%s)" % (text, url))
         return found
 

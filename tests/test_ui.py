@@ -65,6 +65,16 @@ def ui(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Ite
 
 
 @pytest.fixture
+def own_ui(browser_thread: BrowserThread, own_server: DashdProcess, request: Any) -> Iterator[UI]:
+    """A page on the test's own dashd (which the test starts)."""
+    page = _ui(browser_thread, own_server, request, None)
+    yield page
+    page.close()
+    problems = page.unexplained()
+    assert not problems, "the page went wrong:\n" + "\n".join(problems)
+
+
+@pytest.fixture
 def phone(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
     page = _ui(browser_thread, server, request, PHONE)
     yield page
@@ -704,6 +714,49 @@ async def test_shadow_editor(server, admin: Client, ui: UI):
     await sim.stop()
 
 
+MERGE_CASES = [
+    ({"a": 1, "b": {"c": 2, "d": 3}}, {"b": {"c": 2}}),
+    ({"a": {"x": 1}}, {"a": 5}),
+    ({"a": 5}, {"a": {"x": 1}}),
+    ({"a": [1, {"b": 2}]}, {"a": [1, {"b": 3}]}),
+    ({"a": {"b": {"c": 1}}}, {"a": {}}),
+    ({}, {"e": {}, "f": [None, 1]}),
+    ({"toString": 1, "x": 1}, {"x": 1}),
+    ({"__proto__": {"p": 1}}, {"__proto__": {"p": 2}, "constructor": 3}),
+    ({"ü 🔥": "x", "n": 1.5}, {"ü 🔥": "y", "n": 1.5}),
+    ({"a": True}, {"a": 1}),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_editor_patches_give_dashd_exactly_the_edited_document(server, admin: Client, ui: UI):
+    """The shadow editor sends the difference as a merge patch: applied by
+    dashd, it must give exactly what the user wrote, for awkward cases too."""
+    device_id, _ = await admin.register("merge-cases")
+    path = "/api/v2/devices/" + device_id
+    await ui.run(sign_in, admin.key)
+
+    def patch_for(page: Page, before: Any, after: Any) -> Any:
+        return page.evaluate(
+            """async ([before, after]) => {
+                const {mergePatch} = await import('/ui/js/jsonedit.js');
+                return JSON.stringify(mergePatch(JSON.parse(before), JSON.parse(after)));
+            }""",
+            [json.dumps(before), json.dumps(after)],
+        )
+
+    for before, after in MERGE_CASES:
+        reply = await admin.post(path, {"shadow": {"state": {"desired": None}}})
+        assert reply.status == 200
+        reply = await admin.post(path, {"shadow": {"state": {"desired": before}}})
+        assert reply.body["shadow"]["state"]["desired"] == before
+        patch = json.loads(await ui.run(patch_for, before, after))
+        reply = await admin.post(path, {"shadow": {"state": {"desired": patch}}})
+        assert reply.status == 200, reply
+        assert reply.body["shadow"]["state"]["desired"] == after, (before, after, patch)
+        assert json.dumps(reply.body["shadow"]["state"]["desired"]) == json.dumps(after)
+
+
 @pytest_twisted.ensureDeferred
 async def test_rpc_console(server, admin: Client, ui: UI):
     device_id, token = await admin.register("rpc-board")
@@ -1164,3 +1217,39 @@ async def test_keyboard_only(server, admin: Client, ui: UI):
 
     await ui.run(keyboard, admin.key)
     assert (await admin.get("/api/v2/devices/" + device_id)).status == 200
+
+
+# dashd going away and coming back
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_dashd_restart_is_survived(own_server: DashdProcess, own_ui: UI):
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    device_id, token = await admin.register("restart-survivor")
+    sim = await connect_device(own_server, token)
+    await device_online(admin, device_id)
+    await own_ui.run(sign_in, admin.key)
+    await own_ui.run(lambda page: expect(row(page, device_id)).to_contain_text("Online"))
+
+    # While dashd is down the page keeps trying, and says so; the browser
+    # logs the refused connections.
+    for text in ("WebSocket connection to", "ERR_CONNECTION_REFUSED"):
+        own_ui.allow_failure(text)
+    own_server.stop()
+    await own_ui.run(lambda page: expect(page.locator("#live-state")).to_have_text(
+        "Live updates lost: reconnecting…"))
+    await own_ui.shot("reconnecting")
+    await own_server.start_async()
+    await device_online(admin, device_id)
+
+    def back(page: Page) -> None:
+        expect(page.locator("#live-state")).to_have_text("Live", timeout=40_000)
+        expect(row(page, device_id)).to_contain_text("Online")
+        # Still signed in, and live again: the device's drop shows.
+        assert page.evaluate("sessionStorage.length") == 1
+
+    await own_ui.run(back)
+    await sim.stop()
+    await own_ui.run(lambda page: expect(row(page, device_id)).to_contain_text("Offline"))

@@ -118,7 +118,6 @@ export function mount(main, ctx, {id}) {
 
   function shadowSection() {
     const meta = h('p', {class: 'meta'});
-    const conflict = messageArea();
     const delta = h('div');
     const reported = h('div');
     const grid = h('div', {class: 'shadow-grid'});
@@ -250,7 +249,6 @@ export function mount(main, ctx, {id}) {
       : h('div', {}, h('h3', {}, 'Desired'),
         h('pre', {class: 'code', tabindex: '0', 'aria-label': 'Desired state'}, pretty(sectionValue('desired'))),
         h('p', {class: 'hint'}, perms.readOnly ? 'This key is read-only.' : 'This key may not change the desired state.'));
-    parts.staticDesired = canDesired ? null : desired;
     grid.append(h('div', {}, delta, reported), h('div', {}, desired));
     if (!perms.restricted) {
       grid.append(canTags
@@ -260,7 +258,7 @@ export function mount(main, ctx, {id}) {
           h('pre', {class: 'code', tabindex: '0', 'aria-label': 'Tags'}, pretty(sectionValue('tags'))),
           h('p', {class: 'hint'}, 'Only admins of the account that owns the device change its tags.')));
     }
-    return section('Shadow', meta, conflict, grid);
+    return section('Shadow', meta, grid);
   }
 
   // RPC console

@@ -95,18 +95,13 @@ export function lineColumn(text, pos) {
   return {line: before.length, column: before[before.length - 1].length + 1};
 }
 
-// The path of the first null held by an object member, or null.
+// The path of the first null held by an object member, or null. (Lists
+// are stored as they are, nulls included: merging stops at them.)
 function nullPath(value, path = []) {
   if (value && typeof value === 'object' && !Array.isArray(value)) {
     for (const [k, v] of Object.entries(value)) {
       if (v === null) return [...path, k];
       const inner = nullPath(v, [...path, k]);
-      if (inner) return inner;
-    }
-  }
-  if (Array.isArray(value)) {
-    for (const v of value) {
-      const inner = nullPath(v, path);
       if (inner) return inner;
     }
   }
@@ -180,18 +175,20 @@ export function jsonEditor({label, value, rows = 8, hint, options = {}, onInput}
 }
 
 // The RFC 7386 merge patch that turns `from` into `to` (objects merge key
-// by key, null deletes a key, anything else replaces).
+// by key, null deletes a key, anything else replaces). Keys are own keys
+// only: a shadow key may well be called "toString" or "__proto__" (the
+// patch has no prototype, so that one is an ordinary key too).
 export function mergePatch(from, to) {
-  const patch = {};
+  const patch = Object.create(null);
   for (const k of Object.keys(from)) {
-    if (!(k in to)) patch[k] = null;
+    if (!Object.hasOwn(to, k)) patch[k] = null;
   }
   for (const [k, b] of Object.entries(to)) {
-    const a = from[k];
+    const a = Object.hasOwn(from, k) ? from[k] : undefined;
     if (isObject(a) && isObject(b)) {
       const inner = mergePatch(a, b);
       if (Object.keys(inner).length) patch[k] = inner;
-    } else if (!(k in from) || !same(a, b)) {
+    } else if (!Object.hasOwn(from, k) || !same(a, b)) {
       patch[k] = b;
     }
   }
@@ -206,7 +203,7 @@ export function same(a, b) {
   if (Array.isArray(a) && Array.isArray(b)) return a.length === b.length && a.every((x, i) => same(x, b[i]));
   if (isObject(a) && isObject(b)) {
     const ka = Object.keys(a);
-    return ka.length === Object.keys(b).length && ka.every((k) => k in b && same(a[k], b[k]));
+    return ka.length === Object.keys(b).length && ka.every((k) => Object.hasOwn(b, k) && same(a[k], b[k]));
   }
   return a === b;
 }
