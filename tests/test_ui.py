@@ -877,6 +877,38 @@ async def test_live_log(server, admin: Client, ui: UI):
     await sim.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_names_and_data_are_shown_as_text(server, admin: Client, ui: UI):
+    """Whatever a device or a user named is text on the page, never markup."""
+    name = '<img src=x onerror="window.pwned=1">'
+    device_id, token = await admin.register(name)
+    sim = await connect_device(server, token)
+    await device_online(admin, device_id)
+    await sim.report({"<b>key</b>": "<script>window.pwned=2</script>"})
+    await ui.run(sign_in, admin.key)
+
+    def listed(page: Page) -> None:
+        expect(row(page, device_id).get_by_role("link", name=name)).to_be_visible()
+        assert row(page, device_id).locator("img").count() == 0
+        open_device(page, device_id, name)
+        expect(page.get_by_label("Reported state")).to_contain_text('"<b>key</b>": "<script>window.pwned=2</script>"')
+        expect(page.get_by_text("methods from RPC.List")).to_be_visible()
+
+    await ui.run(listed)
+    await sim.call("Dash.Log", {"fd": 1, "data": "<img src=y onerror=\"window.pwned=3\">\n", "t": 1, "seq": 1})
+
+    def logged(page: Page) -> None:
+        log = page.get_by_role("log", name="Device log")
+        expect(log).to_contain_text('<img src=y onerror="window.pwned=3">')
+        assert log.locator("img").count() == 0
+        assert page.locator("main img, main script, main b").count() == 0
+        assert page.evaluate("window.pwned") is None
+
+    await ui.run(logged)
+    await ui.shot("device-markup-as-text")
+    await sim.stop()
+
+
 # Sharing and what each kind of key is offered
 
 
