@@ -550,6 +550,16 @@ async def test_delete_device_from_the_list_and_the_page(server, admin: Client, u
 
     await ui.run(from_its_page)
     assert (await admin.get("/api/v2/devices/" + second_id)).status == 404
+    ui.allow(404, "/api/v2/devices/" + second_id)
+
+    def stale_link(page: Page) -> None:
+        page.goto("/#/devices/" + second_id)
+        expect(page.get_by_role("heading", level=1)).to_have_text("Device not available")
+        expect(page.get_by_role("alert")).to_have_text("Not found (404): no such device: " + second_id)
+        page.get_by_role("link", name="← All devices").click()
+        expect(page.get_by_role("heading", level=1, name="Devices")).to_be_visible()
+
+    await ui.run(stale_link)
 
 
 # The device page

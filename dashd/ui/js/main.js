@@ -42,6 +42,7 @@ async function signIn(key) {
   setKey(key);
   app.key = key;
   app.me = me;
+  app.notice = null;
   app.perms = permissions(me);
   sessionStorage.setItem(STORAGE, key);
   startStream();
@@ -153,8 +154,9 @@ function route() {
   app.view = ctx;
   markCurrentNav();
   main.replaceChildren();
-  const notice = app.notice;
-  app.notice = null;
+  // The notice stays until the next sign-in: the sign-in page may be
+  // drawn twice (the stream's revocation and the API's reply both sign out).
+  const notice = target.view === signin ? app.notice : null;
   const next = app.after && app.after !== '#/signin' ? app.after : '#/devices';
   if (target.view !== signin) app.after = null;
   const title = target.view.mount(main, ctx, target.params, {notice, signIn, next});
