@@ -420,7 +420,8 @@ async def test_device_list_is_live_searchable_and_filterable(server, admin: Clie
         page.get_by_label("Status").select_option("online")
         expect(on).to_be_visible()
         expect(off).to_be_hidden()
-        expect(page.get_by_role("status").filter(has_text="Showing")).to_contain_text("Showing 1 of")
+        expect(page.locator(".count")).to_contain_text("Showing 1 of")
+        expect(page.locator("#announcer")).to_contain_text("Showing 1 of")
         page.get_by_label("Status").select_option("all")
         search.fill("")
 

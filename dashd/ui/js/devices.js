@@ -47,7 +47,7 @@ export function mount(main, ctx) {
   const addButton = perms.canRegister
     ? h('button', {type: 'button', class: 'primary', onclick: () => addDevice()}, 'Add device')
     : null;
-  const count = h('p', {class: 'count', role: 'status'});
+  const count = h('p', {class: 'count'});
   const tbody = h('tbody');
   const empty = h('p', {class: 'empty', hidden: true});
   const table = h('table', {class: 'devices'},
@@ -210,8 +210,16 @@ export function mount(main, ctx) {
     applyFilter();
   });
 
-  search.addEventListener('input', applyFilter);
-  status.addEventListener('change', applyFilter);
+  // What a search or filter leaves is said once typing pauses (live state
+  // changes are announced on their own, see tell()).
+  let said = null;
+  function filterChanged() {
+    applyFilter();
+    window.clearTimeout(said);
+    said = window.setTimeout(() => announce(count.textContent), 600);
+  }
+  search.addEventListener('input', filterChanged);
+  status.addEventListener('change', filterChanged);
 
   function addDevice() {
     openDialog({
