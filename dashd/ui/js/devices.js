@@ -81,12 +81,15 @@ export function mount(main, ctx) {
   }
 
   function applyFilter() {
+    for (const [id, row] of rows) row.tr.hidden = !matches(devices.get(id));
+    showCount();
+  }
+
+  // The counts, without touching rows other than the one that changed
+  // (a live event must not cost a pass over a large fleet's DOM).
+  function showCount() {
     let shown = 0;
-    for (const [id, row] of rows) {
-      const visible = matches(devices.get(id));
-      row.tr.hidden = !visible;
-      if (visible) shown += 1;
-    }
+    for (const row of rows.values()) if (!row.tr.hidden) shown += 1;
     const total = devices.size;
     const online = [...devices.values()].filter((d) => d.online).length;
     count.textContent = shown === total
@@ -206,8 +209,11 @@ export function mount(main, ctx) {
       return;
     }
     const row = rows.get(device.id);
-    if (row) row.update(device);
-    applyFilter();
+    if (row) {
+      row.update(device);
+      row.tr.hidden = !matches(device);
+    }
+    showCount();
   });
 
   // What a search or filter leaves is said once typing pauses (live state
