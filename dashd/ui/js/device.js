@@ -486,7 +486,7 @@ export function mount(main, ctx, {id}) {
       }, () => {});
       return;
     }
-    if (event.id !== id) return;
+    if (event.id !== id || device.deleting) return;
     if (parts.log) parts.log(event);
     if (event.name === 'online' || event.name === 'offline') {
       device.online = event.name === 'online';

@@ -23,9 +23,12 @@ export async function deleteDevice(device, message) {
     confirmLabel: 'Delete device',
   });
   if (!ok) return false;
+  // Its going offline now is no news (see the event handlers).
+  device.deleting = true;
   try {
     await api('DELETE', `/devices/${encode(device.id)}`);
   } catch (error) {
+    device.deleting = false;
     showMessage(message, describe(error), 'error');
     return false;
   }
@@ -194,6 +197,7 @@ export function mount(main, ctx) {
   ctx.listen((event) => {
     if (event.name === 'stream.reconnected') { reloadSoon(); return; }
     const device = devices.get(event.id);
+    if (device && device.deleting) return;
     if (!device) {
       // A device registered elsewhere that has just come online.
       if (event.name === 'online') reloadSoon();
