@@ -11,7 +11,7 @@ READY := $(VENV)/.ready
 # here); installed once, as root, when it is missing.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test clean
+.PHONY: run test tools clean
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,16 @@ $(CHROMIUM):
 	$$SUDO apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null
 
-test: $(READY) $(CHROMIUM)
+test: $(READY) $(CHROMIUM) tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# What the tests need beyond pip: systemd-analyze (Debian's systemd package)
+# to verify systemd/*.service and *.socket. Nothing happens when it is there.
+tools:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	    echo "installing Debian's systemd package for systemd-analyze"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; }
 
 clean:
 	rm -rf $(VENV) dashd-data .pytest_cache .hypothesis

@@ -13,11 +13,12 @@ from dashd.api.accounts import AccountRoutes
 from dashd.api.channels import ChannelRoutes
 from dashd.api.devices import DeviceRoutes
 from dashd.api.keys import KeyRoutes
+from dashd.api.ops import OpsRoutes
 from dashd.api.rpc import RpcRoutes
 from dashd.api.ui import UiRoutes
 
 __all__ = ["Api"]
 
 
-class Api(ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, UiRoutes):
+class Api(ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes, UiRoutes):
     pass

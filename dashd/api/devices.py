@@ -3,6 +3,7 @@ rotate their tokens."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.logger import Logger
@@ -13,6 +14,9 @@ from dashd.errors import BadRequest, Conflict, NotFound, TooLarge
 from dashd.store import NotFound as StoreNotFound
 
 log = Logger()
+
+
+ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 def shared_with_value(value: Any) -> tuple[str, ...]:
@@ -26,8 +30,11 @@ def shared_with_value(value: Any) -> tuple[str, ...]:
     out: list[str] = []
     for item in items:
         if item and item not in out:
-            if len(item) > 128:
-                raise BadRequest("shared_with holds an account ID that is too long")
+            if not ACCOUNT_ID.match(item):
+                raise BadRequest(
+                    "shared_with holds %r, which is not an account ID (letters, digits, "
+                    "'_', '.', ':' and '-', at most 64)" % item[:70]
+                )
             out.append(item)
     return tuple(out)
 
