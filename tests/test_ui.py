@@ -472,8 +472,8 @@ async def test_add_device_shows_the_token_once(server, admin: Client, ui: UI):
         page.get_by_label("Name (optional)").fill("ui-added")
         page.get_by_label("Share with (optional)").fill("x" * 200)
         page.get_by_role("button", name="Register").click()
-        expect(dialog(page).get_by_role("alert")).to_have_text(
-            "Rejected (400): shared_with holds an account ID that is too long")
+        # dashd's own reason, whatever its words.
+        expect(dialog(page).get_by_role("alert")).to_contain_text("Rejected (400): shared_with")
         page.get_by_label("Share with (optional)").fill("")
         page.get_by_role("button", name="Register").click()
         expect(page.get_by_role("heading", name="Device registered")).to_be_visible()
@@ -937,8 +937,7 @@ async def test_sharing_with_another_account(server, admin: Client, ui: UI):
         box = section(page, "Sharing")
         box.get_by_label("Shared with").fill("y" * 200)
         box.get_by_role("button", name="Save sharing").click()
-        expect(box.get_by_role("alert")).to_have_text(
-            "Rejected (400): shared_with holds an account ID that is too long")
+        expect(box.get_by_role("alert")).to_contain_text("Rejected (400): shared_with")
         box.get_by_label("Shared with").fill(account_b)
         box.get_by_role("button", name="Save sharing").click()
         expect(box.get_by_text("Shared with %s." % account_b)).to_be_visible()
@@ -1278,7 +1277,8 @@ async def test_dashd_restart_is_survived(own_server: DashdProcess, own_ui: UI):
 
     # While dashd is down the page keeps trying, and says so; the browser
     # logs the refused connections.
-    for text in ("WebSocket connection to", "ERR_CONNECTION_REFUSED"):
+    # (A request that comes while it drains gets 503.)
+    for text in ("WebSocket connection to", "ERR_CONNECTION_REFUSED", "HTTP 503 for GET"):
         own_ui.allow_failure(text)
     own_server.stop()
     await own_ui.run(lambda page: expect(page.locator("#live-state")).to_have_text(
