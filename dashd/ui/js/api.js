@@ -67,7 +67,7 @@ export function describe(error) {
     case 404: return `Not found (404): ${m}`;
     case 409: return `Conflict (409): ${m}`;
     case 413: return `Too large (413): ${m}`;
-    case 429: return `Too many calls to this device are in flight (429)${error.retryAfter ? `: try again in ${error.retryAfter} s` : ''}.`;
+    case 429: return `Too many requests (429): ${m}${error.retryAfter ? ` Try again in ${error.retryAfter} s.` : ''}`;
     case 502: return `The device answered with error ${error.code}: ${m}`;
     case 503: return `Unavailable (503): ${m}`;
     case 504: return `No answer in time (504): ${m}`;
