@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import pytest
 import pytest_twisted
 from playwright.sync_api import Page, expect
+from twisted.internet.defer import ensureDeferred
 
 from browser import UI, BrowserThread, artifact_name, chromium_missing
 from support import (
@@ -1296,3 +1297,44 @@ async def test_dashd_restart_is_survived(own_server: DashdProcess, own_ui: UI):
     await own_ui.run(back)
     await sim.stop()
     await own_ui.run(lambda page: expect(row(page, device_id)).to_contain_text("Offline"))
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_busy_device_says_when_to_try_again(tmp_path, browser_thread: BrowserThread, request: Any):
+    """A device at its limit of calls in flight: the console shows dashd's
+    429 and when to try again."""
+    busy = DashdProcess(str(tmp_path), {"device": {"max_calls_in_flight": 1}})
+    await busy.start_async()
+    ui = _ui(browser_thread, busy, request, None)
+    try:
+        admin = Client(busy, busy.admin_key)
+        device_id, token = await admin.register("busy-bee")
+        sim = await connect_device(busy, token)
+        await device_online(admin, device_id)
+        await ui.run(sign_in, admin.key)
+        await ui.run(open_device, device_id, "busy-bee")
+        await ui.run(lambda page: expect(page.get_by_text("methods from RPC.List")).to_be_visible())
+        slow = ensureDeferred(admin.post("/api/v2/devices/%s/rpc/Sim.Sleep" % device_id,
+                                         {"seconds": 3}))
+        await eventually(lambda: any(f.get("method") == "Sim.Sleep" for f in sim.frames))
+        ui.allow(429, "/rpc/Sim.Echo")
+
+        def busy_call(page: Page) -> None:
+            box = section(page, "RPC console")
+            box.get_by_label("Method").fill("Sim.Echo")
+            box.get_by_role("button", name="Call").click()
+            outcome = box.locator(".rpc-outcome")
+            expect(outcome).to_contain_text(
+                "Sim.Echo failed. Too many requests (429): device %s already has 1 calls in flight"
+                % device_id)
+            expect(outcome).to_contain_text(re.compile(r"Try again in \d+ s\.$"))
+
+        await ui.run(busy_call)
+        assert (await slow).status == 200
+        await sim.stop()
+    finally:
+        ui.close()
+        busy.stop()
+    problems = ui.unexplained() + busy.problems()
+    assert not problems, "\n".join(problems)
