@@ -44,10 +44,14 @@ import urllib.request
 from typing import Any
 
 from bench import wrk
+from bench.profile import Recording, summarise
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+TESTS = ("capacity", "rpc_one", "rpc_spread", "rpc_steady", "shadow", "fanout")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,7 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--install-wrk", action="store_true",
                    help="install wrk with apt-get if it is missing (needs root)")
     p.add_argument("--profile", action="store_true",
-                   help="record dashd with py-spy (needs py-spy); the flame graph goes to workdir")
+                   help="record dashd with py-spy during each test (pip install py-spy); "
+                   "collapsed stacks go to the work directory, a summary is printed")
+    p.add_argument("--tests", default=",".join(TESTS),
+                   help="which tests to run (the storm always runs: it connects the devices "
+                   "the others use) [%s]" % ",".join(TESTS))
     args = p.parse_args(argv)
     quick = args.quick
     if args.capacity is None:
@@ -91,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.shadow_devices is None:
         args.shadow_devices = min(args.storm, 200 if quick else 1000)
     args.capacity = max(args.capacity, args.storm)
+    args.tests = {t.strip() for t in args.tests.split(",") if t.strip()}
+    unknown = args.tests - set(TESTS)
+    if unknown:
+        p.error("unknown tests: %s" % ", ".join(sorted(unknown)))
+    if "capacity" not in args.tests:
+        args.capacity = args.storm
     return args
 
 
@@ -278,7 +292,6 @@ class Server:
                 time.sleep(0.1)
             with open(key_file) as f:
                 self.key = f.read().strip()
-        self.profiler: subprocess.Popen[Any] | None = None
 
     @property
     def pid(self) -> int:
@@ -363,16 +376,37 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
             tokens = fake_tokens(total)
         ids = [t.split("-", 1)[0] for t in tokens]
 
+        profiles: list[str] = []
+
+        class Phase:
+            """CPU meter (and py-spy with --profile) around one test."""
+
+            def __init__(self, name: str) -> None:
+                self.name = name
+                self.recording = None
+                if args.profile and kind == "dashd":
+                    path = os.path.join(directory, "profile-%s.txt" % name)
+                    self.recording = Recording(server.pid, path)
+                    time.sleep(0.5)
+                self.meter = Meter(server.pid, pids)
+
+            def end(self) -> dict[str, float]:
+                cpu = self.meter.read()
+                if self.recording is not None:
+                    self.recording.stop()
+                    profiles.append(self.recording.path)
+                return cpu
+
+        res["profiles"] = profiles
+
         def binds(i: int) -> list[str]:
             return ["127.0.0.%d" % (2 + i * args.addresses + k) for k in range(args.addresses)]
 
         # Connect storm.
-        if args.profile:
-            start_profile(server, directory)
         storm_tokens = tokens[: args.storm]
         say("connect storm: %d devices at once" % len(storm_tokens))
         cpu0 = cpu_seconds(server.pid)
-        meter = Meter(server.pid, pids)
+        phase = Phase("storm")
         answers = call_all(devices_w, [
             dict(host, cmd="connect", tokens=part, binds=binds(i), timeout=300)
             for i, part in enumerate(split(storm_tokens, len(devices_w)))
@@ -389,7 +423,7 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
             "p50_s": max(a["times"]["p50"] or 0 for a in answers),
             "p99_s": max(a["times"]["p99"] or 0 for a in answers),
             "server_cpu_s": cpu_seconds(server.pid) - cpu0,
-            "cpu": meter.read(),
+            "cpu": phase.end(),
         }
         say("storm: %(acked)d/%(devices)d acknowledged in %(seconds).2f s" % res["storm"])
         time.sleep(2.0)
@@ -397,32 +431,36 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
 
         # Capacity: top up to args.capacity, then idle.
         extra = tokens[args.storm :]
-        if extra:
-            say("capacity: %d more devices" % len(extra))
-            call_all(devices_w, [
-                dict(host, cmd="connect", tokens=part, binds=binds(i), timeout=300)
-                for i, part in enumerate(split(extra, len(devices_w)))
-            ])
-        time.sleep(5.0)
-        rss_cap = rss_kb(server.pid)
-        fds = open_fds(server.pid)
-        online, with_info = server.online()
-        statuses = [w.call({"cmd": "status"}) for w in devices_w]
-        res["capacity"] = {
-            "devices": total,
-            "online": online,
-            "online_with_info": with_info,
-            "client_open": sum(s["open"] for s in statuses),
-            "rss_kb": rss_cap,
-            "rss_per_device_kb": (rss_cap - rss0) / total,
-            "open_fds": fds,
-        }
-        say("capacity: %(online)d online, %(rss_per_device_kb).1f KB RSS a device" % res["capacity"])
-        if extra:
-            # Back to the storm's devices for the load tests.
-            per_worker = [len(p) for p in split(storm_tokens, len(devices_w))]
-            call_all(devices_w, [{"cmd": "close", "first": n} for n in per_worker])
-            time.sleep(3.0)
+        if "capacity" in args.tests:
+            if extra:
+                say("capacity: %d more devices" % len(extra))
+                phase = Phase("capacity")
+                call_all(devices_w, [
+                    dict(host, cmd="connect", tokens=part, binds=binds(i), timeout=300)
+                    for i, part in enumerate(split(extra, len(devices_w)))
+                ])
+                phase.end()
+            time.sleep(5.0)
+            rss_cap = rss_kb(server.pid)
+            fds = open_fds(server.pid)
+            online, with_info = server.online()
+            statuses = [w.call({"cmd": "status"}) for w in devices_w]
+            res["capacity"] = {
+                "devices": total,
+                "online": online,
+                "online_with_info": with_info,
+                "client_open": sum(s["open"] for s in statuses),
+                "rss_kb": rss_cap,
+                "rss_per_device_kb": (rss_cap - rss0) / total,
+                "open_fds": fds,
+            }
+            say("capacity: %(online)d online, %(rss_per_device_kb).1f KB RSS a device"
+                % res["capacity"])
+            if extra:
+                # Back to the storm's devices for the load tests.
+                per_worker = [len(p) for p in split(storm_tokens, len(devices_w))]
+                call_all(devices_w, [{"cmd": "close", "first": n} for n in per_worker])
+                time.sleep(3.0)
 
         # RPC with wrk.
         one = os.path.join(directory, "one.lua")
@@ -430,91 +468,75 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
         wrk.write_script(one, ids[:1], "Sys.GetInfo", server.key)
         wrk.write_script(spread, ids[: args.storm], "Sys.GetInfo", server.key)
         url = "http://127.0.0.1:%d" % server.port
-        say("RPC to one device")
-        wrk.run(url, one, 32, 2)
-        meter = Meter(server.pid, pids)
-        res["rpc_one"] = wrk.run(url, one, 32, args.duration)
-        res["rpc_one"]["cpu"] = meter.read()
-        say("  %(rps).0f calls/s, p50 %(p50_ms).1f ms, p99 %(p99_ms).1f ms" % res["rpc_one"])
-        say("RPC spread over %d devices" % args.storm)
-        wrk.run(url, spread, 64, 2)
-        meter = Meter(server.pid, pids)
-        res["rpc_spread"] = wrk.run(url, spread, 64, args.duration)
-        res["rpc_spread"]["cpu"] = meter.read()
-        say("  %(rps).0f calls/s, p50 %(p50_ms).1f ms, p99 %(p99_ms).1f ms" % res["rpc_spread"])
+        for test, script, conns, what in (
+            ("rpc_one", one, 32, "to one device"),
+            ("rpc_spread", spread, 64, "spread over %d devices" % args.storm),
+        ):
+            if test not in args.tests:
+                continue
+            say("RPC %s (wrk, %d connections)" % (what, conns))
+            wrk.run(url, script, conns, 2)  # warm-up
+            phase = Phase(test)
+            res[test] = wrk.run(url, script, conns, args.duration)
+            res[test]["cpu"] = phase.end()
+            say("  %(rps).0f calls/s, p50 %(p50_ms).1f ms, p99 %(p99_ms).1f ms, non-2xx "
+                "%(non_2xx)d, socket errors %(socket_errors)d" % res[test])
 
-        say("steady %d calls/s over %d devices" % (args.rate, args.storm))
-        meter = Meter(server.pid, pids)
-        r = http_w.call(dict(host, cmd="steady", key=server.key, ids=ids[: args.storm],
-                             rate=args.rate, duration=args.duration), timeout=args.duration + 120)
-        res["rpc_steady"] = r
-        r["cpu"] = meter.read()
-        say("  p50 %.1f ms, p99 %.1f ms, %d ok, errors %r" % (
-            (r["latency"]["p50"] or 0) * 1000, (r["latency"]["p99"] or 0) * 1000, r["ok"], r["errors"]))
+        if "rpc_steady" in args.tests:
+            say("steady %d calls/s over %d devices" % (args.rate, args.storm))
+            phase = Phase("rpc_steady")
+            r = http_w.call(dict(host, cmd="steady", key=server.key, ids=ids[: args.storm],
+                                 rate=args.rate, duration=args.duration),
+                            timeout=args.duration + 120)
+            r["cpu"] = phase.end()
+            res["rpc_steady"] = r
+            say("  p50 %.1f ms, p99 %.1f ms, %d ok, errors %r" % (
+                (r["latency"]["p50"] or 0) * 1000, (r["latency"]["p99"] or 0) * 1000, r["ok"],
+                r["errors"]))
 
-        # Shadow updates.
-        say("shadow updates from %d devices" % args.shadow_devices)
-        meter = Meter(server.pid, pids)
-        answers = call_all(devices_w, [
-            {"cmd": "shadow", "count": n, "duration": args.duration}
-            for n in [len(p) for p in split(list(range(args.shadow_devices)), len(devices_w))]
-        ], timeout=args.duration + 60)
-        seconds = max(a["seconds"] for a in answers)
-        res["shadow"] = {
-            "devices": sum(a["devices"] for a in answers),
-            "acked": sum(a["acked"] for a in answers),
-            "errors": sum(a["errors"] for a in answers),
-            "seconds": seconds,
-            "per_s": sum(a["acked"] for a in answers) / seconds,
-            "cpu": meter.read(),
-        }
-        if kind == "dashd" and answers[0]["sample_device"]:
-            doc = server.get("/api/v2/devices/%s" % answers[0]["sample_device"])
-            res["shadow"]["sample_version"] = doc["shadow"]["version"]
-        say("  %(per_s).0f updates/s acknowledged, %(errors)d errors" % res["shadow"])
+        if "shadow" in args.tests:
+            say("shadow updates from %d devices" % args.shadow_devices)
+            phase = Phase("shadow")
+            answers = call_all(devices_w, [
+                {"cmd": "shadow", "count": n, "duration": args.duration}
+                for n in [len(p) for p in split(list(range(args.shadow_devices)), len(devices_w))]
+            ], timeout=args.duration + 60)
+            seconds = max(a["seconds"] for a in answers)
+            res["shadow"] = {
+                "devices": sum(a["devices"] for a in answers),
+                "acked": sum(a["acked"] for a in answers),
+                "errors": sum(a["errors"] for a in answers),
+                "seconds": seconds,
+                "per_s": sum(a["acked"] for a in answers) / seconds,
+                "cpu": phase.end(),
+            }
+            if kind == "dashd" and answers[0]["sample_device"]:
+                doc = server.get("/api/v2/devices/%s" % answers[0]["sample_device"])
+                res["shadow"]["sample_version"] = doc["shadow"]["version"]
+            say("  %(per_s).0f updates/s acknowledged, %(errors)d errors" % res["shadow"])
 
-        # Notification fan-out.
-        for subs in (10, 100):
-            meter = Meter(server.pid, pids)
-            r = devices_w[0].call(dict(
-                host, cmd="fanout", path="/api/v2/notify", key=server.key, subscribers=subs,
-                publishers=min(100, args.storm), window=max(50, 5 * subs), duration=args.duration,
-            ), timeout=args.duration + 90)
-            if "events_min" in r:
-                r["events_per_s"] = r["events_min"] / r["seconds"]
-                r["deliveries_per_s"] = r["deliveries"] / r["seconds"]
-                say("fan-out to %d: %.0f events/s (%.0f deliveries/s)"
-                    % (subs, r["events_per_s"], r["deliveries_per_s"]))
-            r["cpu"] = meter.read()
-            res["fanout_%d" % subs] = r
+        if "fanout" in args.tests:
+            for subs in (10, 100):
+                phase = Phase("fanout_%d" % subs)
+                r = devices_w[0].call(dict(
+                    host, cmd="fanout", path="/api/v2/notify", key=server.key, subscribers=subs,
+                    publishers=min(100, args.storm), window=max(50, 5 * subs),
+                    duration=args.duration,
+                ), timeout=args.duration + 90)
+                r["cpu"] = phase.end()
+                if "events_min" in r:
+                    r["events_per_s"] = r["events_min"] / r["seconds"]
+                    r["deliveries_per_s"] = r["deliveries"] / r["seconds"]
+                    say("fan-out to %d: %.0f events/s (%.0f deliveries/s)"
+                        % (subs, r["events_per_s"], r["deliveries_per_s"]))
+                res["fanout_%d" % subs] = r
         res["rss_end_kb"] = rss_kb(server.pid)
     finally:
-        if server.profiler is not None:
-            stop_profile(server)
         for w in devices_w + [http_w]:
             w.stop()
         res["exit"] = server.stop()
     say("== %s done (log: %s)" % (kind, server.log_path))
     return res
-
-
-def start_profile(server: Server, directory: str) -> None:
-    py_spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-    out = os.path.join(directory, "profile.svg")
-    server.profiler = subprocess.Popen(
-        [py_spy, "record", "-p", str(server.pid), "-o", out, "--nonblocking", "-r", "200"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    say("profiling dashd with py-spy into %s" % out)
-
-
-def stop_profile(server: Server) -> None:
-    assert server.profiler is not None
-    server.profiler.send_signal(signal.SIGINT)
-    try:
-        server.profiler.wait(60)
-    except subprocess.TimeoutExpired:
-        server.profiler.kill()
 
 
 def merge_counts(dicts: list[dict[str, int]]) -> dict[str, int]:
@@ -680,6 +702,11 @@ def main(argv: list[str] | None = None) -> int:
             results[target].append(run_target(target, args, workdir, round_no))
     text = report(results, args)
     print(text)
+    for runs in results.values():
+        for r in runs:
+            for path in r.get("profiles", []):
+                print()
+                print(summarise(path, 20))
     info["load_average_after"] = os.getloadavg()
     if args.json:
         with open(args.json, "w") as f:
