@@ -166,6 +166,7 @@ class Meter:
         busy = machine_busy_seconds() - self.busy
         ours = sum(cpu) + wrk_cpu
         return {
+            "server_cpu_s": cpu[0],
             "server_cores": round(cpu[0] / dt, 2),
             "load_generator_cores": round((sum(cpu[1:]) + wrk_cpu) / dt, 2),
             "other_cores": round(max(0.0, busy - ours) / dt, 2),
@@ -569,6 +570,27 @@ ROWS: list[tuple[str, tuple[str, ...], str, bool, str]] = [
     ("fan-out, 100 subscribers: events/s", ("fanout_100", "events_per_s"), "/s", True, ""),
 ]
 
+# Server CPU time per operation: what each costs dashd, whatever share of the
+# machine it got (the machine is shared: throughput swings with other work).
+# (label, test, how many operations the test did)
+PER_OP_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("connect storm, per device", "storm", ("storm", "acked")),
+    ("RPC, one device, per call", "rpc_one", ("rpc_one", "ok")),
+    ("RPC, spread, per call", "rpc_spread", ("rpc_spread", "ok")),
+    ("RPC, steady rate, per call", "rpc_steady", ("rpc_steady", "ok")),
+    ("shadow update, per update", "shadow", ("shadow", "acked")),
+    ("fan-out to 10, per event", "fanout_10", ("fanout_10", "events_min")),
+    ("fan-out to 100, per event", "fanout_100", ("fanout_100", "events_min")),
+]
+
+
+def per_op_us(result: dict[str, Any], test: str, count: tuple[str, ...]) -> float | None:
+    cpu = _cpu(result, test, "server_cpu_s")
+    n = pick(result, count)
+    if cpu is None or not n:
+        return None
+    return cpu / n * 1e6
+
 
 CPU_ROWS = [
     ("connect storm", "storm"),
@@ -632,6 +654,16 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
         lines.append("%-38s %12s %12s %8s   %s" % (
             label, fmt(b) + u if b is not None else "-", fmt(d) + u if d is not None else "-",
             ratio, target))
+    lines.append("")
+    lines.append("server CPU time per operation (less swayed by other work on the machine):")
+    lines.append("%-38s %12s %12s %8s" % ("", "baseline", "dashd", "ratio"))
+    for label, test, count in PER_OP_ROWS:
+        b = median([per_op_us(r, test, count) for r in base])
+        d = median([per_op_us(r, test, count) for r in dash])
+        ratio = "%.2f" % (d / b) if b and d is not None else ""
+        lines.append("%-38s %12s %12s %8s" % (
+            label, fmt(b) + " us" if b is not None else "-", fmt(d) + " us" if d is not None else "-",
+            ratio))
     lines.append("")
     lines.append("CPU during each test, in cores (this machine has %s): server / load generators "
                  "/ everything else (others' work)" % os.cpu_count())
