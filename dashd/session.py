@@ -79,7 +79,8 @@ class DeviceSession:
         self._heard_info = False
         self._delta_unsupported = False
         self._closed = False
-        self._replaced = False
+        # Set once dashd has asked this connection to close: no more calls.
+        self.closing = False
 
     # Life cycle
 
@@ -103,6 +104,7 @@ class DeviceSession:
         if self._closed:
             return
         self._closed = True
+        self.closing = True
         if self._info_call is not None and self._info_call.active():
             self._info_call.cancel()
         self._fail_pending(reason)
@@ -128,11 +130,12 @@ class DeviceSession:
     # ISession
 
     def replaced(self) -> None:
-        self._replaced = True
+        self.closing = True
         self._fail_pending("replaced by a newer connection")
         self._close(CLOSE_REPLACED, "replaced by a newer connection of this device")
 
     def disconnect(self, code: int, reason: str) -> None:
+        self.closing = True
         self._fail_pending(reason)
         self._close(code, reason)
 
@@ -143,7 +146,7 @@ class DeviceSession:
         self._send_delta(document)
 
     def call(self, method: str, params: Any, timeout: float) -> Deferred[Any]:
-        if self._closed or self._replaced:
+        if self._closed or self.closing:
             return fail(DeviceOffline("device %s is offline" % self.device_id))
         limit = self._config["device.max_calls_in_flight"]
         if len(self._pending) >= limit:
