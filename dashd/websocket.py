@@ -13,9 +13,11 @@ subscriber that does not read.
 
 from __future__ import annotations
 
+import pprint
 from collections import deque
 from typing import Any
 
+import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IPushProducer
@@ -37,6 +39,43 @@ CLOSE_TOO_BIG = 1009
 # A device that sends this many unreadable values in a row is not speaking
 # JSON-RPC; drop it rather than answer garbage forever.
 MAX_CONSECUTIVE_ERRORS = 50
+
+
+class _Formatted:
+    """A value that is pretty-printed only if a log line shows it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.value)
+
+
+def _lazy_pformat(value: Any, *args: Any, **kwargs: Any) -> Any:
+    # Autobahn pretty-prints every new connection's ~30 options for a debug
+    # log line, debug on or off (an eighth of the server's time in a connect
+    # storm). That list is the only one it pretty-prints: defer it to when
+    # the line is written; anything else is formatted as before.
+    if isinstance(value, list) and not args and not kwargs:
+        return _Formatted(value)
+    return pprint.pformat(value, *args, **kwargs)
+
+
+autobahn.websocket.protocol.pformat = _lazy_pformat  # type: ignore[attr-defined]
+
+
+def shared_options(factory: WebSocketServerFactory) -> None:
+    """
+    Give the factory its own protocol class that carries the protocol options
+    (set with setProtocolOptions) as class attributes: Autobahn copies each
+    option onto every connection unless the protocol already has it, which
+    costs memory and time on each of thousands of connections.
+    """
+    base = factory.protocol
+    options = {name: getattr(factory, name) for name in base.CONFIG_ATTRS}
+    factory.protocol = type(base.__name__, (base,), options)
 
 
 def close_connection(proto: WebSocketProtocol, code: int, reason: str) -> None:
@@ -162,6 +201,7 @@ class DeviceFactory(WebSocketServerFactory):
             # Say why (e.g. 1009 too big) in a close frame before dropping.
             failByDrop=False,
         )
+        shared_options(self)
 
 
 @implementer(IPushProducer)
@@ -245,3 +285,4 @@ class NotifyFactory(WebSocketServerFactory):
             # Say why (e.g. 1009 too big) in a close frame before dropping.
             failByDrop=False,
         )
+        shared_options(self)
