@@ -93,12 +93,10 @@ class DeviceSession:
         self._info_call = self._clock.callLater(delay, self._request_info)
         # Read the shadow after attaching: a desired change made from now on
         # is pushed through the router, one made before is in what we read.
-        d = fleet.store.get_device(self.device_id)
+        # The same store job records last_seen.
+        d = fleet.store.device_connected(self.device_id, fleet.now())
         d.addCallback(self._send_initial_delta)
-        d.addErrback(self._log_failure, "reading the shadow")
-        fleet.store.touch(self.device_id, fleet.now()).addErrback(
-            self._log_failure, "recording last_seen"
-        )
+        d.addErrback(self._log_failure, "recording last_seen and reading the shadow")
 
     def closed(self, reason: str) -> None:
         if self._closed:

@@ -27,6 +27,7 @@ import os
 import queue
 import sqlite3
 import threading
+from dataclasses import replace
 from importlib import resources
 from typing import Any, Callable, TypeVar
 
@@ -419,7 +420,16 @@ class SQLiteStore:
                 "UPDATE devices SET info = ?, last_seen = ? WHERE id = ?",
                 (_json(info), now, device_id),
             )
-            return _get_device(conn, device_id), result
+            # What was read plus what was written, without reading it again.
+            shadow_doc = device.shadow if result is None else result.document
+            return replace(device, info=info, last_seen=now, shadow=shadow_doc), result
+
+        return self._submit(job)
+
+    def device_connected(self, device_id: str, now: float) -> Deferred[Device | None]:
+        def job(conn: sqlite3.Connection) -> Device | None:
+            conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
+            return _get_device(conn, device_id)
 
         return self._submit(job)
 
@@ -494,8 +504,6 @@ def _device(
 
 
 def _replace_shadow(device: Device, document: dict[str, Any]) -> Device:
-    from dataclasses import replace
-
     return replace(device, shadow=document)
 
 
