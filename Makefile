@@ -3,12 +3,14 @@
 #   make test   set up .venv and run the whole test suite
 # ARGS are passed to dashd (make run ARGS="--listen tcp:9000"), PYTEST_ARGS
 # to pytest (make test PYTEST_ARGS="-k shadow").
+#   make bench  the benchmark (docs/performance.md); BENCH_ARGS="--quick" for
+#               a short run. Needs wrk (it offers to apt-get install it).
 
 PYTHON ?= python3
 VENV := .venv
 READY := $(VENV)/.ready
 
-.PHONY: run test clean
+.PHONY: run test bench clean
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,9 @@ run: $(READY)
 
 test: $(READY)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: $(READY)
+	$(VENV)/bin/python -m bench --install-wrk $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) dashd-data .pytest_cache .hypothesis

@@ -742,7 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     info["load_average_after"] = os.getloadavg()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "machine": info, "results": results, "report": text},
+            settings = dict(vars(args), tests=sorted(args.tests))
+            json.dump({"args": settings, "machine": info, "results": results, "report": text},
                       f, indent=1)
     return 0
 
