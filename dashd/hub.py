@@ -28,6 +28,9 @@ from typing import Any
 from zope.interface import Attribute, Interface, implementer
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 @dataclass(frozen=True)
 class Event:
     name: str
@@ -41,11 +44,7 @@ class Event:
     def payload(self) -> str:
         """The event as JSON, encoded on first use (most events have no
         subscriber to see them)."""
-        return json.dumps(
-            {"name": self.name, "id": self.device_id, "data": self.data},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        return _encode({"name": self.name, "id": self.device_id, "data": self.data})
 
 
 class ISubscriber(Interface):

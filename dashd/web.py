@@ -21,8 +21,12 @@ access_log = Logger(namespace="dashd.access")
 _SECRET_IN_QUERY = re.compile(rb"(access_token=)[^&]*", re.IGNORECASE)
 
 
+# json.dumps with options builds a new encoder each call; this one is reused.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _encode(value).encode("utf-8")
 
 
 class DashdRequest(Request):

@@ -455,8 +455,7 @@ def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
             d.callback(result)
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 _KEY_COLUMNS = "id, account_id, name, kind, created, expires"
