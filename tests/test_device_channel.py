@@ -142,14 +142,15 @@ async def test_malformed_frames_get_errors_and_the_connection_goes_on(server, ad
         sim.send_raw('{"id": 9, "method": 42}')
         sim.send_raw('{"id": 10}')
         sim.send_raw(b"\xff\xfe{", binary=True)
+        sim.send_raw(b"\xff\xfe{", binary=False)  # a text message that is not UTF-8
 
         async def six_more() -> bool:
-            return len(_errors(sim)) >= before + 7
+            return len(_errors(sim)) >= before + 8
 
         await eventually(six_more)
         errors = _errors(sim)[before:]
         codes = [e["code"] for e in errors]
-        assert codes.count(-32700) == 3  # not JSON, bad literal, bad UTF-8
+        assert codes.count(-32700) == 4  # not JSON, bad literal, bad UTF-8 twice
         assert codes.count(-32600) == 4  # a batch, bad id, bad method, no method
         replies = [f for f in sim.frames if f.get("error", {}).get("code") == -32600]
         assert {f["id"] for f in replies} >= {9, 10}
