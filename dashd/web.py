@@ -88,6 +88,9 @@ class _MaskedRequest:
 
 
 def masked_log_formatter(timestamp: str, request: Request) -> str:
+    if _SECRET_IN_QUERY.search(request.uri) is None:
+        # Nothing to mask (the usual case): no wrapper in the way.
+        return combinedLogFormatter(timestamp, request)
     return combinedLogFormatter(timestamp, _MaskedRequest(request))  # type: ignore[arg-type]
 
 
