@@ -17,6 +17,7 @@ import pprint
 from collections import deque
 from typing import Any
 
+import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -42,15 +43,17 @@ MAX_CONSECUTIVE_ERRORS = 50
 
 
 class _Formatted:
-    """A value that is pretty-printed only if a log line shows it."""
+    """Text made only if a log line shows it."""
 
-    __slots__ = ("value",)
+    __slots__ = ("function", "args", "kwargs")
 
-    def __init__(self, value: Any) -> None:
-        self.value = value
+    def __init__(self, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
 
     def __str__(self) -> str:
-        return pprint.pformat(self.value)
+        return str(self.function(*self.args, **self.kwargs))
 
 
 def _lazy_pformat(value: Any, *args: Any, **kwargs: Any) -> Any:
@@ -59,11 +62,36 @@ def _lazy_pformat(value: Any, *args: Any, **kwargs: Any) -> Any:
     # storm). That list is the only one it pretty-prints: defer it to when
     # the line is written; anything else is formatted as before.
     if isinstance(value, list) and not args and not kwargs:
-        return _Formatted(value)
+        return _Formatted(pprint.pformat, (value,), {})
     return pprint.pformat(value, *args, **kwargs)
 
 
-autobahn.websocket.protocol.pformat = _lazy_pformat  # type: ignore[attr-defined]
+def _lazy(function: Any) -> Any:
+    def deferred(*args: Any, **kwargs: Any) -> _Formatted:
+        return _Formatted(function, args, kwargs)
+
+    return deferred
+
+
+def _defer_autobahn_debug_formatting() -> None:
+    """
+    Autobahn computes the arguments of its debug log lines whether or not
+    debug logging is on: a pretty-printed option list per connection, and
+    highlighted names and values (hltype, hlval) for every chunk received
+    and sent. In its WebSocket modules those helpers only ever feed log
+    lines, so make them produce their text when a line is written.
+    """
+    autobahn.websocket.protocol.pformat = _lazy_pformat  # type: ignore[attr-defined]
+    for module in (autobahn.websocket.protocol, autobahn.twisted.websocket):
+        for name in ("hltype", "hlval"):
+            function = getattr(module, name, None)
+            if function is not None and not getattr(function, "_dashd_lazy", False):
+                deferred = _lazy(function)
+                deferred._dashd_lazy = True  # type: ignore[attr-defined]
+                setattr(module, name, deferred)
+
+
+_defer_autobahn_debug_formatting()
 
 
 def shared_options(factory: WebSocketServerFactory) -> None:
