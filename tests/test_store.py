@@ -95,6 +95,24 @@ async def test_a_failing_job_does_not_spoil_its_batch(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_connected_and_info_return_what_a_read_would(store):
+    """device_connected and record_info hand back the record as stored,
+    without a second read: it must be what get_device then returns."""
+    _, _, device = await _account_and_device(store)
+    connected = await store.device_connected(device.id, 5.0)
+    assert connected == await store.get_device(device.id)
+    assert connected.last_seen == 5.0 and connected.shared_with == ("b1",)
+    assert await store.device_connected("dnosuchdevice", 5.0) is None
+    update = shadow.ShadowUpdate({"reported": {"ota": {"fw_version": "1.2"}}})
+    recorded, result = await store.record_info(device.id, {"fw_version": "1.2"}, update, 6.0)
+    assert result.changed
+    assert recorded == await store.get_device(device.id)
+    assert recorded.info == {"fw_version": "1.2"} and recorded.last_seen == 6.0
+    again, result = await store.record_info(device.id, {"uptime": 3}, None, 7.0)
+    assert result is None and again == await store.get_device(device.id)
+
+
+@pytest_twisted.ensureDeferred
 async def test_many_writes_are_grouped(store):
     _, _, device = await _account_and_device(store)
     ds = [store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 4.0)
