@@ -4,7 +4,13 @@ from typing import Iterator
 
 import pytest
 
+import backends
 from support import Client, DashdProcess
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # The databases this run created for its dashd processes and stores.
+    backends.drop_created_databases()
 
 
 @pytest.fixture(scope="module")
