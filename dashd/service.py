@@ -23,9 +23,9 @@ from dashd.api import Api
 from dashd.auth import Authenticator
 from dashd.config import Config
 from dashd.fleet import Fleet
-from dashd.hub import LocalHub
+from dashd.hub import IHub, LocalHub
 from dashd.model import Account, ApiKey
-from dashd.router import LocalRouter
+from dashd.router import IRouter, LocalRouter
 from dashd.session import CLOSE_GOING_AWAY
 from dashd.store import IStore
 from dashd.store.sqlite import SQLiteStore
@@ -121,6 +121,28 @@ class FleetService(Service):
             yield deferLater(clock, 0.05)
 
 
+def make_store(config: Config, reactor: Any) -> IStore:
+    """SQLite in the data directory, or PostgreSQL when store.url names one
+    (imported only then: its driver is an optional dependency)."""
+    limits = (config["shadow.max_bytes"], config["shadow.max_depth"])
+    if config["store.url"]:
+        from dashd.store.postgres import PostgresStore
+
+        return PostgresStore(
+            config["store.url"],
+            reactor,
+            pool_size=config["store.pool_size"],
+            timeout=config["store.timeout"],
+            shadow_limits=limits,
+        )
+    return SQLiteStore(
+        os.path.join(config["data_dir"], DATABASE_FILE),
+        reactor,
+        synchronous=config["store.synchronous"],
+        shadow_limits=limits,
+    )
+
+
 class DashdService(MultiService):
     """dashd as a whole; stops its children one after the other, in reverse
     order, so the store outlives everything that writes to it."""
@@ -128,14 +150,18 @@ class DashdService(MultiService):
         super().__init__()
         self.config = config
         data_dir = config["data_dir"]
-        self.store = SQLiteStore(
-            os.path.join(data_dir, DATABASE_FILE),
-            reactor,
-            synchronous=config["store.synchronous"],
-            shadow_limits=(config["shadow.max_bytes"], config["shadow.max_depth"]),
-        )
-        self.fleet = Fleet(self.store, LocalRouter(), LocalHub(), reactor, config)
+        self.store = make_store(config, reactor)
         self.auth = Authenticator(self.store, reactor)
+        self.cluster = None
+        router: IRouter = LocalRouter()
+        hub: IHub = LocalHub()
+        if config["cluster.redis_url"]:
+            # Cluster mode: devices may be held by any node (see dashd.cluster).
+            from dashd.cluster import Cluster
+
+            self.cluster = Cluster(config, reactor, self.store, self.auth)
+            router, hub = self.cluster.router, self.cluster.hub
+        self.fleet = Fleet(self.store, router, hub, reactor, config)
         self.api = Api(self.fleet, self.auth, config, reactor)
         self.site = DashdSite(
             self.api.resource(),
@@ -146,6 +172,8 @@ class DashdService(MultiService):
         )
         self.store_service = StoreService(self.store, data_dir, reactor)
         self.store_service.setServiceParent(self)
+        if self.cluster is not None:
+            self.cluster.service().setServiceParent(self)
         FleetService(self.fleet).setServiceParent(self)
         for endpoint in config["listen"]:
             strports.service(endpoint, self.site, reactor=reactor).setServiceParent(self)

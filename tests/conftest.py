@@ -13,25 +13,37 @@ def pytest_sessionfinish(session, exitstatus):
     backends.drop_created_databases()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashdProcess]:
-    """One dashd shared by the tests of a module; tests register their own
-    devices, so they do not see each other's."""
-    proc = DashdProcess(str(tmp_path_factory.mktemp("dashd")))
+def _store_url(backend: str) -> str | None:
+    """None for SQLite (the default store), else a new PostgreSQL database."""
+    return backends.create_database() if backend == "postgresql" else None
+
+
+@pytest.fixture(scope="module", params=backends.STORES)
+def server(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashdProcess]:
+    """One dashd shared by the tests of a module, once per store backend
+    (DASHD_TEST_STORES); tests register their own devices, so they do not
+    see each other's."""
+    url = _store_url(request.param)
+    proc = DashdProcess(str(tmp_path_factory.mktemp("dashd")), store_url=url)
     proc.start()
     yield proc
     proc.stop()
+    if url:
+        backends.drop_database(url)
     problems = proc.problems()
     assert not problems, "%s\n--- dashd log ---\n%s" % (problems, proc.log()[-5000:])
 
 
-@pytest.fixture
-def own_server(tmp_path) -> Iterator[DashdProcess]:
-    """A dashd for one test that restarts or kills it."""
-    proc = DashdProcess(str(tmp_path))
+@pytest.fixture(params=backends.STORES)
+def own_server(request, tmp_path) -> Iterator[DashdProcess]:
+    """A dashd for one test that restarts or kills it, once per store backend."""
+    url = _store_url(request.param)
+    proc = DashdProcess(str(tmp_path), store_url=url)
     yield proc
     if proc.proc is not None:
         proc.stop()
+    if url:
+        backends.drop_database(url)
     problems = proc.problems()
     assert not problems, "%s\n--- dashd log ---\n%s" % (problems, proc.log()[-5000:])
 

@@ -83,15 +83,29 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 class DashdProcess:
-    """``twistd -n dashd`` in a subprocess, with its own data directory."""
+    """``twistd -n dashd`` in a subprocess, with its own data directory.
 
-    def __init__(self, directory: str, config: dict[str, Any] | None = None) -> None:
+    C{store_url}: a PostgreSQL database instead of SQLite. C{first}: whether
+    this dashd is the first on its store, which creates the admin key (the
+    other nodes of a cluster do not)."""
+
+    def __init__(
+        self,
+        directory: str,
+        config: dict[str, Any] | None = None,
+        store_url: str | None = None,
+        first: bool = True,
+    ) -> None:
         self.directory = directory
+        self.store_url = store_url
+        self.first = first
         self.data_dir = os.path.join(directory, "data")
         self.port = free_port()
         self.log_path = os.path.join(directory, "dashd.log")
         self.config_path = os.path.join(directory, "dashd.toml")
         doc = merge(FAST_CONFIG, config or {})
+        if store_url is not None:
+            doc = merge(doc, {"store": {"url": store_url}})
         doc = merge(
             {"listen": ["tcp:%d:interface=127.0.0.1" % self.port], "data_dir": self.data_dir}, doc
         )
@@ -128,7 +142,7 @@ class DashdProcess:
         log.close()
 
     def _up(self) -> bool:
-        if not os.path.exists(os.path.join(self.data_dir, "admin.key")):
+        if self.first and not os.path.exists(os.path.join(self.data_dir, "admin.key")):
             return False
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", self.port)) == 0
