@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -175,7 +176,9 @@ class PrivatePostgres:
     run as root."""
 
     def __init__(self, directory: str) -> None:
-        self.directory = os.path.join(directory, "pg")
+        # Not under pytest's temporary directories, which only root may
+        # enter: the server runs as postgres.
+        self.directory = tempfile.mkdtemp(prefix="dashd-test-pg-")
         self.data = os.path.join(self.directory, "data")
         self.port = free_port()
         self._as: list[str] = []
@@ -211,3 +214,8 @@ class PrivatePostgres:
 
     def running(self) -> bool:
         return os.path.exists(os.path.join(self.data, "postmaster.pid"))
+
+    def remove(self) -> None:
+        if self.running():
+            self.stop("immediate")
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -56,6 +56,11 @@ from dashd.store import IStore, LastAdminKey, NotFound, StoreError
 log = Logger()
 
 Cursor = psycopg.Cursor[Any]
+
+
+class DatabaseUnreachable(StoreError):
+    """PostgreSQL cannot be reached (or did not answer in time)."""
+
 Job = Callable[[Cursor], Any]
 
 # pg_advisory_xact_lock keys: migrations, and creating the first admin key.
@@ -137,6 +142,7 @@ class PostgresStore:
         # order key -> jobs waiting for the one of that key that runs now
         self._waiting: dict[str, deque[tuple[Job, Deferred[Any]]]] = {}
         self._closing = False
+        self._healthy = True
         self._stopped: Deferred[None] | None = None
 
     def _connection_kwargs(self) -> dict[str, Any]:
@@ -243,6 +249,7 @@ class PostgresStore:
 
         def done(result: Any) -> None:
             self._in_flight -= 1
+            self._note_health(result)
             if order is not None:
                 waiting = self._waiting[order]
                 if waiting:
@@ -257,6 +264,17 @@ class PostgresStore:
 
         running.addBoth(done)
 
+    def _note_health(self, result: Any) -> None:
+        """Say in the log, once, when the database goes away and comes back."""
+        if isinstance(result, Failure) and result.check(DatabaseUnreachable):
+            if self._healthy:
+                self._healthy = False
+                log.warn("store {url}: {error}; requests get 503 until it is back",
+                         url=redact(self.url), error=result.getErrorMessage())
+        elif not self._healthy and not isinstance(result, Failure):
+            self._healthy = True
+            log.info("store {url}: the database answers again", url=redact(self.url))
+
     def _in_thread(self, pool: ConnectionPool[Any], job: Job) -> Any:
         attempt = 0
         while True:
@@ -269,17 +287,20 @@ class PostgresStore:
             except _RETRY:
                 if attempt >= _RETRIES:
                     raise StoreError("the store is busy (write conflicts); try again") from None
-            except (PoolTimeout, TooManyRequests) as e:
-                raise StoreError("the database is unreachable or overloaded: %s"
-                                 % _first_line(e)) from None
+            except TooManyRequests as e:
+                raise StoreError("the store is overloaded: %s" % _first_line(e)) from None
+            except PoolTimeout as e:
+                raise DatabaseUnreachable("the database is unreachable: %s"
+                                          % _first_line(e)) from None
             except pg_errors.QueryCanceled:
-                raise StoreError("the database did not answer within %g s" % self._timeout) \
-                    from None
+                raise DatabaseUnreachable("the database did not answer within %g s"
+                                          % self._timeout) from None
             except psycopg.OperationalError as e:
                 # Connection lost, server shut down: the transaction did not
                 # commit (or, if the commit itself was cut off, nobody was told
                 # it did).
-                raise StoreError("the database is unreachable: %s" % _first_line(e)) from None
+                raise DatabaseUnreachable("the database is unreachable: %s"
+                                          % _first_line(e)) from None
             except psycopg.DataError as e:
                 # e.g. a NUL character, which PostgreSQL text cannot hold.
                 raise StoreError("the database refused the value: %s" % _first_line(e)) \
