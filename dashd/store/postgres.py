@@ -227,7 +227,9 @@ class PostgresStore:
         """Run C{job} in a transaction on a store thread; fire with its result
         after the commit. Jobs with the same C{order} key (a device ID) run
         one after the other, in the order they were submitted, as they do on
-        SQLite: a device's pipelined updates apply in the order it sent them."""
+        SQLite: a device's pipelined updates apply in the order it sent them.
+        Those that queue up behind a running one then run together in one
+        transaction, each in its own savepoint (one commit for a burst)."""
         if self._pool is None or self._closing or self._threads is None:
             return fail(StoreError("the store is closed"))
         if self._in_flight >= self._queue_size:
@@ -235,31 +237,39 @@ class PostgresStore:
         self._in_flight += 1
         d: Deferred[Any] = Deferred()
         if order is None:
-            self._dispatch(job, d, None)
+            self._dispatch([(job, d)], None)
         elif order in self._waiting:
             self._waiting[order].append((job, d))
         else:
             self._waiting[order] = deque()
-            self._dispatch(job, d, order)
+            self._dispatch([(job, d)], order)
         return d
 
-    def _dispatch(self, job: Job, d: Deferred[Any], order: str | None) -> None:
+    def _dispatch(self, batch: list[tuple[Job, Deferred[Any]]], order: str | None) -> None:
         assert self._threads is not None and self._pool is not None
-        running = deferToThreadPool(self._reactor, self._threads, self._in_thread, self._pool, job)
+        jobs = [job for job, _ in batch]
+        running = deferToThreadPool(self._reactor, self._threads, self._in_thread, self._pool,
+                                    jobs)
 
-        def done(result: Any) -> None:
-            self._in_flight -= 1
-            self._note_health(result)
+        def done(outcomes: Any) -> None:
+            self._in_flight -= len(batch)
+            if isinstance(outcomes, Failure):
+                outcomes = [outcomes] * len(batch)
+            self._note_health(outcomes[-1])
             if order is not None:
                 waiting = self._waiting[order]
                 if waiting:
-                    self._dispatch(*waiting.popleft(), order)
+                    count = min(len(waiting), _BATCH_SIZE)
+                    self._dispatch([waiting.popleft() for _ in range(count)], order)
                 else:
                     del self._waiting[order]
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
+            for (_, d), outcome in zip(batch, outcomes):
+                if isinstance(outcome, Failure):
+                    d.errback(outcome)
+                elif isinstance(outcome, _Raised):
+                    d.errback(outcome.error)
+                else:
+                    d.callback(outcome)
             self._maybe_stopped()
 
         running.addBoth(done)
@@ -271,11 +281,13 @@ class PostgresStore:
                 self._healthy = False
                 log.warn("store {url}: {error}; requests get 503 until it is back",
                          url=redact(self.url), error=result.getErrorMessage())
-        elif not self._healthy and not isinstance(result, Failure):
+        elif not self._healthy and not isinstance(result, (Failure, _Raised)):
             self._healthy = True
             log.info("store {url}: the database answers again", url=redact(self.url))
 
-    def _in_thread(self, pool: ConnectionPool[Any], job: Job) -> Any:
+    def _in_thread(self, pool: ConnectionPool[Any], jobs: list[Job]) -> list[Any]:
+        """Run the jobs in one transaction; their results, or L{_Raised} for
+        those that raised (their changes undone, the others' kept)."""
         attempt = 0
         while True:
             attempt += 1
@@ -283,7 +295,9 @@ class PostgresStore:
                 with pool.connection(timeout=self._timeout) as conn:
                     with conn.transaction():
                         with conn.cursor() as cur:
-                            return job(cur)
+                            if len(jobs) == 1:
+                                return [_attempt(jobs[0], cur)]
+                            return [_attempt(job, cur, conn) for job in jobs]
             except _RETRY:
                 if attempt >= _RETRIES:
                     raise StoreError("the store is busy (write conflicts); try again") from None
@@ -301,13 +315,12 @@ class PostgresStore:
                 # it did).
                 raise DatabaseUnreachable("the database is unreachable: %s"
                                           % _first_line(e)) from None
-            except psycopg.DataError as e:
-                # e.g. a NUL character, which PostgreSQL text cannot hold.
-                raise StoreError("the database refused the value: %s" % _first_line(e)) \
-                    from None
             except psycopg.Error as e:
                 log.error("store job failed: {error}", error=_first_line(e))
                 raise StoreError("the store failed") from None
+            except _Rollback as e:
+                # A single job raised: its transaction is rolled back.
+                return [e.raised]
 
     # Accounts and keys
 
@@ -531,6 +544,49 @@ class PostgresStore:
 
 
 # Helpers for jobs (run on a store thread, never on the reactor)
+
+_BATCH_SIZE = 100
+
+
+class _Raised:
+    """A job's exception, handed back as its outcome."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class _Rollback(Exception):
+    def __init__(self, raised: _Raised) -> None:
+        self.raised = raised
+
+
+def _attempt(job: Job, cur: Cursor, conn: psycopg.Connection[Any] | None = None) -> Any:
+    """Run one job; with C{conn}, inside a savepoint of its own. A job that
+    raises a domain error (not found, stale version, ...) or hands
+    PostgreSQL a value it refuses (a NUL character) fails alone."""
+    if conn is None:
+        try:
+            return job(cur)
+        except psycopg.DataError as e:
+            raise _Rollback(_Raised(_refused(e))) from None
+        except psycopg.Error:
+            raise
+        except Exception as e:
+            raise _Rollback(_Raised(e)) from None
+    try:
+        with conn.transaction():
+            return job(cur)
+    except psycopg.DataError as e:
+        return _Raised(_refused(e))
+    except psycopg.Error:
+        raise
+    except Exception as e:
+        return _Raised(e)
+
+
+def _refused(error: psycopg.DataError) -> StoreError:
+    # e.g. a NUL character, which PostgreSQL text cannot hold.
+    return StoreError("the database refused the value: %s" % _first_line(error))
 
 
 def _first_line(error: BaseException) -> str:
