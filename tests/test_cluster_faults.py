@@ -128,8 +128,13 @@ async def test_the_cluster_recovers_when_redis_restarts(tmp_path):
         sims.append(sim)
         await device_online(b, device_id)
         assert (await b.get(rpc(device_id, "Sys.GetInfo"))).status == 200
+        created = await a.post("/api/v2/keys", {"kind": "read-only"})
+        SECRETS.add(created.body["key"])
+        stream = await subscribe(b_node, created.body["key"])
 
         redis.kill()
+        # A key revoked on A while Redis is away: B cannot be told now...
+        assert (await a.delete("/api/v2/keys/" + created.body["id"])).status == 200
         # Without Redis, B cannot reach A's device: a clear 503 at once, and
         # A's own device carries on through A.
         async def unreachable_from_b() -> bool:
@@ -157,6 +162,9 @@ async def test_the_cluster_recovers_when_redis_restarts(tmp_path):
         await eventually(routed_again, seconds=15, interval=0.2)
         assert (await a.device(other_id))["online"] is True
         assert (await b.device(device_id))["online"] is True
+        # ...but once Redis is back, B checks its streams' keys and closes it.
+        await within(stream.closed, 10)
+        assert stream.close_code == 4001
 
         # Notifications cross again, and desired changes reach the device.
         sub = await subscribe(b_node, cluster.admin_key)

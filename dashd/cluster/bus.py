@@ -38,7 +38,6 @@ from twisted.python.failure import Failure
 
 log = Logger()
 
-_STOP = object()
 _PUBLISH = "publish"
 _CALL = "call"
 
@@ -113,15 +112,10 @@ class RedisBus:
         reader.start()
 
     def stop(self) -> Deferred[None]:
-        """Send what is queued (within the timeout), then stop both threads."""
+        """Take no more work; send what is queued (each command bounded by the
+        timeout), then stop both threads."""
         self._stopping.set()
         d: Deferred[None] = Deferred()
-        while True:
-            try:
-                self._queue.put(_STOP, timeout=self._timeout)
-                break
-            except queue.Full:
-                continue
 
         def join() -> None:
             for thread in self._threads:
@@ -172,24 +166,20 @@ class RedisBus:
         client = self._client()
         try:
             while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    return
+                try:
+                    item = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    if self._stopping.is_set():
+                        return  # stopping, and everything queued is sent
+                    continue
                 batch = [item]
-                stop = False
                 while len(batch) < self._batch_size:
                     try:
-                        nxt = self._queue.get_nowait()
+                        batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                    if nxt is _STOP:
-                        stop = True
-                        break
-                    batch.append(nxt)
                 results = self._run_batch(client, batch)
                 self._reactor.callFromThread(_deliver, results)
-                if stop:
-                    return
         finally:
             client.close()
 
