@@ -192,65 +192,70 @@ async def test_the_cluster_recovers_when_redis_restarts(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_postgresql_away_gives_clear_errors_and_dashd_recovers(tmp_path):
+async def test_postgresql_away_gives_clear_errors_and_the_cluster_recovers(tmp_path):
     pg = backends.PrivatePostgres(str(tmp_path))
     pg.init()
     pg.start()
+    cluster = None
+    sim = None
     try:
         url = backends.create_database(pg.url)
-        (tmp_path / "node").mkdir(exist_ok=True)
-        server = DashdProcess(str(tmp_path / "node"), {"store": {"timeout": 2.0}},
-                              store_url=url)
-        await server.start_async()
-        admin = Client(server, server.admin_key)
-        device_id, token = await admin.register()
-        sim = await connect_device(server, token)
-        try:
-            await device_online(admin, device_id)
-            pg.stop("immediate")
+        cluster = TestCluster(str(tmp_path), store_url=url, config={"store": {"timeout": 2.0}})
+        cluster.start()
+        a_node, b_node = cluster.nodes
+        a = Client(a_node, cluster.admin_key)
+        b = Client(b_node, cluster.admin_key)
+        device_id, token = await a.register()
+        sim = await connect_device(a_node, token)
+        await device_online(b, device_id)
+        pg.stop("immediate")
 
-            # REST: 503 with a message that says what is wrong, quickly.
+        # REST, on either node: 503 with a message that says what is wrong,
+        # within the store's timeout.
+        for client in (a, b):
             started = time.monotonic()
-            reply = await within(admin.get("/api/v2/devices/" + device_id), 10)
+            reply = await within(client.get("/api/v2/devices/" + device_id), 10)
             assert reply.status == 503
             assert "database is unreachable" in reply.error["message"]
             assert reply.headers.getRawHeaders("retry-after") == ["5"]
             assert time.monotonic() - started < 8
-            reply = await within(admin.post("/api/v2/devices", {"name": "x"}), 10)
-            assert reply.status == 503
-            # The device: an error reply (nothing acknowledged), not silence.
-            try:
-                await within(sim.call("Dash.Shadow.Update",
-                                      {"state": {"reported": {"lost": 1}}}), 10)
-                raise AssertionError("a write was acknowledged without a database")
-            except Exception as e:
-                assert getattr(e, "code", None) is not None, e
-                assert "unreachable" in str(e)
-            # The device stays connected meanwhile.
-            assert sim.online
+        reply = await within(a.post("/api/v2/devices", {"name": "x"}), 10)
+        assert reply.status == 503
+        # The device: an error reply (nothing acknowledged), not silence,
+        # and it stays connected.
+        try:
+            await within(sim.call("Dash.Shadow.Update", {"state": {"reported": {"lost": 1}}}),
+                         10)
+            raise AssertionError("a write was acknowledged without a database")
+        except Exception as e:
+            assert getattr(e, "code", None) is not None, e
+            assert "unreachable" in str(e)
+        assert sim.online
 
-            pg.start()
+        pg.start()
 
-            async def recovered() -> bool:
-                reply = await admin.get("/api/v2/devices/" + device_id)
-                return reply.status == 200
-            await eventually(recovered, seconds=20, interval=0.3)
-            ack = await within(sim.call("Dash.Shadow.Update",
-                                        {"state": {"reported": {"back": 1}}}), 10)
-            assert "version" in ack
-            view = await admin.device(device_id)
-            assert view["shadow"]["state"]["reported"]["back"] == 1
-            assert "lost" not in view["shadow"]["state"]["reported"]
-            device2, token2 = await admin.register()
-            SECRETS.add(token2)
-        finally:
-            await sim.stop()
-            server.stop()
-        problems = server.problems()
-        assert not problems, "%s\n%s" % (problems, server.log()[-5000:])
-        assert "database is unreachable" in server.log()
+        async def recovered() -> bool:
+            replies = [await c.get("/api/v2/devices/" + device_id) for c in (a, b)]
+            return all(r.status == 200 for r in replies)
+        await eventually(recovered, seconds=20, interval=0.3)
+        ack = await within(sim.call("Dash.Shadow.Update", {"state": {"reported": {"back": 1}}}),
+                           10)
+        assert "version" in ack
+        view = await b.device(device_id)
+        assert view["online"] is True
+        assert view["shadow"]["state"]["reported"]["back"] == 1
+        assert "lost" not in view["shadow"]["state"]["reported"]
+        reply = await b.get(rpc(device_id, "Sys.GetInfo"))
+        assert reply.status == 200
+        for node in cluster.nodes:
+            log = node.log()
+            assert "the database is unreachable" in log and "the database answers again" in log
     finally:
+        if sim is not None:
+            await sim.stop()
+        problems = cluster.stop() if cluster is not None else []
         pg.remove()
+    assert not problems, "%s\n%s" % (problems, cluster.logs())
 
 
 def test_postgresql_away_at_start_stops_the_start_with_a_message(tmp_path):

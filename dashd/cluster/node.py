@@ -132,6 +132,10 @@ class Cluster:
         self._beating = False
         self._bus_down_logged = False
         self._reaping: set[str] = set()
+        self._resyncing = False
+        self._resync_again = False
+        self._stopped = False
+        self._retry_call: IDelayedCall | None = None
         self.bus = RedisBus(
             config["cluster.redis_url"],
             reactor,
@@ -467,9 +471,26 @@ class Cluster:
         log.warn("cluster node {node}: lost Redis ({why}); devices held elsewhere show "
                  "offline until it is back", node=self.node_id, why=why)
 
+    def _resync(self) -> None:
+        """Announce again every device held here, then load who holds what
+        (one resync at a time; asked again meanwhile, it runs once more)."""
+        if self._resyncing:
+            self._resync_again = True
+            return
+        self._resyncing = True
+        self._resync_again = False
+
+        def finished(_: Any) -> None:
+            self._resyncing = False
+            if self._resync_again:
+                self._resync()
+
+        d = self._resync_once()
+        d.addErrback(lambda f: log.failure("cluster resync", f))
+        d.addBoth(finished)
+
     @inlineCallbacks
-    def _resync(self) -> Any:
-        """Announce again every device held here, then load who holds what."""
+    def _resync_once(self) -> Any:
         self.presence.begin_sync()
         for entry in self._local.values():
             entry.seq = None
@@ -495,9 +516,12 @@ class Cluster:
                 live = {n for n, v in zip(nodes, found) if v is not None}
             self.presence.load(holders, int(seq or 0), live)
         except BusUnavailable as e:
-            # The reader reconnects and calls this again.
-            log.info("cluster node {node}: resync failed ({error})", node=self.node_id,
-                     error=str(e))
+            log.info("cluster node {node}: resync failed ({error}); trying again",
+                     node=self.node_id, error=str(e))
+            # If the subscription broke too, the reader resyncs when it is
+            # back; otherwise try again shortly.
+            if not self._stopped and self.bus.connected:
+                self._retry_call = self.clock.callLater(1.0, self._resync)
             return
         for node in nodes:
             if node not in live:
@@ -621,6 +645,9 @@ class Cluster:
 
     @inlineCallbacks
     def stop(self) -> Any:
+        self._stopped = True
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
         for call_id in list(self._calls):
             self._fail_call(call_id, DeviceOffline("this node is shutting down"))
         try:
