@@ -20,11 +20,9 @@ from lb import Balancer
 from support import (
     SECRETS,
     Client,
-    DashdProcess,
     connect_device,
     device_online,
     eventually,
-    sleep,
     subscribe,
     within,
 )
