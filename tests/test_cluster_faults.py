@@ -50,7 +50,7 @@ async def test_a_killed_node_s_devices_move_to_another_node(tmp_path):
         # Every device lands on A (the balancer prefers it while it lives);
         # they come back after a pause long enough to see them offline.
         for device_id, token in devices:
-            sim = await connect_device(a_node, token, reconnect_delay=(NODE_TIMEOUT + 1.5, 5))
+            sim = await connect_device(a_node, token, reconnect_delay=(NODE_TIMEOUT + 4, 8))
             sim.url = lb_url  # where a reconnecting device dials: the balancer
             sims.append(sim)
         for device_id, _ in devices:
@@ -71,21 +71,20 @@ async def test_a_killed_node_s_devices_move_to_another_node(tmp_path):
             b.post(rpc(first, "Sim.Sleep") + "?timeout=20", {"seconds": 15}))
         await eventually(lambda: any(f.get("method") == "Sim.Sleep" for f in sims[0].frames))
 
-        killed_at = time.monotonic()
         a_node.kill9()
 
         # The call in flight fails as soon as B finds A dead, not after 20 s.
         reply = await within(slow_call, NODE_TIMEOUT + 5)
         assert reply.status == 503
-        assert "went offline before answering Sim.Sleep" in reply.error["message"] or \
-            "disconnected" in reply.error["message"], reply
+        assert "went offline before answering Sim.Sleep" in reply.error["message"], reply
+        assert "stopped answering" in reply.error["message"]
         # B shows them offline (and says so on its stream) before they are back.
         offline = await sub.next(lambda e: e["id"] == first and e["name"] == "offline",
                                  seconds=NODE_TIMEOUT + 5)
         assert "stopped answering" in offline["data"]["reason"]
         view = await b.device(first)
         assert view["online"] is False
-        assert time.monotonic() - killed_at < NODE_TIMEOUT + 1.5 + 1
+        assert not any(sim.online for sim in sims)  # not back yet: this was in between
 
         # They reconnect, through the balancer, to B, and work at once.
         for (device_id, _), sim in zip(devices, sims):
