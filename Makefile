@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 READY := $(VENV)/.ready
 
-.PHONY: run test clean
+.PHONY: run test tools clean
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,16 @@ $(READY): pyproject.toml
 run: $(READY)
 	$(VENV)/bin/twistd -n --pidfile= dashd $(ARGS)
 
-test: $(READY)
+test: $(READY) tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# What the tests need beyond pip: systemd-analyze (Debian's systemd package)
+# to verify systemd/*.service and *.socket. Nothing happens when it is there.
+tools:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	    echo "installing Debian's systemd package for systemd-analyze"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; }
 
 clean:
 	rm -rf $(VENV) dashd-data .pytest_cache .hypothesis

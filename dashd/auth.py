@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dashd import tokens
-from dashd.errors import Unauthorized
+from dashd.errors import TooManyRequests, Unauthorized
+from dashd.limits import FailureLimiter, TokenBucket, retry_after
 from dashd.model import ApiKey, Device
 from dashd.store import IStore
 
@@ -53,15 +54,69 @@ class Authenticator:
     round trip); revoking a key through L{forget} takes effect at once.
     """
 
-    def __init__(self, store: IStore, clock: IReactorTime, cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: IStore,
+        clock: IReactorTime,
+        cache_seconds: float = 5.0,
+        failures: FailureLimiter | None = None,
+        requests: TokenBucket | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._cache_seconds = cache_seconds
+        self._failures = failures
+        self._requests = requests
         # key ID -> (key, its secret's hash, valid until)
         self._keys: dict[str, tuple[ApiKey, str, float]] = {}
 
+    def _check_address(self, address: str | None) -> None:
+        if address is None or self._failures is None:
+            return
+        wait = self._failures.blocked(address)
+        if wait:
+            raise TooManyRequests(
+                "too many failed authentications from %s; try again in %d s"
+                % (address, retry_after(wait)),
+                retry_after=retry_after(wait),
+            )
+
+    def _failed(self, address: str | None, door: str, why: str) -> None:
+        limit = self._failures.limit if self._failures is not None else 0
+        count = self._failures.failed(address) if self._failures and address else 0
+        # Every failure is logged, up to the point where the address is
+        # refused (then once more, to say so).
+        if limit <= 0 or count <= limit:
+            log.warn("{door}: failed authentication from {address}: {why}",
+                     door=door, address=address, why=why)
+        if limit > 0 and count == limit:
+            log.warn("{door}: {count} failed authentications from {address} within {window} s;"
+                     " refusing it until the window ends", door=door, count=count,
+                     address=address, window=self._failures.window)
+
     @inlineCallbacks
-    def api_key(self, secret: str | None) -> Any:
+    def api_key(self, secret: str | None, address: str | None = None) -> Any:
+        """The L{ApiKey} for C{secret}, counted against its rate limit.
+        @raise Unauthorized: no key, or a wrong or expired one.
+        @raise TooManyRequests: the key's rate, or the address's failures."""
+        self._check_address(address)
+        try:
+            key = yield self._api_key(secret)
+        except Unauthorized as e:
+            self._failed(address, "REST", e.message)
+            raise
+        if self._requests is not None:
+            wait = self._requests.take(key.id)
+            if wait:
+                raise TooManyRequests(
+                    "key %s is over its limit of %g requests a second"
+                    % (key.id, self._requests.rate),
+                    retry_after=retry_after(wait),
+                )
+        return key
+
+    @inlineCallbacks
+    def _api_key(self, secret: str | None) -> Any:
         if secret is None:
             raise Unauthorized(
                 "an API key is required: send \"Authorization: Bearer KEY\" or ?access_token=KEY"
@@ -99,8 +154,18 @@ class Authenticator:
     def forget(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
 
-    def device(self, token: str | None) -> Deferred[Device]:
-        return self._device(token)
+    @inlineCallbacks
+    def device(self, token: str | None, address: str | None = None) -> Any:
+        """The L{Device} a token opens.
+        @raise Unauthorized: no token or a wrong one.
+        @raise TooManyRequests: too many failures from this address."""
+        self._check_address(address)
+        try:
+            device = yield self._device(token)
+        except Unauthorized as e:
+            self._failed(address, "device channel", e.message)
+            raise
+        return device
 
     @inlineCallbacks
     def _device(self, token: str | None) -> Any:

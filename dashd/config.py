@@ -7,9 +7,13 @@ the option.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable
+
+import tomli_w
 
 
 class ConfigError(Exception):
@@ -42,6 +46,22 @@ def _endpoints(value: Any) -> str | None:
         return "must name at least one endpoint"
     if not all(isinstance(v, str) and v for v in value):
         return "must be a list of endpoint strings such as \"tcp:8080\""
+    return None
+
+
+def _origins(value: Any) -> str | None:
+    for origin in value:
+        if not isinstance(origin, str) or not origin.startswith(("http://", "https://")) \
+                or origin.rstrip("/") != origin:
+            return "must be a list of origins such as \"https://tools.example.com\""
+def _networks(value: Any) -> str | None:
+    for item in value:
+        if not isinstance(item, str):
+            return "must be a list of networks such as \"127.0.0.0/8\""
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return "holds %r, which is not an IP network such as \"10.0.0.0/8\"" % item
     return None
 
 
@@ -84,6 +104,10 @@ OPTIONS = [
     Option("device.max_calls_in_flight", 64, int,
            "Calls a device may have outstanding at once; more are refused with 429",
            _positive),
+    Option("device.write_stall_timeout", 30.0, (int, float),
+           "Seconds a device may leave dashd's writes to it unread (its buffer full) before "
+           "it is disconnected (close code 4008); meanwhile calls to it fail with 503",
+           _positive),
     Option("rpc.default_timeout", 10.0, (int, float),
            "Seconds a REST RPC call waits for the device when ?timeout= is not given",
            _positive),
@@ -94,8 +118,22 @@ OPTIONS = [
     Option("http.idle_timeout", 60.0, (int, float),
            "Seconds an idle HTTP connection (or an unfinished request) is kept open",
            _positive),
+    Option("http.request_timeout", 30.0, (int, float),
+           "Seconds a client has to send a whole request (headers and body), or a WebSocket "
+           "handshake; slower ones get 408 and are closed", _positive),
+    Option("http.cors_origins", [], list,
+           "Origins allowed to call the API from a browser (CORS), e.g. "
+           "[\"https://tools.example.com\"]; empty: CORS off", _origins),
     Option("http.access_log", True, bool,
            "Log every HTTP request (secrets in query strings are masked)"),
+    Option("limits.requests_per_second", 100.0, (int, float),
+           "Requests a second each API key may make (token bucket); more get 429 with "
+           "Retry-After; 0 turns the limit off", _not_negative),
+    Option("limits.burst", 200, int,
+           "Requests an API key may make at once before the rate applies", _positive),
+    Option("limits.failed_auth_per_minute", 30, int,
+           "Failed authentications a client address may make a minute (both doors); past "
+           "that it gets 429 until the minute ends; 0 turns the limit off", _not_negative),
     Option("shadow.max_bytes", 16384, int,
            "Largest shadow document (state and tags, as compact JSON)", _positive),
     Option("shadow.max_depth", 8, int,
@@ -115,6 +153,14 @@ OPTIONS = [
     Option("notify.max_backlog", 1000, int,
            "Events held for a notification subscriber that is not reading; beyond it "
            "the subscriber is dropped (close code 1008)", _positive),
+    Option("shutdown.grace_period", 10.0, (int, float),
+           "Seconds dashd waits on SIGTERM for REST calls in flight to finish, after it "
+           "stopped accepting connections and before it closes the device connections "
+           "(code 1001)", _not_negative),
+    Option("metrics.allow", ["127.0.0.0/8", "::1/128"], list,
+           "Networks whose clients may read /metrics without an API key; any other client "
+           "needs one (Authorization: Bearer KEY). [] requires a key from everyone",
+           _networks),
     Option("cluster.redis_url", "", str,
            "Empty for a single node, or the Redis URL the nodes of a cluster share "
            "(\"redis://host:6379/0\"); needs store.url on PostgreSQL",
@@ -173,6 +219,32 @@ class Config:
                 "cluster.redis_url needs a store the nodes share: set store.url to a "
                 "postgresql:// URL"
             )
+
+
+def dump(config: Config, source: str | None = None) -> str:
+    """The effective configuration as TOML that L{load} reads back: every
+    option, and after each one that is not at its default, that default."""
+    lines = ["# dashd's effective configuration: the defaults, then %s, then the command line"
+             % (source or "no configuration file")]
+    section = ""
+    for option in OPTIONS:
+        head, _, key = option.name.rpartition(".")
+        if head != section:
+            lines.append("\n[%s]" % head)
+            section = head
+        value = config[option.name]
+        line = "%s = %s" % (key, _toml_value(value))
+        if value != option.default:
+            line += "  # default: %s" % _toml_value(option.default)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    # tomli_w writes arrays over several lines; one line reads better here.
+    line = tomli_w.dumps({"v": value}).strip()
+    line = " ".join(part.strip() for part in line.splitlines())
+    return re.sub(r",\s*\]$", " ]", line)[len("v = "):]
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

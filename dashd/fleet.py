@@ -8,7 +8,7 @@ same way whether a user or the device itself made it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
@@ -44,6 +44,9 @@ class Fleet:
         self.hub = hub
         self.clock = clock
         self.config = config
+        # Each is given the Deferred of every call() (dashd.metrics counts
+        # them by outcome); an observer adds callbacks that pass the result on.
+        self.call_observers: list[Callable[[Deferred[Any]], None]] = []
 
     def now(self) -> float:
         return self.clock.seconds()
@@ -142,6 +145,10 @@ class Fleet:
             # Answer at once, and do not announce a call that never happens.
             from twisted.internet.defer import fail
 
-            return fail(DeviceOffline("device %s is offline" % device.id))
-        self.publish(device, "rpc.in." + method, params)
-        return self.router.call(device.id, method, params, timeout)
+            d: Deferred[Any] = fail(DeviceOffline("device %s is offline" % device.id))
+        else:
+            self.publish(device, "rpc.in." + method, params)
+            d = self.router.call(device.id, method, params, timeout)
+        for observer in self.call_observers:
+            observer(d)
+        return d

@@ -72,6 +72,8 @@ class IHub(Interface):
 
     def revoke(key_id):
         """Close every stream opened with this key."""
+    def subscribers():
+        """The subscribers attached here (for a graceful shutdown)."""
 
 
 @implementer(IHub)
@@ -96,3 +98,5 @@ class LocalHub:
         for subscriber in list(self._subscribers.values()):
             if subscriber.key.id == key_id:
                 subscriber.revoked()
+    def subscribers(self) -> list[Any]:
+        return list(self._subscribers.values())

@@ -3,8 +3,11 @@ The service tree ``twistd dashd`` runs.
 
 Children start in order and stop in reverse: the store first (so it is
 open before anything is served) and last; then the fleet (which closes
-device connections on the way down); then one listening port per
-``listen`` endpoint, which stop accepting first.
+device connections on the way down); then the drain (which lets REST calls
+in flight finish); then one listening port per ``listen`` endpoint, which
+stop accepting first; and last the systemd notifier, which says READY=1
+when everything before it runs and STOPPING=1 before anything stops. See
+L{dashd.lifecycle} for the whole graceful stop.
 """
 
 from __future__ import annotations
@@ -18,18 +21,23 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from dashd import tokens
+from dashd import __version__, tokens
 from dashd.api import Api
 from dashd.auth import Authenticator
 from dashd.config import Config
 from dashd.fleet import Fleet
 from dashd.hub import IHub, LocalHub
+from dashd.limits import FailureLimiter, TokenBucket
+from dashd.lifecycle import DataDirInUse, DataDirLock, DrainService, Readiness, raise_open_files_limit
+from dashd.metrics import Metrics
 from dashd.model import Account, ApiKey
 from dashd.router import IRouter, LocalRouter
 from dashd.session import CLOSE_GOING_AWAY
 from dashd.store import IStore
 from dashd.store.sqlite import SQLiteStore
+from dashd.systemd import NotifyService
 from dashd.web import DashdSite
+from dashd.websocket import close_connection
 
 log = Logger()
 
@@ -55,12 +63,18 @@ class StoreService(Service):
         self.store = store
         self.data_dir = data_dir
         self.clock = clock
+        self.lock = DataDirLock(data_dir)
         self.ready: Deferred[None] | None = None
 
     def privilegedStartService(self) -> None:
         # Listening ports bind in privilegedStartService, in child order; the
         # store is a child before them, so it is open before they accept.
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        try:
+            self.lock.acquire()
+        except DataDirInUse as e:
+            log.critical("cannot start: {why}", why=str(e))
+            raise SystemExit(1)
         self.store.start()
         super().privilegedStartService()
 
@@ -96,11 +110,14 @@ class StoreService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        return self.store.stop()
+        d = self.store.stop()
+        d.addBoth(lambda result: (self.lock.release(), result)[1])
+        return d
 
 
 class FleetService(Service):
-    """Closes every device connection (code 1001) when dashd stops."""
+    """Closes every device connection and notification stream (code 1001)
+    when dashd stops."""
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -108,8 +125,13 @@ class FleetService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         sessions = self.fleet.router.sessions()
+        if sessions:
+            log.info("stopping: closing {n} device connection(s)", n=len(sessions))
         for session in sessions:
             session.disconnect(CLOSE_GOING_AWAY, "server shutting down")
+        for subscriber in self.fleet.hub.subscribers():
+            self.fleet.hub.unsubscribe(subscriber)
+            close_connection(subscriber, CLOSE_GOING_AWAY, "server shutting down")
         return self._drain(deadline=3.0)
 
     @inlineCallbacks
@@ -151,7 +173,14 @@ class DashdService(MultiService):
         self.config = config
         data_dir = config["data_dir"]
         self.store = make_store(config, reactor)
-        self.auth = Authenticator(self.store, reactor)
+        self.auth = Authenticator(
+            self.store,
+            reactor,
+            failures=FailureLimiter(reactor, config["limits.failed_auth_per_minute"]),
+            requests=TokenBucket(
+                reactor, config["limits.requests_per_second"], config["limits.burst"]
+            ),
+        )
         self.cluster = None
         router: IRouter = LocalRouter()
         hub: IHub = LocalHub()
@@ -167,16 +196,46 @@ class DashdService(MultiService):
             self.api.resource(),
             max_body_bytes=config["http.max_body_bytes"],
             idle_timeout=config["http.idle_timeout"],
+            request_timeout=config["http.request_timeout"],
+            cors_origins=config["http.cors_origins"],
             access_log=config["http.access_log"],
             reactor=reactor,
         )
+        self.readiness = Readiness()
+        self.metrics = Metrics(self.fleet, self.store, self.api.device_factory, self.site)
+        self.api.metrics = self.metrics
+        self.api.readiness = self.readiness
         self.store_service = StoreService(self.store, data_dir, reactor)
         self.store_service.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.service().setServiceParent(self)
         FleetService(self.fleet).setServiceParent(self)
+        DrainService(
+            self.site, self.readiness, config["shutdown.grace_period"], reactor
+        ).setServiceParent(self)
         for endpoint in config["listen"]:
             strports.service(endpoint, self.site, reactor=reactor).setServiceParent(self)
+        # Last: READY=1 once all of the above started, STOPPING=1 first.
+        NotifyService(
+            lambda: self.store_service.ready,
+            lambda: "serving on %s" % ", ".join(config["listen"]),
+            reactor,
+            on_ready=self._serving,
+        ).setServiceParent(self)
+
+    def _serving(self) -> None:
+        self.readiness.state = "serving"
+        log.info("dashd {version} serving on {listen}", version=__version__,
+                 listen=", ".join(self.config["listen"]))
+
+    def privilegedStartService(self) -> None:
+        before, after = raise_open_files_limit()
+        if after != before:
+            log.info("open files limit raised from {before} to {after}",
+                     before=before, after=after)
+        else:
+            log.info("open files limit: {limit}", limit=after)
+        super().privilegedStartService()
 
     @inlineCallbacks
     def stopService(self) -> Any:

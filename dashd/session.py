@@ -29,7 +29,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dashd import frames, shadow
-from dashd.errors import DeviceError, DeviceOffline, DeviceTimeout, TooManyRequests
+from dashd.errors import (
+    DeviceError,
+    DeviceOffline,
+    DeviceTimeout,
+    ServiceUnavailable,
+    TooLarge,
+    TooManyRequests,
+)
 from dashd.fleet import Fleet
 from dashd.model import Device
 from dashd.router import ISession
@@ -40,6 +47,7 @@ log = Logger()
 # Close codes dashd uses on the device channel (4000-4999 are for applications).
 CLOSE_REPLACED = 4000
 CLOSE_DELETED = 4004
+CLOSE_NOT_READING = 4008
 CLOSE_GOING_AWAY = 1001
 
 _NOT_IMPLEMENTED_CODES = (frames.METHOD_NOT_FOUND, 404)
@@ -80,6 +88,9 @@ class DeviceSession:
         self._delta_unsupported = False
         self._closed = False
         self._replaced = False
+        # Set while the device leaves our writes unread (see stalled()).
+        self._stall_timer: IDelayedCall | None = None
+        self._dropped = False
 
     # Life cycle
 
@@ -99,10 +110,34 @@ class DeviceSession:
             self._log_failure, "recording last_seen"
         )
 
+    def stalled(self) -> None:
+        """Our writes to the device fill its connection's buffers: take no
+        more calls until they drain, and drop the device if they do not
+        drain in time (then the calls in flight fail too)."""
+        if self._stall_timer is not None or self._closed or self._dropped:
+            return
+        self._stall_timer = self._clock.callLater(
+            self._config["device.write_stall_timeout"], self._stall_expired
+        )
+
+    def unstalled(self) -> None:
+        if self._stall_timer is not None:
+            if self._stall_timer.active():
+                self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _stall_expired(self) -> None:
+        self._stall_timer = None
+        self._dropped = True
+        log.warn("device {id} dropped: it did not read for {t} s", id=self.device_id,
+                 t=self._config["device.write_stall_timeout"])
+        self.disconnect(CLOSE_NOT_READING, "not reading: dropped")
+
     def closed(self, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
+        self.unstalled()
         if self._info_call is not None and self._info_call.active():
             self._info_call.cancel()
         self._fail_pending(reason)
@@ -145,6 +180,9 @@ class DeviceSession:
     def call(self, method: str, params: Any, timeout: float) -> Deferred[Any]:
         if self._closed or self._replaced:
             return fail(DeviceOffline("device %s is offline" % self.device_id))
+        if self._stall_timer is not None:
+            return fail(ServiceUnavailable(
+                "device %s is not reading its connection; try again later" % self.device_id))
         limit = self._config["device.max_calls_in_flight"]
         if len(self._pending) >= limit:
             return fail(
@@ -154,10 +192,22 @@ class DeviceSession:
             )
         self._next_id += 1
         call_id = self._next_id
+        frame = frames.encode_request(call_id, method, params, self.src)
+        size = len(frame.encode("utf-8"))
+        limit = self._config["device.max_message_bytes"]
+        if size > limit:
+            return fail(TooLarge(
+                "the call to %s would be a %d-byte message, more than the device channel's "
+                "limit of %d bytes" % (method, size, limit)))
         d: Deferred[Any] = Deferred(lambda _: self._forget(call_id))
         timer = self._clock.callLater(timeout, self._timed_out, call_id, timeout)
         self._pending[call_id] = _PendingCall(method, d, timer)
-        self._send(frames.encode_request(call_id, method, params, self.src))
+        try:
+            self._send(frame)
+        except Exception:
+            # Nothing may stay pending that nobody will ever answer.
+            self._forget(call_id)
+            raise
         return d
 
     def _forget(self, call_id: int) -> None:

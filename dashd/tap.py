@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.python import usage
@@ -13,12 +14,15 @@ from dashd.service import DashdService
 
 
 class Options(usage.Options):
-    synopsis = "[--listen ENDPOINT]... [--data-dir DIR] [--config FILE]"
+    synopsis = "[--listen ENDPOINT]... [--data-dir DIR] [--config FILE] [--print-config]"
     longdesc = (
         "Run dashd, the device management dashboard: REST API, device and "
         "notification WebSockets on the same port(s). Command-line options "
         "override the configuration file."
     )
+    optFlags = [
+        ["print-config", None, "Print the effective configuration (TOML) and exit"],
+    ]
     optParameters = [
         ["config", "c", None, "TOML configuration file (see etc/dashd.toml)"],
         ["data-dir", "d", None, "Directory for the store and the first admin key "
@@ -47,6 +51,10 @@ class Options(usage.Options):
             self["effective"] = configuration.load(self["config"], overrides)
         except configuration.ConfigError as e:
             raise usage.UsageError(str(e))
+        if self["print-config"]:
+            sys.stdout.write(configuration.dump(self["effective"], self["config"]))
+            sys.stdout.flush()
+            raise SystemExit(0)
 
 
 def makeService(options: Options, reactor: Any = None) -> DashdService:

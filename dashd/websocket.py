@@ -86,6 +86,7 @@ def _accept_subprotocol(request: Any) -> str | None:
     return request.protocols[0] if request.protocols else None
 
 
+@implementer(IPushProducer)
 class DeviceProtocol(WebSocketServerProtocol):
     # Set by Handover before the connection is made.
     device: Device
@@ -96,8 +97,11 @@ class DeviceProtocol(WebSocketServerProtocol):
         return _accept_subprotocol(request)
 
     def onOpen(self) -> None:
+        self.factory.connections_opened += 1
         try:
-            take_over_producer(self.transport, None)
+            # Twisted calls pauseProducing when what we write to the device
+            # is piling up unread, and resumeProducing once it drained.
+            take_over_producer(self.transport, self)
             self._decoder = JSONStreamDecoder(self.factory.max_frame_bytes)
             self._errors = 0
             self.session = DeviceSession(
@@ -110,6 +114,7 @@ class DeviceProtocol(WebSocketServerProtocol):
 
     def _send_text(self, text: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
+            self.factory.frames_sent += 1
             self.sendMessage(text.encode("utf-8"), isBinary=False)
 
     def _close(self, code: int, reason: str) -> None:
@@ -122,6 +127,7 @@ class DeviceProtocol(WebSocketServerProtocol):
         try:
             for item in self._decoder.feed(payload):
                 if isinstance(item, StreamError):
+                    self.factory.frames_invalid += 1
                     self._errors += 1
                     code = frames.TOO_LARGE if item.too_large else frames.PARSE_ERROR
                     session.reply_error(None, code, item.message)
@@ -130,10 +136,26 @@ class DeviceProtocol(WebSocketServerProtocol):
                         close_connection(self, CLOSE_POLICY, "too many invalid frames")
                         return
                 else:
+                    self.factory.frames_received += 1
                     self._errors = 0
                     session.received(item)
         except Exception:
             log.failure("device {id}: handling a message", id=session.device_id)
+
+    def pauseProducing(self) -> None:
+        # Stop reading from the device too: a device that does not read may
+        # not make us queue replies to what it keeps sending.
+        self.transport.pauseProducing()
+        if self.session is not None:
+            self.session.stalled()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+        if self.session is not None:
+            self.session.unstalled()
+
+    def stopProducing(self) -> None:
+        pass  # the connection is going; onClose does the rest
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:
@@ -152,6 +174,11 @@ class DeviceFactory(WebSocketServerFactory):
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__(reactor=reactor)
         self.max_frame_bytes = config["device.max_frame_bytes"]
+        # Counted here, read by dashd.metrics when /metrics is scraped.
+        self.connections_opened = 0
+        self.frames_received = 0
+        self.frames_invalid = 0
+        self.frames_sent = 0
         self.setProtocolOptions(
             autoPingInterval=config["device.ping_interval"],
             autoPingTimeout=config["device.ping_timeout"],

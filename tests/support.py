@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import treq
+from treq.client import HTTPClient
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue, ensureDeferred
@@ -41,6 +42,9 @@ FAST_CONFIG = {
     "rpc": {"default_timeout": 5.0, "max_timeout": 30.0},
     "http": {"max_body_bytes": 65536},
     "notify": {"max_backlog": 50},
+    # Tests make many requests and many deliberate failures from one
+    # address; the limits have tests of their own with their own servers.
+    "limits": {"requests_per_second": 0, "failed_auth_per_minute": 0},
 }
 
 
@@ -93,9 +97,27 @@ class DashdProcess:
         self,
         directory: str,
         config: dict[str, Any] | None = None,
+        listen: list[str] | None = None,
+        tls_ca: str | None = None,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        command_prefix: list[str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+        twistd_options: list[str] | None = None,
         store_url: str | None = None,
         first: bool = True,
     ) -> None:
+        """
+        @param listen: endpoints instead of plain TCP on a free port;
+            C{{port}} in them is that port.
+        @param tls_ca: the CA (PEM file) that signed the server's
+            certificate when C{listen} is TLS: clients then use https/wss
+            to C{host} and verify it.
+        @param env, command_prefix, pass_fds, twistd_options: how the
+            process is started (extra environment, a command that execs
+            twistd, descriptors to hand over, options for twistd itself).
+        """
+        os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.store_url = store_url
         self.first = first
@@ -103,26 +125,44 @@ class DashdProcess:
         self.port = free_port()
         self.log_path = os.path.join(directory, "dashd.log")
         self.config_path = os.path.join(directory, "dashd.toml")
+        self.tls_ca = tls_ca
+        self.host = host
+        self.env = env or {}
+        self.command_prefix = command_prefix or []
+        self.pass_fds = pass_fds
+        self.twistd_options = twistd_options or []
+        endpoints = [e.replace("{port}", str(self.port)) for e in listen] if listen else [
+            "tcp:%d:interface=127.0.0.1" % self.port
+        ]
         doc = merge(FAST_CONFIG, config or {})
         if store_url is not None:
             doc = merge(doc, {"store": {"url": store_url}})
-        doc = merge(
-            {"listen": ["tcp:%d:interface=127.0.0.1" % self.port], "data_dir": self.data_dir}, doc
-        )
+        doc = merge({"listen": endpoints, "data_dir": self.data_dir}, doc)
+        self.data_dir = doc["data_dir"]
         write_toml(self.config_path, doc)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://%s:%d" % ("https" if self.tls_ca else "http", self.host, self.port)
 
     @property
     def device_url(self) -> str:
-        return "ws://127.0.0.1:%d/api/v2/rpc" % self.port
+        return "%s://%s:%d/api/v2/rpc" % ("wss" if self.tls_ca else "ws", self.host, self.port)
 
     @property
     def notify_url(self) -> str:
-        return "ws://127.0.0.1:%d/api/v2/notify" % self.port
+        return "%s://%s:%d/api/v2/notify" % ("wss" if self.tls_ca else "ws", self.host, self.port)
+
+    def tls_options(self, hostname: str | None = None) -> Any:
+        """Client TLS options that trust only the test CA and check C{hostname}."""
+        if not self.tls_ca:
+            return None
+        from twisted.internet import ssl
+
+        with open(self.tls_ca, "rb") as f:
+            ca = ssl.Certificate.loadPEM(f.read())
+        return ssl.optionsForClientTLS(hostname or self.host, trustRoot=ca)
 
     @property
     def admin_key(self) -> str:
@@ -134,10 +174,14 @@ class DashdProcess:
     def spawn(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "dashd", "--config", self.config_path],
+            self.command_prefix
+            + [TWISTD, "-n", "--pidfile="] + self.twistd_options
+            + ["dashd", "--config", self.config_path],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.directory,
+            env=dict(os.environ, **self.env),
+            pass_fds=self.pass_fds,
         )
         log.close()
 
@@ -246,6 +290,16 @@ class Client:
     def __init__(self, server: DashdProcess, key: str | None) -> None:
         self.server = server
         self.key = key
+        self.http: Any = treq
+        if server.tls_ca:
+            from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+
+            with open(server.tls_ca, "rb") as f:
+                from twisted.internet import ssl
+
+                ca = ssl.Certificate.loadPEM(f.read())
+            policy = BrowserLikePolicyForHTTPS(trustRoot=ca)
+            self.http = HTTPClient(Agent(reactor, contextFactory=policy))
 
     async def request(
         self,
@@ -265,12 +319,12 @@ class Client:
             data = json.dumps(body).encode()
             hdrs.setdefault("Content-Type", "application/json")
         response = await within(
-            treq.request(
+            self.http.request(
                 method,
                 self.server.url + path,
                 data=data,
                 headers={k: [v] for k, v in hdrs.items()},
-                persistent=False,
+                **({"persistent": False} if self.http is treq else {}),
             ),
             30,
         )
@@ -304,6 +358,7 @@ class Client:
 
 async def connect_device(server: DashdProcess, token: str, **options: Any) -> SimulatedDevice:
     options.setdefault("reconnect_delay", (0.2, 1.0))
+    options.setdefault("tls_options", server.tls_options())
     device = SimulatedDevice(server.device_url, token, reactor, **options).start()
     await within(device.wait_open(), 10)
     return device

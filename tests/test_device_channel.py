@@ -80,7 +80,7 @@ async def test_wrong_tokens_are_refused(server, admin: Client):
         view = await admin.device(device_id)
         assert view["online"] is False
         await _still_answers(admin, bystander_id)
-        assert "device channel refused" in server.log()
+        assert "device channel: failed authentication from 127.0.0.1: unknown device token" in server.log()
     finally:
         await bystander.stop()
 

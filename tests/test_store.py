@@ -186,3 +186,15 @@ async def test_expired_admin_keys_do_not_count_as_the_last_one(store):
     with pytest.raises(LastAdminKey):
         await store.delete_key(key.id, account.id, now=10.0)
     assert await store.delete_key(key.id, account.id, now=4.0) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_caller_does_not_stop_the_others(store):
+    """Klein cancels the Deferred of a request whose client went away; the
+    results of the rest of that batch must still be delivered."""
+    _, _, device = await _account_and_device(store)
+    ds = [store.get_device(device.id) for _ in range(50)]
+    ds[10].cancel()
+    ds[10].addErrback(lambda f: f.trap(Exception))
+    results = [await d for i, d in enumerate(ds) if i != 10]
+    assert all(r.id == device.id for r in results)

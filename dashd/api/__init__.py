@@ -16,12 +16,13 @@ from dashd.api.base import app
 from dashd.api.channels import ChannelRoutes
 from dashd.api.devices import DeviceRoutes
 from dashd.api.keys import KeyRoutes
+from dashd.api.ops import OpsRoutes
 from dashd.api.rpc import RpcRoutes
 
 __all__ = ["Api"]
 
 
-class Api(ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes):
+class Api(ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes):
     @app.route("/", methods=["GET"])
     def root(self, request: Any) -> bytes:
         return self.json(request, {"name": "dashd", "version": __version__, "api": "/api/v2"})

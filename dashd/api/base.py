@@ -103,6 +103,11 @@ def number_arg(request: Any, name: str, default: float, maximum: float) -> float
     return value
 
 
+def client_address(request: Any) -> str | None:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", None)
+
+
 class ApiBase:
     app = app
 
@@ -116,7 +121,7 @@ class ApiBase:
         return self.app.resource()
 
     async def authenticate(self, request: Any) -> ApiKey:
-        return await self.auth.api_key(bearer_secret(request))
+        return await self.auth.api_key(bearer_secret(request), client_address(request))
 
     async def visible_device(self, key: ApiKey, device_id: str) -> Device:
         device = await self.fleet.store.get_device(device_id)

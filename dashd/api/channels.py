@@ -8,9 +8,8 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.logger import Logger
 
-from dashd.api.base import ApiBase, app
+from dashd.api.base import ApiBase, app, client_address
 from dashd.auth import bearer_secret
-from dashd.errors import ApiError
 from dashd.websocket import DeviceFactory, Handover, NotifyFactory
 
 log = Logger()
@@ -24,16 +23,8 @@ class ChannelRoutes(ApiBase):
 
     @app.route("/api/v2/rpc", branch=False)
     async def device_channel(self, request: Any) -> Any:
-        try:
-            device = await self.auth.device(bearer_secret(request))
-        except ApiError as e:
-            peer = request.getClientAddress()
-            log.warn(
-                "device channel refused for {host}: {why}",
-                host=getattr(peer, "host", peer),
-                why=e.message,
-            )
-            raise
+        # Refusals are logged (and counted per address) by the authenticator.
+        device = await self.auth.device(bearer_secret(request), client_address(request))
         return WebSocketResource(Handover(self.device_factory, device=device, fleet=self.fleet))
 
     @app.route("/api/v2/notify", branch=False)

@@ -102,6 +102,11 @@ class IStore(Interface):
     def delete_device(device_id):
         """Delete the device; fire with True, or False if there was none."""
 
+    # Operation
+
+    def ping():
+        """Fire once the store has answered a trivial query (health checks)."""
+
 
 class LastAdminKey(Exception):
     """Deleting this key would lock the account out."""

@@ -32,6 +32,7 @@ helpers below) and return C{self._run(job)}; nothing else changes.
 from __future__ import annotations
 
 import re
+import time
 from collections import deque
 from dataclasses import replace
 from importlib import resources
@@ -144,6 +145,17 @@ class PostgresStore:
         self._closing = False
         self._healthy = True
         self._stopped: Deferred[None] | None = None
+        # Called on the reactor with the seconds each job took, from its
+        # submission to its durable result (dashd.metrics sets it).
+        self.latency_observer: Callable[[float], None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None and not self._closing
+
+    def queue_depth(self) -> int:
+        """Jobs submitted and not finished yet."""
+        return self._in_flight
 
     def _connection_kwargs(self) -> dict[str, Any]:
         ms = int(self._timeout * 1000)
@@ -236,6 +248,15 @@ class PostgresStore:
             return fail(StoreError("the store is overloaded; try again shortly"))
         self._in_flight += 1
         d: Deferred[Any] = Deferred()
+        observer = self.latency_observer
+        if observer is not None:
+            started = time.monotonic()
+
+            def observe(result: Any) -> Any:
+                observer(time.monotonic() - started)
+                return result
+
+            d.addBoth(observe)
         if order is None:
             self._dispatch([(job, d)], None)
         elif order in self._waiting:
@@ -264,6 +285,10 @@ class PostgresStore:
                 else:
                     del self._waiting[order]
             for (_, d), outcome in zip(batch, outcomes):
+                if d.called:
+                    # Cancelled meanwhile (e.g. its HTTP client went away);
+                    # the work is done and durable all the same.
+                    continue
                 if isinstance(outcome, Failure):
                     d.errback(outcome)
                 elif isinstance(outcome, _Raised):
@@ -541,6 +566,12 @@ class PostgresStore:
             return cur.rowcount > 0
 
         return self._run(job, order=device_id)
+
+
+    # Operation
+
+    def ping(self) -> Deferred[bool]:
+        return self._run(lambda cur: _one(cur, "SELECT 1") == (1,))
 
 
 # Helpers for jobs (run on a store thread, never on the reactor)

@@ -28,6 +28,7 @@ import queue
 from dataclasses import replace
 import sqlite3
 import threading
+import time
 from importlib import resources
 from typing import Any, Callable, TypeVar
 
@@ -104,6 +105,16 @@ class SQLiteStore:
         self._batch_size = batch_size
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
+        # Called on the reactor with the seconds each job took, from its
+        # submission to its durable result (dashd.metrics sets it).
+        self.latency_observer: Callable[[float], None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._thread is not None and self._stopped is None
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
 
     # Life cycle
 
@@ -147,6 +158,16 @@ class SQLiteStore:
             self._queue.put_nowait((job, d))
         except queue.Full:
             d.errback(StoreError("the store is overloaded; try again shortly"))
+            return d
+        observer = self.latency_observer
+        if observer is not None:
+            started = time.monotonic()
+
+            def observe(result: Any) -> Any:
+                observer(time.monotonic() - started)
+                return result
+
+            d.addBoth(observe)
         return d
 
     def _run(self, conn: sqlite3.Connection) -> None:
@@ -193,15 +214,15 @@ class SQLiteStore:
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job(conn)
-                except sqlite3.Error:
+                except sqlite3.Error as e:
                     if not conn.in_transaction:
                         # SQLite rolled the whole transaction back (disk
                         # full, I/O error): the batch failed as one.
                         raise
-                    log.failure("store job failed")
+                    log.error("store job failed: {error}", error=str(e))
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((d, Failure(StoreError("the store failed"))))
+                    results.append((d, Failure(StoreError("the store cannot write: %s" % e))))
                 except Exception as e:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
@@ -464,9 +485,18 @@ class SQLiteStore:
 
         return self._submit(job)
 
+    # Operation
+
+    def ping(self) -> Deferred[bool]:
+        return self._submit(lambda conn: conn.execute("SELECT 1").fetchone() == (1,))
+
 
 def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
     for d, result in results:
+        if d.called:
+            # Cancelled meanwhile (e.g. its HTTP client went away); the work
+            # is done and durable all the same.
+            continue
         if isinstance(result, Failure):
             d.errback(result)
         else:

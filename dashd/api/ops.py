@@ -1,0 +1,100 @@
+"""
+What operators and their tools read: ``/healthz``, ``/readyz``,
+``/metrics`` (Prometheus) and ``/api/v2/openapi.json``.
+
+- ``/healthz`` (liveness) answers 200 whenever the process answers at all.
+- ``/readyz`` (readiness) answers 200 once dashd serves (the store is open
+  and answers a query within 2 s, every port is bound, it is not stopping)
+  and 503 with the reason otherwise.
+- ``/metrics`` is open to the networks in ``metrics.allow`` (by default
+  loopback only, where a local Prometheus or node agent scrapes) and
+  needs an API key from anywhere else: the figures tell how big the fleet
+  is and how it behaves, which is not for everyone who can reach a
+  device port on the internet.
+
+Health and the OpenAPI description need no key: they reveal nothing about
+devices or keys, and load balancers and tools read them without one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet.defer import TimeoutError
+
+from dashd import __version__
+from dashd.api import openapi
+from dashd.api.base import ApiBase, app, json_bytes
+from dashd.auth import bearer_secret
+from dashd.errors import ServiceUnavailable, Unauthorized
+
+STORE_PING_TIMEOUT = 2.0
+
+
+class OpsRoutes(ApiBase):
+    # Set by dashd.service.DashdService (None in a bare Api).
+    metrics: Any = None
+    readiness: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics_allow = [
+            ipaddress.ip_network(n, strict=False) for n in self.config["metrics.allow"]
+        ]
+        self._openapi = json_bytes(openapi.document(self.config, __version__)) + b"\n"
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: Any) -> bytes:
+        request.setHeader(b"cache-control", b"no-store")
+        return self.json(request, {"status": "ok"})
+
+    @app.route("/readyz", methods=["GET"])
+    async def readyz(self, request: Any) -> bytes:
+        request.setHeader(b"cache-control", b"no-store")
+        readiness = self.readiness
+        if readiness is not None and not readiness.serving:
+            raise ServiceUnavailable("not ready: dashd is %s" % readiness.state,
+                                     headers={"Retry-After": "5"})
+        try:
+            await self.fleet.store.ping().addTimeout(STORE_PING_TIMEOUT, self.reactor)
+        except TimeoutError:
+            raise ServiceUnavailable("not ready: the store did not answer within %gs"
+                                     % STORE_PING_TIMEOUT, headers={"Retry-After": "5"})
+        # A closed store raises StoreError, which the base handler answers with 503.
+        return self.json(request, {"status": "ready"})
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics_page(self, request: Any) -> bytes:
+        if not self._allowed_without_key(request):
+            if bearer_secret(request) is None:
+                raise Unauthorized(
+                    "/metrics needs an API key from this address (Authorization: Bearer KEY); "
+                    "metrics.allow lists the networks that need none"
+                )
+            await self.authenticate(request)
+        if self.metrics is None:
+            raise ServiceUnavailable("metrics are not set up")
+        from dashd.metrics import CONTENT_TYPE
+
+        request.setHeader(b"content-type", CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return self.metrics.render()
+
+    def _allowed_without_key(self, request: Any) -> bool:
+        host = getattr(request.getClientAddress(), "host", None)
+        if not host or not self._metrics_allow:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:
+            address = mapped
+        return any(address in network for network in self._metrics_allow)
+
+    @app.route("/api/v2/openapi.json", methods=["GET"])
+    def openapi_document(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        return self._openapi

@@ -1,0 +1,148 @@
+"""
+dashd as a process: what it does when it starts and when it stops.
+
+Start-up:
+
+- L{raise_open_files_limit}: every device holds a socket, so the soft limit
+  on open files (often 1024) is raised to the hard limit.
+- L{DataDirLock}: one dashd per data directory. The lock (``flock`` on
+  ``DATA_DIR/dashd.lock``, which holds the owner's PID) is released by the
+  kernel however the process ends, ``kill -9`` included; ``dashctl restore``
+  takes it too, so it never replaces the store under a running dashd.
+
+Graceful stop (SIGTERM, ``systemctl stop``): the service tree stops its
+children in reverse order, so
+
+1. systemd hears STOPPING=1 (L{dashd.systemd.NotifyService});
+2. the listening ports close: no new connections;
+3. L{DrainService}: requests still arriving on open HTTP connections get
+   503, the REST calls in flight (an RPC waiting for its device, say) get
+   up to ``shutdown.grace_period`` seconds to be answered;
+4. the device connections close with 1001 (going away), which fails the
+   calls still in flight at once (503), and notification subscribers are
+   closed with 1001 too (L{dashd.service.FleetService});
+5. the store finishes the writes queued and closes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import resource
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import TimeoutError, inlineCallbacks
+from twisted.logger import Logger
+
+from dashd.web import DashdSite
+
+log = Logger()
+
+LOCK_FILE = "dashd.lock"
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard one; return (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if target == resource.RLIM_INFINITY:
+        # Linux refuses an infinite soft limit; its ceiling is fs.nr_open.
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            target = 1048576
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as e:
+            log.warn("could not raise the open files limit from {soft} to {target}: {error}",
+                     soft=soft, target=target, error=e)
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
+class DataDirInUse(Exception):
+    pass
+
+
+class DataDirLock:
+    """An exclusive lock on a data directory while dashd (or a dashctl
+    command that needs dashd stopped) works on it."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.path = os.path.join(data_dir, LOCK_FILE)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """@raise DataDirInUse: another process holds it (message says which)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = ""
+            try:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            except OSError:
+                pass
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise DataDirInUse(
+                    "%s is in use by another dashd%s"
+                    % (os.path.dirname(self.path), " (pid %s)" % holder if holder else "")
+                )
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+class Readiness:
+    """What /readyz reports besides the store: dashd is serving (READY was
+    reached and it is not stopping)."""
+
+    def __init__(self) -> None:
+        self.state = "starting"
+
+    @property
+    def serving(self) -> bool:
+        return self.state == "serving"
+
+
+class DrainService(Service):
+    """Sits just below the listening ports: when they have closed, it stops
+    new requests and lets those in flight finish, up to a deadline."""
+
+    def __init__(self, site: DashdSite, readiness: Readiness, grace_period: float,
+                 clock: Any) -> None:
+        self.site = site
+        self.readiness = readiness
+        self.grace_period = grace_period
+        self.clock = clock
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        self.readiness.state = "stopping"
+        self.site.draining = True
+        waiting = len(self.site.in_flight)
+        if not waiting:
+            return
+        log.info("stopping: waiting up to {grace}s for {n} request(s) in flight",
+                 grace=self.grace_period, n=waiting)
+        try:
+            yield self.site.idle().addTimeout(self.grace_period, self.clock)
+        except TimeoutError:
+            log.warn("stopping: {n} request(s) still in flight after {grace}s; "
+                     "their devices are disconnected now",
+                     n=len(self.site.in_flight), grace=self.grace_period)
+        else:
+            log.info("stopping: the requests in flight are answered")

@@ -1,0 +1,163 @@
+"""
+Prometheus metrics, served at ``/metrics`` (see L{dashd.api.ops}).
+
+Every dashd has its own registry (no module globals). What is already
+counted elsewhere (connected devices in the router, subscribers in the hub,
+frames on the device factory, the store's queue) is read when the metrics
+are scraped, so the hot paths pay an integer increment at most.
+
+| metric | type | what |
+|---|---|---|
+| ``dashd_devices_connected`` | gauge | devices holding a WebSocket now |
+| ``dashd_device_connections_total`` | counter | device WebSockets opened |
+| ``dashd_device_frames_received_total`` | counter | JSON-RPC frames read from devices |
+| ``dashd_device_frames_invalid_total`` | counter | unreadable or too large values from devices |
+| ``dashd_device_frames_sent_total`` | counter | frames sent to devices |
+| ``dashd_notify_subscribers`` | gauge | notification streams open now |
+| ``dashd_rpc_calls_total{outcome}`` | counter | REST RPC calls to devices: ``ok``, ``device_error`` (the device answered with an error), ``timeout``, ``offline``, ``rejected`` (too many in flight), ``cancelled`` (the client went away), ``error`` |
+| ``dashd_rpc_call_duration_seconds`` | histogram | time to the device's answer (outcomes ``ok`` and ``device_error``) |
+| ``dashd_store_job_duration_seconds`` | histogram | a store job from submission to its durable result (queueing, group commit and fsync included) |
+| ``dashd_store_queue_depth`` | gauge | store jobs waiting for the writer thread |
+| ``dashd_http_requests_total{code}`` | counter | REST requests answered, by status |
+| ``process_*`` | | open file descriptors and their limit, memory, CPU (prometheus_client) |
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
+
+from dashd.errors import DeviceError, DeviceOffline, DeviceTimeout, TooManyRequests
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+def outcome_of(result: Any) -> str:
+    if not isinstance(result, Failure):
+        return "ok"
+    for kind, name in (
+        (DeviceError, "device_error"),
+        (DeviceTimeout, "timeout"),
+        (DeviceOffline, "offline"),
+        (TooManyRequests, "rejected"),
+        (CancelledError, "cancelled"),
+    ):
+        if result.check(kind):
+            return name
+    return "error"
+
+
+class _Live:
+    """Figures read at scrape time from the parts that keep them."""
+
+    def __init__(self, fleet: Any, store: Any, device_factory: Any) -> None:
+        self.fleet = fleet
+        self.store = store
+        self.device_factory = device_factory
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        factory = self.device_factory
+        yield GaugeMetricFamily(
+            "dashd_devices_connected", "Devices holding a WebSocket to dashd",
+            value=self.fleet.router.online_count(),
+        )
+        yield CounterMetricFamily(
+            "dashd_device_connections", "Device WebSockets opened",
+            value=factory.connections_opened,
+        )
+        yield CounterMetricFamily(
+            "dashd_device_frames_received", "JSON-RPC frames read from devices",
+            value=factory.frames_received,
+        )
+        yield CounterMetricFamily(
+            "dashd_device_frames_invalid",
+            "Unreadable or too large JSON values read from devices",
+            value=factory.frames_invalid,
+        )
+        yield CounterMetricFamily(
+            "dashd_device_frames_sent", "JSON-RPC frames sent to devices",
+            value=factory.frames_sent,
+        )
+        yield GaugeMetricFamily(
+            "dashd_notify_subscribers", "Notification streams open",
+            value=self.fleet.hub.subscriber_count(),
+        )
+        depth = getattr(self.store, "queue_depth", None)
+        if depth is not None:
+            yield GaugeMetricFamily(
+                "dashd_store_queue_depth", "Store jobs waiting for the writer thread",
+                value=depth(),
+            )
+
+
+class Metrics:
+    def __init__(self, fleet: Any, store: Any, device_factory: Any, site: Any) -> None:
+        # No *_created series: they double the output and say when dashd started.
+        disable_created_metrics()
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(_Live(fleet, store, device_factory))  # type: ignore[arg-type]
+        self.rpc_calls = Counter(
+            "dashd_rpc_calls", "REST RPC calls to devices, by outcome", ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("ok", "device_error", "timeout", "offline", "rejected", "cancelled",
+                        "error"):
+            self.rpc_calls.labels(outcome)
+        self.rpc_seconds = Histogram(
+            "dashd_rpc_call_duration_seconds",
+            "Seconds from a REST RPC call to the device's answer",
+            buckets=RPC_BUCKETS, registry=self.registry,
+        )
+        self.store_seconds = Histogram(
+            "dashd_store_job_duration_seconds",
+            "Seconds from a store job's submission to its durable result",
+            buckets=STORE_BUCKETS, registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "dashd_http_requests", "REST requests answered, by status", ["code"],
+            registry=self.registry,
+        )
+        fleet.call_observers.append(self.observe_call)
+        if hasattr(store, "latency_observer"):
+            store.latency_observer = self.store_seconds.observe
+        site.request_observers.append(self._request_done)
+
+    def observe_call(self, d: Deferred[Any]) -> None:
+        started = time.monotonic()
+
+        def done(result: Any) -> Any:
+            outcome = outcome_of(result)
+            self.rpc_calls.labels(outcome).inc()
+            if outcome in ("ok", "device_error"):
+                self.rpc_seconds.observe(time.monotonic() - started)
+            return result
+
+        d.addBoth(done)
+
+    def _request_done(self, request: Any) -> None:
+        self.http_requests.labels(str(request.code)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

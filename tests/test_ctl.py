@@ -1,0 +1,212 @@
+"""
+dashctl, run as a command against the data directory of a real dashd,
+while it runs (keys, devices, backup) and while it is stopped (restore).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest_twisted
+
+from support import (
+    SECRETS,
+    Client,
+    DashdProcess,
+    connect_device,
+    device_online,
+    eventually,
+    raw_handshake,
+)
+
+DASHCTL = os.path.join(os.path.dirname(sys.executable), "dashctl")
+
+
+def dashctl(server: DashdProcess | None, *args: str, config: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [DASHCTL]
+    if server is not None:
+        command += ["--config", server.config_path]
+    elif config is not None:
+        command += ["--config", config]
+    return subprocess.run(command + list(args), capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, **(env or {})))
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout
+
+
+def error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout
+    assert result.stderr.startswith("dashctl: error: ")
+    return result.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_create_list_revoke_while_dashd_runs(server: DashdProcess, admin: Client):
+    created = json.loads(ok(dashctl(server, "--json", "keys", "create", "--name", "ci")))
+    SECRETS.add(created["key"])
+    assert created["name"] == "ci" and created["kind"] == "admin"
+    new = Client(server, created["key"])
+    assert (await new.get("/api/v2/devices")).status == 200  # at once
+
+    listed = json.loads(ok(dashctl(server, "--json", "keys", "list")))
+    assert created["id"] in [k["id"] for k in listed]
+    assert "key" not in listed[0] and created["key"] not in ok(dashctl(server, "keys", "list"))
+
+    text = ok(dashctl(server, "keys", "revoke", created["id"]))
+    assert "revoked API key %s" % created["id"] in text
+
+    async def refused() -> bool:
+        return (await new.get("/api/v2/devices")).status == 401
+
+    await eventually(refused, 8)  # dashd caches a valid key for 5 s
+
+
+def test_keys_bad_input(server: DashdProcess):
+    assert "no such key: knope" in error(dashctl(server, "keys", "revoke", "knope"))
+    assert "--expires-in must be a number of days greater than 0" in error(
+        dashctl(server, "keys", "create", "--expires-in", "-1"))
+    assert "no such account: anope" in error(dashctl(server, "keys", "list", "--account", "anope"))
+    usage = dashctl(server, "keys", "frobnicate")
+    assert usage.returncode == 2 and "invalid choice: 'frobnicate'" in usage.stderr
+    # The account's last admin key stays.
+    keys = json.loads(ok(dashctl(server, "--json", "keys", "list")))
+    admins = [k for k in keys if k["kind"] == "admin"]
+    for key in admins[1:]:
+        ok(dashctl(server, "keys", "revoke", key["id"]))
+    assert "last admin key" in error(dashctl(server, "keys", "revoke", admins[0]["id"]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_devices_register_rotate_delete_while_dashd_runs(server: DashdProcess,
+                                                               admin: Client):
+    registered = json.loads(ok(dashctl(server, "--json", "devices", "register",
+                                       "--name", "from-cli")))
+    device_id, token = registered["id"], registered["token"]
+    SECRETS.add(token)
+    assert token.startswith(device_id + "-")
+    listed = json.loads(ok(dashctl(server, "--json", "devices", "list")))
+    assert {"id": device_id, "name": "from-cli"}.items() <= [
+        d for d in listed if d["id"] == device_id][0].items()
+    assert device_id in ok(dashctl(server, "devices", "list"))
+
+    sim = await connect_device(server, token, reconnect=False)
+    await device_online(admin, device_id)
+    await sim.stop()
+
+    rotated = json.loads(ok(dashctl(server, "--json", "devices", "rotate-token", device_id)))
+    SECRETS.add(rotated["token"])
+    old = await raw_handshake(server, headers={"Authorization": "Bearer " + token})
+    assert (old.status, old.error["message"]) == (401, "unknown device token")
+    sim = await connect_device(server, rotated["token"], reconnect=False)
+    await device_online(admin, device_id)
+    await sim.stop()
+
+    assert "deleted device %s" % device_id in ok(dashctl(server, "devices", "delete", device_id))
+    assert (await admin.get("/api/v2/devices/" + device_id)).status == 404
+
+
+def test_devices_bad_input(server: DashdProcess):
+    assert "no such device: dnope" in error(dashctl(server, "devices", "delete", "dnope"))
+    assert "no such device: dnope" in error(dashctl(server, "devices", "rotate-token", "dnope"))
+    assert "--name must be a non-empty string" in error(
+        dashctl(server, "devices", "register", "--name", "   "))
+    assert "--name must be at most 128 characters" in error(
+        dashctl(server, "devices", "register", "--name", "x" * 129))
+
+
+def test_config_prints_the_effective_configuration(server: DashdProcess, tmp_path):
+    text = ok(dashctl(server, "--data-dir", "/srv/elsewhere", "config"))
+    assert 'data_dir = "/srv/elsewhere"' in text
+    assert "ping_interval = 1.0  # default: 30.0" in text  # from the test's file
+    assert server.config_path in text.splitlines()[0]
+    # $DASHD_CONFIG is the default file.
+    text = ok(dashctl(None, "config", env={"DASHD_CONFIG": server.config_path}))
+    assert 'data_dir = "%s"' % server.data_dir in text
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[rpc]\nmax_timeout = -1\n")
+    assert "rpc.max_timeout: -1 must be greater than 0" in error(
+        dashctl(None, "config", config=str(bad)))
+
+
+def test_refuses_a_missing_or_foreign_data_dir(server: DashdProcess, tmp_path):
+    assert "no data directory at %s" % (tmp_path / "none") in error(
+        dashctl(server, "--data-dir", str(tmp_path / "none"), "devices", "list"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no store at" in error(dashctl(server, "--data-dir", str(empty), "keys", "list"))
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 65534, 65534)
+        message = error(dashctl(server, "--data-dir", str(foreign), "keys", "list"))
+        assert "run dashctl as that user" in message
+
+
+def test_refuses_a_store_of_another_schema(server: DashdProcess, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    ok(dashctl(server, "backup", str(data / "dashd.sqlite3")))
+    conn = sqlite3.connect(data / "dashd.sqlite3")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    assert "newer dashd (schema 99" in error(dashctl(server, "--data-dir", str(data),
+                                                     "keys", "list"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_backup_while_running_and_restore_while_stopped(own_server: DashdProcess,
+                                                              tmp_path):
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    kept_id, kept_token = await admin.register("kept")
+    sim = await connect_device(own_server, kept_token)
+    await device_online(admin, kept_id)
+    await admin.post("/api/v2/devices/" + kept_id, {"shadow": {"tags": {"v": 1}}})
+
+    backup = tmp_path / "backup.sqlite3"
+    text = ok(dashctl(own_server, "backup", str(backup)))  # dashd runs, device online
+    assert "backed up 1 device(s) and 1 key(s) to %s" % backup in text
+    assert oct(os.stat(backup).st_mode & 0o777) == "0o600"
+    assert not os.path.exists(str(backup) + "-wal")
+    assert "exists already" in error(dashctl(own_server, "backup", str(backup)))
+
+    late_id, _ = await admin.register("after the backup")
+    await admin.post("/api/v2/devices/" + kept_id, {"shadow": {"tags": {"v": 2}}})
+    assert "stop dashd first" in error(dashctl(own_server, "restore", str(backup)))
+
+    await sim.stop()
+    own_server.stop()
+    not_a_store = tmp_path / "junk.sqlite3"
+    not_a_store.write_bytes(b"this is not a database" * 100)
+    assert "is not a dashd store" in error(dashctl(own_server, "restore", str(not_a_store)))
+    assert "no such file" in error(dashctl(own_server, "restore", str(tmp_path / "none")))
+    text = ok(dashctl(own_server, "restore", str(backup)))
+    assert "restored 1 device(s) and 1 key(s)" in text
+    previous = [f for f in os.listdir(own_server.data_dir) if ".before-restore-" in f]
+    assert len(previous) == 1 and previous[0] in text
+
+    await own_server.start_async()
+    assert (await admin.get("/api/v2/devices/" + late_id)).status == 404
+    view = await admin.device(kept_id)
+    assert view["shadow"]["tags"] == {"v": 1}
+    # The store it replaced is intact beside it.
+    conn = sqlite3.connect(os.path.join(own_server.data_dir, previous[0]))
+    names = {r[0] for r in conn.execute("SELECT name FROM devices")}
+    conn.close()
+    assert names == {"kept", "after the backup"}
+
+
+def test_name_rule_is_the_rest_apis():
+    from dashd import ctl
+    from dashd.api import base
+
+    assert ctl.MAX_NAME_LENGTH == base.MAX_NAME_LENGTH

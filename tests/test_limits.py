@@ -1,0 +1,232 @@
+"""
+Limits and abuse: per-key rate limits, failed authentications per address,
+slow and idle clients, a device that stops reading, and the headers every
+response carries. Each case has its own dashd with the limit under test.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, DeferredList
+
+from support import (
+    SECRETS,
+    Client,
+    DashdProcess,
+    connect_device,
+    device_online,
+    raw_handshake,
+    sleep,
+    subscribe,
+    within,
+)
+
+
+@pytest.fixture
+def limited(tmp_path):
+    servers = []
+
+    async def make(config: dict) -> DashdProcess:
+        server = DashdProcess(str(tmp_path / str(len(servers))), config)
+        servers.append(server)
+        await server.start_async()
+        return server
+
+    yield make
+    for server in servers:
+        if server.proc is not None:
+            server.stop()
+        assert not server.problems(), server.log()[-3000:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_key_rate_limit(limited):
+    server = await limited({"limits": {"requests_per_second": 5, "burst": 5}})
+    admin = Client(server, server.admin_key)
+    other = await admin.post("/api/v2/keys", {"name": "other"})
+    SECRETS.add(other.body["key"])
+    # The burst is 5 and creating the other key took one.
+    statuses = [(await admin.get("/api/v2/whoami")).status for _ in range(4)]
+    assert statuses == [200] * 4
+    limited_reply = await admin.get("/api/v2/devices")
+    assert limited_reply.status == 429
+    assert "over its limit of 5 requests a second" in limited_reply.error["message"]
+    assert int(limited_reply.headers.getRawHeaders("retry-after")[0]) >= 1
+    # Another key is not affected, and the limited one recovers.
+    assert (await Client(server, other.body["key"]).get("/api/v2/devices")).status == 200
+    await sleep(1.2)
+    assert (await admin.get("/api/v2/devices")).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_authentications_per_address(limited):
+    server = await limited({"limits": {"failed_auth_per_minute": 4}})
+    admin = Client(server, server.admin_key)
+    device_id, token = await admin.register()
+    for _ in range(4):
+        assert (await Client(server, "k000000000000.nope").get("/api/v2/devices")).status == 401
+    # The address is now refused at both doors, even with good secrets...
+    reply = await admin.get("/api/v2/devices")
+    assert reply.status == 429
+    assert "too many failed authentications from 127.0.0.1" in reply.error["message"]
+    assert int(reply.headers.getRawHeaders("retry-after")[0]) > 1
+    reply = await raw_handshake(server, headers={"Authorization": "Bearer " + token})
+    assert reply.status == 429
+    log = server.log()
+    assert log.count("REST: failed authentication from 127.0.0.1") == 4
+    assert "4 failed authentications from 127.0.0.1 within 60" in log
+    # ...while another address is served.
+    other = await _get_from(server, "127.0.0.2", "/api/v2/devices", server.admin_key)
+    assert other.startswith(b"HTTP/1.1 200")
+
+
+async def _get_from(server: DashdProcess, source: str, path: str, key: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                  source_address=(source, 0)) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                  b"Connection: close\r\n\r\n" % (path.encode(), key.encode()))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_slow_request_gets_408_and_idle_connection_is_closed(tmp_path):
+    server = DashdProcess(str(tmp_path), {"http": {"request_timeout": 1.0, "idle_timeout": 1.5}})
+    server.start()
+    try:
+        SECRETS.add(server.admin_key)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET /api/v2/devices HTTP/1.1\r\nHost: x\r\n")  # never finished
+            started = time.monotonic()
+            data = s.recv(65536)
+            assert data.startswith(b"HTTP/1.1 408 "), data
+            assert b"not complete within 1 s" in data
+            assert time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            started = time.monotonic()
+            assert s.recv(65536) == b""  # closed by dashd, having sent nothing
+            assert time.monotonic() - started < 5
+        # The server carries on.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        server.stop()
+    assert not server.problems()
+
+
+@pytest_twisted.ensureDeferred
+async def test_security_headers_and_cors(limited):
+    server = await limited({"http": {"cors_origins": ["https://tools.example.com"]}})
+    admin = Client(server, server.admin_key)
+    reply = await admin.get("/api/v2/devices")
+    headers = reply.headers
+    assert headers.getRawHeaders("x-content-type-options") == ["nosniff"]
+    assert headers.getRawHeaders("referrer-policy") == ["no-referrer"]
+    csp = headers.getRawHeaders("content-security-policy")[0]
+    assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert headers.getRawHeaders("access-control-allow-origin") is None
+    # A configured origin gets CORS headers and its preflight answered.
+    reply = await admin.get("/api/v2/devices", headers={"Origin": "https://tools.example.com"})
+    assert reply.headers.getRawHeaders("access-control-allow-origin") == [
+        "https://tools.example.com"]
+    reply = await admin.request("OPTIONS", "/api/v2/devices", key=None, headers={
+        "Origin": "https://tools.example.com", "Access-Control-Request-Method": "POST"})
+    assert reply.status == 204
+    assert "Authorization" in reply.headers.getRawHeaders("access-control-allow-headers")[0]
+    # Any other origin gets none.
+    reply = await admin.get("/api/v2/devices", headers={"Origin": "https://evil.example"})
+    assert reply.headers.getRawHeaders("access-control-allow-origin") is None
+    reply = await admin.request("OPTIONS", "/api/v2/devices", key=None,
+                                headers={"Origin": "https://evil.example"})
+    assert reply.status == 405
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_that_stops_reading_is_dropped(limited):
+    # Pings off: a device that stops reading also stops answering pings, and
+    # the ping timeout would catch it first; here the write stall must.
+    server = await limited({
+        "device": {"write_stall_timeout": 1.0, "max_calls_in_flight": 1000,
+                   "ping_interval": 0},
+        "http": {"max_body_bytes": 1 << 20},
+    })
+    admin = Client(server, server.admin_key)
+    device_id, token = await admin.register()
+    bystander_id, bystander_token = await admin.register()
+    sim = await connect_device(server, token, reconnect=False)
+    bystander = await connect_device(server, bystander_token)
+    await device_online(admin, device_id)
+    sim._proto.transport.pauseProducing()  # the device stops reading
+    payload = {"pad": "x" * 60000}  # under the 64 KB message limit
+    path = "/api/v2/devices/%s/rpc/Sim.Echo?timeout=30" % device_id
+    # Keep calling: the device's socket buffers fill (a few MB on loopback);
+    # from then on calls are refused at once, and after write_stall_timeout
+    # of full buffers the device is dropped.
+    pending: list[Deferred] = []
+    dropped = False
+    for _ in range(300):
+        pending += [Deferred.fromCoroutine(admin.post(path, payload)) for _ in range(10)]
+        await sleep(0.05)
+        if not (await admin.device(device_id))["online"]:
+            dropped = True
+            break
+    assert dropped, "the device was never dropped"
+    assert "device %s dropped: it did not read for 1.0 s" % device_id in server.log()
+    # The calls it left unanswered failed when it was dropped, not at their
+    # 30 s timeout; those made while its buffers were full were refused.
+    results = await within(DeferredList(pending, consumeErrors=True), 30)
+    replies = [r for ok, r in results if ok]
+    messages = {r.error["message"] for r in replies if r.status == 503}
+    assert {r.status for r in replies} <= {200, 503}
+    assert "device %s is not reading its connection; try again later" % device_id in messages
+    assert any("disconnected before answering Sim.Echo (not reading: dropped)" in m
+               for m in messages), messages
+    # Others carry on.
+    reply = await admin.post("/api/v2/devices/%s/rpc/Sim.Echo" % bystander_id, 1)
+    assert (reply.status, reply.body) == (200, 1)
+    await bystander.stop()
+    sim.drop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscriber_that_stops_reading_is_dropped(limited):
+    """A subscriber that does not read gets at most notify.max_backlog events
+    queued (beyond what the sockets hold), then is closed with 1008; one that
+    reads gets everything."""
+    server = await limited({"notify": {"max_backlog": 300}})
+    admin = Client(server, server.admin_key)
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    slow = await subscribe(server, admin.key)
+    fast = await subscribe(server, admin.key)
+    try:
+        await device_online(admin, device_id)
+        slow.proto.transport.pauseProducing()  # stop reading from the socket
+        payload = "p" * 3500
+        reading_again = False
+        for i in range(3000):  # about 10 MB of events: more than the sockets hold
+            sim.notify("Flood", {"i": i, "pad": payload})
+            if i % 50 == 49:
+                await sleep(0.02)
+                if not reading_again and "dropped: not reading" in server.log():
+                    # Read again at once, to see the close frame before dashd
+                    # gives up on the closing handshake and drops the connection.
+                    slow.proto.transport.resumeProducing()
+                    reading_again = True
+        assert reading_again, "the subscriber that did not read was never dropped"
+        last = await fast.next(lambda e: e["name"] == "rpc.out.Flood" and e["data"]["i"] == 2999,
+                               seconds=60)
+        assert last["id"] == device_id
+        await within(slow.closed, 20)
+        assert (slow.close_code, slow.close_reason) == (
+            1008, "notification backlog exceeded; read faster")
+        assert fast.close_code is None
+    finally:
+        fast.close()
+        await sim.stop()

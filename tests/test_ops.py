@@ -1,0 +1,165 @@
+"""
+What operators see: /healthz, /readyz, /metrics and who may read it, the
+open-files limit, one dashd per data directory, --print-config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tomllib
+
+import pytest
+import pytest_twisted
+
+from dashd import config as configuration
+from support import TWISTD, Client, DashdProcess, connect_device, device_online
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    """One sample of a Prometheus text exposition."""
+    m = re.search(r"^%s%s (\S+)$" % (re.escape(name), re.escape(labels)), text, re.M)
+    assert m, "no %s%s in /metrics" % (name, labels)
+    return float(m.group(1))
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_and_readiness(server: DashdProcess, admin: Client):
+    health = await admin.get("/healthz", key=None)
+    assert (health.status, health.body) == (200, {"status": "ok"})
+    ready = await admin.get("/readyz", key=None)
+    assert (ready.status, ready.body) == (200, {"status": "ready"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_count_what_happens(server: DashdProcess, admin: Client):
+    async def metrics() -> str:
+        reply = await admin.get("/metrics", key=None)  # loopback: no key needed
+        assert reply.status == 200
+        assert reply.headers.getRawHeaders("content-type")[0].startswith("text/plain")
+        return reply.raw.decode()
+
+    before = await metrics()
+    device_id, token = await admin.register("metered")
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        assert (await admin.get("/api/v2/devices/%s/rpc/Sys.GetInfo" % device_id)).status == 200
+        failed = await admin.post("/api/v2/devices/%s/rpc/Sim.Fail" % device_id,
+                                  {"code": 7, "message": "no"})
+        assert failed.status == 502
+        after = await metrics()
+        assert sample(after, "dashd_devices_connected") >= 1
+        assert sample(after, "dashd_rpc_calls_total", '{outcome="ok"}') == \
+            sample(before, "dashd_rpc_calls_total", '{outcome="ok"}') + 1
+        assert sample(after, "dashd_rpc_calls_total", '{outcome="device_error"}') == \
+            sample(before, "dashd_rpc_calls_total", '{outcome="device_error"}') + 1
+        assert sample(after, "dashd_rpc_call_duration_seconds_count") == \
+            sample(before, "dashd_rpc_call_duration_seconds_count") + 2
+        # Heartbeat in, its reply out, two calls and their answers at least.
+        assert sample(after, "dashd_device_frames_received_total") >= \
+            sample(before, "dashd_device_frames_received_total") + 3
+        assert sample(after, "dashd_device_frames_sent_total") >= \
+            sample(before, "dashd_device_frames_sent_total") + 3
+        assert sample(after, "dashd_store_job_duration_seconds_count") > \
+            sample(before, "dashd_store_job_duration_seconds_count")
+        assert sample(after, "dashd_http_requests_total", '{code="502"}') >= 1
+        assert sample(after, "process_max_fds") > 0
+    finally:
+        await sim.stop()
+    await device_online(admin, device_id, online=False)
+    offline = await admin.get("/api/v2/devices/%s/rpc/Sys.GetInfo" % device_id)
+    assert offline.status == 503
+    final = await metrics()
+    assert sample(final, "dashd_rpc_calls_total", '{outcome="offline"}') >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_need_a_key_from_outside_metrics_allow(tmp_path):
+    server = DashdProcess(str(tmp_path), config={"metrics": {"allow": ["10.0.0.0/8"]}})
+    await server.start_async()
+    try:
+        admin = Client(server, server.admin_key)
+        refused = await admin.get("/metrics", key=None)
+        assert refused.status == 401
+        assert "metrics.allow" in refused.error["message"]
+        wrong = await admin.get("/metrics", key="k000000000000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+        assert (wrong.status, wrong.error["message"]) == (401, "unknown API key")
+        allowed = await admin.get("/metrics")
+        assert allowed.status == 200 and b"dashd_devices_connected" in allowed.raw
+        # Health stays open: load balancers ask without a key.
+        assert (await admin.get("/readyz", key=None)).status == 200
+    finally:
+        server.stop()
+    assert not server.problems()
+
+
+def test_bad_metrics_allow_names_the_option(tmp_path):
+    path = tmp_path / "d.toml"
+    path.write_text('[metrics]\nallow = ["10.0.0.0/8", "intranet"]\n')
+    with pytest.raises(configuration.ConfigError) as e:
+        configuration.load(str(path))
+    assert "metrics.allow" in str(e.value) and "'intranet'" in str(e.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_files_soft_limit_is_raised_to_the_hard_limit(tmp_path):
+    server = DashdProcess(str(tmp_path), command_prefix=["prlimit", "--nofile=256:4096"])
+    await server.start_async()
+    try:
+        with open("/proc/%d/limits" % server.proc.pid) as f:
+            line = [x for x in f if x.startswith("Max open files")][0]
+        assert line.split()[3:5] == ["4096", "4096"]
+        assert "open files limit raised from 256 to 4096" in server.log()
+    finally:
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_dashd_on_the_same_data_dir_refuses_to_start(server: DashdProcess):
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "dashd", "--data-dir", server.data_dir,
+         "--listen", "tcp:0:interface=127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "cannot start: %s is in use by another dashd (pid %d)" % (
+        server.data_dir, server.proc.pid) in result.stdout + result.stderr
+
+
+def test_print_config_shows_the_effective_configuration(tmp_path):
+    path = tmp_path / "d.toml"
+    path.write_text('[device]\nping_interval = 5\n[rpc]\nmax_timeout = 60\n')
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "dashd", "--config", str(path), "--ping-interval", "7",
+         "--listen", "tcp:9000", "--print-config"],
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "ping_interval = 7.0  # default: 30.0" in text
+    assert "max_timeout = 60  # default: 120.0" in text
+    assert str(path) in text.splitlines()[0]
+    printed = configuration.flatten(tomllib.loads(text))
+    expected = configuration.load(str(path), {"device.ping_interval": 7.0,
+                                              "listen": ["tcp:9000"]})
+    assert printed == dict(expected.items())
+    assert not os.path.exists(tmp_path / "dashd-data")  # printed, started nothing
+
+
+def test_print_config_with_a_bad_value_names_the_option(tmp_path):
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "dashd", "--ping-interval", "-3", "--print-config"],
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+    )
+    assert result.returncode != 0
+    assert "device.ping_interval: -3.0 must be 0 or more" in result.stdout + result.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_openapi_document_is_served(server: DashdProcess, admin: Client):
+    reply = await admin.get("/api/v2/openapi.json", key=None)
+    assert reply.status == 200
+    assert reply.body["openapi"].startswith("3.")
+    assert "/devices/{device_id}/rpc/{method}" in reply.body["paths"]
