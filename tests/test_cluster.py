@@ -108,6 +108,25 @@ async def test_a_call_on_one_node_reaches_the_device_on_the_other(cluster, a, b)
 
 
 @pytest_twisted.ensureDeferred
+async def test_too_many_calls_in_flight_across_nodes_get_429(cluster, a, b):
+    device_id, token = await a.register()
+    sim = await connect_device(cluster.nodes[0], token)
+    try:
+        await device_online(b, device_id)
+        calls = [Deferred.fromCoroutine(b.post(rpc(device_id, "Sim.Sleep", "?timeout=15"),
+                                               {"seconds": 2}))
+                 for _ in range(70)]  # device.max_calls_in_flight is 64
+        replies = await within(gatherResults(calls), 30)
+        statuses = sorted(r.status for r in replies)
+        assert statuses == [200] * 64 + [429] * 6, statuses
+        busy = [r for r in replies if r.status == 429][0]
+        assert busy.headers.getRawHeaders("retry-after") == ["1"]
+        assert "already has 64 calls in flight" in busy.error["message"]
+    finally:
+        await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_call_in_flight_fails_at_once_when_the_device_goes(cluster, a, b):
     device_id, token = await a.register()
     sim = await connect_device(cluster.nodes[0], token, reconnect=False)

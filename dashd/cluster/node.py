@@ -30,9 +30,9 @@ from dashd import tokens
 from dashd.cluster.bus import BusUnavailable, RedisBus, redact
 from dashd.cluster.presence import ATTACH, DETACH, REAP, Presence, parse_holder
 from dashd.config import Config
+from dashd import errors
 from dashd.errors import (
     ApiError,
-    DeviceError,
     DeviceOffline,
     DeviceTimeout,
     InternalError,
@@ -52,12 +52,21 @@ MAX_REMOTE_CALLS = 10000
 # Devices of a dead node whose offline events are published at once.
 REAP_CONCURRENCY = 8
 
-_REMOTE_ERRORS: dict[str, type[ApiError]] = {
-    "device": DeviceError,
-    "offline": DeviceOffline,
-    "timeout": DeviceTimeout,
-    "busy": TooManyRequests,
-}
+
+
+def remote_error(error: dict[str, Any]) -> ApiError:
+    """The error another node answered a call with, as the same L{ApiError}
+    (so the REST client gets the same status and message)."""
+    cls = getattr(errors, str(error.get("k")), None)
+    message = str(error.get("message", "error"))
+    if not (isinstance(cls, type) and issubclass(cls, ApiError)):
+        return InternalError(message)
+    e = cls.__new__(cls)
+    code = error.get("code")
+    headers = error.get("headers")
+    ApiError.__init__(e, message, code=code if isinstance(code, int) else None,
+                      headers=headers if isinstance(headers, dict) else None)
+    return e
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -311,14 +320,7 @@ class Cluster:
         if error is None:
             call.deferred.callback(message.get("v"))
             return
-        kind = _REMOTE_ERRORS.get(error.get("k"))
-        text = str(error.get("message", "error"))
-        if kind is DeviceError:
-            call.deferred.errback(DeviceError(text, code=error.get("code")))
-        elif kind is not None:
-            call.deferred.errback(kind(text))
-        else:
-            call.deferred.errback(InternalError(text))
+        call.deferred.errback(remote_error(error))
 
     def _serve_call(self, message: dict[str, Any]) -> None:
         """A call from another node for a device held here."""
@@ -335,17 +337,14 @@ class Cluster:
 
         def failed(failure: Failure) -> None:
             e = failure.value
-            if isinstance(e, DeviceError):
-                answer({"e": {"k": "device", "code": e.code, "message": e.message}})
-            elif isinstance(e, DeviceOffline):
-                answer({"e": {"k": "offline", "message": e.message}})
-            elif isinstance(e, DeviceTimeout):
-                answer({"e": {"k": "timeout", "message": e.message}})
-            elif isinstance(e, TooManyRequests):
-                answer({"e": {"k": "busy", "message": e.message}})
+            if isinstance(e, ApiError):
+                # DeviceError, DeviceOffline, DeviceTimeout, TooManyRequests,
+                # TooLarge, ServiceUnavailable...: the caller re-raises it.
+                answer({"e": {"k": type(e).__name__, "code": e.code, "message": e.message,
+                              "headers": e.headers}})
             else:
                 log.failure("serving a call for node {node}", failure, node=reply_to)
-                answer({"e": {"k": "internal", "message": "internal error"}})
+                answer({"e": {"k": "InternalError", "message": "internal error"}})
 
         session = self.local_session(device_id)
         if session is None:

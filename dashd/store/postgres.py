@@ -120,6 +120,20 @@ def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> tuple[int
     return current, version
 
 
+def schema_version(url: str, timeout: float = 10.0) -> int:
+    """The schema version of the database at C{url} (0: no dashd store)."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
+            found = conn.execute("SELECT to_regclass('dashd_schema')").fetchone()
+            if found is None or found[0] is None:
+                return 0
+            row = conn.execute("SELECT version FROM dashd_schema").fetchone()
+            return row[0] if row else 0
+    except psycopg.Error as e:
+        raise StoreError("cannot open the PostgreSQL store %s: %s"
+                         % (redact(url), _first_line(e))) from None
+
+
 @implementer(IStore)
 class PostgresStore:
     def __init__(
@@ -130,8 +144,10 @@ class PostgresStore:
         timeout: float = 10.0,
         queue_size: int = 50000,
         shadow_limits: tuple[int, int] = (shadow.DEFAULT_MAX_BYTES, shadow.DEFAULT_MAX_DEPTH),
+        migrate: bool = True,
     ) -> None:
         self.url = url
+        self._migrate = migrate
         self.shadow_limits = shadow_limits
         self._reactor = reactor
         self._pool_size = pool_size
@@ -194,8 +210,10 @@ class PostgresStore:
         )
         try:
             pool.open(wait=True, timeout=self._timeout)
-            with pool.connection(timeout=self._timeout) as conn:
-                before, after = migrate(conn)
+            before = after = 0
+            if self._migrate:
+                with pool.connection(timeout=self._timeout) as conn:
+                    before, after = migrate(conn)
         except (PoolTimeout, psycopg.Error) as e:
             pool.close(timeout=1)
             raise StoreError(
