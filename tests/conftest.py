@@ -8,6 +8,30 @@ import backends
 from support import Client, DashdProcess
 
 
+# Modules whose dashd runs on every store backend (DASHD_TEST_STORES); in
+# the others (TLS, systemd, limits, shutdown, the OpenAPI document, the
+# README) the store is beside the point, and they run on SQLite only, to
+# keep the suite short.
+STORE_MODULES = {"test_access", "test_ctl", "test_device_channel", "test_end_to_end",
+                 "test_faults", "test_lifecycle", "test_ops", "test_rest", "test_store"}
+
+
+def pytest_collection_modifyitems(config, items):
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        backend = params.get("server", params.get("own_server"))
+        module = item.module.__name__.rpartition(".")[2]
+        if backend not in (None, "sqlite") and module not in STORE_MODULES:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_sessionfinish(session, exitstatus):
     # The databases this run created for its dashd processes and stores.
     backends.drop_created_databases()
