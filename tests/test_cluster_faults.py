@@ -110,6 +110,43 @@ async def test_a_killed_node_s_devices_move_to_another_node(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_node_stopped_for_maintenance_hands_its_devices_over(tmp_path):
+    """SIGTERM (a rolling restart): the devices are told (1001), the other
+    node knows at once, and they come back through the balancer."""
+    cluster = TestCluster(str(tmp_path))
+    cluster.start()
+    a_node, b_node = cluster.nodes
+    lb = Balancer([a_node.port, b_node.port])
+    lb_url = "ws://127.0.0.1:%d/api/v2/rpc" % lb.listen()
+    sim = None
+    try:
+        b = Client(b_node, cluster.admin_key)
+        device_id, token = await b.register()
+        sim = await connect_device(a_node, token, reconnect_delay=(0.2, 1))
+        sim.url = lb_url
+        await device_online(b, device_id)
+        sub = await subscribe(b_node, cluster.admin_key)
+        closed = sim.wait_closed()
+        a_node.stop()
+        await within(closed, 10)
+        assert sim.close_code == 1001
+        offline = await sub.next(lambda e: e["id"] == device_id and e["name"] == "offline",
+                                 seconds=5)
+        assert offline["data"]["reason"]
+        await sub.next(lambda e: e["id"] == device_id and e["name"] == "online", seconds=10)
+        reply = await b.post(rpc(device_id, "Sim.Echo"), {"back": True})
+        assert (reply.status, reply.body) == (200, {"back": True})
+        assert lb.connections == [b_node.port]
+        sub.close()
+    finally:
+        if sim is not None:
+            await sim.stop()
+        await lb.stop()
+        problems = cluster.stop()
+    assert not problems, "%s\n%s" % (problems, cluster.logs())
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_cluster_recovers_when_redis_restarts(tmp_path):
     redis = backends.PrivateRedis(str(tmp_path))
     redis.start()
