@@ -477,9 +477,11 @@ class PostgresStore:
 
     def device_credentials(self, device_id: str) -> Deferred[tuple[Device, str] | None]:
         def job(cur: Cursor) -> tuple[Device, str] | None:
+            if "\x00" in device_id:
+                return None
             row = _one(cur, "SELECT %s, token_hash FROM devices WHERE id = %%s"
-                            % _DEVICE_COLUMNS, (device_id,))
-            return (_device(cur, row), row[-1]) if row else None
+                            % _ONE_DEVICE_COLUMNS, (device_id,))
+            return (_device(cur, row, tuple(row[7])), row[-1]) if row else None
 
         return self._run(job, order=device_id)
 
@@ -682,14 +684,19 @@ def _insert_key(cur: Cursor, key: ApiKey, secret_hash: str) -> None:
 
 
 _DEVICE_COLUMNS = "id, account_id, name, created, last_seen, info, shadow"
+# One device with its sharing, in one round trip.
+_ONE_DEVICE_COLUMNS = _DEVICE_COLUMNS + (
+    ", ARRAY(SELECT s.account_id FROM device_shares s WHERE s.device_id = devices.id"
+    " ORDER BY s.seq)")
 
 
 def _get_device(cur: Cursor, device_id: str, lock: bool = False) -> Device | None:
     if "\x00" in device_id:
         return None  # PostgreSQL text cannot hold NUL: no such device
     row = _one(cur, "SELECT %s FROM devices WHERE id = %%s%s"
-                    % (_DEVICE_COLUMNS, " FOR UPDATE" if lock else ""), (device_id,))
-    return _device(cur, row) if row else None
+                    % (_ONE_DEVICE_COLUMNS, " FOR UPDATE OF devices" if lock else ""),
+               (device_id,))
+    return _device(cur, row, tuple(row[7])) if row else None
 
 
 def _device(cur: Cursor, row: Any, shares: tuple[str, ...] | None = None) -> Device:
