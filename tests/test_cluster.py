@@ -260,6 +260,36 @@ async def test_a_second_connection_on_another_node_replaces_the_first(cluster, a
 
 
 @pytest_twisted.ensureDeferred
+async def test_two_connections_at_the_same_moment_leave_exactly_one(cluster, a, b):
+    """Whatever order Redis puts two simultaneous attaches in, both nodes
+    agree: one connection stays, the other is closed with 4000."""
+    from dashd.simulator import SimulatedDevice
+    from twisted.internet import reactor
+
+    device_id, token = await a.register()
+    for _ in range(5):
+        sims = [SimulatedDevice(node.device_url, token, reactor, reconnect=False).start()
+                for node in cluster.nodes]
+        await within(gatherResults([s.wait_open() for s in sims], consumeErrors=True), 10)
+
+        async def settled() -> bool:
+            return sum(1 for s in sims if s.online) == 1
+
+        await eventually(settled, seconds=5)
+        await sleep(0.3)  # and it stays so
+        (survivor,) = [s for s in sims if s.online]
+        (loser,) = [s for s in sims if not s.online]
+        assert loser.close_code == 4000
+        for client in (a, b):
+            reply = await client.post(rpc(device_id, "GPIO.Toggle"), {"pin": 1})
+            assert reply.status == 200, reply
+        assert survivor.pins[1] == 0 and 1 not in loser.pins
+        await survivor.stop()
+        await device_online(a, device_id, False)
+        await device_online(b, device_id, False)
+
+
+@pytest_twisted.ensureDeferred
 async def test_revoking_a_key_on_one_node_works_on_every_node(cluster, a, b):
     created = await a.post("/api/v2/keys", {"name": "short-lived", "kind": "read-only"})
     secret = created.body["key"]
