@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -98,6 +99,11 @@ class Keys:
         return ("%s:to:%s" % (self.prefix, node_id)).encode()
 
 
+class _MonotonicClock:
+    def seconds(self) -> float:
+        return time.monotonic()
+
+
 @dataclass
 class _Local:
     """A session this node holds."""
@@ -131,7 +137,9 @@ class Cluster:
         self.node_id = tokens.new_id("n")
         self.keys = Keys(config["cluster.namespace"])
         self.timeout = float(config["cluster.node_timeout"])
-        self.presence = Presence(self.node_id, reactor, self.timeout)
+        # Liveness is judged on the monotonic clock: a step of the wall clock
+        # (NTP) must not make every other node look dead.
+        self.presence = Presence(self.node_id, _MonotonicClock(), self.timeout)
         self.router = ClusterRouter(self)
         self.hub = ClusterHub(self)
         self._local: dict[str, _Local] = {}

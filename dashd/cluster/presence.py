@@ -122,6 +122,8 @@ class Presence:
     """This node's replica of ``P:presence`` and of which nodes are alive."""
 
     def __init__(self, node_id: str, clock: Any, node_timeout: float) -> None:
+        """C{clock} has C{seconds()}: a monotonic clock in dashd, a
+        L{twisted.internet.task.Clock} in tests."""
         self.node_id = node_id
         self._clock = clock
         self._timeout = node_timeout
