@@ -271,7 +271,7 @@ async def test_postgresql_away_gives_clear_errors_and_the_cluster_recovers(tmp_p
         async def recovered() -> bool:
             replies = [await c.get("/api/v2/devices/" + device_id) for c in (a, b)]
             return all(r.status == 200 for r in replies)
-        await eventually(recovered, seconds=20, interval=0.3)
+        await eventually(recovered, seconds=10, interval=0.3)  # within seconds
         ack = await within(sim.call("Dash.Shadow.Update", {"state": {"reported": {"back": 1}}}),
                            10)
         assert "version" in ack

@@ -31,6 +31,7 @@ helpers below) and return C{self._run(job)}; nothing else changes.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import deque
@@ -194,6 +195,10 @@ class PostgresStore:
     def start(self) -> None:
         if self._pool is not None:
             return
+        # psycopg_pool warns (on stderr) at every failed reconnection attempt,
+        # each second while the database is away; this store says it once
+        # when the database goes and once when it is back.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         pool: ConnectionPool[Any] = ConnectionPool(
             self.url,
             kwargs=self._connection_kwargs(),
@@ -205,7 +210,11 @@ class PostgresStore:
             check=ConnectionPool.check_connection,
             timeout=self._timeout,
             max_waiting=self._queue_size,
-            reconnect_timeout=max(30.0, self._timeout * 3),
+            # psycopg_pool retries a lost connection with a doubling pause
+            # until this many seconds have passed, then starts afresh on the
+            # next request: keep it short, so that the pause (and the time
+            # to notice the database is back) stays a few seconds.
+            reconnect_timeout=max(2.0, self._timeout),
             name="dashd",
         )
         try:
