@@ -49,6 +49,12 @@ def _endpoints(value: Any) -> str | None:
     return None
 
 
+def _url_or_empty(value: Any) -> str | None:
+    if value == "" or (value.startswith(("http://", "https://")) and len(value) > 8):
+        return None
+    return "must be empty or an http:// or https:// URL"
+
+
 def _origins(value: Any) -> str | None:
     for origin in value:
         if not isinstance(origin, str) or not origin.startswith(("http://", "https://")) \
@@ -134,6 +140,9 @@ OPTIONS = [
     Option("limits.failed_auth_per_minute", 30, int,
            "Failed authentications a client address may make a minute (both doors); past "
            "that it gets 429 until the minute ends; 0 turns the limit off", _not_negative),
+    Option("audit.retention_days", 90.0, (int, float),
+           "Days the audit log of REST changes and device calls is kept; 0 keeps it forever",
+           _not_negative),
     Option("shadow.max_bytes", 16384, int,
            "Largest shadow document (state and tags, as compact JSON)", _positive),
     Option("shadow.max_depth", 8, int,
@@ -153,6 +162,43 @@ OPTIONS = [
     Option("notify.max_backlog", 1000, int,
            "Events held for a notification subscriber that is not reading; beyond it "
            "the subscriber is dropped (close code 1008)", _positive),
+    Option("notify.max_backlog_bytes", 4194304, int,
+           "Bytes of events held for a notification subscriber that is not reading; "
+           "beyond it the subscriber is dropped (close code 1008)", _positive),
+    Option("ota.max_bytes", 16777216, int,
+           "Largest firmware file POST /devices/:id/ota accepts; larger ones get 413 "
+           "before they are read", _positive),
+    Option("ota.chunk_bytes", 2048, int,
+           "Firmware bytes in each OTA.Write call (sent base64-encoded, a third larger)",
+           _positive),
+    Option("ota.writes_in_flight", 4, int,
+           "OTA.Write calls sent to a device before it has answered the earlier ones",
+           _positive),
+    Option("ota.upload_timeout", 600.0, (int, float),
+           "Seconds a firmware upload may take to arrive (instead of http.request_timeout); "
+           "a slower one gets 408", _positive),
+    Option("ota.step_timeout", 30.0, (int, float),
+           "Seconds a device has to answer each OTA.Begin, OTA.Write, OTA.End and "
+           "OTA.Commit", _positive),
+    Option("ota.pull_timeout", 600.0, (int, float),
+           "Seconds a device has to download the firmware and answer OTA.Update (pull "
+           "mode); the one-time download link expires then", _positive),
+    Option("ota.reboot_timeout", 300.0, (int, float),
+           "Seconds a device has to come back after receiving new firmware before the "
+           "update is marked failed", _positive),
+    Option("ota.commit_timeout", 600, int,
+           "commit_timeout sent with OTA.Update: seconds the new firmware has to be "
+           "committed before the device reverts to the old one (0: no revert)",
+           _not_negative),
+    Option("ota.public_url", "", str,
+           "Base URL devices download firmware from in pull mode, e.g. "
+           "\"https://dash.example.com\"; empty: the address the upload was sent to",
+           _url_or_empty),
+    Option("data.retention_days", 90.0, (int, float),
+           "Days stored data (tags.save) is kept; 0 keeps it forever", _not_negative),
+    Option("logs.max_per_device", 1000, int,
+           "Device log lines and notifications kept per device for POST /logs; older "
+           "ones are dropped", _positive),
     Option("shutdown.grace_period", 10.0, (int, float),
            "Seconds dashd waits on SIGTERM for REST calls in flight to finish, after it "
            "stopped accepting connections and before it closes the device connections "

@@ -44,6 +44,11 @@ class Fleet:
         self.hub = hub
         self.clock = clock
         self.config = config
+        # Who else hears of what happens: every published event (the stored
+        # history, dashd.history) and every info a device gives about itself
+        # (firmware updates, dashd.ota). Observers must not block or raise.
+        self.event_observers: list[Callable[[Event], None]] = []
+        self.info_observers: list[Callable[[Device, dict[str, Any]], None]] = []
         # Each is given the Deferred of every call() (dashd.metrics counts
         # them by outcome); an observer adds callbacks that pass the result on.
         self.call_observers: list[Callable[[Deferred[Any]], None]] = []
@@ -52,7 +57,13 @@ class Fleet:
         return self.clock.seconds()
 
     def publish(self, device: Device, name: str, data: Any) -> None:
-        self.hub.publish(Event(name, device.id, data, device.account_id, device.shared_with))
+        event = Event(name, device.id, data, device.account_id, device.shared_with)
+        self.hub.publish(event)
+        for observer in self.event_observers:
+            try:
+                observer(event)
+            except Exception:
+                log.failure("event observer {observer}", observer=observer)
 
     # Devices
 
@@ -92,9 +103,14 @@ class Fleet:
         return device
 
     @inlineCallbacks
-    def update_shadow(self, device_id: str, update: shadow.ShadowUpdate) -> Any:
-        """Fire with C{(device, UpdateResult)}."""
-        device, result = yield self.store.update_shadow(device_id, update, self.now())
+    def update_shadow(
+        self, device_id: str, update: shadow.ShadowUpdate, save_data: bool = False
+    ) -> Any:
+        """Fire with C{(device, UpdateResult)}. C{save_data}: the device
+        itself reports, so values of keys in C{tags.save} are stored."""
+        device, result = yield self.store.update_shadow(
+            device_id, update, self.now(), save_data=save_data
+        )
         self._shadow_changed(device, result)
         return device, result
 
@@ -109,6 +125,11 @@ class Fleet:
         device, result = yield self.store.record_info(device_id, info, update, self.now())
         if result is not None:
             self._shadow_changed(device, result)
+        for observer in self.info_observers:
+            try:
+                observer(device, info)
+            except Exception:
+                log.failure("info observer {observer}", observer=observer)
         return device
 
     def _shadow_changed(self, device: Device, result: shadow.UpdateResult) -> None:

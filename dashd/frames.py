@@ -96,9 +96,10 @@ def parse_frame(value: Any) -> Request | Response:
         raise InvalidFrame("a frame needs a method, or an id with a result or error", src=src)
     if "error" in value and value["error"] is not None:
         return Response(id=frame_id, error=_normalise_error(value["error"]))
-    if "result" in value:
-        return Response(id=frame_id, result=value["result"])
-    raise InvalidFrame("a response needs a result or an error", frame_id, src)
+    # Mongoose OS answers success without a result at all when a handler has
+    # nothing to say (mg_rpc_send_responsef(ri, NULL), and
+    # mg_rpc_send_errorf(ri, 0, ...), as OTA.Commit and OTA.Update do).
+    return Response(id=frame_id, result=value.get("result"))
 
 
 def _normalise_error(error: Any) -> dict[str, Any]:

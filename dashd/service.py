@@ -13,36 +13,48 @@ L{dashd.lifecycle} for the whole graceful stop.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from dashd import __version__, tokens
 from dashd.api import Api
+from dashd.audit import AuditLog
 from dashd.auth import Authenticator
 from dashd.config import Config
 from dashd.fleet import Fleet
+from dashd.history import History
 from dashd.hub import IHub, LocalHub
 from dashd.limits import FailureLimiter, TokenBucket
 from dashd.lifecycle import DataDirInUse, DataDirLock, DrainService, Readiness, raise_open_files_limit
 from dashd.metrics import Metrics
 from dashd.model import Account, ApiKey
+from dashd.ota import OtaManager
+from dashd.retention import DataRetention
 from dashd.router import IRouter, LocalRouter
 from dashd.session import CLOSE_GOING_AWAY
 from dashd.store import IStore
 from dashd.store.sqlite import SQLiteStore
 from dashd.systemd import NotifyService
-from dashd.web import DashdSite
+from dashd.web import DashdSite, SpoolRule
 from dashd.websocket import close_connection
 
 log = Logger()
 
 ADMIN_KEY_FILE = "admin.key"
 DATABASE_FILE = "dashd.sqlite3"
+# Firmware uploads while they are checked and sent (emptied at start).
+FIRMWARE_DIR = "firmware"
+MULTIPART_ALLOWANCE = 65536
+# Seconds between two runs of the stored data retention.
+PRUNE_INTERVAL = 600.0
 
 
 def write_secret_file(path: str, secret: str) -> None:
@@ -165,6 +177,24 @@ def make_store(config: Config, reactor: Any) -> IStore:
     )
 
 
+class OtaService(Service):
+    """Starts the firmware update manager, and fails the transfers under way
+    when dashd stops."""
+
+    def __init__(self, ota: OtaManager) -> None:
+        self.ota = ota
+
+    def startService(self) -> None:
+        super().startService()
+        self.ota.start().addErrback(
+            lambda f: log.failure("resuming firmware updates", f)
+        )
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return self.ota.stop()
+
+
 class DashdService(MultiService):
     """dashd as a whole; stops its children one after the other, in reverse
     order, so the store outlives everything that writes to it."""
@@ -191,7 +221,12 @@ class DashdService(MultiService):
             self.cluster = Cluster(config, reactor, self.store, self.auth)
             router, hub = self.cluster.router, self.cluster.hub
         self.fleet = Fleet(self.store, router, hub, reactor, config)
+        self.history = History(self.store, reactor, config["logs.max_per_device"])
+        self.fleet.event_observers.append(self.history.observe)
+        firmware_dir = os.path.join(data_dir, FIRMWARE_DIR)
+        self.ota = OtaManager(self.fleet, config, firmware_dir, reactor)
         self.api = Api(self.fleet, self.auth, config, reactor)
+        self.api.ota = self.ota
         self.site = DashdSite(
             self.api.resource(),
             max_body_bytes=config["http.max_body_bytes"],
@@ -201,6 +236,13 @@ class DashdService(MultiService):
             access_log=config["http.access_log"],
             reactor=reactor,
         )
+        # Firmware uploads: their own limit (plus room for multipart
+        # headers), and to a file rather than memory.
+        self.site.spool_rules.append(SpoolRule(
+            b"POST", re.compile(rb"^/api/v2/devices/[^/]+/ota/?$"),
+            config["ota.max_bytes"] + MULTIPART_ALLOWANCE, firmware_dir,
+            config["ota.upload_timeout"],
+        ))
         self.readiness = Readiness()
         self.metrics = Metrics(self.fleet, self.store, self.api.device_factory, self.site)
         self.api.metrics = self.metrics
@@ -210,6 +252,19 @@ class DashdService(MultiService):
         if self.cluster is not None:
             self.cluster.service().setServiceParent(self)
         FleetService(self.fleet).setServiceParent(self)
+        # After the fleet, so it stops first: transfers under way are marked
+        # failed while the store is still open.
+        OtaService(self.ota).setServiceParent(self)
+        for retention in (
+            DataRetention(self.store, reactor, config["data.retention_days"]),
+            DataRetention(self.store, reactor, config["audit.retention_days"],
+                          self.store.prune_audit, "audit entries"),
+        ):
+            pruner = TimerService(PRUNE_INTERVAL, retention.tick)
+            pruner.clock = reactor
+            pruner.setServiceParent(self)
+        self.audit = AuditLog(self.store, reactor)
+        self.site.request_observers.append(self.audit.observe)
         DrainService(
             self.site, self.readiness, config["shutdown.grace_period"], reactor
         ).setServiceParent(self)
@@ -235,7 +290,13 @@ class DashdService(MultiService):
                      before=before, after=after)
         else:
             log.info("open files limit: {limit}", limit=after)
-        super().privilegedStartService()
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # Say which endpoint and why in one line, not with a traceback.
+            log.critical("cannot start: cannot listen on {where}: {why}",
+                         where="%s:%s" % (e.interface or "*", e.port), why=e.socketError)
+            raise SystemExit(1)
 
     @inlineCallbacks
     def stopService(self) -> Any:

@@ -332,7 +332,7 @@ class DeviceSession:
         except shadow.InvalidShadowUpdate as e:
             self.reply_error(frame.id, frames.INVALID_PARAMS, str(e), frame.src)
             return
-        d = self.fleet.update_shadow(self.device_id, update)
+        d = self.fleet.update_shadow(self.device_id, update, save_data=True)
         self._answer(frame, d, lambda r: {"version": r[1].document["version"]})
 
     def _state_set(self, frame: frames.Request) -> None:
@@ -341,7 +341,8 @@ class DeviceSession:
             self.reply_error(frame.id, frames.INVALID_PARAMS, "params must be an object", frame.src)
             return
         update = shadow.ShadowUpdate(patches={"reported": frame.params})
-        self._answer(frame, self.fleet.update_shadow(self.device_id, update), lambda _: True)
+        d = self.fleet.update_shadow(self.device_id, update, save_data=True)
+        self._answer(frame, d, lambda _: True)
 
     def _shadow_get(self, frame: frames.Request) -> None:
         def view(device: Device | None) -> Any:

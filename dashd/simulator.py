@@ -22,15 +22,38 @@ Methods it serves: ``Sys.GetInfo``, ``RPC.List``, ``GPIO.Toggle {"pin"}``,
 {"seconds"}`` (answers late), ``Sim.Fail {"code", "message"}`` (answers with
 that error), ``Sys.Reboot`` (drops the connection and comes back), and
 ``Shadow.Delta`` (mos only). It reconnects when the connection drops.
+
+Firmware updates, like the device libraries:
+
+- ``OTA.Begin {"size"}``, ``OTA.Write {"data": BASE64}`` (answers
+  ``{"queued": N}``), ``OTA.End``; the mdash dialect reports progress with
+  ``State.Set {"ota": {"percent": N}}`` notifications, like the mDash
+  library;
+- ``OTA.Update {"url", "commit_timeout"}`` (mos): downloads the file over
+  HTTP and answers once it has it;
+- ``OTA.Commit``.
+
+After a complete transfer it "reboots" (drops the connection and comes
+back) running the new firmware: ``fw_version``/``fw_id`` from a zip's
+``manifest.json`` (``version``, ``build_id``), or ``bin-SHA256[:12]`` of a
+.bin image. Constructor options make it fail: ``ota_fail`` (a method it
+answers with an error; for ``OTA.Write`` after ``ota_fail_after`` good
+writes), ``ota_drop`` (a method at which it loses the connection instead),
+``ota_silent`` (a method it never answers), ``ota_keep_fw`` (comes back with
+the firmware it had), ``ota_write_delay`` (seconds each write takes).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import io
 import json
 import random
 import sys
 import time
+import zipfile
 from typing import Any, Callable
 from urllib.parse import urlparse
 
@@ -96,6 +119,12 @@ class SimulatedDevice:
         tls_options: Any = None,
         fw_version: str = "1.0.0",
         fw_id: str = "20261125-000000",
+        ota_fail: str | None = None,
+        ota_fail_after: int = 0,
+        ota_drop: str | None = None,
+        ota_silent: str | None = None,
+        ota_keep_fw: bool = False,
+        ota_write_delay: float = 0.0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -142,6 +171,30 @@ class SimulatedDevice:
         }
         if self.implements_delta:
             self.handlers["Shadow.Delta"] = self._shadow_delta
+        self.handlers.update({
+            "OTA.Begin": self._ota_begin,
+            "OTA.Write": self._ota_write,
+            "OTA.End": self._ota_end,
+            "OTA.Commit": self._ota_commit,
+        })
+        if dialect == "mos":
+            self.handlers["OTA.Update"] = self._ota_update
+        self.ota_fail = ota_fail
+        self.ota_fail_after = ota_fail_after
+        self.ota_drop = ota_drop
+        self.ota_silent = ota_silent
+        self.ota_keep_fw = ota_keep_fw
+        self.ota_write_delay = ota_write_delay
+        # The transfer under way, and what tests look at afterwards.
+        self.ota_size = 0
+        self.ota_buffer = bytearray()
+        self.ota_writes = 0
+        self.ota_pending_writes = 0
+        self.ota_max_pending_writes = 0
+        self.ota_update_params: dict[str, Any] | None = None
+        self.ota_image_sha256: str | None = None
+        self.ota_committed: bool | None = None
+        self.ota_reboots = 0
         # What the device received and how its connections ended (for tests).
         self.frames: list[dict[str, Any]] = []
         self.connections = 0
@@ -353,6 +406,21 @@ class SimulatedDevice:
         method = frame["method"]
         params = frame.get("params", frame.get("args"))
         handler = self.handlers.get(method)
+        if method.startswith("OTA.") and handler is not None:
+            if method == self.ota_silent:
+                return  # never answers
+            if method == self.ota_drop and (
+                method != "OTA.Write" or self.ota_writes >= self.ota_fail_after
+            ):
+                self._ota_reset()
+                self.drop()  # loses power mid-way; comes back with what it had
+                return
+            if method == self.ota_fail and (
+                method != "OTA.Write" or self.ota_writes >= self.ota_fail_after
+            ):
+                self._ota_reset()
+                self._answer(frame, error=(500, "simulated failure of %s" % method))
+                return
         if handler is None:
             if self.dialect == "mos":
                 self._answer(frame, error=(404, "No handler for %s" % method))
@@ -367,7 +435,9 @@ class SimulatedDevice:
         if isinstance(result, Deferred):
             result.addCallbacks(
                 lambda r: self._answer(frame, result=r),
-                lambda f: self._answer(frame, error=(500, f.getErrorMessage())),
+                lambda f: self._answer(
+                    frame, error=(getattr(f.value, "code", 500), f.getErrorMessage())
+                ),
             )
         else:
             self._answer(frame, result=result)
@@ -380,7 +450,8 @@ class SimulatedDevice:
             reply["dst"] = frame["src"]
         if error is not None:
             reply["error"] = {"code": error[0], "message": error[1]}
-        else:
+        elif result is not NO_RESULT:
+            # (Mongoose OS says "done" with neither result nor error.)
             reply["result"] = result
         self._send(reply)
 
@@ -431,6 +502,127 @@ class SimulatedDevice:
         # Apply what was asked, then say so.
         self.reactor.callLater(0, lambda: self.report(state).addErrback(_ignore))
         return True
+
+
+    # Firmware updates
+
+    def _ota_reset(self) -> None:
+        self.ota_size = 0
+        self.ota_buffer = bytearray()
+        self.ota_writes = 0
+
+    def _ota_percent(self) -> None:
+        if self.dialect == "mdash" and self._proto is not None:
+            percent = None
+            if self.ota_size:
+                percent = len(self.ota_buffer) * 100 // self.ota_size
+            self.notify("State.Set", {"ota": {"percent": percent}})
+
+    def _ota_begin(self, params: Any) -> Any:
+        if self.ota_size:
+            raise RpcError(500, "OTA already in progress")
+        size = params.get("size") if isinstance(params, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise RpcError(400, "size is required")
+        self._ota_reset()
+        self.ota_size = size
+        self._ota_percent()
+        return True
+
+    def _ota_write(self, params: Any) -> Any:
+        if not self.ota_size:
+            raise RpcError(500, "call OTA.Begin")
+        data = params.get("data") if isinstance(params, dict) else None
+        if not isinstance(data, str):
+            raise RpcError(500, "data required")
+        try:
+            chunk = base64.b64decode(data, validate=True)
+        except ValueError:
+            raise RpcError(500, "data is not base64")
+        self.ota_buffer += chunk
+        self.ota_writes += 1
+        self.ota_pending_writes += 1
+        self.ota_max_pending_writes = max(self.ota_max_pending_writes, self.ota_pending_writes)
+
+        def written(_: Any = None) -> Any:
+            self.ota_pending_writes -= 1
+            self._ota_percent()
+            return {"queued": len(chunk)}
+
+        if self.ota_write_delay > 0:
+            d: Deferred[Any] = Deferred()
+            self.reactor.callLater(self.ota_write_delay, d.callback, None)
+            return d.addCallback(written)
+        return written()
+
+    def _ota_end(self, params: Any) -> Any:
+        if not self.ota_size:
+            raise RpcError(500, "call OTA.Begin")
+        image, size = bytes(self.ota_buffer), self.ota_size
+        self._ota_reset()
+        self._ota_percent()
+        if len(image) != size:
+            raise RpcError(500, "got %d bytes of %d" % (len(image), size))
+        self._install(image)
+        return True
+
+    def _ota_update(self, params: Any) -> Any:
+        url = params.get("url") if isinstance(params, dict) else None
+        if not isinstance(url, str) or not url:
+            raise RpcError(-1, "Malformed request")
+        self.ota_update_params = dict(params)
+        import treq
+
+        buffer = bytearray()
+
+        def got(response: Any) -> Any:
+            if response.code != 200:
+                raise RpcError(-1, "download failed: HTTP %d" % response.code)
+            return treq.collect(response, buffer.extend)
+
+        def done(_: Any) -> Any:
+            self._install(bytes(buffer))
+            return NO_RESULT
+
+        def failed(failure: Any) -> None:
+            if failure.check(RpcError):
+                failure.raiseException()
+            raise RpcError(-1, "download failed: %s" % failure.getErrorMessage())
+
+        d = treq.get(url, persistent=False, reactor=self.reactor)
+        return d.addCallback(got).addCallback(done).addErrback(failed)
+
+    def _ota_commit(self, params: Any) -> Any:
+        self.ota_committed = True
+        return NO_RESULT if self.dialect == "mos" else True
+
+    def _install(self, image: bytes) -> None:
+        """Take the new firmware and reboot into it (after answering)."""
+        self.ota_image_sha256 = hashlib.sha256(image).hexdigest()
+        version, fw_id = self.info["fw_version"], "bin-" + self.ota_image_sha256[:12]
+        if image[:4] == b"PK\x03\x04":
+            try:
+                with zipfile.ZipFile(io.BytesIO(image)) as z:
+                    name = [n for n in z.namelist() if n.split("/")[-1] == "manifest.json"][0]
+                    manifest = json.loads(z.read(name))
+                version = str(manifest.get("version", version))
+                fw_id = str(manifest.get("build_id", fw_id))
+            except (zipfile.BadZipFile, IndexError, ValueError, KeyError):
+                pass
+
+        def reboot() -> None:
+            self.ota_reboots += 1
+            if not self.ota_keep_fw:
+                self.info["fw_version"], self.info["fw_id"] = version, fw_id
+                self.ota_committed = False
+            self.started_at = time.monotonic()
+            self.drop()
+
+        self.reactor.callLater(0.1, reboot)
+
+
+# What a Mongoose OS handler answers when it has nothing to say.
+NO_RESULT = object()
 
 
 def _ignore(failure: Any) -> None:

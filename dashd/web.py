@@ -3,15 +3,28 @@ The HTTP side shared by every route: a Site whose requests refuse bodies
 over the size limit before reading them, give up on clients too slow to
 send a request, carry the security headers a dashboard needs, answer CORS
 only for configured origins, and whose access log never shows a secret.
+
+Bodies are small and kept in memory, except on the routes a L{SpoolRule}
+names (the firmware upload): there the size limit and the time limit are
+the rule's, and the body is written to a file in the rule's directory as it
+arrives, chunk by chunk as twisted.web delivers it; a
+``multipart/form-data`` body is parsed as it streams (with the
+``multipart`` package's push parser), so that only the file part lands in
+the file. The route finds it as C{request.upload}; the file is deleted when
+the request ends unless the route L{Upload.claim}s it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
+from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Callable
 
+import multipart
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.http import combinedLogFormatter
@@ -19,8 +32,149 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 access_log = Logger(namespace="dashd.access")
+log = Logger()
 
 _SECRET_IN_QUERY = re.compile(rb"(access_token=)[^&]*", re.IGNORECASE)
+# One-time firmware download links (dashd.ota) are secrets in the path.
+_SECRET_IN_PATH = re.compile(rb"(/api/v2/firmware/)[^/?# ]+")
+
+# What a multipart body may hold besides its file: a few short fields.
+MAX_FORM_FIELDS = 8
+MAX_FIELD_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class SpoolRule:
+    """Requests with this method whose path matches C{path} may send bodies
+    of up to C{max_bytes}, in up to C{timeout} seconds, which are written to
+    a file in C{directory}."""
+
+    method: bytes
+    path: re.Pattern[bytes]
+    max_bytes: int
+    directory: str
+    # Seconds the whole request may take (instead of http.request_timeout).
+    timeout: float
+
+
+@dataclass
+class Upload:
+    """
+    The body of a spooled request, on disk: the raw body, or the file part of
+    a multipart body (the part named C{file}, or else the first with a file
+    name). C{error} says why it is unusable (a malformed multipart body, no
+    file part); C{fields} holds the other (short) form fields.
+    """
+
+    path: str
+    size: int = 0
+    filename: str | None = None
+    content_type: str | None = None
+    multipart: bool = False
+    fields: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    claimed: bool = False
+
+    def claim(self) -> str:
+        """Take the file over: the caller now deletes it."""
+        self.claimed = True
+        return self.path
+
+    def discard(self) -> None:
+        if not self.claimed:
+            self.claimed = True
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warn("could not delete upload {path}: {error}", path=self.path, error=e)
+
+
+class _Spool:
+    """Writes a request body to a file as it arrives, parsing multipart."""
+
+    def __init__(self, directory: str, content_type: bytes | None) -> None:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=directory)
+        self._file = os.fdopen(fd, "wb")
+        self.upload = Upload(path=path)
+        self._parser: multipart.PushMultipartParser | None = None
+        self._target: str | None = None  # "file", "field" or None (skip)
+        self._field_name = ""
+        self._field = bytearray()
+        ctype, options = multipart.parse_options_header(
+            (content_type or b"").decode("latin-1")
+        )
+        if ctype == "multipart/form-data":
+            self.upload.multipart = True
+            boundary = options.get("boundary")
+            if not boundary:
+                self.upload.error = "the multipart body has no boundary"
+            else:
+                self._parser = multipart.PushMultipartParser(
+                    boundary, max_segment_count=MAX_FORM_FIELDS + 1
+                )
+        else:
+            self.upload.content_type = ctype or None
+
+    def feed(self, data: bytes) -> None:
+        if self.upload.error is not None:
+            return
+        if self._parser is None:
+            self._write(data)
+            return
+        try:
+            for event in self._parser.parse(data):
+                self._event(event)
+        except multipart.MultipartError as e:
+            self.upload.error = "the multipart body is malformed: %s" % e
+
+    def _event(self, event: Any) -> None:
+        if isinstance(event, multipart.MultipartSegment):
+            is_file = event.name == "file" or event.filename is not None
+            if is_file and self.upload.filename is None and self._target != "done":
+                self._target = "file"
+                self.upload.filename = event.filename or "file"
+                self.upload.content_type = event.content_type or None
+            elif not is_file and len(self.upload.fields) < MAX_FORM_FIELDS:
+                self._target = "field"
+                self._field_name = event.name
+                self._field = bytearray()
+            else:
+                self._target = None
+        elif event is None:
+            if self._target == "field":
+                self.upload.fields[self._field_name] = self._field.decode("utf-8", "replace")
+            self._target = None
+        elif self._target == "file":
+            self._write(event)
+        elif self._target == "field" and len(self._field) + len(event) <= MAX_FIELD_BYTES:
+            self._field += event
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.upload.size += len(data)
+
+    def finish(self) -> Upload:
+        if self._parser is not None and self.upload.error is None:
+            try:
+                self._parser.close()
+            except multipart.MultipartError as e:
+                self.upload.error = "the multipart body is malformed: %s" % e
+            if self.upload.error is None and self.upload.filename is None:
+                self.upload.error = (
+                    "the multipart body has no file part (send it as -F file=@FILE)"
+                )
+        self._file.close()
+        return self.upload
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.upload.discard()
+
+
 
 # Sent with every response. The API answers JSON only; the dashboard's
 # pages load scripts and styles from dashd itself and nowhere else.
@@ -47,14 +201,22 @@ class DashdRequest(Request):
     A request that keeps its body in memory (it is bounded), answers 413 as
     soon as the headers (or the chunks received so far) show that the body is
     over the limit, without reading the rest, and 408 if the whole request
-    has not arrived within the request timeout.
+    has not arrived within the request timeout. On the routes of a
+    L{SpoolRule} the limits are the rule's and the body goes to a file
+    (C{self.upload}); C{self.content} is then empty.
+
+    Bodies are never parsed as forms into C{args} (twisted.web would read a
+    whole multipart body into memory to do so).
     """
 
     _refused = False
     _received = 0
     _deadline: Any = None
+    _spool: _Spool | None = None
+    upload: Upload | None = None
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["parsePOSTFormSubmission"] = False
         super().__init__(channel, *args, **kwargs)
         site = getattr(channel, "site", None)
         if site is not None:
@@ -66,24 +228,63 @@ class DashdRequest(Request):
             self._deadline.cancel()
         self._deadline = None
 
-    def _too_slow(self) -> None:
+    def _too_slow(self, timeout: float | None = None) -> None:
         self._deadline = None
+        if timeout is None:
+            timeout = self.channel.site.request_timeout
         self._refuse(408, b"Request Timeout",
-                     "the request was not complete within %g s" % self.channel.site.request_timeout)
+                     "the request was not complete within %g s" % timeout)
 
     def gotLength(self, length: int | None) -> None:
         self.content = BytesIO()
-        limit = self.channel.site.max_body_bytes
-        if length is not None and length > limit:
-            self._refuse_too_large(limit)
+        site = self.channel.site
+        # The request line is known by now, but Request learns it only once
+        # the body is in (requestReceived); HTTPChannel keeps it meanwhile.
+        uri = getattr(self.channel, "_path", b"")
+        rule = site.spool_rule(getattr(self.channel, "_command", b""), uri)
+        self._limit = site.max_body_bytes if rule is None else rule.max_bytes
+        if length is not None and length > self._limit:
+            self._refuse_too_large(self._limit)
+            return
+        if rule is None:
+            return
+        if self.requestHeaders.getRawHeaders(b"authorization") is None and \
+                b"access_token=" not in uri:
+            # Not even a key: no reason to take a large body to disk.
+            self._refuse(401, b"Unauthorized", "an API key is required: send "
+                         "\"Authorization: Bearer KEY\" or ?access_token=KEY",
+                         b'WWW-Authenticate: Bearer realm="dashd"\r\n')
+            return
+        # A large upload takes longer than a small request.
+        self._cancel_deadline()
+        self._deadline = site.reactor.callLater(rule.timeout, self._too_slow, rule.timeout)
+        try:
+            self._spool = _Spool(rule.directory, self.requestHeaders.getRawHeaders(
+                b"content-type", [None])[0])
+        except OSError as e:
+            log.error("cannot store an upload in {dir}: {error}", dir=rule.directory, error=e)
+            self._refuse(507, b"Insufficient Storage", "the server cannot store the upload")
+            return
+        # Whatever happens to the request, an unclaimed file goes.
+        self.notifyFinish().addBoth(self._discard_upload)
+
+    def _discard_upload(self, _: Any) -> None:
+        if self._spool is not None:
+            self._spool.abort()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
             return
         self._received += len(data)
-        limit = self.channel.site.max_body_bytes
-        if self._received > limit:
-            self._refuse_too_large(limit)
+        if self._received > self._limit:
+            self._refuse_too_large(self._limit)
+            return
+        if self._spool is not None:
+            try:
+                self._spool.feed(data)
+            except OSError as e:
+                log.error("cannot store an upload: {error}", error=e)
+                self._refuse(507, b"Insufficient Storage", "the server cannot store the upload")
             return
         self.content.write(data)
 
@@ -91,6 +292,13 @@ class DashdRequest(Request):
         self._cancel_deadline()
         if self._refused:
             return
+        if self._spool is not None:
+            try:
+                self.upload = self._spool.finish()
+            except OSError as e:
+                log.error("cannot store an upload: {error}", error=e)
+                self._refuse(507, b"Insufficient Storage", "the server cannot store the upload")
+                return
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Any) -> None:
@@ -109,6 +317,8 @@ class DashdRequest(Request):
             return
         self._refused = True
         self.content = BytesIO()
+        if self._spool is not None:
+            self._spool.abort()
         body = _error_bytes(code, message)
         transport = self.channel.transport
         if transport is None:
@@ -155,7 +365,7 @@ class _MaskedRequest:
 
     def __init__(self, request: Request) -> None:
         self._request = request
-        self.uri = _SECRET_IN_QUERY.sub(rb"\1***", request.uri)
+        self.uri = _SECRET_IN_PATH.sub(rb"\1***", _SECRET_IN_QUERY.sub(rb"\1***", request.uri))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._request, name)
@@ -193,6 +403,14 @@ class DashdSite(Site):
         self._idle_waiters: list[Deferred[None]] = []
         # Called with each finished request (for metrics).
         self.request_observers: list[Callable[[Request], None]] = []
+        self.spool_rules: list[SpoolRule] = []
+
+    def spool_rule(self, method: bytes, uri: bytes) -> SpoolRule | None:
+        path = uri.split(b"?", 1)[0]
+        for rule in self.spool_rules:
+            if rule.method == method and rule.path.match(path):
+                return rule
+        return None
 
     def started(self, request: Request) -> None:
         self.in_flight.add(request)

@@ -204,6 +204,7 @@ class NotifyProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         self._paused = False
         self._backlog: deque[str] = deque()
+        self._backlog_bytes = 0
         self._subscribed = False
         try:
             # Twisted tells the registered producer when the socket's buffer
@@ -232,13 +233,19 @@ class NotifyProtocol(WebSocketServerProtocol):
         if not self._paused:
             self.sendMessage(payload.encode("utf-8"), isBinary=False)
             return
-        if len(self._backlog) >= self.factory.max_backlog:
+        # Bounded in events and in bytes (an event may be up to a device's
+        # largest frame).
+        size = len(payload)
+        if (len(self._backlog) >= self.factory.max_backlog
+                or self._backlog_bytes + size > self.factory.max_backlog_bytes):
             log.warn("notification subscriber {peer} dropped: not reading", peer=self.peer)
             self._unsubscribe()
             self._backlog.clear()
+            self._backlog_bytes = 0
             close_connection(self, CLOSE_POLICY, "notification backlog exceeded; read faster")
             return
         self._backlog.append(payload)
+        self._backlog_bytes += size
 
     def _expired(self) -> None:
         self._expiry = None
@@ -257,7 +264,9 @@ class NotifyProtocol(WebSocketServerProtocol):
     def resumeProducing(self) -> None:
         self._paused = False
         while self._backlog and not self._paused and self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendMessage(self._backlog.popleft().encode("utf-8"), isBinary=False)
+            payload = self._backlog.popleft()
+            self._backlog_bytes -= len(payload)
+            self.sendMessage(payload.encode("utf-8"), isBinary=False)
 
     def stopProducing(self) -> None:
         self._unsubscribe()
@@ -286,13 +295,17 @@ class NotifyFactory(WebSocketServerFactory):
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__(reactor=reactor)
         self.max_backlog = config["notify.max_backlog"]
+        self.max_backlog_bytes = config["notify.max_backlog_bytes"]
         self.setProtocolOptions(
             autoPingInterval=30,
             autoPingTimeout=10,
             maxMessagePayloadSize=65536,
             allowedOrigins=["*"],
             openHandshakeTimeout=config["http.idle_timeout"],
-            closeHandshakeTimeout=2,
+            # A subscriber dropped for not reading has this long to read up
+            # to the close frame (and learn why); nothing more is queued for
+            # it meanwhile.
+            closeHandshakeTimeout=10,
             # Say why (e.g. 1009 too big) in a close frame before dropping.
             failByDrop=False,
         )

@@ -42,6 +42,14 @@ FAST_CONFIG = {
     "rpc": {"default_timeout": 5.0, "max_timeout": 30.0},
     "http": {"max_body_bytes": 65536},
     "notify": {"max_backlog": 50},
+    "ota": {
+        "max_bytes": 262144,
+        "chunk_bytes": 1024,
+        "writes_in_flight": 4,
+        "step_timeout": 2.0,
+        "reboot_timeout": 4.0,
+    },
+    "logs": {"max_per_device": 50},
     # Tests make many requests and many deliberate failures from one
     # address; the limits have tests of their own with their own servers.
     "limits": {"requests_per_second": 0, "failed_auth_per_minute": 0},
@@ -246,6 +254,16 @@ class DashdProcess:
         return found
 
 
+def rss_bytes(server: DashdProcess) -> int:
+    """The resident memory of the dashd process (Linux)."""
+    assert server.proc is not None
+    with open("/proc/%d/status" % server.proc.pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS for dashd")
+
+
 def within(d: Any, seconds: float = 10) -> Deferred[Any]:
     """Wait for C{d} (a Deferred or coroutine), failing after C{seconds}."""
     if not isinstance(d, Deferred):
@@ -343,6 +361,28 @@ class Client:
 
     async def delete(self, path: str, **kw: Any) -> Reply:
         return await self.request("DELETE", path, **kw)
+
+    async def upload(
+        self, path: str, filename: str, content_type: str = "application/octet-stream",
+        field: str = "file",
+    ) -> Reply:
+        """POST a file as multipart/form-data (like curl -F file=@FILE)."""
+        with open(filename, "rb") as f:
+            response = await within(
+                treq.post(
+                    self.server.url + path,
+                    files={field: (os.path.basename(filename), content_type, f)},
+                    headers={"Authorization": ["Bearer " + (self.key or "")]},
+                    persistent=False,
+                ),
+                30,
+            )
+            content = await within(response.content(), 30)
+        try:
+            parsed = json.loads(content) if content else None
+        except ValueError:
+            parsed = None
+        return Reply(response.code, parsed, response.headers, content)
 
     async def register(self, name: str | None = None) -> tuple[str, str]:
         reply = await self.post("/api/v2/devices", {"name": name} if name else {})

@@ -461,3 +461,14 @@ async def test_rotating_a_token_disconnects_the_device(world: World):
         await sim2.stop()
     reply = await admin_a.post("/api/v2/devices/%s/token" % device_id, {"x": 1})
     _check(reply, (400, "unknown field(s): x"), "token body")
+
+
+@pytest_twisted.ensureDeferred
+async def test_shared_with_holds_only_account_ids(world: World):
+    admin_a = world.keys["admin_a"]
+    device_id, _ = await admin_a.register()
+    for bad in ("a1,\u0007bell", "a b", "x" * 65, ["ok", "new\nline"]):
+        reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": bad})
+        _check(reply, (400, "which is not an account ID"), bad)
+    reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": " a1 , ,b-2 "})
+    assert reply.body["shared_with"] == "a1,b-2"

@@ -64,7 +64,10 @@ def test_a_busy_port_stops_the_start(tmp_path):
             capture_output=True, text=True, timeout=60,
         )
     assert result.returncode != 0
-    assert "Address already in use" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "cannot start: cannot listen on 127.0.0.1:%d: [Errno 98] Address already in use" % port \
+        in output
+    assert "Traceback" not in output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -198,3 +198,22 @@ async def test_a_cancelled_caller_does_not_stop_the_others(store):
     ds[10].addErrback(lambda f: f.trap(Exception))
     results = [await d for i, d in enumerate(ds) if i != 10]
     assert all(r.id == device.id for r in results)
+
+
+@pytest_twisted.ensureDeferred
+async def test_audit_entries_page_and_expire(store):
+    account, key, device = await _account_and_device(store)
+    for i in range(5):
+        await store.append_audit({
+            "t": 100.0 + i, "account_id": account.id, "key_id": key.id, "method": "POST",
+            "path": "/api/v2/devices/" + device.id, "device_id": device.id, "status": 200,
+            "error": None,
+        })
+    entries, following = await store.query_audit(account.id, -2, 10)
+    assert [e["timestamp"] for e in entries] == [103.0, 104.0]
+    assert following == entries[-1]["offset"] + 1
+    assert (await store.query_audit("other", 0, 10)) == ([], 0)
+    assert await store.prune_audit(102.5, 2) == 2
+    assert await store.prune_audit(102.5, 10) == 1
+    entries, _ = await store.query_audit(account.id, 0, 10)
+    assert [e["timestamp"] for e in entries] == [103.0, 104.0]

@@ -14,15 +14,20 @@ from dashd import __version__
 from dashd.api.accounts import AccountRoutes
 from dashd.api.base import app
 from dashd.api.channels import ChannelRoutes
+from dashd.api.data import DataRoutes
 from dashd.api.devices import DeviceRoutes
 from dashd.api.keys import KeyRoutes
 from dashd.api.ops import OpsRoutes
+from dashd.api.ota import OtaRoutes
 from dashd.api.rpc import RpcRoutes
 
 __all__ = ["Api"]
 
 
-class Api(ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes):
+class Api(
+    ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes, OtaRoutes,
+    DataRoutes,
+):
     @app.route("/", methods=["GET"])
     def root(self, request: Any) -> bytes:
         return self.json(request, {"name": "dashd", "version": __version__, "api": "/api/v2"})

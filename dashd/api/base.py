@@ -108,6 +108,20 @@ def client_address(request: Any) -> str | None:
     return getattr(peer, "host", None)
 
 
+def int_arg(request: Any, name: str, default: int, minimum: int, maximum: int) -> int:
+    """An integer query argument within [minimum, maximum]."""
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return default
+    try:
+        value = int(values[0])
+    except ValueError:
+        raise BadRequest("%s must be an integer" % name)
+    if not minimum <= value <= maximum:
+        raise BadRequest("%s must be between %d and %d" % (name, minimum, maximum))
+    return value
+
+
 class ApiBase:
     app = app
 
@@ -121,7 +135,10 @@ class ApiBase:
         return self.app.resource()
 
     async def authenticate(self, request: Any) -> ApiKey:
-        return await self.auth.api_key(bearer_secret(request), client_address(request))
+        key = await self.auth.api_key(bearer_secret(request), client_address(request))
+        # For the audit log, once the request is answered.
+        request.dashd_key = key
+        return key
 
     async def visible_device(self, key: ApiKey, device_id: str) -> Device:
         device = await self.fleet.store.get_device(device_id)
@@ -145,6 +162,7 @@ class ApiBase:
     @app.handle_errors(ApiError)
     def api_error(self, request: Any, failure: Failure) -> bytes:
         error = failure.value
+        request.dashd_error = error.message
         request.setResponseCode(error.status)
         for name, value in error.headers.items():
             request.setHeader(name, value)
@@ -170,6 +188,7 @@ class ApiBase:
 
     @app.handle_errors(StoreError)
     def store_error(self, request: Any, failure: Failure) -> bytes:
+        request.dashd_error = failure.getErrorMessage()
         request.setResponseCode(503)
         request.setHeader(b"retry-after", b"5")
         return self.json(request, ServiceUnavailable(failure.getErrorMessage()).body())
@@ -179,5 +198,6 @@ class ApiBase:
         if failure.check(CancelledError):
             return None
         log.failure("unhandled error on {uri}", failure, uri=request.path)
+        request.dashd_error = "internal error"
         request.setResponseCode(500)
         return self.json(request, InternalError("internal error").body())

@@ -3,16 +3,32 @@ rotate their tokens."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.logger import Logger
+from werkzeug.routing import BaseConverter
 
-from dashd import access, shadow
+from dashd import access, shadow, timeseries
 from dashd.api.base import ApiBase, app, name_value, object_body
 from dashd.errors import BadRequest, Conflict, NotFound, TooLarge
 from dashd.store import NotFound as StoreNotFound
 
 log = Logger()
+
+
+ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class DeviceIdConverter(BaseConverter):
+    """A device ID as the last part of a path: anything but ``data``, so that
+    ``/devices/data`` (the stored data of every device, dashd.api.data) is
+    not also a device, whose POST and DELETE would then be advertised."""
+
+    regex = "(?!data$)[^/]+"
+
+
+app.url_map.converters["device"] = DeviceIdConverter
 
 
 def shared_with_value(value: Any) -> tuple[str, ...]:
@@ -26,8 +42,11 @@ def shared_with_value(value: Any) -> tuple[str, ...]:
     out: list[str] = []
     for item in items:
         if item and item not in out:
-            if len(item) > 128:
-                raise BadRequest("shared_with holds an account ID that is too long")
+            if not ACCOUNT_ID.match(item):
+                raise BadRequest(
+                    "shared_with holds %r, which is not an account ID (letters, digits, "
+                    "'_', '.', ':' and '-', at most 64)" % item[:70]
+                )
             out.append(item)
     return tuple(out)
 
@@ -51,13 +70,17 @@ class DeviceRoutes(ApiBase):
         view["token"] = token
         return self.json(request, view)
 
-    @app.route("/api/v2/devices/<device_id>", methods=["GET"])
+    @app.route("/api/v2/devices/<device:device_id>", methods=["GET"])
     async def get_device(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         device = await self.visible_device(key, device_id)
-        return self.json(request, self.view(key, device))
+        view = self.view(key, device)
+        if key.kind != access.RESTRICTED:
+            # The status of its last firmware update (dashd.ota), or null.
+            view["ota"] = await self.fleet.store.get_ota_status(device_id)
+        return self.json(request, view)
 
-    @app.route("/api/v2/devices/<device_id>", methods=["POST"])
+    @app.route("/api/v2/devices/<device:device_id>", methods=["POST"])
     async def change_device(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         body = object_body(request, {"name", "shared_with", "shadow"})
@@ -74,7 +97,10 @@ class DeviceRoutes(ApiBase):
         if "shadow" in body:
             try:
                 update = shadow.parse_update(body["shadow"], allow_tags=True)
-            except shadow.InvalidShadowUpdate as e:
+                tags = update.patches.get("tags")
+                if tags and "save" in tags:
+                    timeseries.check_save_list(tags["save"])
+            except (shadow.InvalidShadowUpdate, timeseries.InvalidSaveList) as e:
                 raise BadRequest(str(e))
             access.check_shadow_update(key, device, update)
         try:
@@ -87,7 +113,7 @@ class DeviceRoutes(ApiBase):
             raise NotFound("no such device: %s" % device_id)
         return self.json(request, self.view(key, device))
 
-    @app.route("/api/v2/devices/<device_id>", methods=["DELETE"])
+    @app.route("/api/v2/devices/<device:device_id>", methods=["DELETE"])
     async def delete_device(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         device = await self.visible_device(key, device_id)

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from dashd import access, tokens
-from dashd.api.base import ApiBase, app, name_value, object_body
+from dashd.api.base import ApiBase, app, int_arg, name_value, object_body
 from dashd.errors import BadRequest, Conflict, NotFound
 from dashd.model import KEY_KINDS, ApiKey
 from dashd.store import LastAdminKey
@@ -102,3 +102,12 @@ class KeyRoutes(ApiBase):
         self.fleet.hub.revoke(key_id)
         log.info("API key {id} revoked by {by}", id=key_id, by=key.id)
         return self.json(request, {"id": key_id, "deleted": True})
+
+    @app.route("/api/v2/audit", methods=["GET"])
+    async def audit(self, request: Any) -> bytes:
+        key = await self.authenticate(request)
+        access.require_admin(key, "read the audit log")
+        start = int_arg(request, "start", 0, -(2**62), 2**62)
+        limit = int_arg(request, "limit", 100, 1, 1000)
+        entries, following = await self.fleet.store.query_audit(key.account_id, start, limit)
+        return self.json(request, {"entries": entries, "next": following})

@@ -41,9 +41,12 @@ ERRORS = {
                   {"WWW-Authenticate": {"schema": {"type": "string"}}}),
     "403": _error("The key may not do this"),
     "404": _error("No such device (or one the key may not see)"),
-    "409": _error("Stale shadow version, or revoking the account's last admin key"),
-    "413": _error("The body or the shadow is too large or too deep"),
-    "429": _error("Too many calls in flight to the device", _RETRY_AFTER),
+    "409": _error("Stale shadow version, revoking the account's last admin key, a firmware "
+                  "update already running or none to commit"),
+    "413": _error("The body, the shadow or the firmware file is too large (or too deep)"),
+    "415": _error("A firmware file of a kind dashd does not know"),
+    "429": _error("Too many calls in flight to the device, too many requests with this key, "
+                  "or too many failed authentications from this address", _RETRY_AFTER),
     "502": _error("The device answered with a JSON-RPC error: its code and message"),
     "503": _error("The device is offline, the store is unavailable or dashd is stopping",
                   _RETRY_AFTER),
@@ -73,12 +76,13 @@ NAME = {
     "pattern": r"\S",
     "description": "leading and trailing white space is removed",
 }
-ACCOUNT_ID = {"type": "string", "maxLength": 128}
 SHARED_WITH = {
     "description": "account IDs the device is shared with: comma-separated, or a list",
     "oneOf": [
-        {"type": "string", "pattern": r"^[^,]{0,128}(,[^,]{0,128})*$"},
-        {"type": "array", "items": ACCOUNT_ID},
+        {"type": "string", "pattern": r"^ *([A-Za-z0-9_.:-]{1,64})? *(, *([A-Za-z0-9_.:-]{1,64})? *)*$"},
+        {"type": "array", "items": {
+            "type": "string", "pattern": r"^ *([A-Za-z0-9_.:-]{1,64})? *$",
+            "description": "an account ID; white space around it and empty items are ignored"}},
     ],
 }
 SECTION_PATCH = {
@@ -101,13 +105,37 @@ def document(config: Config, version: str) -> dict[str, Any]:
                    "maximum": config["rpc.max_timeout"]},
     }
     rpc_errors = ("400", "404", "429", "502", "503", "504")
+    query = {"in": "query", "required": False}
+    data_params = [
+        dict(query, name="skip", description="where to start; negative counts from the end "
+             "(default: -limit, the last ones)",
+             schema={"type": "integer", "minimum": -(2**62), "maximum": 2**62}),
+        dict(query, name="limit", description="how many (default 100)",
+             schema={"type": "integer", "minimum": 1, "maximum": 5000}),
+        dict(query, name="filter", description="only points whose key or JSON value holds it",
+             schema={"type": "string", "minLength": 1, "maxLength": 256}),
+    ]
+    data_ok = _ok("points, oldest first", {"type": "array", "items": _ref("DataPoint")})
+    ota_params = [
+        dict(query, name="mode", schema={"type": "string", "enum": ["push", "pull"]},
+             description="push: OTA.Begin/Write/End; pull: OTA.Update with a one-time link"),
+        dict(query, name="auto_commit", description="commit once the device is back",
+             schema={"type": "string",
+                     "enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]}),
+        dict(query, name="commit_timeout", description="pull: seconds to commit in",
+             schema={"type": "integer", "minimum": 0, "maximum": 2592000}),
+        dict(query, name="filename", description="the raw body's file name (.zip or .bin)",
+             schema={"type": "string"}),
+    ]
+    binary = {"type": "string", "format": "binary"}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "dashd REST API",
             "version": version,
             "description": (
-                "Devices, their shadows, RPC calls to them and API keys. Every request "
+                "Devices, their shadows, RPC calls to them, firmware updates, stored "
+                "data and logs, and API keys. Every request "
                 "carries an API key (Authorization: Bearer KEY, or ?access_token=KEY). "
                 "Every failure is {\"error\": {\"code\", \"message\"}}."
             ),
@@ -162,6 +190,20 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "responses": _responses(_ok("deleted", _ref("Deleted")), "403", "404"),
                 },
             },
+            "/devices/{device_id}/token": {
+                "parameters": [device_id],
+                "post": {
+                    "operationId": "rotateDeviceToken",
+                    "summary": "Give the device a new token; the old one stops working and a "
+                               "device connected with it is disconnected (close code 4003)",
+                    "requestBody": _body({"type": "object", "additionalProperties": False,
+                                          "maxProperties": 0}),
+                    "responses": _responses(_ok("the new token", {
+                        "type": "object", "required": ["id", "token"],
+                        "properties": {"id": {"type": "string"}, "token": {"type": "string"}},
+                    }), "400", "403", "404"),
+                },
+            },
             "/devices/{device_id}/rpc/{method}": {
                 "parameters": [device_id, method],
                 "get": {
@@ -179,6 +221,125 @@ def document(config: Config, version: str) -> dict[str, Any]:
                                             *(rpc_errors + ("413",))),
                 },
             },
+            "/devices/{device_id}/ota": {
+                "parameters": [device_id],
+                "get": {
+                    "operationId": "getFirmwareUpdate",
+                    "summary": "The status of the device's last firmware update, or null",
+                    "responses": _responses(_ok("the status", {
+                        "oneOf": [_ref("OtaStatus"), {"type": "null"}]}), "403", "404"),
+                },
+                "post": {
+                    "operationId": "updateFirmware",
+                    "summary": "Update the device's firmware: a Mongoose OS .zip or a .bin "
+                               "image, as multipart (file) or as the raw body",
+                    "parameters": ota_params,
+                    "requestBody": {"required": True, "content": {
+                        "multipart/form-data": {"schema": {
+                            "type": "object", "required": ["file"],
+                            "properties": {"file": binary}}},
+                        "application/zip": {"schema": binary},
+                        "application/octet-stream": {"schema": binary},
+                    }},
+                    "responses": dict(
+                        {"202": _ok("the update started: its status", _ref("OtaStatus"))},
+                        **{c: ERRORS[c] for c in ("400", "401", "403", "404", "409", "413",
+                                                  "415", "503")}),
+                },
+            },
+            "/devices/{device_id}/ota/commit": {
+                "parameters": [device_id],
+                "post": {
+                    "operationId": "commitFirmware",
+                    "summary": "OTA.Commit on a device back with new firmware",
+                    "responses": _responses(_ok("the status", _ref("OtaStatus")),
+                                            "403", "404", "409", "502", "503", "504"),
+                },
+            },
+            "/devices/{device_id}/data": {
+                "parameters": [device_id],
+                "get": {
+                    "operationId": "getDeviceData",
+                    "summary": "The device's stored data (the reported keys in tags.save)",
+                    "parameters": data_params,
+                    "responses": _responses(data_ok, "400", "403", "404"),
+                },
+            },
+            "/devices/data": {
+                "get": {
+                    "operationId": "getDevicesData",
+                    "summary": "The stored data of every device the key may see",
+                    "parameters": data_params,
+                    "responses": _responses(data_ok, "400", "403"),
+                },
+            },
+            "/data": {
+                "get": {
+                    "operationId": "getData",
+                    "summary": "The stored data of every device the key may see",
+                    "parameters": data_params,
+                    "responses": _responses(data_ok, "400", "403"),
+                },
+            },
+            "/logs": {
+                "post": {
+                    "operationId": "getLogs",
+                    "summary": "Stored device logs and notifications, oldest first, from an "
+                               "offset; ask again with next",
+                    "requestBody": _body({
+                        "type": "object", "additionalProperties": False,
+                        "properties": {
+                            "start": {"type": "integer", "minimum": -(2**62),
+                                      "maximum": 2**62,
+                                      "description": "offset; negative counts from the end"},
+                            "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                            "device_id": {"type": "string"},
+                        },
+                    }),
+                    "responses": _responses(_ok("a page of events", {
+                        "type": "object", "required": ["events", "next"],
+                        "properties": {
+                            "events": {"type": "array", "items": _ref("LogEvent")},
+                            "next": {"type": "integer"},
+                        },
+                    }), "400", "403", "404", "413"),
+                },
+            },
+            "/audit": {
+                "get": {
+                    "operationId": "getAudit",
+                    "summary": "The account's audit log (admin keys): every change and device "
+                               "call made through the REST API, oldest first from an offset",
+                    "parameters": [
+                        {"name": "start", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": -(2**62), "maximum": 2**62},
+                         "description": "offset; negative counts from the end"},
+                        {"name": "limit", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    ],
+                    "responses": _responses(_ok("a page of entries", {
+                        "type": "object", "required": ["entries", "next"],
+                        "properties": {
+                            "entries": {"type": "array", "items": {
+                                "type": "object",
+                                "required": ["offset", "timestamp", "key_id", "method", "path",
+                                             "device_id", "status", "error"],
+                                "properties": {
+                                    "offset": {"type": "integer"},
+                                    "timestamp": {"type": "number"},
+                                    "key_id": {"type": "string"},
+                                    "method": {"type": "string"},
+                                    "path": {"type": "string"},
+                                    "device_id": {"type": ["string", "null"]},
+                                    "status": {"type": "integer"},
+                                    "error": {"type": ["string", "null"]},
+                                },
+                            }},
+                            "next": {"type": "integer"},
+                        },
+                    }), "400", "403"),
+                },
+            },
             "/keys": {
                 "get": {
                     "operationId": "listKeys",
@@ -194,14 +355,46 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "additionalProperties": False,
                         "properties": {
                             "name": NAME,
-                            "kind": {"type": "string", "enum": ["admin"]},
+                            "kind": {"type": "string",
+                                     "enum": ["admin", "read-only", "restricted"]},
+                            "scope": _ref("Scope"),
                             "expires": {"type": ["number", "null"],
                                         "description": "Unix time in the future; "
                                                        "null: never"},
                         },
                     }),
                     "responses": _responses(_ok("the key and its secret", _ref("CreatedKey")),
-                                            "400", "413"),
+                                            "400", "403", "413"),
+                },
+            },
+            "/whoami": {
+                "get": {
+                    "operationId": "whoami",
+                    "summary": "The calling key: its ID, kind, account and scope",
+                    "responses": _responses(_ok("the key", _ref("Key"))),
+                },
+            },
+            "/accounts": {
+                "get": {
+                    "operationId": "listAccounts",
+                    "summary": "Every account (admin keys of the operator account only)",
+                    "responses": _responses(_ok("accounts", {"type": "array",
+                                                             "items": _ref("Account")}),
+                                            "403"),
+                },
+                "post": {
+                    "operationId": "createAccount",
+                    "summary": "Create an account; the reply holds its first admin key, once",
+                    "requestBody": _body({
+                        "type": "object", "additionalProperties": False,
+                        "required": ["name"], "properties": {"name": NAME},
+                    }, required=True),
+                    "responses": _responses(_ok("the account and its admin key", {
+                        "allOf": [_ref("Account"), {
+                            "type": "object", "required": ["admin_key"],
+                            "properties": {"admin_key": _ref("CreatedKey")},
+                        }],
+                    }), "400", "403", "413"),
                 },
             },
             "/keys/{key_id}": {
@@ -269,6 +462,8 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     },
                 },
                 "Device": {
+                    "description": "a restricted key sees only id, name, online, last_seen "
+                                   "and the shadow's readable keys",
                     "type": "object",
                     "required": ["id", "name", "online", "created", "last_seen", "info",
                                  "shared_with", "shadow"],
@@ -292,14 +487,96 @@ def document(config: Config, version: str) -> dict[str, Any]:
                 },
                 "Key": {
                     "type": "object",
-                    "required": ["id", "name", "kind", "account_id", "created", "expires"],
+                    "required": ["id", "name", "kind", "account_id", "created", "expires",
+                                 "scope"],
                     "properties": {
                         "id": {"type": "string"},
                         "name": {"type": "string"},
-                        "kind": {"type": "string"},
+                        "kind": {"type": "string", "enum": ["admin", "read-only", "restricted"]},
                         "account_id": {"type": "string"},
                         "created": {"type": "number"},
                         "expires": {"type": ["number", "null"]},
+                        "scope": {"oneOf": [_ref("Scope"), {"type": "null"}]},
+                    },
+                },
+                "Scope": {
+                    "description": "a restricted key's devices and what it may do with each",
+                    "type": "object",
+                    "required": ["devices"],
+                    "additionalProperties": False,
+                    "properties": {"devices": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "additionalProperties": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "read": {"type": "array", "items": {"type": "string"},
+                                         "description": "shadow keys it may read (dotted)"},
+                                "write": {"type": "array", "items": {"type": "string"},
+                                          "description": "desired keys it may change"},
+                                "rpc": {"type": "array", "items": {"type": "string"},
+                                        "description": "methods it may call; * matches "
+                                                       "any run of characters"},
+                            },
+                        },
+                    }},
+                },
+                "Account": {
+                    "type": "object",
+                    "required": ["id", "name", "created", "operator"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "created": {"type": "number"},
+                        "operator": {"type": "boolean"},
+                    },
+                },
+                "OtaStatus": {
+                    "type": "object",
+                    "required": ["id", "device_id", "mode", "state", "file", "kind", "size",
+                                 "sent", "percent", "auto_commit", "started", "updated"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "device_id": {"type": "string"},
+                        "mode": {"enum": ["push", "pull"]},
+                        "state": {"enum": ["uploading", "downloading", "rebooting",
+                                           "uncommitted", "committed", "failed"]},
+                        "file": {"type": "string"},
+                        "kind": {"enum": ["zip", "bin"]},
+                        "size": {"type": "integer"},
+                        "sent": {"type": "integer"},
+                        "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+                        "auto_commit": {"type": "boolean"},
+                        "commit_timeout": {"type": "integer"},
+                        "manifest": {"type": "object"},
+                        "fw_id_before": {"type": ["string", "null"]},
+                        "fw_id": {"type": "string"},
+                        "fw_version": {"type": "string"},
+                        "started": {"type": "number"},
+                        "updated": {"type": "number"},
+                        "reason": {"type": "string"},
+                    },
+                },
+                "DataPoint": {
+                    "type": "object",
+                    "required": ["device_id", "timestamp", "key", "value"],
+                    "properties": {
+                        "device_id": {"type": "string"},
+                        "timestamp": {"type": "number"},
+                        "key": {"type": "string"},
+                        "value": {},
+                    },
+                },
+                "LogEvent": {
+                    "type": "object",
+                    "required": ["offset", "id", "timestamp", "name", "data"],
+                    "properties": {
+                        "offset": {"type": "integer"},
+                        "id": {"type": "string", "description": "the device"},
+                        "timestamp": {"type": "number"},
+                        "name": {"type": "string"},
+                        "data": {},
                     },
                 },
                 "CreatedKey": {

@@ -84,8 +84,11 @@ class IStore(Interface):
         @raise dashd.shadow.ShadowError: the shadow update was refused;
             nothing was changed."""
 
-    def update_shadow(device_id, update, now):
-        """Apply a shadow update; fire with C{(Device, UpdateResult)}."""
+    def update_shadow(device_id, update, now, save_data=False):
+        """Apply a shadow update; fire with C{(Device, UpdateResult)}. With
+        C{save_data} (a report from the device) the reported values of the
+        keys listed in the shadow's C{tags.save} are appended to the device's
+        stored data in the same transaction (see L{dashd.timeseries})."""
 
     def record_info(device_id, info, shadow_update, now):
         """Record what a device says about itself (and its last-seen time),
@@ -101,6 +104,50 @@ class IStore(Interface):
 
     def delete_device(device_id):
         """Delete the device; fire with True, or False if there was none."""
+
+    # Stored data, device events, OTA status
+
+    def query_data(account_id, device_id, skip, limit, text):
+        """Fire with the stored points (C{{"device_id", "timestamp", "key",
+        "value"}}) of C{device_id}, or of every device C{account_id} may see
+        if it is None, oldest first: C{limit} of them from position C{skip}
+        (negative: counted from the end), only those whose key or JSON value
+        holds C{text} if given."""
+
+    def prune_data(before, batch=10000):
+        """Delete up to C{batch} points stored before time C{before}; fire
+        with how many."""
+
+    def append_event(device_id, account_id, name, data, now, keep):
+        """Store a device event (log line, notification), keeping the
+        device's last C{keep}; fire with its offset."""
+
+    def query_events(account_id, device_id, start, limit):
+        """Fire with C{(events, next_offset)}: up to C{limit} events the
+        account may see (of C{device_id} only, if given) from offset
+        C{start} (negative: that many before the end), oldest first."""
+
+    def set_ota_status(device_id, status, now):
+        """Store the status document of the device's firmware update; fire
+        with False if the device no longer exists."""
+
+    def get_ota_status(device_id):
+        """Fire with the device's last OTA status document, or None."""
+
+    def ota_statuses(states):
+        """Fire with the OTA status documents whose state is in C{states}."""
+    def append_audit(entry):
+        """Store one audit entry (see L{dashd.audit.entry_for}); fire with
+        its offset."""
+
+    def query_audit(account_id, start, limit):
+        """Fire with C{(entries, next_offset)}: the account's audit entries
+        from offset C{start} (negative: that many before the end), oldest
+        first."""
+
+    def prune_audit(before, batch=10000):
+        """Delete up to C{batch} audit entries older than C{before}; fire
+        with how many."""
 
     # Operation
 

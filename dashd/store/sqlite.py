@@ -10,6 +10,9 @@ applied in order and recorded in ``PRAGMA user_version``):
 - ``devices(id, account_id, name, token_hash, created, last_seen, info,
   shadow)``: ``info`` and ``shadow`` are JSON documents.
 - ``device_shares(device_id, account_id)``: who else may use a device.
+- ``data_points``, ``device_events``, ``ota_status``: stored data, the log
+  and notification history, the last firmware update of each device (jobs
+  in ``series.py``).
 
 All work happens on one dedicated writer thread, never on the reactor. It
 takes every job that is waiting, runs them in a single transaction (each
@@ -18,6 +21,10 @@ and commits once: a burst of shadow updates from thousands of devices costs
 one fsync instead of thousands ("group commit"). Results are handed back to
 the reactor only after the commit, so nothing is acknowledged before it is
 on disk.
+
+Queries that may read many rows (stored data, the history) run on a second,
+read-only connection with a thread of its own, so that they never hold up
+the writer; in WAL mode they see the last commit.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from zope.interface import implementer
 
 from dashd import shadow
 from dashd.model import Account, ApiKey, Device
-from dashd.store import IStore, LastAdminKey, NotFound, StoreError
+from dashd.store import IStore, LastAdminKey, NotFound, StoreError, series
 
 log = Logger()
 
@@ -105,6 +112,11 @@ class SQLiteStore:
         self._batch_size = batch_size
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
+        # Long reads (stored data, history) run on a reader thread of their
+        # own, so that a query over millions of rows never holds up writes
+        # (WAL lets it read the last commit meanwhile).
+        self._read_queue: queue.Queue[Any] = queue.Queue(1000)
+        self._reader: threading.Thread | None = None
         # Called on the reactor with the seconds each job took, from its
         # submission to its durable result (dashd.metrics sets it).
         self.latency_observer: Callable[[float], None] | None = None
@@ -136,6 +148,12 @@ class SQLiteStore:
             target=self._run, args=(conn,), name="dashd-sqlite", daemon=True
         )
         self._thread.start()
+        reader = connect(self.path, self._synchronous)
+        reader.execute("PRAGMA query_only = ON")
+        self._reader = threading.Thread(
+            target=self._run_reader, args=(reader,), name="dashd-sqlite-reader", daemon=True
+        )
+        self._reader.start()
 
     def stop(self) -> Deferred[None]:
         if self._thread is None:
@@ -144,6 +162,7 @@ class SQLiteStore:
             return succeed(None)
         if self._stopped is None:
             self._stopped = Deferred()
+            self._read_queue.put(_STOP)
             self._queue.put(_STOP)
         return self._stopped
 
@@ -200,7 +219,44 @@ class SQLiteStore:
             conn.close()
             self._reactor.callFromThread(self._stopped_now)
 
+    def _read(self, job: Job) -> Deferred[Any]:
+        """Run a read-only job on the reader thread."""
+        d: Deferred[Any] = Deferred()
+        if self._reader is None or self._stopped is not None:
+            d.errback(StoreError("the store is closed"))
+            return d
+        try:
+            self._read_queue.put_nowait((job, d))
+        except queue.Full:
+            d.errback(StoreError("the store is overloaded; try again shortly"))
+        return d
+
+    def _run_reader(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                item = self._read_queue.get()
+                if item is _STOP:
+                    break
+                job, d = item
+                try:
+                    result: Any = job(conn)
+                except sqlite3.Error:
+                    log.failure("store read failed")
+                    result = Failure(StoreError("the store failed"))
+                except Exception as e:
+                    result = Failure(e)
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                self._reactor.callFromThread(_deliver, [(d, result)])
+        finally:
+            conn.close()
+
     def _stopped_now(self) -> None:
+        if self._reader is not None:
+            # It had its stop first; it is done with its last read by now or
+            # soon (a daemon thread; its connection only reads).
+            self._reader.join(5)
         if self._stopped is not None:
             self._stopped.callback(None)
 
@@ -414,13 +470,20 @@ class SQLiteStore:
         return self._submit(job)
 
     def update_shadow(
-        self, device_id: str, update: shadow.ShadowUpdate, now: float
+        self, device_id: str, update: shadow.ShadowUpdate, now: float, save_data: bool = False
     ) -> Deferred[tuple[Device, shadow.UpdateResult]]:
         def job(conn: sqlite3.Connection) -> tuple[Device, shadow.UpdateResult]:
             device = _get_device(conn, device_id)
             if device is None:
                 raise NotFound(device_id)
             result = self._apply_shadow(conn, device, update, now)
+            if save_data and update.patches.get("reported"):
+                # In the same transaction: a point is durable exactly when
+                # the report is acknowledged.
+                series.save_reported(
+                    conn, device_id, device.account_id, result.document["tags"],
+                    update.patches["reported"], now,
+                )
             return _replace_shadow(device, result.document), result
 
         return self._submit(job)
@@ -484,6 +547,51 @@ class SQLiteStore:
             return cur.rowcount > 0
 
         return self._submit(job)
+
+    # Stored data, device events, OTA status (the jobs are in series.py)
+
+    def query_data(
+        self, account_id: str, device_id: str | None, skip: int, limit: int, text: str | None
+    ) -> Deferred[list[dict[str, Any]]]:
+        return self._read(
+            lambda conn: series.query_points(conn, account_id, device_id, skip, limit, text)
+        )
+
+    def prune_data(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._submit(lambda conn: series.prune_points(conn, before, batch))
+
+    def append_event(
+        self, device_id: str, account_id: str, name: str, data: Any, now: float, keep: int
+    ) -> Deferred[int]:
+        return self._submit(
+            lambda conn: series.append_event(conn, device_id, account_id, name, data, now, keep)
+        )
+
+    def query_events(
+        self, account_id: str, device_id: str | None, start: int, limit: int
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        return self._read(
+            lambda conn: series.query_events(conn, account_id, device_id, start, limit)
+        )
+
+    def set_ota_status(self, device_id: str, status: dict[str, Any], now: float) -> Deferred[bool]:
+        return self._submit(lambda conn: series.set_ota_status(conn, device_id, status, now))
+
+    def get_ota_status(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+        return self._submit(lambda conn: series.get_ota_status(conn, device_id))
+
+    def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
+        return self._submit(lambda conn: series.ota_statuses(conn, states))
+    def append_audit(self, entry: dict[str, Any]) -> Deferred[int]:
+        return self._submit(lambda conn: series.append_audit(conn, entry))
+
+    def query_audit(
+        self, account_id: str, start: int, limit: int
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        return self._read(lambda conn: series.query_audit(conn, account_id, start, limit))
+
+    def prune_audit(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._submit(lambda conn: series.prune_audit(conn, before, batch))
 
     # Operation
 

@@ -1,0 +1,618 @@
+"""
+Firmware updates (OTA): dashd gets a firmware file over REST and brings it
+to one device.
+
+Push mode (the default; every device library):
+
+    OTA.Begin {"size": N}
+    OTA.Write {"data": BASE64}     one a chunk of ota.chunk_bytes, in order,
+    ...                            at most ota.writes_in_flight unanswered
+    OTA.End
+
+Pull mode (Mongoose OS): dashd serves the file at a one-time link
+``/api/v2/firmware/SECRET`` and calls ``OTA.Update {"url": LINK,
+"commit_timeout": N}``; the device downloads it and answers when it has.
+
+Then the device reboots into the new firmware. When it is back and tells
+its info (``Dash.Heartbeat`` or ``Sys.GetInfo``) with a ``fw_id`` other than
+the one it had, the update is done but uncommitted: Mongoose OS reverts to
+the old firmware unless ``OTA.Commit`` comes within ``commit_timeout``.
+dashd calls ``OTA.Commit`` when asked (``POST /devices/:id/ota/commit``),
+or at once if the upload asked for ``auto_commit``.
+
+The status of a device's last update (in ``GET /devices/:id`` as ``ota``,
+and stored, so it outlives a restart)::
+
+    {"id": "o...", "mode": "push" | "pull", "state": STATE,
+     "file": "fw.zip", "kind": "zip" | "bin", "size": N, "sent": N,
+     "percent": 0-100, "auto_commit": false, "commit_timeout": N (pull),
+     "manifest": {...} (zip), "fw_id_before": "...", "fw_id": "..." (back),
+     "started": T, "updated": T, "reason": "..." (failed, or a failed commit)}
+
+STATE is ``uploading`` / ``downloading`` (the transfer; one at a time per
+device), ``rebooting`` (the device has it all; expected back within
+``ota.reboot_timeout``), ``uncommitted``, ``committed`` or ``failed``.
+Subscribers get ``ota.status`` (the whole status) on every change of state
+and ``ota.progress`` (``{"percent", "sent", "size"}``) as the percentage
+grows.
+
+Memory: a push holds at most ``writes_in_flight`` chunks (and their base64)
+of the file; it reads the file one chunk at a time. A pull is served from
+the file by a producer that the connection paces.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import zipfile
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dashd import tokens
+from dashd.config import Config
+from dashd.errors import (
+    ApiError,
+    Conflict,
+    DeviceError,
+    DeviceOffline,
+    DeviceTimeout,
+    TooManyRequests,
+)
+from dashd.fleet import Fleet
+from dashd.hub import Event
+from dashd.model import Device
+
+log = Logger()
+
+TRANSFERRING = ("uploading", "downloading")
+AWAITING = ("rebooting", "uncommitted")
+FINISHED = ("committed", "failed")
+
+# Bytes of OTA.Write frames sent and not yet answered, at most: well below
+# the 64 KiB a connection buffers before dashd takes its device for one that
+# does not read.
+MAX_BYTES_IN_FLIGHT = 32768
+
+ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
+BIN_TYPES = ("application/octet-stream",)
+MAX_MANIFEST_BYTES = 65536
+# What of a Mongoose OS manifest.json the status shows.
+MANIFEST_KEYS = ("name", "platform", "version", "build_id")
+
+
+class InvalidFirmware(ApiError):
+    """The file is not firmware dashd can send (400, or 415 for a kind it
+    does not know)."""
+
+    status = 400
+
+
+class UnknownFirmwareKind(InvalidFirmware):
+    status = 415
+
+
+def firmware_kind(filename: str | None, content_type: str | None) -> str:
+    """``zip`` (Mongoose OS) or ``bin`` (an image sent as it is), from the
+    file name's extension, else from the content type."""
+    name = (filename or "").lower()
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith(".bin"):
+        return "bin"
+    ctype = (content_type or "").lower()
+    if ctype in ZIP_TYPES:
+        return "zip"
+    if ctype in BIN_TYPES:
+        return "bin"
+    what = ("%r" % filename) if filename else ("of type %s" % ctype if ctype else "without a type")
+    raise UnknownFirmwareKind(
+        "unknown kind of firmware file %s: send a Mongoose OS .zip or a .bin image "
+        "(by file name, ?filename=, or Content-Type application/zip or "
+        "application/octet-stream)" % what
+    )
+
+
+def check_zip(path: str) -> dict[str, Any]:
+    """
+    Check that C{path} is a sound zip holding a ``manifest.json`` (at its top
+    or one folder down, as ``mos build`` makes it); return the manifest.
+    Reads the whole file (CRC checks): run it off the reactor thread.
+
+    @raise InvalidFirmware: saying what is wrong.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            candidates = [
+                info for info in z.infolist()
+                if info.filename.rstrip("/").split("/")[-1] == "manifest.json"
+                and info.filename.count("/") <= 1 and not info.is_dir()
+            ]
+            if not candidates:
+                raise InvalidFirmware(
+                    "the .zip holds no manifest.json: it is not a Mongoose OS firmware "
+                    "(build one with mos build)"
+                )
+            info = min(candidates, key=lambda i: i.filename.count("/"))
+            if info.file_size > MAX_MANIFEST_BYTES:
+                raise InvalidFirmware("the .zip's manifest.json is too large")
+            damaged = z.testzip()
+            if damaged is not None:
+                raise InvalidFirmware("the .zip is damaged: %s fails its CRC check" % damaged)
+            raw = z.read(info)
+    except InvalidFirmware:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError,
+            RuntimeError, ValueError, OSError) as e:
+        raise InvalidFirmware("the file is not a valid .zip: %s" % e)
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidFirmware("the .zip's manifest.json is not valid JSON: %s" % e)
+    if not isinstance(manifest, dict):
+        raise InvalidFirmware("the .zip's manifest.json is not a JSON object")
+    return {k: manifest[k] for k in MANIFEST_KEYS if isinstance(manifest.get(k), (str, int))}
+
+
+class _Failed(Exception):
+    """An update ends in failure, for the reason given."""
+
+
+def _ignore(failure: Failure) -> None:
+    """Consume the outcome of a call whose result no longer matters."""
+
+
+@dataclass
+class _Update:
+    device: Device
+    status: dict[str, Any]
+    path: str | None
+    secret: str | None = None
+    timer: IDelayedCall | None = None
+    # Seen "online" since the transfer ended: only a new connection's info
+    # says which firmware the device now runs.
+    reconnected: bool = False
+    saved: list[Deferred[Any]] = field(default_factory=list)
+
+    @property
+    def device_id(self) -> str:
+        return self.device.id
+
+    @property
+    def state(self) -> str:
+        return str(self.status["state"])
+
+
+class OtaManager:
+    def __init__(self, fleet: Fleet, config: Config, directory: str, reactor: Any) -> None:
+        self.fleet = fleet
+        self.config = config
+        self.directory = directory
+        self.reactor = reactor
+        self.clock = fleet.clock
+        # device ID -> its update, while it transfers or awaits the device.
+        self._updates: dict[str, _Update] = {}
+        # secret of a pull link -> its update (until used or expired).
+        self._downloads: dict[str, _Update] = {}
+        fleet.info_observers.append(self._device_info)
+        fleet.event_observers.append(self._device_event)
+
+    # Life cycle
+
+    def start(self) -> Deferred[None]:
+        """Clear what a previous run left behind; pick up the updates that
+        were waiting for their device, fail those cut off mid-transfer."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        for name in os.listdir(self.directory):
+            try:
+                os.unlink(os.path.join(self.directory, name))
+            except OSError as e:
+                log.warn("could not delete {name}: {error}", name=name, error=e)
+        return ensureDeferred(self._resume())
+
+    async def _resume(self) -> None:
+        store = self.fleet.store
+        for status in await store.ota_statuses(TRANSFERRING + AWAITING):
+            device = await store.get_device(status["device_id"])
+            if device is None:
+                continue
+            update = _Update(device, status, None, reconnected=True)
+            if status["state"] in TRANSFERRING:
+                self._fail(update, "dashd restarted during the transfer")
+            else:
+                self._updates[device.id] = update
+                if status["state"] == "rebooting":
+                    self._arm_reboot_timer(update)
+
+    def stop(self) -> Deferred[Any]:
+        """Fail the transfers under way; fire once their status is stored."""
+        updates = list(self._updates.values())
+        for update in updates:
+            if update.state in TRANSFERRING:
+                self._fail(update, "dashd stopped during the transfer")
+            elif update.timer is not None and update.timer.active():
+                update.timer.cancel()
+        pending = [d for u in updates for d in u.saved if not d.called]
+        self._updates.clear()
+        return gatherResults(pending, consumeErrors=True).addErrback(_ignore)
+
+    # Starting an update
+
+    def running(self, device_id: str) -> dict[str, Any] | None:
+        """The status of the device's transfer, if one is under way."""
+        update = self._updates.get(device_id)
+        if update is not None and update.state in TRANSFERRING:
+            return update.status
+        return None
+
+    def check_not_running(self, device_id: str) -> None:
+        status = self.running(device_id)
+        if status is not None:
+            raise Conflict(
+                "a firmware update of device %s is already running (%s, %d%%)"
+                % (device_id, status["state"], status["percent"])
+            )
+
+    def validate(self, path: str, kind: str) -> Deferred[dict[str, Any] | None]:
+        """Check the file (off the reactor thread); fire with the manifest
+        of a zip, or fail with L{InvalidFirmware}."""
+        if kind != "zip":
+            from twisted.internet.defer import succeed
+
+            return succeed(None)
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), check_zip, path)
+
+    def start_update(
+        self,
+        device: Device,
+        path: str,
+        size: int,
+        filename: str,
+        kind: str,
+        manifest: dict[str, Any] | None,
+        pull_base_url: str | None,
+        auto_commit: bool,
+        commit_timeout: int,
+    ) -> dict[str, Any]:
+        """
+        Start sending the file at C{path} (which the manager now owns) to
+        the device; C{pull_base_url} chooses pull mode. Return the status.
+
+        @raise Conflict: an update of the device is under way.
+        @raise DeviceOffline: the device is not connected.
+        """
+        self.check_not_running(device.id)
+        if not self.fleet.router.is_online(device.id):
+            raise DeviceOffline("device %s is offline" % device.id)
+        previous = self._updates.pop(device.id, None)
+        if previous is not None and previous.timer is not None and previous.timer.active():
+            previous.timer.cancel()
+        now = self.fleet.now()
+        pull = pull_base_url is not None
+        status: dict[str, Any] = {
+            "id": tokens.new_id("o"),
+            "device_id": device.id,
+            "mode": "pull" if pull else "push",
+            "state": "downloading" if pull else "uploading",
+            "file": filename,
+            "kind": kind,
+            "size": size,
+            "sent": 0,
+            "percent": 0,
+            "auto_commit": auto_commit,
+            "fw_id_before": device.info.get("fw_id"),
+            "started": now,
+            "updated": now,
+        }
+        if manifest is not None:
+            status["manifest"] = manifest
+        if pull:
+            status["commit_timeout"] = commit_timeout
+        update = _Update(device, status, path)
+        self._updates[device.id] = update
+        self._changed(update)
+        log.info(
+            "device {id}: firmware update {update} started ({mode}, {size} bytes)",
+            id=device.id, update=status["id"], mode=status["mode"], size=size,
+        )
+        if pull:
+            update.secret = secrets.token_urlsafe(32)
+            self._downloads[update.secret] = update
+            url = pull_base_url.rstrip("/") + "/api/v2/firmware/" + update.secret
+            d = ensureDeferred(self._pull(update, url, commit_timeout))
+        else:
+            d = ensureDeferred(self._push(update))
+        d.addErrback(self._crashed, update)
+        return status
+
+    # The transfer
+
+    async def _push(self, update: _Update) -> None:
+        size = update.status["size"]
+        chunk = self.config["ota.chunk_bytes"]
+        # Never more than a device accepts in flight (leaving room for a
+        # call), nor more bytes unanswered than the connection buffers
+        # before it counts the device as not reading (dashd.session).
+        encoded = 4 * ((chunk + 2) // 3) + 64
+        window = max(1, min(self.config["ota.writes_in_flight"],
+                            self.config["device.max_calls_in_flight"] - 1,
+                            MAX_BYTES_IN_FLIGHT // encoded))
+        try:
+            await self._call(update, "OTA.Begin", {"size": size})
+            if update.path is None:
+                raise _Failed("the update ended")  # (failed meanwhile)
+            try:
+                f = open(update.path, "rb")
+            except OSError as e:
+                raise _Failed("dashd cannot read the firmware file: %s" % e.strerror)
+            with f:
+                in_flight: deque[tuple[Deferred[Any], int]] = deque()
+                sent = acked = 0
+                try:
+                    while acked < size:
+                        while sent < size and len(in_flight) < window:
+                            # One bounded read a chunk, from a file that was
+                            # just written (in the page cache).
+                            data = f.read(min(chunk, size - sent))
+                            if not data:
+                                raise _Failed("the firmware file ended early")
+                            params = {"data": base64.b64encode(data).decode("ascii")}
+                            in_flight.append((self._call(update, "OTA.Write", params), len(data)))
+                            sent += len(data)
+                        d, n = in_flight.popleft()
+                        await d
+                        acked += n
+                        self._progress(update, acked)
+                finally:
+                    for d, _ in in_flight:
+                        d.addErrback(_ignore)
+            await self._call(update, "OTA.End", None)
+        except _Failed as e:
+            self._fail(update, str(e))
+            return
+        self._transferred(update)
+
+    async def _pull(self, update: _Update, url: str, commit_timeout: int) -> None:
+        try:
+            await self._call(
+                update, "OTA.Update", {"url": url, "commit_timeout": commit_timeout},
+                timeout=self.config["ota.pull_timeout"],
+            )
+        except _Failed as e:
+            self._fail(update, str(e))
+            return
+        self._transferred(update)
+
+    def _call(
+        self, update: _Update, method: str, params: Any, timeout: float | None = None
+    ) -> Deferred[Any]:
+        """Call the device, turning a failure into L{_Failed} with a reason
+        a person understands. (Not Fleet.call: that would announce every
+        chunk of firmware to the subscribers as rpc.in.OTA.Write.)"""
+        if self._updates.get(update.device_id) is not update or update.state in FINISHED:
+            # The update ended meanwhile (failed, device deleted, shutdown).
+            return _cancelled()
+        if timeout is None:
+            timeout = self.config["ota.step_timeout"]
+        d = self.fleet.router.call(update.device_id, method, params, timeout)
+
+        def failed(failure: Failure) -> None:
+            error = failure.value
+            if isinstance(error, DeviceError):
+                raise _Failed("the device refused %s: %s (code %s)"
+                              % (method, error.message, error.code))
+            if isinstance(error, DeviceTimeout):
+                raise _Failed("the device did not answer %s within %g s" % (method, timeout))
+            if isinstance(error, DeviceOffline):
+                raise _Failed("the device went offline during %s" % method)
+            if isinstance(error, TooManyRequests):
+                raise _Failed("the device has too many calls in flight for %s" % method)
+            if isinstance(error, ApiError):
+                # E.g. the device does not read its connection (503), or a
+                # chunk too large for the device channel (413).
+                raise _Failed("%s could not be sent: %s" % (method, error.message))
+            if isinstance(error, _Failed):
+                raise error
+            failure.raiseException()
+
+        return d.addErrback(failed)
+
+    def _progress(self, update: _Update, sent: int) -> None:
+        status = update.status
+        status["sent"] = sent
+        size = status["size"]
+        percent = 100 if size <= 0 else min(100, sent * 100 // size)
+        if percent != status["percent"]:
+            status["percent"] = percent
+            self._save(update)
+            self.fleet.publish(
+                update.device, "ota.progress",
+                {"update": status["id"], "percent": percent, "sent": sent, "size": size},
+            )
+
+    def _transferred(self, update: _Update) -> None:
+        """The device has the firmware and reboots into it."""
+        if self._updates.get(update.device_id) is not update:
+            return
+        self._forget_file(update)
+        update.status["sent"] = update.status["size"]
+        update.status["percent"] = 100
+        update.status["state"] = "rebooting"
+        update.reconnected = False
+        self._arm_reboot_timer(update)
+        self._changed(update)
+
+    def _arm_reboot_timer(self, update: _Update) -> None:
+        timeout = self.config["ota.reboot_timeout"]
+        update.timer = self.clock.callLater(
+            timeout, self._fail, update,
+            "the device did not come back with new firmware within %g s" % timeout,
+        )
+
+    # What the device says after the transfer
+
+    def _device_event(self, event: Event) -> None:
+        if event.name == "online":
+            update = self._updates.get(event.device_id)
+            if update is not None and update.state in AWAITING:
+                update.reconnected = True
+
+    def _device_info(self, device: Device, info: dict[str, Any]) -> None:
+        update = self._updates.get(device.id)
+        if update is None or update.state not in AWAITING or not update.reconnected:
+            return
+        fw_id = info.get("fw_id")
+        if fw_id is None:
+            return
+        update.device = device
+        status = update.status
+        before = status.get("fw_id_before")
+        if update.state == "rebooting":
+            if fw_id == before:
+                self._fail(
+                    update,
+                    "the device came back with the firmware it had (fw_id %s): "
+                    "the update did not take" % fw_id,
+                )
+                return
+            if update.timer is not None and update.timer.active():
+                update.timer.cancel()
+            status["state"] = "uncommitted"
+            status["fw_id"] = fw_id
+            if "fw_version" in info:
+                status["fw_version"] = info["fw_version"]
+            self._changed(update)
+            log.info("device {id}: new firmware {fw_id}, not committed yet",
+                     id=device.id, fw_id=fw_id)
+            if status["auto_commit"]:
+                d = ensureDeferred(self._commit(update))
+                d.addErrback(self._commit_failed_quietly, update)
+        elif fw_id == before:
+            self._fail(
+                update,
+                "the device reverted to its previous firmware (fw_id %s) before the "
+                "update was committed" % fw_id,
+            )
+
+    # Committing
+
+    async def commit(self, device_id: str) -> dict[str, Any]:
+        """
+        Call OTA.Commit on the device; return the status.
+
+        @raise Conflict: no update of the device awaits a commit.
+        @raise DeviceOffline, DeviceError, DeviceTimeout: the call failed.
+        """
+        update = self._updates.get(device_id)
+        if update is None or update.state != "uncommitted":
+            raise Conflict("device %s has no firmware update waiting to be committed" % device_id)
+        return await self._commit(update)
+
+    async def _commit(self, update: _Update) -> dict[str, Any]:
+        try:
+            await self.fleet.router.call(
+                update.device_id, "OTA.Commit", None, self.config["ota.step_timeout"]
+            )
+        except ApiError as e:
+            update.status["reason"] = "OTA.Commit failed: %s" % e.message
+            self._save(update)
+            raise
+        if self._updates.get(update.device_id) is update:
+            del self._updates[update.device_id]
+        update.status["state"] = "committed"
+        update.status.pop("reason", None)
+        self._changed(update)
+        log.info("device {id}: firmware {fw_id} committed",
+                 id=update.device_id, fw_id=update.status.get("fw_id"))
+        return update.status
+
+    def _commit_failed_quietly(self, failure: Failure, update: _Update) -> None:
+        if failure.check(ApiError):
+            log.info("device {id}: automatic OTA.Commit failed: {error}",
+                     id=update.device_id, error=failure.getErrorMessage())
+        else:
+            log.failure("device {id}: automatic OTA.Commit", failure, id=update.device_id)
+
+    # Pull downloads
+
+    def take_download(
+        self, secret: str, use: bool = True
+    ) -> tuple[_Update, str, int] | None:
+        """The update a one-time link belongs to, its file and size; the
+        link is used up (unless not C{use}: a HEAD request). None if it is
+        unknown, used or expired."""
+        update = self._downloads.get(secret)
+        if update is None or update.path is None or update.state != "downloading":
+            return None
+        if use:
+            del self._downloads[secret]
+        return update, update.path, update.status["size"]
+
+    def served(self, update: _Update, sent: int) -> None:
+        """C{sent} bytes of a pull download went out to the device."""
+        if update.state == "downloading":
+            self._progress(update, sent)
+
+    # Endings
+
+    def _fail(self, update: _Update, reason: str) -> None:
+        if update.state in FINISHED:
+            return
+        if update.timer is not None and update.timer.active():
+            update.timer.cancel()
+        if self._updates.get(update.device_id) is update:
+            del self._updates[update.device_id]
+        self._forget_file(update)
+        update.status["state"] = "failed"
+        update.status["reason"] = reason
+        self._changed(update)
+        log.info("device {id}: firmware update {update} failed: {reason}",
+                 id=update.device_id, update=update.status["id"], reason=reason)
+
+    def _crashed(self, failure: Failure, update: _Update) -> None:
+        log.failure("device {id}: firmware update", failure, id=update.device_id)
+        self._fail(update, "internal error")
+
+    def _forget_file(self, update: _Update) -> None:
+        if update.secret is not None:
+            self._downloads.pop(update.secret, None)
+            update.secret = None
+        if update.path is not None:
+            try:
+                os.unlink(update.path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warn("could not delete {path}: {error}", path=update.path, error=e)
+            update.path = None
+
+    def _changed(self, update: _Update) -> None:
+        self._save(update)
+        self.fleet.publish(update.device, "ota.status", dict(update.status))
+
+    def _save(self, update: _Update) -> None:
+        now = self.fleet.now()
+        update.status["updated"] = now
+        d = self.fleet.store.set_ota_status(update.device_id, dict(update.status), now)
+        d.addErrback(self._save_failed, update)
+        # Remembered so that a shutdown can wait for the last writes.
+        update.saved = [s for s in update.saved if not s.called] + [d]
+
+    def _save_failed(self, failure: Failure, update: _Update) -> None:
+        log.warn("device {id}: could not store the OTA status: {error}",
+                 id=update.device_id, error=failure.getErrorMessage())
+
+
+def _cancelled() -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(_Failed("the update ended"))
+    return d

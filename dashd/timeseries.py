@@ -1,0 +1,79 @@
+"""
+Stored data: which reported values go into a device's time series.
+
+A device's shadow may list, in ``tags.save``, keys of ``state.reported`` as
+dotted paths (``"temperature"``, ``"env.humidity"``). Each time the device
+reports one of them (in ``Dash.Shadow.Update`` or ``State.Set``), the value
+it reported is appended to its time series with the server's timestamp,
+whether or not it changed: it is a record of reports. A key the report does
+not reach, or deletes (``null``), records nothing.
+
+Pure functions; the store applies them inside the transaction that applies
+the report, so a point is durable exactly when the report is acknowledged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Bounds on tags.save, which users write and every report of the device reads.
+MAX_SAVED_KEYS = 64
+MAX_KEY_LENGTH = 256
+
+
+class InvalidSaveList(ValueError):
+    pass
+
+
+def check_save_list(value: Any) -> None:
+    """
+    Check a C{tags.save} a user is about to store.
+
+    @raise InvalidSaveList: with a message that says what is wrong.
+    """
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise InvalidSaveList("tags.save must be a list of reported keys (dotted paths)")
+    if len(value) > MAX_SAVED_KEYS:
+        raise InvalidSaveList("tags.save may list at most %d keys" % MAX_SAVED_KEYS)
+    for key in value:
+        parts = key.split(".")
+        if not key or len(key) > MAX_KEY_LENGTH or not all(parts):
+            raise InvalidSaveList(
+                "tags.save: %r is not a dotted path such as \"env.temperature\"" % key[:64]
+            )
+
+
+def saved_keys(tags: Any) -> list[str]:
+    """The keys a shadow's tags ask to save (invalid entries are ignored)."""
+    if not isinstance(tags, dict):
+        return []
+    save = tags.get("save")
+    if not isinstance(save, list):
+        return []
+    out: list[str] = []
+    for key in save[:MAX_SAVED_KEYS]:
+        if isinstance(key, str) and key and key not in out:
+            out.append(key)
+    return out
+
+
+def reported_points(save: list[str], patch: Any) -> list[tuple[str, Any]]:
+    """
+    The (key, value) pairs a report of C{patch} (a merge patch of
+    C{state.reported}) makes for the keys in C{save}, in C{save}'s order.
+    """
+    if not save or not isinstance(patch, dict):
+        return []
+    out: list[tuple[str, Any]] = []
+    for key in save:
+        node: Any = patch
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                node = None
+                break
+            node = node[part]
+        if node is not None:
+            out.append((key, node))
+    return out

@@ -1,0 +1,90 @@
+"""
+The audit log: every change and every device call made through the REST
+API, with who, what, which device, when and the outcome; readable by admin
+keys of the same account only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest_twisted
+
+from support import SECRETS, Client, connect_device, device_online, eventually
+
+
+async def _entries(admin: Client, **query) -> list[dict]:
+    args = "&".join("%s=%s" % kv for kv in query.items())
+    reply = await admin.get("/api/v2/audit" + ("?" + args if args else ""))
+    assert reply.status == 200, reply
+    return reply.body["entries"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_and_calls_are_recorded(server, admin: Client):
+    started = time.time()
+    key_id = (await admin.get("/api/v2/whoami")).body["id"]
+    device_id, token = await admin.register("audited")
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        await admin.post("/api/v2/devices/%s/rpc/GPIO.Toggle" % device_id, {"pin": 3})
+        await admin.get("/api/v2/devices/%s/rpc/Sys.GetInfo" % device_id)
+        await admin.post("/api/v2/devices/%s/rpc/Sim.Fail" % device_id, {"code": 7, "message": "no"})
+        await admin.post("/api/v2/devices/" + device_id, {"shadow": {"version": 999, "tags": {}}})
+        await admin.get("/api/v2/devices/" + device_id)  # a read: not recorded
+        made = await admin.post("/api/v2/devices?access_token=" + admin.key, {"name": "q"},
+                                key=None)
+        SECRETS.add(made.body["token"])
+    finally:
+        await sim.stop()
+
+    async def recorded() -> list[dict]:
+        entries = await _entries(admin, start=-20)
+        return entries if any(e["path"].endswith("/rpc/Sim.Fail") for e in entries) and \
+            sum(1 for e in entries if e["path"] == "/api/v2/devices") >= 2 else []
+
+    entries = await eventually(recorded)
+    mine = [e for e in entries if e["device_id"] == device_id or e["path"] == "/api/v2/devices"]
+    actions = [(e["method"], e["path"].replace(device_id, "ID"), e["status"]) for e in mine]
+    assert ("POST", "/api/v2/devices", 200) in actions
+    assert ("POST", "/api/v2/devices/ID/rpc/GPIO.Toggle", 200) in actions
+    assert ("GET", "/api/v2/devices/ID/rpc/Sys.GetInfo", 200) in actions
+    assert ("POST", "/api/v2/devices/ID/rpc/Sim.Fail", 502) in actions
+    assert ("POST", "/api/v2/devices/ID", 409) in actions
+    assert ("GET", "/api/v2/devices/ID", 200) not in actions
+    failed = [e for e in mine if e["status"] == 502][0]
+    assert failed["error"] == "no" and failed["key_id"] == key_id
+    conflict = [e for e in mine if e["status"] == 409][0]
+    assert "stale" in conflict["error"]
+    assert all(e["timestamp"] >= started - 1 for e in mine)
+    # The query string (it may hold the key) is never kept.
+    assert all("?" not in e["path"] and "access_token" not in str(e) for e in entries)
+    # Offsets page forward.
+    first = entries[0]["offset"]
+    page = await _entries(admin, start=first, limit=2)
+    assert [e["offset"] for e in page] == [first, entries[1]["offset"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_admins_read_their_own_account(server, admin: Client):
+    reader = await admin.post("/api/v2/keys", {"kind": "read-only"})
+    SECRETS.add(reader.body["key"])
+    reply = await Client(server, reader.body["key"]).get("/api/v2/audit")
+    assert reply.status == 403
+    assert reply.error["message"] == "only admin keys may read the audit log; this key is read-only"
+    other = await admin.post("/api/v2/accounts", {"name": "audit-other"})
+    SECRETS.add(other.body["admin_key"]["key"])
+    stranger = Client(server, other.body["admin_key"]["key"])
+    made = await stranger.post("/api/v2/devices", {"name": "theirs"})
+    SECRETS.add(made.body["token"])
+    # Entries are written once the answer is sent: wait for it.
+    theirs = await eventually(lambda: _entries(stranger, start=-50))
+    assert all(e["key_id"] == other.body["admin_key"]["id"] for e in theirs)
+    ours = await _entries(admin, start=-200, limit=1000)
+    assert not any(e["key_id"] == other.body["admin_key"]["id"] for e in ours)
+    for bad, message in (("start=x", "start must be an integer"),
+                         ("limit=0", "limit must be between 1 and 1000"),
+                         ("limit=5000", "limit must be between 1 and 1000")):
+        reply = await admin.get("/api/v2/audit?" + bad)
+        assert (reply.status, reply.error["message"]) == (400, message)
