@@ -42,7 +42,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -53,7 +52,8 @@ from zope.interface import implementer
 
 from dashd import shadow
 from dashd.model import Account, ApiKey, Device
-from dashd.store import IStore, LastAdminKey, NotFound, StoreError
+from dashd.store import IStore, LastAdminKey, NotFound, StoreError, series_pg
+from dashd.store.series_pg import json_param
 
 log = Logger()
 
@@ -474,7 +474,7 @@ class PostgresStore:
                 "INSERT INTO devices (id, account_id, name, token_hash, created,"
                 " last_seen, info, shadow) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (device.id, device.account_id, device.name, token_hash, device.created,
-                 device.last_seen, Json(device.info), Json(device.shadow)),
+                 device.last_seen, json_param(device.info), json_param(device.shadow)),
             )
             _set_shares(cur, device.id, device.shared_with)
             return device
@@ -532,13 +532,19 @@ class PostgresStore:
         return self._run(job, order=device_id)
 
     def update_shadow(
-        self, device_id: str, update: shadow.ShadowUpdate, now: float
+        self, device_id: str, update: shadow.ShadowUpdate, now: float, save_data: bool = False
     ) -> Deferred[tuple[Device, shadow.UpdateResult]]:
         def job(cur: Cursor) -> tuple[Device, shadow.UpdateResult]:
             device = _get_device(cur, device_id, lock=True)
             if device is None:
                 raise NotFound(device_id)
             result = self._apply_shadow(cur, device, update, now)
+            if save_data and update.patches.get("reported"):
+                # In the same transaction: a point is durable exactly when
+                # the report is acknowledged.
+                series_pg.save_reported(cur, device_id, device.account_id,
+                                        result.document["tags"], update.patches["reported"],
+                                        now)
             return replace(device, shadow=result.document), result
 
         return self._run(job, order=device_id)
@@ -552,7 +558,7 @@ class PostgresStore:
         result = shadow.apply_update(device.shadow, update, now, max_bytes, max_depth)
         if result.changed:
             cur.execute("UPDATE devices SET shadow = %s WHERE id = %s",
-                        (Json(result.document), device.id))
+                        (json_param(result.document), device.id))
         return result
 
     def record_info(
@@ -570,7 +576,7 @@ class PostgresStore:
             if shadow_update is not None:
                 result = self._apply_shadow(cur, device, shadow_update, now)
             cur.execute("UPDATE devices SET info = %s, last_seen = %s WHERE id = %s",
-                        (Json(info), now, device_id))
+                        (json_param(info), now, device_id))
             return _get_device(cur, device_id), result
 
         return self._run(job, order=device_id)
@@ -597,6 +603,54 @@ class PostgresStore:
         return self._run(job, order=device_id)
 
 
+    # Stored data, device events, OTA status, audit (the jobs are in series_pg.py)
+
+    def query_data(
+        self, account_id: str, device_id: str | None, skip: int, limit: int, text: str | None
+    ) -> Deferred[list[dict[str, Any]]]:
+        return self._run(
+            lambda cur: series_pg.query_points(cur, account_id, device_id, skip, limit, text))
+
+    def prune_data(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._run(lambda cur: series_pg.prune_points(cur, before, batch))
+
+    def append_event(
+        self, device_id: str, account_id: str, name: str, data: Any, now: float, keep: int
+    ) -> Deferred[int]:
+        # All appends of this node in one queue: in order, a burst in one
+        # transaction (they serialise on a lock anyway, see series_pg).
+        return self._run(
+            lambda cur: series_pg.append_event(cur, device_id, account_id, name, data, now,
+                                               keep),
+            order=_APPEND_EVENTS)
+
+    def query_events(
+        self, account_id: str, device_id: str | None, start: int, limit: int
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        return self._run(
+            lambda cur: series_pg.query_events(cur, account_id, device_id, start, limit))
+
+    def set_ota_status(self, device_id: str, status: dict[str, Any], now: float) -> Deferred[bool]:
+        return self._run(lambda cur: series_pg.set_ota_status(cur, device_id, status, now),
+                         order=device_id)
+
+    def get_ota_status(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+        return self._run(lambda cur: series_pg.get_ota_status(cur, device_id), order=device_id)
+
+    def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
+        return self._run(lambda cur: series_pg.ota_statuses(cur, states))
+
+    def append_audit(self, entry: dict[str, Any]) -> Deferred[int]:
+        return self._run(lambda cur: series_pg.append_audit(cur, entry), order=_APPEND_AUDIT)
+
+    def query_audit(
+        self, account_id: str, start: int, limit: int
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        return self._run(lambda cur: series_pg.query_audit(cur, account_id, start, limit))
+
+    def prune_audit(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._run(lambda cur: series_pg.prune_audit(cur, before, batch))
+
     # Operation
 
     def ping(self) -> Deferred[bool]:
@@ -606,6 +660,9 @@ class PostgresStore:
 # Helpers for jobs (run on a store thread, never on the reactor)
 
 _BATCH_SIZE = 100
+# Order keys of the appends' queues (device IDs start with "d").
+_APPEND_EVENTS = " events"
+_APPEND_AUDIT = " audit"
 
 
 class _Raised:
@@ -688,7 +745,7 @@ def _insert_key(cur: Cursor, key: ApiKey, secret_hash: str) -> None:
         "INSERT INTO api_keys (id, account_id, name, kind, secret_hash, created, expires, scope)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
         (key.id, key.account_id, key.name, key.kind, secret_hash, key.created, key.expires,
-         Json(key.scope) if key.scope is not None else None),
+         json_param(key.scope) if key.scope is not None else None),
     )
 
 
@@ -703,7 +760,7 @@ def _get_device(cur: Cursor, device_id: str, lock: bool = False) -> Device | Non
     if "\x00" in device_id:
         return None  # PostgreSQL text cannot hold NUL: no such device
     row = _one(cur, "SELECT %s FROM devices WHERE id = %%s%s"
-                    % (_ONE_DEVICE_COLUMNS, " FOR UPDATE OF devices" if lock else ""),
+                    % (_ONE_DEVICE_COLUMNS, " FOR NO KEY UPDATE OF devices" if lock else ""),
                (device_id,))
     return _device(cur, row, tuple(row[7])) if row else None
 
