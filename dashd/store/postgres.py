@@ -627,8 +627,11 @@ class PostgresStore:
     def query_events(
         self, account_id: str, device_id: str | None, start: int, limit: int
     ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        # Behind this node's pending appends: what was published here before
+        # the question is in the answer.
         return self._run(
-            lambda cur: series_pg.query_events(cur, account_id, device_id, start, limit))
+            lambda cur: series_pg.query_events(cur, account_id, device_id, start, limit),
+            order=_APPEND_EVENTS)
 
     def set_ota_status(self, device_id: str, status: dict[str, Any], now: float) -> Deferred[bool]:
         return self._run(lambda cur: series_pg.set_ota_status(cur, device_id, status, now),
@@ -646,7 +649,8 @@ class PostgresStore:
     def query_audit(
         self, account_id: str, start: int, limit: int
     ) -> Deferred[tuple[list[dict[str, Any]], int]]:
-        return self._run(lambda cur: series_pg.query_audit(cur, account_id, start, limit))
+        return self._run(lambda cur: series_pg.query_audit(cur, account_id, start, limit),
+                         order=_APPEND_AUDIT)
 
     def prune_audit(self, before: float, batch: int = 10000) -> Deferred[int]:
         return self._run(lambda cur: series_pg.prune_audit(cur, before, batch))
