@@ -7,6 +7,9 @@
 PYTHON ?= python3
 VENV := .venv
 READY := $(VENV)/.ready
+# The browser tests drive Debian's Chromium (Playwright cannot download one
+# here); installed once, as root, when it is missing.
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test tools clean
 
@@ -21,7 +24,13 @@ $(READY): pyproject.toml
 run: $(READY)
 	$(VENV)/bin/twistd -n --pidfile= dashd $(ARGS)
 
-test: $(READY) tools
+$(CHROMIUM):
+	@if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	echo "Installing Debian's chromium for the browser tests"; \
+	$$SUDO apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null
+
+test: $(READY) $(CHROMIUM) tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # What the tests need beyond pip: systemd-analyze (Debian's systemd package)

@@ -160,6 +160,11 @@ class DeviceSession:
                 )
             )
 
+    @property
+    def pending_count(self) -> int:
+        """Calls sent and not answered yet."""
+        return len(self._pending)
+
     # ISession
 
     def replaced(self) -> None:

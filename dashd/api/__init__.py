@@ -1,18 +1,15 @@
 """
-The HTTP face of dashd: the REST API under ``/api/v2`` and the two
-WebSocket doors, as one Klein app. Each area is a mixin class in its own
-module whose routes register on the shared app (L{dashd.api.base.app});
+The HTTP face of dashd: the REST API under ``/api/v2``, the two WebSocket
+doors and the web dashboard at ``/``, as one Klein app. Each area is a mixin
+class in its own module whose routes register on the shared app
+(L{dashd.api.base.app});
 L{Api} is all of them together, holding the dependencies the routes use
 (no module globals).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from dashd import __version__
 from dashd.api.accounts import AccountRoutes
-from dashd.api.base import app
 from dashd.api.channels import ChannelRoutes
 from dashd.api.data import DataRoutes
 from dashd.api.devices import DeviceRoutes
@@ -20,14 +17,13 @@ from dashd.api.keys import KeyRoutes
 from dashd.api.ops import OpsRoutes
 from dashd.api.ota import OtaRoutes
 from dashd.api.rpc import RpcRoutes
+from dashd.api.ui import UiRoutes
 
 __all__ = ["Api"]
 
 
 class Api(
     ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes, OtaRoutes,
-    DataRoutes,
+    DataRoutes, UiRoutes,
 ):
-    @app.route("/", methods=["GET"])
-    def root(self, request: Any) -> bytes:
-        return self.json(request, {"name": "dashd", "version": __version__, "api": "/api/v2"})
+    pass

@@ -47,6 +47,7 @@ def device_view(device: Device, online: bool) -> dict[str, Any]:
     return {
         "id": device.id,
         "name": device.name,
+        "account_id": device.account_id,
         "online": online,
         "created": device.created,
         "last_seen": device.last_seen,

@@ -470,6 +470,8 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "properties": {
                         "id": {"type": "string"},
                         "name": {"type": "string"},
+                        "account_id": {"type": "string",
+                                       "description": "the account that owns it"},
                         "online": {"type": "boolean"},
                         "created": {"type": "number"},
                         "last_seen": {"type": ["number", "null"]},

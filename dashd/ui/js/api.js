@@ -1,0 +1,78 @@
+// The REST API, with the key the user signed in with. The key goes in the
+// Authorization header, never in a URL (only the notification WebSocket,
+// which browsers cannot give headers, takes it as ?access_token=).
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+let currentKey = null;
+let unauthorized = null;
+
+export function setKey(key) {
+  currentKey = key;
+}
+
+// Called with the error when the key stops working (revoked, expired).
+export function onUnauthorized(handler) {
+  unauthorized = handler;
+}
+
+export async function api(method, path, body, options = {}) {
+  const key = options.key || currentKey;
+  const headers = {Accept: 'application/json'};
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const init = {method, headers, cache: 'no-store', credentials: 'omit'};
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(`/api/v2${path}`, init);
+  } catch (e) {
+    throw new ApiError(0, 0, `dashd cannot be reached (${e.message}). Check the network and try again.`);
+  }
+  const text = await response.text();
+  let parsed = null;
+  try {
+    parsed = text ? JSON.parse(text) : null;
+  } catch (e) {
+    parsed = null;
+  }
+  if (!response.ok) {
+    const err = parsed && parsed.error ? parsed.error : {code: response.status, message: text || response.statusText};
+    const error = new ApiError(response.status, err.code, err.message);
+    const retry = response.headers.get('Retry-After');
+    if (retry) error.retryAfter = Number(retry);
+    if (response.status === 401 && !options.key && unauthorized) unauthorized(error);
+    throw error;
+  }
+  return parsed;
+}
+
+// What an error means, in a sentence for the person who caused it.
+export function describe(error) {
+  if (!(error instanceof ApiError)) return `Something went wrong: ${error.message || error}`;
+  const m = error.message;
+  switch (error.status) {
+    case 0: return m;
+    case 400: return `Rejected (400): ${m}`;
+    case 401: return `Your API key is not accepted (401): ${m}`;
+    case 403: return `Not allowed with this key (403): ${m}`;
+    case 404: return `Not found (404): ${m}`;
+    case 409: return `Conflict (409): ${m}`;
+    case 413: return `Too large (413): ${m}`;
+    case 429: return `Too many requests (429): ${m}${error.retryAfter ? ` Try again in ${error.retryAfter} s.` : ''}`;
+    case 502: return `The device answered with error ${error.code}: ${m}`;
+    case 503: return `Unavailable (503): ${m}`;
+    case 504: return `No answer in time (504): ${m}`;
+    default: return `Error ${error.status}: ${m}`;
+  }
+}
+
+export const encode = encodeURIComponent;

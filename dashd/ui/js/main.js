@@ -1,0 +1,199 @@
+// The dashboard's entry point: sign-in state, the notification stream and
+// a router over location.hash (#/devices, #/devices/ID, #/keys), so that
+// the server only ever serves "/" and the browser's history works.
+
+import {api, describe, onUnauthorized, setKey} from './api.js';
+import {announce, h, replace} from './dom.js';
+import {refreshTimes} from './format.js';
+import {Notifier} from './notify.js';
+import {permissions} from './perms.js';
+import * as signin from './signin.js';
+import * as devices from './devices.js';
+import * as device from './device.js';
+import * as keys from './keys.js';
+
+const STORAGE = 'dashd.apiKey';
+
+const app = {
+  key: null,
+  me: null,
+  perms: null,
+  notifier: null,
+  view: null,
+  notice: null, // a message for the sign-in page (why the user was signed out)
+};
+
+const LIVE_TEXT = {
+  connecting: 'Connecting to live updates…',
+  live: 'Live',
+  reconnecting: 'Live updates lost: reconnecting…',
+  closed: '',
+};
+
+function setLiveState(state) {
+  const el = document.getElementById('live-state');
+  el.textContent = LIVE_TEXT[state] || '';
+  el.className = `live-state ${state}`;
+}
+
+async function signIn(key) {
+  // Throws ApiError (401 for a wrong key) for the sign-in page to show.
+  const me = await api('GET', '/whoami', undefined, {key});
+  setKey(key);
+  app.key = key;
+  app.me = me;
+  app.notice = null;
+  app.perms = permissions(me);
+  sessionStorage.setItem(STORAGE, key);
+  startStream();
+  showSession();
+  return me;
+}
+
+function startStream() {
+  if (app.notifier) app.notifier.stop();
+  app.notifier = new Notifier(app.key, {
+    onState: setLiveState,
+    onRevoked: (reason) => signOut(`You were signed out: ${reason}.`),
+    // A stream that keeps failing may mean the key expired: ask dashd.
+    onLost: () => { api('GET', '/whoami').catch(() => {}); },
+  }).start();
+}
+
+function signOut(notice) {
+  if (app.view) app.view.destroy();
+  app.view = null;
+  if (app.notifier) app.notifier.stop();
+  app.notifier = null;
+  sessionStorage.removeItem(STORAGE);
+  setKey(null);
+  app.key = null;
+  app.me = null;
+  app.perms = null;
+  app.notice = notice || null;
+  showSession();
+  setLiveState('closed');
+  if (window.location.hash !== '#/signin') window.location.hash = '#/signin';
+  else route();
+}
+
+function showSession() {
+  const signedIn = Boolean(app.me);
+  document.getElementById('nav').hidden = !signedIn;
+  document.getElementById('session').hidden = !signedIn;
+  document.getElementById('nav-keys-item').hidden = !(signedIn && app.perms.canManageKeys);
+  const who = document.getElementById('who');
+  if (signedIn) {
+    const name = app.me.name ? `${app.me.name} ` : '';
+    replace(who, `Key ${name}(${app.me.kind})`);
+    who.title = `key ${app.me.id}, account ${app.me.account_id}`;
+  } else {
+    who.replaceChildren();
+  }
+}
+
+// A view's context: shared state plus listeners and timers that end with it.
+function viewContext() {
+  const cleanups = [];
+  const ctx = {
+    me: app.me,
+    perms: app.perms,
+    alive: true,
+    navigate: (hash) => { window.location.hash = hash; },
+    signOut,
+    listen(fn) {
+      if (app.notifier) cleanups.push(app.notifier.listen(fn));
+    },
+    every(ms, fn) {
+      const timer = window.setInterval(fn, ms);
+      cleanups.push(() => window.clearInterval(timer));
+    },
+    destroy() {
+      ctx.alive = false;
+      for (const fn of cleanups.splice(0)) fn();
+    },
+  };
+  return ctx;
+}
+
+function parseRoute(hash) {
+  const path = hash.replace(/^#/, '');
+  let m;
+  if (path === '/signin') return {view: signin, params: {}};
+  if (path === '/keys') return {view: keys, params: {}};
+  if ((m = /^\/devices\/([^/]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1])}};
+  if (path === '/devices') return {view: devices, params: {}};
+  return null;
+}
+
+function markCurrentNav() {
+  for (const link of document.querySelectorAll('#nav a')) {
+    const here = window.location.hash.startsWith(link.getAttribute('href'));
+    if (here) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+}
+
+function route() {
+  const main = document.getElementById('main');
+  let target = parseRoute(window.location.hash);
+  if (!app.me) {
+    if (!target || target.view !== signin) {
+      // Come back here after signing in.
+      app.after = target ? window.location.hash : '#/devices';
+      window.location.replace('#/signin');
+      return;
+    }
+  } else if (!target || target.view === signin) {
+    window.location.replace(app.after && app.after !== '#/signin' ? app.after : '#/devices');
+    app.after = null;
+    return;
+  }
+  if (app.view) app.view.destroy();
+  const ctx = viewContext();
+  app.view = ctx;
+  markCurrentNav();
+  main.replaceChildren();
+  // The notice stays until the next sign-in: the sign-in page may be
+  // drawn twice (the stream's revocation and the API's reply both sign out).
+  const notice = target.view === signin ? app.notice : null;
+  const next = app.after && app.after !== '#/signin' ? app.after : '#/devices';
+  if (target.view !== signin) app.after = null;
+  const title = target.view.mount(main, ctx, target.params, {notice, signIn, next});
+  document.title = `${title} · dashd`;
+  // Move focus to the new page's heading, so keyboard and screen-reader
+  // users start there.
+  const heading = main.querySelector('h1');
+  if (heading) heading.setAttribute('tabindex', '-1');
+  const focus = ctx.focusTarget || heading;
+  if (focus) focus.focus();
+}
+
+async function boot() {
+  onUnauthorized((error) => signOut(`You were signed out: ${error.message}.`));
+  document.getElementById('sign-out').addEventListener('click', () => {
+    signOut('You signed out. The key is no longer kept in this tab.');
+    announce('Signed out');
+  });
+  document.getElementById('skip-link').addEventListener('click', (e) => {
+    e.preventDefault();
+    const main = document.getElementById('main');
+    (main.querySelector('h1') || main).focus();
+  });
+  window.setInterval(() => refreshTimes(document.body), 30000);
+  const stored = sessionStorage.getItem(STORAGE);
+  if (stored) {
+    try {
+      await signIn(stored);
+    } catch (error) {
+      if (error.status === 401) sessionStorage.removeItem(STORAGE);
+      app.notice = describe(error);
+    }
+  }
+  window.addEventListener('hashchange', route);
+  route();
+}
+
+boot().catch((error) => {
+  replace(document.getElementById('main'), h('p', {class: 'message error', role: 'alert'}, `The dashboard failed to start: ${error.message}`));
+});

@@ -1,0 +1,40 @@
+// What the signed-in key may do, from /api/v2/whoami and the device's
+// account, so that the page offers only what dashd would allow. dashd
+// checks everything again; a refusal it sends is shown as it comes.
+
+// fnmatch-style: '*' any run of characters, '?' one character.
+export function matches(pattern, name) {
+  const source = pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  return new RegExp(`^${source}$`).test(name);
+}
+
+export function permissions(me) {
+  const kind = me.kind;
+  const admin = kind === 'admin';
+  const restricted = kind === 'restricted';
+  const acl = (device) => (restricted && me.scope && me.scope.devices && me.scope.devices[device.id]) || {};
+  return {
+    kind,
+    admin,
+    readOnly: kind === 'read-only',
+    restricted,
+    canRegister: admin,
+    canManageKeys: admin,
+    // Rename, share, change tags or reported, delete, rotate the token.
+    owns: (device) => admin && device.account_id === me.account_id,
+    seesInfo: !restricted,
+    seesLog: !restricted,
+    rpcPatterns: (device) => (admin ? ['*'] : restricted ? (acl(device).rpc || []) : []),
+    canCall(device, method) {
+      return this.rpcPatterns(device).some((p) => matches(p, method));
+    },
+    canCallAny(device) {
+      return this.rpcPatterns(device).length > 0;
+    },
+    writableKeys: (device) => (restricted ? (acl(device).write || []) : null),
+    canWriteDesired(device) {
+      if (admin) return true;
+      return restricted && (acl(device).write || []).length > 0;
+    },
+  };
+}
