@@ -226,7 +226,12 @@ class LeanDevice(WSClient):
                 self.info_acked = True
                 self.owner.device_info_acked(self, "error" not in frame)
         elif self.shadow_running or call_id is not None:
-            self.owner.shadow_reply(self, "error" in frame and frame["error"] is not None)
+            error = "error" in frame and frame["error"] is not None
+            self.owner.shadow_reply(self, error)
+            if not error and isinstance(call_id, int):
+                # The update with this id (its seq) is durable: dashd answers
+                # only once it is on disk.
+                self.owner.shadow_durable(self, call_id)
             self.shadow_acked += 1
             if self.shadow_running:
                 self.send_shadow_update()

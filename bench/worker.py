@@ -15,6 +15,9 @@ Commands (``{"cmd": NAME, ...}``), each answered by one line when done:
 - ``close``: close devices (by position) cleanly.
 - ``shadow``: the first N devices send ``Dash.Shadow.Update`` in a closed
   loop, one outstanding each; counts the acknowledgements.
+- ``shadow_start`` / ``shadow_durable``: the same loop, started without
+  waiting, and the highest acknowledged (so durable) ``reported.seq`` of
+  each device (for the restart-under-load test).
 - ``fanout``: connect S subscribers to the notification stream; P devices
   publish ``Bench.Tick`` notifications, at most W not yet seen by the first
   subscriber; counts what every subscriber receives.
@@ -108,6 +111,7 @@ class Worker:
         # shadow
         self.shadow_acked = 0
         self.shadow_errors = 0
+        self.durable: dict[str, int] = {}
         # fanout
         self.subscribers: list[CountingSubscriber] = []
         self._sub_wait: Deferred[None] | None = None
@@ -167,8 +171,9 @@ class Worker:
         slot.proto = None
         if was_open:
             self.lost_open += 1
-        if slot.acked_at is None or was_open:
-            self._retry_later(slot)
+        # Like firmware: a device that is wanted keeps trying, whether its
+        # connection was refused, cut mid-handshake, or dropped once open.
+        self._retry_later(slot)
 
     def device_info_acked(self, proto: LeanDevice, ok: bool) -> None:
         slot = proto.slot
@@ -257,6 +262,24 @@ class Worker:
             self.shadow_errors += 1
         else:
             self.shadow_acked += 1
+
+    def shadow_durable(self, proto: LeanDevice, seq: int) -> None:
+        if seq > self.durable.get(proto.device_id, 0):
+            self.durable[proto.device_id] = seq
+
+    def cmd_shadow_start(self, c: dict[str, Any]) -> dict[str, Any]:
+        """Start shadow updates on the first N devices and answer at once;
+        they run until the devices' connections end."""
+        devices = [s.proto for s in self.slots[: c["count"]] if s.proto is not None and s.proto.is_open]
+        for proto in devices:
+            proto.shadow_running = True
+            proto.send_shadow_update()
+        return {"devices": len(devices)}
+
+    def cmd_shadow_durable(self, c: dict[str, Any]) -> dict[str, Any]:
+        """The highest acknowledged shadow update (its reported.seq) of each
+        device that had one."""
+        return {"durable": self.durable}
 
     def cmd_shadow(self, c: dict[str, Any]) -> Deferred[dict[str, Any]]:
         devices = [s.proto for s in self.slots[: c["count"]] if s.proto is not None and s.proto.is_open]

@@ -92,6 +92,11 @@ OPTIONS = [
            "Twisted endpoints to serve on (REST, UI, device and notification WebSockets), "
            "e.g. \"tcp:8080\", \"ssl:8443:privateKey=key.pem:certKey=cert.pem\", "
            "\"systemd:domain=INET:index=0\"", _endpoints),
+    Option("listen_backlog", 4096, int,
+           "Connections the kernel may queue for dashd to accept, on tcp:, ssl: and unix: "
+           "endpoints that do not say backlog= themselves: when a fleet reconnects at once "
+           "(after a restart), a short queue makes devices wait out SYN retries",
+           _positive),
     Option("data_dir", "./dashd-data", str,
            "Directory for the SQLite store and the first admin key"),
     Option("device.ping_interval", 30.0, (int, float),
@@ -333,3 +338,15 @@ def load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
         config.set(name, value)
     config.check()
     return config
+
+
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "ssl6", "unix")
+
+
+def with_backlog(endpoint: str, backlog: int) -> str:
+    """C{endpoint} with C{backlog=} added where its type takes one and it
+    says none (Twisted's default is 50)."""
+    kind = endpoint.split(":", 1)[0].lower()
+    if kind not in _BACKLOG_TYPES or ":backlog=" in endpoint.lower():
+        return endpoint
+    return "%s:backlog=%d" % (endpoint, backlog)

@@ -28,7 +28,7 @@ from dashd import __version__, tokens
 from dashd.api import Api
 from dashd.audit import AuditLog
 from dashd.auth import Authenticator
-from dashd.config import Config
+from dashd.config import Config, with_backlog
 from dashd.fleet import Fleet
 from dashd.history import History
 from dashd.hub import IHub, LocalHub
@@ -269,6 +269,7 @@ class DashdService(MultiService):
             self.site, self.readiness, config["shutdown.grace_period"], reactor
         ).setServiceParent(self)
         for endpoint in config["listen"]:
+            endpoint = with_backlog(endpoint, config["listen_backlog"])
             strports.service(endpoint, self.site, reactor=reactor).setServiceParent(self)
         # Last: READY=1 once all of the above started, STOPPING=1 first.
         NotifyService(

@@ -61,3 +61,12 @@ def test_readme_documents_every_option():
         readme = f.read()
     missing = [o.name for o in config.OPTIONS if "`%s`" % o.name not in readme]
     assert not missing
+
+
+def test_backlog_is_added_where_it_applies():
+    assert config.with_backlog("tcp:8080", 4096) == "tcp:8080:backlog=4096"
+    assert config.with_backlog("ssl:8443:privateKey=k.pem", 10) == \
+        "ssl:8443:privateKey=k.pem:backlog=10"
+    assert config.with_backlog("tcp:8080:backlog=7", 4096) == "tcp:8080:backlog=7"
+    assert config.with_backlog("systemd:domain=INET:index=0", 4096) == \
+        "systemd:domain=INET:index=0"
