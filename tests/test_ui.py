@@ -852,7 +852,7 @@ async def test_live_log(server, admin: Client, ui: UI):
     await device_online(admin, device_id)
     await ui.run(sign_in, admin.key)
     await ui.run(open_device, device_id, "log-sensor")
-    # Only events that arrive while the page is open are shown.
+    # The stored log first (here: it connected), then events as they come.
     await ui.run(lambda page: (expect(page.locator("#live-state")).to_have_text("Live"),
                                expect(page.get_by_text("methods from RPC.List")).to_be_visible()))
     await sim.call("Dash.Log", {"fd": 1, "data": "booted in 312 ms\n", "t": time.time(), "seq": 1})
@@ -865,8 +865,8 @@ async def test_live_log(server, admin: Client, ui: UI):
         expect(log.locator(".log-stderr")).to_contain_text("sensor 2 not found")
         expect(log).to_contain_text('notification MyStat {"temp":21.5}')
         accessible(page)
-        section(page, "Live log").get_by_role("button", name="Pause").click()
-        expect(section(page, "Live log").get_by_role("button", name="Resume")).to_have_attribute(
+        section(page, "Device log").get_by_role("button", name="Pause").click()
+        expect(section(page, "Device log").get_by_role("button", name="Resume")).to_have_attribute(
             "aria-pressed", "true")
 
     await ui.run(lines)
@@ -878,8 +878,8 @@ async def test_live_log(server, admin: Client, ui: UI):
         expect(page.locator(".page-head .badge")).to_have_text("Offline")
         log = page.get_by_role("log", name="Device log")
         assert "while paused" not in log.inner_text()
-        section(page, "Live log").get_by_role("button", name="Resume").click()
-        section(page, "Live log").get_by_role("button", name="Clear").click()
+        section(page, "Device log").get_by_role("button", name="Resume").click()
+        section(page, "Device log").get_by_role("button", name="Clear").click()
         expect(log.locator("li")).to_have_count(0)
 
     await ui.run(paused_then_resumed)
@@ -887,6 +887,83 @@ async def test_live_log(server, admin: Client, ui: UI):
     await within(sim.wait_open(), 10)
     await ui.run(lambda page: expect(page.get_by_role("log", name="Device log")).to_contain_text("connected"))
     await sim.stop()
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_device_log_pages_back_through_the_stored_history(
+    tmp_path, browser_thread: BrowserThread, request: Any
+):
+    """The stored log, newest page first, joined with the live tail; "Load
+    older" goes back a page at a time, without gaps or repeats, while new
+    lines keep coming."""
+    keeper = DashdProcess(str(tmp_path), {"logs": {"max_per_device": 400}})
+    await keeper.start_async()
+    ui = _ui(browser_thread, keeper, request, None)
+    try:
+        admin = Client(keeper, keeper.admin_key)
+        device_id, token = await admin.register("log-history")
+        sim = await connect_device(keeper, token)
+        await device_online(admin, device_id)
+        for n in range(1, 231):
+            await within(sim.call("Dash.Log", {"fd": 1 if n % 10 else 2, "data": "line %03d\n" % n,
+                                               "t": time.time(), "seq": n}))
+        sim.notify("Alarm", {"level": 2})
+
+        async def all_stored() -> bool:
+            reply = await admin.post("/api/v2/logs", {"device_id": device_id, "start": -1})
+            return reply.body["events"][-1]["name"] == "rpc.out.Alarm"
+
+        await eventually(all_stored)
+        await ui.run(sign_in, admin.key)
+
+        def texts(page: Page) -> list[str]:
+            return page.get_by_role("log", name="Device log").locator(".log-text").all_inner_texts()
+
+        def latest(page: Page) -> None:
+            open_device(page, device_id, "log-history")
+            box = section(page, "Device log")
+            expect(box.get_by_text("The last 100 stored events are shown")).to_be_visible()
+            log = page.get_by_role("log", name="Device log")
+            expect(log.locator("li")).to_have_count(101)  # and the RPC.List call, live
+            lines = texts(page)
+            assert lines[0] == "line 132" and lines[98] == "line 230", lines[:3]
+            assert lines[99] == 'Alarm {"level":2}' and lines[100] == "→ RPC.List", lines[-3:]
+            expect(log.locator(".log-stderr").first).to_contain_text("line 140")
+            accessible(page)
+
+        await ui.run(latest)
+        # New lines while the page is open: they count where "Load older"
+        # starts from.
+        for n in range(231, 236):
+            await within(sim.call("Dash.Log", {"fd": 1, "data": "line %03d\n" % n, "t": time.time(), "seq": n}))
+
+        def older(page: Page) -> None:
+            box = section(page, "Device log")
+            log = page.get_by_role("log", name="Device log")
+            expect(log).to_contain_text("line 235")
+            box.get_by_role("button", name="Load older").click()
+            expect(box.get_by_text("Loaded 100 older events.")).to_be_visible()
+            box.get_by_role("button", name="Load older").click()
+            expect(box.get_by_text("Loaded 32 older events: every stored event is shown.")).to_be_visible()
+            expect(box.get_by_role("button", name="Load older")).to_be_hidden()
+            expect(log).to_be_focused()
+            lines = texts(page)
+            # The connection, every line once and in order, then the live ones.
+            assert lines[0] == "connected", lines[:3]
+            logged = [t for t in lines if t.startswith("line ")]
+            assert logged == ["line %03d" % n for n in range(1, 236)], logged
+            assert lines.count('Alarm {"level":2}') == 1
+            expect(page.locator("#announcer")).to_have_text("Loaded 32 older events: every stored event is shown.")
+
+        await ui.run(older)
+        await ui.shot("device-log-history")
+        await sim.stop()
+    finally:
+        ui.close()
+        keeper.stop()
+    problems = ui.unexplained() + keeper.problems()
+    assert not problems, "\n".join(problems)
 
 
 @pytest_twisted.ensureDeferred
@@ -998,7 +1075,6 @@ async def test_read_only_key(server, admin: Client, ui: UI):
             "This key is read-only: it may not call methods on devices.")
         expect(section(page, "RPC console").get_by_role("button")).to_have_count(0)
         expect(section(page, "Token and deletion")).to_have_count(0)
-        accessible(page)
         # dashd itself refuses it the keys, and the page says so.
         page.goto("/#/keys")
         expect(page.get_by_role("alert")).to_have_text(
@@ -1094,7 +1170,7 @@ async def test_keys_page_and_restricted_key(server, admin: Client, ui: UI):
         expect(row(page, other_id)).to_have_count(0)
         accessible(page)
         open_device(page, device_id, "customer-thermostat")
-        expect(section(page, "Live log")).to_have_count(0)
+        expect(section(page, "Device log")).to_have_count(0)
         expect(section(page, "Sharing")).to_have_count(0)
         expect(page.get_by_role("table", name="System info reported by the device")).to_have_count(0)
         shadow = section(page, "Shadow")
