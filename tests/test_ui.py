@@ -998,6 +998,166 @@ async def test_names_and_data_are_shown_as_text(server, admin: Client, ui: UI):
     await sim.stop()
 
 
+# Stored data
+
+
+def stored(page: Page) -> Any:
+    return section(page, "Stored data")
+
+
+@pytest_twisted.ensureDeferred
+async def test_stored_data_plots_and_table(server, admin: Client, ui: UI):
+    device_id, token = await admin.register("data-greenhouse")
+    sim = await connect_device(server, token)
+    await device_online(admin, device_id)
+    await sim.report({"temp": 19.5, "env": {"hum": 40}, "state": "idle"})
+    await ui.run(sign_in, admin.key)
+    # (The more precise first: the first that fits an error takes it.)
+    ui.allow(400, "/api/v2/devices/%s/data" % device_id)
+    ui.allow(400, "/api/v2/devices/" + device_id)
+
+    def save_keys(page: Page) -> None:
+        open_device(page, device_id, "data-greenhouse")
+        box = stored(page)
+        # Look before you read: nothing is saved yet, so nothing is stored.
+        expect(box.get_by_text("No reported keys are saved")).to_be_visible()
+        expect(box.get_by_text("No points are stored for this device.")).to_be_visible()
+        accessible(page)
+        key = box.get_by_label("Reported key to save")
+        # The reported keys are offered.
+        offered = box.locator("datalist option").evaluate_all("els => els.map(e => e.value)")
+        assert {"temp", "env", "env.hum", "state"} <= set(offered), offered
+        box.get_by_role("button", name="Save this key").click()
+        expect(box.get_by_role("alert")).to_have_text("Enter the reported key to save.")
+        # dashd checks the path and says what is wrong.
+        key.fill("env..hum")
+        box.get_by_role("button", name="Save this key").click()
+        expect(box.get_by_role("alert")).to_have_text(
+            "Not changed. Rejected (400): tags.save: 'env..hum' is not a dotted path such as \"env.temperature\"")
+        expect(key).to_be_focused()
+        for name in ("temp", "env.hum", "state"):
+            key.fill(name)
+            box.get_by_role("button", name="Save this key").click()
+            expect(box.get_by_text("Saving %s: each time the device reports it" % name)).to_be_visible()
+            expect(key).to_have_value("")
+        saved = box.locator("ul.saved-keys li code").all_inner_texts()
+        assert saved == ["temp", "env.hum", "state"], saved
+        # The tags editor shows the same list.
+        expect(section(page, "Shadow").get_by_label("Tags (JSON)")).to_have_value(
+            '{\n  "save": [\n    "temp",\n    "env.hum",\n    "state"\n  ]\n}')
+
+    await ui.run(save_keys)
+    assert (await admin.device(device_id))["shadow"]["tags"] == {"save": ["temp", "env.hum", "state"]}
+
+    # The device reports; the page follows.
+    for temp, hum, state in ((20.0, 41, "heating"), (20.5, 43, "heating"), (21.25, 44, "idle"),
+                             (21.0, 45, "idle"), (22.0, 44, "venting")):
+        await within(sim.report({"temp": temp, "env": {"hum": hum}, "state": state}))
+
+    def plots(page: Page) -> None:
+        box = stored(page)
+        expect(box.locator(".count")).to_contain_text("15 points of 3 keys")
+        temp = box.get_by_role("img", name=re.compile("^Plot of temp"))
+        expect(temp).to_be_visible()
+        # What it shows is said in words too.
+        label = temp.evaluate("el => el.querySelector('desc').textContent")
+        assert label.startswith("temp: 5 points from ") and label.endswith(
+            "lowest 20, highest 22, last 22."), label
+        expect(temp.locator("circle")).to_have_count(5)
+        expect(box.get_by_role("img", name=re.compile("^Plot of env.hum"))).to_be_visible()
+        expect(box.locator("figcaption")).to_have_text(["env.hum — 5 points, last 44", "temp — 5 points, last 22"])
+        # Values that are not numbers are listed, not plotted.
+        others = box.get_by_role("table", name="Stored values that are not numbers")
+        expect(others.locator("tbody tr")).to_have_count(5)
+        expect(others).to_contain_text('"venting"')
+        accessible(page)
+
+    await ui.run(plots)
+    await ui.shot("data-plots")
+
+    def as_table(page: Page) -> None:
+        box = stored(page)
+        box.get_by_label("Table").check()
+        table = box.get_by_role("table", name="Stored points, oldest first")
+        expect(table.locator("tbody tr")).to_have_count(15)
+        expect(table.locator("tbody tr").first).to_contain_text("temp")
+        expect(table.locator("tbody tr").first).to_contain_text("20")
+        expect(table.locator("tbody tr").last).to_contain_text('"venting"')
+        accessible(page)
+
+    await ui.run(as_table)
+    await ui.shot("data-table")
+
+    def queries(page: Page) -> None:
+        box = stored(page)
+        table = box.get_by_role("table", name="Stored points, oldest first")
+        # A filter, a limit, a skip.
+        box.get_by_label("Filter (optional)").fill("hum")
+        box.get_by_role("button", name="Show points").click()
+        expect(table.locator("tbody tr")).to_have_count(5)
+        box.get_by_label("Filter (optional)").fill("")
+        box.get_by_label("Points", exact=True).fill("4")
+        box.get_by_label("Skip (optional)").fill("0")
+        box.get_by_role("button", name="Show points").click()
+        expect(table.locator("tbody tr")).to_have_count(4)
+        expect(table.locator("tbody tr").first).to_contain_text("20")
+        expect(box.locator(".count")).to_have_text(re.compile(r"^4 points of 3 keys, from .*\.$"))
+        # Bad numbers are said, nothing is asked.
+        box.get_by_label("Points", exact=True).fill("6000")
+        box.get_by_role("button", name="Show points").click()
+        expect(box.get_by_role("alert")).to_have_text("Points must be a whole number from 1 to 5000.")
+        expect(box.get_by_label("Points", exact=True)).to_be_focused()
+        box.get_by_label("Points", exact=True).fill("100")
+        box.get_by_label("Skip (optional)").fill("1.5")
+        box.get_by_role("button", name="Show points").click()
+        expect(box.get_by_role("alert")).to_have_text("Skip must be a whole number (negative counts from the end).")
+        # dashd's own refusal.
+        box.get_by_label("Skip (optional)").fill("")
+        box.get_by_label("Filter (optional)").fill("x" * 300)
+        box.get_by_role("button", name="Show points").click()
+        expect(box.get_by_role("alert")).to_have_text(
+            "No points shown. Rejected (400): filter must be 1 to 256 characters")
+        box.get_by_label("Filter (optional)").fill("")
+        box.get_by_role("button", name="Show points").click()
+        expect(table.locator("tbody tr")).to_have_count(15)
+        box.get_by_label("Plots").check()
+        # Stop saving a key.
+        box.get_by_role("button", name="Stop saving state").click()
+        expect(box.get_by_text("Stopped saving state.")).to_be_visible()
+
+    await ui.run(queries)
+    assert (await admin.device(device_id))["shadow"]["tags"] == {"save": ["temp", "env.hum"]}
+    # Someone is typing a query when new points come.
+    await ui.run(lambda page: stored(page).get_by_label("Points", exact=True).fill("9999"))
+    await within(sim.report({"temp": 23.5, "state": "off"}))
+
+    def followed(page: Page) -> None:
+        box = stored(page)
+        # The latest points are shown again (the query last sent): temp's
+        # new one, no new state.
+        expect(box.locator("figcaption").last).to_have_text("temp — 6 points, last 23.5")
+        expect(box.get_by_role("table", name="Stored values that are not numbers").locator("tbody tr")).to_have_count(5)
+        # What was being typed is left alone.
+        expect(box.get_by_label("Points", exact=True)).to_have_value("9999")
+        expect(box.get_by_label("Points", exact=True)).to_be_focused()
+        expect(box.get_by_role("alert")).to_have_count(0)
+        box.get_by_label("Points", exact=True).fill("200")
+
+    await ui.run(followed)
+
+    def at_phone_width(page: Page) -> None:
+        page.set_viewport_size(PHONE)
+        plot = stored(page).get_by_role("img", name=re.compile("^Plot of temp"))
+        # Drawn again for the narrow width.
+        expect(plot).to_have_attribute("width", re.compile(r"^[1-3]\d\d$"))
+        no_horizontal_overflow(page)
+        accessible(page)
+
+    await ui.run(at_phone_width)
+    await ui.shot("phone-data-plots")
+    await sim.stop()
+
+
 # Sharing and what each kind of key is offered
 
 

@@ -1,8 +1,8 @@
 // One device: its info, its shadow (desired and tags edited as JSON,
 // saved as merge patches with the version read, so a concurrent change is
-// refused with 409 and explained), an RPC console, its log, stored and
-// live (devicelog.js), sharing, a new token and deletion. What the key may
-// not do is not offered.
+// refused with 409 and explained), its stored data (series.js), an RPC
+// console, its log, stored and live (devicelog.js), sharing, a new token
+// and deletion. What the key may not do is not offered.
 
 import {api, describe, encode} from './api.js';
 import {add, announce, clearMessage, field, h, messageArea, pretty, replace, showMessage, uid} from './dom.js';
@@ -11,6 +11,7 @@ import {deleteDevice, displayName, statusBadge} from './devices.js';
 import {logPart} from './devicelog.js';
 import {timeEl} from './format.js';
 import {jsonEditor, mergePatch} from './jsonedit.js';
+import {dataPart} from './series.js';
 
 function section(title, ...children) {
   const id = uid('section');
@@ -52,6 +53,7 @@ export function mount(main, ctx, {id}) {
     add(body,
       infoSection(),
       shadowSection(),
+      perms.seesData ? dataSection() : null,
       rpcSection(),
       perms.seesLog ? logSection() : null,
       perms.restricted ? null : sharingSection(),
@@ -361,6 +363,19 @@ export function mount(main, ctx, {id}) {
     return section('RPC console', form);
   }
 
+  // Stored data
+
+  function dataSection() {
+    parts.data = dataPart(ctx, id, () => device, {
+      canChangeSaved: () => perms.owns(device),
+      setDevice: (d) => {
+        device = d;
+        parts.shadow();
+      },
+    });
+    return section('Stored data', parts.data.element);
+  }
+
   // The log, stored and live
 
   function logSection() {
@@ -438,6 +453,7 @@ export function mount(main, ctx, {id}) {
         replace(badge, statusBadge(device.online));
         parts.info();
         parts.shadow();
+        parts.data?.shadowChanged();
       }, () => {});
       return;
     }
@@ -457,6 +473,7 @@ export function mount(main, ctx, {id}) {
     } else if (event.name === 'shadow.update' && event.data && event.data.state) {
       device.shadow = event.data;
       parts.shadow();
+      parts.data?.shadowChanged();
     }
   });
 

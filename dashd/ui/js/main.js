@@ -108,6 +108,9 @@ function viewContext() {
       const timer = window.setInterval(fn, ms);
       cleanups.push(() => window.clearInterval(timer));
     },
+    onDestroy(fn) {
+      cleanups.push(fn);
+    },
     destroy() {
       ctx.alive = false;
       for (const fn of cleanups.splice(0)) fn();

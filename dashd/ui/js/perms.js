@@ -20,10 +20,14 @@ export function permissions(me) {
     restricted,
     canRegister: admin,
     canManageKeys: admin,
-    // Rename, share, change tags or reported, delete, rotate the token.
+    // Rename, share, change tags (tags.save too) or reported, delete,
+    // rotate the token.
     owns: (device) => admin && device.account_id === me.account_id,
     seesInfo: !restricted,
+    // Stored data and logs: every key but a restricted one (dashd
+    // answers those 403).
     seesLog: !restricted,
+    seesData: !restricted,
     rpcPatterns: (device) => (admin ? ['*'] : restricted ? (acl(device).rpc || []) : []),
     canCall(device, method) {
       return this.rpcPatterns(device).some((p) => matches(p, method));
