@@ -33,6 +33,7 @@ from support import (
     eventually,
     within,
 )
+from test_ota import make_bin, make_zip, ota_state
 
 PHONE = {"width": 390, "height": 844}
 
@@ -995,6 +996,237 @@ async def test_names_and_data_are_shown_as_text(server, admin: Client, ui: UI):
 
     await ui.run(logged)
     await ui.shot("device-markup-as-text")
+    await sim.stop()
+
+
+# Firmware updates
+
+
+def firmware(page: Page) -> Any:
+    return section(page, "Firmware update")
+
+
+def pick_firmware(page: Page, path: str) -> None:
+    firmware(page).get_by_label("Firmware file").set_input_files(path)
+
+
+# Records every value the progress bar takes, from now on.
+WATCH_PROGRESS_JS = """
+() => {
+  window.progressSeen = [];
+  new MutationObserver((records) => {
+    for (const r of records) {
+      if (r.target.tagName === 'PROGRESS') window.progressSeen.push(Number(r.target.getAttribute('value')));
+    }
+  }).observe(document.querySelector('main'), {subtree: true, attributes: true, attributeFilter: ['value']});
+}
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_firmware_push_with_progress_then_commit(server, admin: Client, ui: UI, tmp_path):
+    device_id, token = await admin.register("ota-push-lamp")
+    # Flash writes take a moment, so that the bar has steps to show.
+    sim = await connect_device(server, token, ota_write_delay=0.01)
+    await device_online(admin, device_id)
+    fw = make_zip(str(tmp_path / "lamp-2.0.zip"), build_id="20261201-ui-push", size=60_000)
+    await ui.run(sign_in, admin.key)
+
+    def upload(page: Page) -> None:
+        open_device(page, device_id, "ota-push-lamp")
+        box = firmware(page)
+        expect(box.get_by_role("radio", name=re.compile("^Push"))).to_be_checked()
+        accessible(page)
+        page.evaluate(WATCH_PROGRESS_JS)
+        pick_firmware(page, fw)
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_text("dashd took lamp-2.0.zip and started the update.")).to_be_visible()
+        bar = box.get_by_role("progressbar", name="Update progress")
+        # The device gets all of it and comes back with it.
+        expect(bar).to_have_attribute("value", "100")
+        expect(box.locator(".ota-percent")).to_have_text("100%")
+        expect(box.get_by_text("Done, not committed yet.")).to_be_visible(timeout=20_000)
+        expect(box).to_contain_text("The device runs fw_id 20261201-ui-push (version 2.0.0)")
+        expect(box).to_contain_text("lamp-2.0.zip (Mongoose OS .zip")
+        expect(box).to_contain_text("build 20261201-ui-push")
+        # The device's side of the bar went up step by step to 100.
+        seen = page.evaluate("window.progressSeen")
+        device_side = seen[len(seen) - seen[::-1].index(0):] if 0 in seen else seen
+        assert device_side == sorted(device_side) and device_side[-1] == 100, seen
+        assert len(set(v for v in device_side if 0 < v < 100)) >= 5, seen
+        accessible(page)
+
+    await ui.run(upload)
+    await ui.shot("firmware-uncommitted")
+    assert sim.ota_committed is False
+
+    def commit(page: Page) -> None:
+        box = firmware(page)
+        box.get_by_role("button", name="Commit the new firmware").click()
+        expect(box.get_by_text("Committed: the device runs fw_id 20261201-ui-push (version 2.0.0).")).to_be_visible()
+        expect(box.get_by_role("heading", name="Last update")).to_be_focused()
+        expect(box.get_by_role("button", name="Commit the new firmware")).to_be_hidden()
+        # The info and the log followed.
+        expect(page.get_by_role("table", name="System info reported by the device")).to_contain_text("20261201-ui-push")
+        log = page.get_by_role("log", name="Device log")
+        expect(log).to_contain_text("firmware update lamp-2.0.zip: rebooting")
+        expect(log).to_contain_text("firmware update lamp-2.0.zip: committed (fw_id 20261201-ui-push)")
+
+    await ui.run(commit)
+    await ui.shot("firmware-committed")
+    assert sim.ota_committed is True
+    assert (await admin.device(device_id))["ota"]["state"] == "committed"
+    await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_firmware_pull_with_auto_commit(server, admin: Client, ui: UI, tmp_path):
+    device_id, token = await admin.register("ota-pull-gate")
+    sim = await connect_device(server, token)
+    await device_online(admin, device_id)
+    fw = make_zip(str(tmp_path / "gate.zip"), build_id="20261201-ui-pull", size=30_000)
+    await ui.run(sign_in, admin.key)
+
+    def upload(page: Page) -> None:
+        open_device(page, device_id, "ota-pull-gate")
+        box = firmware(page)
+        timeout = box.get_by_label("Commit timeout in seconds (optional)")
+        expect(timeout).to_be_hidden()
+        box.get_by_role("radio", name=re.compile("^Pull")).check()
+        box.get_by_label("Commit it as soon as the device is back with it").check()
+        pick_firmware(page, fw)
+        # A timeout dashd would refuse is not sent.
+        timeout.fill("-5")
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_role("alert")).to_have_text(
+            "The commit timeout must be a whole number of seconds from 0 to 2592000 (30 days).")
+        expect(timeout).to_be_focused()
+        timeout.fill("120")
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_text("Committed: the device runs fw_id 20261201-ui-pull")).to_be_visible(timeout=20_000)
+        expect(box).to_contain_text("pulled by the device")
+        expect(box).to_contain_text("committed automatically")
+        expect(firmware(page).get_by_role("progressbar", name="Update progress")).to_have_attribute("value", "100")
+        accessible(page)
+
+    await ui.run(upload)
+    await ui.shot("firmware-pull-committed")
+    # The device downloaded it from its one-time link, which the page
+    # never saw.
+    params = sim.ota_update_params
+    assert params["commit_timeout"] == 120
+    secret = params["url"].rsplit("/", 1)[1]
+    assert params["url"] == "%s/api/v2/firmware/%s" % (server.url, secret)
+    SECRETS.add(secret)
+    assert secret not in await ui.run(lambda page: page.content())
+    assert sim.ota_committed is True
+    await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_firmware_refusals_are_explained(server, admin: Client, ui: UI, tmp_path):
+    device_id, token = await admin.register("ota-refusals")
+    await ui.run(sign_in, admin.key)
+    text = tmp_path / "notes.txt"
+    text.write_text("not firmware")
+    no_manifest = make_zip(str(tmp_path / "plain.zip"), build_id="x", size=1000, manifest=False)
+    too_big = make_bin(str(tmp_path / "huge.bin"), 300_000)
+    fw = make_bin(str(tmp_path / "app.bin"), 20_000)
+
+    def offline(page: Page) -> None:
+        open_device(page, device_id, "ota-refusals")
+        box = firmware(page)
+        expect(box.get_by_text("No firmware update of this device yet.")).to_have_count(0)
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_role("alert")).to_have_text("Choose a firmware file first.")
+        expect(box.get_by_label("Firmware file")).to_be_focused()
+        pick_firmware(page, fw)
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_role("alert")).to_have_text(
+            "Not sent: the device is offline. dashd sends firmware only to a connected device; "
+            "try again once it is online.")
+
+    await ui.run(offline)
+    # A device that takes its time with each write (within ota.step_timeout,
+    # 2 s): an update of a large file runs for a while (25 s).
+    sim = await connect_device(server, token, ota_write_delay=0.5)
+    await device_online(admin, device_id)
+    for status in (400, 413, 415, 409):
+        ui.allow(status, "/api/v2/devices/%s/ota" % device_id)
+
+    def bad_files(page: Page) -> None:
+        box = firmware(page)
+        expect(page.locator(".page-head .badge")).to_have_text("Online")
+        send = box.get_by_role("button", name="Upload and update")
+        for path, message in (
+            (str(text), "Not started. Unsupported (415): unknown kind of firmware file 'notes.txt': "
+                        "send a Mongoose OS .zip or a .bin image (by file name, ?filename=, or "
+                        "Content-Type application/zip or application/octet-stream). Choose a "
+                        "Mongoose OS .zip (from mos build) or a .bin image."),
+            (no_manifest, "Not started. Rejected (400): the .zip holds no manifest.json: it is not a "
+                          "Mongoose OS firmware (build one with mos build). Nothing was sent to the device."),
+            (too_big, "Not started. Too large (413): the firmware file is 300000 bytes, more than the "
+                      "limit of 262144. dashd takes firmware files up to its ota.max_bytes setting; "
+                      "nothing was sent to the device."),
+        ):
+            pick_firmware(page, path)
+            send.click()
+            expect(box.get_by_role("alert")).to_contain_text(message)
+            expect(box.get_by_label("Firmware file")).to_be_focused()
+            expect(send).to_be_enabled()
+
+    await ui.run(bad_files)
+    await ui.shot("firmware-refused")
+    assert not any(str(f.get("method", "")).startswith("OTA.") for f in sim.frames)
+
+    # An update started elsewhere shows, live; a second one is refused.
+    slow = make_bin(str(tmp_path / "slow.bin"), 200_000)
+    reply = await admin.upload("/api/v2/devices/%s/ota" % device_id, slow)
+    assert reply.status == 202, reply
+
+    def conflict(page: Page) -> None:
+        box = firmware(page)
+        expect(box.get_by_role("heading", name="Update under way")).to_be_visible()
+        expect(box.locator(".ota-phase")).to_have_text("dashd sends slow.bin to the device…")
+        expect(box.locator(".ota-bytes")).to_contain_text(" of 195.3 KiB")
+        pick_firmware(page, fw)
+        box.get_by_role("button", name="Upload and update").click()
+        alert = box.get_by_role("alert")
+        expect(alert).to_contain_text(
+            "Not started. Conflict (409): a firmware update of device %s is already running (uploading, " % device_id)
+        expect(alert).to_contain_text("Wait for it to end (its progress is shown below), then try again.")
+
+    await ui.run(conflict)
+    await ui.shot("firmware-under-way")
+    await sim.stop()
+    await ota_state(admin, device_id, "failed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_firmware_failure_is_shown_with_its_reason(server, admin: Client, ui: UI, tmp_path):
+    device_id, token = await admin.register("ota-failing")
+    sim = await connect_device(server, token, ota_fail="OTA.Write", ota_fail_after=5)
+    await device_online(admin, device_id)
+    fw = make_bin(str(tmp_path / "broken-flash.bin"), 20_000)
+    await ui.run(sign_in, admin.key)
+
+    def fails(page: Page) -> None:
+        open_device(page, device_id, "ota-failing")
+        pick_firmware(page, fw)
+        firmware(page).get_by_role("button", name="Upload and update").click()
+        alert = firmware(page).get_by_role("alert")
+        expect(alert).to_have_text(
+            "The update failed: the device refused OTA.Write: simulated failure of OTA.Write (code 500). "
+            "The device stays usable; a new update may start at once.")
+        bar = firmware(page).get_by_role("progressbar", name="Update progress")
+        # It stopped where the device did: five writes of twenty.
+        assert 0 < int(bar.get_attribute("value")) < 100
+        expect(page.get_by_role("log", name="Device log")).to_contain_text(
+            "update broken-flash.bin: failed (the device refused OTA.Write")
+        accessible(page)
+
+    await ui.run(fails)
+    await ui.shot("firmware-failed")
     await sim.stop()
 
 

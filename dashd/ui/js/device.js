@@ -1,14 +1,16 @@
 // One device: its info, its shadow (desired and tags edited as JSON,
 // saved as merge patches with the version read, so a concurrent change is
 // refused with 409 and explained), its stored data (series.js), an RPC
-// console, its log, stored and live (devicelog.js), sharing, a new token
-// and deletion. What the key may not do is not offered.
+// console, firmware updates (firmware.js), its log, stored and live
+// (devicelog.js), sharing, a new token and deletion. What the key may not
+// do is not offered.
 
 import {api, describe, encode} from './api.js';
 import {add, announce, clearMessage, field, h, messageArea, pretty, replace, showMessage, uid} from './dom.js';
 import {confirmDialog, tokenDialog} from './dialogs.js';
 import {deleteDevice, displayName, statusBadge} from './devices.js';
 import {logPart} from './devicelog.js';
+import {firmwarePart} from './firmware.js';
 import {timeEl} from './format.js';
 import {jsonEditor, mergePatch} from './jsonedit.js';
 import {dataPart} from './series.js';
@@ -55,6 +57,7 @@ export function mount(main, ctx, {id}) {
       shadowSection(),
       perms.seesData ? dataSection() : null,
       rpcSection(),
+      perms.seesFirmware ? firmwareSection() : null,
       perms.seesLog ? logSection() : null,
       perms.restricted ? null : sharingSection(),
       perms.owns(device) ? dangerSection() : null,
@@ -376,6 +379,13 @@ export function mount(main, ctx, {id}) {
     return section('Stored data', parts.data.element);
   }
 
+  // Firmware
+
+  function firmwareSection() {
+    parts.firmware = firmwarePart(ctx, id, () => device, () => perms.owns(device));
+    return section('Firmware update', parts.firmware.element);
+  }
+
   // The log, stored and live
 
   function logSection() {
@@ -454,11 +464,13 @@ export function mount(main, ctx, {id}) {
         parts.info();
         parts.shadow();
         parts.data?.shadowChanged();
+        parts.firmware?.setDevice();
       }, () => {});
       return;
     }
     if (event.id !== id || device.deleting) return;
     if (parts.log) parts.log.onEvent(event);
+    if (parts.firmware) parts.firmware.onEvent(event);
     if (event.name === 'online' || event.name === 'offline') {
       device.online = event.name === 'online';
       device.last_seen = Date.now() / 1000;

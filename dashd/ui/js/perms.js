@@ -21,13 +21,14 @@ export function permissions(me) {
     canRegister: admin,
     canManageKeys: admin,
     // Rename, share, change tags (tags.save too) or reported, delete,
-    // rotate the token.
+    // rotate the token, update and commit firmware.
     owns: (device) => admin && device.account_id === me.account_id,
     seesInfo: !restricted,
-    // Stored data and logs: every key but a restricted one (dashd
-    // answers those 403).
+    // Stored data, logs and the firmware update status: every key but a
+    // restricted one (dashd answers those 403).
     seesLog: !restricted,
     seesData: !restricted,
+    seesFirmware: !restricted,
     rpcPatterns: (device) => (admin ? ['*'] : restricted ? (acl(device).rpc || []) : []),
     canCall(device, method) {
       return this.rpcPatterns(device).some((p) => matches(p, method));
