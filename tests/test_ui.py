@@ -1636,6 +1636,156 @@ async def test_revoking_keys_of_an_account(server, admin: Client, ui: UI):
     assert (await Client(server, second).get("/api/v2/whoami")).status == 200
 
 
+# Accounts and the audit log
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_page_creates_an_account(server, admin: Client, ui: UI):
+    await ui.run(sign_in, admin.key)
+    operator = (await admin.get("/api/v2/whoami")).body["account_id"]
+
+    def create(page: Page, operator: str) -> str:
+        page.get_by_role("link", name="Accounts").click()
+        expect(page.get_by_role("heading", level=1, name="Accounts")).to_be_visible()
+        mine = page.locator("tr[data-account-id='%s']" % operator)
+        expect(mine).to_contain_text("operator")
+        expect(mine).to_contain_text("yours")
+        accessible(page)
+        page.get_by_role("button", name="Create account").click()
+        expect(page.get_by_role("alert")).to_have_text("Enter a name for the account.")
+        expect(page.get_by_label("Name")).to_be_focused()
+        page.get_by_label("Name").fill("ui-tenant")
+        page.get_by_role("button", name="Create account").click()
+        expect(page.get_by_role("heading", name="Account created")).to_be_visible()
+        account_id = page.get_by_label("Account ID", exact=True).input_value()
+        key = page.get_by_label("Admin key", exact=True).input_value()
+        page.get_by_role("button", name="Copy Admin key").click()
+        expect(dialog(page).get_by_text("Copied.")).to_be_visible()
+        assert clipboard(page) == key
+        expect(dialog(page)).to_contain_text("shown only this once")
+        return account_id + " " + key
+
+    account_id, key = (await ui.run(create, operator)).split(" ")
+    SECRETS.add(key)
+    await ui.shot("account-created")
+
+    def listed(page: Page, key: str) -> None:
+        page.get_by_role("button", name="Done").click()
+        expect(dialog(page)).to_have_count(0)
+        assert key not in page.content()
+        expect(page.locator("tr[data-account-id='%s']" % account_id)).to_contain_text("ui-tenant")
+        expect(page.get_by_text("Created account ui-tenant (%s)." % account_id)).to_be_visible()
+        expect(page.get_by_role("button", name="Create account")).to_be_focused()
+
+    await ui.run(listed, key)
+    await ui.shot("accounts")
+    who = await Client(server, key).get("/api/v2/whoami")
+    assert who.body["account_id"] == account_id and who.body["kind"] == "admin"
+    assert who.body["operator"] is False
+    ui.allow(403, "/api/v2/accounts")
+
+    def as_tenant(page: Page, key: str) -> None:
+        sign_out(page)
+        sign_in(page, key)
+        # Its admin sees its keys and its audit log, not the accounts.
+        expect(page.get_by_role("link", name="API keys")).to_be_visible()
+        expect(page.get_by_role("link", name="Audit log")).to_be_visible()
+        expect(page.get_by_role("link", name="Accounts")).to_be_hidden()
+        page.goto("/#/accounts")
+        expect(page.get_by_role("alert")).to_have_text(
+            "Not allowed with this key (403): only admin keys of the operator account may manage accounts")
+        expect(page.get_by_role("button", name="Create account")).to_have_count(0)
+
+    await ui.run(as_tenant, key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_audit_page_lists_what_was_just_done(server, admin: Client, ui: UI):
+    _, key = await new_account(admin, "ui-audited")
+    tenant = Client(server, key)
+    device_id, _ = await tenant.register("audit-boiler")
+    # Enough entries for more than a page (50): renames, and one refused.
+    for n in range(55):
+        reply = await tenant.post("/api/v2/devices/" + device_id, {"name": "audit-boiler-%d" % n})
+        assert reply.status == 200
+    refused = await tenant.post("/api/v2/devices/" + device_id, {"shadow": {"version": 99, "tags": {}}})
+    assert refused.status == 409
+
+    async def written() -> bool:
+        reply = await tenant.get("/api/v2/audit?start=-1")
+        return reply.body["entries"][-1]["status"] == 409
+
+    await eventually(written)
+    await ui.run(sign_in, key)
+
+    def first_page(page: Page) -> None:
+        page.get_by_role("link", name="Audit log").click()
+        expect(page.get_by_role("heading", level=1, name="Audit log")).to_be_visible()
+        rows = page.get_by_role("table", name="Audit log of this account, newest first").locator("tbody tr")
+        expect(rows).to_have_count(50)
+        # Newest first: the refused change, with dashd's reason.
+        expect(rows.first).to_contain_text("POST /api/v2/devices/" + device_id)
+        expect(rows.first).to_contain_text("409: shadow version 99 is stale")
+        expect(rows.first).to_contain_text("this key")
+        expect(rows.first.get_by_role("link", name="audit-boiler-54")).to_be_visible()
+        expect(rows.nth(1)).to_contain_text("200")
+        expect(page.get_by_text("50 entries shown, newest first.")).to_be_visible()
+        accessible(page)
+        page.get_by_role("button", name="Load older").click()
+        # 55 renames, the refusal and the registration: all of them.
+        expect(rows).to_have_count(57)
+        expect(rows.last).to_contain_text("POST /api/v2/devices")
+        expect(rows.last).not_to_contain_text(device_id)
+        expect(page.get_by_text("57 entries shown, newest first: every stored entry.")).to_be_visible()
+        expect(page.get_by_role("button", name="Load older")).to_be_hidden()
+
+    await ui.run(first_page)
+    await ui.shot("audit")
+
+    # What the page itself does is there too.
+    def rename(page: Page) -> None:
+        open_device(page, device_id, "audit-boiler-54")
+        section(page, "Info").get_by_label("Name").fill("audit-boiler-renamed")
+        section(page, "Info").get_by_role("button", name="Rename").click()
+        expect(section(page, "Info").get_by_text("Renamed to audit-boiler-renamed.")).to_be_visible()
+
+    await ui.run(rename)
+
+    async def renamed() -> bool:
+        reply = await tenant.get("/api/v2/audit?start=-1")
+        return reply.body["entries"][-1]["status"] == 200
+
+    await eventually(renamed)
+
+    def newest(page: Page) -> None:
+        page.get_by_role("link", name="Audit log").click()
+        rows = page.get_by_role("table", name="Audit log of this account, newest first").locator("tbody tr")
+        expect(rows.first.get_by_role("link", name="audit-boiler-renamed")).to_be_visible()
+        expect(rows.first).to_contain_text("POST /api/v2/devices/%s" % device_id)
+        # Reading the device's log (a POST) is no change: not listed.
+        assert page.get_by_text("/api/v2/logs").count() == 0
+
+    await ui.run(newest)
+    reply = await tenant.post("/api/v2/devices/%s/rpc/Sys.GetInfo" % device_id)
+    assert reply.status == 503
+
+    async def called() -> bool:
+        reply = await tenant.get("/api/v2/audit?start=-1")
+        return reply.body["entries"][-1]["status"] == 503
+
+    await eventually(called)
+
+    def load_newer(page: Page) -> None:
+        rows = page.get_by_role("table", name="Audit log of this account, newest first").locator("tbody tr")
+        count = rows.count()
+        page.get_by_role("button", name="Load newer").click()
+        expect(rows).to_have_count(count + 1)
+        expect(rows.first).to_contain_text("POST /api/v2/devices/%s/rpc/Sys.GetInfo" % device_id)
+        expect(rows.first).to_contain_text("503: device %s is offline" % device_id)
+
+    await ui.run(load_newer)
+
+
 # Phone width, keyboard
 
 

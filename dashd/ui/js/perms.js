@@ -20,6 +20,9 @@ export function permissions(me) {
     restricted,
     canRegister: admin,
     canManageKeys: admin,
+    // The audit log is the account's; accounts are the operator's.
+    canReadAudit: admin,
+    canManageAccounts: admin && me.operator === true,
     // Rename, share, change tags (tags.save too) or reported, delete,
     // rotate the token, update and commit firmware.
     owns: (device) => admin && device.account_id === me.account_id,
