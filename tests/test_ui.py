@@ -1394,11 +1394,18 @@ async def test_stored_data_plots_and_table(server, admin: Client, ui: UI):
 
 
 @pytest_twisted.ensureDeferred
-async def test_sharing_with_another_account(server, admin: Client, ui: UI):
+async def test_sharing_with_another_account(server, admin: Client, ui: UI, tmp_path):
     device_id, token = await admin.register("shared-heater")
     account_b, key_b = await new_account(admin, "ui-partner")
-    sim = await connect_device(server, token)
+    sim = await connect_device(server, token, ota_fail="OTA.Begin")
     await device_online(admin, device_id)
+    # Its owner saves a key's values and tried a firmware update.
+    await admin.post("/api/v2/devices/" + device_id, {"shadow": {"tags": {"save": ["power"]}}})
+    for watts in (800, 1200):
+        await within(sim.report({"power": watts}))
+    reply = await admin.upload("/api/v2/devices/%s/ota" % device_id, make_bin(str(tmp_path / "h.bin"), 3000))
+    assert reply.status == 202
+    await ota_state(admin, device_id, "failed")
     await ui.run(sign_in, admin.key)
     ui.allow(400, "/api/v2/devices/" + device_id)
 
@@ -1418,6 +1425,9 @@ async def test_sharing_with_another_account(server, admin: Client, ui: UI):
 
     def as_partner(page: Page, key: str) -> None:
         sign_in(page, key)
+        # An admin of another account: its own keys and audit log.
+        expect(page.get_by_role("link", name="Audit log")).to_be_visible()
+        expect(page.get_by_role("link", name="Accounts")).to_be_hidden()
         target = row(page, device_id)
         expect(target).to_contain_text("shared")
         expect(target.get_by_role("button")).to_have_count(0)
@@ -1435,6 +1445,18 @@ async def test_sharing_with_another_account(server, admin: Client, ui: UI):
         box.get_by_label("Params (JSON)").fill('{"from": "partner"}')
         box.get_by_role("button", name="Call").click()
         expect(box.get_by_label("Result")).to_contain_text('"from": "partner"')
+        # It reads the stored data and the firmware status, changes neither.
+        data = section(page, "Stored data")
+        expect(data.locator("ul.saved-keys")).to_have_text("power")
+        expect(data.get_by_role("button", name="Stop saving power")).to_have_count(0)
+        expect(data.get_by_label("Reported key to save")).to_have_count(0)
+        expect(data.get_by_role("img", name="Plot of power")).to_be_visible()
+        expect(data.locator("figcaption")).to_have_text("power — 2 points, last 1200")
+        ota = section(page, "Firmware update")
+        expect(ota.get_by_text("Only admin keys of the account that owns the device update its firmware.")).to_be_visible()
+        expect(ota.get_by_label("Firmware file")).to_have_count(0)
+        expect(ota.get_by_role("alert")).to_contain_text("The update failed: the device refused OTA.Begin")
+        expect(page.get_by_role("log", name="Device log")).to_contain_text("update h.bin: failed")
         accessible(page)
 
     await ui.run(as_partner, key_b)
@@ -1450,10 +1472,13 @@ async def test_read_only_key(server, admin: Client, ui: UI):
     key = await new_key(admin, name="auditor", kind="read-only")
     await ui.run(sign_in, key)
     ui.allow(403, "/api/v2/keys")
+    ui.allow(403, "/api/v2/audit")
 
     def offered_nothing(page: Page) -> None:
         expect(page.locator("#who")).to_have_text("Key auditor (read-only)")
         expect(page.get_by_role("link", name="API keys")).to_be_hidden()
+        expect(page.get_by_role("link", name="Audit log")).to_be_hidden()
+        expect(page.get_by_role("link", name="Accounts")).to_be_hidden()
         expect(page.get_by_role("button", name="Add device")).to_have_count(0)
         expect(row(page, device_id)).to_contain_text("ro-visible")
         expect(row(page, device_id).get_by_role("button")).to_have_count(0)
@@ -1467,7 +1492,22 @@ async def test_read_only_key(server, admin: Client, ui: UI):
             "This key is read-only: it may not call methods on devices.")
         expect(section(page, "RPC console").get_by_role("button")).to_have_count(0)
         expect(section(page, "Token and deletion")).to_have_count(0)
-        # dashd itself refuses it the keys, and the page says so.
+        # It reads stored data, logs and firmware updates; it changes none.
+        data = section(page, "Stored data")
+        expect(data.get_by_text("No reported keys are saved: dashd stores nothing for this device.")).to_be_visible()
+        expect(data.get_by_label("Reported key to save")).to_have_count(0)
+        expect(data.get_by_text("No points are stored for this device.")).to_be_visible()
+        ota = section(page, "Firmware update")
+        expect(ota.get_by_text("This key is read-only: it sees firmware updates but may not start one.")).to_be_visible()
+        expect(ota.get_by_text("No firmware update of this device yet.")).to_be_visible()
+        expect(ota.get_by_role("button")).to_have_count(0)
+        expect(section(page, "Device log").get_by_text("Nothing is stored for this device yet")).to_be_visible()
+        accessible(page)
+        # dashd itself refuses it the audit log, and the page says so.
+        page.goto("/#/audit")
+        expect(page.get_by_role("alert")).to_have_text(
+            "Not allowed with this key (403): only admin keys may read the audit log; this key is read-only")
+        # And the keys.
         page.goto("/#/keys")
         expect(page.get_by_role("alert")).to_have_text(
             "Not allowed with this key (403): only admin keys may manage keys; this key is read-only")
@@ -1561,8 +1601,12 @@ async def test_keys_page_and_restricted_key(server, admin: Client, ui: UI):
         expect(row(page, device_id)).to_contain_text("Online")
         expect(row(page, other_id)).to_have_count(0)
         accessible(page)
+        expect(page.get_by_role("link", name="Audit log")).to_be_hidden()
         open_device(page, device_id, "customer-thermostat")
+        # Stored data, logs and firmware updates are not a customer's (403).
         expect(section(page, "Device log")).to_have_count(0)
+        expect(section(page, "Stored data")).to_have_count(0)
+        expect(section(page, "Firmware update")).to_have_count(0)
         expect(section(page, "Sharing")).to_have_count(0)
         expect(page.get_by_role("table", name="System info reported by the device")).to_have_count(0)
         shadow = section(page, "Shadow")
@@ -1816,6 +1860,25 @@ async def test_phone_width(server, admin: Client, phone: UI):
 
     await phone.run(keys)
     await phone.shot("phone-keys")
+
+    def audit(page: Page) -> None:
+        page.get_by_role("link", name="Audit log").click()
+        rows = page.get_by_role("table", name="Audit log of this account, newest first").locator("tbody tr")
+        expect(rows.first).to_be_visible()
+        no_horizontal_overflow(page)
+        accessible(page)
+
+    await phone.run(audit)
+    await phone.shot("phone-audit")
+
+    def accounts(page: Page) -> None:
+        page.get_by_role("link", name="Accounts").click()
+        expect(page.get_by_role("row").filter(has_text="yours")).to_be_visible()
+        no_horizontal_overflow(page)
+        accessible(page)
+
+    await phone.run(accounts)
+    await phone.shot("phone-accounts")
 
     def add(page: Page) -> None:
         page.get_by_role("link", name="Devices", exact=True).click()
