@@ -3,6 +3,8 @@
 #   make test   set up .venv and run the whole test suite
 # ARGS are passed to dashd (make run ARGS="--listen tcp:9000"), PYTEST_ARGS
 # to pytest (make test PYTEST_ARGS="-k shadow").
+#   make bench  the benchmark (docs/performance.md); BENCH_ARGS="--quick" for
+#               a short run. Needs wrk (it offers to apt-get install it).
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +13,7 @@ READY := $(VENV)/.ready
 # here); installed once, as root, when it is missing.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test tools clean
+.PHONY: run test tools bench clean
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +42,9 @@ tools:
 	    echo "installing Debian's systemd package for systemd-analyze"; \
 	    apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; }
+
+bench: $(READY)
+	$(VENV)/bin/python -m bench --install-wrk $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) dashd-data .pytest_cache .hypothesis

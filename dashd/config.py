@@ -37,6 +37,10 @@ def _not_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be 0 or more"
 
 
+def _not_empty(value: Any) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
 def _endpoints(value: Any) -> str | None:
     if not value:
         return "must name at least one endpoint"
@@ -70,6 +74,15 @@ def _networks(value: Any) -> str | None:
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else "must be one of %s" % ", ".join(choices)
+
+    return check
+
+
+def _url(*schemes: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value == "" or any(value.startswith(s + "://") for s in schemes):
+            return None
+        return "must be empty or a URL starting with %s" % " or ".join(s + "://" for s in schemes)
 
     return check
 
@@ -137,6 +150,15 @@ OPTIONS = [
     Option("store.synchronous", "FULL", str,
            "SQLite synchronous mode: FULL survives power loss, NORMAL only a crash "
            "of dashd", _one_of("FULL", "NORMAL")),
+    Option("store.url", "", str,
+           "Empty for SQLite in data_dir, or a PostgreSQL URL "
+           "(\"postgresql://user:password@host:5432/dashd\"); cluster mode needs PostgreSQL",
+           _url("postgresql", "postgres")),
+    Option("store.pool_size", 8, int,
+           "PostgreSQL: connections (and threads) the store uses at most", _positive),
+    Option("store.timeout", 10.0, (int, float),
+           "PostgreSQL: seconds a query, or waiting for a connection, may take before the "
+           "request fails with 503", _positive),
     Option("notify.max_backlog", 1000, int,
            "Events held for a notification subscriber that is not reading; beyond it "
            "the subscriber is dropped (close code 1008)", _positive),
@@ -185,6 +207,16 @@ OPTIONS = [
            "Networks whose clients may read /metrics without an API key; any other client "
            "needs one (Authorization: Bearer KEY). [] requires a key from everyone",
            _networks),
+    Option("cluster.redis_url", "", str,
+           "Empty for a single node, or the Redis URL the nodes of a cluster share "
+           "(\"redis://host:6379/0\"); needs store.url on PostgreSQL",
+           _url("redis", "rediss", "unix")),
+    Option("cluster.namespace", "dashd", str,
+           "Prefix of every Redis key and channel of this cluster (several clusters may "
+           "share one Redis)", _not_empty),
+    Option("cluster.node_timeout", 5.0, (int, float),
+           "Seconds without a sign of life from a node before the others take it for dead "
+           "(its devices show offline and may reconnect elsewhere)", _positive),
 ]
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -227,6 +259,11 @@ class Config:
         if self["device.max_frame_bytes"] > self["device.max_message_bytes"] * 16:
             raise ConfigError(
                 "device.max_frame_bytes is far larger than device.max_message_bytes"
+            )
+        if self["cluster.redis_url"] and not self["store.url"]:
+            raise ConfigError(
+                "cluster.redis_url needs a store the nodes share: set store.url to a "
+                "postgresql:// URL"
             )
 
 

@@ -1,8 +1,10 @@
 """
 ``dashctl``: dashd's administration command.
 
-It works directly on the data directory (the SQLite store), so it needs no
-API key and works whether dashd runs or not:
+It works directly on the data directory (the SQLite store), or on the
+PostgreSQL database of ``store.url`` (keys and devices; backup and restore
+are then pg_dump's and pg_restore's), so it needs no API key and works
+whether dashd runs or not:
 
     dashctl config                     the effective configuration
     dashctl keys list|create|revoke    API keys
@@ -307,16 +309,56 @@ STORE_COMMANDS = {
 }
 
 
-def run_store_command(path: str, args: argparse.Namespace, out: Any) -> None:
+def open_store(path: str | None, config: configuration.Config, reactor: Any) -> Any:
+    """The SQLite store at C{path}, or (C{path} None) the PostgreSQL store
+    of C{store.url}, which dashctl never migrates."""
+    if path is not None:
+        from dashd.store.sqlite import SQLiteStore
+
+        return SQLiteStore(path, reactor)
+    from dashd.store.postgres import PostgresStore
+
+    return PostgresStore(config["store.url"], reactor, pool_size=2,
+                         timeout=config["store.timeout"], migrate=False)
+
+
+def check_postgres_schema(config: configuration.Config) -> None:
+    from dashd.store import StoreError
+    from dashd.store.postgres import migrations, redact, schema_version
+
+    url = config["store.url"]
+    try:
+        version = schema_version(url, config["store.timeout"])
+    except StoreError as e:
+        raise Failed(str(e))
+    latest = max(number for number, _ in migrations())
+    if version == 0:
+        raise Failed("no dashd store in %s (dashd creates it on its first start)" % redact(url))
+    if version < latest:
+        raise Failed(
+            "the store's schema is version %d, this dashctl's is %d: start the new dashd "
+            "once (it migrates the store on start), then retry" % (version, latest)
+        )
+    if version > latest:
+        raise Failed(
+            "the store was written by a newer dashd (schema %d, this dashctl knows %d): "
+            "use that version's dashctl" % (version, latest)
+        )
+
+
+def run_store_command(path: str | None, args: argparse.Namespace, out: Any,
+                      config: configuration.Config | None = None) -> None:
     from twisted.internet import task
 
-    from dashd.store.sqlite import SQLiteStore
-
-    check_schema(path)
+    if path is None:
+        assert config is not None
+        check_postgres_schema(config)
+    else:
+        check_schema(path)
     failure: list[BaseException] = []
 
     async def main(reactor: Any) -> None:
-        store = SQLiteStore(path, reactor)
+        store = open_store(path, config, reactor)  # type: ignore[arg-type]
         store.start()
         try:
             command = STORE_COMMANDS[(args.area, args.action)]
@@ -539,6 +581,13 @@ def main(argv: list[str] | None = None, out: Any = None) -> int:
             return 0
         check_arguments(args)
         data_dir = config["data_dir"]
+        if config["store.url"]:
+            # The store is on PostgreSQL (cluster mode).
+            if args.area in ("backup", "restore"):
+                raise Failed("backup and restore copy the SQLite store; this dashd's store is "
+                             "on PostgreSQL (store.url): use pg_dump and pg_restore")
+            run_store_command(None, args, out, config)
+            return 0
         path = check_data_dir(data_dir, need_store=args.area != "restore")
         if args.area == "backup":
             backup(path, args.file, out)

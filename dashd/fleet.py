@@ -102,35 +102,43 @@ class Fleet:
             self._shadow_changed(device, result)
         return device
 
-    @inlineCallbacks
+    # update_shadow and record_info run for every report and heartbeat of
+    # thousands of devices: plain callbacks, cheaper than inlineCallbacks.
+
     def update_shadow(
         self, device_id: str, update: shadow.ShadowUpdate, save_data: bool = False
-    ) -> Any:
+    ) -> Deferred[Any]:
         """Fire with C{(device, UpdateResult)}. C{save_data}: the device
         itself reports, so values of keys in C{tags.save} are stored."""
-        device, result = yield self.store.update_shadow(
-            device_id, update, self.now(), save_data=save_data
-        )
-        self._shadow_changed(device, result)
-        return device, result
 
-    @inlineCallbacks
-    def record_info(self, device_id: str, info: dict[str, Any]) -> Any:
+        def changed(outcome: tuple[Device, shadow.UpdateResult]) -> Any:
+            self._shadow_changed(*outcome)
+            return outcome
+
+        d = self.store.update_shadow(device_id, update, self.now(), save_data=save_data)
+        return d.addCallback(changed)
+
+    def record_info(self, device_id: str, info: dict[str, Any]) -> Deferred[Any]:
         """Keep what the device says of itself; its firmware identity also goes
-        to the shadow's reported.ota (only when it changed)."""
+        to the shadow's reported.ota (only when it changed). Fire with the
+        device."""
         firmware = {k: info[k] for k in FIRMWARE_KEYS if k in info}
         update = None
         if firmware:
             update = shadow.ShadowUpdate(patches={"reported": {"ota": firmware}})
-        device, result = yield self.store.record_info(device_id, info, update, self.now())
-        if result is not None:
-            self._shadow_changed(device, result)
-        for observer in self.info_observers:
-            try:
-                observer(device, info)
-            except Exception:
-                log.failure("info observer {observer}", observer=observer)
-        return device
+
+        def recorded(outcome: tuple[Device, shadow.UpdateResult | None]) -> Device:
+            device, result = outcome
+            if result is not None:
+                self._shadow_changed(device, result)
+            for observer in self.info_observers:
+                try:
+                    observer(device, info)
+                except Exception:
+                    log.failure("info observer {observer}", observer=observer)
+            return device
+
+        return self.store.record_info(device_id, info, update, self.now()).addCallback(recorded)
 
     def _shadow_changed(self, device: Device, result: shadow.UpdateResult) -> None:
         if not result.changed:

@@ -116,8 +116,8 @@ def _normalise_error(error: Any) -> dict[str, Any]:
     return {"code": INTERNAL_ERROR, "message": json.dumps(error)}
 
 
-def _dumps(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+# One encoder for every frame: json.dumps with options builds a new one a call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def encode_request(

@@ -15,16 +15,20 @@ Event names:
 
 Publishers go through L{IHub} so that a cluster hub (relaying between
 nodes) can replace L{LocalHub}. Each event is encoded once, whatever the
-number of subscribers.
+number of subscribers, and only if someone receives it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True)
@@ -35,15 +39,12 @@ class Event:
     # Who may see it: the owning account and those the device is shared with.
     account_id: str
     shared_with: tuple[str, ...] = ()
-    payload: str = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        encoded = json.dumps(
-            {"name": self.name, "id": self.device_id, "data": self.data},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
-        object.__setattr__(self, "payload", encoded)
+    @cached_property
+    def payload(self) -> str:
+        """The event as JSON, encoded on first use (most events have no
+        subscriber to see them)."""
+        return _encode({"name": self.name, "id": self.device_id, "data": self.data})
 
 
 class ISubscriber(Interface):

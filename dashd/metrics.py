@@ -102,6 +102,16 @@ class _Live:
             "dashd_notify_subscribers", "Notification streams open",
             value=self.fleet.hub.subscriber_count(),
         )
+        # What a leak would show as: calls that nobody will answer, timers
+        # that nobody will cancel.
+        yield GaugeMetricFamily(
+            "dashd_device_calls_pending", "Calls sent to devices and not answered yet",
+            value=sum(s.pending_count for s in self.fleet.router.sessions()),
+        )
+        yield GaugeMetricFamily(
+            "dashd_reactor_delayed_calls", "Timers scheduled on the reactor",
+            value=len(self.fleet.clock.getDelayedCalls()),
+        )
         depth = getattr(self.store, "queue_depth", None)
         if depth is not None:
             yield GaugeMetricFamily(

@@ -22,6 +22,8 @@ class ISession(Interface):
     """The live connection of one device, as the router sees it."""
 
     device_id = Attribute("the ID of the device on this connection")
+    device = Attribute("the device's record, kept current through device_changed")
+    closing = Attribute("True once the connection is being closed (no more calls)")
 
     def call(method, params, timeout):
         """Send a JSON-RPC call; fire with the result, or fail with
@@ -52,6 +54,11 @@ class IRouter(Interface):
 
     def is_online(device_id):
         """True if a live connection holds the device."""
+
+    def device(device_id):
+        """The record of a device a live connection holds here (kept current
+        through device_changed), or None: lets a caller that needs only who
+        may see the device skip a store read."""
 
     def online_count():
         """How many devices hold a live connection."""
@@ -95,6 +102,12 @@ class LocalRouter:
 
     def online_count(self) -> int:
         return len(self._sessions)
+
+    def device(self, device_id: str) -> Device | None:
+        session = self._sessions.get(device_id)
+        if session is None or session.closing:
+            return None
+        return session.device
 
     def call(self, device_id: str, method: str, params: Any, timeout: float) -> Deferred[Any]:
         session = self._sessions.get(device_id)

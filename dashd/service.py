@@ -31,14 +31,14 @@ from dashd.auth import Authenticator
 from dashd.config import Config
 from dashd.fleet import Fleet
 from dashd.history import History
-from dashd.hub import LocalHub
+from dashd.hub import IHub, LocalHub
 from dashd.limits import FailureLimiter, TokenBucket
 from dashd.lifecycle import DataDirInUse, DataDirLock, DrainService, Readiness, raise_open_files_limit
 from dashd.metrics import Metrics
 from dashd.model import Account, ApiKey
 from dashd.ota import OtaManager
 from dashd.retention import DataRetention
-from dashd.router import LocalRouter
+from dashd.router import IRouter, LocalRouter
 from dashd.session import CLOSE_GOING_AWAY
 from dashd.store import IStore
 from dashd.store.sqlite import SQLiteStore
@@ -155,6 +155,28 @@ class FleetService(Service):
             yield deferLater(clock, 0.05)
 
 
+def make_store(config: Config, reactor: Any) -> IStore:
+    """SQLite in the data directory, or PostgreSQL when store.url names one
+    (imported only then: its driver is an optional dependency)."""
+    limits = (config["shadow.max_bytes"], config["shadow.max_depth"])
+    if config["store.url"]:
+        from dashd.store.postgres import PostgresStore
+
+        return PostgresStore(
+            config["store.url"],
+            reactor,
+            pool_size=config["store.pool_size"],
+            timeout=config["store.timeout"],
+            shadow_limits=limits,
+        )
+    return SQLiteStore(
+        os.path.join(config["data_dir"], DATABASE_FILE),
+        reactor,
+        synchronous=config["store.synchronous"],
+        shadow_limits=limits,
+    )
+
+
 class OtaService(Service):
     """Starts the firmware update manager, and fails the transfers under way
     when dashd stops."""
@@ -180,17 +202,7 @@ class DashdService(MultiService):
         super().__init__()
         self.config = config
         data_dir = config["data_dir"]
-        self.store = SQLiteStore(
-            os.path.join(data_dir, DATABASE_FILE),
-            reactor,
-            synchronous=config["store.synchronous"],
-            shadow_limits=(config["shadow.max_bytes"], config["shadow.max_depth"]),
-        )
-        self.fleet = Fleet(self.store, LocalRouter(), LocalHub(), reactor, config)
-        self.history = History(self.store, reactor, config["logs.max_per_device"])
-        self.fleet.event_observers.append(self.history.observe)
-        firmware_dir = os.path.join(data_dir, FIRMWARE_DIR)
-        self.ota = OtaManager(self.fleet, config, firmware_dir, reactor)
+        self.store = make_store(config, reactor)
         self.auth = Authenticator(
             self.store,
             reactor,
@@ -199,6 +211,20 @@ class DashdService(MultiService):
                 reactor, config["limits.requests_per_second"], config["limits.burst"]
             ),
         )
+        self.cluster = None
+        router: IRouter = LocalRouter()
+        hub: IHub = LocalHub()
+        if config["cluster.redis_url"]:
+            # Cluster mode: devices may be held by any node (see dashd.cluster).
+            from dashd.cluster import Cluster
+
+            self.cluster = Cluster(config, reactor, self.store, self.auth)
+            router, hub = self.cluster.router, self.cluster.hub
+        self.fleet = Fleet(self.store, router, hub, reactor, config)
+        self.history = History(self.store, reactor, config["logs.max_per_device"])
+        self.fleet.event_observers.append(self.history.observe)
+        firmware_dir = os.path.join(data_dir, FIRMWARE_DIR)
+        self.ota = OtaManager(self.fleet, config, firmware_dir, reactor)
         self.api = Api(self.fleet, self.auth, config, reactor)
         self.api.ota = self.ota
         self.site = DashdSite(
@@ -223,6 +249,8 @@ class DashdService(MultiService):
         self.api.readiness = self.readiness
         self.store_service = StoreService(self.store, data_dir, reactor)
         self.store_service.setServiceParent(self)
+        if self.cluster is not None:
+            self.cluster.service().setServiceParent(self)
         FleetService(self.fleet).setServiceParent(self)
         # After the fleet, so it stops first: transfers under way are marked
         # failed while the store is still open.

@@ -87,7 +87,8 @@ class DeviceSession:
         self._heard_info = False
         self._delta_unsupported = False
         self._closed = False
-        self._replaced = False
+        # Set once dashd has asked this connection to close: no more calls.
+        self.closing = False
         # Set while the device leaves our writes unread (see stalled()).
         self._stall_timer: IDelayedCall | None = None
         self._dropped = False
@@ -103,12 +104,10 @@ class DeviceSession:
         self._info_call = self._clock.callLater(delay, self._request_info)
         # Read the shadow after attaching: a desired change made from now on
         # is pushed through the router, one made before is in what we read.
-        d = fleet.store.get_device(self.device_id)
+        # The same store job records last_seen.
+        d = fleet.store.device_connected(self.device_id, fleet.now())
         d.addCallback(self._send_initial_delta)
-        d.addErrback(self._log_failure, "reading the shadow")
-        fleet.store.touch(self.device_id, fleet.now()).addErrback(
-            self._log_failure, "recording last_seen"
-        )
+        d.addErrback(self._log_failure, "recording last_seen and reading the shadow")
 
     def stalled(self) -> None:
         """Our writes to the device fill its connection's buffers: take no
@@ -137,6 +136,7 @@ class DeviceSession:
         if self._closed:
             return
         self._closed = True
+        self.closing = True
         self.unstalled()
         if self._info_call is not None and self._info_call.active():
             self._info_call.cancel()
@@ -160,14 +160,20 @@ class DeviceSession:
                 )
             )
 
+    @property
+    def pending_count(self) -> int:
+        """Calls sent and not answered yet."""
+        return len(self._pending)
+
     # ISession
 
     def replaced(self) -> None:
-        self._replaced = True
+        self.closing = True
         self._fail_pending("replaced by a newer connection")
         self._close(CLOSE_REPLACED, "replaced by a newer connection of this device")
 
     def disconnect(self, code: int, reason: str) -> None:
+        self.closing = True
         self._fail_pending(reason)
         self._close(code, reason)
 
@@ -178,7 +184,7 @@ class DeviceSession:
         self._send_delta(document)
 
     def call(self, method: str, params: Any, timeout: float) -> Deferred[Any]:
-        if self._closed or self._replaced:
+        if self._closed or self.closing:
             return fail(DeviceOffline("device %s is offline" % self.device_id))
         if self._stall_timer is not None:
             return fail(ServiceUnavailable(

@@ -283,5 +283,8 @@ def _version(value: Any) -> int | None:
     return value
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode(doc: Any) -> str:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return _encode(doc)

@@ -188,8 +188,12 @@ CORS_ALLOW_HEADERS = b"Authorization, Content-Type"
 CORS_ALLOW_METHODS = b"GET, POST, DELETE"
 
 
+# json.dumps with options builds a new encoder each call; this one is reused.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _encode(value).encode("utf-8")
 
 
 def _error_bytes(code: int, message: str) -> bytes:
@@ -372,6 +376,10 @@ class _MaskedRequest:
 
 
 def masked_log_formatter(timestamp: str, request: Request) -> str:
+    uri = request.uri
+    if _SECRET_IN_QUERY.search(uri) is None and _SECRET_IN_PATH.search(uri) is None:
+        # Nothing to mask (the usual case): no wrapper in the way.
+        return combinedLogFormatter(timestamp, request)
     return combinedLogFormatter(timestamp, _MaskedRequest(request))  # type: ignore[arg-type]
 
 

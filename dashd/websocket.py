@@ -13,9 +13,13 @@ subscriber that does not read.
 
 from __future__ import annotations
 
+import pprint
+import inspect
 from collections import deque
 from typing import Any
 
+import autobahn.twisted.websocket
+import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.interfaces import IPushProducer
@@ -38,6 +42,76 @@ CLOSE_TOO_BIG = 1009
 # A device that sends this many unreadable values in a row is not speaking
 # JSON-RPC; drop it rather than answer garbage forever.
 MAX_CONSECUTIVE_ERRORS = 50
+
+
+class _Formatted:
+    """Text made only if a log line shows it."""
+
+    __slots__ = ("function", "args", "kwargs")
+
+    def __init__(self, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.function = function
+        self.args = args
+        self.kwargs = kwargs
+
+    def __str__(self) -> str:
+        return str(self.function(*self.args, **self.kwargs))
+
+
+def _lazy_pformat(value: Any, *args: Any, **kwargs: Any) -> Any:
+    # Autobahn pretty-prints every new connection's ~30 options for a debug
+    # log line, debug on or off (an eighth of the server's time in a connect
+    # storm). That list is the only one it pretty-prints: defer it to when
+    # the line is written; anything else is formatted as before.
+    if isinstance(value, list) and not args and not kwargs:
+        return _Formatted(pprint.pformat, (value,), {})
+    return pprint.pformat(value, *args, **kwargs)
+
+
+def _lazy(function: Any) -> Any:
+    def deferred(*args: Any, **kwargs: Any) -> _Formatted:
+        return _Formatted(function, args, kwargs)
+
+    return deferred
+
+
+def _defer_autobahn_debug_formatting() -> None:
+    """
+    Autobahn computes the arguments of its debug log lines whether or not
+    debug logging is on: a pretty-printed option list per connection, and
+    highlighted names and values (hltype, hlval) for every chunk received
+    and sent. In its WebSocket modules those helpers only ever feed log
+    lines, so make them produce their text when a line is written.
+    """
+    autobahn.websocket.protocol.pformat = _lazy_pformat  # type: ignore[attr-defined]
+    for module in (autobahn.websocket.protocol, autobahn.twisted.websocket):
+        for name in ("hltype", "hlval"):
+            function = getattr(module, name, None)
+            if function is not None and not getattr(function, "_dashd_lazy", False):
+                deferred = _lazy(function)
+                deferred._dashd_lazy = True  # type: ignore[attr-defined]
+                setattr(module, name, deferred)
+
+
+_defer_autobahn_debug_formatting()
+
+
+def shared_options(factory: WebSocketServerFactory) -> None:
+    """
+    Give the factory its own protocol class that carries the protocol options
+    (set with setProtocolOptions) as class attributes: Autobahn copies each
+    option onto every connection unless the protocol already has it, which
+    costs memory and time on each of thousands of connections.
+    """
+    base = factory.protocol
+    options = {}
+    for name in base.CONFIG_ATTRS:
+        value = getattr(factory, name)
+        # A function as a class attribute would become a method, called with
+        # the protocol as an extra first argument (perMessageCompressionAccept
+        # is one): keep functions as they are.
+        options[name] = staticmethod(value) if inspect.isfunction(value) else value
+    factory.protocol = type(base.__name__, (base,), options)
 
 
 def close_connection(proto: WebSocketProtocol, code: int, reason: str) -> None:
@@ -184,12 +258,18 @@ class DeviceFactory(WebSocketServerFactory):
             autoPingTimeout=config["device.ping_timeout"],
             maxMessagePayloadSize=config["device.max_message_bytes"],
             maxFramePayloadSize=config["device.max_message_bytes"],
+            # The stream decoder reads text and binary messages alike and
+            # answers invalid UTF-8 with a parse error; Autobahn checking it
+            # first would cost a pass over every message and close the
+            # connection instead.
+            utf8validateIncoming=False,
             allowedOrigins=["*"],
             openHandshakeTimeout=config["http.idle_timeout"],
             closeHandshakeTimeout=2,
             # Say why (e.g. 1009 too big) in a close frame before dropping.
             failByDrop=False,
         )
+        shared_options(self)
 
 
 @implementer(IPushProducer)
@@ -309,3 +389,4 @@ class NotifyFactory(WebSocketServerFactory):
             # Say why (e.g. 1009 too big) in a close frame before dropping.
             failByDrop=False,
         )
+        shared_options(self)

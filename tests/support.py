@@ -95,7 +95,11 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 class DashdProcess:
-    """``twistd -n dashd`` in a subprocess, with its own data directory."""
+    """``twistd -n dashd`` in a subprocess, with its own data directory.
+
+    C{store_url}: a PostgreSQL database instead of SQLite. C{first}: whether
+    this dashd is the first on its store, which creates the admin key (the
+    other nodes of a cluster do not)."""
 
     def __init__(
         self,
@@ -108,6 +112,8 @@ class DashdProcess:
         command_prefix: list[str] | None = None,
         pass_fds: tuple[int, ...] = (),
         twistd_options: list[str] | None = None,
+        store_url: str | None = None,
+        first: bool = True,
     ) -> None:
         """
         @param listen: endpoints instead of plain TCP on a free port;
@@ -121,6 +127,8 @@ class DashdProcess:
         """
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
+        self.store_url = store_url
+        self.first = first
         self.data_dir = os.path.join(directory, "data")
         self.port = free_port()
         self.log_path = os.path.join(directory, "dashd.log")
@@ -135,6 +143,8 @@ class DashdProcess:
             "tcp:%d:interface=127.0.0.1" % self.port
         ]
         doc = merge(FAST_CONFIG, config or {})
+        if store_url is not None:
+            doc = merge(doc, {"store": {"url": store_url}})
         doc = merge({"listen": endpoints, "data_dir": self.data_dir}, doc)
         self.data_dir = doc["data_dir"]
         write_toml(self.config_path, doc)
@@ -184,7 +194,7 @@ class DashdProcess:
         log.close()
 
     def _up(self) -> bool:
-        if not os.path.exists(os.path.join(self.data_dir, "admin.key")):
+        if self.first and not os.path.exists(os.path.join(self.data_dir, "admin.key")):
             return False
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", self.port)) == 0

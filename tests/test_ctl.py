@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 import pytest_twisted
 
 from support import (
@@ -137,6 +138,7 @@ def test_config_prints_the_effective_configuration(server: DashdProcess, tmp_pat
         dashctl(None, "config", config=str(bad)))
 
 
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # the SQLite store
 def test_refuses_a_missing_or_foreign_data_dir(server: DashdProcess, tmp_path):
     assert "no data directory at %s" % (tmp_path / "none") in error(
         dashctl(server, "--data-dir", str(tmp_path / "none"), "devices", "list"))
@@ -151,6 +153,7 @@ def test_refuses_a_missing_or_foreign_data_dir(server: DashdProcess, tmp_path):
         assert "run dashctl as that user" in message
 
 
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # the SQLite store
 def test_refuses_a_store_of_another_schema(server: DashdProcess, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -162,6 +165,7 @@ def test_refuses_a_store_of_another_schema(server: DashdProcess, tmp_path):
                                                      "keys", "list"))
 
 
+@pytest.mark.parametrize("own_server", ["sqlite"], indirect=True)  # the SQLite store
 @pytest_twisted.ensureDeferred
 async def test_backup_while_running_and_restore_while_stopped(own_server: DashdProcess,
                                                               tmp_path):
@@ -203,6 +207,22 @@ async def test_backup_while_running_and_restore_while_stopped(own_server: DashdP
     names = {r[0] for r in conn.execute("SELECT name FROM devices")}
     conn.close()
     assert names == {"kept", "after the backup"}
+
+
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_on_postgresql_backup_is_pg_dump_s_and_schemas_are_checked(server: DashdProcess):
+    import psycopg
+
+    assert "use pg_dump and pg_restore" in error(dashctl(server, "backup", "/tmp/x"))
+    assert "use pg_dump and pg_restore" in error(dashctl(server, "restore", "/tmp/x"))
+    with psycopg.connect(server.store_url, autocommit=True) as conn:
+        (version,) = conn.execute("SELECT version FROM dashd_schema").fetchone()
+        conn.execute("UPDATE dashd_schema SET version = 99")
+        try:
+            assert "newer dashd (schema 99" in error(dashctl(server, "keys", "list"))
+        finally:
+            conn.execute("UPDATE dashd_schema SET version = %s", (version,))
+    assert ok(dashctl(server, "keys", "list"))
 
 
 def test_name_rule_is_the_rest_apis():

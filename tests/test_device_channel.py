@@ -145,14 +145,15 @@ async def test_malformed_frames_get_errors_and_the_connection_goes_on(server, ad
         # response (here to no call of dashd's), not an error.
         sim.send_raw('{"id": 10}')
         sim.send_raw(b"\xff\xfe{", binary=True)
+        sim.send_raw(b"\xff\xfe{", binary=False)  # a text message that is not UTF-8
 
-        async def seven_more() -> bool:
-            return len(_errors(sim)) >= before + 7
+        async def eight_more() -> bool:
+            return len(_errors(sim)) >= before + 8
 
-        await eventually(seven_more)
+        await eventually(eight_more)
         errors = _errors(sim)[before:]
         codes = [e["code"] for e in errors]
-        assert codes.count(-32700) == 3  # not JSON, bad literal, bad UTF-8
+        assert codes.count(-32700) == 4  # not JSON, bad literal, bad UTF-8 twice
         assert codes.count(-32600) == 4  # a batch, bad id, bad method, no method
         replies = [f for f in sim.frames if f.get("error", {}).get("code") == -32600]
         assert 9 in {f["id"] for f in replies}

@@ -442,3 +442,24 @@ async def test_notify_door_needs_an_api_key(server, admin: Client):
     assert "API key is required" in reply.error["message"]
     reply = await raw_handshake(server, "/api/v2/notify?access_token=wrong")
     assert (reply.status, reply.error["message"]) == (401, "unknown API key")
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_doors_answer_a_compression_offer(server, admin: Client):
+    """Browsers offer permessage-deflate; dashd declines it and upgrades."""
+    import socket
+
+    device_id, token = await admin.register()
+    for path, secret in (("/api/v2/notify", admin.key), ("/api/v2/rpc", token)):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(
+                b"GET %s?access_token=%s HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Origin: http://elsewhere.example\r\n"
+                b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+                % (path.encode(), secret.encode())
+            )
+            answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 101 "), (path, answer)
+        assert b"permessage-deflate" not in answer

@@ -1,6 +1,6 @@
 """
-Stored data, the device history and OTA status in the SQLite store (real
-files): migration 0003, the paging windows, visibility across accounts,
+Stored data, the device history and OTA status in the stores (SQLite on
+real files, and PostgreSQL): migration 0003, the paging windows, visibility across accounts,
 retention; and the pure parts (which reported values are saved, who sees
 which notification).
 """
@@ -18,13 +18,18 @@ from dashd.hub import Event, LocalHub
 from dashd.model import Account, ApiKey, Device
 from dashd.store.sqlite import SQLiteStore, migrate
 
+import backends
 
-@pytest.fixture
-def store(tmp_path):
-    s = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor)
-    s.start()
+
+@pytest.fixture(params=backends.STORES)
+def store(request, tmp_path):
+    """The store on each backend (SQLite, PostgreSQL): the same results."""
+    from test_store import open_store
+
+    s, cleanup = open_store(request.param, tmp_path)
     yield s
     pytest_twisted.blockon(s.stop())
+    cleanup()
 
 
 async def _devices(store, shared_with=("b",)):

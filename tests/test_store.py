@@ -1,6 +1,8 @@
 """
-The SQLite store, on a real file: migrations, group commit, and that a
-failing job does not take the others of its batch with it.
+The stores: the same tests on SQLite (a real file) and PostgreSQL (a
+database of this test's own on the machine's server), then what is
+particular to each: SQLite's migrations and group commit, PostgreSQL's
+migrations and concurrent writers (tests/test_store_postgres.py).
 """
 
 from __future__ import annotations
@@ -18,13 +20,29 @@ from dashd.model import Account, ApiKey, Device
 from dashd.store import IStore, LastAdminKey, NotFound, StoreError
 from dashd.store.sqlite import SQLiteStore, migrate, migrations
 
+import backends
 
-@pytest.fixture
-def store(tmp_path):
-    s = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor)
+
+def open_store(backend, tmp_path, **kwargs):
+    """A started store of that backend, empty, and what cleans it up."""
+    if backend == "sqlite":
+        s = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor, **kwargs)
+        s.start()
+        return s, lambda: None
+    from dashd.store.postgres import PostgresStore
+
+    url = backends.create_database()
+    s = PostgresStore(url, reactor, **kwargs)
     s.start()
+    return s, lambda: backends.drop_database(url)
+
+
+@pytest.fixture(params=backends.STORES)
+def store(request, tmp_path):
+    s, cleanup = open_store(request.param, tmp_path)
     yield s
     pytest_twisted.blockon(s.stop())
+    cleanup()
 
 
 def test_interface(store):
@@ -95,6 +113,24 @@ async def test_a_failing_job_does_not_spoil_its_batch(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_connected_and_info_return_what_a_read_would(store):
+    """device_connected and record_info hand back the record as stored,
+    without a second read: it must be what get_device then returns."""
+    _, _, device = await _account_and_device(store)
+    connected = await store.device_connected(device.id, 5.0)
+    assert connected == await store.get_device(device.id)
+    assert connected.last_seen == 5.0 and connected.shared_with == ("b1",)
+    assert await store.device_connected("dnosuchdevice", 5.0) is None
+    update = shadow.ShadowUpdate({"reported": {"ota": {"fw_version": "1.2"}}})
+    recorded, result = await store.record_info(device.id, {"fw_version": "1.2"}, update, 6.0)
+    assert result.changed
+    assert recorded == await store.get_device(device.id)
+    assert recorded.info == {"fw_version": "1.2"} and recorded.last_seen == 6.0
+    again, result = await store.record_info(device.id, {"uptime": 3}, None, 7.0)
+    assert result is None and again == await store.get_device(device.id)
+
+
+@pytest_twisted.ensureDeferred
 async def test_many_writes_are_grouped(store):
     _, _, device = await _account_and_device(store)
     ds = [store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 4.0)
@@ -104,19 +140,20 @@ async def test_many_writes_are_grouped(store):
     assert stored.shadow["version"] == 2000 and stored.shadow["state"]["reported"] == {"i": 1999}
 
 
+@pytest.mark.parametrize("backend", backends.STORES)
 @pytest_twisted.ensureDeferred
-async def test_closed_store_fails_clearly(tmp_path):
-    s = SQLiteStore(str(tmp_path / "c.sqlite3"), reactor)
-    s.start()
+async def test_closed_store_fails_clearly(tmp_path, backend):
+    s, cleanup = open_store(backend, tmp_path)
     await s.stop()
+    cleanup()
     with pytest.raises(StoreError, match="closed"):
         await s.get_device("d")
 
 
+@pytest.mark.parametrize("backend", backends.STORES)
 @pytest_twisted.ensureDeferred
-async def test_overloaded_store_fails_fast(tmp_path):
-    s = SQLiteStore(str(tmp_path / "o.sqlite3"), reactor, queue_size=5)
-    s.start()
+async def test_overloaded_store_fails_fast(tmp_path, backend):
+    s, cleanup = open_store(backend, tmp_path, queue_size=5)
     try:
         ds = [s.get_device("d%d" % i) for i in range(50)]
         outcomes = []
@@ -129,6 +166,7 @@ async def test_overloaded_store_fails_fast(tmp_path):
         assert refused and "overloaded" in str(refused[0])
     finally:
         await s.stop()
+        cleanup()
 
 
 def test_migration_2_keeps_data_and_marks_the_operator(tmp_path):

@@ -141,8 +141,15 @@ class ApiBase:
         request.dashd_key = key
         return key
 
-    async def visible_device(self, key: ApiKey, device_id: str) -> Device:
-        device = await self.fleet.store.get_device(device_id)
+    async def visible_device(self, key: ApiKey, device_id: str, live: bool = False) -> Device:
+        """
+        The device, if the key may see it. C{live}: the caller needs only who
+        may see it (not its shadow), so an online device's record may come
+        from its connection instead of a store read.
+        """
+        device = self.fleet.router.device(device_id) if live else None
+        if device is None:
+            device = await self.fleet.store.get_device(device_id)
         # A device the key may not see is answered exactly like a missing one.
         if device is None or not access.sees(key, device):
             raise NotFound("no such device: %s" % device_id)

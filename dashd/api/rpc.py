@@ -21,7 +21,7 @@ class RpcRoutes(ApiBase):
             request, "timeout", self.config["rpc.default_timeout"], self.config["rpc.max_timeout"]
         )
         params = json_body(request) if request.method == b"POST" else None
-        device = await self.visible_device(key, device_id)
+        device = await self.visible_device(key, device_id, live=True)
         access.check_rpc(key, device, method)
         result = await self.fleet.call(device, method, params, timeout)
         return self.json(request, result)

@@ -95,6 +95,11 @@ class IStore(Interface):
         applying C{shadow_update} (or None) in the same transaction. Fire with
         C{(Device, UpdateResult or None)}."""
 
+    def device_connected(device_id, now):
+        """Set the device's last-seen time and fire with the L{Device} as it
+        is then (None if there is no such device): one job where a device
+        connects."""
+
     def touch(device_id, now):
         """Set the device's last-seen time."""
 

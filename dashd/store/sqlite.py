@@ -32,10 +32,10 @@ from __future__ import annotations
 import json
 import os
 import queue
-from dataclasses import replace
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from importlib import resources
 from typing import Any, Callable, TypeVar
 
@@ -522,7 +522,16 @@ class SQLiteStore:
                 "UPDATE devices SET info = ?, last_seen = ? WHERE id = ?",
                 (_json(info), now, device_id),
             )
-            return _get_device(conn, device_id), result
+            # What was read plus what was written, without reading it again.
+            shadow_doc = device.shadow if result is None else result.document
+            return replace(device, info=info, last_seen=now, shadow=shadow_doc), result
+
+        return self._submit(job)
+
+    def device_connected(self, device_id: str, now: float) -> Deferred[Device | None]:
+        def job(conn: sqlite3.Connection) -> Device | None:
+            conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
+            return _get_device(conn, device_id)
 
         return self._submit(job)
 
@@ -611,8 +620,7 @@ def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
             d.callback(result)
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _account(row: tuple[Any, ...]) -> Account:

@@ -1,0 +1,227 @@
+"""
+Cross-node RPC against same-node RPC, on a real two-node cluster.
+
+    .venv/bin/python bench/cluster.py [--devices 20] [--calls 2000] [--concurrency 32]
+
+Starts two dashd nodes (``twistd -n dashd``) on a fresh PostgreSQL
+database and a fresh Redis namespace (the machine's servers unless
+``--postgres`` / ``--redis`` say otherwise), connects simulated devices to
+node A, then calls ``Sim.Echo`` on them through REST:
+
+- latency: one call at a time, through A (same node) and through B (the
+  call crosses Redis to A and back);
+- throughput: C{--concurrency} calls in flight, spread over the devices.
+
+Prints both, and the cross-node / same-node ratios. Everything runs on this
+machine (client, both nodes, PostgreSQL, Redis), so the absolute numbers
+say more about the machine than about dashd; the ratios are the point.
+Removes its database, its Redis keys and its temporary directory at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+import treq
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.web.client import HTTPConnectionPool
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from dashd.simulator import SimulatedDevice  # noqa: E402
+
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, directory: str, store_url: str, redis_url: str, namespace: str) -> None:
+        os.makedirs(directory)
+        self.directory = directory
+        self.port = free_port()
+        self.config = os.path.join(directory, "dashd.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                'listen = ["tcp:%d:interface=127.0.0.1"]\n'
+                'data_dir = %s\n'
+                "[http]\naccess_log = false\n"
+                "[device]\nmax_calls_in_flight = 1000\n"
+                # One key makes every call here: lift its rate limit.
+                "[limits]\nrequests_per_second = 1000000.0\nburst = 1000000\n"
+                "[store]\nurl = %s\n"
+                "[cluster]\nredis_url = %s\nnamespace = %s\n"
+                % (self.port, json.dumps(os.path.join(directory, "data")),
+                   json.dumps(store_url), json.dumps(redis_url), json.dumps(namespace))
+            )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d" % self.port
+
+    def start(self, wait_key: bool) -> None:
+        log = open(os.path.join(self.directory, "dashd.log"), "wb")
+        self.proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "dashd", "--config",
+                                      self.config], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        key = os.path.join(self.directory, "data", "admin.key")
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0 and (
+                        not wait_key or os.path.exists(key)):
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("dashd did not start; see %s" % log.name)
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+async def call(pool: Any, node: Node, key: str, device_id: str, i: int) -> float:
+    started = time.perf_counter()
+    response = await treq.post(
+        "%s/api/v2/devices/%s/rpc/Sim.Echo" % (node.url, device_id),
+        data=json.dumps({"i": i}).encode(),
+        headers={"Authorization": ["Bearer " + key], "Content-Type": ["application/json"]},
+        pool=pool,
+    )
+    body = await response.content()
+    if response.code != 200 or json.loads(body) != {"i": i}:
+        raise RuntimeError("call failed: %s %r" % (response.code, body[:200]))
+    return time.perf_counter() - started
+
+
+async def latency(pool: Any, node: Node, key: str, devices: list[str], n: int) -> list[float]:
+    return [await call(pool, node, key, devices[i % len(devices)], i) for i in range(n)]
+
+
+async def throughput(pool: Any, node: Node, key: str, devices: list[str], n: int,
+                     concurrency: int) -> float:
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            await call(pool, node, key, devices[i % len(devices)], i)
+
+    started = time.perf_counter()
+    await defer.gatherResults([Deferred.fromCoroutine(worker()) for _ in range(concurrency)],
+                              consumeErrors=True)
+    return n / (time.perf_counter() - started)
+
+
+async def run(reactor: Any, args: argparse.Namespace) -> None:
+    directory = tempfile.mkdtemp(prefix="dashd-bench-cluster-")
+    name = "dashd_bench_%s" % secrets.token_hex(4)
+    namespace = "dashdbench-%s" % secrets.token_hex(4)
+    with psycopg.connect(args.postgres, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE %s" % name)
+    store_url = urlunsplit(urlsplit(args.postgres)._replace(path="/" + name))
+    a = Node(os.path.join(directory, "a"), store_url, args.redis, namespace)
+    b = Node(os.path.join(directory, "b"), store_url, args.redis, namespace)
+    sims: list[SimulatedDevice] = []
+    try:
+        a.start(wait_key=True)
+        b.start(wait_key=False)
+        with open(os.path.join(a.directory, "data", "admin.key")) as f:
+            key = f.read().strip()
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = args.concurrency
+        devices = []
+        for i in range(args.devices):
+            response = await treq.post(a.url + "/api/v2/devices", json={"name": "bench-%d" % i},
+                                       headers={"Authorization": ["Bearer " + key]}, pool=pool)
+            device = await response.json()
+            devices.append(device["id"])
+            sim = SimulatedDevice(a.url.replace("http", "ws") + "/api/v2/rpc", device["token"],
+                                  reactor)
+            sims.append(sim.start())
+        await defer.gatherResults([s.wait_open() for s in sims])
+        # Wait until B sees every device (presence has crossed).
+        for device_id in devices:
+            while True:
+                response = await treq.get("%s/api/v2/devices/%s" % (b.url, device_id),
+                                          headers={"Authorization": ["Bearer " + key]},
+                                          pool=pool)
+                if (await response.json())["online"]:
+                    break
+                await task.deferLater(reactor, 0.05)
+        # Warm up both paths.
+        await latency(pool, a, key, devices, 50)
+        await latency(pool, b, key, devices, 50)
+
+        results = {}
+        for label, node in (("same-node (via A)", a), ("cross-node (via B)", b)):
+            times = await latency(pool, node, key, devices, args.calls // 4)
+            rate = await throughput(pool, node, key, devices, args.calls, args.concurrency)
+            results[label] = (times, rate)
+
+        print("cluster RPC benchmark: %d devices on node A, Sim.Echo through REST"
+              % args.devices)
+        print("%-20s %9s %9s %9s %12s" % ("", "p50 ms", "p90 ms", "p99 ms", "calls/s"))
+        for label, (times, rate) in results.items():
+            print("%-20s %9.2f %9.2f %9.2f %12.0f" % (
+                label, 1000 * statistics.median(times), 1000 * percentile(times, 90),
+                1000 * percentile(times, 99), rate))
+        (same_t, same_r), (cross_t, cross_r) = results.values()
+        print("cross/same latency ratio (p50): %.2f" %
+              (statistics.median(cross_t) / statistics.median(same_t)))
+        print("cross/same throughput ratio (concurrency %d): %.2f" %
+              (args.concurrency, cross_r / same_r))
+        await pool.closeCachedConnections()
+    finally:
+        for sim in sims:
+            await sim.stop()
+        b.stop()
+        a.stop()
+        with psycopg.connect(args.postgres, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+        client = redis.Redis.from_url(args.redis)
+        for k in client.scan_iter(match=namespace + ":*"):
+            client.delete(k)
+        client.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=2000,
+                        help="calls per throughput run (a quarter of it for latency)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="a PostgreSQL database to connect to and create the bench's in")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    task.react(lambda reactor: Deferred.fromCoroutine(run(reactor, args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,605 @@
+"""
+A load-generator process: thousands of lean devices, notification
+subscribers, or an open-loop HTTP client, driven by the benchmark command
+over its standard input and output, one JSON object a line each way.
+
+    python -m bench.worker        (started by ``python -m bench``)
+
+Commands (``{"cmd": NAME, ...}``), each answered by one line when done:
+
+- ``connect``: connect devices (tokens, source addresses) all at once; the
+  answer comes when every one has had its ``Dash.Heartbeat`` acknowledged
+  (dashd acknowledges only once the info is on disk), with the time each
+  took; refused or dropped connections are retried after about a second,
+  like firmware would.
+- ``close``: close devices (by position) cleanly.
+- ``shadow``: the first N devices send ``Dash.Shadow.Update`` in a closed
+  loop, one outstanding each; counts the acknowledgements.
+- ``fanout``: connect S subscribers to the notification stream; P devices
+  publish ``Bench.Tick`` notifications, at most W not yet seen by the first
+  subscriber; counts what every subscriber receives.
+- ``register``: register devices through the REST API; writes the tokens.
+- ``steady``: RPC calls through the REST API at a fixed rate (open loop:
+  each call's latency counts from when it was due, not from when a
+  connection was free), spread over the given devices.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import sys
+from typing import Any
+
+from twisted.internet import protocol, reactor, stdio
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.protocols.basic import LineReceiver
+
+from bench.lean import (
+    CountingSubscriber,
+    HttpConnection,
+    LeanDevice,
+    http_request,
+    now,
+    ws_handshake,
+)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "p999": None, "max": None, "n": 0}
+    values = sorted(values)
+
+    def at(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    return {
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "p999": at(0.999),
+        "max": values[-1],
+        "n": len(values),
+    }
+
+
+class _Factory(protocol.ClientFactory):
+    def __init__(self, build: Any, failed: Any) -> None:
+        self._build = build
+        self._failed = failed
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self._build()
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self._failed(reason)
+
+
+class Slot:
+    """One simulated device across its connection attempts."""
+
+    __slots__ = ("index", "token", "bind", "proto", "started", "acked_at", "wanted", "attempts")
+
+    def __init__(self, index: int, token: str, bind: str | None) -> None:
+        self.index = index
+        self.token = token
+        self.bind = bind
+        self.proto: LeanDevice | None = None
+        self.started = 0.0
+        self.acked_at: float | None = None
+        self.wanted = False
+        self.attempts = 0
+
+
+class Worker:
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.slots: list[Slot] = []
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.handshake_path = "/api/v2/rpc"
+        self._connect_wait: Deferred[None] | None = None
+        self._pending_ack = 0
+        self.retries = 0
+        self.refusals: dict[str, int] = {}
+        self.lost_open = 0
+        # shadow
+        self.shadow_acked = 0
+        self.shadow_errors = 0
+        # fanout
+        self.subscribers: list[CountingSubscriber] = []
+        self._sub_wait: Deferred[None] | None = None
+        self._sub_pending = 0
+        self._fan: dict[str, Any] | None = None
+
+    def reply(self, value: dict[str, Any]) -> None:
+        self.out.sendLine(json.dumps(value).encode())
+
+    # Devices
+
+    def _open(self, slot: Slot) -> None:
+        slot.attempts += 1
+        proto = LeanDevice(slot.index, slot.token, self)
+        proto.slot = slot
+        proto.handshake = ws_handshake(
+            "%s:%d" % (self.host, self.port), self.handshake_path, slot.token, "dash.mongoose-os.com"
+        )
+        slot.proto = proto
+        bind = (slot.bind, 0) if slot.bind else None
+        reactor.connectTCP(
+            self.host,
+            self.port,
+            _Factory(lambda: proto, lambda reason: self._failed(slot, proto, reason)),
+            timeout=30,
+            bindAddress=bind,
+        )
+
+    def _retry_later(self, slot: Slot) -> None:
+        if not slot.wanted:
+            return
+        self.retries += 1
+        reactor.callLater(random.uniform(0.5, 1.5), self._retry_now, slot)
+
+    def _retry_now(self, slot: Slot) -> None:
+        if slot.wanted and (slot.proto is None or not slot.proto.is_open):
+            self._open(slot)
+
+    def _failed(self, slot: Slot, proto: LeanDevice, reason: Any) -> None:
+        key = reason.type.__name__
+        self.refusals[key] = self.refusals.get(key, 0) + 1
+        if slot.proto is proto:
+            slot.proto = None
+            self._retry_later(slot)
+
+    def device_opened(self, proto: LeanDevice) -> None:
+        pass
+
+    def device_refused(self, proto: LeanDevice, status: int) -> None:
+        key = "HTTP %d" % status
+        self.refusals[key] = self.refusals.get(key, 0) + 1
+
+    def device_lost(self, proto: LeanDevice, was_open: bool) -> None:
+        slot = proto.slot
+        if slot.proto is not proto:
+            return
+        slot.proto = None
+        if was_open:
+            self.lost_open += 1
+        if slot.acked_at is None or was_open:
+            self._retry_later(slot)
+
+    def device_info_acked(self, proto: LeanDevice, ok: bool) -> None:
+        slot = proto.slot
+        if slot.acked_at is None:
+            slot.acked_at = now()
+            self._pending_ack -= 1
+            if self._pending_ack == 0 and self._connect_wait is not None:
+                d, self._connect_wait = self._connect_wait, None
+                d.callback(None)
+
+    def cmd_connect(self, c: dict[str, Any]) -> Deferred[dict[str, Any]] | dict[str, Any]:
+        self.host, self.port = c["host"], c["port"]
+        self.handshake_path = c.get("path", "/api/v2/rpc")
+        binds = c.get("binds") or [None]
+        first = len(self.slots)
+        new = [
+            Slot(first + i, token, binds[i % len(binds)]) for i, token in enumerate(c["tokens"])
+        ]
+        self.slots.extend(new)
+        self._pending_ack += len(new)
+        self.retries = 0
+        self.refusals = {}
+        started = now()
+        for slot in new:
+            slot.wanted = True
+            slot.started = started
+            self._open(slot)
+        d: Deferred[None] = Deferred()
+        self._connect_wait = d
+        timeout = c.get("timeout", 120)
+        timer = reactor.callLater(timeout, self._connect_timeout, d)
+
+        def done(_: Any) -> dict[str, Any]:
+            if timer.active():
+                timer.cancel()
+            times = [s.acked_at - s.started for s in new if s.acked_at is not None]
+            ended = max((s.acked_at for s in new if s.acked_at is not None), default=now())
+            return {
+                "started": started,
+                "ended": ended,
+                "acked": len(times),
+                "count": len(new),
+                "retries": self.retries,
+                "refusals": self.refusals,
+                "times": percentiles(times),
+                "total_devices": len(self.slots),
+            }
+
+        return d.addCallback(done)
+
+    def _connect_timeout(self, d: Deferred[None]) -> None:
+        if self._connect_wait is d:
+            self._connect_wait = None
+            d.callback(None)
+
+    def cmd_close(self, c: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        first, last = c.get("first", 0), c.get("last", len(self.slots))
+        closing = self.slots[first:last]
+        for slot in closing:
+            slot.wanted = False
+            if slot.proto is not None:
+                slot.proto.close()
+        del self.slots[first:last]
+        d: Deferred[dict[str, Any]] = Deferred()
+
+        def check(deadline: float) -> None:
+            if all(s.proto is None for s in closing) or now() > deadline:
+                d.callback({"closed": len(closing), "left": len(self.slots)})
+            else:
+                reactor.callLater(0.1, check, deadline)
+
+        reactor.callLater(0.1, check, now() + c.get("timeout", 30))
+        return d
+
+    def cmd_status(self, c: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "devices": len(self.slots),
+            "open": sum(1 for s in self.slots if s.proto is not None and s.proto.is_open),
+            "lost_open": self.lost_open,
+        }
+
+    # Shadow updates
+
+    def shadow_reply(self, proto: LeanDevice, error: bool) -> None:
+        if error:
+            self.shadow_errors += 1
+        else:
+            self.shadow_acked += 1
+
+    def cmd_shadow(self, c: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        devices = [s.proto for s in self.slots[: c["count"]] if s.proto is not None and s.proto.is_open]
+        self.shadow_acked = self.shadow_errors = 0
+        for proto in devices:
+            proto.shadow_running = True
+            proto.send_shadow_update()
+        d: Deferred[dict[str, Any]] = Deferred()
+        marks: dict[str, Any] = {}
+
+        def start() -> None:
+            marks["t0"], marks["n0"], marks["e0"] = now(), self.shadow_acked, self.shadow_errors
+
+        def stop() -> None:
+            t1, n1, e1 = now(), self.shadow_acked, self.shadow_errors
+            for proto in devices:
+                proto.shadow_running = False
+            # Let the last outstanding updates come back before the next test.
+            reactor.callLater(
+                2.0,
+                d.callback,
+                {
+                    "devices": len(devices),
+                    "acked": n1 - marks["n0"],
+                    "errors": e1 - marks["e0"],
+                    "seconds": t1 - marks["t0"],
+                    "sample_device": devices[0].device_id if devices else None,
+                },
+            )
+
+        reactor.callLater(c.get("warmup", 1.0), start)
+        reactor.callLater(c.get("warmup", 1.0) + c["duration"], stop)
+        return d
+
+    # Notification fan-out
+
+    def subscriber_opened(self, sub: CountingSubscriber) -> None:
+        self._sub_pending -= 1
+        if self._sub_pending == 0 and self._sub_wait is not None:
+            d, self._sub_wait = self._sub_wait, None
+            d.callback(None)
+
+    def subscriber_refused(self, sub: CountingSubscriber, status: int) -> None:
+        if self._sub_wait is not None:
+            d, self._sub_wait = self._sub_wait, None
+            d.errback(RuntimeError("subscriber refused with HTTP %d" % status))
+
+    def subscriber_lost(self, sub: CountingSubscriber) -> None:
+        if self._fan is not None and self._fan.get("running"):
+            self._fan["lost"] += 1
+
+    def ticks_received(self, sub: CountingSubscriber, found: int) -> None:
+        fan = self._fan
+        if fan is not None and sub is self.subscribers[0] and fan["running"]:
+            self._pump()
+
+    def _pump(self) -> None:
+        fan = self._fan
+        assert fan is not None
+        first = self.subscribers[0]
+        publishers = fan["publishers"]
+        while fan["sent"] - first.count < fan["window"]:
+            proto = publishers[fan["sent"] % len(publishers)]
+            fan["sent"] += 1
+            proto.send_tick(fan["sent"])
+
+    def cmd_fanout(self, c: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        self.subscribers = []
+        self._sub_pending = c["subscribers"]
+        wait: Deferred[None] = Deferred()
+        self._sub_wait = wait
+        handshake = ws_handshake(
+            "%s:%d" % (c["host"], c["port"]), c["path"], c.get("key"), None
+        )
+        for _ in range(c["subscribers"]):
+            sub = CountingSubscriber(self)
+            sub.handshake = handshake
+            self.subscribers.append(sub)
+            reactor.connectTCP(
+                c["host"], c["port"], _Factory(lambda sub=sub: sub, lambda r: None), timeout=30
+            )
+        publishers = [
+            s.proto for s in self.slots[: c["publishers"]] if s.proto is not None and s.proto.is_open
+        ]
+        d: Deferred[dict[str, Any]] = Deferred()
+        marks: dict[str, Any] = {}
+
+        def counts() -> list[int]:
+            return [s.count for s in self.subscribers]
+
+        def run(_: Any) -> None:
+            self._fan = {
+                "running": True,
+                "sent": 0,
+                "window": c["window"],
+                "publishers": publishers,
+                "lost": 0,
+            }
+            self._pump()
+            reactor.callLater(c.get("warmup", 1.0), start)
+            reactor.callLater(c.get("warmup", 1.0) + c["duration"], stop)
+
+        def start() -> None:
+            marks["t0"], marks["c0"] = now(), counts()
+
+        def stop() -> None:
+            t1, c1 = now(), counts()
+            fan = self._fan
+            assert fan is not None
+            fan["running"] = False
+            got = [b - a for a, b in zip(marks["c0"], c1)]
+            seconds = t1 - marks["t0"]
+            result = {
+                "subscribers": len(self.subscribers),
+                "publishers": len(publishers),
+                "seconds": seconds,
+                "events_min": min(got),
+                "events_max": max(got),
+                "deliveries": sum(got),
+                "lost": fan["lost"],
+            }
+            for sub in self.subscribers:
+                sub.close()
+            self._fan = None
+            reactor.callLater(1.0, d.callback, result)
+
+        def failed(f: Any) -> None:
+            d.callback({"error": f.getErrorMessage()})
+
+        timer = reactor.callLater(30, self._sub_timeout, wait)
+        wait.addCallback(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        wait.addCallbacks(run, failed)
+        return d
+
+    def _sub_timeout(self, d: Deferred[None]) -> None:
+        if self._sub_wait is d:
+            self._sub_wait = None
+            d.errback(RuntimeError("subscribers did not all connect within 30 s"))
+
+    # HTTP
+
+    def cmd_register(self, c: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        pool = HttpPool(c["host"], c["port"], c.get("concurrency", 32))
+        host = "%s:%d" % (c["host"], c["port"])
+        count = c["count"]
+        tokens: list[str] = []
+        errors: dict[int, int] = {}
+        d: Deferred[dict[str, Any]] = Deferred()
+        started = now()
+        state = {"done": 0}
+
+        def got(status: int, body: bytes) -> None:
+            state["done"] += 1
+            if status == 200:
+                tokens.append(json.loads(body)["token"])
+            else:
+                errors[status] = errors.get(status, 0) + 1
+            if state["done"] == count:
+                with open(c["out"], "w") as f:
+                    f.write("\n".join(tokens) + "\n")
+                pool.close()
+                d.callback(
+                    {"registered": len(tokens), "errors": errors, "seconds": now() - started}
+                )
+
+        for i in range(count):
+            body = json.dumps({"name": "bench-%d" % i}).encode()
+            pool.submit(http_request("POST", host, "/api/v2/devices", c["key"], body), got)
+        return d
+
+    def cmd_steady(self, c: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        pool = HttpPool(c["host"], c["port"], c.get("max_conns", 256), initial=c.get("conns", 32))
+        host = "%s:%d" % (c["host"], c["port"])
+        ids = c["ids"]
+        rate = float(c["rate"])
+        duration = float(c["duration"])
+        method = c.get("method", "Sys.GetInfo")
+        requests = [
+            http_request("GET", host, "/api/v2/devices/%s/rpc/%s" % (i, method), c.get("key"), None)
+            for i in ids
+        ]
+        latencies: list[float] = []
+        samples: list[tuple[float, float]] = []
+        errors: dict[str, int] = {}
+        state = {"issued": 0, "done": 0}
+        total = int(rate * duration)
+        d: Deferred[dict[str, Any]] = Deferred()
+
+        def finish() -> None:
+            if loop.running:
+                loop.stop()
+            pool.close()
+            elapsed = now() - t0
+            d.callback(
+                {
+                    "rate": rate,
+                    "issued": state["issued"],
+                    "ok": len(latencies),
+                    "errors": errors,
+                    "seconds": elapsed,
+                    "latency": percentiles(latencies),
+                    "connections": pool.opened,
+                    **({"samples": samples} if c.get("samples") else {}),
+                }
+            )
+
+        def completed(due: float, status: int, body: bytes) -> None:
+            state["done"] += 1
+            if status == 200:
+                latencies.append(now() - due)
+                if c.get("samples"):
+                    samples.append((round(due - t0, 4), round(now() - due, 4)))
+            else:
+                key = str(status)
+                errors[key] = errors.get(key, 0) + 1
+            if state["done"] == total:
+                finish()
+
+        def tick() -> None:
+            t = now()
+            due_count = min(total, int((t - t0) * rate) + 1)
+            while state["issued"] < due_count:
+                n = state["issued"]
+                state["issued"] += 1
+                due = t0 + n / rate
+                pool.submit(
+                    random.choice(requests), lambda s, b, due=due: completed(due, s, b)
+                )
+            if state["issued"] >= total and loop.running:
+                loop.stop()
+
+        t0 = now() + 0.5  # let the first connections open
+        loop = LoopingCall(tick)
+        reactor.callLater(0.5, loop.start, 0.001)
+        # Whatever has not come back 30 s after the end counts as lost.
+        reactor.callLater(duration + 31, lambda: None if d.called else finish())
+        return d
+
+
+class HttpPool:
+    """Keep-alive connections; requests wait in a queue for a free one, and
+    new connections are opened (up to a limit) while requests wait."""
+
+    def __init__(self, host: str, port: int, max_conns: int, initial: int | None = None) -> None:
+        self.host, self.port = host, port
+        self.max_conns = max_conns
+        self.free: list[HttpConnection] = []
+        self.queue: list[tuple[bytes, Any]] = []
+        self.qpos = 0
+        self.conns: set[HttpConnection] = set()
+        self.opened = 0
+        self.connecting = 0
+        self.closed = False
+        for _ in range(initial if initial is not None else max_conns):
+            self._connect()
+
+    def _connect(self) -> None:
+        self.opened += 1
+        self.connecting += 1
+        conn = HttpConnection(self)
+        self.conns.add(conn)
+
+        def failed(reason: Any) -> None:
+            self.connecting -= 1
+            self.conns.discard(conn)
+
+        reactor.connectTCP(self.host, self.port, _Factory(lambda: conn, failed), timeout=30)
+
+    def submit(self, raw: bytes, callback: Any) -> None:
+        if self.free:
+            self.free.pop().request(raw, callback)
+            return
+        self.queue.append((raw, callback))
+        waiting = len(self.queue) - self.qpos
+        if waiting > self.connecting and len(self.conns) < self.max_conns:
+            self._connect()
+
+    def connection_ready(self, conn: HttpConnection) -> None:
+        if conn.fresh:
+            conn.fresh = False
+            self.connecting -= 1
+        if self.closed:
+            conn.transport.loseConnection()
+            return
+        if self.qpos < len(self.queue):
+            raw, callback = self.queue[self.qpos]
+            self.qpos += 1
+            if self.qpos > 4096:
+                del self.queue[: self.qpos]
+                self.qpos = 0
+            conn.request(raw, callback)
+        else:
+            self.free.append(conn)
+
+    def connection_lost(self, conn: HttpConnection) -> None:
+        self.conns.discard(conn)
+        if conn in self.free:
+            self.free.remove(conn)
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in list(self.free):
+            conn.transport.loseConnection()
+        self.free = []
+
+
+class Control(LineReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = 64 * 1024 * 1024
+
+    def connectionMade(self) -> None:
+        self.worker = Worker(self)
+
+    def lineReceived(self, line: bytes) -> None:
+        command = json.loads(line)
+        name = command["cmd"]
+        if name == "quit":
+            reactor.stop()
+            return
+        try:
+            result = getattr(self.worker, "cmd_" + name)(command)
+        except Exception as e:  # reported to the benchmark, which stops
+            self.worker.reply({"error": "%s: %s" % (type(e).__name__, e)})
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                self.worker.reply,
+                lambda f: self.worker.reply({"error": f.getErrorMessage()}),
+            )
+        else:
+            self.worker.reply(result)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if reactor.running:
+            reactor.stop()
+
+
+def main() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    stdio.StandardIO(Control())
+    reactor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,766 @@
+"""
+One node of a cluster: the L{IRouter} and L{IHub} that replace the local
+ones when ``cluster.redis_url`` is set, and the service that keeps the node
+in touch with the others. The messages are described in L{dashd.cluster}.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    fail,
+    inlineCallbacks,
+    succeed,
+)
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from dashd import tokens
+from dashd.cluster.bus import BusUnavailable, RedisBus, redact
+from dashd.cluster.presence import ATTACH, DETACH, REAP, Presence, parse_holder
+from dashd.config import Config
+from dashd import errors
+from dashd.errors import (
+    ApiError,
+    DeviceOffline,
+    DeviceTimeout,
+    InternalError,
+    TooManyRequests,
+)
+from dashd.hub import Event, IHub, LocalHub
+from dashd.model import Device
+from dashd.router import IRouter
+
+log = Logger()
+
+# Seconds a caller waits for a call's answer beyond the call's own timeout
+# (the time the request and answer take through Redis).
+CALL_GRACE = 2.0
+# Calls this node may have outstanding on devices held by other nodes.
+MAX_REMOTE_CALLS = 10000
+# Devices of a dead node whose offline events are published at once.
+REAP_CONCURRENCY = 8
+
+
+
+def remote_error(error: dict[str, Any]) -> ApiError:
+    """The error another node answered a call with, as the same L{ApiError}
+    (so the REST client gets the same status and message)."""
+    cls = getattr(errors, str(error.get("k")), None)
+    message = str(error.get("message", "error"))
+    if not (isinstance(cls, type) and issubclass(cls, ApiError)):
+        return InternalError(message)
+    e = cls.__new__(cls)
+    code = error.get("code")
+    headers = error.get("headers")
+    ApiError.__init__(e, message, code=code if isinstance(code, int) else None,
+                      headers=headers if isinstance(headers, dict) else None)
+    return e
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def device_from(value: dict[str, Any]) -> Device:
+    value = dict(value)
+    value["shared_with"] = tuple(value.get("shared_with", ()))
+    return Device(**value)
+
+
+class Keys:
+    """The Redis keys and channels of one cluster namespace."""
+
+    def __init__(self, namespace: str) -> None:
+        self.prefix = namespace
+        self.presence = "%s:presence" % namespace
+        self.seq = "%s:seq" % namespace
+        self.broadcast = ("%s:all" % namespace).encode()
+
+    def node(self, node_id: str) -> str:
+        return "%s:node:%s" % (self.prefix, node_id)
+
+    def devices(self, node_id: str) -> str:
+        return "%s:devices:%s" % (self.prefix, node_id)
+
+    def inbox(self, node_id: str) -> bytes:
+        return ("%s:to:%s" % (self.prefix, node_id)).encode()
+
+
+class _MonotonicClock:
+    def seconds(self) -> float:
+        return time.monotonic()
+
+
+@dataclass
+class _Local:
+    """A session this node holds."""
+
+    session: Any
+    conn: str
+    since: float
+    # The seq of its attach in Redis once known; the highest seq of another
+    # node's attach of the same device seen before that.
+    seq: int | None = None
+    contender: int = 0
+
+
+@dataclass
+class _RemoteCall:
+    deferred: Deferred[Any]
+    timer: IDelayedCall
+    node: str
+    device_id: str
+    method: str
+
+
+class Cluster:
+    """This node: its presence, routing and relaying of notifications."""
+
+    def __init__(self, config: Config, reactor: Any, store: Any, auth: Any) -> None:
+        self.config = config
+        self.clock = reactor
+        self.store = store
+        self.auth = auth
+        self.node_id = tokens.new_id("n")
+        self.keys = Keys(config["cluster.namespace"])
+        self.timeout = float(config["cluster.node_timeout"])
+        # Liveness is judged on the monotonic clock: a step of the wall clock
+        # (NTP) must not make every other node look dead.
+        self.presence = Presence(self.node_id, _MonotonicClock(), self.timeout)
+        self.router = ClusterRouter(self)
+        self.hub = ClusterHub(self)
+        self._local: dict[str, _Local] = {}
+        self._conns = itertools.count(1)
+        self._calls: dict[str, _RemoteCall] = {}
+        self._call_ids = itertools.count(1)
+        self._beating = False
+        self._bus_down_logged = False
+        self._reaping: set[str] = set()
+        self._resyncing = False
+        self._resync_again = False
+        self._stopped = False
+        self._retry_call: IDelayedCall | None = None
+        self.bus = RedisBus(
+            config["cluster.redis_url"],
+            reactor,
+            channels=[self.keys.broadcast, self.keys.inbox(self.node_id)],
+            on_messages=self._messages,
+            on_connected=self._connected,
+            on_disconnected=self._disconnected,
+            timeout=min(2.0, self.timeout / 2),
+            stale_after=self.timeout,
+        )
+        self._scripts = {"attach": ATTACH, "detach": DETACH, "reap": REAP}
+        self._script_objects: dict[str, Any] = {}
+
+    def service(self) -> Service:
+        return ClusterService(self)
+
+    # Talking to Redis
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        source = self._scripts[name]
+
+        def run(client: Any) -> Any:
+            # redis-py's Script uses EVALSHA and loads the script again if
+            # Redis forgot it (after a restart).
+            script = self._script_objects.get(name)
+            if script is None:
+                script = self._script_objects[name] = client.register_script(source)
+            return script(keys=keys, args=args, client=client)
+
+        return self.bus.call(run)
+
+    def _broadcast(self, message: dict[str, Any]) -> None:
+        message["o"] = self.node_id
+        self.bus.publish_nowait(self.keys.broadcast, encode(message))
+
+    # Devices held here (IRouter, through ClusterRouter)
+
+    def attach(self, session: Any) -> None:
+        device_id = session.device_id
+        entry = _Local(session, "%s.%d" % (self.node_id, next(self._conns)), self.clock.seconds())
+        old = self._local.get(device_id)
+        self._local[device_id] = entry
+        if old is not None and old.session is not session:
+            old.session.replaced()
+        self._claim(entry, "new")
+
+    def _claim(self, entry: _Local, mode: str) -> None:
+        device_id = entry.session.device_id
+        d = self._script(
+            "attach",
+            [self.keys.presence, self.keys.devices(self.node_id), self.keys.seq],
+            [device_id, self.node_id, entry.conn, repr(entry.since),
+             self.keys.broadcast, mode],
+        )
+
+        def claimed(seq: Any) -> None:
+            if self._local.get(device_id) is not entry:
+                return  # closed meanwhile; its detach follows in Redis
+            seq = int(seq)
+            if seq == 0 or entry.contender > seq:
+                # A newer connection of the device, on another node, won.
+                self._replaced_remotely(device_id, entry)
+                return
+            entry.seq = seq
+
+        def not_claimed(failure: Failure) -> None:
+            failure.trap(BusUnavailable)
+            log.info("device {id}: presence not recorded ({error}); it will be when Redis "
+                     "answers again", id=device_id, error=failure.getErrorMessage())
+
+        d.addCallbacks(claimed, not_claimed)
+        d.addErrback(lambda f: log.failure("device {id}: recording presence", f, id=device_id))
+
+    def _replaced_remotely(self, device_id: str, entry: _Local) -> None:
+        del self._local[device_id]
+        log.info("device {id}: a newer connection on another node replaces this one",
+                 id=device_id)
+        entry.session.replaced()
+
+    def detach(self, session: Any) -> bool:
+        device_id = session.device_id
+        entry = self._local.get(device_id)
+        if entry is None or entry.session is not session:
+            return False
+        del self._local[device_id]
+        d = self._script(
+            "detach",
+            [self.keys.presence, self.keys.devices(self.node_id), self.keys.seq],
+            [device_id, entry.conn, self.keys.broadcast, self.node_id],
+        )
+        # If Redis cannot be told now, the next resync removes the entry.
+        d.addErrback(lambda f: f.trap(BusUnavailable))
+        d.addErrback(lambda f: log.failure("device {id}: removing presence", f, id=device_id))
+        return True
+
+    def is_online(self, device_id: str) -> bool:
+        if device_id in self._local:
+            return True
+        holder = self.presence.holder(device_id)
+        return holder is not None and holder.node != self.node_id
+
+    def online_count(self) -> int:
+        remote = {d for d, h in self.presence.holders.items()
+                  if h.node != self.node_id and self.presence.alive(h.node)}
+        return len(remote | set(self._local))
+
+    def sessions(self) -> list[Any]:
+        return [entry.session for entry in self._local.values()]
+
+    def local_session(self, device_id: str) -> Any:
+        entry = self._local.get(device_id)
+        return entry.session if entry is not None else None
+
+    # Calls to devices, wherever they are
+
+    def call(self, device_id: str, method: str, params: Any, timeout: float) -> Deferred[Any]:
+        session = self.local_session(device_id)
+        if session is not None:
+            return session.call(method, params, timeout)
+        holder = self.presence.holder(device_id)
+        if holder is None or holder.node == self.node_id:
+            return fail(DeviceOffline("device %s is offline" % device_id))
+        if len(self._calls) >= MAX_REMOTE_CALLS:
+            return fail(TooManyRequests("too many calls in flight to devices on other nodes"))
+        call_id = "%s.%d" % (self.node_id, next(self._call_ids))
+        d: Deferred[Any] = Deferred(lambda _: self._forget_call(call_id))
+        timer = self.clock.callLater(timeout + CALL_GRACE, self._call_timed_out, call_id, timeout)
+        self._calls[call_id] = _RemoteCall(d, timer, holder.node, device_id, method)
+        request = {"t": "call", "o": self.node_id, "r": call_id, "id": device_id,
+                   "m": method, "p": params, "to": timeout}
+        sent = self.bus.publish(self.keys.inbox(holder.node), encode(request))
+
+        def delivered(receivers: int) -> None:
+            if not receivers:
+                self._fail_call(call_id, DeviceOffline(
+                    "device %s is offline (its node %s is not listening)"
+                    % (device_id, holder.node)))
+
+        def not_sent(failure: Failure) -> None:
+            self._fail_call(call_id, DeviceOffline(
+                "device %s is held by node %s, which cannot be reached now: %s"
+                % (device_id, holder.node, failure.getErrorMessage())))
+
+        sent.addCallbacks(delivered, not_sent)
+        return d
+
+    def _forget_call(self, call_id: str) -> None:
+        call = self._calls.pop(call_id, None)
+        if call is not None and call.timer.active():
+            call.timer.cancel()
+
+    def _fail_call(self, call_id: str, error: Exception) -> None:
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            return
+        if call.timer.active():
+            call.timer.cancel()
+        call.deferred.errback(error)
+
+    def _call_timed_out(self, call_id: str, timeout: float) -> None:
+        call = self._calls.get(call_id)
+        if call is not None:
+            self._fail_call(call_id, DeviceTimeout(
+                "device %s did not answer %s within %g s" % (call.device_id, call.method, timeout)))
+
+    def _answered(self, message: dict[str, Any]) -> None:
+        call = self._calls.pop(str(message.get("r")), None)
+        if call is None:
+            return  # timed out or cancelled meanwhile
+        if call.timer.active():
+            call.timer.cancel()
+        error = message.get("e")
+        if error is None:
+            call.deferred.callback(message.get("v"))
+            return
+        call.deferred.errback(remote_error(error))
+
+    def _serve_call(self, message: dict[str, Any]) -> None:
+        """A call from another node for a device held here."""
+        reply_to = str(message["o"])
+        call_id = message["r"]
+        device_id = str(message["id"])
+
+        def answer(reply: dict[str, Any]) -> None:
+            reply.update(t="res", r=call_id)
+            self.bus.publish_nowait(self.keys.inbox(reply_to), encode(reply))
+
+        def ok(result: Any) -> None:
+            answer({"v": result})
+
+        def failed(failure: Failure) -> None:
+            e = failure.value
+            if isinstance(e, ApiError):
+                # DeviceError, DeviceOffline, DeviceTimeout, TooManyRequests,
+                # TooLarge, ServiceUnavailable...: the caller re-raises it.
+                answer({"e": {"k": type(e).__name__, "code": e.code, "message": e.message,
+                              "headers": e.headers}})
+            else:
+                log.failure("serving a call for node {node}", failure, node=reply_to)
+                answer({"e": {"k": "InternalError", "message": "internal error"}})
+
+        session = self.local_session(device_id)
+        if session is None:
+            failed(Failure(DeviceOffline("device %s is offline" % device_id)))
+            return
+        timeout = message.get("to")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            timeout = self.config["rpc.default_timeout"]
+        timeout = min(float(timeout), self.config["rpc.max_timeout"])
+        session.call(str(message["m"]), message.get("p"), timeout).addCallbacks(ok, failed)
+
+    # Changes that must reach the device wherever it is
+
+    def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:
+        session = self.local_session(device_id)
+        if session is not None:
+            session.desired_changed(document)
+        # Also to every other node: the device may have just connected to
+        # one of them (whichever holds it delivers).
+        self._broadcast({"t": "ds", "id": device_id, "doc": document})
+
+    def device_changed(self, device: Device) -> None:
+        session = self.local_session(device.id)
+        if session is not None:
+            session.device_changed(device)
+        self._broadcast({"t": "dc", "device": asdict(device)})
+
+    def disconnect(self, device_id: str, code: int, reason: str) -> None:
+        session = self.local_session(device_id)
+        if session is not None:
+            session.disconnect(code, reason)
+        self._broadcast({"t": "dx", "id": device_id, "code": code, "reason": reason})
+
+    def revoke(self, key_id: str) -> None:
+        self.hub.revoke_here(key_id)
+        message = encode({"t": "rv", "o": self.node_id, "key": key_id})
+        d = self.bus.publish(self.keys.broadcast, message)
+
+        def failed(failure: Failure) -> None:
+            # The other nodes check their streams' keys when Redis answers
+            # again (see _resync); their key caches forget within seconds.
+            log.warn("revocation of key {key} could not reach the other nodes now: {error}",
+                     key=key_id, error=failure.getErrorMessage())
+
+        d.addErrback(failed)
+
+    # Messages from Redis
+
+    def _messages(self, batch: list[tuple[bytes, bytes]]) -> None:
+        for channel, data in batch:
+            try:
+                message = json.loads(data)
+                self._message(message)
+            except Exception:
+                log.failure("cluster message on {channel}", channel=channel)
+
+    def _message(self, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        origin = message.get("o")
+        if origin is not None and origin != self.node_id:
+            self.presence.heard_from(str(origin))
+        if kind in ("at", "dt"):
+            self._presence_changed(kind, message)
+            return
+        if kind == "call":
+            self._serve_call(message)
+            return
+        if kind == "res":
+            self._answered(message)
+            return
+        if origin == self.node_id:
+            return  # our own broadcast: already done here
+        if kind == "hb":
+            return
+        if kind == "bye":
+            self._node_gone(str(origin), "node %s stopped" % origin)
+        elif kind == "ev":
+            self.hub.deliver_here(Event(
+                str(message["n"]), str(message["id"]), message.get("d"),
+                str(message["a"]), tuple(message.get("s") or ())))
+        elif kind == "ds":
+            session = self.local_session(str(message["id"]))
+            if session is not None:
+                session.desired_changed(message["doc"])
+        elif kind == "dc":
+            device = device_from(message["device"])
+            session = self.local_session(device.id)
+            if session is not None:
+                session.device_changed(device)
+        elif kind == "dx":
+            session = self.local_session(str(message["id"]))
+            if session is not None:
+                session.disconnect(int(message["code"]), str(message["reason"]))
+        elif kind == "rv":
+            key_id = str(message["key"])
+            self.auth.forget(key_id)
+            self.hub.revoke_here(key_id)
+
+    def _presence_changed(self, kind: str, message: dict[str, Any]) -> None:
+        device_id, node, conn, seq = (str(message["id"]), str(message["n"]),
+                                      str(message["c"]), int(message["s"]))
+        self.presence.apply(kind, device_id, node, conn, seq)
+        if kind != "at" or node == self.node_id:
+            return
+        entry = self._local.get(device_id)
+        if entry is None or entry.conn == conn:
+            return
+        # Another node took a connection of a device held here.
+        if entry.seq is None:
+            entry.contender = max(entry.contender, seq)
+        elif seq > entry.seq:
+            self._replaced_remotely(device_id, entry)
+
+    # Staying in touch
+
+    def _connected(self) -> None:
+        log.info("cluster node {node}: subscribed to Redis at {url}", node=self.node_id,
+                 url=redact(self.config["cluster.redis_url"]))
+        self._bus_down_logged = False
+        self._resync()
+
+    def _disconnected(self, why: str) -> None:
+        log.warn("cluster node {node}: lost Redis ({why}); devices held elsewhere show "
+                 "offline until it is back", node=self.node_id, why=why)
+
+    def _resync(self) -> None:
+        """Announce again every device held here, then load who holds what
+        (one resync at a time; asked again meanwhile, it runs once more)."""
+        if self._resyncing:
+            self._resync_again = True
+            return
+        self._resyncing = True
+        self._resync_again = False
+
+        def finished(_: Any) -> None:
+            self._resyncing = False
+            if self._resync_again:
+                self._resync()
+
+        d = self._resync_once()
+        d.addErrback(lambda f: log.failure("cluster resync", f))
+        d.addBoth(finished)
+
+    @inlineCallbacks
+    def _resync_once(self) -> Any:
+        self.presence.begin_sync()
+        for entry in self._local.values():
+            entry.seq = None
+            entry.contender = 0
+        try:
+            yield self._heartbeat_once()
+            yield self.bus.call(lambda c: c.delete(self.keys.devices(self.node_id)))
+            for entry in list(self._local.values()):
+                self._claim(entry, "reclaim")
+
+            def snapshot(client: Any) -> Any:
+                pipe = client.pipeline(transaction=True)
+                pipe.hgetall(self.keys.presence)
+                pipe.get(self.keys.seq)
+                return pipe.execute()
+
+            raw, seq = yield self.bus.call(snapshot)
+            holders = {k.decode(): parse_holder(v) for k, v in raw.items()}
+            nodes = sorted({h.node for h in holders.values()} - {self.node_id})
+            live: set[str] = set()
+            if nodes:
+                found = yield self.bus.call(lambda c: c.mget([self.keys.node(n) for n in nodes]))
+                live = {n for n, v in zip(nodes, found) if v is not None}
+            self.presence.load(holders, int(seq or 0), live)
+        except BusUnavailable as e:
+            log.info("cluster node {node}: resync failed ({error}); trying again",
+                     node=self.node_id, error=str(e))
+            # If the subscription broke too, the reader resyncs when it is
+            # back; otherwise try again shortly.
+            if not self._stopped and self.bus.connected:
+                self._retry_call = self.clock.callLater(1.0, self._resync)
+            return
+        for node in nodes:
+            if node not in live:
+                self._reap(node)
+        # Entries of this node that no session here matches (a detach that
+        # Redis missed while it was away).
+        mine = {e.conn for e in self._local.values()}
+        for device_id, holder in holders.items():
+            if holder.node == self.node_id and holder.conn not in mine:
+                self._script("detach", [self.keys.presence, self.keys.devices(self.node_id),
+                                        self.keys.seq],
+                             [device_id, holder.conn, self.keys.broadcast, self.node_id]
+                             ).addErrback(lambda f: None)
+        self._check_subscribers()
+        log.info("cluster node {node}: {n} devices online in the cluster, {here} here",
+                 node=self.node_id, n=self.online_count(), here=len(self._local))
+
+    def _check_subscribers(self) -> None:
+        """After a time without Redis, a revocation may have been missed:
+        check the keys of the notification streams held here."""
+        for key_id in self.hub.key_ids():
+            d = self.store.key_credentials(key_id)
+
+            def checked(found: Any, key_id: str = key_id) -> None:
+                if found is None:
+                    self.auth.forget(key_id)
+                    self.hub.revoke_here(key_id)
+
+            d.addCallbacks(checked, lambda f: None)
+
+    def _heartbeat_once(self) -> Deferred[Any]:
+        ms = int(self.timeout * 1000)
+        return self.bus.call(lambda c: c.set(self.keys.node(self.node_id), b"1", px=ms, get=True))
+
+    def heartbeat(self) -> None:
+        """Periodic: tell the others this node lives; notice nodes that died."""
+        self._broadcast({"t": "hb"})
+        d = self._heartbeat_once()
+
+        def beat(previous: Any) -> None:
+            if self._bus_down_logged:
+                self._bus_down_logged = False
+            if previous is None and self._beating and not self.presence.syncing:
+                # Our key had expired: the others may have taken this node
+                # for dead and removed its devices. Announce them again.
+                log.warn("cluster node {node}: was taken for dead; announcing its devices "
+                         "again", node=self.node_id)
+                self._resync()
+            self._beating = True
+
+        def no_beat(failure: Failure) -> None:
+            failure.trap(BusUnavailable)
+            self._beating = False
+            if not self._bus_down_logged:
+                self._bus_down_logged = True
+                log.warn("cluster node {node}: Redis does not answer: {error}",
+                         node=self.node_id, error=failure.getErrorMessage())
+
+        d.addCallbacks(beat, no_beat)
+        d.addErrback(lambda f: log.failure("cluster heartbeat", f))
+        if not self.presence.syncing:
+            for node in self.presence.silent_nodes():
+                self._node_gone(node, "node %s stopped answering" % node)
+
+    def _node_gone(self, node: str, why: str) -> None:
+        self.presence.heard.pop(node, None)
+        for call_id, call in list(self._calls.items()):
+            if call.node == node:
+                self._fail_call(call_id, DeviceOffline(
+                    "device %s went offline before answering %s (%s)"
+                    % (call.device_id, call.method, why)))
+        self._reap(node)
+
+    def _reap(self, node: str) -> None:
+        if node in self._reaping or node == self.node_id:
+            return
+        self._reaping.add(node)
+        d = self._script(
+            "reap",
+            [self.keys.presence, self.keys.devices(node), self.keys.seq, self.keys.node(node)],
+            [node, self.keys.broadcast],
+        )
+
+        def reaped(devices: Any) -> Any:
+            if not devices:
+                return None
+            ids = [d.decode() if isinstance(d, bytes) else str(d) for d in devices]
+            log.info("cluster node {node}: node {dead} is gone; {n} of its devices are offline",
+                     node=self.node_id, dead=node, n=len(ids))
+            return self._announce_offline(ids, "node %s stopped answering" % node)
+
+        d.addCallback(reaped)
+        d.addErrback(lambda f: log.info("reaping node {dead}: {error}", dead=node,
+                                        error=f.getErrorMessage()))
+        d.addBoth(lambda _: self._reaping.discard(node))
+
+    def _announce_offline(self, device_ids: list[str], reason: str) -> Deferred[Any]:
+        semaphore = DeferredSemaphore(REAP_CONCURRENCY)
+
+        def one(device_id: str) -> Deferred[Any]:
+            if self.is_online(device_id):
+                return succeed(None)  # back already
+            d = self.store.get_device(device_id)
+
+            def publish(device: Device | None) -> None:
+                if device is not None and not self.is_online(device_id):
+                    self.hub.publish(Event("offline", device.id, {"reason": reason},
+                                           device.account_id, device.shared_with))
+
+            return d.addCallback(publish)
+
+        return DeferredList([semaphore.run(one, i) for i in device_ids], consumeErrors=True)
+
+    # Life cycle
+
+    def start(self) -> None:
+        log.info("cluster node {node} starting (Redis {url}, namespace {ns})",
+                 node=self.node_id, url=redact(self.config["cluster.redis_url"]),
+                 ns=self.keys.prefix)
+        self.bus.start()
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        self._stopped = True
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        for call_id in list(self._calls):
+            self._fail_call(call_id, DeviceOffline("this node is shutting down"))
+        try:
+            yield self.bus.call(lambda c: c.delete(self.keys.node(self.node_id)))
+            yield self.bus.publish(self.keys.broadcast,
+                                   encode({"t": "bye", "o": self.node_id}))
+        except BusUnavailable:
+            pass
+        yield self.bus.stop()
+
+
+@implementer(IRouter)
+class ClusterRouter:
+    """L{IRouter} over the cluster: a device may be held by any node."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    def attach(self, session: Any) -> None:
+        self._cluster.attach(session)
+
+    def detach(self, session: Any) -> bool:
+        return self._cluster.detach(session)
+
+    def is_online(self, device_id: str) -> bool:
+        return self._cluster.is_online(device_id)
+
+    def online_count(self) -> int:
+        return self._cluster.online_count()
+
+    def device(self, device_id: str) -> Device | None:
+        # Only a session held here is known to be current (device_changed
+        # reaches every node); elsewhere the caller reads the store.
+        session = self._cluster.local_session(device_id)
+        if session is None or session.closing:
+            return None
+        return session.device
+
+    def call(self, device_id: str, method: str, params: Any, timeout: float) -> Deferred[Any]:
+        return self._cluster.call(device_id, method, params, timeout)
+
+    def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:
+        self._cluster.desired_changed(device_id, document)
+
+    def device_changed(self, device: Device) -> None:
+        self._cluster.device_changed(device)
+
+    def disconnect(self, device_id: str, code: int, reason: str) -> None:
+        self._cluster.disconnect(device_id, code, reason)
+
+    def sessions(self) -> list[Any]:
+        return self._cluster.sessions()
+
+
+@implementer(IHub)
+class ClusterHub(LocalHub):
+    """L{IHub} over the cluster: events reach subscribers on every node (each
+    node filters for its own subscribers, see L{dashd.access.event_payload})."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__()
+        self._cluster = cluster
+
+    def publish(self, event: Event) -> None:
+        LocalHub.publish(self, event)
+        self._cluster._broadcast({"t": "ev", "n": event.name, "id": event.device_id,
+                                  "d": event.data, "a": event.account_id,
+                                  "s": list(event.shared_with)})
+
+    def deliver_here(self, event: Event) -> None:
+        LocalHub.publish(self, event)
+
+    def revoke(self, key_id: str) -> None:
+        self._cluster.revoke(key_id)
+
+    def revoke_here(self, key_id: str) -> None:
+        LocalHub.revoke(self, key_id)
+
+    def key_ids(self) -> set[str]:
+        return {s.key.id for s in self._subscribers.values()}
+
+
+class ClusterService(Service):
+    """Starts after the store and stops before it: joins the cluster, beats
+    the heart, and on the way out tells the others this node is gone."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        interval = max(0.1, cluster.timeout / 4)
+        self._loop = LoopingCall(self._beat)
+        self._loop.clock = cluster.clock
+        self._interval = interval
+
+    def _beat(self) -> None:
+        try:
+            self.cluster.heartbeat()
+        except Exception:
+            log.failure("cluster heartbeat")
+
+    def startService(self) -> None:
+        super().startService()
+        self.cluster.start()
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        return self.cluster.stop()

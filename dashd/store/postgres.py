@@ -1,0 +1,804 @@
+"""
+The store on PostgreSQL, for cluster mode (``store.url =
+"postgresql://..."``): every node of a cluster shares one database.
+
+Same tables and the same behaviour as L{dashd.store.sqlite} (the same store
+and end-to-end tests run on both); the schema is in ``migrations_pg/*.sql``,
+one numbered file per change, applied in order inside one transaction that
+holds an advisory lock (so nodes starting together migrate once) and
+recorded in ``dashd_schema``.
+
+The driver is psycopg 3 with psycopg_pool, both maintained by the
+PostgreSQL driver's authors. Each method is a I{job}: a function of a cursor,
+run in its own transaction on a thread of a pool of C{pool_size} threads, each
+holding at most one connection, so the reactor thread never waits on the
+database. A job's Deferred fires after its transaction committed, on the
+reactor thread (PostgreSQL's commit is durable with the default
+``synchronous_commit``). Concurrent writers on several nodes are serialised
+by row locks: a shadow update reads its device ``FOR UPDATE``, deleting an
+admin key locks its account.
+
+Faults give clear errors instead of hanging: getting a connection, and every
+statement, is bounded by C{timeout}; a database that cannot be reached
+fails the request with L{StoreError} ("the database is unreachable"), which
+the REST API answers with 503. Broken connections are found and replaced
+when they are taken from the pool, so the store recovers by itself when the
+database comes back.
+
+To add a store method: write its job (a function of a cursor, using the
+helpers below) and return C{self._run(job)}; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import deque
+from dataclasses import replace
+from importlib import resources
+from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from dashd import shadow
+from dashd.model import Account, ApiKey, Device
+from dashd.store import IStore, LastAdminKey, NotFound, StoreError, series_pg
+from dashd.store.series_pg import json_param
+
+log = Logger()
+
+Cursor = psycopg.Cursor[Any]
+
+
+class DatabaseUnreachable(StoreError):
+    """PostgreSQL cannot be reached (or did not answer in time)."""
+
+Job = Callable[[Cursor], Any]
+
+# pg_advisory_xact_lock keys: migrations, and creating the first admin key.
+_MIGRATION_LOCK = 0x64617368  # "dash"
+_BOOTSTRAP_LOCK = 0x64617369
+
+# Errors after which a job is run again (its transaction was rolled back).
+_RETRY = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+_RETRIES = 3
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://..."
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc="%s:***@%s" % (user, netloc)))
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The numbered PostgreSQL migrations shipped with the package, in order."""
+    found = []
+    for entry in resources.files("dashd.store").joinpath("migrations_pg").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), entry.read_text("utf-8")))
+    found.sort()
+    return found
+
+
+def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> tuple[int, int]:
+    """Apply the migrations the database has not seen (up to C{upto});
+    return (from, to). Safe to run from several nodes at once."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS dashd_schema (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM dashd_schema").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO dashd_schema (version) VALUES (0)")
+            current = 0
+        else:
+            current = row[0]
+        version = current
+        for number, script in migrations():
+            if number <= version or (upto is not None and number > upto):
+                continue
+            conn.execute(script.encode("utf-8"))  # several statements, no parameters
+            version = number
+        if version != current:
+            conn.execute("UPDATE dashd_schema SET version = %s", (version,))
+    return current, version
+
+
+def schema_version(url: str, timeout: float = 10.0) -> int:
+    """The schema version of the database at C{url} (0: no dashd store)."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout))) as conn:
+            found = conn.execute("SELECT to_regclass('dashd_schema')").fetchone()
+            if found is None or found[0] is None:
+                return 0
+            row = conn.execute("SELECT version FROM dashd_schema").fetchone()
+            return row[0] if row else 0
+    except psycopg.Error as e:
+        raise StoreError("cannot open the PostgreSQL store %s: %s"
+                         % (redact(url), _first_line(e))) from None
+
+
+@implementer(IStore)
+class PostgresStore:
+    def __init__(
+        self,
+        url: str,
+        reactor: Any,
+        pool_size: int = 8,
+        timeout: float = 10.0,
+        queue_size: int = 50000,
+        shadow_limits: tuple[int, int] = (shadow.DEFAULT_MAX_BYTES, shadow.DEFAULT_MAX_DEPTH),
+        migrate: bool = True,
+    ) -> None:
+        self.url = url
+        self._migrate = migrate
+        self.shadow_limits = shadow_limits
+        self._reactor = reactor
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._queue_size = queue_size
+        self._pool: ConnectionPool[Any] | None = None
+        self._threads: ThreadPool | None = None
+        self._in_flight = 0
+        # order key -> jobs waiting for the one of that key that runs now
+        self._waiting: dict[str, deque[tuple[Job, Deferred[Any]]]] = {}
+        self._closing = False
+        self._healthy = True
+        self._stopped: Deferred[None] | None = None
+        # Called on the reactor with the seconds each job took, from its
+        # submission to its durable result (dashd.metrics sets it).
+        self.latency_observer: Callable[[float], None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None and not self._closing
+
+    def queue_depth(self) -> int:
+        """Jobs submitted and not finished yet."""
+        return self._in_flight
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        ms = int(self._timeout * 1000)
+        return {
+            "autocommit": True,  # every job opens its own transaction
+            "connect_timeout": max(1, int(self._timeout)),
+            "application_name": "dashd",
+            # Bound every statement and lock wait; find dead peers on idle
+            # connections.
+            "options": "-c statement_timeout=%d -c lock_timeout=%d "
+                       "-c idle_in_transaction_session_timeout=%d" % (ms, ms, ms * 3),
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+
+    # Life cycle
+
+    def start(self) -> None:
+        if self._pool is not None:
+            return
+        # psycopg_pool warns (on stderr) at every failed reconnection attempt,
+        # each second while the database is away; this store says it once
+        # when the database goes and once when it is back.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+        pool: ConnectionPool[Any] = ConnectionPool(
+            self.url,
+            kwargs=self._connection_kwargs(),
+            min_size=1,
+            max_size=self._pool_size,
+            open=False,
+            # A connection broken while idle (database restarted) is found
+            # and replaced when it is taken, instead of failing a job.
+            check=ConnectionPool.check_connection,
+            timeout=self._timeout,
+            max_waiting=self._queue_size,
+            # psycopg_pool retries a lost connection with a doubling pause
+            # until this many seconds have passed, then starts afresh on the
+            # next request: keep it short, so that the pause (and the time
+            # to notice the database is back) stays a few seconds.
+            reconnect_timeout=max(2.0, self._timeout),
+            name="dashd",
+        )
+        try:
+            pool.open(wait=True, timeout=self._timeout)
+            before = after = 0
+            if self._migrate:
+                with pool.connection(timeout=self._timeout) as conn:
+                    before, after = migrate(conn)
+        except (PoolTimeout, psycopg.Error) as e:
+            pool.close(timeout=1)
+            raise StoreError(
+                "cannot open the PostgreSQL store %s: %s" % (redact(self.url), _first_line(e))
+            ) from None
+        if before != after:
+            log.info(
+                "store {url}: schema migrated from version {before} to {after}",
+                url=redact(self.url), before=before, after=after,
+            )
+        self._pool = pool
+        self._threads = ThreadPool(minthreads=0, maxthreads=self._pool_size,
+                                   name="dashd-postgresql")
+        self._threads.start()
+
+    def stop(self) -> Deferred[None]:
+        if self._pool is None:
+            return succeed(None)
+        if self._stopped is None:
+            self._stopped = Deferred()
+            self._closing = True
+            self._maybe_stopped()
+        return self._stopped
+
+    def _maybe_stopped(self) -> None:
+        if not self._closing or self._in_flight or self._stopped is None or self._pool is None:
+            return
+        pool, threads, stopped = self._pool, self._threads, self._stopped
+        self._pool = None
+        self._threads = None
+        assert threads is not None
+        threads.stop()  # idle by now: nothing in flight
+        # Closing the pool joins its worker threads: do it off the reactor.
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), pool.close, 5)
+        d.addErrback(lambda f: log.failure("closing the PostgreSQL pool", f))
+        d.addBoth(lambda _: stopped.callback(None))
+
+    # Running jobs
+
+    def _run(self, job: Job, order: str | None = None) -> Deferred[Any]:
+        """Run C{job} in a transaction on a store thread; fire with its result
+        after the commit. Jobs with the same C{order} key (a device ID) run
+        one after the other, in the order they were submitted, as they do on
+        SQLite: a device's pipelined updates apply in the order it sent them.
+        Those that queue up behind a running one then run together in one
+        transaction, each in its own savepoint (one commit for a burst)."""
+        if self._pool is None or self._closing or self._threads is None:
+            return fail(StoreError("the store is closed"))
+        if self._in_flight >= self._queue_size:
+            return fail(StoreError("the store is overloaded; try again shortly"))
+        self._in_flight += 1
+        d: Deferred[Any] = Deferred()
+        observer = self.latency_observer
+        if observer is not None:
+            started = time.monotonic()
+
+            def observe(result: Any) -> Any:
+                observer(time.monotonic() - started)
+                return result
+
+            d.addBoth(observe)
+        if order is None:
+            self._dispatch([(job, d)], None)
+        elif order in self._waiting:
+            self._waiting[order].append((job, d))
+        else:
+            self._waiting[order] = deque()
+            self._dispatch([(job, d)], order)
+        return d
+
+    def _dispatch(self, batch: list[tuple[Job, Deferred[Any]]], order: str | None) -> None:
+        assert self._threads is not None and self._pool is not None
+        jobs = [job for job, _ in batch]
+        running = deferToThreadPool(self._reactor, self._threads, self._in_thread, self._pool,
+                                    jobs)
+
+        def done(outcomes: Any) -> None:
+            self._in_flight -= len(batch)
+            if isinstance(outcomes, Failure):
+                outcomes = [outcomes] * len(batch)
+            self._note_health(outcomes[-1])
+            if order is not None:
+                waiting = self._waiting[order]
+                if waiting:
+                    count = min(len(waiting), _BATCH_SIZE)
+                    self._dispatch([waiting.popleft() for _ in range(count)], order)
+                else:
+                    del self._waiting[order]
+            for (_, d), outcome in zip(batch, outcomes):
+                if d.called:
+                    # Cancelled meanwhile (e.g. its HTTP client went away);
+                    # the work is done and durable all the same.
+                    continue
+                if isinstance(outcome, Failure):
+                    d.errback(outcome)
+                elif isinstance(outcome, _Raised):
+                    d.errback(outcome.error)
+                else:
+                    d.callback(outcome)
+            self._maybe_stopped()
+
+        running.addBoth(done)
+
+    def _note_health(self, result: Any) -> None:
+        """Say in the log, once, when the database goes away and comes back."""
+        if isinstance(result, Failure) and result.check(DatabaseUnreachable):
+            if self._healthy:
+                self._healthy = False
+                log.warn("store {url}: {error}; requests get 503 until it is back",
+                         url=redact(self.url), error=result.getErrorMessage())
+        elif not self._healthy and not isinstance(result, (Failure, _Raised)):
+            self._healthy = True
+            log.info("store {url}: the database answers again", url=redact(self.url))
+
+    def _in_thread(self, pool: ConnectionPool[Any], jobs: list[Job]) -> list[Any]:
+        """Run the jobs in one transaction; their results, or L{_Raised} for
+        those that raised (their changes undone, the others' kept)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with pool.connection(timeout=self._timeout) as conn:
+                    with conn.transaction():
+                        with conn.cursor() as cur:
+                            if len(jobs) == 1:
+                                return [_attempt(jobs[0], cur)]
+                            return [_attempt(job, cur, conn) for job in jobs]
+            except _RETRY:
+                if attempt >= _RETRIES:
+                    raise StoreError("the store is busy (write conflicts); try again") from None
+            except TooManyRequests as e:
+                raise StoreError("the store is overloaded: %s" % _first_line(e)) from None
+            except PoolTimeout as e:
+                raise DatabaseUnreachable("the database is unreachable: %s"
+                                          % _first_line(e)) from None
+            except pg_errors.QueryCanceled:
+                raise DatabaseUnreachable("the database did not answer within %g s"
+                                          % self._timeout) from None
+            except psycopg.OperationalError as e:
+                # Connection lost, server shut down: the transaction did not
+                # commit (or, if the commit itself was cut off, nobody was told
+                # it did).
+                raise DatabaseUnreachable("the database is unreachable: %s"
+                                          % _first_line(e)) from None
+            except psycopg.Error as e:
+                log.error("store job failed: {error}", error=_first_line(e))
+                raise StoreError("the store failed") from None
+            except _Rollback as e:
+                # A single job raised: its transaction is rolled back.
+                return [e.raised]
+
+    # Accounts and keys
+
+    def bootstrap_admin_key(
+        self, key: ApiKey, secret_hash: str, account: Account
+    ) -> Deferred[ApiKey | None]:
+        def job(cur: Cursor) -> ApiKey | None:
+            # Nodes starting together: only one creates the key.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_BOOTSTRAP_LOCK,))
+            if _one(cur, "SELECT 1 FROM api_keys LIMIT 1"):
+                return None
+            row = _one(cur, "SELECT id FROM accounts ORDER BY created, seq LIMIT 1")
+            account_id = row[0] if row else account.id
+            if not row:
+                _insert_account(cur, replace(account, operator=True))
+            stored = replace(key, account_id=account_id)
+            _insert_key(cur, stored, secret_hash)
+            return stored
+
+        return self._run(job)
+
+    def create_account(self, account: Account, key: ApiKey, secret_hash: str) -> Deferred[Account]:
+        def job(cur: Cursor) -> Account:
+            _insert_account(cur, account)
+            _insert_key(cur, key, secret_hash)
+            return account
+
+        return self._run(job)
+
+    def list_accounts(self) -> Deferred[list[Account]]:
+        def job(cur: Cursor) -> list[Account]:
+            rows = _all(cur, "SELECT id, name, created, operator FROM accounts"
+                             " ORDER BY created, seq")
+            return [_account(r) for r in rows]
+
+        return self._run(job)
+
+    def get_account(self, account_id: str) -> Deferred[Account | None]:
+        def job(cur: Cursor) -> Account | None:
+            row = _one(cur, "SELECT id, name, created, operator FROM accounts WHERE id = %s",
+                       (account_id,))
+            return _account(row) if row else None
+
+        return self._run(job)
+
+    def create_key(self, key: ApiKey, secret_hash: str) -> Deferred[ApiKey]:
+        def job(cur: Cursor) -> ApiKey:
+            _insert_key(cur, key, secret_hash)
+            return key
+
+        return self._run(job)
+
+    def key_credentials(self, key_id: str) -> Deferred[tuple[ApiKey, str] | None]:
+        def job(cur: Cursor) -> tuple[ApiKey, str] | None:
+            row = _one(cur, "SELECT %s, secret_hash FROM api_keys WHERE id = %%s" % _KEY_COLUMNS,
+                       (key_id,))
+            return (_key(row), row[-1]) if row else None
+
+        return self._run(job)
+
+    def list_keys(self, account_id: str) -> Deferred[list[ApiKey]]:
+        def job(cur: Cursor) -> list[ApiKey]:
+            rows = _all(cur, "SELECT %s FROM api_keys WHERE account_id = %%s"
+                             " ORDER BY created, id" % _KEY_COLUMNS, (account_id,))
+            return [_key(r) for r in rows]
+
+        return self._run(job)
+
+    def delete_key(self, key_id: str, account_id: str, now: float | None = None) -> Deferred[bool]:
+        def job(cur: Cursor) -> bool:
+            # Two nodes revoking an account's last two admin keys at once
+            # must not both succeed: lock the account first.
+            cur.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (account_id,))
+            row = _one(cur, "SELECT kind FROM api_keys WHERE id = %s AND account_id = %s",
+                       (key_id, account_id))
+            if row is None:
+                return False
+            if row[0] == "admin":
+                (admins,) = _one(
+                    cur,
+                    "SELECT count(*) FROM api_keys WHERE account_id = %s AND kind = 'admin'"
+                    " AND (expires IS NULL OR expires > %s)",
+                    (account_id, now if now is not None else 0),
+                )
+                if admins <= 1:
+                    raise LastAdminKey(
+                        "%s is the account's last admin key; create another first" % key_id
+                    )
+            cur.execute("DELETE FROM api_keys WHERE id = %s", (key_id,))
+            return True
+
+        return self._run(job)
+
+    # Devices
+
+    def create_device(self, device: Device, token_hash: str) -> Deferred[Device]:
+        def job(cur: Cursor) -> Device:
+            cur.execute(
+                "INSERT INTO devices (id, account_id, name, token_hash, created,"
+                " last_seen, info, shadow) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (device.id, device.account_id, device.name, token_hash, device.created,
+                 device.last_seen, json_param(device.info), json_param(device.shadow)),
+            )
+            _set_shares(cur, device.id, device.shared_with)
+            return device
+
+        return self._run(job, order=device.id)
+
+    def get_device(self, device_id: str) -> Deferred[Device | None]:
+        return self._run(lambda cur: _get_device(cur, device_id), order=device_id)
+
+    def device_credentials(self, device_id: str) -> Deferred[tuple[Device, str] | None]:
+        def job(cur: Cursor) -> tuple[Device, str] | None:
+            if "\x00" in device_id:
+                return None
+            row = _one(cur, "SELECT %s, token_hash FROM devices WHERE id = %%s"
+                            % _ONE_DEVICE_COLUMNS, (device_id,))
+            return (_device(cur, row, tuple(row[7])), row[-1]) if row else None
+
+        return self._run(job, order=device_id)
+
+    def list_devices(self, account_id: str) -> Deferred[list[Device]]:
+        def job(cur: Cursor) -> list[Device]:
+            rows = _all(
+                cur,
+                "SELECT %s FROM devices WHERE account_id = %%s OR id IN"
+                " (SELECT device_id FROM device_shares WHERE account_id = %%s)"
+                " ORDER BY created, id" % _DEVICE_COLUMNS,
+                (account_id, account_id),
+            )
+            shares = _shares_of(cur, [r[0] for r in rows])
+            return [_device(cur, r, shares.get(r[0], ())) for r in rows]
+
+        return self._run(job)
+
+    def update_device(
+        self,
+        device_id: str,
+        name: str | None,
+        shared_with: tuple[str, ...] | None,
+        shadow_update: shadow.ShadowUpdate | None,
+        now: float,
+    ) -> Deferred[tuple[Device, shadow.UpdateResult | None]]:
+        def job(cur: Cursor) -> tuple[Device, shadow.UpdateResult | None]:
+            device = _get_device(cur, device_id, lock=True)
+            if device is None:
+                raise NotFound(device_id)
+            result = None
+            if shadow_update is not None:
+                result = self._apply_shadow(cur, device, shadow_update, now)
+            if name is not None:
+                cur.execute("UPDATE devices SET name = %s WHERE id = %s", (name, device_id))
+            if shared_with is not None:
+                _set_shares(cur, device_id, shared_with)
+            return _get_device(cur, device_id), result
+
+        return self._run(job, order=device_id)
+
+    def update_shadow(
+        self, device_id: str, update: shadow.ShadowUpdate, now: float, save_data: bool = False
+    ) -> Deferred[tuple[Device, shadow.UpdateResult]]:
+        def job(cur: Cursor) -> tuple[Device, shadow.UpdateResult]:
+            device = _get_device(cur, device_id, lock=True)
+            if device is None:
+                raise NotFound(device_id)
+            result = self._apply_shadow(cur, device, update, now)
+            if save_data and update.patches.get("reported"):
+                # In the same transaction: a point is durable exactly when
+                # the report is acknowledged.
+                series_pg.save_reported(cur, device_id, device.account_id,
+                                        result.document["tags"], update.patches["reported"],
+                                        now)
+            return replace(device, shadow=result.document), result
+
+        return self._run(job, order=device_id)
+
+    def _apply_shadow(
+        self, cur: Cursor, device: Device, update: shadow.ShadowUpdate, now: float
+    ) -> shadow.UpdateResult:
+        # The caller read the device FOR UPDATE: no other node changes the
+        # shadow between this read and the write.
+        max_bytes, max_depth = self.shadow_limits
+        result = shadow.apply_update(device.shadow, update, now, max_bytes, max_depth)
+        if result.changed:
+            cur.execute("UPDATE devices SET shadow = %s WHERE id = %s",
+                        (json_param(result.document), device.id))
+        return result
+
+    def record_info(
+        self,
+        device_id: str,
+        info: dict[str, Any],
+        shadow_update: shadow.ShadowUpdate | None,
+        now: float,
+    ) -> Deferred[tuple[Device, shadow.UpdateResult | None]]:
+        def job(cur: Cursor) -> tuple[Device, shadow.UpdateResult | None]:
+            device = _get_device(cur, device_id, lock=True)
+            if device is None:
+                raise NotFound(device_id)
+            result = None
+            if shadow_update is not None:
+                result = self._apply_shadow(cur, device, shadow_update, now)
+            cur.execute("UPDATE devices SET info = %s, last_seen = %s WHERE id = %s",
+                        (json_param(info), now, device_id))
+            return _get_device(cur, device_id), result
+
+        return self._run(job, order=device_id)
+
+    def device_connected(self, device_id: str, now: float) -> Deferred[Device | None]:
+        def job(cur: Cursor) -> Device | None:
+            cur.execute("UPDATE devices SET last_seen = %s WHERE id = %s", (now, device_id))
+            return _get_device(cur, device_id)
+
+        return self._run(job, order=device_id)
+
+    def touch(self, device_id: str, now: float) -> Deferred[None]:
+        def job(cur: Cursor) -> None:
+            cur.execute("UPDATE devices SET last_seen = %s WHERE id = %s", (now, device_id))
+
+        return self._run(job, order=device_id)
+
+    def set_device_token(self, device_id: str, token_hash: str) -> Deferred[bool]:
+        def job(cur: Cursor) -> bool:
+            cur.execute("UPDATE devices SET token_hash = %s WHERE id = %s",
+                        (token_hash, device_id))
+            return cur.rowcount > 0
+
+        return self._run(job, order=device_id)
+
+    def delete_device(self, device_id: str) -> Deferred[bool]:
+        def job(cur: Cursor) -> bool:
+            cur.execute("DELETE FROM devices WHERE id = %s", (device_id,))
+            return cur.rowcount > 0
+
+        return self._run(job, order=device_id)
+
+
+    # Stored data, device events, OTA status, audit (the jobs are in series_pg.py)
+
+    def query_data(
+        self, account_id: str, device_id: str | None, skip: int, limit: int, text: str | None
+    ) -> Deferred[list[dict[str, Any]]]:
+        return self._run(
+            lambda cur: series_pg.query_points(cur, account_id, device_id, skip, limit, text))
+
+    def prune_data(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._run(lambda cur: series_pg.prune_points(cur, before, batch))
+
+    def append_event(
+        self, device_id: str, account_id: str, name: str, data: Any, now: float, keep: int
+    ) -> Deferred[int]:
+        # All appends of this node in one queue: in order, a burst in one
+        # transaction (they serialise on a lock anyway, see series_pg).
+        return self._run(
+            lambda cur: series_pg.append_event(cur, device_id, account_id, name, data, now,
+                                               keep),
+            order=_APPEND_EVENTS)
+
+    def query_events(
+        self, account_id: str, device_id: str | None, start: int, limit: int
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        # Behind this node's pending appends: what was published here before
+        # the question is in the answer.
+        return self._run(
+            lambda cur: series_pg.query_events(cur, account_id, device_id, start, limit),
+            order=_APPEND_EVENTS)
+
+    def set_ota_status(self, device_id: str, status: dict[str, Any], now: float) -> Deferred[bool]:
+        return self._run(lambda cur: series_pg.set_ota_status(cur, device_id, status, now),
+                         order=device_id)
+
+    def get_ota_status(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+        return self._run(lambda cur: series_pg.get_ota_status(cur, device_id), order=device_id)
+
+    def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
+        return self._run(lambda cur: series_pg.ota_statuses(cur, states))
+
+    def append_audit(self, entry: dict[str, Any]) -> Deferred[int]:
+        return self._run(lambda cur: series_pg.append_audit(cur, entry), order=_APPEND_AUDIT)
+
+    def query_audit(
+        self, account_id: str, start: int, limit: int
+    ) -> Deferred[tuple[list[dict[str, Any]], int]]:
+        return self._run(lambda cur: series_pg.query_audit(cur, account_id, start, limit),
+                         order=_APPEND_AUDIT)
+
+    def prune_audit(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._run(lambda cur: series_pg.prune_audit(cur, before, batch))
+
+    # Operation
+
+    def ping(self) -> Deferred[bool]:
+        return self._run(lambda cur: _one(cur, "SELECT 1") == (1,))
+
+
+# Helpers for jobs (run on a store thread, never on the reactor)
+
+_BATCH_SIZE = 100
+# Order keys of the appends' queues (device IDs start with "d").
+_APPEND_EVENTS = " events"
+_APPEND_AUDIT = " audit"
+
+
+class _Raised:
+    """A job's exception, handed back as its outcome."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class _Rollback(Exception):
+    def __init__(self, raised: _Raised) -> None:
+        self.raised = raised
+
+
+def _attempt(job: Job, cur: Cursor, conn: psycopg.Connection[Any] | None = None) -> Any:
+    """Run one job; with C{conn}, inside a savepoint of its own. A job that
+    raises a domain error (not found, stale version, ...) or hands
+    PostgreSQL a value it refuses (a NUL character) fails alone."""
+    if conn is None:
+        try:
+            return job(cur)
+        except psycopg.DataError as e:
+            raise _Rollback(_Raised(_refused(e))) from None
+        except psycopg.Error:
+            raise
+        except Exception as e:
+            raise _Rollback(_Raised(e)) from None
+    try:
+        with conn.transaction():
+            return job(cur)
+    except psycopg.DataError as e:
+        return _Raised(_refused(e))
+    except psycopg.Error:
+        raise
+    except Exception as e:
+        return _Raised(e)
+
+
+def _refused(error: psycopg.DataError) -> StoreError:
+    # e.g. a NUL character, which PostgreSQL text cannot hold.
+    return StoreError("the database refused the value: %s" % _first_line(error))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or error.__class__.__name__
+    return re.sub(r"\s+", " ", text.splitlines()[0])
+
+
+def _one(cur: Cursor, sql: str, params: Any = ()) -> Any:
+    cur.execute(sql.encode("utf-8"), params)
+    return cur.fetchone()
+
+
+def _all(cur: Cursor, sql: str, params: Any = ()) -> list[Any]:
+    cur.execute(sql.encode("utf-8"), params)
+    return cur.fetchall()
+
+
+def _account(row: Any) -> Account:
+    return Account(id=row[0], name=row[1], created=row[2], operator=bool(row[3]))
+
+
+def _insert_account(cur: Cursor, account: Account) -> None:
+    cur.execute(
+        "INSERT INTO accounts (id, name, created, operator) VALUES (%s, %s, %s, %s)",
+        (account.id, account.name, account.created, account.operator),
+    )
+
+
+_KEY_COLUMNS = "id, account_id, name, kind, created, expires, scope"
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(id=row[0], account_id=row[1], name=row[2], kind=row[3], created=row[4],
+                  expires=row[5], scope=row[6])
+
+
+def _insert_key(cur: Cursor, key: ApiKey, secret_hash: str) -> None:
+    cur.execute(
+        "INSERT INTO api_keys (id, account_id, name, kind, secret_hash, created, expires, scope)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (key.id, key.account_id, key.name, key.kind, secret_hash, key.created, key.expires,
+         json_param(key.scope) if key.scope is not None else None),
+    )
+
+
+_DEVICE_COLUMNS = "id, account_id, name, created, last_seen, info, shadow"
+# One device with its sharing, in one round trip.
+_ONE_DEVICE_COLUMNS = _DEVICE_COLUMNS + (
+    ", ARRAY(SELECT s.account_id FROM device_shares s WHERE s.device_id = devices.id"
+    " ORDER BY s.seq)")
+
+
+def _get_device(cur: Cursor, device_id: str, lock: bool = False) -> Device | None:
+    if "\x00" in device_id:
+        return None  # PostgreSQL text cannot hold NUL: no such device
+    row = _one(cur, "SELECT %s FROM devices WHERE id = %%s%s"
+                    % (_ONE_DEVICE_COLUMNS, " FOR NO KEY UPDATE OF devices" if lock else ""),
+               (device_id,))
+    return _device(cur, row, tuple(row[7])) if row else None
+
+
+def _device(cur: Cursor, row: Any, shares: tuple[str, ...] | None = None) -> Device:
+    if shares is None:
+        shares = _shares_of(cur, [row[0]]).get(row[0], ())
+    return Device(id=row[0], account_id=row[1], name=row[2], created=row[3], last_seen=row[4],
+                  info=row[5], shadow=row[6], shared_with=shares)
+
+
+def _shares_of(cur: Cursor, device_ids: list[str]) -> dict[str, tuple[str, ...]]:
+    if not device_ids:
+        return {}
+    out: dict[str, list[str]] = {}
+    rows = _all(cur, "SELECT device_id, account_id FROM device_shares"
+                     " WHERE device_id = ANY(%s) ORDER BY seq", (device_ids,))
+    for device_id, account_id in rows:
+        out.setdefault(device_id, []).append(account_id)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _set_shares(cur: Cursor, device_id: str, accounts: tuple[str, ...]) -> None:
+    cur.execute("DELETE FROM device_shares WHERE device_id = %s", (device_id,))
+    if accounts:
+        cur.executemany(
+            "INSERT INTO device_shares (device_id, account_id) VALUES (%s, %s)"
+            " ON CONFLICT DO NOTHING",
+            [(device_id, a) for a in accounts],
+        )

@@ -1,0 +1,16 @@
+"""Every implementation of a pluggable interface provides all of it."""
+
+from __future__ import annotations
+
+from zope.interface.verify import verifyClass
+
+from dashd.cluster.node import ClusterHub, ClusterRouter
+from dashd.hub import IHub, LocalHub
+from dashd.router import IRouter, LocalRouter
+
+
+def test_routers_and_hubs():
+    for cls in (LocalRouter, ClusterRouter):
+        assert verifyClass(IRouter, cls)
+    for cls in (LocalHub, ClusterHub):
+        assert verifyClass(IHub, cls)

@@ -1,0 +1,176 @@
+"""
+What is particular to the PostgreSQL store: its migrations, several nodes
+(stores) writing to one database at once, ordering and grouping of a
+device's writes, and the secrets it never logs.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from zope.interface.verify import verifyObject
+
+import backends
+from dashd import shadow, tokens
+from dashd.model import Account, ApiKey, Device
+from dashd.store import IStore, LastAdminKey
+from dashd.store.postgres import PostgresStore, migrate, migrations, redact
+
+
+@pytest.fixture
+def database():
+    url = backends.create_database()
+    yield url
+    backends.drop_database(url)
+
+
+def _schema(conn) -> list[tuple]:
+    return conn.execute(
+        "SELECT table_name, column_name, data_type, is_nullable, column_default"
+        " FROM information_schema.columns WHERE table_schema = 'public'"
+        " ORDER BY table_name, ordinal_position").fetchall()
+
+
+def test_migrations_are_numbered_applied_once_and_step_by_step_equals_at_once(database):
+    numbers = [n for n, _ in migrations()]
+    assert numbers == sorted(set(numbers)) and numbers[0] == 1
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert migrate(conn) == (0, numbers[-1])
+        assert migrate(conn) == (numbers[-1], numbers[-1])
+        at_once = _schema(conn)
+    assert {r[0] for r in at_once} >= {"accounts", "api_keys", "devices", "device_shares"}
+    stepwise = backends.create_database()
+    try:
+        with psycopg.connect(stepwise, autocommit=True) as conn:
+            for n in numbers:
+                assert migrate(conn, upto=n)[1] == n
+            assert _schema(conn) == at_once
+    finally:
+        backends.drop_database(stepwise)
+
+
+def test_nodes_starting_together_migrate_once(database):
+    outcomes = []
+
+    def start() -> None:
+        with psycopg.connect(database, autocommit=True) as conn:
+            outcomes.append(migrate(conn))
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    last = migrations()[-1][0]
+    assert sorted(outcomes) == [(0, last)] + [(last, last)] * 3
+
+
+def test_interface_and_redaction(database):
+    store = PostgresStore(database, reactor)
+    assert verifyObject(IStore, store)
+    assert redact("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
+    assert redact("postgresql://h/db") == "postgresql://h/db"
+
+
+def _two_nodes(url: str) -> tuple[PostgresStore, PostgresStore]:
+    one, two = PostgresStore(url, reactor), PostgresStore(url, reactor)
+    one.start()
+    two.start()
+    return one, two
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_updating_one_shadow_lose_nothing(database):
+    one, two = _two_nodes(database)
+    try:
+        account = Account(tokens.new_id("a"), "acme", 1.0)
+        key = ApiKey(tokens.new_id("k"), account.id, "admin", "admin", 1.0)
+        await one.bootstrap_admin_key(key, "h" * 64, account)
+        # The second node finds the key there: it creates none.
+        again = ApiKey(tokens.new_id("k"), account.id, "admin", "admin", 1.0)
+        assert await two.bootstrap_admin_key(again, "i" * 64, account) is None
+        device = Device(tokens.new_id("d"), account.id, "dev", 2.0)
+        await one.create_device(device, "t" * 64)
+        writes = []
+        for i in range(100):
+            store = one if i % 2 else two
+            writes.append(store.update_shadow(
+                device.id, shadow.ShadowUpdate({"reported": {"k%d" % i: i}}), 3.0))
+        await gatherResults(writes)
+        stored = await two.get_device(device.id)
+        assert stored.shadow["version"] == 100
+        assert stored.shadow["state"]["reported"] == {"k%d" % i: i for i in range(100)}
+
+        # A stale version is refused whichever node writes.
+        with pytest.raises(shadow.VersionConflict):
+            await one.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"x": 1}},
+                                                                   version=3), 4.0)
+    finally:
+        await one.stop()
+        await two.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_cannot_revoke_the_last_two_admin_keys_together(database):
+    one, two = _two_nodes(database)
+    try:
+        account = Account(tokens.new_id("a"), "acme", 1.0)
+        first = ApiKey(tokens.new_id("k"), account.id, "admin", "admin", 1.0)
+        second = ApiKey(tokens.new_id("k"), account.id, "second", "admin", 1.0)
+        await one.bootstrap_admin_key(first, "h" * 64, account)
+        await one.create_key(second, "j" * 64)
+        outcomes = []
+        for d in (one.delete_key(first.id, account.id), two.delete_key(second.id, account.id)):
+            try:
+                outcomes.append(await d)
+            except LastAdminKey as e:
+                outcomes.append(e)
+        assert sum(1 for o in outcomes if o is True) == 1
+        assert sum(1 for o in outcomes if isinstance(o, LastAdminKey)) == 1
+        assert len(await two.list_keys(account.id)) == 1
+    finally:
+        await one.stop()
+        await two.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_s_writes_apply_in_order_and_bad_ones_fail_alone(database):
+    store = PostgresStore(database, reactor)
+    store.start()
+    try:
+        account = Account(tokens.new_id("a"), "acme", 1.0)
+        await store.bootstrap_admin_key(
+            ApiKey(tokens.new_id("k"), account.id, "admin", "admin", 1.0), "h" * 64, account)
+        device = Device(tokens.new_id("d"), account.id, "dev", 2.0)
+        await store.create_device(device, "t" * 64)
+        ds = []
+        for i in range(300):
+            update = shadow.ShadowUpdate({"reported": {"i": i}})
+            if i == 150:
+                update = shadow.ShadowUpdate({"reported": {"i": -1}}, version=1)  # stale
+            ds.append(store.update_shadow(device.id, update, 3.0))
+        outcomes = []
+        for d in ds:
+            try:
+                outcomes.append(await d)
+            except shadow.VersionConflict as e:
+                outcomes.append(e)
+        assert isinstance(outcomes[150], shadow.VersionConflict)
+        versions = [o[1].document["version"] for i, o in enumerate(outcomes) if i != 150]
+        assert versions == list(range(1, 300))
+        stored = await store.get_device(device.id)
+        assert stored.shadow["state"]["reported"] == {"i": 299}
+        # PostgreSQL text holds no NUL: such a name is refused, clearly, alone.
+        from dashd.store import StoreError
+
+        with pytest.raises(StoreError, match="refused the value"):
+            await store.update_device(device.id, "bad\x00name", None, None, 4.0)
+        assert (await store.get_device(device.id)).name == "dev"
+        assert await store.get_device("d\x00") is None
+    finally:
+        await store.stop()
