@@ -122,7 +122,7 @@ export function firmwarePart(ctx, deviceId, device, canUpdate) {
       setPhase('');
       const reverts = status.mode === 'pull' && status.commit_timeout
         ? `Mongoose OS goes back to the old firmware unless it is committed within ${status.commit_timeout} s of the reboot.`
-        : 'Mongoose OS goes back to the old firmware unless it is committed.';
+        : 'Until it is committed the device may go back to the old firmware (Mongoose OS does, after its commit timeout).';
       showMessage(outcome, [
         h('strong', {}, 'Done, not committed yet. '),
         `The device runs fw_id ${status.fw_id}${status.fw_version ? ` (version ${status.fw_version})` : ''}. ${reverts}`,
