@@ -2,8 +2,9 @@
 The audit log: who (the API key), what (method and path), on which device,
 when, and with what outcome (status, and the error message if any), for
 every change and every device call made through the REST API. Reads
-(``GET`` other than an RPC call) are not recorded; nor are requests that
-never authenticated (failed authentications are in the log).
+(``GET`` other than an RPC call, and ``POST /logs``, a query with a JSON
+body) are not recorded; nor are requests that never authenticated (failed
+authentications are in the log).
 
 Entries are written through the store's group commit, a job each, after the
 answer has been sent: auditing never delays a request. At most
@@ -30,6 +31,8 @@ WARN_EVERY = 60.0
 
 _DEVICE_PATH = re.compile(r"^/api/v2/devices/([^/]+)")
 _NOT_DEVICES = ("data",)
+# Reads that are POSTs (their query is a JSON body).
+_READS = ("/api/v2/logs",)
 
 
 def entry_for(request: Request, now: float) -> dict[str, Any] | None:
@@ -42,6 +45,8 @@ def entry_for(request: Request, now: float) -> dict[str, Any] | None:
     if not path.startswith("/api/v2/"):
         return None
     if method in ("GET", "HEAD", "OPTIONS") and "/rpc/" not in path:
+        return None
+    if path in _READS:
         return None
     m = _DEVICE_PATH.match(path)
     device_id = m.group(1) if m and m.group(1) not in _NOT_DEVICES else None

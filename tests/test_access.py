@@ -299,6 +299,8 @@ async def test_whoami(world: World):
         reply = await world.keys[key].get("/api/v2/whoami")
         assert reply.status == 200 and reply.body["kind"] == kind
         assert "key" not in reply.body
+        # Account "a" is the first one, the operator account.
+        assert reply.body["operator"] is key.endswith("_a"), key
     reply = await world.keys["cust_a"].get("/api/v2/whoami")
     assert reply.body["scope"] == {"devices": {world.devices["a_own"]: CUSTOMER_ACL}}
 

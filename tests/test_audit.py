@@ -33,6 +33,8 @@ async def test_changes_and_calls_are_recorded(server, admin: Client):
         await admin.post("/api/v2/devices/%s/rpc/Sim.Fail" % device_id, {"code": 7, "message": "no"})
         await admin.post("/api/v2/devices/" + device_id, {"shadow": {"version": 999, "tags": {}}})
         await admin.get("/api/v2/devices/" + device_id)  # a read: not recorded
+        reply = await admin.post("/api/v2/logs", {"start": -5, "device_id": device_id})
+        assert reply.status == 200  # a read too, though a POST
         made = await admin.post("/api/v2/devices?access_token=" + admin.key, {"name": "q"},
                                 key=None)
         SECRETS.add(made.body["token"])
@@ -53,6 +55,7 @@ async def test_changes_and_calls_are_recorded(server, admin: Client):
     assert ("POST", "/api/v2/devices/ID/rpc/Sim.Fail", 502) in actions
     assert ("POST", "/api/v2/devices/ID", 409) in actions
     assert ("GET", "/api/v2/devices/ID", 200) not in actions
+    assert not any(e["path"] == "/api/v2/logs" for e in entries)
     failed = [e for e in mine if e["status"] == 502][0]
     assert failed["error"] == "no" and failed["key_id"] == key_id
     conflict = [e for e in mine if e["status"] == 409][0]

@@ -33,6 +33,7 @@ from support import (
     eventually,
     within,
 )
+from test_ota import make_bin, make_zip, ota_state
 
 PHONE = {"width": 390, "height": 844}
 
@@ -852,7 +853,7 @@ async def test_live_log(server, admin: Client, ui: UI):
     await device_online(admin, device_id)
     await ui.run(sign_in, admin.key)
     await ui.run(open_device, device_id, "log-sensor")
-    # Only events that arrive while the page is open are shown.
+    # The stored log first (here: it connected), then events as they come.
     await ui.run(lambda page: (expect(page.locator("#live-state")).to_have_text("Live"),
                                expect(page.get_by_text("methods from RPC.List")).to_be_visible()))
     await sim.call("Dash.Log", {"fd": 1, "data": "booted in 312 ms\n", "t": time.time(), "seq": 1})
@@ -865,8 +866,8 @@ async def test_live_log(server, admin: Client, ui: UI):
         expect(log.locator(".log-stderr")).to_contain_text("sensor 2 not found")
         expect(log).to_contain_text('notification MyStat {"temp":21.5}')
         accessible(page)
-        section(page, "Live log").get_by_role("button", name="Pause").click()
-        expect(section(page, "Live log").get_by_role("button", name="Resume")).to_have_attribute(
+        section(page, "Device log").get_by_role("button", name="Pause").click()
+        expect(section(page, "Device log").get_by_role("button", name="Resume")).to_have_attribute(
             "aria-pressed", "true")
 
     await ui.run(lines)
@@ -878,8 +879,8 @@ async def test_live_log(server, admin: Client, ui: UI):
         expect(page.locator(".page-head .badge")).to_have_text("Offline")
         log = page.get_by_role("log", name="Device log")
         assert "while paused" not in log.inner_text()
-        section(page, "Live log").get_by_role("button", name="Resume").click()
-        section(page, "Live log").get_by_role("button", name="Clear").click()
+        section(page, "Device log").get_by_role("button", name="Resume").click()
+        section(page, "Device log").get_by_role("button", name="Clear").click()
         expect(log.locator("li")).to_have_count(0)
 
     await ui.run(paused_then_resumed)
@@ -887,6 +888,83 @@ async def test_live_log(server, admin: Client, ui: UI):
     await within(sim.wait_open(), 10)
     await ui.run(lambda page: expect(page.get_by_role("log", name="Device log")).to_contain_text("connected"))
     await sim.stop()
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_device_log_pages_back_through_the_stored_history(
+    tmp_path, browser_thread: BrowserThread, request: Any
+):
+    """The stored log, newest page first, joined with the live tail; "Load
+    older" goes back a page at a time, without gaps or repeats, while new
+    lines keep coming."""
+    keeper = DashdProcess(str(tmp_path), {"logs": {"max_per_device": 400}})
+    await keeper.start_async()
+    ui = _ui(browser_thread, keeper, request, None)
+    try:
+        admin = Client(keeper, keeper.admin_key)
+        device_id, token = await admin.register("log-history")
+        sim = await connect_device(keeper, token)
+        await device_online(admin, device_id)
+        for n in range(1, 231):
+            await within(sim.call("Dash.Log", {"fd": 1 if n % 10 else 2, "data": "line %03d\n" % n,
+                                               "t": time.time(), "seq": n}))
+        sim.notify("Alarm", {"level": 2})
+
+        async def all_stored() -> bool:
+            reply = await admin.post("/api/v2/logs", {"device_id": device_id, "start": -1})
+            return reply.body["events"][-1]["name"] == "rpc.out.Alarm"
+
+        await eventually(all_stored)
+        await ui.run(sign_in, admin.key)
+
+        def texts(page: Page) -> list[str]:
+            return page.get_by_role("log", name="Device log").locator(".log-text").all_inner_texts()
+
+        def latest(page: Page) -> None:
+            open_device(page, device_id, "log-history")
+            box = section(page, "Device log")
+            expect(box.get_by_text("The last 100 stored events are shown")).to_be_visible()
+            log = page.get_by_role("log", name="Device log")
+            expect(log.locator("li")).to_have_count(101)  # and the RPC.List call, live
+            lines = texts(page)
+            assert lines[0] == "line 132" and lines[98] == "line 230", lines[:3]
+            assert lines[99] == 'Alarm {"level":2}' and lines[100] == "→ RPC.List", lines[-3:]
+            expect(log.locator(".log-stderr").first).to_contain_text("line 140")
+            accessible(page)
+
+        await ui.run(latest)
+        # New lines while the page is open: they count where "Load older"
+        # starts from.
+        for n in range(231, 236):
+            await within(sim.call("Dash.Log", {"fd": 1, "data": "line %03d\n" % n, "t": time.time(), "seq": n}))
+
+        def older(page: Page) -> None:
+            box = section(page, "Device log")
+            log = page.get_by_role("log", name="Device log")
+            expect(log).to_contain_text("line 235")
+            box.get_by_role("button", name="Load older").click()
+            expect(box.get_by_text("Loaded 100 older events.")).to_be_visible()
+            box.get_by_role("button", name="Load older").click()
+            expect(box.get_by_text("Loaded 32 older events: every stored event is shown.")).to_be_visible()
+            expect(box.get_by_role("button", name="Load older")).to_be_hidden()
+            expect(log).to_be_focused()
+            lines = texts(page)
+            # The connection, every line once and in order, then the live ones.
+            assert lines[0] == "connected", lines[:3]
+            logged = [t for t in lines if t.startswith("line ")]
+            assert logged == ["line %03d" % n for n in range(1, 236)], logged
+            assert lines.count('Alarm {"level":2}') == 1
+            expect(page.locator("#announcer")).to_have_text("Loaded 32 older events: every stored event is shown.")
+
+        await ui.run(older)
+        await ui.shot("device-log-history")
+        await sim.stop()
+    finally:
+        ui.close()
+        keeper.stop()
+    problems = ui.unexplained() + keeper.problems()
+    assert not problems, "\n".join(problems)
 
 
 @pytest_twisted.ensureDeferred
@@ -921,15 +999,413 @@ async def test_names_and_data_are_shown_as_text(server, admin: Client, ui: UI):
     await sim.stop()
 
 
+# Firmware updates
+
+
+def firmware(page: Page) -> Any:
+    return section(page, "Firmware update")
+
+
+def pick_firmware(page: Page, path: str) -> None:
+    firmware(page).get_by_label("Firmware file").set_input_files(path)
+
+
+# Records every value the progress bar takes, from now on.
+WATCH_PROGRESS_JS = """
+() => {
+  window.progressSeen = [];
+  new MutationObserver((records) => {
+    for (const r of records) {
+      if (r.target.tagName === 'PROGRESS') window.progressSeen.push(Number(r.target.getAttribute('value')));
+    }
+  }).observe(document.querySelector('main'), {subtree: true, attributes: true, attributeFilter: ['value']});
+}
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_firmware_push_with_progress_then_commit(server, admin: Client, ui: UI, tmp_path):
+    device_id, token = await admin.register("ota-push-lamp")
+    # Flash writes take a moment, so that the bar has steps to show.
+    sim = await connect_device(server, token, ota_write_delay=0.01)
+    await device_online(admin, device_id)
+    fw = make_zip(str(tmp_path / "lamp-2.0.zip"), build_id="20261201-ui-push", size=60_000)
+    await ui.run(sign_in, admin.key)
+
+    def upload(page: Page) -> None:
+        open_device(page, device_id, "ota-push-lamp")
+        box = firmware(page)
+        expect(box.get_by_role("radio", name=re.compile("^Push"))).to_be_checked()
+        accessible(page)
+        page.evaluate(WATCH_PROGRESS_JS)
+        pick_firmware(page, fw)
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_text("dashd took lamp-2.0.zip and started the update.")).to_be_visible()
+        bar = box.get_by_role("progressbar", name="Update progress")
+        # The device gets all of it and comes back with it.
+        expect(bar).to_have_attribute("value", "100")
+        expect(box.locator(".ota-percent")).to_have_text("100%")
+        expect(box.get_by_text("Done, not committed yet.")).to_be_visible(timeout=20_000)
+        expect(box).to_contain_text("The device runs fw_id 20261201-ui-push (version 2.0.0)")
+        expect(box).to_contain_text("lamp-2.0.zip (Mongoose OS .zip")
+        expect(box).to_contain_text("build 20261201-ui-push")
+        # The device's side of the bar went up step by step to 100.
+        seen = page.evaluate("window.progressSeen")
+        device_side = seen[len(seen) - seen[::-1].index(0):] if 0 in seen else seen
+        assert device_side == sorted(device_side) and device_side[-1] == 100, seen
+        assert len(set(v for v in device_side if 0 < v < 100)) >= 5, seen
+        accessible(page)
+
+    await ui.run(upload)
+    await ui.shot("firmware-uncommitted")
+    assert sim.ota_committed is False
+
+    def commit(page: Page) -> None:
+        box = firmware(page)
+        box.get_by_role("button", name="Commit the new firmware").click()
+        expect(box.get_by_text("Committed: the device runs fw_id 20261201-ui-push (version 2.0.0).")).to_be_visible()
+        expect(box.get_by_role("heading", name="Last update")).to_be_focused()
+        expect(box.get_by_role("button", name="Commit the new firmware")).to_be_hidden()
+        # The info and the log followed.
+        expect(page.get_by_role("table", name="System info reported by the device")).to_contain_text("20261201-ui-push")
+        log = page.get_by_role("log", name="Device log")
+        expect(log).to_contain_text("firmware update lamp-2.0.zip: rebooting")
+        expect(log).to_contain_text("firmware update lamp-2.0.zip: committed (fw_id 20261201-ui-push)")
+
+    await ui.run(commit)
+    await ui.shot("firmware-committed")
+    assert sim.ota_committed is True
+    assert (await admin.device(device_id))["ota"]["state"] == "committed"
+    await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_firmware_pull_with_auto_commit(server, admin: Client, ui: UI, tmp_path):
+    device_id, token = await admin.register("ota-pull-gate")
+    sim = await connect_device(server, token)
+    await device_online(admin, device_id)
+    fw = make_zip(str(tmp_path / "gate.zip"), build_id="20261201-ui-pull", size=30_000)
+    await ui.run(sign_in, admin.key)
+
+    def upload(page: Page) -> None:
+        open_device(page, device_id, "ota-pull-gate")
+        box = firmware(page)
+        timeout = box.get_by_label("Commit timeout in seconds (optional)")
+        expect(timeout).to_be_hidden()
+        box.get_by_role("radio", name=re.compile("^Pull")).check()
+        box.get_by_label("Commit it as soon as the device is back with it").check()
+        pick_firmware(page, fw)
+        # A timeout dashd would refuse is not sent.
+        timeout.fill("-5")
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_role("alert")).to_have_text(
+            "The commit timeout must be a whole number of seconds from 0 to 2592000 (30 days).")
+        expect(timeout).to_be_focused()
+        timeout.fill("120")
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_text("Committed: the device runs fw_id 20261201-ui-pull")).to_be_visible(timeout=20_000)
+        expect(box).to_contain_text("pulled by the device")
+        expect(box).to_contain_text("committed automatically")
+        expect(firmware(page).get_by_role("progressbar", name="Update progress")).to_have_attribute("value", "100")
+        accessible(page)
+
+    await ui.run(upload)
+    await ui.shot("firmware-pull-committed")
+    # The device downloaded it from its one-time link, which the page
+    # never saw.
+    params = sim.ota_update_params
+    assert params["commit_timeout"] == 120
+    secret = params["url"].rsplit("/", 1)[1]
+    assert params["url"] == "%s/api/v2/firmware/%s" % (server.url, secret)
+    SECRETS.add(secret)
+    assert secret not in await ui.run(lambda page: page.content())
+    assert sim.ota_committed is True
+    await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_firmware_refusals_are_explained(server, admin: Client, ui: UI, tmp_path):
+    device_id, token = await admin.register("ota-refusals")
+    await ui.run(sign_in, admin.key)
+    text = tmp_path / "notes.txt"
+    text.write_text("not firmware")
+    no_manifest = make_zip(str(tmp_path / "plain.zip"), build_id="x", size=1000, manifest=False)
+    too_big = make_bin(str(tmp_path / "huge.bin"), 300_000)
+    fw = make_bin(str(tmp_path / "app.bin"), 20_000)
+
+    def offline(page: Page) -> None:
+        open_device(page, device_id, "ota-refusals")
+        box = firmware(page)
+        expect(box.get_by_text("No firmware update of this device yet.")).to_have_count(0)
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_role("alert")).to_have_text("Choose a firmware file first.")
+        expect(box.get_by_label("Firmware file")).to_be_focused()
+        pick_firmware(page, fw)
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_role("alert")).to_have_text(
+            "Not sent: the device is offline. dashd sends firmware only to a connected device; "
+            "try again once it is online.")
+
+    await ui.run(offline)
+    # A device that takes its time with each write (within ota.step_timeout,
+    # 2 s): an update of a large file runs for a while (25 s).
+    sim = await connect_device(server, token, ota_write_delay=0.5)
+    await device_online(admin, device_id)
+    for status in (400, 413, 415, 409):
+        ui.allow(status, "/api/v2/devices/%s/ota" % device_id)
+
+    def bad_files(page: Page) -> None:
+        box = firmware(page)
+        expect(page.locator(".page-head .badge")).to_have_text("Online")
+        send = box.get_by_role("button", name="Upload and update")
+        for path, message in (
+            (str(text), "Not started. Unsupported (415): unknown kind of firmware file 'notes.txt': "
+                        "send a Mongoose OS .zip or a .bin image (by file name, ?filename=, or "
+                        "Content-Type application/zip or application/octet-stream). Choose a "
+                        "Mongoose OS .zip (from mos build) or a .bin image."),
+            (no_manifest, "Not started. Rejected (400): the .zip holds no manifest.json: it is not a "
+                          "Mongoose OS firmware (build one with mos build). Nothing was sent to the device."),
+            (too_big, "Not started. Too large (413): the firmware file is 300000 bytes, more than the "
+                      "limit of 262144. dashd takes firmware files up to its ota.max_bytes setting; "
+                      "nothing was sent to the device."),
+        ):
+            pick_firmware(page, path)
+            send.click()
+            expect(box.get_by_role("alert")).to_contain_text(message)
+            expect(box.get_by_label("Firmware file")).to_be_focused()
+            expect(send).to_be_enabled()
+
+    await ui.run(bad_files)
+    await ui.shot("firmware-refused")
+    assert not any(str(f.get("method", "")).startswith("OTA.") for f in sim.frames)
+
+    # An update started elsewhere shows, live; a second one is refused.
+    slow = make_bin(str(tmp_path / "slow.bin"), 200_000)
+    reply = await admin.upload("/api/v2/devices/%s/ota" % device_id, slow)
+    assert reply.status == 202, reply
+
+    def conflict(page: Page) -> None:
+        box = firmware(page)
+        expect(box.get_by_role("heading", name="Update under way")).to_be_visible()
+        expect(box.locator(".ota-phase")).to_have_text("dashd sends slow.bin to the device…")
+        expect(box.locator(".ota-bytes")).to_contain_text(" of 195.3 KiB")
+        pick_firmware(page, fw)
+        box.get_by_role("button", name="Upload and update").click()
+        alert = box.get_by_role("alert")
+        expect(alert).to_contain_text(
+            "Not started. Conflict (409): a firmware update of device %s is already running (uploading, " % device_id)
+        expect(alert).to_contain_text("Wait for it to end (its progress is shown below), then try again.")
+
+    await ui.run(conflict)
+    await ui.shot("firmware-under-way")
+    await sim.stop()
+    await ota_state(admin, device_id, "failed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_firmware_failure_is_shown_with_its_reason(server, admin: Client, ui: UI, tmp_path):
+    device_id, token = await admin.register("ota-failing")
+    sim = await connect_device(server, token, ota_fail="OTA.Write", ota_fail_after=5)
+    await device_online(admin, device_id)
+    fw = make_bin(str(tmp_path / "broken-flash.bin"), 20_000)
+    await ui.run(sign_in, admin.key)
+
+    def fails(page: Page) -> None:
+        open_device(page, device_id, "ota-failing")
+        pick_firmware(page, fw)
+        firmware(page).get_by_role("button", name="Upload and update").click()
+        alert = firmware(page).get_by_role("alert")
+        expect(alert).to_have_text(
+            "The update failed: the device refused OTA.Write: simulated failure of OTA.Write (code 500). "
+            "The device stays usable; a new update may start at once.")
+        bar = firmware(page).get_by_role("progressbar", name="Update progress")
+        # It stopped where the device did: five writes of twenty.
+        assert 0 < int(bar.get_attribute("value")) < 100
+        expect(page.get_by_role("log", name="Device log")).to_contain_text(
+            "update broken-flash.bin: failed (the device refused OTA.Write")
+        accessible(page)
+
+    await ui.run(fails)
+    await ui.shot("firmware-failed")
+    await sim.stop()
+
+
+# Stored data
+
+
+def stored(page: Page) -> Any:
+    return section(page, "Stored data")
+
+
+@pytest_twisted.ensureDeferred
+async def test_stored_data_plots_and_table(server, admin: Client, ui: UI):
+    device_id, token = await admin.register("data-greenhouse")
+    sim = await connect_device(server, token)
+    await device_online(admin, device_id)
+    await sim.report({"temp": 19.5, "env": {"hum": 40}, "state": "idle"})
+    await ui.run(sign_in, admin.key)
+    # (The more precise first: the first that fits an error takes it.)
+    ui.allow(400, "/api/v2/devices/%s/data" % device_id)
+    ui.allow(400, "/api/v2/devices/" + device_id)
+
+    def save_keys(page: Page) -> None:
+        open_device(page, device_id, "data-greenhouse")
+        box = stored(page)
+        # Look before you read: nothing is saved yet, so nothing is stored.
+        expect(box.get_by_text("No reported keys are saved")).to_be_visible()
+        expect(box.get_by_text("No points are stored for this device.")).to_be_visible()
+        accessible(page)
+        key = box.get_by_label("Reported key to save")
+        # The reported keys are offered.
+        offered = box.locator("datalist option").evaluate_all("els => els.map(e => e.value)")
+        assert {"temp", "env", "env.hum", "state"} <= set(offered), offered
+        box.get_by_role("button", name="Save this key").click()
+        expect(box.get_by_role("alert")).to_have_text("Enter the reported key to save.")
+        # dashd checks the path and says what is wrong.
+        key.fill("env..hum")
+        box.get_by_role("button", name="Save this key").click()
+        expect(box.get_by_role("alert")).to_have_text(
+            "Not changed. Rejected (400): tags.save: 'env..hum' is not a dotted path such as \"env.temperature\"")
+        expect(key).to_be_focused()
+        for name in ("temp", "env.hum", "state"):
+            key.fill(name)
+            box.get_by_role("button", name="Save this key").click()
+            expect(box.get_by_text("Saving %s: each time the device reports it" % name)).to_be_visible()
+            expect(key).to_have_value("")
+        saved = box.locator("ul.saved-keys li code").all_inner_texts()
+        assert saved == ["temp", "env.hum", "state"], saved
+        # The tags editor shows the same list.
+        expect(section(page, "Shadow").get_by_label("Tags (JSON)")).to_have_value(
+            '{\n  "save": [\n    "temp",\n    "env.hum",\n    "state"\n  ]\n}')
+
+    await ui.run(save_keys)
+    assert (await admin.device(device_id))["shadow"]["tags"] == {"save": ["temp", "env.hum", "state"]}
+
+    # The device reports; the page follows.
+    for temp, hum, state in ((20.0, 41, "heating"), (20.5, 43, "heating"), (21.25, 44, "idle"),
+                             (21.0, 45, "idle"), (22.0, 44, "venting")):
+        await within(sim.report({"temp": temp, "env": {"hum": hum}, "state": state}))
+
+    def plots(page: Page) -> None:
+        box = stored(page)
+        expect(box.locator(".count")).to_contain_text("15 points of 3 keys")
+        temp = box.get_by_role("img", name=re.compile("^Plot of temp"))
+        expect(temp).to_be_visible()
+        # What it shows is said in words too.
+        label = temp.evaluate("el => el.querySelector('desc').textContent")
+        assert label.startswith("temp: 5 points from ") and label.endswith(
+            "lowest 20, highest 22, last 22."), label
+        expect(temp.locator("circle")).to_have_count(5)
+        expect(box.get_by_role("img", name=re.compile("^Plot of env.hum"))).to_be_visible()
+        expect(box.locator("figcaption")).to_have_text(["env.hum — 5 points, last 44", "temp — 5 points, last 22"])
+        # Values that are not numbers are listed, not plotted.
+        others = box.get_by_role("table", name="Stored values that are not numbers")
+        expect(others.locator("tbody tr")).to_have_count(5)
+        expect(others).to_contain_text('"venting"')
+        accessible(page)
+
+    await ui.run(plots)
+    await ui.shot("data-plots")
+
+    def as_table(page: Page) -> None:
+        box = stored(page)
+        box.get_by_label("Table").check()
+        table = box.get_by_role("table", name="Stored points, oldest first")
+        expect(table.locator("tbody tr")).to_have_count(15)
+        expect(table.locator("tbody tr").first).to_contain_text("temp")
+        expect(table.locator("tbody tr").first).to_contain_text("20")
+        expect(table.locator("tbody tr").last).to_contain_text('"venting"')
+        accessible(page)
+
+    await ui.run(as_table)
+    await ui.shot("data-table")
+
+    def queries(page: Page) -> None:
+        box = stored(page)
+        table = box.get_by_role("table", name="Stored points, oldest first")
+        # A filter, a limit, a skip.
+        box.get_by_label("Filter (optional)").fill("hum")
+        box.get_by_role("button", name="Show points").click()
+        expect(table.locator("tbody tr")).to_have_count(5)
+        box.get_by_label("Filter (optional)").fill("")
+        box.get_by_label("Points", exact=True).fill("4")
+        box.get_by_label("Skip (optional)").fill("0")
+        box.get_by_role("button", name="Show points").click()
+        expect(table.locator("tbody tr")).to_have_count(4)
+        expect(table.locator("tbody tr").first).to_contain_text("20")
+        expect(box.locator(".count")).to_have_text(re.compile(r"^4 points of 3 keys, from .*\.$"))
+        # Bad numbers are said, nothing is asked.
+        box.get_by_label("Points", exact=True).fill("6000")
+        box.get_by_role("button", name="Show points").click()
+        expect(box.get_by_role("alert")).to_have_text("Points must be a whole number from 1 to 5000.")
+        expect(box.get_by_label("Points", exact=True)).to_be_focused()
+        box.get_by_label("Points", exact=True).fill("100")
+        box.get_by_label("Skip (optional)").fill("1.5")
+        box.get_by_role("button", name="Show points").click()
+        expect(box.get_by_role("alert")).to_have_text("Skip must be a whole number (negative counts from the end).")
+        # dashd's own refusal.
+        box.get_by_label("Skip (optional)").fill("")
+        box.get_by_label("Filter (optional)").fill("x" * 300)
+        box.get_by_role("button", name="Show points").click()
+        expect(box.get_by_role("alert")).to_have_text(
+            "No points shown. Rejected (400): filter must be 1 to 256 characters")
+        box.get_by_label("Filter (optional)").fill("")
+        box.get_by_role("button", name="Show points").click()
+        expect(table.locator("tbody tr")).to_have_count(15)
+        box.get_by_label("Plots").check()
+        # Stop saving a key.
+        box.get_by_role("button", name="Stop saving state").click()
+        expect(box.get_by_text("Stopped saving state.")).to_be_visible()
+
+    await ui.run(queries)
+    assert (await admin.device(device_id))["shadow"]["tags"] == {"save": ["temp", "env.hum"]}
+    # Someone is typing a query when new points come.
+    await ui.run(lambda page: stored(page).get_by_label("Points", exact=True).fill("9999"))
+    await within(sim.report({"temp": 23.5, "state": "off"}))
+
+    def followed(page: Page) -> None:
+        box = stored(page)
+        # The latest points are shown again (the query last sent): temp's
+        # new one, no new state.
+        expect(box.locator("figcaption").last).to_have_text("temp — 6 points, last 23.5")
+        expect(box.get_by_role("table", name="Stored values that are not numbers").locator("tbody tr")).to_have_count(5)
+        # What was being typed is left alone.
+        expect(box.get_by_label("Points", exact=True)).to_have_value("9999")
+        expect(box.get_by_label("Points", exact=True)).to_be_focused()
+        expect(box.get_by_role("alert")).to_have_count(0)
+        box.get_by_label("Points", exact=True).fill("200")
+
+    await ui.run(followed)
+
+    def at_phone_width(page: Page) -> None:
+        page.set_viewport_size(PHONE)
+        plot = stored(page).get_by_role("img", name=re.compile("^Plot of temp"))
+        # Drawn again for the narrow width.
+        expect(plot).to_have_attribute("width", re.compile(r"^[1-3]\d\d$"))
+        no_horizontal_overflow(page)
+        accessible(page)
+
+    await ui.run(at_phone_width)
+    await ui.shot("phone-data-plots")
+    await sim.stop()
+
+
 # Sharing and what each kind of key is offered
 
 
 @pytest_twisted.ensureDeferred
-async def test_sharing_with_another_account(server, admin: Client, ui: UI):
+async def test_sharing_with_another_account(server, admin: Client, ui: UI, tmp_path):
     device_id, token = await admin.register("shared-heater")
     account_b, key_b = await new_account(admin, "ui-partner")
-    sim = await connect_device(server, token)
+    sim = await connect_device(server, token, ota_fail="OTA.Begin")
     await device_online(admin, device_id)
+    # Its owner saves a key's values and tried a firmware update.
+    await admin.post("/api/v2/devices/" + device_id, {"shadow": {"tags": {"save": ["power"]}}})
+    for watts in (800, 1200):
+        await within(sim.report({"power": watts}))
+    reply = await admin.upload("/api/v2/devices/%s/ota" % device_id, make_bin(str(tmp_path / "h.bin"), 3000))
+    assert reply.status == 202
+    await ota_state(admin, device_id, "failed")
     await ui.run(sign_in, admin.key)
     ui.allow(400, "/api/v2/devices/" + device_id)
 
@@ -949,6 +1425,9 @@ async def test_sharing_with_another_account(server, admin: Client, ui: UI):
 
     def as_partner(page: Page, key: str) -> None:
         sign_in(page, key)
+        # An admin of another account: its own keys and audit log.
+        expect(page.get_by_role("link", name="Audit log")).to_be_visible()
+        expect(page.get_by_role("link", name="Accounts")).to_be_hidden()
         target = row(page, device_id)
         expect(target).to_contain_text("shared")
         expect(target.get_by_role("button")).to_have_count(0)
@@ -966,6 +1445,18 @@ async def test_sharing_with_another_account(server, admin: Client, ui: UI):
         box.get_by_label("Params (JSON)").fill('{"from": "partner"}')
         box.get_by_role("button", name="Call").click()
         expect(box.get_by_label("Result")).to_contain_text('"from": "partner"')
+        # It reads the stored data and the firmware status, changes neither.
+        data = section(page, "Stored data")
+        expect(data.locator("ul.saved-keys")).to_have_text("power")
+        expect(data.get_by_role("button", name="Stop saving power")).to_have_count(0)
+        expect(data.get_by_label("Reported key to save")).to_have_count(0)
+        expect(data.get_by_role("img", name="Plot of power")).to_be_visible()
+        expect(data.locator("figcaption")).to_have_text("power — 2 points, last 1200")
+        ota = section(page, "Firmware update")
+        expect(ota.get_by_text("Only admin keys of the account that owns the device update its firmware.")).to_be_visible()
+        expect(ota.get_by_label("Firmware file")).to_have_count(0)
+        expect(ota.get_by_role("alert")).to_contain_text("The update failed: the device refused OTA.Begin")
+        expect(page.get_by_role("log", name="Device log")).to_contain_text("update h.bin: failed")
         accessible(page)
 
     await ui.run(as_partner, key_b)
@@ -981,10 +1472,13 @@ async def test_read_only_key(server, admin: Client, ui: UI):
     key = await new_key(admin, name="auditor", kind="read-only")
     await ui.run(sign_in, key)
     ui.allow(403, "/api/v2/keys")
+    ui.allow(403, "/api/v2/audit")
 
     def offered_nothing(page: Page) -> None:
         expect(page.locator("#who")).to_have_text("Key auditor (read-only)")
         expect(page.get_by_role("link", name="API keys")).to_be_hidden()
+        expect(page.get_by_role("link", name="Audit log")).to_be_hidden()
+        expect(page.get_by_role("link", name="Accounts")).to_be_hidden()
         expect(page.get_by_role("button", name="Add device")).to_have_count(0)
         expect(row(page, device_id)).to_contain_text("ro-visible")
         expect(row(page, device_id).get_by_role("button")).to_have_count(0)
@@ -998,8 +1492,22 @@ async def test_read_only_key(server, admin: Client, ui: UI):
             "This key is read-only: it may not call methods on devices.")
         expect(section(page, "RPC console").get_by_role("button")).to_have_count(0)
         expect(section(page, "Token and deletion")).to_have_count(0)
+        # It reads stored data, logs and firmware updates; it changes none.
+        data = section(page, "Stored data")
+        expect(data.get_by_text("No reported keys are saved: dashd stores nothing for this device.")).to_be_visible()
+        expect(data.get_by_label("Reported key to save")).to_have_count(0)
+        expect(data.get_by_text("No points are stored for this device.")).to_be_visible()
+        ota = section(page, "Firmware update")
+        expect(ota.get_by_text("This key is read-only: it sees firmware updates but may not start one.")).to_be_visible()
+        expect(ota.get_by_text("No firmware update of this device yet.")).to_be_visible()
+        expect(ota.get_by_role("button")).to_have_count(0)
+        expect(section(page, "Device log").get_by_text("Nothing is stored for this device yet")).to_be_visible()
         accessible(page)
-        # dashd itself refuses it the keys, and the page says so.
+        # dashd itself refuses it the audit log, and the page says so.
+        page.goto("/#/audit")
+        expect(page.get_by_role("alert")).to_have_text(
+            "Not allowed with this key (403): only admin keys may read the audit log; this key is read-only")
+        # And the keys.
         page.goto("/#/keys")
         expect(page.get_by_role("alert")).to_have_text(
             "Not allowed with this key (403): only admin keys may manage keys; this key is read-only")
@@ -1093,8 +1601,12 @@ async def test_keys_page_and_restricted_key(server, admin: Client, ui: UI):
         expect(row(page, device_id)).to_contain_text("Online")
         expect(row(page, other_id)).to_have_count(0)
         accessible(page)
+        expect(page.get_by_role("link", name="Audit log")).to_be_hidden()
         open_device(page, device_id, "customer-thermostat")
-        expect(section(page, "Live log")).to_have_count(0)
+        # Stored data, logs and firmware updates are not a customer's (403).
+        expect(section(page, "Device log")).to_have_count(0)
+        expect(section(page, "Stored data")).to_have_count(0)
+        expect(section(page, "Firmware update")).to_have_count(0)
         expect(section(page, "Sharing")).to_have_count(0)
         expect(page.get_by_role("table", name="System info reported by the device")).to_have_count(0)
         shadow = section(page, "Shadow")
@@ -1168,6 +1680,156 @@ async def test_revoking_keys_of_an_account(server, admin: Client, ui: UI):
     assert (await Client(server, second).get("/api/v2/whoami")).status == 200
 
 
+# Accounts and the audit log
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_page_creates_an_account(server, admin: Client, ui: UI):
+    await ui.run(sign_in, admin.key)
+    operator = (await admin.get("/api/v2/whoami")).body["account_id"]
+
+    def create(page: Page, operator: str) -> str:
+        page.get_by_role("link", name="Accounts").click()
+        expect(page.get_by_role("heading", level=1, name="Accounts")).to_be_visible()
+        mine = page.locator("tr[data-account-id='%s']" % operator)
+        expect(mine).to_contain_text("operator")
+        expect(mine).to_contain_text("yours")
+        accessible(page)
+        page.get_by_role("button", name="Create account").click()
+        expect(page.get_by_role("alert")).to_have_text("Enter a name for the account.")
+        expect(page.get_by_label("Name")).to_be_focused()
+        page.get_by_label("Name").fill("ui-tenant")
+        page.get_by_role("button", name="Create account").click()
+        expect(page.get_by_role("heading", name="Account created")).to_be_visible()
+        account_id = page.get_by_label("Account ID", exact=True).input_value()
+        key = page.get_by_label("Admin key", exact=True).input_value()
+        page.get_by_role("button", name="Copy Admin key").click()
+        expect(dialog(page).get_by_text("Copied.")).to_be_visible()
+        assert clipboard(page) == key
+        expect(dialog(page)).to_contain_text("shown only this once")
+        return account_id + " " + key
+
+    account_id, key = (await ui.run(create, operator)).split(" ")
+    SECRETS.add(key)
+    await ui.shot("account-created")
+
+    def listed(page: Page, key: str) -> None:
+        page.get_by_role("button", name="Done").click()
+        expect(dialog(page)).to_have_count(0)
+        assert key not in page.content()
+        expect(page.locator("tr[data-account-id='%s']" % account_id)).to_contain_text("ui-tenant")
+        expect(page.get_by_text("Created account ui-tenant (%s)." % account_id)).to_be_visible()
+        expect(page.get_by_role("button", name="Create account")).to_be_focused()
+
+    await ui.run(listed, key)
+    await ui.shot("accounts")
+    who = await Client(server, key).get("/api/v2/whoami")
+    assert who.body["account_id"] == account_id and who.body["kind"] == "admin"
+    assert who.body["operator"] is False
+    ui.allow(403, "/api/v2/accounts")
+
+    def as_tenant(page: Page, key: str) -> None:
+        sign_out(page)
+        sign_in(page, key)
+        # Its admin sees its keys and its audit log, not the accounts.
+        expect(page.get_by_role("link", name="API keys")).to_be_visible()
+        expect(page.get_by_role("link", name="Audit log")).to_be_visible()
+        expect(page.get_by_role("link", name="Accounts")).to_be_hidden()
+        page.goto("/#/accounts")
+        expect(page.get_by_role("alert")).to_have_text(
+            "Not allowed with this key (403): only admin keys of the operator account may manage accounts")
+        expect(page.get_by_role("button", name="Create account")).to_have_count(0)
+
+    await ui.run(as_tenant, key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_audit_page_lists_what_was_just_done(server, admin: Client, ui: UI):
+    _, key = await new_account(admin, "ui-audited")
+    tenant = Client(server, key)
+    device_id, _ = await tenant.register("audit-boiler")
+    # Enough entries for more than a page (50): renames, and one refused.
+    for n in range(55):
+        reply = await tenant.post("/api/v2/devices/" + device_id, {"name": "audit-boiler-%d" % n})
+        assert reply.status == 200
+    refused = await tenant.post("/api/v2/devices/" + device_id, {"shadow": {"version": 99, "tags": {}}})
+    assert refused.status == 409
+
+    async def written() -> bool:
+        reply = await tenant.get("/api/v2/audit?start=-1")
+        return reply.body["entries"][-1]["status"] == 409
+
+    await eventually(written)
+    await ui.run(sign_in, key)
+
+    def first_page(page: Page) -> None:
+        page.get_by_role("link", name="Audit log").click()
+        expect(page.get_by_role("heading", level=1, name="Audit log")).to_be_visible()
+        rows = page.get_by_role("table", name="Audit log of this account, newest first").locator("tbody tr")
+        expect(rows).to_have_count(50)
+        # Newest first: the refused change, with dashd's reason.
+        expect(rows.first).to_contain_text("POST /api/v2/devices/" + device_id)
+        expect(rows.first).to_contain_text("409: shadow version 99 is stale")
+        expect(rows.first).to_contain_text("this key")
+        expect(rows.first.get_by_role("link", name="audit-boiler-54")).to_be_visible()
+        expect(rows.nth(1)).to_contain_text("200")
+        expect(page.get_by_text("50 entries shown, newest first.")).to_be_visible()
+        accessible(page)
+        page.get_by_role("button", name="Load older").click()
+        # 55 renames, the refusal and the registration: all of them.
+        expect(rows).to_have_count(57)
+        expect(rows.last).to_contain_text("POST /api/v2/devices")
+        expect(rows.last).not_to_contain_text(device_id)
+        expect(page.get_by_text("57 entries shown, newest first: every stored entry.")).to_be_visible()
+        expect(page.get_by_role("button", name="Load older")).to_be_hidden()
+
+    await ui.run(first_page)
+    await ui.shot("audit")
+
+    # What the page itself does is there too.
+    def rename(page: Page) -> None:
+        open_device(page, device_id, "audit-boiler-54")
+        section(page, "Info").get_by_label("Name").fill("audit-boiler-renamed")
+        section(page, "Info").get_by_role("button", name="Rename").click()
+        expect(section(page, "Info").get_by_text("Renamed to audit-boiler-renamed.")).to_be_visible()
+
+    await ui.run(rename)
+
+    async def renamed() -> bool:
+        reply = await tenant.get("/api/v2/audit?start=-1")
+        return reply.body["entries"][-1]["status"] == 200
+
+    await eventually(renamed)
+
+    def newest(page: Page) -> None:
+        page.get_by_role("link", name="Audit log").click()
+        rows = page.get_by_role("table", name="Audit log of this account, newest first").locator("tbody tr")
+        expect(rows.first.get_by_role("link", name="audit-boiler-renamed")).to_be_visible()
+        expect(rows.first).to_contain_text("POST /api/v2/devices/%s" % device_id)
+        # Reading the device's log (a POST) is no change: not listed.
+        assert page.get_by_text("/api/v2/logs").count() == 0
+
+    await ui.run(newest)
+    reply = await tenant.post("/api/v2/devices/%s/rpc/Sys.GetInfo" % device_id)
+    assert reply.status == 503
+
+    async def called() -> bool:
+        reply = await tenant.get("/api/v2/audit?start=-1")
+        return reply.body["entries"][-1]["status"] == 503
+
+    await eventually(called)
+
+    def load_newer(page: Page) -> None:
+        rows = page.get_by_role("table", name="Audit log of this account, newest first").locator("tbody tr")
+        count = rows.count()
+        page.get_by_role("button", name="Load newer").click()
+        expect(rows).to_have_count(count + 1)
+        expect(rows.first).to_contain_text("POST /api/v2/devices/%s/rpc/Sys.GetInfo" % device_id)
+        expect(rows.first).to_contain_text("503: device %s is offline" % device_id)
+
+    await ui.run(load_newer)
+
+
 # Phone width, keyboard
 
 
@@ -1198,6 +1860,25 @@ async def test_phone_width(server, admin: Client, phone: UI):
 
     await phone.run(keys)
     await phone.shot("phone-keys")
+
+    def audit(page: Page) -> None:
+        page.get_by_role("link", name="Audit log").click()
+        rows = page.get_by_role("table", name="Audit log of this account, newest first").locator("tbody tr")
+        expect(rows.first).to_be_visible()
+        no_horizontal_overflow(page)
+        accessible(page)
+
+    await phone.run(audit)
+    await phone.shot("phone-audit")
+
+    def accounts(page: Page) -> None:
+        page.get_by_role("link", name="Accounts").click()
+        expect(page.get_by_role("row").filter(has_text="yours")).to_be_visible()
+        no_horizontal_overflow(page)
+        accessible(page)
+
+    await phone.run(accounts)
+    await phone.shot("phone-accounts")
 
     def add(page: Page) -> None:
         page.get_by_role("link", name="Devices", exact=True).click()

@@ -35,7 +35,11 @@ class KeyRoutes(ApiBase):
     @app.route("/api/v2/whoami", methods=["GET"])
     async def whoami(self, request: Any) -> bytes:
         key = await self.authenticate(request)
-        return self.json(request, key_view(key))
+        view = key_view(key)
+        # Whether its admins manage accounts (the dashboard offers the page).
+        account = await self.fleet.store.get_account(key.account_id)
+        view["operator"] = bool(account is not None and account.operator)
+        return self.json(request, view)
 
     @app.route("/api/v2/keys", methods=["GET"])
     async def list_keys(self, request: Any) -> bytes:

@@ -370,8 +370,9 @@ def document(config: Config, version: str) -> dict[str, Any]:
             "/whoami": {
                 "get": {
                     "operationId": "whoami",
-                    "summary": "The calling key: its ID, kind, account and scope",
-                    "responses": _responses(_ok("the key", _ref("Key"))),
+                    "summary": "The calling key: its ID, kind, account and scope, and whether "
+                               "its account is the operator account",
+                    "responses": _responses(_ok("the key", _ref("WhoAmI"))),
                 },
             },
             "/accounts": {
@@ -580,6 +581,17 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "name": {"type": "string"},
                         "data": {},
                     },
+                },
+                "WhoAmI": {
+                    "allOf": [_ref("Key"), {
+                        "type": "object",
+                        "required": ["operator"],
+                        "properties": {"operator": {
+                            "type": "boolean",
+                            "description": "the key's account is the operator account, "
+                                           "whose admin keys manage accounts",
+                        }},
+                    }],
                 },
                 "CreatedKey": {
                     "allOf": [_ref("Key"), {

@@ -38,21 +38,69 @@ export async function api(method, path, body, options = {}) {
     throw new ApiError(0, 0, `dashd cannot be reached (${e.message}). Check the network and try again.`);
   }
   const text = await response.text();
+  if (!response.ok) {
+    const error = apiError(response.status, text, response.statusText, response.headers.get('Retry-After'));
+    if (response.status === 401 && !options.key && unauthorized) unauthorized(error);
+    throw error;
+  }
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch (e) {
+    return null;
+  }
+}
+
+function apiError(status, text, statusText, retryAfter) {
   let parsed = null;
   try {
     parsed = text ? JSON.parse(text) : null;
   } catch (e) {
     parsed = null;
   }
-  if (!response.ok) {
-    const err = parsed && parsed.error ? parsed.error : {code: response.status, message: text || response.statusText};
-    const error = new ApiError(response.status, err.code, err.message);
-    const retry = response.headers.get('Retry-After');
-    if (retry) error.retryAfter = Number(retry);
-    if (response.status === 401 && !options.key && unauthorized) unauthorized(error);
-    throw error;
-  }
-  return parsed;
+  const err = parsed && parsed.error ? parsed.error : {code: status, message: text || statusText};
+  const error = new ApiError(status, err.code, err.message);
+  if (retryAfter) error.retryAfter = Number(retryAfter);
+  return error;
+}
+
+// POST a file as multipart/form-data (the part named "file", like curl -F
+// file=@FILE). XMLHttpRequest rather than fetch: only it reports how much
+// of the body has gone out (onProgress(sent, total)). Resolves with the
+// parsed reply, or fails with ApiError like api().
+export function upload(path, file, {onProgress} = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/api/v2${path}`);
+    xhr.setRequestHeader('Accept', 'application/json');
+    if (currentKey) xhr.setRequestHeader('Authorization', `Bearer ${currentKey}`);
+    if (onProgress) {
+      xhr.upload.addEventListener('progress', (e) => {
+        if (e.lengthComputable) onProgress(e.loaded, e.total);
+      });
+    }
+    xhr.addEventListener('load', () => {
+      if (xhr.status >= 200 && xhr.status < 300) {
+        try {
+          resolve(xhr.responseText ? JSON.parse(xhr.responseText) : null);
+        } catch (e) {
+          reject(new ApiError(xhr.status, 0, `dashd sent a reply that is not JSON: ${e.message}`));
+        }
+        return;
+      }
+      const error = apiError(xhr.status, xhr.responseText, xhr.statusText, xhr.getResponseHeader('Retry-After'));
+      if (xhr.status === 401 && unauthorized) unauthorized(error);
+      reject(error);
+    });
+    xhr.addEventListener('error', () => {
+      reject(new ApiError(0, 0, 'The upload was cut off: dashd cannot be reached or closed the connection. Check the network and try again.'));
+    });
+    xhr.addEventListener('abort', () => {
+      reject(new ApiError(0, 0, 'The upload was cancelled.'));
+    });
+    const form = new FormData();
+    form.append('file', file, file.name);
+    xhr.send(form);
+  });
 }
 
 // What an error means, in a sentence for the person who caused it.
@@ -67,6 +115,7 @@ export function describe(error) {
     case 404: return `Not found (404): ${m}`;
     case 409: return `Conflict (409): ${m}`;
     case 413: return `Too large (413): ${m}`;
+    case 415: return `Unsupported (415): ${m}`;
     case 429: return `Too many requests (429): ${m}${error.retryAfter ? ` Try again in ${error.retryAfter} s.` : ''}`;
     case 502: return `The device answered with error ${error.code}: ${m}`;
     case 503: return `Unavailable (503): ${m}`;

@@ -1,16 +1,19 @@
 // One device: its info, its shadow (desired and tags edited as JSON,
 // saved as merge patches with the version read, so a concurrent change is
-// refused with 409 and explained), an RPC console, its live log, sharing,
-// a new token and deletion. What the key may not do is not offered.
+// refused with 409 and explained), its stored data (series.js), an RPC
+// console, firmware updates (firmware.js), its log, stored and live
+// (devicelog.js), sharing, a new token and deletion. What the key may not
+// do is not offered.
 
 import {api, describe, encode} from './api.js';
 import {add, announce, clearMessage, field, h, messageArea, pretty, replace, showMessage, uid} from './dom.js';
 import {confirmDialog, tokenDialog} from './dialogs.js';
 import {deleteDevice, displayName, statusBadge} from './devices.js';
+import {logPart} from './devicelog.js';
+import {firmwarePart} from './firmware.js';
 import {timeEl} from './format.js';
 import {jsonEditor, mergePatch} from './jsonedit.js';
-
-const LOG_LIMIT = 500;
+import {dataPart} from './series.js';
 
 function section(title, ...children) {
   const id = uid('section');
@@ -52,7 +55,9 @@ export function mount(main, ctx, {id}) {
     add(body,
       infoSection(),
       shadowSection(),
+      perms.seesData ? dataSection() : null,
       rpcSection(),
+      perms.seesFirmware ? firmwareSection() : null,
       perms.seesLog ? logSection() : null,
       perms.restricted ? null : sharingSection(),
       perms.owns(device) ? dangerSection() : null,
@@ -361,56 +366,31 @@ export function mount(main, ctx, {id}) {
     return section('RPC console', form);
   }
 
-  // Live log
+  // Stored data
+
+  function dataSection() {
+    parts.data = dataPart(ctx, id, () => device, {
+      canChangeSaved: () => perms.owns(device),
+      setDevice: (d) => {
+        device = d;
+        parts.shadow();
+      },
+    });
+    return section('Stored data', parts.data.element);
+  }
+
+  // Firmware
+
+  function firmwareSection() {
+    parts.firmware = firmwarePart(ctx, id, () => device, () => perms.owns(device));
+    return section('Firmware update', parts.firmware.element);
+  }
+
+  // The log, stored and live
 
   function logSection() {
-    const list = h('ol', {class: 'log', role: 'log', 'aria-label': 'Device log', tabindex: '0'});
-    const pause = h('button', {type: 'button', class: 'secondary small', 'aria-pressed': 'false'}, 'Pause');
-    const clear = h('button', {type: 'button', class: 'secondary small'}, 'Clear');
-    let paused = false;
-    pause.addEventListener('click', () => {
-      paused = !paused;
-      pause.setAttribute('aria-pressed', String(paused));
-      pause.textContent = paused ? 'Resume' : 'Pause';
-    });
-    clear.addEventListener('click', () => list.replaceChildren());
-
-    parts.log = (event) => {
-      if (paused) return;
-      let kind;
-      let text;
-      const data = event.data;
-      if (event.name === 'rpc.out.Log') {
-        kind = data && data.fd === 2 ? 'stderr' : 'log';
-        text = data && typeof data.data === 'string' ? data.data.replace(/\n$/, '') : valueText(data);
-      } else if (event.name.startsWith('rpc.out.')) {
-        kind = 'notification';
-        text = `${event.name.slice(8)} ${data === undefined || data === null ? '' : JSON.stringify(data)}`;
-      } else if (event.name.startsWith('rpc.in.')) {
-        kind = 'call';
-        text = `→ ${event.name.slice(7)} ${data === undefined || data === null ? '' : JSON.stringify(data)}`;
-      } else if (event.name === 'online') {
-        kind = 'state';
-        text = 'connected';
-      } else if (event.name === 'offline') {
-        kind = 'state';
-        text = `disconnected${data && data.reason ? `: ${data.reason}` : ''}`;
-      } else {
-        return;
-      }
-      const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
-      const now = new Date();
-      list.append(h('li', {class: `log-${kind}`},
-        h('time', {datetime: now.toISOString()}, now.toLocaleTimeString()), ' ',
-        h('span', {class: 'log-kind'}, kind), ' ',
-        h('span', {class: 'log-text'}, text)));
-      while (list.children.length > LOG_LIMIT) list.firstElementChild.remove();
-      if (atBottom) list.scrollTop = list.scrollHeight;
-    };
-    return section('Live log',
-      h('p', {class: 'hint'}, 'Log lines, notifications and calls of this device as they happen, from the moment this page opened.'),
-      h('div', {class: 'actions left'}, pause, clear),
-      list);
+    parts.log = logPart(ctx, id);
+    return section('Device log', parts.log.element);
   }
 
   // Sharing
@@ -483,11 +463,14 @@ export function mount(main, ctx, {id}) {
         replace(badge, statusBadge(device.online));
         parts.info();
         parts.shadow();
+        parts.data?.shadowChanged();
+        parts.firmware?.setDevice();
       }, () => {});
       return;
     }
     if (event.id !== id || device.deleting) return;
-    if (parts.log) parts.log(event);
+    if (parts.log) parts.log.onEvent(event);
+    if (parts.firmware) parts.firmware.onEvent(event);
     if (event.name === 'online' || event.name === 'offline') {
       device.online = event.name === 'online';
       device.last_seen = Date.now() / 1000;
@@ -502,6 +485,7 @@ export function mount(main, ctx, {id}) {
     } else if (event.name === 'shadow.update' && event.data && event.data.state) {
       device.shadow = event.data;
       parts.shadow();
+      parts.data?.shadowChanged();
     }
   });
 

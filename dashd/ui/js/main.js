@@ -1,6 +1,7 @@
 // The dashboard's entry point: sign-in state, the notification stream and
-// a router over location.hash (#/devices, #/devices/ID, #/keys), so that
-// the server only ever serves "/" and the browser's history works.
+// a router over location.hash (#/devices, #/devices/ID, #/keys, #/audit,
+// #/accounts), so that the server only ever serves "/" and the browser's
+// history works.
 
 import {api, describe, onUnauthorized, setKey} from './api.js';
 import {announce, h, replace} from './dom.js';
@@ -11,6 +12,8 @@ import * as signin from './signin.js';
 import * as devices from './devices.js';
 import * as device from './device.js';
 import * as keys from './keys.js';
+import * as audit from './audit.js';
+import * as accounts from './accounts.js';
 
 const STORAGE = 'dashd.apiKey';
 
@@ -82,6 +85,8 @@ function showSession() {
   document.getElementById('nav').hidden = !signedIn;
   document.getElementById('session').hidden = !signedIn;
   document.getElementById('nav-keys-item').hidden = !(signedIn && app.perms.canManageKeys);
+  document.getElementById('nav-audit-item').hidden = !(signedIn && app.perms.canReadAudit);
+  document.getElementById('nav-accounts-item').hidden = !(signedIn && app.perms.canManageAccounts);
   const who = document.getElementById('who');
   if (signedIn) {
     const name = app.me.name ? `${app.me.name} ` : '';
@@ -108,6 +113,9 @@ function viewContext() {
       const timer = window.setInterval(fn, ms);
       cleanups.push(() => window.clearInterval(timer));
     },
+    onDestroy(fn) {
+      cleanups.push(fn);
+    },
     destroy() {
       ctx.alive = false;
       for (const fn of cleanups.splice(0)) fn();
@@ -121,6 +129,8 @@ function parseRoute(hash) {
   let m;
   if (path === '/signin') return {view: signin, params: {}};
   if (path === '/keys') return {view: keys, params: {}};
+  if (path === '/audit') return {view: audit, params: {}};
+  if (path === '/accounts') return {view: accounts, params: {}};
   if ((m = /^\/devices\/([^/]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1])}};
   if (path === '/devices') return {view: devices, params: {}};
   return null;

@@ -20,10 +20,18 @@ export function permissions(me) {
     restricted,
     canRegister: admin,
     canManageKeys: admin,
-    // Rename, share, change tags or reported, delete, rotate the token.
+    // The audit log is the account's; accounts are the operator's.
+    canReadAudit: admin,
+    canManageAccounts: admin && me.operator === true,
+    // Rename, share, change tags (tags.save too) or reported, delete,
+    // rotate the token, update and commit firmware.
     owns: (device) => admin && device.account_id === me.account_id,
     seesInfo: !restricted,
+    // Stored data, logs and the firmware update status: every key but a
+    // restricted one (dashd answers those 403).
     seesLog: !restricted,
+    seesData: !restricted,
+    seesFirmware: !restricted,
     rpcPatterns: (device) => (admin ? ['*'] : restricted ? (acl(device).rpc || []) : []),
     canCall(device, method) {
       return this.rpcPatterns(device).some((p) => matches(p, method));
