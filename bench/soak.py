@@ -134,8 +134,11 @@ class Soak:
                    expect: tuple[int, ...] = (200,), what: str = "") -> tuple[int, Any]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         try:
+            # A timeout well past dashd's own (RPC calls end by 30 s): a
+            # request that outlives it is a hang worth reporting.
             r = await treq.request(method, self.base + path, data=data,
-                                   headers={"Authorization": ["Bearer " + self.key]})
+                                   headers={"Authorization": ["Bearer " + self.key]},
+                                   timeout=60)
             content = await r.content()
         except Exception as e:
             self.unexplained("%s %s: %s" % (method, what or path, e))
@@ -157,6 +160,8 @@ class Soak:
 
         key = re.sub(r"\bd[a-z0-9]{12}\b", "DEVICE", what)
         key = re.sub(r"\d+(\.\d+)?", "N", key)
+        if key not in self.problems:
+            print("  unexplained, first seen: %s" % what, flush=True)
         self.problems[key] += 1
 
     async def register(self, count: int) -> list[tuple[str, str]]:
@@ -216,7 +221,8 @@ class Soak:
             elif roll < 0.8:
                 sim = self.devices[device_id]
                 try:
-                    await sim.report({"temp": random.randint(15, 30)})
+                    await sim.report({"temp": random.randint(15, 30)}).addTimeout(
+                        60, self.reactor)
                     self.counts["device reports"] += 1
                 except Exception as e:
                     if sim.online:

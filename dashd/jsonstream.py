@@ -12,6 +12,14 @@ Only objects and arrays are accepted at the top level: they have an
 unambiguous end, so the decoder knows when a value is complete without
 waiting for more input. Anything else is garbage; the decoder skips to the
 next C{{} or C{[} to resynchronise.
+
+Garbage can also open a value that never closes (C{"x{{{"}), which would
+swallow everything after it and leave a device that is never heard again.
+So while a value is unfinished, a message that is a whole JSON object or
+array on its own ends it if what is held cannot be the start of a JSON
+value (a real split value's middle part may well be a whole value, like
+C{[]}), or if the held value is already being skipped as too large: the
+unfinished part is reported as discarded and the new message is read.
 """
 
 from __future__ import annotations
@@ -90,18 +98,39 @@ class JSONStreamDecoder:
                 return
         else:
             text = data
-        if not self._buf and not self._in_value and len(text) <= self.max_value_bytes:
-            # Fast path: most firmware sends one whole value per message.
+        if len(text) <= self.max_value_bytes:
+            # Most firmware sends one whole value per message: the fast path,
+            # and the way back to the stream after an unfinished value.
             try:
                 value = json.loads(text)
             except ValueError:
                 pass
             else:
                 if isinstance(value, (dict, list)):
-                    yield value
-                    return
+                    if not (self._buf.strip() or self._in_value):
+                        yield value
+                        return
+                    if self._skipping or not _could_continue(self._buf):
+                        yield self._abandon()
+                        yield value
+                        return
         self._buf += text
         yield from self._drain()
+
+    def _abandon(self) -> StreamError:
+        """Forget the unfinished value at the start of the buffer."""
+        too_large = self._skipping
+        preview = _preview(self._buf)
+        self._buf = ""
+        self._skipping = False
+        self._end_value()
+        if too_large:
+            return StreamError(
+                "a JSON value is larger than %d bytes" % self.max_value_bytes,
+                discarded=True,
+                too_large=True,
+            )
+        return StreamError("an unfinished JSON value was abandoned: %s" % preview, discarded=True)
 
     def _end_value(self) -> None:
         self._in_value = False
@@ -204,6 +233,30 @@ class JSONStreamDecoder:
         self._depth = depth
         self._in_string = in_string
         return None
+
+
+_NUMBER_TAIL = re.compile(r"[0-9.eE+-]*")
+
+
+def _could_continue(text: str) -> bool:
+    """
+    Whether C{text} (an unfinished value, as the scanner sees it) can be the
+    start of a JSON value. Generous where unsure: a wrong yes only means
+    waiting for the rest as before.
+    """
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        rest = text[e.pos :]
+        if not rest or e.msg.startswith("Unterminated string"):
+            return True
+        if any(literal.startswith(rest) for literal in ("true", "false", "null")):
+            return True
+        if e.msg == "Expecting value" and rest[0] == "-" and _NUMBER_TAIL.fullmatch(rest):
+            return True
+        # A number cut short: "1." or "1e" stops the decoder after the digit.
+        return text[e.pos - 1].isdigit() and bool(_NUMBER_TAIL.fullmatch(rest))
+    return True
 
 
 def _preview(text: str, limit: int = 40) -> str:

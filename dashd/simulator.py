@@ -322,7 +322,7 @@ class SimulatedDevice:
             d.callback(self)
 
     def _periodic_heartbeat(self) -> None:
-        if self._proto is not None:
+        if self._open():
             self.notify("Dash.Heartbeat", self._sysinfo())
             self._heartbeat_call = self.reactor.callLater(
                 self.heartbeat_interval, self._periodic_heartbeat
@@ -332,7 +332,7 @@ class SimulatedDevice:
 
     def send_raw(self, data: str | bytes, binary: bool = False) -> None:
         """Send one WebSocket message as it is (for malformed-input tests)."""
-        if self._proto is None:
+        if not self._open():
             raise RuntimeError("not connected")
         payload = data.encode("utf-8") if isinstance(data, str) else data
         self._proto.sendMessage(payload, isBinary=binary)
@@ -442,8 +442,12 @@ class SimulatedDevice:
         else:
             self._answer(frame, result=result)
 
+    def _open(self) -> bool:
+        return self._proto is not None and self._proto.state == WebSocketClientProtocol.STATE_OPEN
+
     def _answer(self, frame: dict[str, Any], result: Any = None, error: tuple[int, str] | None = None) -> None:
-        if "id" not in frame or self._proto is None:
+        # A reply to a call that arrives while closing is lost, as on a device.
+        if "id" not in frame or not self._open():
             return
         reply: dict[str, Any] = {"id": frame["id"]}
         if frame.get("src"):
@@ -512,7 +516,7 @@ class SimulatedDevice:
         self.ota_writes = 0
 
     def _ota_percent(self) -> None:
-        if self.dialect == "mdash" and self._proto is not None:
+        if self.dialect == "mdash" and self._open():
             percent = None
             if self.ota_size:
                 percent = len(self.ota_buffer) * 100 // self.ota_size

@@ -168,6 +168,26 @@ async def test_malformed_frames_get_errors_and_the_connection_goes_on(server, ad
 
 
 @pytest_twisted.ensureDeferred
+async def test_garbage_that_opens_a_value_does_not_deafen_the_channel(server, admin: Client):
+    """'{{{' can never close: without care, every later frame would be read
+    as part of it and the device would never be heard again."""
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        before = len(_errors(sim))
+        sim.send_raw("\x00garbage{{{" + "x" * 100)
+        await _still_answers(admin, device_id)
+        errors = _errors(sim)[before:]
+        assert [e["code"] for e in errors] == [-32700, -32700]
+        assert errors[0]["message"] == "not a JSON object: '\\x00garbage'"
+        assert errors[1]["message"].startswith("an unfinished JSON value was abandoned: '{{{x")
+        await _still_answers(admin, device_id)
+    finally:
+        await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_split_and_concatenated_frames(server, admin: Client):
     device_id, token = await admin.register()
     sim = await connect_device(server, token)

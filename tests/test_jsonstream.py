@@ -105,3 +105,34 @@ def test_utf8_split_inside_a_character():
     data = json.dumps({"name": "caf\u00e9 \u2603"}, ensure_ascii=False).encode()
     cut = data.index(b"\xc3") + 1
     assert decode(decoder, [data[:cut], data[cut:]]) == [{"name": "caf\u00e9 \u2603"}]
+
+
+def test_a_value_garbage_leaves_open_does_not_swallow_the_next_frames():
+    # "{{{" opens a value that can never close; the next whole frame ends it.
+    decoder = JSONStreamDecoder()
+    items = decode(decoder, ["\x00garbage{{{" + "x" * 100, '{"id": 1, "result": 2}'])
+    assert items[0].message == "not a JSON object: '\\x00garbage'"
+    assert items[1].discarded and items[1].message.startswith(
+        "an unfinished JSON value was abandoned: '{{{xxx")
+    assert items[2:] == [{"id": 1, "result": 2}]
+    assert decoder.pending == 0
+    assert list(decoder.feed('{"id": 2}')) == [{"id": 2}]
+
+
+def test_a_whole_value_inside_a_split_one_is_not_mistaken_for_a_frame():
+    # The middle part of a genuinely split value may be a value on its own.
+    for parts in [['{"a": ', "{}", "}"], ['{"a": [1, ', "[]", "]}"],
+                  ['{"a": "s", "b": ', '{"c": 1}', "}"], ['[-1', "e", '5, ', "{}", "]"],
+                  ['{"n": 1', ', "m": ', "[]", "}"], ['{"n": tr', 'ue, "m": ', "{}", "}"],
+                  ['{"s": "a\\', '"b", "m": ', "{}", "}"]]:
+        decoder = JSONStreamDecoder()
+        assert decode(decoder, parts) == [json.loads("".join(parts))], parts
+
+
+def test_an_oversized_value_is_abandoned_for_the_next_whole_frame():
+    # Garbage that opens a value and grows past the limit: skipped, and the
+    # next whole frame is read, even though the skipped value never ended.
+    decoder = JSONStreamDecoder(max_value_bytes=100)
+    items = decode(decoder, ['{"a": [' + "1, " * 60, "2, " * 60, '{"id": 7}'])
+    assert [i.too_large for i in items[:-1]] == [True]
+    assert items[-1] == {"id": 7}
