@@ -35,7 +35,7 @@ class Recording:
         self.path = path
         self.proc = subprocess.Popen(
             [exe, "record", "-p", str(pid), "-f", "raw", "-o", path, "-r", str(rate),
-             "--nonblocking", "--threads"],
+             "--nonblocking", "--threads"] + (["--gil"] if os.environ.get("DASHD_PROFILE_GIL") else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
 

@@ -6,10 +6,12 @@ every change and every device call made through the REST API. Reads
 body) are not recorded; nor are requests that never authenticated (failed
 authentications are in the log).
 
-Entries are written through the store's group commit, a job each, after the
-answer has been sent: auditing never delays a request. At most
-L{MAX_PENDING} entries wait for the store; beyond that they are lost, with a
-warning now and then, rather than growing dashd's memory.
+Entries are written after the answer has been sent: auditing never delays a
+request. The entries of one reactor turn go to the store together, as one
+job of its group commit (a job per entry cost a busy server more than the
+call it recorded). At most L{MAX_PENDING} entries wait for the store; beyond
+that they are lost, with a warning now and then, rather than growing
+dashd's memory.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ class AuditLog:
     def __init__(self, store: IStore, clock: IReactorTime) -> None:
         self.store = store
         self.clock = clock
+        # Entries not yet stored: waiting for the next flush or in the store.
         self.pending = 0
+        self._batch: list[dict[str, Any]] = []
         self._lost = 0
         self._warned_at: float | None = None
 
@@ -80,11 +84,18 @@ class AuditLog:
             self._lose("the store is behind")
             return
         self.pending += 1
-        self.store.append_audit(entry).addBoth(self._written)
+        if not self._batch:
+            self.clock.callLater(0, self._flush)
+        self._batch.append(entry)
 
-    def _written(self, result: Any) -> None:
-        self.pending -= 1
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self.store.append_audit(batch).addBoth(self._written, len(batch))
+
+    def _written(self, result: Any, count: int) -> None:
+        self.pending -= count
         if isinstance(result, Failure):
+            self._lost += count - 1
             self._lose(result.getErrorMessage())
 
     def _lose(self, why: str) -> None:

@@ -221,12 +221,16 @@ async def test_a_cancelled_caller_does_not_stop_the_others(store):
 @pytest_twisted.ensureDeferred
 async def test_audit_entries_page_and_expire(store):
     account, key, device = await _account_and_device(store)
-    for i in range(5):
-        await store.append_audit({
-            "t": 100.0 + i, "account_id": account.id, "key_id": key.id, "method": "POST",
-            "path": "/api/v2/devices/" + device.id, "device_id": device.id, "status": 200,
-            "error": None,
-        })
+    assert await store.append_audit([{
+        "t": 100.0 + i, "account_id": account.id, "key_id": key.id, "method": "POST",
+        "path": "/api/v2/devices/" + device.id, "device_id": device.id, "status": 200,
+        "error": None,
+    } for i in range(4)]) == 4
+    assert await store.append_audit([{
+        "t": 104.0, "account_id": account.id, "key_id": key.id, "method": "POST",
+        "path": "/api/v2/devices/" + device.id, "device_id": device.id, "status": 500,
+        "error": "boom",
+    }]) == 1
     entries, following = await store.query_audit(account.id, -2, 10)
     assert [e["timestamp"] for e in entries] == [103.0, 104.0]
     assert following == entries[-1]["offset"] + 1

@@ -141,9 +141,9 @@ class IStore(Interface):
 
     def ota_statuses(states):
         """Fire with the OTA status documents whose state is in C{states}."""
-    def append_audit(entry):
-        """Store one audit entry (see L{dashd.audit.entry_for}); fire with
-        its offset."""
+    def append_audit(entries):
+        """Store audit entries (see L{dashd.audit.entry_for}), in order, in
+        one transaction; fire with how many were stored."""
 
     def query_audit(account_id, start, limit):
         """Fire with C{(entries, next_offset)}: the account's audit entries

@@ -650,8 +650,8 @@ class PostgresStore:
     def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
         return self._run(lambda cur: series_pg.ota_statuses(cur, states))
 
-    def append_audit(self, entry: dict[str, Any]) -> Deferred[int]:
-        return self._run(lambda cur: series_pg.append_audit(cur, entry), order=_APPEND_AUDIT)
+    def append_audit(self, entries: list[dict[str, Any]]) -> Deferred[int]:
+        return self._run(lambda cur: series_pg.append_audit(cur, entries), order=_APPEND_AUDIT)
 
     def query_audit(
         self, account_id: str, start: int, limit: int

@@ -244,13 +244,13 @@ def ota_statuses(conn: sqlite3.Connection, states: tuple[str, ...]) -> list[dict
 # The audit log (see dashd/audit.py)
 
 
-def append_audit(conn: sqlite3.Connection, entry: dict[str, Any]) -> int:
-    cur = conn.execute(
+def append_audit(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> int:
+    conn.executemany(
         "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error)"
         " VALUES (:t, :account_id, :key_id, :method, :path, :device_id, :status, :error)",
-        entry,
+        entries,
     )
-    return int(cur.lastrowid or 0)
+    return len(entries)
 
 
 def query_audit(

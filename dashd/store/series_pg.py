@@ -206,16 +206,15 @@ def ota_statuses(cur: Cursor, states: tuple[str, ...]) -> list[dict[str, Any]]:
 # The audit log (see dashd/audit.py)
 
 
-def append_audit(cur: Cursor, entry: dict[str, Any]) -> int:
+def append_audit(cur: Cursor, entries: list[dict[str, Any]]) -> int:
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_AUDIT_LOCK,))
-    row = _one(
-        cur,
+    cur.executemany(
         "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error)"
         " VALUES (%(t)s, %(account_id)s, %(key_id)s, %(method)s, %(path)s, %(device_id)s,"
-        " %(status)s, %(error)s) RETURNING id",
-        entry,
+        " %(status)s, %(error)s)",
+        entries,
     )
-    return int(row[0])
+    return len(entries)
 
 
 def query_audit(cur: Cursor, account_id: str, start: int,

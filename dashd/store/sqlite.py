@@ -591,8 +591,8 @@ class SQLiteStore:
 
     def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
         return self._submit(lambda conn: series.ota_statuses(conn, states))
-    def append_audit(self, entry: dict[str, Any]) -> Deferred[int]:
-        return self._submit(lambda conn: series.append_audit(conn, entry))
+    def append_audit(self, entries: list[dict[str, Any]]) -> Deferred[int]:
+        return self._submit(lambda conn: series.append_audit(conn, entries))
 
     def query_audit(
         self, account_id: str, start: int, limit: int
