@@ -9,10 +9,13 @@ L{Api} is all of them together, holding the dependencies the routes use
 
 from __future__ import annotations
 
+from typing import Any
+
 from dashd.api.accounts import AccountRoutes
 from dashd.api.channels import ChannelRoutes
 from dashd.api.data import DataRoutes
 from dashd.api.devices import DeviceRoutes
+from dashd.api.door import Door
 from dashd.api.keys import KeyRoutes
 from dashd.api.ops import OpsRoutes
 from dashd.api.ota import OtaRoutes
@@ -26,4 +29,6 @@ class Api(
     ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes, OtaRoutes,
     DataRoutes, UiRoutes,
 ):
-    pass
+    def resource(self) -> Any:
+        # The busiest requests are answered before Klein (dashd.api.door).
+        return Door(self, super().resource())

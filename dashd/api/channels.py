@@ -21,13 +21,22 @@ class ChannelRoutes(ApiBase):
         self.device_factory = DeviceFactory(self.config, self.reactor)
         self.notify_factory = NotifyFactory(self.config, self.reactor)
 
+    # The Klein routes stay for the OpenAPI description; requests come in
+    # through dashd.api.door, which calls the two methods after them.
+
     @app.route("/api/v2/rpc", branch=False)
     async def device_channel(self, request: Any) -> Any:
+        return await self.device_channel_resource(request)
+
+    @app.route("/api/v2/notify", branch=False)
+    async def notify_channel(self, request: Any) -> Any:
+        return await self.notify_channel_resource(request)
+
+    async def device_channel_resource(self, request: Any) -> Any:
         # Refusals are logged (and counted per address) by the authenticator.
         device = await self.auth.device(bearer_secret(request), client_address(request))
         return WebSocketResource(Handover(self.device_factory, device=device, fleet=self.fleet))
 
-    @app.route("/api/v2/notify", branch=False)
-    async def notify_channel(self, request: Any) -> Any:
+    async def notify_channel_resource(self, request: Any) -> Any:
         key = await self.authenticate(request)
         return WebSocketResource(Handover(self.notify_factory, key=key, hub=self.fleet.hub))

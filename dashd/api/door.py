@@ -1,0 +1,107 @@
+"""
+The site's root resource: the busiest requests are answered here, before
+Klein's routing; everything else goes on to Klein.
+
+- C{GET|POST /api/v2/devices/ID/rpc/METHOD}, the REST to device bridge;
+- C{/api/v2/rpc} and C{/api/v2/notify}, the WebSocket upgrades (a fleet
+  reconnecting is thousands of them).
+
+Klein's dispatch of a request (binding the URL map, five closures, two more
+Deferreds, and an error handler that refers to itself, so that each request
+is left as garbage that only the cycle collector frees) cost more than the
+rest of an RPC call. Worse, requests in flight when a collection ran were
+promoted with that garbage to the oldest generation, whose collection walks
+every object of every connected device: pauses of 0.1-0.9 s with 10,000
+devices (docs/performance.md). The handlers are the API's own methods, and
+failures go through the same error handlers as on the Klein routes, so the
+answers are the same either way; the Klein routes stay for HEAD and for the
+OpenAPI description.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Coroutine
+
+from twisted.internet.defer import CancelledError, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+from dashd.errors import ApiError
+from dashd.store import StoreError
+
+log = Logger()
+
+# Path segments as Klein's URL map sees them: not percent-decoded.
+_RPC_PATH = re.compile(rb"^/api/v2/devices/([^/]+)/rpc/([^/]+)$")
+
+
+class Door(Resource):
+    isLeaf = True
+
+    def __init__(self, api: Any, klein_resource: Resource) -> None:
+        super().__init__()
+        self._api = api
+        self._klein = klein_resource
+
+    def render(self, request: Any) -> Any:
+        path = request.path
+        if path == b"/api/v2/rpc":
+            return self._serve(request, self._api.device_channel_resource(request))
+        if path == b"/api/v2/notify":
+            return self._serve(request, self._api.notify_channel_resource(request))
+        if request.method in (b"GET", b"POST"):
+            m = _RPC_PATH.match(path)
+            if m is not None:
+                try:
+                    device_id = m.group(1).decode("utf-8")
+                    method = m.group(2).decode("utf-8")
+                except UnicodeDecodeError:
+                    pass  # Klein answers that one
+                else:
+                    return self._serve(request, self._api.rpc_call(request, device_id, method))
+        return self._klein.render(request)
+
+    def _serve(self, request: Any, handler: Coroutine[Any, Any, Any]) -> Any:
+        d = ensureDeferred(handler)
+        # The client went away: stop waiting (a device call is forgotten).
+        request.notifyFinish().addErrback(_cancel, d)
+        d.addCallbacks(_deliver, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+        d.addErrback(log.failure, "writing an answer")
+        return NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: Any) -> None:
+        if _ended(request):
+            if not failure.check(CancelledError):
+                log.failure("a request failed after it ended", failure)
+            return
+        # The Klein app's error handlers (dashd.api.base), in their order.
+        if failure.check(ApiError):
+            body = self._api.api_error(request, failure)
+        elif failure.check(StoreError):
+            body = self._api.store_error(request, failure)
+        else:
+            body = self._api.unexpected(request, failure)
+        _deliver(body, request)
+
+
+def _ended(request: Any) -> bool:
+    return bool(request.finished or request._disconnected)
+
+
+def _cancel(_: Any, d: Any) -> None:
+    d.cancel()
+
+
+def _deliver(result: Any, request: Any) -> None:
+    if _ended(request):
+        return
+    if IResource.providedBy(result):
+        # A WebSocket upgrade: the resource takes the connection over.
+        request.render(result)
+        return
+    if result is not None:
+        request.write(result)
+    request.finish()
