@@ -9,9 +9,10 @@ authentications are in the log).
 Entries are written after the answer has been sent: auditing never delays a
 request. The entries of one reactor turn go to the store together, as one
 job of its group commit (a job per entry cost a busy server more than the
-call it recorded). At most L{MAX_PENDING} entries wait for the store; beyond
-that they are lost, with a warning now and then, rather than growing
-dashd's memory.
+call it recorded). As a service it stops just before the store does, and
+hands over what is waiting then. At most L{MAX_PENDING} entries wait for
+the store; beyond that they are lost, with a warning now and then, rather
+than growing dashd's memory.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -64,7 +66,7 @@ def entry_for(request: Request, now: float) -> dict[str, Any] | None:
     }
 
 
-class AuditLog:
+class AuditLog(Service):
     """A request observer of the Site that stores audit entries."""
 
     def __init__(self, store: IStore, clock: IReactorTime) -> None:
@@ -73,6 +75,7 @@ class AuditLog:
         # Entries not yet stored: waiting for the next flush or in the store.
         self.pending = 0
         self._batch: list[dict[str, Any]] = []
+        self._flush_call: IDelayedCall | None = None
         self._lost = 0
         self._warned_at: float | None = None
 
@@ -84,13 +87,23 @@ class AuditLog:
             self._lose("the store is behind")
             return
         self.pending += 1
-        if not self._batch:
-            self.clock.callLater(0, self._flush)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush)
         self._batch.append(entry)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Hand what is waiting to the store now."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
         batch, self._batch = self._batch, []
-        self.store.append_audit(batch).addBoth(self._written, len(batch))
+        if batch:
+            self.store.append_audit(batch).addBoth(self._written, len(batch))
+
+    def stopService(self) -> None:
+        # The site has drained by now and the store is still open.
+        super().stopService()
+        self.flush()
 
     def _written(self, result: Any, count: int) -> None:
         self.pending -= count

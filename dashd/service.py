@@ -263,7 +263,9 @@ class DashdService(MultiService):
             pruner = TimerService(PRUNE_INTERVAL, retention.tick)
             pruner.clock = reactor
             pruner.setServiceParent(self)
+        # Stops after the site has drained and before the store.
         self.audit = AuditLog(self.store, reactor)
+        self.audit.setServiceParent(self)
         self.site.request_observers.append(self.audit.observe)
         DrainService(
             self.site, self.readiness, config["shutdown.grace_period"], reactor

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import time
 
+from typing import Any
+
 import pytest_twisted
+from twisted.logger import capturedLogs
 
 from support import SECRETS, Client, connect_device, device_online, eventually
 
@@ -91,3 +94,65 @@ async def test_only_admins_read_their_own_account(server, admin: Client):
                          ("limit=5000", "limit must be between 1 and 1000")):
         reply = await admin.get("/api/v2/audit?" + bad)
         assert (reply.status, reply.error["message"]) == (400, message)
+
+
+# AuditLog alone, with a recording store and a fake clock.
+
+
+class _RecordingStore:
+    def __init__(self) -> None:
+        self.jobs: list[list[dict]] = []
+        self.fail = False
+
+    def append_audit(self, entries: list[dict]) -> Any:
+        from twisted.internet.defer import fail, succeed
+
+        self.jobs.append(list(entries))
+        return fail(RuntimeError("disk full")) if self.fail else succeed(len(entries))
+
+
+class _Request:
+    def __init__(self, path: str) -> None:
+        from dashd.model import ApiKey
+
+        self.dashd_key = ApiKey(id="k1", account_id="a1", name="n", kind="admin", created=0.0)
+        self.method = b"POST"
+        self.path = path.encode()
+        self.code = 200
+
+
+def test_entries_of_one_reactor_turn_are_one_store_job():
+    from twisted.internet.task import Clock
+
+    from dashd.audit import AuditLog
+
+    store, clock = _RecordingStore(), Clock()
+    audit = AuditLog(store, clock)
+    for i in range(3):
+        audit.observe(_Request("/api/v2/devices/d%d/rpc/X" % i))
+    assert store.jobs == [] and audit.pending == 3
+    clock.advance(0)
+    assert [[e["device_id"] for e in job] for job in store.jobs] == [["d0", "d1", "d2"]]
+    assert audit.pending == 0
+
+
+def test_stopping_hands_over_what_waits_and_failures_count_every_entry():
+    from twisted.internet.task import Clock
+
+    from dashd.audit import AuditLog
+
+    store, clock = _RecordingStore(), Clock()
+    audit = AuditLog(store, clock)
+    audit.startService()
+    audit.observe(_Request("/api/v2/devices/d1"))
+    audit.stopService()  # before the reactor turns again: the store is still open
+    assert [len(job) for job in store.jobs] == [1]
+    assert clock.getDelayedCalls() == []
+    store.fail = True
+    audit.observe(_Request("/api/v2/devices/d2"))
+    audit.observe(_Request("/api/v2/devices/d3"))
+    with capturedLogs() as events:
+        clock.advance(0)
+    assert audit.pending == 0
+    [warning] = [e for e in events if e["log_namespace"] == "dashd.audit"]
+    assert (warning["count"], warning["why"]) == (2, "disk full")
