@@ -6,17 +6,12 @@ import {api, describe} from './api.js';
 import {announce, field, h, messageArea, replace, showMessage} from './dom.js';
 import {secretDialog} from './dialogs.js';
 import {timeEl} from './format.js';
+import {refusedPage} from './perms.js';
 
 export function mount(main, ctx) {
   const me = ctx.me;
   if (!ctx.perms.canManageAccounts) {
-    // Not linked from the menu; reached by its address, dashd says why not.
-    const refusal = h('p', {class: 'message error', role: 'alert'});
-    main.append(h('h1', {}, 'Accounts'), refusal);
-    api('GET', '/accounts').then(
-      () => { if (ctx.alive) refusal.textContent = `This ${me.kind} key may not manage accounts here.`; },
-      (error) => { if (ctx.alive) refusal.textContent = describe(error); });
-    return 'Accounts';
+    return refusedPage(main, ctx, 'Accounts', '/accounts', 'manage accounts');
   }
   const message = messageArea();
   const tbody = h('tbody');

@@ -6,6 +6,7 @@
 import {api, describe, encode} from './api.js';
 import {announce, h, messageArea, replace, showMessage} from './dom.js';
 import {MAX_LIMIT, pageBack} from './pager.js';
+import {refusedPage} from './perms.js';
 
 const PAGE = 50;
 
@@ -17,12 +18,7 @@ function when(seconds) {
 export function mount(main, ctx) {
   const me = ctx.me;
   if (!ctx.perms.canReadAudit) {
-    const refusal = h('p', {class: 'message error', role: 'alert'});
-    main.append(h('h1', {}, 'Audit log'), refusal);
-    api('GET', '/audit?limit=1').then(
-      () => { if (ctx.alive) refusal.textContent = `This ${me.kind} key may not read the audit log here.`; },
-      (error) => { if (ctx.alive) refusal.textContent = describe(error); });
-    return 'Audit log';
+    return refusedPage(main, ctx, 'Audit log', '/audit?limit=1', 'read the audit log');
   }
   const message = messageArea();
   const note = h('p', {class: 'count'});

@@ -5,6 +5,7 @@ import {api, describe, encode} from './api.js';
 import {announce, field, h, messageArea, replace, showMessage, uid} from './dom.js';
 import {confirmDialog, secretDialog} from './dialogs.js';
 import {timeEl} from './format.js';
+import {refusedPage} from './perms.js';
 
 const KINDS = [
   ['admin', 'Admin', 'everything in this account: devices, keys, sharing'],
@@ -27,13 +28,7 @@ export function mount(main, ctx) {
   const me = ctx.me;
   const message = messageArea();
   if (!ctx.perms.canManageKeys) {
-    // Not linked from the menu; reached by its address, dashd says why not.
-    const refusal = h('p', {class: 'message error', role: 'alert'});
-    main.append(h('h1', {}, 'API keys'), refusal);
-    api('GET', '/keys').then(
-      () => { refusal.textContent = `This ${me.kind} key may not manage keys here.`; },
-      (error) => { if (ctx.alive) refusal.textContent = describe(error); });
-    return 'API keys';
+    return refusedPage(main, ctx, 'API keys', '/keys', 'manage keys');
   }
   const deviceNames = new Map();
   let deviceList = [];

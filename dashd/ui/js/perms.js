@@ -2,6 +2,21 @@
 // account, so that the page offers only what dashd would allow. dashd
 // checks everything again; a refusal it sends is shown as it comes.
 
+import {api, describe} from './api.js';
+import {h} from './dom.js';
+
+// A page the key may not use, reached by its address (the menu does not link
+// it): the heading, and why not, in dashd's words if its answer to PROBE
+// says more than ours. Returns the title, as a page's mount does.
+export function refusedPage(main, ctx, title, probe, notAllowed) {
+  const refusal = h('p', {class: 'message error', role: 'alert'});
+  main.append(h('h1', {}, title), refusal);
+  api('GET', probe).then(
+    () => { if (ctx.alive) refusal.textContent = `This ${ctx.me.kind} key may not ${notAllowed} here.`; },
+    (error) => { if (ctx.alive) refusal.textContent = describe(error); });
+  return title;
+}
+
 // fnmatch-style: '*' any run of characters, '?' one character.
 export function matches(pattern, name) {
   const source = pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
