@@ -41,13 +41,13 @@ method names, where ``*`` matches any run of characters.
 from __future__ import annotations
 
 import fnmatch
-import json
 from typing import Any
 
 from dashd import shadow
 from dashd.errors import BadRequest, Forbidden
 from dashd.hub import Event
 from dashd.model import ApiKey, Device
+from dashd.jsontext import compact
 
 ADMIN = "admin"
 READ_ONLY = "read-only"
@@ -214,11 +214,7 @@ def event_payload(key: ApiKey, event: Event) -> str | None:
     data = event.data
     if event.name == "shadow.update":
         data = shadow_view_for(key, event.device_id, data)
-    return json.dumps(
-        {"name": event.name, "id": event.device_id, "data": data},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    return compact({"name": event.name, "id": event.device_id, "data": data})
 
 
 # Reading a scope from a request

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any, Union
+from dashd.jsontext import compact
 
 # JSON-RPC 2.0 error codes.
 PARSE_ERROR = -32700
@@ -116,10 +117,6 @@ def _normalise_error(error: Any) -> dict[str, Any]:
     return {"code": INTERNAL_ERROR, "message": json.dumps(error)}
 
 
-# One encoder for every frame: json.dumps with options builds a new one a call.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def encode_request(
     id: RpcId, method: str, params: Any = None, dst: str | None = None
 ) -> str:
@@ -128,14 +125,14 @@ def encode_request(
         frame["params"] = params
     if dst:
         frame["dst"] = dst
-    return _dumps(frame)
+    return compact(frame)
 
 
 def encode_result(id: RpcId, result: Any, dst: str | None = None) -> str:
     frame: dict[str, Any] = {"id": id, "result": result}
     if dst:
         frame["dst"] = dst
-    return _dumps(frame)
+    return compact(frame)
 
 
 def encode_error(
@@ -144,4 +141,4 @@ def encode_error(
     frame: dict[str, Any] = {"id": id, "error": {"code": code, "message": message}}
     if dst:
         frame["dst"] = dst
-    return _dumps(frame)
+    return compact(frame)

@@ -20,15 +20,12 @@ number of subscribers, and only if someone receives it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+from dashd.jsontext import compact
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ class Event:
     def payload(self) -> str:
         """The event as JSON, encoded on first use (most events have no
         subscriber to see them)."""
-        return _encode({"name": self.name, "id": self.device_id, "data": self.data})
+        return compact({"name": self.name, "id": self.device_id, "data": self.data})
 
 
 class ISubscriber(Interface):

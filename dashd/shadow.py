@@ -17,9 +17,9 @@ emptied. ``version`` grows by one on every update that changes something.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from typing import Any
+from dashd.jsontext import compact
 
 SECTIONS = ("desired", "reported", "tags")
 
@@ -178,7 +178,7 @@ def apply_update(
                 new["state"][name] = value
     if not changed:
         return UpdateResult(doc, changed=False, desired_changed=False)
-    size = len(encode({"state": new["state"], "tags": new["tags"]}).encode("utf-8"))
+    size = len(compact({"state": new["state"], "tags": new["tags"]}).encode("utf-8"))
     if size > max_bytes:
         raise ShadowTooLarge(
             "the shadow would be %d bytes, more than the limit of %d" % (size, max_bytes)
@@ -282,9 +282,3 @@ def _version(value: Any) -> int | None:
         raise InvalidShadowUpdate("version must be a non-negative integer")
     return value
 
-
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def encode(doc: Any) -> str:
-    return _encode(doc)

@@ -16,7 +16,6 @@ the request ends unless the route L{Upload.claim}s it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -30,6 +29,7 @@ from twisted.logger import Logger
 from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from dashd.jsontext import compact
 
 access_log = Logger(namespace="dashd.access")
 log = Logger()
@@ -188,12 +188,8 @@ CORS_ALLOW_HEADERS = b"Authorization, Content-Type"
 CORS_ALLOW_METHODS = b"GET, POST, DELETE"
 
 
-# json.dumps with options builds a new encoder each call; this one is reused.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def json_bytes(value: Any) -> bytes:
-    return _encode(value).encode("utf-8")
+    return compact(value).encode("utf-8")
 
 
 def _error_bytes(code: int, message: str) -> bytes:

@@ -42,6 +42,7 @@ from dashd.errors import (
 from dashd.hub import Event, IHub, LocalHub
 from dashd.model import Device
 from dashd.router import IRouter
+from dashd.jsontext import compact
 
 log = Logger()
 
@@ -71,7 +72,7 @@ def remote_error(error: dict[str, Any]) -> ApiError:
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact(message).encode("utf-8")
 
 
 def device_from(value: dict[str, Any]) -> Device:

@@ -16,10 +16,7 @@ import sqlite3
 from typing import Any
 
 from dashd import timeseries
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+from dashd.jsontext import compact
 
 
 def _visible(conn: sqlite3.Connection, account_id: str, device_id: str | None) -> tuple[str, list[Any]]:
@@ -93,7 +90,7 @@ def save_reported(
         conn.executemany(
             "INSERT INTO data_points (device_id, account_id, t, key, value)"
             " VALUES (?, ?, ?, ?, ?)",
-            [(device_id, account_id, now, key, _json(value)) for key, value in points],
+            [(device_id, account_id, now, key, compact(value)) for key, value in points],
         )
     return len(points)
 
@@ -155,7 +152,7 @@ def append_event(
     cur = conn.execute(
         "INSERT INTO device_events (device_id, account_id, t, name, data)"
         " SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM devices WHERE id = ?)",
-        (device_id, account_id, now, name, _json(data), device_id),
+        (device_id, account_id, now, name, compact(data), device_id),
     )
     if cur.rowcount == 0:
         return 0
@@ -221,7 +218,7 @@ def set_ota_status(
         "INSERT INTO ota_status (device_id, state, status, updated) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (device_id) DO UPDATE SET state = excluded.state,"
         " status = excluded.status, updated = excluded.updated",
-        (device_id, status["state"], _json(status), now),
+        (device_id, status["state"], compact(status), now),
     )
     return True
 

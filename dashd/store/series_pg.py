@@ -16,22 +16,18 @@ the lock costs one commit per burst and node.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Json
 
 from dashd import timeseries
+from dashd.jsontext import compact
 
 Cursor = psycopg.Cursor[Any]
 
 _EVENTS_LOCK = 0x64617376  # advisory lock keys
 _AUDIT_LOCK = 0x64617377
-
-
-def compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def json_param(value: Any) -> Json:

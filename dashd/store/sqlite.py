@@ -48,6 +48,7 @@ from zope.interface import implementer
 from dashd import shadow
 from dashd.model import Account, ApiKey, Device
 from dashd.store import IStore, LastAdminKey, NotFound, StoreError, series
+from dashd.jsontext import compact
 
 log = Logger()
 
@@ -411,8 +412,8 @@ class SQLiteStore:
                     token_hash,
                     device.created,
                     device.last_seen,
-                    _json(device.info),
-                    _json(device.shadow),
+                    compact(device.info),
+                    compact(device.shadow),
                 ),
             )
             _set_shares(conn, device.id, device.shared_with)
@@ -500,7 +501,7 @@ class SQLiteStore:
         if result.changed:
             conn.execute(
                 "UPDATE devices SET shadow = ? WHERE id = ?",
-                (_json(result.document), device.id),
+                (compact(result.document), device.id),
             )
         return result
 
@@ -520,7 +521,7 @@ class SQLiteStore:
                 result = self._apply_shadow(conn, device, shadow_update, now)
             conn.execute(
                 "UPDATE devices SET info = ?, last_seen = ? WHERE id = ?",
-                (_json(info), now, device_id),
+                (compact(info), now, device_id),
             )
             # What was read plus what was written, without reading it again.
             shadow_doc = device.shadow if result is None else result.document
@@ -620,7 +621,6 @@ def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
             d.callback(result)
 
 
-_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _account(row: tuple[Any, ...]) -> Account:
@@ -661,7 +661,7 @@ def _insert_key(conn: sqlite3.Connection, key: ApiKey, secret_hash: str) -> None
             secret_hash,
             key.created,
             key.expires,
-            _json(key.scope) if key.scope is not None else None,
+            compact(key.scope) if key.scope is not None else None,
         ),
     )
 
