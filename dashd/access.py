@@ -46,8 +46,8 @@ from typing import Any
 from dashd import shadow
 from dashd.errors import BadRequest, Forbidden
 from dashd.hub import Event
-from dashd.model import ApiKey, Device
 from dashd.jsontext import compact
+from dashd.model import ApiKey, Device
 
 ADMIN = "admin"
 READ_ONLY = "read-only"

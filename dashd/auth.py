@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from dashd import tokens
 from dashd.errors import TooManyRequests, Unauthorized
 from dashd.limits import FailureLimiter, TokenBucket, retry_after
-from dashd.model import ApiKey, Device
+from dashd.model import ApiKey
 from dashd.store import IStore
 
 log = Logger()

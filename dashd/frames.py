@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any, Union
+
 from dashd.jsontext import compact
 
 # JSON-RPC 2.0 error codes.

@@ -25,6 +25,7 @@ from functools import cached_property
 from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
+
 from dashd.jsontext import compact
 
 

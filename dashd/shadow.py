@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from typing import Any
+
 from dashd.jsontext import compact
 
 SECTIONS = ("desired", "reported", "tags")

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+
 from dashd.jsontext import compact
 
 access_log = Logger(namespace="dashd.access")

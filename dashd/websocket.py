@@ -236,14 +236,14 @@ class DeviceProtocol(WebSocketServerProtocol):
             why = reason or ("closed with code %s" % code if code else "connection lost")
             if not wasClean and self.wasNotCleanReason:
                 why = self.wasNotCleanReason
+            # The session holds this protocol's methods; with the link back
+            # gone, the session is freed at once rather than left to the
+            # cycle collector's full (whole-fleet) collections.
             session, self.session = self.session, None
             try:
                 session.closed(why)
             except Exception:
                 log.failure("device {id}: closing the session", id=session.device_id)
-            # The session holds this protocol's methods; with the link back
-            # gone, a closed connection is freed at once rather than left to
-            # the cycle collector's full (whole-fleet) collections.
 
 
 class DeviceFactory(WebSocketServerFactory):

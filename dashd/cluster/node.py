@@ -27,11 +27,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dashd import tokens
+from dashd import errors, tokens
 from dashd.cluster.bus import BusUnavailable, RedisBus, redact
 from dashd.cluster.presence import ATTACH, DETACH, REAP, Presence, parse_holder
 from dashd.config import Config
-from dashd import errors
 from dashd.errors import (
     ApiError,
     DeviceOffline,
@@ -40,9 +39,9 @@ from dashd.errors import (
     TooManyRequests,
 )
 from dashd.hub import Event, IHub, LocalHub
+from dashd.jsontext import compact
 from dashd.model import Device
 from dashd.router import IRouter
-from dashd.jsontext import compact
 
 log = Logger()
 

@@ -46,9 +46,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dashd import shadow
+from dashd.jsontext import compact
 from dashd.model import Account, ApiKey, Device
 from dashd.store import IStore, LastAdminKey, NotFound, StoreError, series
-from dashd.jsontext import compact
 
 log = Logger()
 
