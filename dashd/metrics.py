@@ -19,11 +19,14 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_store_job_duration_seconds`` | histogram | a store job from submission to its durable result (queueing, group commit and fsync included) |
 | ``dashd_store_queue_depth`` | gauge | store jobs waiting for the writer thread |
 | ``dashd_http_requests_total{code}`` | counter | REST requests answered, by status |
+| ``dashd_gc_full_collection_seconds`` | histogram | full collections of Python's cycle collector: each walks every object dashd holds while the reactor stands still, the longest pauses a large fleet sees (docs/performance.md) |
 | ``process_*`` | | open file descriptors and their limit, memory, CPU (prometheus_client) |
 """
 
 from __future__ import annotations
 
+import bisect
+import gc
 import time
 from typing import Any, Iterator
 
@@ -37,7 +40,12 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
@@ -46,6 +54,7 @@ from dashd.errors import DeviceError, DeviceOffline, DeviceTimeout, TooManyReque
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+GC_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -64,6 +73,54 @@ def outcome_of(result: Any) -> str:
     return "error"
 
 
+class FullCollections:
+    """
+    Times the cycle collector's full collections (its oldest generation).
+    A C{gc.callbacks} entry is process-wide, so there is one of these per
+    process (L{full_collections}), read by every registry; it runs under the
+    interpreter lock on whichever thread collects.
+    """
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+        self.counts = [0] * (len(GC_BUCKETS) + 1)
+        self.seconds = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            took = time.perf_counter() - self._started
+            self._started = None
+            self.seconds += took
+            self.counts[bisect.bisect_left(GC_BUCKETS, took)] += 1
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(str, GC_BUCKETS), "+Inf"], self.counts):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        return HistogramMetricFamily(
+            "dashd_gc_full_collection_seconds",
+            "Seconds each full collection of Python's cycle collector held the process",
+            buckets=buckets, sum_value=self.seconds,
+        )
+
+
+_full_collections: FullCollections | None = None
+
+
+def full_collections() -> FullCollections:
+    """The process's timer of full collections, installed on first use."""
+    global _full_collections
+    if _full_collections is None:
+        _full_collections = FullCollections()
+        gc.callbacks.append(_full_collections)
+    return _full_collections
+
+
 class _Live:
     """Figures read at scrape time from the parts that keep them."""
 
@@ -76,6 +133,7 @@ class _Live:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        yield full_collections().family()
         factory = self.device_factory
         yield GaugeMetricFamily(
             "dashd_devices_connected", "Devices holding a WebSocket to dashd",
@@ -127,6 +185,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        full_collections()
         self.registry.register(_Live(fleet, store, device_factory))  # type: ignore[arg-type]
         self.rpc_calls = Counter(
             "dashd_rpc_calls", "REST RPC calls to devices, by outcome", ["outcome"],

@@ -66,6 +66,11 @@ async def test_metrics_count_what_happens(server: DashdProcess, admin: Client):
             sample(before, "dashd_store_job_duration_seconds_count")
         assert sample(after, "dashd_http_requests_total", '{code="502"}') >= 1
         assert sample(after, "process_max_fds") > 0
+        # Full garbage collections are timed from the start (whether one
+        # has run yet depends on the heap; the histogram is whole either way).
+        assert sample(after, "dashd_gc_full_collection_seconds_count") == \
+            sample(after, "dashd_gc_full_collection_seconds_bucket", '{le="+Inf"}')
+        assert sample(after, "dashd_gc_full_collection_seconds_sum") >= 0
     finally:
         await sim.stop()
     await device_online(admin, device_id, online=False)
@@ -163,3 +168,21 @@ async def test_openapi_document_is_served(server: DashdProcess, admin: Client):
     assert reply.status == 200
     assert reply.body["openapi"].startswith("3.")
     assert "/devices/{device_id}/rpc/{method}" in reply.body["paths"]
+
+
+def test_full_garbage_collections_are_timed():
+    import gc
+
+    from dashd.metrics import GC_BUCKETS, full_collections
+
+    timer = full_collections()
+    assert full_collections() is timer and gc.callbacks.count(timer) == 1
+    count, seconds = sum(timer.counts), timer.seconds
+    gc.collect(1)  # a younger generation: not counted
+    assert sum(timer.counts) == count
+    gc.collect()
+    assert sum(timer.counts) == count + 1 and timer.seconds > seconds
+    family = timer.family()
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+    assert list(buckets) == [*map(str, GC_BUCKETS), "+Inf"]
+    assert buckets["+Inf"] == count + 1
