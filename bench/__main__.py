@@ -32,7 +32,7 @@ import platform
 import resource
 import secrets
 import selectors
-import shutil
+import re
 import signal
 import socket
 import statistics
@@ -308,6 +308,30 @@ class Server:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
 
+    def _metric(self, name: str) -> float:
+        """One unlabelled sample of dashd's /metrics."""
+        req = urllib.request.Request("http://127.0.0.1:%d/metrics" % self.port)
+        with urllib.request.urlopen(req, timeout=60) as r:
+            text = r.read().decode()
+        m = re.search(r"^%s (\S+)$" % re.escape(name), text, re.M)
+        if m is None:
+            raise RuntimeError("no %s in dashd's /metrics" % name)
+        return float(m.group(1))
+
+    def full_collections(self) -> tuple[int, float] | None:
+        """dashd's full garbage collections so far: (how many, seconds in
+        all); None for the baseline."""
+        if self.kind != "dashd":
+            return None
+        return (int(self._metric("dashd_gc_full_collection_seconds_count")),
+                self._metric("dashd_gc_full_collection_seconds_sum"))
+
+    def connected(self) -> int:
+        """Devices holding a connection now (cheaper than online())."""
+        if self.kind == "dashd":
+            return int(self._metric("dashd_devices_connected"))
+        return int(self.get("/stats")["online"])
+
     def online(self) -> tuple[int, int]:
         """(devices online, online devices whose info is recorded)"""
         if self.kind == "dashd":
@@ -393,15 +417,28 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
                     self.recording = Recording(server.pid, path)
                     time.sleep(0.5)
                 self.meter = Meter(server.pid, pids)
+                self.collections = server.full_collections()
 
             def end(self) -> dict[str, float]:
                 cpu = self.meter.read()
+                if self.collections is not None:
+                    # Full garbage collections stop dashd for up to a second
+                    # with a fleet connected: say when one fell in a test.
+                    count, seconds = server.full_collections()  # type: ignore[misc]
+                    count -= self.collections[0]
+                    seconds -= self.collections[1]
+                    full_gc[self.name] = {"count": count, "seconds": seconds}
+                    if count:
+                        say("  %d full garbage collection(s) during %s: %.0f ms in all"
+                            % (count, self.name, seconds * 1000))
                 if self.recording is not None:
                     self.recording.stop()
                     profiles.append(self.recording.path)
                 return cpu
 
         res["profiles"] = profiles
+        full_gc: dict[str, dict[str, float]] = {}
+        res["full_gc"] = full_gc
 
         def binds(i: int) -> list[str]:
             return ["127.0.0.%d" % (2 + i * args.addresses + k) for k in range(args.addresses)]
@@ -464,7 +501,13 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
                 # Back to the storm's devices for the load tests.
                 per_worker = [len(p) for p in split(storm_tokens, len(devices_w))]
                 call_all(devices_w, [{"cmd": "close", "first": n} for n in per_worker])
-                time.sleep(3.0)
+                # Until the server has let them all go: seeing 9,000 devices
+                # leave takes dashd seconds, which would spill into the next
+                # test's window.
+                deadline = time.monotonic() + 120
+                while server.connected() > len(storm_tokens) and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                time.sleep(1.0)
 
         # RPC with wrk.
         one = os.path.join(directory, "one.lua")
@@ -685,6 +728,11 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
             lines.append("%s round %d: tracebacks in log %s, log %d bytes, server RSS at end %s KB"
                          % (name, i + 1, e.get("tracebacks"), e.get("log_bytes", 0),
                             r.get("rss_end_kb")))
+            pauses = ["%s %d (%.0f ms)" % (test, g["count"], g["seconds"] * 1000)
+                      for test, g in r.get("full_gc", {}).items() if g["count"]]
+            if name == "dashd":
+                lines.append("  full garbage collections during the tests: %s"
+                             % (", ".join(pauses) or "none"))
     return "\n".join(lines)
 
 
