@@ -100,7 +100,9 @@ OPTIONS = [
     Option("data_dir", "./dashd-data", str,
            "Directory for the SQLite store and the first admin key"),
     Option("device.ping_interval", 30.0, (int, float),
-           "Seconds between WebSocket pings to each device; 0 turns pings off", _not_negative),
+           "Seconds between WebSocket pings to each device (the first at a random point in "
+           "the second half, so a fleet that connected at once is not pinged at once); "
+           "0 turns pings off", _not_negative),
     Option("device.ping_timeout", 10.0, (int, float),
            "Seconds to wait for a pong before dropping the connection as dead", _positive),
     Option("device.info_request_delay", 3.0, (int, float),

@@ -11,11 +11,12 @@ import json
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 
 from dashd.simulator import SimulatedDevice
 from support import (
     Client,
+    DashdProcess,
     connect_device,
     device_online,
     eventually,
@@ -365,6 +366,50 @@ async def test_dead_connection_is_detected_by_pings(server, admin: Client):
     finally:
         await bystander.stop()
         await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_pings_are_spread_over_the_interval(tmp_path):
+    """Devices that connect together (as after a restart) are not pinged
+    together for good: each first ping comes at a random point in the second
+    half of ping_interval (4 s here), and none later than the interval."""
+    server = DashdProcess(str(tmp_path), config={"device": {"ping_interval": 4.0}})
+    await server.start_async()
+    admin = Client(server, server.admin_key)
+    registered = [await admin.register("ping-%d" % i) for i in range(20)]
+    offsets: list[float] = []
+
+    async def connect_and_time(token: str) -> SimulatedDevice:
+        sim = await connect_device(server, token)
+        opened = reactor.seconds()
+        proto = sim._proto
+        original = proto.onPing
+
+        def on_ping(payload: bytes) -> None:
+            if proto.first_ping is None:
+                proto.first_ping = reactor.seconds() - opened
+                offsets.append(proto.first_ping)
+            original(payload)
+
+        proto.first_ping = None
+        proto.onPing = on_ping
+        return sim
+
+    sims = await gatherResults([ensureDeferred(connect_and_time(token))
+                                for _, token in registered])
+    try:
+        await sleep(4.6)
+        assert len(offsets) == len(sims)
+        # Autobahn fires its timers in whole seconds: a fixed 4 s interval
+        # puts every first ping 3 to 4 s after the connection opened; spread,
+        # 20 of them all after 3 s would be a one-in-a-million draw.
+        assert min(offsets) < 3.0, offsets
+        assert max(offsets) < 4.5, offsets
+    finally:
+        for sim in sims:
+            await sim.stop()
+        server.stop()
+    assert not server.problems()
 
 
 @pytest_twisted.ensureDeferred
