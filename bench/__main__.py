@@ -279,7 +279,7 @@ class Server:
                 lines.extend("%s = %s" % item for item in items.items())
             with open(config, "w") as f:
                 f.write("\n".join(lines) + "\n")
-            argv = [TWISTD, "-n", "--pidfile=", "dashd", "--config", config]
+            argv = [TWISTD, "-n", "--pidfile="] + os.environ.get("BENCH_TWISTD_OPTS", "").split() + ["dashd", "--config", config]
         else:
             argv = [sys.executable, "-m", "bench.baseline", "--port", str(self.port),
                     "--backlog", str(args.backlog)]
@@ -412,7 +412,7 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
             def __init__(self, name: str) -> None:
                 self.name = name
                 self.recording = None
-                if args.profile and kind == "dashd":
+                if args.profile:
                     path = os.path.join(directory, "profile-%s.txt" % name)
                     self.recording = Recording(server.pid, path)
                     time.sleep(0.5)

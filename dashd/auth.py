@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dashd import tokens
 from dashd.errors import TooManyRequests, Unauthorized
@@ -94,17 +95,35 @@ class Authenticator:
                      " refusing it until the window ends", door=door, count=count,
                      address=address, window=self._failures.window)
 
-    @inlineCallbacks
-    def api_key(self, secret: str | None, address: str | None = None) -> Any:
+    def api_key(self, secret: str | None, address: str | None = None) -> Deferred[ApiKey]:
         """The L{ApiKey} for C{secret}, counted against its rate limit.
         @raise Unauthorized: no key, or a wrong or expired one.
-        @raise TooManyRequests: the key's rate, or the address's failures."""
-        self._check_address(address)
+        @raise TooManyRequests: the key's rate, or the address's failures.
+
+        A key in the cache is checked without a store job or a generator:
+        this is on the path of every REST call."""
         try:
-            key = yield self._api_key(secret)
+            self._check_address(address)
+            key = self._cached_key(secret)
+            if key is not None:
+                return succeed(self._admit(key))
         except Unauthorized as e:
             self._failed(address, "REST", e.message)
-            raise
+            return fail()
+        except TooManyRequests:
+            return fail()
+        d = self._stored_key(secret)  # type: ignore[arg-type]
+        d.addErrback(self._refused, address)
+        d.addCallback(self._admit)
+        return d
+
+    def _refused(self, failure: Failure, address: str | None) -> Failure:
+        if failure.check(Unauthorized):
+            self._failed(address, "REST", failure.value.message)
+        return failure
+
+    def _admit(self, key: ApiKey) -> ApiKey:
+        """Count a request against the key's rate limit."""
         if self._requests is not None:
             wait = self._requests.take(key.id)
             if wait:
@@ -115,12 +134,31 @@ class Authenticator:
                 )
         return key
 
-    @inlineCallbacks
-    def _api_key(self, secret: str | None) -> Any:
+    def _cached_key(self, secret: str | None) -> ApiKey | None:
+        """The key from the cache; None if the store must be asked (the
+        key is not cached, or the secret may be a device token)."""
         if secret is None:
             raise Unauthorized(
                 "an API key is required: send \"Authorization: Bearer KEY\" or ?access_token=KEY"
             )
+        key_id = tokens.key_id_of(secret)
+        if key_id is None:
+            return None
+        now = self._clock.seconds()
+        cached = self._keys.get(key_id)
+        if cached is None or cached[2] <= now:
+            return None
+        return self._checked(secret, cached[0], cached[1], now)
+
+    def _checked(self, secret: str, key: ApiKey, secret_hash: str, now: float) -> ApiKey:
+        if not tokens.matches(secret, secret_hash):
+            raise Unauthorized("unknown API key")
+        if key.expired(now):
+            raise Unauthorized("API key %s has expired" % key.id)
+        return key
+
+    @inlineCallbacks
+    def _stored_key(self, secret: str) -> Any:
         key_id = tokens.key_id_of(secret)
         if key_id is None:
             device_id = tokens.device_id_of(secret)
@@ -132,24 +170,16 @@ class Authenticator:
                         "(/api/v2/rpc); use an API key here"
                     )
             raise Unauthorized("unknown API key")
+        found = yield self._store.key_credentials(key_id)
         now = self._clock.seconds()
-        cached = self._keys.get(key_id)
-        if cached is not None and cached[2] > now:
-            key, secret_hash = cached[0], cached[1]
-        else:
-            found = yield self._store.key_credentials(key_id)
-            if found is None:
-                self._keys.pop(key_id, None)
-                raise Unauthorized("unknown API key")
-            key, secret_hash = found
-            if len(self._keys) > 10000:
-                self._keys.clear()
-            self._keys[key_id] = (key, secret_hash, now + self._cache_seconds)
-        if not tokens.matches(secret, secret_hash):
+        if found is None:
+            self._keys.pop(key_id, None)
             raise Unauthorized("unknown API key")
-        if key.expired(now):
-            raise Unauthorized("API key %s has expired" % key.id)
-        return key
+        key, secret_hash = found
+        if len(self._keys) > 10000:
+            self._keys.clear()
+        self._keys[key_id] = (key, secret_hash, now + self._cache_seconds)
+        return self._checked(secret, key, secret_hash, now)
 
     def forget(self, key_id: str) -> None:
         self._keys.pop(key_id, None)

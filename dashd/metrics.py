@@ -191,9 +191,13 @@ class Metrics:
             "dashd_rpc_calls", "REST RPC calls to devices, by outcome", ["outcome"],
             registry=self.registry,
         )
-        for outcome in ("ok", "device_error", "timeout", "offline", "rejected", "cancelled",
-                        "error"):
-            self.rpc_calls.labels(outcome)
+        # Labelled children looked up once: labels() takes a lock and
+        # builds a tuple on every call, and these count every request.
+        self._rpc_outcomes = {
+            outcome: self.rpc_calls.labels(outcome)
+            for outcome in ("ok", "device_error", "timeout", "offline", "rejected", "cancelled",
+                            "error")
+        }
         self.rpc_seconds = Histogram(
             "dashd_rpc_call_duration_seconds",
             "Seconds from a REST RPC call to the device's answer",
@@ -208,25 +212,28 @@ class Metrics:
             "dashd_http_requests", "REST requests answered, by status", ["code"],
             registry=self.registry,
         )
+        # At most one per status code dashd answers with.
+        self._statuses: dict[int, Any] = {}
         fleet.call_observers.append(self.observe_call)
         if hasattr(store, "latency_observer"):
             store.latency_observer = self.store_seconds.observe
         site.request_observers.append(self._request_done)
 
     def observe_call(self, d: Deferred[Any]) -> None:
-        started = time.monotonic()
+        d.addBoth(self._call_done, time.monotonic())
 
-        def done(result: Any) -> Any:
-            outcome = outcome_of(result)
-            self.rpc_calls.labels(outcome).inc()
-            if outcome in ("ok", "device_error"):
-                self.rpc_seconds.observe(time.monotonic() - started)
-            return result
-
-        d.addBoth(done)
+    def _call_done(self, result: Any, started: float) -> Any:
+        outcome = outcome_of(result)
+        self._rpc_outcomes[outcome].inc()
+        if outcome in ("ok", "device_error"):
+            self.rpc_seconds.observe(time.monotonic() - started)
+        return result
 
     def _request_done(self, request: Any) -> None:
-        self.http_requests.labels(str(request.code)).inc()
+        counter = self._statuses.get(request.code)
+        if counter is None:
+            counter = self._statuses[request.code] = self.http_requests.labels(str(request.code))
+        counter.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -40,7 +40,9 @@ FAST_CONFIG = {
         "max_message_bytes": 65536,
     },
     "rpc": {"default_timeout": 5.0, "max_timeout": 30.0},
-    "http": {"max_body_bytes": 65536},
+    # The access log is off by default; on here, so that every test also
+    # shows that no secret reaches it (DashdProcess.problems).
+    "http": {"max_body_bytes": 65536, "access_log": True},
     "notify": {"max_backlog": 50},
     "ota": {
         "max_bytes": 262144,
