@@ -83,8 +83,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--install-wrk", action="store_true",
                    help="install wrk with apt-get if it is missing (needs root)")
     p.add_argument("--profile", action="store_true",
-                   help="record dashd with py-spy during each test (pip install py-spy); "
-                   "collapsed stacks go to the work directory, a summary is printed")
+                   help="record each server (dashd and the baseline) with py-spy during each "
+                   "test (pip install py-spy); collapsed stacks go to the work directory, a "
+                   "summary is printed")
+    p.add_argument("--twistd-option", action="append", default=[], metavar="OPTION",
+                   help="extra twistd option for dashd, repeatable; e.g. "
+                   "--twistd-option=--profile=dashd.prof --twistd-option=--profiler=cprofile "
+                   "--twistd-option=--savestats: call counts of the whole run, in dashd's work "
+                   "directory, read with pstats")
     p.add_argument("--tests", default=",".join(TESTS),
                    help="which tests to run (the storm always runs: it connects the devices "
                    "the others use) [%s]" % ",".join(TESTS))
@@ -279,7 +285,7 @@ class Server:
                 lines.extend("%s = %s" % item for item in items.items())
             with open(config, "w") as f:
                 f.write("\n".join(lines) + "\n")
-            argv = [TWISTD, "-n", "--pidfile="] + os.environ.get("BENCH_TWISTD_OPTS", "").split() + ["dashd", "--config", config]
+            argv = [TWISTD, "-n", "--pidfile="] + args.twistd_option + ["dashd", "--config", config]
         else:
             argv = [sys.executable, "-m", "bench.baseline", "--port", str(self.port),
                     "--backlog", str(args.backlog)]
