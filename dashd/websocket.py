@@ -23,6 +23,7 @@ import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -175,6 +176,17 @@ class Handover:
         return proto
 
 
+class ChannelProtocol(WebSocketServerProtocol):
+    """What the device and notification channels share."""
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        # Autobahn fires is_closed with the protocol itself: a reference
+        # cycle that would keep the connection's objects until a full
+        # collection, which walks the whole fleet. Its waiters have run.
+        self.is_closed = succeed(None)
+
+
 def _accept_subprotocol(request: Any) -> str | None:
     # Devices offer e.g. "dash.mongoose-os.com"; agreeing to whatever they
     # offer keeps strict clients happy and means nothing to dashd.
@@ -182,7 +194,7 @@ def _accept_subprotocol(request: Any) -> str | None:
 
 
 @implementer(IPushProducer)
-class DeviceProtocol(WebSocketServerProtocol):
+class DeviceProtocol(ChannelProtocol):
     # Set by Handover before the connection is made.
     device: Device
     fleet: Fleet
@@ -299,7 +311,7 @@ class DeviceFactory(WebSocketServerFactory):
 
 
 @implementer(IPushProducer)
-class NotifyProtocol(WebSocketServerProtocol):
+class NotifyProtocol(ChannelProtocol):
     # Set by Handover before the connection is made.
     key: ApiKey
     hub: IHub

@@ -73,18 +73,37 @@ class Door(Resource):
         return NOT_DONE_YET
 
     def _failed(self, failure: Failure, request: Any) -> None:
-        if _ended(request):
-            if not failure.check(CancelledError):
-                log.failure("a request failed after it ended", failure)
-            return
-        # The Klein app's error handlers (dashd.api.base), in their order.
-        if failure.check(ApiError):
-            body = self._api.api_error(request, failure)
-        elif failure.check(StoreError):
-            body = self._api.store_error(request, failure)
-        else:
-            body = self._api.unexpected(request, failure)
-        _deliver(body, request)
+        try:
+            if _ended(request):
+                if not failure.check(CancelledError):
+                    log.failure("a request failed after it ended", failure)
+                return
+            # The Klein app's error handlers (dashd.api.base), in their order.
+            if failure.check(ApiError):
+                body = self._api.api_error(request, failure)
+            elif failure.check(StoreError):
+                body = self._api.store_error(request, failure)
+            else:
+                body = self._api.unexpected(request, failure)
+            _deliver(body, request)
+        finally:
+            _let_go(failure)
+
+
+def _let_go(failure: Failure) -> None:
+    """
+    Cut what keeps an answered (and, if unexpected, logged) failure in
+    reference cycles: its traceback, whose frames refer back to it, and the
+    link a failed Deferred awaited in a coroutine puts on its exception
+    (C{__failure__}). Otherwise every refused request (an offline device, a
+    wrong token) is garbage that only a full collection frees.
+    (Failure.cleanFailure does more, formatting every frame, and test
+    runners such as pytest-twisted turn it off.)
+    """
+    failure.tb = None
+    error = failure.value
+    error.__traceback__ = None
+    vars(error).pop("__failure__", None)
 
 
 def _ended(request: Any) -> bool:
@@ -101,6 +120,12 @@ def _deliver(result: Any, request: Any) -> None:
     if IResource.providedBy(result):
         # A WebSocket upgrade: the resource takes the connection over.
         request.render(result)
+        channel = request.channel
+        if channel is not None and channel.transport is None:
+            # Taken over: the HTTP channel and this request, which refer to
+            # each other, are done with. Without the link they are freed
+            # now, not by a full collection (which walks the whole fleet).
+            channel.requests.clear()
         return
     if result is not None:
         request.write(result)
