@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from dashd import tokens
 from dashd.errors import TooManyRequests, Unauthorized
 from dashd.limits import FailureLimiter, TokenBucket, retry_after
-from dashd.model import ApiKey
+from dashd.model import ApiKey, Device
 from dashd.store import IStore
 
 log = Logger()
@@ -117,9 +117,9 @@ class Authenticator:
         d.addCallback(self._admit)
         return d
 
-    def _refused(self, failure: Failure, address: str | None) -> Failure:
+    def _refused(self, failure: Failure, address: str | None, door: str = "REST") -> Failure:
         if failure.check(Unauthorized):
-            self._failed(address, "REST", failure.value.message)
+            self._failed(address, door, failure.value.message)
         return failure
 
     def _admit(self, key: ApiKey) -> ApiKey:
@@ -184,38 +184,49 @@ class Authenticator:
     def forget(self, key_id: str) -> None:
         self._keys.pop(key_id, None)
 
-    @inlineCallbacks
-    def device(self, token: str | None, address: str | None = None) -> Any:
+    def device(self, token: str | None, address: str | None = None) -> Deferred[Device]:
         """The L{Device} a token opens.
         @raise Unauthorized: no token or a wrong one.
-        @raise TooManyRequests: too many failures from this address."""
-        self._check_address(address)
-        try:
-            device = yield self._device(token)
-        except Unauthorized as e:
-            self._failed(address, "device channel", e.message)
-            raise
-        return device
+        @raise TooManyRequests: too many failures from this address.
 
-    @inlineCallbacks
-    def _device(self, token: str | None) -> Any:
+        Callbacks rather than a generator: a refusal raised in a generator
+        leaves its frames and the failure in a reference cycle, and a fleet
+        with a wrong token retries all day."""
+        try:
+            self._check_address(address)
+            d = self._device(token)
+        except TooManyRequests:
+            return fail()
+        except Unauthorized as e:
+            d = fail(e)
+        d.addErrback(self._refused, address, "device channel")
+        return d
+
+    def _device(self, token: str | None) -> Deferred[Device]:
         if token is None:
             raise Unauthorized(
                 "a device token is required: send \"Authorization: Bearer TOKEN\" "
                 "or ?access_token=TOKEN"
             )
         device_id = tokens.device_id_of(token)
-        if device_id is None:
-            key_id = tokens.key_id_of(token)
-            if key_id is not None:
-                found = yield self._store.key_credentials(key_id)
-                if found is not None and tokens.matches(token, found[1]):
-                    raise Unauthorized(
-                        "this is an API key: it cannot open the device channel; "
-                        "use the device's token"
-                    )
+        if device_id is not None:
+            return self._store.device_credentials(device_id).addCallback(
+                self._device_of, token)
+        key_id = tokens.key_id_of(token)
+        if key_id is None:
             raise Unauthorized("unknown device token")
-        found = yield self._store.device_credentials(device_id)
+        return self._store.key_credentials(key_id).addCallback(self._not_a_key, token)
+
+    @staticmethod
+    def _device_of(found: tuple[Device, str] | None, token: str) -> Device:
         if found is None or not tokens.matches(token, found[1]):
             raise Unauthorized("unknown device token")
         return found[0]
+
+    @staticmethod
+    def _not_a_key(found: tuple[ApiKey, str] | None, token: str) -> Device:
+        if found is not None and tokens.matches(token, found[1]):
+            raise Unauthorized(
+                "this is an API key: it cannot open the device channel; use the device's token"
+            )
+        raise Unauthorized("unknown device token")

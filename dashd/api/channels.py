@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from dashd.api.base import ApiBase, app, client_address
 from dashd.auth import bearer_secret
+from dashd.errors import Unauthorized
+from dashd.model import Device
 from dashd.websocket import DeviceFactory, Handover, NotifyFactory
 
 log = Logger()
@@ -32,9 +35,19 @@ class ChannelRoutes(ApiBase):
     async def notify_channel(self, request: Any) -> Any:
         return await self.notify_channel_resource(request)
 
-    async def device_channel_resource(self, request: Any) -> Any:
+    def device_channel_resource(self, request: Any) -> Deferred[Any]:
         # Refusals are logged (and counted per address) by the authenticator.
-        device = await self.auth.device(bearer_secret(request), client_address(request))
+        # A Deferred chain, not a coroutine: a refusal awaited in a coroutine
+        # leaves the failure and the frames in a reference cycle, and a
+        # fleet with a wrong token is refused all day.
+        try:
+            secret = bearer_secret(request)
+        except Unauthorized:
+            return fail()
+        d = self.auth.device(secret, client_address(request))
+        return d.addCallback(self._device_channel)
+
+    def _device_channel(self, device: Device) -> Any:
         return WebSocketResource(Handover(self.device_factory, device=device, fleet=self.fleet))
 
     async def notify_channel_resource(self, request: Any) -> Any:
