@@ -138,9 +138,10 @@ OPTIONS = [
            "Origins allowed to call the API from a browser (CORS), e.g. "
            "[\"https://tools.example.com\"]; empty: CORS off", _origins),
     Option("http.access_log", False, bool,
-           "Log every HTTP request (secrets in query strings are masked). Off by default: "
-           "the audit log keeps every change and device call, and a line per request costs "
-           "about a fifth of a busy server's CPU and can exceed journald's rate limit"),
+           "Log every HTTP request in the combined log format, the lines of one reactor turn "
+           "as one log entry (secrets in query strings are masked). Off by default: the audit "
+           "log keeps every change and device call, and a busy server's lines cost CPU and "
+           "can exceed journald's rate limit"),
     Option("limits.requests_per_second", 100.0, (int, float),
            "Requests a second each API key may make (token bucket); more get 429 with "
            "Retry-After; 0 turns the limit off", _not_negative),
