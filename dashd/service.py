@@ -28,6 +28,7 @@ from dashd import __version__, tokens
 from dashd.api import Api
 from dashd.audit import AuditLog
 from dashd.auth import Authenticator
+from dashd.collector import FreezeSurvivors
 from dashd.config import Config, with_backlog
 from dashd.fleet import Fleet
 from dashd.history import History
@@ -263,6 +264,8 @@ class DashdService(MultiService):
             pruner = TimerService(PRUNE_INTERVAL, retention.tick)
             pruner.clock = reactor
             pruner.setServiceParent(self)
+        if config["gc.full_collection_interval"] > 0:
+            FreezeSurvivors(reactor, config["gc.full_collection_interval"]).setServiceParent(self)
         # Stops after the site has drained and before the store.
         self.audit = AuditLog(self.store, reactor)
         self.audit.setServiceParent(self)
