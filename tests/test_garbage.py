@@ -19,8 +19,8 @@ protocols), so only dashd's server-side objects are counted.
 from __future__ import annotations
 
 import gc
-from typing import Any, Iterator
 from contextlib import contextmanager
+from typing import Any, Iterator
 
 import pytest_twisted
 from twisted.internet import reactor, tcp
@@ -97,7 +97,7 @@ async def test_connections_calls_and_refusals_leave_no_cycles(tmp_path):
     try:
         admin = Client(server, server.admin_key)
         registered = [await admin.register() for _ in range(3)]
-        # Every connection class and answer once first: what is created on
+        # Each kind of connection and answer once first: what is created on
         # first use (caches, module state) is not garbage.
         device = await connect_device(server, registered[0][1])
         await device_online(admin, registered[0][0])
