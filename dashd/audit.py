@@ -21,11 +21,12 @@ import re
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
+from dashd.batching import TurnBatch
 from dashd.store import IStore
 
 log = Logger()
@@ -74,8 +75,7 @@ class AuditLog(Service):
         self.clock = clock
         # Entries not yet stored: waiting for the next flush or in the store.
         self.pending = 0
-        self._batch: list[dict[str, Any]] = []
-        self._flush_call: IDelayedCall | None = None
+        self._batch: TurnBatch[dict[str, Any]] = TurnBatch(clock, self._store)
         self._lost = 0
         self._warned_at: float | None = None
 
@@ -87,18 +87,14 @@ class AuditLog(Service):
             self._lose("the store is behind")
             return
         self.pending += 1
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush)
-        self._batch.append(entry)
+        self._batch.add(entry)
 
     def flush(self) -> None:
         """Hand what is waiting to the store now."""
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        batch, self._batch = self._batch, []
-        if batch:
-            self.store.append_audit(batch).addBoth(self._written, len(batch))
+        self._batch.flush()
+
+    def _store(self, batch: list[dict[str, Any]]) -> None:
+        self.store.append_audit(batch).addBoth(self._written, len(batch))
 
     def stopService(self) -> None:
         # The site has drained by now and the store is still open.

@@ -25,12 +25,12 @@ from typing import Any, Callable
 
 import multipart
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from dashd.batching import TurnBatch
 from dashd.jsontext import compact
 
 access_log = Logger(namespace="dashd.access")
@@ -404,8 +404,11 @@ class DashdSite(Site):
         self.request_timeout = request_timeout
         self.cors_origins = frozenset(cors_origins or ())
         self._access_log = access_log
-        self._access_lines: list[str] = []
-        self._access_flush: IDelayedCall | None = None
+        # The lines of one reactor turn go out as one log event: an event
+        # per request (its time formatted, the file written and flushed, or
+        # a journald entry) cost more than the request.
+        self._access_lines: TurnBatch[str] = TurnBatch(
+            self.reactor, _write_access_lines, ACCESS_LOG_BATCH)
         # Set when dashd begins to stop: requests still arriving on open
         # connections get 503; those in flight are let finish.
         self.draining = False
@@ -444,23 +447,12 @@ class DashdSite(Site):
         for observer in self.request_observers:
             observer(request)
         if self._access_log:
-            # The lines of one reactor turn go out as one log event: an
-            # event per request (its time formatted, the file written and
-            # flushed, or a journald entry) cost more than the request.
-            self._access_lines.append(self._logFormatter(self._logDateTime, request))
-            if len(self._access_lines) >= ACCESS_LOG_BATCH:
-                self.flush_access_log()
-            elif self._access_flush is None:
-                self._access_flush = self.reactor.callLater(0, self.flush_access_log)
-
-    def flush_access_log(self) -> None:
-        if self._access_flush is not None and self._access_flush.active():
-            self._access_flush.cancel()
-        self._access_flush = None
-        lines, self._access_lines = self._access_lines, []
-        if lines:
-            access_log.info("{lines}", lines="\n".join(lines))
+            self._access_lines.add(self._logFormatter(self._logDateTime, request))
 
     def stopFactory(self) -> None:
-        self.flush_access_log()
+        self._access_lines.flush()
         super().stopFactory()
+
+
+def _write_access_lines(lines: list[str]) -> None:
+    access_log.info("{lines}", lines="\n".join(lines))
