@@ -18,7 +18,7 @@ import random
 import tempfile
 import time
 
-from dashd.store import series
+from dashd.store import sqlite_records as series
 from dashd.store.sqlite import connect, migrate
 
 

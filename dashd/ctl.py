@@ -49,14 +49,14 @@ import time
 from typing import Any
 
 from dashd import config as configuration
-from dashd import tokens
-from dashd.model import ApiKey
+from dashd.domain import tokens
+from dashd.domain.model import ApiKey
 
 # Twisted and the rest of dashd are imported by the commands that use them,
 # so that dashctl starts quickly.
 
 DEFAULT_CONFIG = "/etc/dashd/dashd.toml"
-DATABASE_FILE = "dashd.sqlite3"  # as dashd.service names it
+DATABASE_FILE = "dashd.sqlite3"  # as dashd.assembly names it
 
 
 class Failed(Exception):
@@ -215,9 +215,9 @@ async def keys_revoke(store: Any, args: argparse.Namespace, out: Any) -> None:
 
 
 def _fleet(store: Any, reactor: Any) -> Any:
-    from dashd.fleet import Fleet
-    from dashd.hub import LocalHub
-    from dashd.router import LocalRouter
+    from dashd.app.fleet import Fleet
+    from dashd.channel.hub import LocalHub
+    from dashd.channel.router import LocalRouter
 
     # The fleet logic dashd runs, without connections: same IDs, same tokens.
     return Fleet(store, LocalRouter(), LocalHub(), reactor, configuration.Config())
@@ -475,7 +475,7 @@ def check_backup(source: str) -> tuple[int, int, int]:
 
 
 def restore(data_dir: str, source: str, out: Any) -> None:
-    from dashd.lifecycle import DataDirInUse, DataDirLock
+    from dashd.ops.lifecycle import DataDirInUse, DataDirLock
 
     version, devices, keys = check_backup(source)
     path = os.path.join(data_dir, DATABASE_FILE)

@@ -61,7 +61,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from dashd import shadow
+from dashd.domain import shadow
 
 log = Logger()
 

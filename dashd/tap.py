@@ -11,7 +11,7 @@ from typing import Any
 from twisted.python import usage
 
 from dashd import config as configuration
-from dashd.service import DashdService
+from dashd.assembly import DashdService
 
 
 class Options(usage.Options):

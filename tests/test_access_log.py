@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from dashd import web
+from dashd.api import site as web
 
 
 class _Request:

@@ -113,7 +113,7 @@ class _RecordingStore:
 
 class _Request:
     def __init__(self, path: str) -> None:
-        from dashd.model import ApiKey
+        from dashd.domain.model import ApiKey
 
         self.dashd_key = ApiKey(id="k1", account_id="a1", name="n", kind="admin", created=0.0)
         self.method = b"POST"
@@ -124,7 +124,7 @@ class _Request:
 def test_entries_of_one_reactor_turn_are_one_store_job():
     from twisted.internet.task import Clock
 
-    from dashd.audit import AuditLog
+    from dashd.app.audit import AuditLog
 
     store, clock = _RecordingStore(), Clock()
     audit = AuditLog(store, clock)
@@ -139,7 +139,7 @@ def test_entries_of_one_reactor_turn_are_one_store_job():
 def test_stopping_hands_over_what_waits_and_failures_count_every_entry():
     from twisted.internet.task import Clock
 
-    from dashd.audit import AuditLog
+    from dashd.app.audit import AuditLog
 
     store, clock = _RecordingStore(), Clock()
     audit = AuditLog(store, clock)
@@ -154,5 +154,5 @@ def test_stopping_hands_over_what_waits_and_failures_count_every_entry():
     with capturedLogs() as events:
         clock.advance(0)
     assert audit.pending == 0
-    [warning] = [e for e in events if e["log_namespace"] == "dashd.audit"]
+    [warning] = [e for e in events if e["log_namespace"] == "dashd.app.audit"]
     assert (warning["count"], warning["why"]) == (2, "disk full")

@@ -1,5 +1,5 @@
 """
-dashd.collector: what survives a full collection is frozen; every interval
+dashd.ops.gcfreeze: what survives a full collection is frozen; every interval
 everything is thawed and collected once. Unit tests in this process with a
 fake clock, and dashd itself with a short interval.
 """
@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from dashd.collector import FreezeSurvivors
+from dashd.ops.gcfreeze import FreezeSurvivors
 from support import Client, DashdProcess, connect_device, device_online, eventually
 from test_ops import sample
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dashd import frames
+from dashd.channel import frames
 
 
 def test_requests_notifications_and_responses():

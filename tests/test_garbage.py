@@ -29,8 +29,8 @@ from twisted.web.http import HTTPChannel
 
 from dashd.errors import ApiError
 from dashd.tap import Options, makeService
-from dashd.web import DashdRequest
-from dashd.websocket import DeviceProtocol, NotifyProtocol
+from dashd.api.site import DashdRequest
+from dashd.channel.websocket import DeviceProtocol, NotifyProtocol
 from support import (
     Client,
     DashdProcess,
@@ -90,7 +90,7 @@ class InProcessDashd(DashdProcess):
 
 @pytest_twisted.ensureDeferred
 async def test_connections_calls_and_refusals_leave_no_cycles(tmp_path):
-    # Nothing frozen (dashd.collector) in the test's process: the collector
+    # Nothing frozen (dashd.ops.gcfreeze) in the test's process: the collector
     # must see everything here.
     server = InProcessDashd(str(tmp_path), {"gc": {"full_collection_interval": 0}})
     await server.start_here()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from zope.interface.verify import verifyClass
 
 from dashd.cluster.node import ClusterHub, ClusterRouter
-from dashd.hub import IHub, LocalHub
-from dashd.router import IRouter, LocalRouter
+from dashd.channel.hub import IHub, LocalHub
+from dashd.channel.router import IRouter, LocalRouter
 
 
 def test_routers_and_hubs():

@@ -11,7 +11,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashd.jsonstream import JSONStreamDecoder, StreamError
+from dashd.channel.jsonstream import JSONStreamDecoder, StreamError
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**53), 2**53),

@@ -173,7 +173,7 @@ async def test_openapi_document_is_served(server: DashdProcess, admin: Client):
 def test_full_garbage_collections_are_timed():
     import gc
 
-    from dashd.metrics import GC_BUCKETS, full_collections
+    from dashd.ops.metrics import GC_BUCKETS, full_collections
 
     timer = full_collections()
     assert full_collections() is timer and gc.callbacks.count(timer) == 1

@@ -13,9 +13,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from dashd import shadow, timeseries, tokens
-from dashd.hub import Event, LocalHub
-from dashd.model import Account, ApiKey, Device
+from dashd.domain import shadow, timeseries, tokens
+from dashd.channel.hub import Event, LocalHub
+from dashd.domain.model import Account, ApiKey, Device
 from dashd.store.sqlite import SQLiteStore, migrate
 
 import backends
@@ -204,7 +204,7 @@ def test_saved_keys_ignores_junk():
 
 def test_subscribers_get_only_what_their_key_may_see():
     """Stored-data events (ota.*, rpc.out.*) follow the notification rules."""
-    from dashd import access
+    from dashd.domain import access
 
     hub = LocalHub()
 
@@ -232,7 +232,7 @@ def test_subscribers_get_only_what_their_key_may_see():
 async def test_retention_job(store):
     from twisted.internet.task import Clock
 
-    from dashd.retention import DAY, DataRetention
+    from dashd.app.retention import DAY, DataRetention
 
     one, _ = await _devices(store)
     await store.update_device(one.id, None, None,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dashd import shadow
-from dashd.shadow import ShadowUpdate
+from dashd.domain import shadow
+from dashd.domain.shadow import ShadowUpdate
 
 
 def doc(desired=None, reported=None, tags=None, version=0):

@@ -15,8 +15,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyObject
 
-from dashd import shadow, tokens
-from dashd.model import Account, ApiKey, Device
+from dashd.domain import shadow, tokens
+from dashd.domain.model import Account, ApiKey, Device
 from dashd.store import IStore, LastAdminKey, NotFound, StoreError
 from dashd.store.sqlite import SQLiteStore, migrate, migrations
 

@@ -16,8 +16,8 @@ from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyObject
 
 import backends
-from dashd import shadow, tokens
-from dashd.model import Account, ApiKey, Device
+from dashd.domain import shadow, tokens
+from dashd.domain.model import Account, ApiKey, Device
 from dashd.store import IStore, LastAdminKey
 from dashd.store.postgres import PostgresStore, migrate, migrations, redact
 

@@ -22,7 +22,7 @@ import pytest_twisted
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from dashd import journal, systemd
+from dashd.ops import journal, systemd
 from support import TWISTD, Client, DashdProcess, connect_device, device_online, eventually
 
 UNITS = os.path.join(os.path.dirname(__file__), "..", "systemd")
@@ -246,13 +246,13 @@ def test_journal_entries_have_structured_fields(tmp_path):
         sink.settimeout(5)
         observer = journal.JournalObserver(path)
         observer({"log_format": "device {id} offline: {reason}", "log_level": LogLevel.warn,
-                  "log_namespace": "dashd.session", "id": "d0123", "reason": "ping timeout",
+                  "log_namespace": "dashd.channel.session", "id": "d0123", "reason": "ping timeout",
                   "log_time": 0.0})
         fields = parse_entry(sink.recv(65536))
         assert fields["MESSAGE"] == "device d0123 offline: ping timeout"
         assert fields["PRIORITY"] == "4"
         assert fields["SYSLOG_IDENTIFIER"] == "dashd"
-        assert fields["DASHD_NAMESPACE"] == "dashd.session"
+        assert fields["DASHD_NAMESPACE"] == "dashd.channel.session"
         assert fields["DASHD_ID"] == "d0123" and fields["DASHD_REASON"] == "ping timeout"
 
         try:
@@ -260,7 +260,7 @@ def test_journal_entries_have_structured_fields(tmp_path):
         except ZeroDivisionError:
             failure = Failure()
         observer({"log_format": "handling {method}", "log_level": LogLevel.critical,
-                  "log_namespace": "dashd.session", "method": "X", "log_failure": failure})
+                  "log_namespace": "dashd.channel.session", "method": "X", "log_failure": failure})
         fields = parse_entry(sink.recv(65536))
         assert fields["PRIORITY"] == "2"
         assert fields["MESSAGE"].startswith("handling X\nTraceback")
@@ -292,7 +292,7 @@ def test_journal_observer_is_chosen_only_for_the_journal_stream(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_dashd_runs_with_the_units_logger(tmp_path):
     """The --logger of dashd.service loads; off the journal it writes text."""
-    server = DashdProcess(str(tmp_path), twistd_options=["--logger=dashd.journal.observer"])
+    server = DashdProcess(str(tmp_path), twistd_options=["--logger=dashd.ops.journal.observer"])
     await server.start_async()
     try:
         admin = Client(server, server.admin_key)

@@ -10,11 +10,11 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from dashd import access, tokens
+from dashd.domain import access, tokens
 from dashd.api.base import ApiBase, app, name_value, object_body
 from dashd.errors import Forbidden
 from dashd.api.keys import key_view
-from dashd.model import Account, ApiKey
+from dashd.domain.model import Account, ApiKey
 
 log = Logger()
 

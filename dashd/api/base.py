@@ -18,8 +18,8 @@ from twisted.python.failure import Failure
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
-from dashd import access, shadow
-from dashd.auth import Authenticator, bearer_secret
+from dashd.domain import access, shadow
+from dashd.app.auth import Authenticator, bearer_secret
 from dashd.config import Config
 from dashd.errors import (
     ApiError,
@@ -29,10 +29,10 @@ from dashd.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from dashd.fleet import Fleet
-from dashd.model import ApiKey, Device
+from dashd.app.fleet import Fleet
+from dashd.domain.model import ApiKey, Device
 from dashd.store import StoreError
-from dashd.web import json_bytes
+from dashd.api.site import json_bytes
 
 log = Logger()
 

@@ -10,10 +10,10 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from dashd.api.base import ApiBase, app, client_address
-from dashd.auth import bearer_secret
+from dashd.app.auth import bearer_secret
 from dashd.errors import Unauthorized
-from dashd.model import Device
-from dashd.websocket import DeviceFactory, Handover, NotifyFactory
+from dashd.domain.model import Device
+from dashd.channel.websocket import DeviceFactory, Handover, NotifyFactory
 
 log = Logger()
 

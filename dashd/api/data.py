@@ -2,13 +2,13 @@
 Stored data and the device history:
 
 - ``GET /devices/:id/data``, ``GET /devices/data``, ``GET /data``: the
-  points saved for one device (``tags.save``, see L{dashd.timeseries}), or
+  points saved for one device (``tags.save``, see L{dashd.domain.timeseries}), or
   for every device the key may see (the last two are the same), oldest
   first. ``skip`` (negative: counted from the end; default: the last
   ``limit``), ``limit`` (1-5000, default 100), ``filter`` (a substring of the
   key or of the JSON value).
 - ``POST /logs {"start": OFFSET, "limit"?, "device_id"?}``: the stored log
-  lines and notifications (L{dashd.history}), oldest first, from OFFSET
+  lines and notifications (L{dashd.app.history}), oldest first, from OFFSET
   (negative: that many before the end); the reply's ``next`` is the offset
   of the following page.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dashd import access
+from dashd.domain import access
 from dashd.api.base import ApiBase, app, object_body
 from dashd.errors import BadRequest, Forbidden
 

@@ -9,7 +9,7 @@ from typing import Any
 from twisted.logger import Logger
 from werkzeug.routing import BaseConverter
 
-from dashd import access, shadow, timeseries
+from dashd.domain import access, shadow, timeseries
 from dashd.api.base import ApiBase, app, name_value, object_body
 from dashd.errors import BadRequest, Conflict, NotFound, TooLarge
 from dashd.store import NotFound as StoreNotFound
@@ -76,7 +76,7 @@ class DeviceRoutes(ApiBase):
         device = await self.visible_device(key, device_id)
         view = self.view(key, device)
         if key.kind != access.RESTRICTED:
-            # The status of its last firmware update (dashd.ota), or null.
+            # The status of its last firmware update (dashd.app.firmware), or null.
             view["ota"] = await self.fleet.store.get_ota_status(device_id)
         return self.json(request, view)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from dashd import access, tokens
+from dashd.domain import access, tokens
 from dashd.api.base import ApiBase, app, int_arg, name_value, object_body
 from dashd.errors import BadRequest, Conflict, NotFound
-from dashd.model import KEY_KINDS, ApiKey
+from dashd.domain.model import KEY_KINDS, ApiKey
 from dashd.store import LastAdminKey
 
 log = Logger()

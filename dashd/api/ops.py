@@ -26,14 +26,14 @@ from twisted.internet.defer import TimeoutError
 from dashd import __version__
 from dashd.api import openapi
 from dashd.api.base import ApiBase, app, json_bytes
-from dashd.auth import bearer_secret
+from dashd.app.auth import bearer_secret
 from dashd.errors import ServiceUnavailable, Unauthorized
 
 STORE_PING_TIMEOUT = 2.0
 
 
 class OpsRoutes(ApiBase):
-    # Set by dashd.service.DashdService (None in a bare Api).
+    # Set by dashd.assembly.DashdService (None in a bare Api).
     metrics: Any = None
     readiness: Any = None
 
@@ -75,7 +75,7 @@ class OpsRoutes(ApiBase):
             await self.authenticate(request)
         if self.metrics is None:
             raise ServiceUnavailable("metrics are not set up")
-        from dashd.metrics import CONTENT_TYPE
+        from dashd.ops.metrics import CONTENT_TYPE
 
         request.setHeader(b"content-type", CONTENT_TYPE.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")

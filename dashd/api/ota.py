@@ -1,10 +1,10 @@
 """
-/api/v2/devices/:id/ota: firmware updates (see L{dashd.ota}).
+/api/v2/devices/:id/ota: firmware updates (see L{dashd.app.firmware}).
 
 - ``POST /devices/:id/ota``: the firmware as a multipart file part (``curl
   -F file=@fw.zip``) or as the raw body (name it with ``?filename=`` or its
   Content-Type). The body goes to a file in the data directory as it
-  arrives (L{dashd.web.SpoolRule}); it is checked, then sent. Query:
+  arrives (L{dashd.api.site.SpoolRule}); it is checked, then sent. Query:
   ``mode=push|pull``, ``auto_commit=true|false``, ``commit_timeout=SECONDS``
   (pull). Answers 202 with the update's status once it has started.
 - ``GET /devices/:id/ota``: the status of the device's last update.
@@ -23,10 +23,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.protocols.basic import FileSender
 
-from dashd import access
+from dashd.domain import access
 from dashd.api.base import ApiBase, app
 from dashd.errors import BadRequest, Forbidden, NotFound, TooLarge
-from dashd.ota import OtaManager, firmware_kind
+from dashd.app.firmware import OtaManager, firmware_kind
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -82,7 +82,7 @@ class _CountingConsumer:
 
 
 class OtaRoutes(ApiBase):
-    # Given by the service (dashd.service); see dashd.ota.OtaManager.
+    # Given by the service (dashd.assembly); see dashd.app.firmware.OtaManager.
     ota: OtaManager
 
     @app.route("/api/v2/devices/<device_id>/ota", methods=["POST"])

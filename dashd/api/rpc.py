@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashd import access
+from dashd.domain import access
 from dashd.api.base import ApiBase, app, json_body, number_arg
 from dashd.errors import BadRequest
 

@@ -3,7 +3,7 @@ Cluster mode: several dashd nodes behind a TCP load balancer, sharing a
 PostgreSQL store (L{dashd.store.postgres}) and one Redis, through which they
 tell each other what they must know. It is on when ``cluster.redis_url`` is
 set; L{Cluster} then provides the router and the hub in place of
-L{dashd.router.LocalRouter} and L{dashd.hub.LocalHub}.
+L{dashd.channel.router.LocalRouter} and L{dashd.channel.hub.LocalHub}.
 
 Every node subscribes to two channels (``P`` is ``cluster.namespace``):
 ``P:all``, which every node hears, and ``P:to:NODE``, its own. Messages are

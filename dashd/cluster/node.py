@@ -27,7 +27,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dashd import errors, tokens
+from dashd import errors
+from dashd.domain import tokens
 from dashd.cluster.bus import BusUnavailable, RedisBus, redact
 from dashd.cluster.presence import ATTACH, DETACH, REAP, Presence, parse_holder
 from dashd.config import Config
@@ -38,10 +39,10 @@ from dashd.errors import (
     InternalError,
     TooManyRequests,
 )
-from dashd.hub import Event, IHub, LocalHub
+from dashd.channel.hub import Event, IHub, LocalHub
 from dashd.jsontext import compact
-from dashd.model import Device
-from dashd.router import IRouter
+from dashd.domain.model import Device
+from dashd.channel.router import IRouter
 
 log = Logger()
 
@@ -712,7 +713,7 @@ class ClusterRouter:
 @implementer(IHub)
 class ClusterHub(LocalHub):
     """L{IHub} over the cluster: events reach subscribers on every node (each
-    node filters for its own subscribers, see L{dashd.access.event_payload})."""
+    node filters for its own subscribers, see L{dashd.domain.access.event_payload})."""
 
     def __init__(self, cluster: Cluster) -> None:
         super().__init__()

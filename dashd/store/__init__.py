@@ -78,17 +78,17 @@ class IStore(Interface):
 
     def update_device(device_id, name, shared_with, shadow_update, now):
         """In one transaction change the name and/or sharing (None leaves a
-        field alone) and apply a L{dashd.shadow.ShadowUpdate} (or None).
+        field alone) and apply a L{dashd.domain.shadow.ShadowUpdate} (or None).
         Fire with C{(Device, UpdateResult or None)}.
         @raise NotFound: no such device.
-        @raise dashd.shadow.ShadowError: the shadow update was refused;
+        @raise dashd.domain.shadow.ShadowError: the shadow update was refused;
             nothing was changed."""
 
     def update_shadow(device_id, update, now, save_data=False):
         """Apply a shadow update; fire with C{(Device, UpdateResult)}. With
         C{save_data} (a report from the device) the reported values of the
         keys listed in the shadow's C{tags.save} are appended to the device's
-        stored data in the same transaction (see L{dashd.timeseries})."""
+        stored data in the same transaction (see L{dashd.domain.timeseries})."""
 
     def record_info(device_id, info, shadow_update, now):
         """Record what a device says about itself (and its last-seen time),
@@ -142,7 +142,7 @@ class IStore(Interface):
     def ota_statuses(states):
         """Fire with the OTA status documents whose state is in C{states}."""
     def append_audit(entries):
-        """Store audit entries (see L{dashd.audit.entry_for}), in order, in
+        """Store audit entries (see L{dashd.api.audit.entry_for}), in order, in
         one transaction; fire with how many were stored."""
 
     def query_audit(account_id, start, limit):

@@ -50,10 +50,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from dashd import shadow
-from dashd.model import Account, ApiKey, Device
-from dashd.store import IStore, LastAdminKey, NotFound, StoreError, series_pg
-from dashd.store.series_pg import json_param
+from dashd.domain import shadow
+from dashd.domain.model import Account, ApiKey, Device
+from dashd.store import IStore, LastAdminKey, NotFound, StoreError, postgres_records
+from dashd.store.postgres_records import json_param
 
 log = Logger()
 
@@ -163,7 +163,7 @@ class PostgresStore:
         self._healthy = True
         self._stopped: Deferred[None] | None = None
         # Called on the reactor with the seconds each job took, from its
-        # submission to its durable result (dashd.metrics sets it).
+        # submission to its durable result (dashd.ops.metrics sets it).
         self.latency_observer: Callable[[float], None] | None = None
 
     @property
@@ -542,7 +542,7 @@ class PostgresStore:
             if save_data and update.patches.get("reported"):
                 # In the same transaction: a point is durable exactly when
                 # the report is acknowledged.
-                series_pg.save_reported(cur, device_id, device.account_id,
+                postgres_records.save_reported(cur, device_id, device.account_id,
                                         result.document["tags"], update.patches["reported"],
                                         now)
             return replace(device, shadow=result.document), result
@@ -610,24 +610,24 @@ class PostgresStore:
         return self._run(job, order=device_id)
 
 
-    # Stored data, device events, OTA status, audit (the jobs are in series_pg.py)
+    # Stored data, device events, OTA status, audit (the jobs are in postgres_records.py)
 
     def query_data(
         self, account_id: str, device_id: str | None, skip: int, limit: int, text: str | None
     ) -> Deferred[list[dict[str, Any]]]:
         return self._run(
-            lambda cur: series_pg.query_points(cur, account_id, device_id, skip, limit, text))
+            lambda cur: postgres_records.query_points(cur, account_id, device_id, skip, limit, text))
 
     def prune_data(self, before: float, batch: int = 10000) -> Deferred[int]:
-        return self._run(lambda cur: series_pg.prune_points(cur, before, batch))
+        return self._run(lambda cur: postgres_records.prune_points(cur, before, batch))
 
     def append_event(
         self, device_id: str, account_id: str, name: str, data: Any, now: float, keep: int
     ) -> Deferred[int]:
         # All appends of this node in one queue: in order, a burst in one
-        # transaction (they serialise on a lock anyway, see series_pg).
+        # transaction (they serialise on a lock anyway, see postgres_records).
         return self._run(
-            lambda cur: series_pg.append_event(cur, device_id, account_id, name, data, now,
+            lambda cur: postgres_records.append_event(cur, device_id, account_id, name, data, now,
                                                keep),
             order=_APPEND_EVENTS)
 
@@ -637,30 +637,30 @@ class PostgresStore:
         # Behind this node's pending appends: what was published here before
         # the question is in the answer.
         return self._run(
-            lambda cur: series_pg.query_events(cur, account_id, device_id, start, limit),
+            lambda cur: postgres_records.query_events(cur, account_id, device_id, start, limit),
             order=_APPEND_EVENTS)
 
     def set_ota_status(self, device_id: str, status: dict[str, Any], now: float) -> Deferred[bool]:
-        return self._run(lambda cur: series_pg.set_ota_status(cur, device_id, status, now),
+        return self._run(lambda cur: postgres_records.set_ota_status(cur, device_id, status, now),
                          order=device_id)
 
     def get_ota_status(self, device_id: str) -> Deferred[dict[str, Any] | None]:
-        return self._run(lambda cur: series_pg.get_ota_status(cur, device_id), order=device_id)
+        return self._run(lambda cur: postgres_records.get_ota_status(cur, device_id), order=device_id)
 
     def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
-        return self._run(lambda cur: series_pg.ota_statuses(cur, states))
+        return self._run(lambda cur: postgres_records.ota_statuses(cur, states))
 
     def append_audit(self, entries: list[dict[str, Any]]) -> Deferred[int]:
-        return self._run(lambda cur: series_pg.append_audit(cur, entries), order=_APPEND_AUDIT)
+        return self._run(lambda cur: postgres_records.append_audit(cur, entries), order=_APPEND_AUDIT)
 
     def query_audit(
         self, account_id: str, start: int, limit: int
     ) -> Deferred[tuple[list[dict[str, Any]], int]]:
-        return self._run(lambda cur: series_pg.query_audit(cur, account_id, start, limit),
+        return self._run(lambda cur: postgres_records.query_audit(cur, account_id, start, limit),
                          order=_APPEND_AUDIT)
 
     def prune_audit(self, before: float, batch: int = 10000) -> Deferred[int]:
-        return self._run(lambda cur: series_pg.prune_audit(cur, before, batch))
+        return self._run(lambda cur: postgres_records.prune_audit(cur, before, batch))
 
     # Operation
 

@@ -12,7 +12,7 @@ applied in order and recorded in ``PRAGMA user_version``):
 - ``device_shares(device_id, account_id)``: who else may use a device.
 - ``data_points``, ``device_events``, ``ota_status``: stored data, the log
   and notification history, the last firmware update of each device (jobs
-  in ``series.py``).
+  in ``sqlite_records.py``).
 
 All work happens on one dedicated writer thread, never on the reactor. It
 takes every job that is waiting, runs them in a single transaction (each
@@ -45,10 +45,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dashd import shadow
+from dashd.domain import shadow
 from dashd.jsontext import compact
-from dashd.model import Account, ApiKey, Device
-from dashd.store import IStore, LastAdminKey, NotFound, StoreError, series
+from dashd.domain.model import Account, ApiKey, Device
+from dashd.store import IStore, LastAdminKey, NotFound, StoreError, sqlite_records
 
 log = Logger()
 
@@ -119,7 +119,7 @@ class SQLiteStore:
         self._read_queue: queue.Queue[Any] = queue.Queue(1000)
         self._reader: threading.Thread | None = None
         # Called on the reactor with the seconds each job took, from its
-        # submission to its durable result (dashd.metrics sets it).
+        # submission to its durable result (dashd.ops.metrics sets it).
         self.latency_observer: Callable[[float], None] | None = None
 
     @property
@@ -481,7 +481,7 @@ class SQLiteStore:
             if save_data and update.patches.get("reported"):
                 # In the same transaction: a point is durable exactly when
                 # the report is acknowledged.
-                series.save_reported(
+                sqlite_records.save_reported(
                     conn, device_id, device.account_id, result.document["tags"],
                     update.patches["reported"], now,
                 )
@@ -558,50 +558,50 @@ class SQLiteStore:
 
         return self._submit(job)
 
-    # Stored data, device events, OTA status (the jobs are in series.py)
+    # Stored data, device events, OTA status (the jobs are in sqlite_records.py)
 
     def query_data(
         self, account_id: str, device_id: str | None, skip: int, limit: int, text: str | None
     ) -> Deferred[list[dict[str, Any]]]:
         return self._read(
-            lambda conn: series.query_points(conn, account_id, device_id, skip, limit, text)
+            lambda conn: sqlite_records.query_points(conn, account_id, device_id, skip, limit, text)
         )
 
     def prune_data(self, before: float, batch: int = 10000) -> Deferred[int]:
-        return self._submit(lambda conn: series.prune_points(conn, before, batch))
+        return self._submit(lambda conn: sqlite_records.prune_points(conn, before, batch))
 
     def append_event(
         self, device_id: str, account_id: str, name: str, data: Any, now: float, keep: int
     ) -> Deferred[int]:
         return self._submit(
-            lambda conn: series.append_event(conn, device_id, account_id, name, data, now, keep)
+            lambda conn: sqlite_records.append_event(conn, device_id, account_id, name, data, now, keep)
         )
 
     def query_events(
         self, account_id: str, device_id: str | None, start: int, limit: int
     ) -> Deferred[tuple[list[dict[str, Any]], int]]:
         return self._read(
-            lambda conn: series.query_events(conn, account_id, device_id, start, limit)
+            lambda conn: sqlite_records.query_events(conn, account_id, device_id, start, limit)
         )
 
     def set_ota_status(self, device_id: str, status: dict[str, Any], now: float) -> Deferred[bool]:
-        return self._submit(lambda conn: series.set_ota_status(conn, device_id, status, now))
+        return self._submit(lambda conn: sqlite_records.set_ota_status(conn, device_id, status, now))
 
     def get_ota_status(self, device_id: str) -> Deferred[dict[str, Any] | None]:
-        return self._submit(lambda conn: series.get_ota_status(conn, device_id))
+        return self._submit(lambda conn: sqlite_records.get_ota_status(conn, device_id))
 
     def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
-        return self._submit(lambda conn: series.ota_statuses(conn, states))
+        return self._submit(lambda conn: sqlite_records.ota_statuses(conn, states))
     def append_audit(self, entries: list[dict[str, Any]]) -> Deferred[int]:
-        return self._submit(lambda conn: series.append_audit(conn, entries))
+        return self._submit(lambda conn: sqlite_records.append_audit(conn, entries))
 
     def query_audit(
         self, account_id: str, start: int, limit: int
     ) -> Deferred[tuple[list[dict[str, Any]], int]]:
-        return self._read(lambda conn: series.query_audit(conn, account_id, start, limit))
+        return self._read(lambda conn: sqlite_records.query_audit(conn, account_id, start, limit))
 
     def prune_audit(self, before: float, batch: int = 10000) -> Deferred[int]:
-        return self._submit(lambda conn: series.prune_audit(conn, before, batch))
+        return self._submit(lambda conn: sqlite_records.prune_audit(conn, before, batch))
 
     # Operation
 

@@ -14,7 +14,7 @@ const PAGE = 100;
 // Lines kept in view; beyond it the oldest go.
 const LOG_LIMIT = 1000;
 
-// Which events dashd stores (dashd.history.stored).
+// Which events dashd stores (dashd.app.history.stored).
 export function isStored(name) {
   if (name === 'rpc.out.Heartbeat') return false;
   return name === 'online' || name === 'offline' || name === 'ota.status' || name.startsWith('rpc.out.');

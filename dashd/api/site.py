@@ -39,7 +39,7 @@ ACCESS_LOG_BATCH = 100
 log = Logger()
 
 _SECRET_IN_QUERY = re.compile(rb"(access_token=)[^&]*", re.IGNORECASE)
-# One-time firmware download links (dashd.ota) are secrets in the path.
+# One-time firmware download links (dashd.app.firmware) are secrets in the path.
 _SECRET_IN_PATH = re.compile(rb"(/api/v2/firmware/)[^/?# ]+")
 
 # What a multipart body may hold besides its file: a few short fields.

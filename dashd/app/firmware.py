@@ -58,7 +58,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dashd import tokens
+from dashd.domain import tokens
 from dashd.config import Config
 from dashd.errors import (
     ApiError,
@@ -68,9 +68,9 @@ from dashd.errors import (
     DeviceTimeout,
     TooManyRequests,
 )
-from dashd.fleet import Fleet
-from dashd.hub import Event
-from dashd.model import Device
+from dashd.app.fleet import Fleet
+from dashd.channel.hub import Event
+from dashd.domain.model import Device
 
 log = Logger()
 
@@ -341,7 +341,7 @@ class OtaManager:
         chunk = self.config["ota.chunk_bytes"]
         # Never more than a device accepts in flight (leaving room for a
         # call), nor more bytes unanswered than the connection buffers
-        # before it counts the device as not reading (dashd.session).
+        # before it counts the device as not reading (dashd.channel.session).
         encoded = 4 * ((chunk + 2) // 3) + 64
         window = max(1, min(self.config["ota.writes_in_flight"],
                             self.config["device.max_calls_in_flight"] - 1,

@@ -14,12 +14,12 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from dashd import shadow, tokens
+from dashd.domain import shadow, tokens
 from dashd.config import Config
 from dashd.errors import DeviceOffline
-from dashd.hub import Event, IHub
-from dashd.model import Device
-from dashd.router import IRouter
+from dashd.channel.hub import Event, IHub
+from dashd.domain.model import Device
+from dashd.channel.router import IRouter
 from dashd.store import IStore
 
 log = Logger()
@@ -45,11 +45,11 @@ class Fleet:
         self.clock = clock
         self.config = config
         # Who else hears of what happens: every published event (the stored
-        # history, dashd.history) and every info a device gives about itself
-        # (firmware updates, dashd.ota). Observers must not block or raise.
+        # history, dashd.app.history) and every info a device gives about itself
+        # (firmware updates, dashd.app.firmware). Observers must not block or raise.
         self.event_observers: list[Callable[[Event], None]] = []
         self.info_observers: list[Callable[[Device, dict[str, Any]], None]] = []
-        # Each is given the Deferred of every call() (dashd.metrics counts
+        # Each is given the Deferred of every call() (dashd.ops.metrics counts
         # them by outcome); an observer adds callbacks that pass the result on.
         self.call_observers: list[Callable[[Deferred[Any]], None]] = []
 

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dashd.hub import Event
+from dashd.channel.hub import Event
 from dashd.store import IStore
 
 log = Logger()

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Json
 
-from dashd import timeseries
+from dashd.domain import timeseries
 from dashd.jsontext import compact
 
 Cursor = psycopg.Cursor[Any]

@@ -7,7 +7,7 @@ device connections on the way down); then the drain (which lets REST calls
 in flight finish); then one listening port per ``listen`` endpoint, which
 stop accepting first; and last the systemd notifier, which says READY=1
 when everything before it runs and STOPPING=1 before anything stops. See
-L{dashd.lifecycle} for the whole graceful stop.
+L{dashd.ops.lifecycle} for the whole graceful stop.
 """
 
 from __future__ import annotations
@@ -24,28 +24,29 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from dashd import __version__, tokens
+from dashd import __version__
+from dashd.domain import tokens
 from dashd.api import Api
-from dashd.audit import AuditLog
-from dashd.auth import Authenticator
-from dashd.collector import FreezeSurvivors
+from dashd.app.audit import AuditLog
+from dashd.app.auth import Authenticator
+from dashd.ops.gcfreeze import FreezeSurvivors
 from dashd.config import Config, with_backlog
-from dashd.fleet import Fleet
-from dashd.history import History
-from dashd.hub import IHub, LocalHub
-from dashd.limits import FailureLimiter, TokenBucket
-from dashd.lifecycle import DataDirInUse, DataDirLock, DrainService, Readiness, raise_open_files_limit
-from dashd.metrics import Metrics
-from dashd.model import Account, ApiKey
-from dashd.ota import OtaManager
-from dashd.retention import DataRetention
-from dashd.router import IRouter, LocalRouter
-from dashd.session import CLOSE_GOING_AWAY
+from dashd.app.fleet import Fleet
+from dashd.app.history import History
+from dashd.channel.hub import IHub, LocalHub
+from dashd.app.limits import FailureLimiter, TokenBucket
+from dashd.ops.lifecycle import DataDirInUse, DataDirLock, DrainService, Readiness, raise_open_files_limit
+from dashd.ops.metrics import Metrics
+from dashd.domain.model import Account, ApiKey
+from dashd.app.firmware import OtaManager
+from dashd.app.retention import DataRetention
+from dashd.channel.router import IRouter, LocalRouter
+from dashd.channel.session import CLOSE_GOING_AWAY
 from dashd.store import IStore
 from dashd.store.sqlite import SQLiteStore
-from dashd.systemd import NotifyService
-from dashd.web import DashdSite, SpoolRule
-from dashd.websocket import close_connection
+from dashd.ops.systemd import NotifyService
+from dashd.api.site import DashdSite, SpoolRule
+from dashd.channel.websocket import close_connection
 
 log = Logger()
 

@@ -13,14 +13,14 @@ Start-up:
 Graceful stop (SIGTERM, ``systemctl stop``): the service tree stops its
 children in reverse order, so
 
-1. systemd hears STOPPING=1 (L{dashd.systemd.NotifyService});
+1. systemd hears STOPPING=1 (L{dashd.ops.systemd.NotifyService});
 2. the listening ports close: no new connections;
 3. L{DrainService}: requests still arriving on open HTTP connections get
    503, the REST calls in flight (an RPC waiting for its device, say) get
    up to ``shutdown.grace_period`` seconds to be answered;
 4. the device connections close with 1001 (going away), which fails the
    calls still in flight at once (503), and notification subscribers are
-   closed with 1001 too (L{dashd.service.FleetService});
+   closed with 1001 too (L{dashd.assembly.FleetService});
 5. the store finishes the writes queued and closes.
 """
 
@@ -36,7 +36,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import TimeoutError, inlineCallbacks
 from twisted.logger import Logger
 
-from dashd.web import DashdSite
+from dashd.api.site import DashdSite
 
 log = Logger()
 

@@ -6,7 +6,7 @@ Both are authenticated by the REST layer before the upgrade; the
 authenticated party is handed to the protocol instance through
 L{Handover}, a one-connection factory wrapper, so nothing about the peer is
 trusted from the handshake itself. The protocols stay thin: the device one
-turns messages into JSON values for L{dashd.session.DeviceSession}; the
+turns messages into JSON values for L{dashd.channel.session.DeviceSession}; the
 notification one writes events, holding at most a bounded backlog for a
 subscriber that does not read.
 """
@@ -28,13 +28,14 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from dashd import access, frames
+from dashd.domain import access
+from dashd.channel import frames
 from dashd.config import Config
-from dashd.fleet import Fleet
-from dashd.hub import Event, IHub
-from dashd.jsonstream import JSONStreamDecoder, StreamError
-from dashd.model import ApiKey, Device
-from dashd.session import DeviceSession
+from dashd.app.fleet import Fleet
+from dashd.channel.hub import Event, IHub
+from dashd.channel.jsonstream import JSONStreamDecoder, StreamError
+from dashd.domain.model import ApiKey, Device
+from dashd.channel.session import DeviceSession
 
 log = Logger()
 
@@ -286,7 +287,7 @@ class DeviceFactory(WebSocketServerFactory):
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__(reactor=reactor)
         self.max_frame_bytes = config["device.max_frame_bytes"]
-        # Counted here, read by dashd.metrics when /metrics is scraped.
+        # Counted here, read by dashd.ops.metrics when /metrics is scraped.
         self.connections_opened = 0
         self.frames_received = 0
         self.frames_invalid = 0

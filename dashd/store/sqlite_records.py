@@ -15,7 +15,7 @@ import json
 import sqlite3
 from typing import Any
 
-from dashd import timeseries
+from dashd.domain import timeseries
 from dashd.jsontext import compact
 
 
@@ -83,7 +83,7 @@ def save_reported(
     patch: Any,
     now: float,
 ) -> int:
-    """Append the points a report makes (see L{dashd.timeseries}); return
+    """Append the points a report makes (see L{dashd.domain.timeseries}); return
     how many."""
     points = timeseries.reported_points(timeseries.saved_keys(tags), patch)
     if points:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dashd import shadow
+from dashd.domain import shadow
 
 # admin: everything in its account; read-only: sees, changes nothing;
-# restricted: a customer's key for listed devices (see dashd.access).
+# restricted: a customer's key for listed devices (see dashd.domain.access).
 KEY_KINDS = ("admin", "read-only", "restricted")
 
 
@@ -32,7 +32,7 @@ class Device:
     shared_with: tuple[str, ...] = ()
     last_seen: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    # The stored shadow document (see dashd.shadow), without the delta.
+    # The stored shadow document (see dashd.domain.shadow), without the delta.
     shadow: dict[str, Any] = field(default_factory=shadow.empty)
 
 

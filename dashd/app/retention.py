@@ -3,7 +3,7 @@ Retention: every few minutes, stored data points older than
 ``data.retention_days`` and audit entries older than
 ``audit.retention_days`` are deleted, a batch a store job, so that other
 work goes on between batches. (Device events are bounded per device as
-they are stored: see L{dashd.history}.)
+they are stored: see L{dashd.app.history}.)
 """
 
 from __future__ import annotations

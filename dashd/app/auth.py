@@ -14,10 +14,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dashd import tokens
+from dashd.domain import tokens
 from dashd.errors import TooManyRequests, Unauthorized
-from dashd.limits import FailureLimiter, TokenBucket, retry_after
-from dashd.model import ApiKey, Device
+from dashd.app.limits import FailureLimiter, TokenBucket, retry_after
+from dashd.domain.model import ApiKey, Device
 from dashd.store import IStore
 
 log = Logger()

@@ -1,7 +1,7 @@
 """
 Logging to the systemd journal with structured fields.
 
-``twistd --logger=dashd.journal.observer dashd ...`` (as in
+``twistd --logger=dashd.ops.journal.observer dashd ...`` (as in
 ``systemd/dashd.service``): when dashd's standard output is the journal
 (systemd sets ``$JOURNAL_STREAM`` to the device and inode of that stream),
 each event goes to journald over its native protocol, as one entry with

@@ -50,7 +50,7 @@ class ISubscriber(Interface):
 
     def deliver(event):
         """Send one L{Event}, or nothing if the subscriber's key may not see
-        it (see L{dashd.access.event_payload}); must not block."""
+        it (see L{dashd.domain.access.event_payload}); must not block."""
 
     def revoked():
         """Its key was revoked: close the stream."""

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, fail
 from zope.interface import Attribute, Interface, implementer
 
 from dashd.errors import DeviceOffline
-from dashd.model import Device
+from dashd.domain.model import Device
 
 
 class ISession(Interface):
@@ -27,8 +27,8 @@ class ISession(Interface):
 
     def call(method, params, timeout):
         """Send a JSON-RPC call; fire with the result, or fail with
-        L{dashd.errors.DeviceError}, L{DeviceOffline} or
-        L{dashd.errors.DeviceTimeout}."""
+        L{dashd.domain.errors.DeviceFailed}, L{dashd.domain.errors.Offline} or
+        L{dashd.domain.errors.TimedOut}."""
 
     def replaced():
         """A newer connection of the same device took over: close this one."""

@@ -1,7 +1,7 @@
 """
 One connected device: the domain side of its WebSocket.
 
-The WebSocket protocol (L{dashd.device_ws}) only turns messages into JSON
+The WebSocket protocol (L{dashd.channel.websocket}) only turns messages into JSON
 values and hands them to L{DeviceSession.received}; everything the protocol
 of SPEC section 1 means is here, testable without a socket:
 
@@ -28,7 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dashd import frames, shadow
+from dashd.channel import frames
+from dashd.domain import shadow
 from dashd.errors import (
     DeviceError,
     DeviceOffline,
@@ -37,9 +38,9 @@ from dashd.errors import (
     TooLarge,
     TooManyRequests,
 )
-from dashd.fleet import Fleet
-from dashd.model import Device
-from dashd.router import ISession
+from dashd.app.fleet import Fleet
+from dashd.domain.model import Device
+from dashd.channel.router import ISession
 from dashd.store import NotFound, StoreError
 
 log = Logger()

@@ -43,11 +43,11 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-from dashd import shadow
+from dashd.domain import shadow
 from dashd.errors import BadRequest, Forbidden
-from dashd.hub import Event
+from dashd.channel.hub import Event
 from dashd.jsontext import compact
-from dashd.model import ApiKey, Device
+from dashd.domain.model import ApiKey, Device
 
 ADMIN = "admin"
 READ_ONLY = "read-only"

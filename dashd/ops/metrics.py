@@ -20,7 +20,7 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_store_queue_depth`` | gauge | store jobs waiting for the writer thread |
 | ``dashd_http_requests_total{code}`` | counter | REST requests answered, by status |
 | ``dashd_gc_full_collection_seconds`` | histogram | full collections of Python's cycle collector: each walks every object dashd holds while the reactor stands still, the longest pauses a large fleet sees (docs/performance.md) |
-| ``dashd_gc_frozen_objects`` | gauge | objects frozen after surviving a full collection (L{dashd.collector}): later collections do not walk them |
+| ``dashd_gc_frozen_objects`` | gauge | objects frozen after surviving a full collection (L{dashd.ops.gcfreeze}): later collections do not walk them |
 | ``process_*`` | | open file descriptors and their limit, memory, CPU (prometheus_client) |
 """
 
