@@ -24,6 +24,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ClientFactory, Protocol
 
 from bench.lean import CountingSubscriber, HttpConnection, LeanDevice, http_request, ws_handshake
+from dashd.domain.access import CONSOLE
 from dashd.tap import Options, makeService
 
 
@@ -85,8 +86,8 @@ async def run(n: int) -> None:
     with open(os.path.join(directory, "admin.key")) as f:
         key = f.read().strip()
     owner = _Owner()
-    account = (await service.store.list_accounts())[0]
-    tokens = [(await service.fleet.register_device(account.id, None))[1] for _ in range(n)]
+    devices = service.parts.application.devices
+    tokens = [(await devices.register(CONSOLE))[1] for _ in range(n)]
     http = HttpConnection(owner)
     _connect(port, http)
     await _until(lambda: owner.counts["connection_ready"] > 0)
@@ -130,7 +131,7 @@ async def run(n: int) -> None:
     rows.append(("GET /api/v2/devices/ID (through Klein)", _census()))
     for device in devices:
         device.transport.loseConnection()
-    await _until(lambda: service.fleet.router.online_count() == 0)
+    await _until(lambda: service.parts.fleet.router.online_count() == 0)
     await _sleep(0.5)
     rows.append(("device disconnects", _census()))
     for device in devices:

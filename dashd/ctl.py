@@ -1,11 +1,6 @@
 """
 ``dashctl``: dashd's administration command.
 
-It works directly on the data directory (the SQLite store), or on the
-PostgreSQL database of ``store.url`` (keys and devices; backup and restore
-are then pg_dump's and pg_restore's), so it needs no API key and works
-whether dashd runs or not:
-
     dashctl config                     the effective configuration
     dashctl keys list|create|revoke    API keys
     dashctl devices list|register|delete|rotate-token
@@ -18,23 +13,23 @@ the user dashd runs as (``sudo -u dashd dashctl ...``): it refuses to touch
 a data directory that belongs to someone else, since files it created there
 (the store's ``-wal`` and ``-shm``) would lock dashd out.
 
-With dashd running: the store is in WAL mode, so dashctl reads without
-blocking dashd and its writes wait (up to 5 s) for dashd's current
-transaction; each command is one transaction. What dashd sees of them:
-
-- a new key or device works at once;
-- a revoked key stops working within 5 s (dashd caches valid keys that
-  long); a notification stream already open with it stays open;
-- a deleted device that is connected is disconnected (4004) the next time
-  it writes to the store (heartbeat, shadow update), and cannot reconnect;
-- a rotated token lets no new connection in; a connection made with the old
-  token stays up until it ends. To cut it at once, restart dashd (every
-  device reconnects; the old token is refused).
+Keys and devices: while dashd runs, dashctl asks it to act, over the
+control socket in the data directory (L{dashd.ops.control}), so every
+command has the effects the REST API's has: a revoked key opens nothing
+from that moment and its notification streams are closed, a rotated or
+deleted device's connection is cut, on every node of a cluster; changes
+are in the audit log, by ``dashctl``. With dashd stopped, dashctl does the
+same on the store itself, holding the data directory's lock meanwhile (so
+dashd cannot start under it); nothing is connected then, so nothing more
+is needed. In a cluster (``cluster.redis_url``) with no node running on
+this machine, ``keys revoke``, ``devices delete`` and ``devices
+rotate-token`` are refused: other nodes may hold the streams and
+connections they must cut; run dashctl where a node runs.
 
 ``backup`` uses SQLite's online backup API: a consistent snapshot, taken
 while dashd goes on writing. ``restore`` needs dashd stopped (it takes the
 data directory's lock, which a running dashd holds) and keeps the store it
-replaces beside it.
+replaces beside it. On PostgreSQL they are pg_dump's and pg_restore's.
 """
 
 from __future__ import annotations
@@ -43,20 +38,21 @@ import argparse
 import json
 import os
 import pwd
+import socket
 import sqlite3
 import sys
 import time
 from typing import Any
 
 from dashd import config as configuration
-from dashd.domain import tokens
-from dashd.domain.model import ApiKey
+from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, DataDirInUse, DataDirLock
 
 # Twisted and the rest of dashd are imported by the commands that use them,
 # so that dashctl starts quickly.
 
 DEFAULT_CONFIG = "/etc/dashd/dashd.toml"
-DATABASE_FILE = "dashd.sqlite3"  # as dashd.assembly names it
+# Seconds dashctl waits for a running dashd's answer.
+CONTROL_TIMEOUT = 60.0
 
 
 class Failed(Exception):
@@ -90,16 +86,20 @@ def check_data_dir(data_dir: str, need_store: bool = True) -> str:
     if not os.path.isdir(data_dir):
         raise Failed("no data directory at %s (dashd creates it on its first start; "
                      "is data_dir right? see dashctl config)" % os.path.abspath(data_dir))
+    check_owner(data_dir)
+    path = os.path.join(data_dir, DATABASE_FILE)
+    if need_store and not os.path.exists(path):
+        raise Failed("no store at %s (dashd creates it on its first start)" % path)
+    return path
+
+
+def check_owner(data_dir: str) -> None:
     if os.stat(data_dir).st_uid != os.geteuid():
         raise Failed(
             "%s belongs to user %s: run dashctl as that user (sudo -u %s dashctl ...), "
             "so that dashd can still use every file dashctl creates there"
             % (data_dir, _owner(data_dir), _owner(data_dir))
         )
-    path = os.path.join(data_dir, DATABASE_FILE)
-    if need_store and not os.path.exists(path):
-        raise Failed("no store at %s (dashd creates it on its first start)" % path)
-    return path
 
 
 def latest_schema() -> int:
@@ -149,163 +149,120 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _key_view(key: ApiKey) -> dict[str, Any]:
-    return {"id": key.id, "name": key.name, "kind": key.kind, "account_id": key.account_id,
-            "created": key.created, "expires": key.expires}
+# Keys and devices: through dashd, or on its stopped store
 
 
-# Commands on the store (run on the reactor, through dashd's own store code)
+def console_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The console command (L{dashd.app.console}) the arguments ask for."""
+    command = "%s %s" % (args.area, args.action)
+    given = {name: getattr(args, name, None)
+             for name in ("account", "name", "expires_in", "key_id", "device_id", "shared_with")}
+    return command, {k: v for k, v in given.items() if v is not None}
 
 
-async def _account(store: Any, wanted: str | None) -> str:
-    accounts = await store.list_accounts()
-    if wanted is None:
-        if not accounts:
-            raise Failed("the store holds no account yet (start dashd once)")
-        return accounts[0].id
-    if wanted not in [a.id for a in accounts]:
-        raise Failed("no such account: %s (accounts: %s)"
-                     % (wanted, ", ".join(a.id for a in accounts) or "none"))
-    return wanted
+# What the console's argument names are on the command line.
+OPTIONS = {"name": "--name", "expires_in": "--expires-in", "shared_with": "--shared-with",
+           "account": "--account"}
 
 
-async def keys_list(store: Any, args: argparse.Namespace, out: Any) -> None:
-    account = await _account(store, args.account)
-    keys = await store.list_keys(account)
-    if args.json:
-        out.write(json.dumps([_key_view(k) for k in keys], indent=2) + "\n")
-        return
-    rows = [[k.id, k.name or "-", k.kind, _when(k.created), _when(k.expires)] for k in keys]
-    out.write(_table(rows, ["ID", "NAME", "KIND", "CREATED", "EXPIRES"]) + "\n")
+def refusal(error: dict[str, Any]) -> str:
+    """A refusal's message, naming the option it is about as it is typed."""
+    message = str(error.get("message", "failed"))
+    option = OPTIONS.get(str(error.get("field")))
+    if option is not None and message.startswith(str(error["field"]) + " "):
+        message = option + message[len(error["field"]):]
+    return message
 
 
-async def keys_create(store: Any, args: argparse.Namespace, out: Any) -> None:
-    name = args.name or ""
-    expires = None
-    if args.expires_in is not None:
-        expires = time.time() + args.expires_in * 86400
-    account = await _account(store, args.account)
-    key_id = tokens.new_id("k")
-    secret = tokens.new_api_key(key_id)
-    key = ApiKey(id=key_id, account_id=account, name=name, kind="admin",
-                 created=time.time(), expires=expires)
-    key = await store.create_key(key, tokens.hash_secret(secret))
-    if args.json:
-        view = _key_view(key)
-        view["key"] = secret
-        out.write(json.dumps(view, indent=2) + "\n")
-    else:
-        out.write("created API key %s (account %s); its secret, shown this once:\n%s\n"
-                  % (key.id, account, secret))
-
-
-async def keys_revoke(store: Any, args: argparse.Namespace, out: Any) -> None:
-    from dashd.store import LastAdminKey
-
-    found = await store.key_credentials(args.key_id)
-    if found is None:
-        raise Failed("no such key: %s" % args.key_id)
+def ask_dashd(path: str, command: str, arguments: dict[str, Any]) -> dict[str, Any] | None:
+    """The running dashd's answer, or None if none listens at C{path}."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(CONTROL_TIMEOUT)
     try:
-        deleted = await store.delete_key(args.key_id, found[0].account_id)
-    except LastAdminKey as e:
-        raise Failed(str(e))
-    if not deleted:
-        raise Failed("no such key: %s" % args.key_id)
-    out.write("revoked API key %s (a running dashd refuses it within 5 s)\n" % args.key_id)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        except OSError as e:
+            raise Failed("cannot reach dashd's control socket %s: %s" % (path, e))
+        sock.sendall(json.dumps({"command": command, "args": arguments}).encode() + b"\n")
+        received = b""
+        while not received.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise Failed("dashd closed its control socket without an answer (is it "
+                             "stopping?)")
+            received += chunk
+    except socket.timeout:
+        raise Failed("dashd did not answer on its control socket within %g s" % CONTROL_TIMEOUT)
+    finally:
+        sock.close()
+    answer = json.loads(received)
+    if not isinstance(answer, dict):
+        raise Failed("dashd's control socket answered %r" % received[:100])
+    return answer
 
 
-def _fleet(store: Any, reactor: Any) -> Any:
-    from dashd.app.fleet import Fleet
-    from dashd.channel.hub import LocalHub
-    from dashd.channel.router import LocalRouter
+def run_console_command(config: configuration.Config, store_path: str | None,
+                        args: argparse.Namespace, out: Any) -> None:
+    """C{store_path}: the SQLite store, or None for PostgreSQL's."""
+    from dashd.app import console
 
-    # The fleet logic dashd runs, without connections: same IDs, same tokens.
-    return Fleet(store, LocalRouter(), LocalHub(), reactor, configuration.Config())
-
-
-async def devices_list(store: Any, args: argparse.Namespace, out: Any) -> None:
-    accounts = [args.account] if args.account else [a.id for a in await store.list_accounts()]
-    devices = []
-    seen = set()
-    for account in accounts:
-        for device in await store.list_devices(account):
-            if device.id not in seen:
-                seen.add(device.id)
-                devices.append(device)
+    data_dir = config["data_dir"]
+    command, arguments = console_request(args)
+    socket_path = os.path.join(data_dir, CONTROL_SOCKET)
+    answer = ask_dashd(socket_path, command, arguments)
+    if answer is None:
+        lock = DataDirLock(data_dir) if os.path.isdir(data_dir) else None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except DataDirInUse as e:
+                raise Failed("%s, which does not answer on its control socket %s (is it "
+                             "starting or stopping?)" % (e, socket_path))
+        try:
+            if config["cluster.redis_url"] and command in console.LIVE_EFFECTS:
+                raise Failed(
+                    "no dashd runs on this machine, and this store is shared by a cluster: "
+                    "other nodes may hold what '%s' must cut; run dashctl where a node runs"
+                    % command)
+            answer = run_on_store(store_path, config, command, arguments)
+        finally:
+            if lock is not None:
+                lock.release()
+    if "error" in answer:
+        raise Failed(refusal(answer["error"]))
+    result = answer["result"]
     if args.json:
-        out.write(json.dumps([
-            {"id": d.id, "name": d.name, "account_id": d.account_id, "created": d.created,
-             "last_seen": d.last_seen, "shared_with": list(d.shared_with), "info": d.info}
-            for d in devices
-        ], indent=2) + "\n")
-        return
-    rows = [[d.id, d.name, d.account_id, _when(d.last_seen), str(d.info.get("fw_version", "-"))]
-            for d in devices]
-    out.write(_table(rows, ["ID", "NAME", "ACCOUNT", "LAST SEEN", "FIRMWARE"]) + "\n")
-
-
-async def devices_register(store: Any, args: argparse.Namespace, out: Any,
-                           reactor: Any) -> None:
-    from dashd.api.devices import shared_with_value
-    from dashd.errors import BadRequest
-
-    try:
-        shared = shared_with_value(args.shared_with) if args.shared_with else ()
-    except BadRequest as e:
-        raise Failed(e.message.replace("shared_with", "--shared-with"))
-    name = args.name
-    account = await _account(store, args.account)
-    device, token = await _fleet(store, reactor).register_device(account, name, shared)
-    if args.json:
-        out.write(json.dumps({"id": device.id, "name": device.name, "token": token},
-                             indent=2) + "\n")
+        out.write(json.dumps(result, indent=2) + "\n")
     else:
-        out.write("registered device %s (%s); its token, shown this once:\n%s\n"
-                  % (device.id, device.name, token))
+        out.write(TEXT[command](result))
 
 
-async def devices_delete(store: Any, args: argparse.Namespace, out: Any, reactor: Any) -> None:
-    if not await _fleet(store, reactor).delete_device(args.device_id):
-        raise Failed("no such device: %s" % args.device_id)
-    out.write("deleted device %s\n" % args.device_id)
+def _keys_text(keys: list[dict[str, Any]]) -> str:
+    rows = [[k["id"], k["name"] or "-", k["kind"], _when(k["created"]), _when(k["expires"])]
+            for k in keys]
+    return _table(rows, ["ID", "NAME", "KIND", "CREATED", "EXPIRES"]) + "\n"
 
 
-async def devices_rotate(store: Any, args: argparse.Namespace, out: Any) -> None:
-    token = tokens.new_device_token(args.device_id)
-    if not await store.set_device_token(args.device_id, tokens.hash_secret(token)):
-        raise Failed("no such device: %s" % args.device_id)
-    if args.json:
-        out.write(json.dumps({"id": args.device_id, "token": token}, indent=2) + "\n")
-    else:
-        out.write(
-            "new token for device %s, shown this once (the old one no longer opens a "
-            "connection; one open now stays up until it ends):\n%s\n" % (args.device_id, token)
-        )
+def _devices_text(devices: list[dict[str, Any]]) -> str:
+    rows = [[d["id"], d["name"], d["account_id"], _when(d["last_seen"]),
+             str(d["info"].get("fw_version", "-"))] for d in devices]
+    return _table(rows, ["ID", "NAME", "ACCOUNT", "LAST SEEN", "FIRMWARE"]) + "\n"
 
 
-MAX_NAME_LENGTH = 128  # as the REST API's
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """What can be refused before the store is opened (and Twisted loaded)."""
-    if getattr(args, "name", None) is not None:
-        args.name = args.name.strip()
-        if not args.name:
-            raise Failed("--name must be a non-empty string")
-        if len(args.name) > MAX_NAME_LENGTH:
-            raise Failed("--name must be at most %d characters" % MAX_NAME_LENGTH)
-    if getattr(args, "expires_in", None) is not None and not args.expires_in > 0:
-        raise Failed("--expires-in must be a number of days greater than 0")
-
-
-STORE_COMMANDS = {
-    ("keys", "list"): keys_list,
-    ("keys", "create"): keys_create,
-    ("keys", "revoke"): keys_revoke,
-    ("devices", "list"): devices_list,
-    ("devices", "register"): devices_register,
-    ("devices", "delete"): devices_delete,
-    ("devices", "rotate-token"): devices_rotate,
+TEXT = {
+    "keys list": _keys_text,
+    "keys create": lambda k: ("created API key %s (account %s); its secret, shown this once:"
+                              "\n%s\n" % (k["id"], k["account_id"], k["key"])),
+    "keys revoke": lambda r: "revoked API key %s; it opens nothing from now on\n" % r["id"],
+    "devices list": _devices_text,
+    "devices register": lambda d: ("registered device %s (%s); its token, shown this once:"
+                                   "\n%s\n" % (d["id"], d["name"], d["token"])),
+    "devices delete": lambda d: "deleted device %s\n" % d["id"],
+    "devices rotate-token": lambda d: (
+        "new token for device %s, shown this once (the old one opens nothing from now on, "
+        "and a connection made with it is closed):\n%s\n" % (d["id"], d["token"])),
 }
 
 
@@ -346,43 +303,51 @@ def check_postgres_schema(config: configuration.Config) -> None:
         )
 
 
-def run_store_command(path: str | None, args: argparse.Namespace, out: Any,
-                      config: configuration.Config | None = None) -> None:
+def run_on_store(path: str | None, config: configuration.Config, command: str,
+                 arguments: dict[str, Any]) -> dict[str, Any]:
+    """Run a console command on the store itself (no dashd runs here): the
+    application over it, with nothing connected. Answer as dashd's control
+    socket does."""
     from twisted.internet import task
+    from twisted.internet.defer import ensureDeferred
 
     if path is None:
-        assert config is not None
         check_postgres_schema(config)
     else:
         check_schema(path)
-    failure: list[BaseException] = []
+    answers: list[dict[str, Any]] = []
 
     async def main(reactor: Any) -> None:
-        store = open_store(path, config, reactor)  # type: ignore[arg-type]
+        from dashd.app import console
+        from dashd.app.application import build_application
+        from dashd.app.auth import Authenticator
+        from dashd.app.fleet import Fleet
+        from dashd.channel.hub import LocalHub
+        from dashd.channel.router import LocalRouter
+        from dashd.domain.errors import DomainError, to_wire
+
+        store = open_store(path, config, reactor)
         store.start()
         try:
-            command = STORE_COMMANDS[(args.area, args.action)]
-            if command in (devices_register, devices_delete):
-                await command(store, args, out, reactor)
+            fleet = Fleet(store, LocalRouter(), LocalHub(), reactor, config)
+            app = build_application(fleet, Authenticator(store, reactor))
+            try:
+                done = await console.run(app, command, arguments)
+            except DomainError as e:
+                answers.append({"error": to_wire(e)})
             else:
-                await command(store, args, out)
-        except BaseException as e:  # reported after the reactor stopped
-            failure.append(e)
+                answers.append({"result": done.result})
         finally:
             await store.stop()
 
-    def run(reactor: Any) -> Any:
-        from twisted.internet.defer import ensureDeferred
-
-        return ensureDeferred(main(reactor))
-
     try:
-        task.react(run)
+        task.react(lambda reactor: ensureDeferred(main(reactor)))
     except SystemExit as e:
         if e.code not in (0, None):
             raise Failed("the command failed")
-    if failure:
-        raise failure[0]
+    if not answers:
+        raise Failed("the command failed")
+    return answers[0]
 
 
 # Backup and restore (plain sqlite3: no reactor needed)
@@ -420,7 +385,7 @@ def _counts(conn: sqlite3.Connection) -> tuple[int, int]:
     return devices, keys
 
 
-def backup(path: str, destination: str, out: Any) -> None:
+def backup(path: str, destination: str, out: Any, as_json: bool = False) -> None:
     destination = os.path.abspath(destination)
     if os.path.exists(destination):
         raise Failed("%s exists already: choose a new file name" % destination)
@@ -445,6 +410,10 @@ def backup(path: str, destination: str, out: Any) -> None:
         source.close()
         if os.path.exists(tmp):
             os.unlink(tmp)
+    if as_json:
+        out.write(json.dumps({"file": destination, "devices": devices, "keys": keys,
+                              "schema": version}, indent=2) + "\n")
+        return
     out.write("backed up %d device(s) and %d key(s) to %s (schema version %d)\n"
               % (devices, keys, destination, version))
 
@@ -474,9 +443,7 @@ def check_backup(source: str) -> tuple[int, int, int]:
     return version, devices, keys
 
 
-def restore(data_dir: str, source: str, out: Any) -> None:
-    from dashd.ops.lifecycle import DataDirInUse, DataDirLock
-
+def restore(data_dir: str, source: str, out: Any, as_json: bool = False) -> None:
     version, devices, keys = check_backup(source)
     path = os.path.join(data_dir, DATABASE_FILE)
     lock = DataDirLock(data_dir)
@@ -515,6 +482,11 @@ def restore(data_dir: str, source: str, out: Any) -> None:
                 os.unlink(tmp)
     finally:
         lock.release()
+    if as_json:
+        out.write(json.dumps({"file": os.path.abspath(source), "devices": devices, "keys": keys,
+                              "schema": version, "previous": previous,
+                              "migrates_to": max(version, latest_schema())}, indent=2) + "\n")
+        return
     out.write("restored %d device(s) and %d key(s) from %s (schema version %d)\n"
               % (devices, keys, source, version))
     if previous:
@@ -579,22 +551,23 @@ def main(argv: list[str] | None = None, out: Any = None) -> int:
         if args.area == "config":
             out.write(configuration.dump(config, source))
             return 0
-        check_arguments(args)
         data_dir = config["data_dir"]
         if config["store.url"]:
             # The store is on PostgreSQL (cluster mode).
             if args.area in ("backup", "restore"):
                 raise Failed("backup and restore copy the SQLite store; this dashd's store is "
                              "on PostgreSQL (store.url): use pg_dump and pg_restore")
-            run_store_command(None, args, out, config)
+            if os.path.isdir(data_dir):
+                check_owner(data_dir)
+            run_console_command(config, None, args, out)
             return 0
         path = check_data_dir(data_dir, need_store=args.area != "restore")
         if args.area == "backup":
-            backup(path, args.file, out)
+            backup(path, args.file, out, args.json)
         elif args.area == "restore":
-            restore(data_dir, args.file, out)
+            restore(data_dir, args.file, out, args.json)
         else:
-            run_store_command(path, args, out)
+            run_console_command(config, path, args, out)
     except Failed as e:
         print("dashctl: error: %s" % e, file=sys.stderr)
         return 1

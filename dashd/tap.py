@@ -11,7 +11,8 @@ from typing import Any
 from twisted.python import usage
 
 from dashd import config as configuration
-from dashd.assembly import DashdService
+from dashd.assembly import build
+from dashd.ops.services import DashdService
 
 
 class Options(usage.Options):
@@ -73,4 +74,4 @@ def makeService(options: Options, reactor: Any = None) -> DashdService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    return DashdService(options["effective"], reactor)
+    return build(options["effective"], reactor)

@@ -111,6 +111,12 @@ class _RecordingStore:
         return fail(RuntimeError("disk full")) if self.fail else succeed(len(entries))
 
 
+def _entry(path: str) -> dict:
+    from dashd.api.audit import entry_for
+
+    return entry_for(_Request(path), 0.0)
+
+
 class _Request:
     def __init__(self, path: str) -> None:
         from dashd.domain.model import ApiKey
@@ -129,7 +135,7 @@ def test_entries_of_one_reactor_turn_are_one_store_job():
     store, clock = _RecordingStore(), Clock()
     audit = AuditLog(store, clock)
     for i in range(3):
-        audit.observe(_Request("/api/v2/devices/d%d/rpc/X" % i))
+        audit.record(_entry("/api/v2/devices/d%d/rpc/X" % i))
     assert store.jobs == [] and audit.pending == 3
     clock.advance(0)
     assert [[e["device_id"] for e in job] for job in store.jobs] == [["d0", "d1", "d2"]]
@@ -144,13 +150,13 @@ def test_stopping_hands_over_what_waits_and_failures_count_every_entry():
     store, clock = _RecordingStore(), Clock()
     audit = AuditLog(store, clock)
     audit.startService()
-    audit.observe(_Request("/api/v2/devices/d1"))
+    audit.record(_entry("/api/v2/devices/d1"))
     audit.stopService()  # before the reactor turns again: the store is still open
     assert [len(job) for job in store.jobs] == [1]
     assert clock.getDelayedCalls() == []
     store.fail = True
-    audit.observe(_Request("/api/v2/devices/d2"))
-    audit.observe(_Request("/api/v2/devices/d3"))
+    audit.record(_entry("/api/v2/devices/d2"))
+    audit.record(_entry("/api/v2/devices/d3"))
     with capturedLogs() as events:
         clock.advance(0)
     assert audit.pending == 0

@@ -9,7 +9,10 @@ tests/test_cluster_faults.py.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 from typing import Iterator
 
 import pytest
@@ -27,7 +30,10 @@ from support import (
     sleep,
     subscribe,
     within,
+    write_toml,
 )
+
+DASHCTL = os.path.join(os.path.dirname(sys.executable), "dashctl")
 
 pytestmark = pytest.mark.cluster
 
@@ -357,6 +363,62 @@ async def test_concurrent_shadow_writes_through_both_nodes_lose_nothing(cluster,
         assert shadow["version"] == 45 + before
     finally:
         await sim.stop()
+
+
+def dashctl(config_path: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DASHCTL, "--config", config_path, *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashctl_on_one_node_cuts_streams_and_devices_on_the_other(cluster, a, b):
+    key = await a.post("/api/v2/keys", {"name": "watcher", "kind": "read-only"})
+    SECRETS.add(key.body["key"])
+    stream = await subscribe(cluster.nodes[1], key.body["key"])
+    device_id, token = await a.register()
+    sim = await connect_device(cluster.nodes[1], token, reconnect=False)
+    await device_online(a, device_id)
+
+    node0 = cluster.nodes[0].config_path
+    revoked = dashctl(node0, "keys", "revoke", key.body["id"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert await within(stream.closed, 5) == (4001, "API key revoked")
+
+    closed = sim.wait_closed()
+    rotated = dashctl(node0, "--json", "devices", "rotate-token", device_id)
+    assert rotated.returncode == 0, rotated.stderr
+    SECRETS.add(json.loads(rotated.stdout)["token"])
+    await within(closed, 5)
+    assert (sim.close_code, sim.close_reason) == (4003, "device token rotated")
+
+    sim = await connect_device(cluster.nodes[1], json.loads(rotated.stdout)["token"],
+                               reconnect=False)
+    await device_online(a, device_id)
+    closed = sim.wait_closed()
+    deleted = dashctl(node0, "devices", "delete", device_id)
+    assert deleted.returncode == 0, deleted.stderr
+    await within(closed, 5)
+    assert (sim.close_code, sim.close_reason) == (4004, "device deleted")
+
+
+def test_without_a_node_here_dashctl_refuses_what_other_nodes_must_cut(cluster, tmp_path):
+    """No node runs on this machine: the revocation could not reach the
+    streams other nodes hold, so dashctl says so instead of half doing it."""
+    config = tmp_path / "elsewhere.toml"
+    write_toml(str(config), {"data_dir": str(tmp_path / "data"),
+                             "store": {"url": cluster.store_url},
+                             "cluster": {"redis_url": cluster.redis_url,
+                                         "namespace": cluster.namespace}})
+    for command in (["keys", "revoke", "knope"], ["devices", "delete", "dnope"],
+                    ["devices", "rotate-token", "dnope"]):
+        result = dashctl(str(config), *command)
+        assert result.returncode == 1
+        assert ("dashctl: error: no dashd runs on this machine, and this store is shared by a "
+                "cluster: other nodes may hold what '%s' must cut; run dashctl where a node "
+                "runs\n" % " ".join(command[:2])) == result.stderr
+    listed = dashctl(str(config), "--json", "keys", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert cluster.admin_key.split(".")[0] in [k["id"] for k in json.loads(listed.stdout)]
 
 
 def test_cluster_mode_needs_postgresql(tmp_path):

@@ -1,15 +1,18 @@
 """
 dashctl, run as a command against the data directory of a real dashd,
-while it runs (keys, devices, backup) and while it is stopped (restore).
+while it runs (keys and devices through its control socket, backup) and
+while it is stopped (keys and devices on the store itself, restore).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 import pytest_twisted
@@ -20,8 +23,11 @@ from support import (
     DashdProcess,
     connect_device,
     device_online,
-    eventually,
     raw_handshake,
+    sleep,
+    subscribe,
+    within,
+    write_toml,
 )
 
 DASHCTL = os.path.join(os.path.dirname(sys.executable), "dashctl")
@@ -64,11 +70,7 @@ async def test_keys_create_list_revoke_while_dashd_runs(server: DashdProcess, ad
 
     text = ok(dashctl(server, "keys", "revoke", created["id"]))
     assert "revoked API key %s" % created["id"] in text
-
-    async def refused() -> bool:
-        return (await new.get("/api/v2/devices")).status == 401
-
-    await eventually(refused, 8)  # dashd caches a valid key for 5 s
+    assert (await new.get("/api/v2/devices")).status == 401  # at once
 
 
 def test_keys_bad_input(server: DashdProcess):
@@ -210,23 +212,159 @@ async def test_backup_while_running_and_restore_while_stopped(own_server: DashdP
 
 
 @pytest.mark.parametrize("server", ["postgresql"], indirect=True)
-def test_on_postgresql_backup_is_pg_dump_s_and_schemas_are_checked(server: DashdProcess):
+def test_on_postgresql_backup_is_pg_dump_s_and_schemas_are_checked(server: DashdProcess,
+                                                                   tmp_path):
     import psycopg
 
     assert "use pg_dump and pg_restore" in error(dashctl(server, "backup", "/tmp/x"))
     assert "use pg_dump and pg_restore" in error(dashctl(server, "restore", "/tmp/x"))
+    # A machine where no dashd runs on that store: dashctl works on the
+    # store itself, and checks its schema first (a running dashd checked
+    # its own when it started).
+    elsewhere = tmp_path / "elsewhere.toml"
+    write_toml(str(elsewhere), {"data_dir": str(tmp_path / "data"),
+                                "store": {"url": server.store_url}})
     with psycopg.connect(server.store_url, autocommit=True) as conn:
         (version,) = conn.execute("SELECT version FROM dashd_schema").fetchone()
         conn.execute("UPDATE dashd_schema SET version = 99")
         try:
-            assert "newer dashd (schema 99" in error(dashctl(server, "keys", "list"))
+            assert "newer dashd (schema 99" in error(
+                dashctl(None, "keys", "list", config=str(elsewhere)))
         finally:
             conn.execute("UPDATE dashd_schema SET version = %s", (version,))
-    assert ok(dashctl(server, "keys", "list"))
+    assert server.admin_key.split(".")[0] in ok(dashctl(None, "keys", "list",
+                                                        config=str(elsewhere)))
 
 
-def test_name_rule_is_the_rest_apis():
-    from dashd import ctl
-    from dashd.api import base
+# dashctl through the running dashd (its control socket), and on the store
+# itself when dashd is stopped: the same use cases as the REST API.
 
-    assert ctl.MAX_NAME_LENGTH == base.MAX_NAME_LENGTH
+
+@pytest_twisted.ensureDeferred
+async def test_dashctl_revoke_respects_expiry(own_server: DashdProcess):
+    """With one live admin key and one expired, the live one is the last
+    that opens anything: dashctl refuses to revoke it, as the REST API does,
+    whether dashd runs or not."""
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    reply = await admin.post("/api/v2/keys", {"name": "brief", "expires": time.time() + 1.0})
+    assert reply.status == 200, reply
+    SECRETS.add(reply.body["key"])
+    await sleep(1.2)
+    live = own_server.admin_key.split(".")[0]
+    assert (await admin.delete("/api/v2/keys/" + live)).status == 409
+    message = error(dashctl(own_server, "keys", "revoke", live))
+    assert "%s is the account's last admin key; create another first" % live in message
+    own_server.stop()
+    message = error(dashctl(own_server, "keys", "revoke", live))
+    assert "%s is the account's last admin key; create another first" % live in message
+    await own_server.start_async()
+    assert (await admin.get("/api/v2/devices")).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashctl_revoke_closes_the_key_s_streams_at_once(server: DashdProcess,
+                                                               admin: Client):
+    created = json.loads(ok(dashctl(server, "--json", "keys", "create", "--name", "watcher")))
+    SECRETS.add(created["key"])
+    watcher = Client(server, created["key"])
+    assert (await watcher.get("/api/v2/devices")).status == 200  # cached by dashd now
+    subscriber = await subscribe(server, created["key"])
+    text = ok(dashctl(server, "keys", "revoke", created["id"]))
+    assert text == "revoked API key %s; it opens nothing from now on\n" % created["id"]
+    assert await within(subscriber.closed, 5) == (4001, "API key revoked")
+    reply = await watcher.get("/api/v2/devices")  # at once, not once the cache expires
+    assert (reply.status, reply.error["message"]) == (401, "unknown API key")
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashctl_rotate_and_delete_cut_the_device_s_connection(server: DashdProcess,
+                                                                     admin: Client):
+    device_id, token = await admin.register("to be cut")
+    sim = await connect_device(server, token, reconnect=False)
+    await device_online(admin, device_id)
+    closed = sim.wait_closed()
+    rotated = json.loads(ok(dashctl(server, "--json", "devices", "rotate-token", device_id)))
+    SECRETS.add(rotated["token"])
+    await within(closed, 5)
+    assert (sim.close_code, sim.close_reason) == (4003, "device token rotated")
+    await device_online(admin, device_id, online=False)
+
+    sim = await connect_device(server, rotated["token"], reconnect=False)
+    await device_online(admin, device_id)
+    closed = sim.wait_closed()
+    ok(dashctl(server, "devices", "delete", device_id))
+    await within(closed, 5)
+    assert (sim.close_code, sim.close_reason) == (4004, "device deleted")
+    reply = await admin.get("/api/v2/devices/%s/rpc/Sys.GetInfo" % device_id)
+    assert (reply.status, reply.error["message"]) == (404, "no such device: %s" % device_id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashctl_changes_are_in_the_audit_log(server: DashdProcess, admin: Client):
+    registered = json.loads(ok(dashctl(server, "--json", "devices", "register")))
+    SECRETS.add(registered["token"])
+    ok(dashctl(server, "devices", "delete", registered["id"]))
+    entries = (await admin.get("/api/v2/audit?start=-50&limit=50")).body["entries"]
+    mine = [(e["key_id"], e["method"], e["path"], e["status"]) for e in entries
+            if e["device_id"] == registered["id"]]
+    assert mine == [
+        ("dashctl", "DASHCTL", "devices register %s" % registered["id"], 200),
+        ("dashctl", "DASHCTL", "devices delete %s" % registered["id"], 200),
+    ]
+
+
+@pytest.mark.parametrize("own_server", ["sqlite"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_with_dashd_stopped_dashctl_works_on_the_store(own_server: DashdProcess):
+    await own_server.start_async()
+    own_server.stop()
+    assert not os.path.exists(os.path.join(own_server.data_dir, "control.sock"))
+    registered = json.loads(ok(dashctl(own_server, "--json", "devices", "register",
+                                       "--name", "offline")))
+    SECRETS.add(registered["token"])
+    created = json.loads(ok(dashctl(own_server, "--json", "keys", "create")))
+    SECRETS.add(created["key"])
+    ok(dashctl(own_server, "keys", "revoke", created["id"]))
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    assert (await admin.device(registered["id"]))["name"] == "offline"
+    assert (await Client(own_server, created["key"]).get("/api/v2/devices")).status == 401
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+def test_control_socket_answers_bad_requests_and_carries_on(server: DashdProcess):
+    path = os.path.join(server.data_dir, "control.sock")
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+    def ask(*lines: bytes) -> list[dict]:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(b"".join(lines))
+            received = b""
+            while received.count(b"\n") < len(lines):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        return [json.loads(line) for line in received.splitlines()]
+
+    assert ask(b"{{{\n", b'["keys list"]\n', b'{"command": "keys frobnicate"}\n',
+               b'{"command": "keys list", "args": 3}\n',
+               b'{"command": "keys revoke", "args": {"key_id": "knope"}}\n') == [
+        {"error": {"kind": "Invalid", "message":
+                   "the request is not JSON: Expecting property name enclosed in double "
+                   "quotes: line 1 column 2 (char 1)"}},
+        {"error": {"kind": "Invalid",
+                   "message": 'a request is {"command": NAME, "args": {...}}'}},
+        {"error": {"kind": "Invalid", "message": "unknown command: keys frobnicate",
+                   "field": "command"}},
+        {"error": {"kind": "Invalid", "message": "the arguments must be a JSON object",
+                   "field": "args"}},
+        {"error": {"kind": "NotFound", "message": "no such key: knope"}},
+    ]
+    [too_long] = ask(b'{"command": "' + b"x" * 70000 + b'"}\n')
+    assert too_long == {"error": {"kind": "Invalid", "message": "the request is over 65536 bytes"}}
+    [listed] = ask(b'{"command": "keys list"}\n')
+    assert server.admin_key.split(".")[0] in [k["id"] for k in listed["result"]]

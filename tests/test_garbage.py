@@ -27,7 +27,7 @@ from twisted.internet import reactor, tcp
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
-from dashd.errors import ApiError
+from dashd.domain.errors import DomainError
 from dashd.tap import Options, makeService
 from dashd.api.site import DashdRequest
 from dashd.channel.websocket import DeviceProtocol, NotifyProtocol
@@ -48,7 +48,7 @@ SERVER_SIDE = (DeviceProtocol, NotifyProtocol, HTTPChannel, DashdRequest, tcp.Se
 def _dashd_garbage(objects: list[Any]) -> list[str]:
     found = []
     for o in objects:
-        if isinstance(o, SERVER_SIDE) or (isinstance(o, Failure) and isinstance(o.value, ApiError)):
+        if isinstance(o, SERVER_SIDE) or (isinstance(o, Failure) and isinstance(o.value, DomainError)):
             found.append(type(o).__qualname__ if not isinstance(o, Failure) else
                          "Failure(%s)" % type(o.value).__name__)
     return sorted(found)
@@ -105,7 +105,7 @@ async def test_connections_calls_and_refusals_leave_no_cycles(tmp_path):
         device.stop()
         await device_online(admin, registered[0][0], online=False)
 
-        router = server.service.fleet.router
+        router = server.service.parts.fleet.router
 
         # Only the door's requests from here on: Klein's own dispatch leaves
         # cycles of its own (docs/performance.md), so device_online (a GET

@@ -82,8 +82,8 @@ async def test_devices_keys_and_sharing(store):
     assert [d.id for d in await store.list_devices("b1")] == [device.id]
     assert await store.list_devices("zz") == []
     with pytest.raises(LastAdminKey):
-        await store.delete_key(key.id, account.id)
-    assert await store.delete_key("knope", account.id) is False
+        await store.delete_key(key.id, account.id, now=0.0)
+    assert await store.delete_key("knope", account.id, now=0.0) is False
 
 
 @pytest_twisted.ensureDeferred

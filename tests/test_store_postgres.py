@@ -125,7 +125,7 @@ async def test_two_nodes_cannot_revoke_the_last_two_admin_keys_together(database
         await one.bootstrap_admin_key(first, "h" * 64, account)
         await one.create_key(second, "j" * 64)
         outcomes = []
-        for d in (one.delete_key(first.id, account.id), two.delete_key(second.id, account.id)):
+        for d in (one.delete_key(first.id, account.id, 0.0), two.delete_key(second.id, account.id, 0.0)):
             try:
                 outcomes.append(await d)
             except LastAdminKey as e:

@@ -9,21 +9,15 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
-from dashd.api.base import ApiBase, app, client_address
-from dashd.app.auth import bearer_secret
-from dashd.errors import Unauthorized
+from dashd.api.base import ApiBase, app, bearer_secret, client_address
+from dashd.channel.websocket import Handover
+from dashd.domain.errors import Unauthenticated
 from dashd.domain.model import Device
-from dashd.channel.websocket import DeviceFactory, Handover, NotifyFactory
 
 log = Logger()
 
 
 class ChannelRoutes(ApiBase):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.device_factory = DeviceFactory(self.config, self.reactor)
-        self.notify_factory = NotifyFactory(self.config, self.reactor)
-
     # The Klein routes stay for the OpenAPI description; requests come in
     # through dashd.api.door, which calls the two methods after them.
 
@@ -42,14 +36,16 @@ class ChannelRoutes(ApiBase):
         # fleet with a wrong token is refused all day.
         try:
             secret = bearer_secret(request)
-        except Unauthorized:
+        except Unauthenticated:
             return fail()
-        d = self.auth.device(secret, client_address(request))
+        d = self.application.auth.device(secret, client_address(request))
         return d.addCallback(self._device_channel)
 
     def _device_channel(self, device: Device) -> Any:
-        return WebSocketResource(Handover(self.device_factory, device=device, fleet=self.fleet))
+        return WebSocketResource(Handover(self.device_factory, device=device,
+                                          fleet=self.application.fleet))
 
     async def notify_channel_resource(self, request: Any) -> Any:
         key = await self.authenticate(request)
-        return WebSocketResource(Handover(self.notify_factory, key=key, hub=self.fleet.hub))
+        return WebSocketResource(Handover(self.notify_factory, key=key,
+                                          hub=self.application.fleet.hub))

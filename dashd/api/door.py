@@ -13,9 +13,9 @@ rest of an RPC call. Worse, requests in flight when a collection ran were
 promoted with that garbage to the oldest generation, whose collection walks
 every object of every connected device: pauses of 0.1-0.9 s with 10,000
 devices (docs/performance.md). The handlers are the API's own methods, and
-failures go through the same error handlers as on the Klein routes, so the
-answers are the same either way; the Klein routes stay for HEAD and for the
-OpenAPI description.
+failures are answered by the same table as on the Klein routes
+(L{dashd.api.status}), so the answers are the same either way; the Klein
+routes stay for HEAD and for the OpenAPI description.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from dashd.errors import ApiError
-from dashd.store import StoreError
+from dashd.api import status
 
 log = Logger()
 
@@ -78,14 +77,8 @@ class Door(Resource):
                 if not failure.check(CancelledError):
                     log.failure("a request failed after it ended", failure)
                 return
-            # The Klein app's error handlers (dashd.api.base), in their order.
-            if failure.check(ApiError):
-                body = self._api.api_error(request, failure)
-            elif failure.check(StoreError):
-                body = self._api.store_error(request, failure)
-            else:
-                body = self._api.unexpected(request, failure)
-            _deliver(body, request)
+            # The one answer to every failure, as on the Klein routes.
+            _deliver(status.render(request, failure), request)
         finally:
             _let_go(failure)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashd.api.base import MAX_NAME_LENGTH
 from dashd.config import Config
+from dashd.domain.model import MAX_NAME_LENGTH
 
 JSON = "application/json"
 

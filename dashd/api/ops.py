@@ -25,18 +25,13 @@ from twisted.internet.defer import TimeoutError
 
 from dashd import __version__
 from dashd.api import openapi
-from dashd.api.base import ApiBase, app, json_bytes
-from dashd.app.auth import bearer_secret
-from dashd.errors import ServiceUnavailable, Unauthorized
+from dashd.api.base import ApiBase, app, bearer_secret, json_bytes
+from dashd.domain.errors import Unauthenticated, Unavailable
 
 STORE_PING_TIMEOUT = 2.0
 
 
 class OpsRoutes(ApiBase):
-    # Set by dashd.assembly.DashdService (None in a bare Api).
-    metrics: Any = None
-    readiness: Any = None
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._metrics_allow = [
@@ -54,27 +49,26 @@ class OpsRoutes(ApiBase):
         request.setHeader(b"cache-control", b"no-store")
         readiness = self.readiness
         if readiness is not None and not readiness.serving:
-            raise ServiceUnavailable("not ready: dashd is %s" % readiness.state,
-                                     headers={"Retry-After": "5"})
+            raise Unavailable("not ready: dashd is %s" % readiness.state, retry_after=5)
         try:
-            await self.fleet.store.ping().addTimeout(STORE_PING_TIMEOUT, self.reactor)
+            await self.application.ping().addTimeout(STORE_PING_TIMEOUT, self.reactor)
         except TimeoutError:
-            raise ServiceUnavailable("not ready: the store did not answer within %gs"
-                                     % STORE_PING_TIMEOUT, headers={"Retry-After": "5"})
-        # A closed store raises StoreError, which the base handler answers with 503.
+            raise Unavailable("not ready: the store did not answer within %gs"
+                              % STORE_PING_TIMEOUT, retry_after=5)
+        # A closed store fails with StoreError, an Unavailable (503) too.
         return self.json(request, {"status": "ready"})
 
     @app.route("/metrics", methods=["GET"])
     async def metrics_page(self, request: Any) -> bytes:
         if not self._allowed_without_key(request):
             if bearer_secret(request) is None:
-                raise Unauthorized(
+                raise Unauthenticated(
                     "/metrics needs an API key from this address (Authorization: Bearer KEY); "
                     "metrics.allow lists the networks that need none"
                 )
             await self.authenticate(request)
         if self.metrics is None:
-            raise ServiceUnavailable("metrics are not set up")
+            raise Unavailable("metrics are not set up")
         from dashd.ops.metrics import CONTENT_TYPE
 
         request.setHeader(b"content-type", CONTENT_TYPE.encode("ascii"))

@@ -396,6 +396,7 @@ class DashdSite(Site):
         request_timeout: float = 30.0,
         cors_origins: list[str] | None = None,
         reactor: Any = None,
+        spool_rules: list[SpoolRule] | None = None,
     ) -> None:
         super().__init__(
             resource, timeout=idle_timeout, logFormatter=masked_log_formatter, reactor=reactor
@@ -414,9 +415,9 @@ class DashdSite(Site):
         self.draining = False
         self.in_flight: set[Request] = set()
         self._idle_waiters: list[Deferred[None]] = []
-        # Called with each finished request (for metrics).
+        # Called with each finished request (metrics, the audit log).
         self.request_observers: list[Callable[[Request], None]] = []
-        self.spool_rules: list[SpoolRule] = []
+        self.spool_rules = list(spool_rules or ())
 
     def spool_rule(self, method: bytes, uri: bytes) -> SpoolRule | None:
         path = uri.split(b"?", 1)[0]

@@ -21,7 +21,7 @@ from typing import Any
 
 from dashd import __version__
 from dashd.api.base import ApiBase, app
-from dashd.errors import NotFound
+from dashd.domain.errors import NotFound
 
 UI_PACKAGE = "dashd.ui"
 

@@ -1,10 +1,9 @@
 """
-The audit log: who (the API key), what (method and path), on which device,
-when, and with what outcome (status, and the error message if any), for
-every change and every device call made through the REST API. Reads
-(``GET`` other than an RPC call, and ``POST /logs``, a query with a JSON
-body) are not recorded; nor are requests that never authenticated (failed
-authentications are in the log).
+The audit log: who (the API key, or ``dashctl``), what (method and path, or
+the dashctl command), on which device, when, and with what outcome (status,
+and the error message if any), for every change and every device call made
+through the REST API (L{dashd.api.audit.entry_for}) or dashctl
+(L{dashd.ops.control}).
 
 Entries are written after the answer has been sent: auditing never delays a
 request. The entries of one reactor turn go to the store together, as one
@@ -17,14 +16,12 @@ than growing dashd's memory.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Request
 
 from dashd.batching import TurnBatch
 from dashd.store import IStore
@@ -34,41 +31,8 @@ log = Logger()
 MAX_PENDING = 10000
 WARN_EVERY = 60.0
 
-_DEVICE_PATH = re.compile(r"^/api/v2/devices/([^/]+)")
-_NOT_DEVICES = ("data",)
-# Reads that are POSTs (their query is a JSON body).
-_READS = ("/api/v2/logs",)
-
-
-def entry_for(request: Request, now: float) -> dict[str, Any] | None:
-    """The audit entry for a finished request, or None if it is not audited."""
-    key = getattr(request, "dashd_key", None)
-    if key is None:
-        return None
-    method = request.method.decode("latin-1")
-    path = request.path.decode("utf-8", "replace")
-    if not path.startswith("/api/v2/"):
-        return None
-    if method in ("GET", "HEAD", "OPTIONS") and "/rpc/" not in path:
-        return None
-    if path in _READS:
-        return None
-    m = _DEVICE_PATH.match(path)
-    device_id = m.group(1) if m and m.group(1) not in _NOT_DEVICES else None
-    return {
-        "t": now,
-        "account_id": key.account_id,
-        "key_id": key.id,
-        "method": method,
-        "path": path,
-        "device_id": device_id,
-        "status": request.code,
-        "error": getattr(request, "dashd_error", None),
-    }
-
-
 class AuditLog(Service):
-    """A request observer of the Site that stores audit entries."""
+    """Stores audit entries, a reactor turn's worth at a time."""
 
     def __init__(self, store: IStore, clock: IReactorTime) -> None:
         self.store = store
@@ -79,8 +43,8 @@ class AuditLog(Service):
         self._lost = 0
         self._warned_at: float | None = None
 
-    def observe(self, request: Request) -> None:
-        entry = entry_for(request, self.clock.seconds())
+    def record(self, entry: dict[str, Any] | None) -> None:
+        """Store C{entry} (soon; None: nothing to store)."""
         if entry is None:
             return
         if self.pending >= MAX_PENDING:

@@ -14,37 +14,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dashd.domain import tokens
-from dashd.errors import TooManyRequests, Unauthorized
 from dashd.app.limits import FailureLimiter, TokenBucket, retry_after
+from dashd.domain import tokens
+from dashd.domain.errors import Busy, Unauthenticated
 from dashd.domain.model import ApiKey, Device
 from dashd.store import IStore
 
 log = Logger()
-
-
-def bearer_secret(request: Any) -> str | None:
-    """
-    The secret a request carries: ``Authorization: Bearer SECRET`` or
-    ``?access_token=SECRET``.
-
-    @raise Unauthorized: the Authorization header is there but malformed.
-    """
-    header = request.getHeader(b"authorization")
-    if header is not None:
-        scheme, _, value = header.decode("latin-1").strip().partition(" ")
-        value = value.strip()
-        if scheme.lower() != "bearer" or not value:
-            raise Unauthorized("the Authorization header must be \"Bearer SECRET\"")
-        return value
-    values = request.args.get(b"access_token")
-    if values:
-        try:
-            secret = values[0].decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise Unauthorized("the access_token is not valid UTF-8")
-        return secret or None
-    return None
 
 
 class Authenticator:
@@ -76,7 +52,7 @@ class Authenticator:
             return
         wait = self._failures.blocked(address)
         if wait:
-            raise TooManyRequests(
+            raise Busy(
                 "too many failed authentications from %s; try again in %d s"
                 % (address, retry_after(wait)),
                 retry_after=retry_after(wait),
@@ -97,8 +73,8 @@ class Authenticator:
 
     def api_key(self, secret: str | None, address: str | None = None) -> Deferred[ApiKey]:
         """The L{ApiKey} for C{secret}, counted against its rate limit.
-        @raise Unauthorized: no key, or a wrong or expired one.
-        @raise TooManyRequests: the key's rate, or the address's failures.
+        @raise Unauthenticated: no key, or a wrong or expired one.
+        @raise Busy: the key's rate, or the address's failures.
 
         A key in the cache is checked without a store job or a generator:
         this is on the path of every REST call."""
@@ -107,10 +83,10 @@ class Authenticator:
             key = self._cached_key(secret)
             if key is not None:
                 return succeed(self._admit(key))
-        except Unauthorized as e:
+        except Unauthenticated as e:
             self._failed(address, "REST", e.message)
             return fail()
-        except TooManyRequests:
+        except Busy:
             return fail()
         d = self._stored_key(secret)  # type: ignore[arg-type]
         d.addErrback(self._refused, address)
@@ -118,7 +94,7 @@ class Authenticator:
         return d
 
     def _refused(self, failure: Failure, address: str | None, door: str = "REST") -> Failure:
-        if failure.check(Unauthorized):
+        if failure.check(Unauthenticated):
             self._failed(address, door, failure.value.message)
         return failure
 
@@ -127,7 +103,7 @@ class Authenticator:
         if self._requests is not None:
             wait = self._requests.take(key.id)
             if wait:
-                raise TooManyRequests(
+                raise Busy(
                     "key %s is over its limit of %g requests a second"
                     % (key.id, self._requests.rate),
                     retry_after=retry_after(wait),
@@ -138,7 +114,7 @@ class Authenticator:
         """The key from the cache; None if the store must be asked (the
         key is not cached, or the secret may be a device token)."""
         if secret is None:
-            raise Unauthorized(
+            raise Unauthenticated(
                 "an API key is required: send \"Authorization: Bearer KEY\" or ?access_token=KEY"
             )
         key_id = tokens.key_id_of(secret)
@@ -152,9 +128,9 @@ class Authenticator:
 
     def _checked(self, secret: str, key: ApiKey, secret_hash: str, now: float) -> ApiKey:
         if not tokens.matches(secret, secret_hash):
-            raise Unauthorized("unknown API key")
+            raise Unauthenticated("unknown API key")
         if key.expired(now):
-            raise Unauthorized("API key %s has expired" % key.id)
+            raise Unauthenticated("API key %s has expired" % key.id)
         return key
 
     @inlineCallbacks
@@ -165,16 +141,16 @@ class Authenticator:
             if device_id is not None:
                 found = yield self._store.device_credentials(device_id)
                 if found is not None and tokens.matches(secret, found[1]):
-                    raise Unauthorized(
+                    raise Unauthenticated(
                         "this is a device token: it opens only the device channel "
                         "(/api/v2/rpc); use an API key here"
                     )
-            raise Unauthorized("unknown API key")
+            raise Unauthenticated("unknown API key")
         found = yield self._store.key_credentials(key_id)
         now = self._clock.seconds()
         if found is None:
             self._keys.pop(key_id, None)
-            raise Unauthorized("unknown API key")
+            raise Unauthenticated("unknown API key")
         key, secret_hash = found
         if len(self._keys) > 10000:
             self._keys.clear()
@@ -186,8 +162,8 @@ class Authenticator:
 
     def device(self, token: str | None, address: str | None = None) -> Deferred[Device]:
         """The L{Device} a token opens.
-        @raise Unauthorized: no token or a wrong one.
-        @raise TooManyRequests: too many failures from this address.
+        @raise Unauthenticated: no token or a wrong one.
+        @raise Busy: too many failures from this address.
 
         Callbacks rather than a generator: a refusal raised in a generator
         leaves its frames and the failure in a reference cycle, and a fleet
@@ -195,16 +171,16 @@ class Authenticator:
         try:
             self._check_address(address)
             d = self._device(token)
-        except TooManyRequests:
+        except Busy:
             return fail()
-        except Unauthorized as e:
+        except Unauthenticated as e:
             d = fail(e)
         d.addErrback(self._refused, address, "device channel")
         return d
 
     def _device(self, token: str | None) -> Deferred[Device]:
         if token is None:
-            raise Unauthorized(
+            raise Unauthenticated(
                 "a device token is required: send \"Authorization: Bearer TOKEN\" "
                 "or ?access_token=TOKEN"
             )
@@ -214,19 +190,19 @@ class Authenticator:
                 self._device_of, token)
         key_id = tokens.key_id_of(token)
         if key_id is None:
-            raise Unauthorized("unknown device token")
+            raise Unauthenticated("unknown device token")
         return self._store.key_credentials(key_id).addCallback(self._not_a_key, token)
 
     @staticmethod
     def _device_of(found: tuple[Device, str] | None, token: str) -> Device:
         if found is None or not tokens.matches(token, found[1]):
-            raise Unauthorized("unknown device token")
+            raise Unauthenticated("unknown device token")
         return found[0]
 
     @staticmethod
     def _not_a_key(found: tuple[ApiKey, str] | None, token: str) -> Device:
         if found is not None and tokens.matches(token, found[1]):
-            raise Unauthorized(
+            raise Unauthenticated(
                 "this is an API key: it cannot open the device channel; use the device's token"
             )
-        raise Unauthorized("unknown device token")
+        raise Unauthenticated("unknown device token")

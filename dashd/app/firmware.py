@@ -58,19 +58,24 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dashd.domain import tokens
-from dashd.config import Config
-from dashd.errors import (
-    ApiError,
-    Conflict,
-    DeviceError,
-    DeviceOffline,
-    DeviceTimeout,
-    TooManyRequests,
-)
+from dashd.app.devices import Devices
 from dashd.app.fleet import Fleet
-from dashd.channel.hub import Event
-from dashd.domain.model import Device
+from dashd.config import Config
+from dashd.domain import access, tokens
+from dashd.domain.errors import (
+    Busy,
+    Conflict,
+    DeviceFailed,
+    DomainError,
+    Forbidden,
+    Invalid,
+    Offline,
+    TimedOut,
+    TooLarge,
+    Unsupported,
+)
+from dashd.domain.events import Event
+from dashd.domain.model import ApiKey, Device
 
 log = Logger()
 
@@ -90,15 +95,12 @@ MAX_MANIFEST_BYTES = 65536
 MANIFEST_KEYS = ("name", "platform", "version", "build_id")
 
 
-class InvalidFirmware(ApiError):
-    """The file is not firmware dashd can send (400, or 415 for a kind it
-    does not know)."""
-
-    status = 400
+class InvalidFirmware(Invalid):
+    """The file is not firmware dashd can send."""
 
 
-class UnknownFirmwareKind(InvalidFirmware):
-    status = 415
+class UnknownFirmwareKind(Unsupported):
+    """A kind of file dashd does not know as firmware."""
 
 
 def firmware_kind(filename: str | None, content_type: str | None) -> str:
@@ -193,6 +195,10 @@ class _Update:
 
 
 class OtaManager:
+    """The firmware updates under way, and the use cases on them. It hears
+    of devices coming back through L{device_event} and L{device_info}, which
+    the builder (L{dashd.assembly}) connects to the fleet's observers."""
+
     def __init__(self, fleet: Fleet, config: Config, directory: str, reactor: Any) -> None:
         self.fleet = fleet
         self.config = config
@@ -203,8 +209,6 @@ class OtaManager:
         self._updates: dict[str, _Update] = {}
         # secret of a pull link -> its update (until used or expired).
         self._downloads: dict[str, _Update] = {}
-        fleet.info_observers.append(self._device_info)
-        fleet.event_observers.append(self._device_event)
 
     # Life cycle
 
@@ -288,11 +292,11 @@ class OtaManager:
         the device; C{pull_base_url} chooses pull mode. Return the status.
 
         @raise Conflict: an update of the device is under way.
-        @raise DeviceOffline: the device is not connected.
+        @raise Offline: the device is not connected.
         """
         self.check_not_running(device.id)
         if not self.fleet.router.is_online(device.id):
-            raise DeviceOffline("device %s is offline" % device.id)
+            raise Offline("device %s is offline" % device.id)
         previous = self._updates.pop(device.id, None)
         if previous is not None and previous.timer is not None and previous.timer.active():
             previous.timer.cancel()
@@ -407,16 +411,16 @@ class OtaManager:
 
         def failed(failure: Failure) -> None:
             error = failure.value
-            if isinstance(error, DeviceError):
+            if isinstance(error, DeviceFailed):
                 raise _Failed("the device refused %s: %s (code %s)"
                               % (method, error.message, error.code))
-            if isinstance(error, DeviceTimeout):
+            if isinstance(error, TimedOut):
                 raise _Failed("the device did not answer %s within %g s" % (method, timeout))
-            if isinstance(error, DeviceOffline):
+            if isinstance(error, Offline):
                 raise _Failed("the device went offline during %s" % method)
-            if isinstance(error, TooManyRequests):
+            if isinstance(error, Busy):
                 raise _Failed("the device has too many calls in flight for %s" % method)
-            if isinstance(error, ApiError):
+            if isinstance(error, DomainError):
                 # E.g. the device does not read its connection (503), or a
                 # chunk too large for the device channel (413).
                 raise _Failed("%s could not be sent: %s" % (method, error.message))
@@ -460,13 +464,15 @@ class OtaManager:
 
     # What the device says after the transfer
 
-    def _device_event(self, event: Event) -> None:
+    def device_event(self, event: Event) -> None:
+        """A fleet event observer: a device came back online."""
         if event.name == "online":
             update = self._updates.get(event.device_id)
             if update is not None and update.state in AWAITING:
                 update.reconnected = True
 
-    def _device_info(self, device: Device, info: dict[str, Any]) -> None:
+    def device_info(self, device: Device, info: dict[str, Any]) -> None:
+        """A fleet info observer: what a device said of itself."""
         update = self._updates.get(device.id)
         if update is None or update.state not in AWAITING or not update.reconnected:
             return
@@ -510,7 +516,7 @@ class OtaManager:
         Call OTA.Commit on the device; return the status.
 
         @raise Conflict: no update of the device awaits a commit.
-        @raise DeviceOffline, DeviceError, DeviceTimeout: the call failed.
+        @raise Offline, DeviceFailed, TimedOut: the call failed.
         """
         update = self._updates.get(device_id)
         if update is None or update.state != "uncommitted":
@@ -522,7 +528,7 @@ class OtaManager:
             await self.fleet.router.call(
                 update.device_id, "OTA.Commit", None, self.config["ota.step_timeout"]
             )
-        except ApiError as e:
+        except DomainError as e:
             update.status["reason"] = "OTA.Commit failed: %s" % e.message
             self._save(update)
             raise
@@ -536,7 +542,7 @@ class OtaManager:
         return update.status
 
     def _commit_failed_quietly(self, failure: Failure, update: _Update) -> None:
-        if failure.check(ApiError):
+        if failure.check(DomainError):
             log.info("device {id}: automatic OTA.Commit failed: {error}",
                      id=update.device_id, error=failure.getErrorMessage())
         else:
@@ -610,6 +616,84 @@ class OtaManager:
     def _save_failed(self, failure: Failure, update: _Update) -> None:
         log.warn("device {id}: could not store the OTA status: {error}",
                  id=update.device_id, error=failure.getErrorMessage())
+
+
+class Firmware:
+    """Firmware updates as people and tools ask for them: each use case
+    checks what the caller may do, then hands over to the L{OtaManager}."""
+
+    def __init__(self, ota: OtaManager, devices: Devices) -> None:
+        self._ota = ota
+        self._devices = devices
+
+    async def prepare(self, by: ApiKey, device_id: str) -> Device:
+        """Check, before the firmware file is taken in, that C{by} may
+        update the device's firmware and that none is being sent to it.
+        Fire with the device."""
+        device = await self._devices.visible(by, device_id)
+        access.require_owner(by, device, "update a device's firmware")
+        self._ota.check_not_running(device_id)
+        return device
+
+    async def start(
+        self,
+        device: Device,
+        path: str,
+        size: int,
+        filename: str | None,
+        content_type: str | None,
+        pull_base_url: str | None,
+        auto_commit: bool,
+        commit_timeout: int,
+    ) -> dict[str, Any]:
+        """Check the file at C{path} (which the manager now owns, and
+        deletes if it refuses it) and start sending it; C{pull_base_url}
+        chooses pull mode. Fire with the update's status."""
+        try:
+            limit = self._ota.config["ota.max_bytes"]
+            if size > limit:
+                raise TooLarge("the firmware file is %d bytes, more than the limit of %d"
+                               % (size, limit))
+            if size == 0:
+                raise Invalid("the firmware file is empty")
+            kind = firmware_kind(filename, content_type)
+            manifest = await self._ota.validate(path, kind)
+            return self._ota.start_update(
+                device, path, size, filename or ("firmware." + kind), kind, manifest,
+                pull_base_url=pull_base_url, auto_commit=auto_commit,
+                commit_timeout=commit_timeout,
+            )
+        except BaseException:
+            _delete(path)
+            raise
+
+    async def status(self, by: ApiKey, device_id: str) -> dict[str, Any] | None:
+        """The status of the device's last update, or None."""
+        await self._devices.visible(by, device_id)
+        if by.kind == access.RESTRICTED:
+            raise Forbidden("restricted keys may not read a device's firmware update status")
+        return await self._ota.fleet.store.get_ota_status(device_id)
+
+    async def commit(self, by: ApiKey, device_id: str) -> dict[str, Any]:
+        """C{OTA.Commit} on a device back with new firmware; fire with the
+        status."""
+        device = await self._devices.visible(by, device_id)
+        access.require_owner(by, device, "commit a device's firmware")
+        return await self._ota.commit(device_id)
+
+    def take_download(self, secret: str, use: bool = True) -> tuple[Any, str, int] | None:
+        """See L{OtaManager.take_download}: the link is its own credential."""
+        return self._ota.take_download(secret, use)
+
+    def served(self, update: Any, sent: int) -> None:
+        self._ota.served(update, sent)
+
+
+def _delete(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _cancelled() -> Deferred[Any]:

@@ -1,25 +1,30 @@
 """
-The fleet: what dashd does with devices, whoever asks for it.
+The fleet: the live side of devices, shared by every use case and by the
+device sessions: publishing what happens (to the hub and the observers),
+applying shadow changes and the info devices report, and calling devices
+wherever they are connected.
 
-The REST API and the device sessions both go through L{Fleet}, so that a
-shadow change publishes the same notification and reaches the device the
-same way whether a user or the device itself made it.
+Use cases (L{dashd.app.devices}) and the device sessions both go through
+L{Fleet}, so that a shadow change publishes the same notification and
+reaches the device the same way whether a user or the device itself made
+it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from dashd.domain import shadow, tokens
-from dashd.config import Config
-from dashd.errors import DeviceOffline
-from dashd.channel.hub import Event, IHub
-from dashd.domain.model import Device
+from dashd.channel.hub import IHub
 from dashd.channel.router import IRouter
+from dashd.config import Config
+from dashd.domain import shadow
+from dashd.domain.errors import Offline
+from dashd.domain.events import Event
+from dashd.domain.model import Device
 from dashd.store import IStore
 
 log = Logger()
@@ -65,43 +70,6 @@ class Fleet:
             except Exception:
                 log.failure("event observer {observer}", observer=observer)
 
-    # Devices
-
-    @inlineCallbacks
-    def register_device(
-        self, account_id: str, name: str | None, shared_with: tuple[str, ...] = ()
-    ) -> Any:
-        """Fire with C{(device, token)}; the token is never stored."""
-        device_id = tokens.new_id("d")
-        token = tokens.new_device_token(device_id)
-        device = Device(
-            id=device_id,
-            account_id=account_id,
-            name=name or device_id,
-            created=self.now(),
-            shared_with=shared_with,
-        )
-        device = yield self.store.create_device(device, tokens.hash_secret(token))
-        log.info("device {id} registered", id=device.id)
-        return device, token
-
-    @inlineCallbacks
-    def update_device(
-        self,
-        device_id: str,
-        name: str | None = None,
-        shared_with: tuple[str, ...] | None = None,
-        shadow_update: shadow.ShadowUpdate | None = None,
-    ) -> Any:
-        device, result = yield self.store.update_device(
-            device_id, name, shared_with, shadow_update, self.now()
-        )
-        if name is not None or shared_with is not None:
-            self.router.device_changed(device)
-        if result is not None:
-            self._shadow_changed(device, result)
-        return device
-
     # update_shadow and record_info run for every report and heartbeat of
     # thousands of devices: plain callbacks, cheaper than inlineCallbacks.
 
@@ -112,7 +80,7 @@ class Fleet:
         itself reports, so values of keys in C{tags.save} are stored."""
 
         def changed(outcome: tuple[Device, shadow.UpdateResult]) -> Any:
-            self._shadow_changed(*outcome)
+            self.shadow_changed(*outcome)
             return outcome
 
         d = self.store.update_shadow(device_id, update, self.now(), save_data=save_data)
@@ -130,7 +98,7 @@ class Fleet:
         def recorded(outcome: tuple[Device, shadow.UpdateResult | None]) -> Device:
             device, result = outcome
             if result is not None:
-                self._shadow_changed(device, result)
+                self.shadow_changed(device, result)
             for observer in self.info_observers:
                 try:
                     observer(device, info)
@@ -140,41 +108,20 @@ class Fleet:
 
         return self.store.record_info(device_id, info, update, self.now()).addCallback(recorded)
 
-    def _shadow_changed(self, device: Device, result: shadow.UpdateResult) -> None:
+    def shadow_changed(self, device: Device, result: shadow.UpdateResult) -> None:
+        """Tell subscribers, and the device if its desired state changed."""
         if not result.changed:
             return
         self.publish(device, "shadow.update", shadow.view(result.document))
         if result.desired_changed:
             self.router.desired_changed(device.id, result.document)
 
-    @inlineCallbacks
-    def rotate_token(self, device_id: str) -> Any:
-        """Give the device a new token; the old one stops working and a
-        connection opened with it is closed. Fire with the new token, or None
-        if there is no such device."""
-        token = tokens.new_device_token(device_id)
-        changed = yield self.store.set_device_token(device_id, tokens.hash_secret(token))
-        if not changed:
-            return None
-        self.router.disconnect(device_id, 4003, "device token rotated")
-        return token
-
-    @inlineCallbacks
-    def delete_device(self, device_id: str) -> Any:
-        deleted = yield self.store.delete_device(device_id)
-        if deleted:
-            self.router.disconnect(device_id, 4004, "device deleted")
-            log.info("device {id} deleted", id=device_id)
-        return deleted
-
     # Calls to devices
 
     def call(self, device: Device, method: str, params: Any, timeout: float) -> Deferred[Any]:
         if not self.router.is_online(device.id):
             # Answer at once, and do not announce a call that never happens.
-            from twisted.internet.defer import fail
-
-            d: Deferred[Any] = fail(DeviceOffline("device %s is offline" % device.id))
+            d: Deferred[Any] = fail(Offline("device %s is offline" % device.id))
         else:
             self.publish(device, "rpc.in." + method, params)
             d = self.router.call(device.id, method, params, timeout)

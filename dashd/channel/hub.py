@@ -1,17 +1,6 @@
 """
-Live notifications: ``{"name", "id", "data"}`` objects fanned out to the
+Live notifications: L{dashd.domain.events.Event}s fanned out to the
 subscribers of ``/api/v2/notify``.
-
-Event names:
-
-- ``online`` / ``offline``: a device connected / disconnected
-  (``data.reason`` says why it went offline);
-- ``rpc.in.METHOD``: a call dashd made to the device (``data`` = params);
-- ``rpc.out.METHOD``: something the device sent: its notifications under
-  their own method name, ``rpc.out.Log`` for ``Dash.Log`` lines and
-  ``rpc.out.Heartbeat`` for ``Dash.Heartbeat`` (``data`` = params);
-- ``shadow.update``: the shadow changed (``data`` = the whole shadow, with
-  its delta).
 
 Publishers go through L{IHub} so that a cluster hub (relaying between
 nodes) can replace L{LocalHub}. Each event is encoded once, whatever the
@@ -20,30 +9,13 @@ number of subscribers, and only if someone receives it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
 
-from dashd.jsontext import compact
+from dashd.domain.events import Event
 
-
-@dataclass(frozen=True)
-class Event:
-    name: str
-    device_id: str
-    data: Any
-    # Who may see it: the owning account and those the device is shared with.
-    account_id: str
-    shared_with: tuple[str, ...] = ()
-
-    @cached_property
-    def payload(self) -> str:
-        """The event as JSON, encoded on first use (most events have no
-        subscriber to see them)."""
-        return compact({"name": self.name, "id": self.device_id, "data": self.data})
-
+__all__ = ["Event", "IHub", "ISubscriber", "LocalHub"]
 
 class ISubscriber(Interface):
     key = Attribute("the ApiKey the subscriber authenticated with")

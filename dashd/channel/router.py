@@ -2,8 +2,8 @@
 Which connection holds device X, and how to reach it.
 
 The REST layer and the fleet logic talk to devices only through L{IRouter},
-so that a multi-node router (a later cluster mode, where the connection may
-live on another node) plugs in without touching them. L{LocalRouter} is the
+so that a multi-node router (the cluster's, L{dashd.cluster}, where the connection
+may live on another node) plugs in without touching them. L{LocalRouter} is the
 single-process implementation: a dictionary of live sessions.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from zope.interface import Attribute, Interface, implementer
 
-from dashd.errors import DeviceOffline
+from dashd.domain.errors import Offline
 from dashd.domain.model import Device
 
 
@@ -65,7 +65,7 @@ class IRouter(Interface):
 
     def call(device_id, method, params, timeout):
         """Call a method on the device wherever it is connected; fails at
-        once with L{DeviceOffline} if it is not."""
+        once with L{dashd.domain.errors.Offline} if it is not."""
 
     def desired_changed(device_id, document):
         """Pass a changed shadow to the connection holding the device."""
@@ -112,7 +112,7 @@ class LocalRouter:
     def call(self, device_id: str, method: str, params: Any, timeout: float) -> Deferred[Any]:
         session = self._sessions.get(device_id)
         if session is None:
-            return fail(DeviceOffline("device %s is offline" % device_id))
+            return fail(Offline("device %s is offline" % device_id))
         return session.call(method, params, timeout)
 
     def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:

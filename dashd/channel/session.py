@@ -3,7 +3,8 @@ One connected device: the domain side of its WebSocket.
 
 The WebSocket protocol (L{dashd.channel.websocket}) only turns messages into JSON
 values and hands them to L{DeviceSession.received}; everything the protocol
-of SPEC section 1 means is here, testable without a socket:
+of the device channel (README, "The device channel") means is here,
+testable without a socket:
 
 - the device's own calls: ``Dash.Heartbeat``, ``Dash.Shadow.Update``,
   ``Dash.Shadow.Get``, ``Dash.Log``, ``State.Set``; any other method with an
@@ -28,28 +29,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dashd.channel import frames
-from dashd.domain import shadow
-from dashd.errors import (
-    DeviceError,
-    DeviceOffline,
-    DeviceTimeout,
-    ServiceUnavailable,
-    TooLarge,
-    TooManyRequests,
-)
 from dashd.app.fleet import Fleet
-from dashd.domain.model import Device
+from dashd.channel import closecodes, frames
 from dashd.channel.router import ISession
+from dashd.domain import shadow
+from dashd.domain.errors import Busy, DeviceFailed, Offline, Stalled, TimedOut, TooLarge
+from dashd.domain.model import Device
 from dashd.store import NotFound, StoreError
 
 log = Logger()
-
-# Close codes dashd uses on the device channel (4000-4999 are for applications).
-CLOSE_REPLACED = 4000
-CLOSE_DELETED = 4004
-CLOSE_NOT_READING = 4008
-CLOSE_GOING_AWAY = 1001
 
 _NOT_IMPLEMENTED_CODES = (frames.METHOD_NOT_FOUND, 404)
 
@@ -131,7 +119,7 @@ class DeviceSession:
         self._dropped = True
         log.warn("device {id} dropped: it did not read for {t} s", id=self.device_id,
                  t=self._config["device.write_stall_timeout"])
-        self.disconnect(CLOSE_NOT_READING, "not reading: dropped")
+        self.disconnect(closecodes.NOT_READING, "not reading: dropped")
 
     def closed(self, reason: str) -> None:
         if self._closed:
@@ -155,7 +143,7 @@ class DeviceSession:
         for call in pending.values():
             call.timer.cancel()
             call.deferred.errback(
-                DeviceOffline(
+                Offline(
                     "device %s disconnected before answering %s (%s)"
                     % (self.device_id, call.method, reason)
                 )
@@ -171,7 +159,7 @@ class DeviceSession:
     def replaced(self) -> None:
         self.closing = True
         self._fail_pending("replaced by a newer connection")
-        self._close(CLOSE_REPLACED, "replaced by a newer connection of this device")
+        self._close(closecodes.REPLACED, "replaced by a newer connection of this device")
 
     def disconnect(self, code: int, reason: str) -> None:
         self.closing = True
@@ -186,17 +174,14 @@ class DeviceSession:
 
     def call(self, method: str, params: Any, timeout: float) -> Deferred[Any]:
         if self._closed or self.closing:
-            return fail(DeviceOffline("device %s is offline" % self.device_id))
+            return fail(Offline("device %s is offline" % self.device_id))
         if self._stall_timer is not None:
-            return fail(ServiceUnavailable(
+            return fail(Stalled(
                 "device %s is not reading its connection; try again later" % self.device_id))
         limit = self._config["device.max_calls_in_flight"]
         if len(self._pending) >= limit:
-            return fail(
-                TooManyRequests(
-                    "device %s already has %d calls in flight" % (self.device_id, limit)
-                )
-            )
+            return fail(Busy("device %s already has %d calls in flight" % (self.device_id, limit),
+                             retry_after=1))
         self._next_id += 1
         call_id = self._next_id
         frame = frames.encode_request(call_id, method, params, self.src)
@@ -227,7 +212,7 @@ class DeviceSession:
         call = self._pending.pop(call_id, None)
         if call is not None:
             call.deferred.errback(
-                DeviceTimeout(
+                TimedOut(
                     "device %s did not answer %s within %g s"
                     % (self.device_id, call.method, timeout)
                 )
@@ -281,7 +266,7 @@ class DeviceSession:
         call.timer.cancel()
         if response.error is not None:
             call.deferred.errback(
-                DeviceError(response.error["message"], code=response.error["code"])
+                DeviceFailed(response.error["message"], response.error["code"])
             )
         else:
             call.deferred.callback(response.result)
@@ -306,7 +291,7 @@ class DeviceSession:
                     frame.id, frames.INVALID_PARAMS, failure.getErrorMessage(), frame.src
                 )
             elif failure.check(NotFound):
-                self.disconnect(CLOSE_DELETED, "device deleted")
+                self.disconnect(closecodes.DELETED, "device deleted")
             elif failure.check(StoreError):
                 self.reply_error(frame.id, frames.UNAVAILABLE, failure.getErrorMessage(), frame.src)
             else:
@@ -404,7 +389,7 @@ class DeviceSession:
         )
 
         def unsupported(failure: Failure) -> None:
-            if failure.check(DeviceError) and failure.value.code in _NOT_IMPLEMENTED_CODES:
+            if failure.check(DeviceFailed) and failure.value.code in _NOT_IMPLEMENTED_CODES:
                 # Fine: remember it for this connection, so no retry storm.
                 self._delta_unsupported = True
                 return
@@ -415,7 +400,7 @@ class DeviceSession:
     def _log_failure(self, failure: Failure, doing: str, expected: bool = False) -> None:
         if failure.check(CancelledError):
             return
-        if expected or failure.check(DeviceOffline, DeviceTimeout, DeviceError, StoreError):
+        if expected or failure.check(Offline, TimedOut, DeviceFailed, StoreError):
             log.info(
                 "device {id}: {doing} failed: {error}",
                 id=self.device_id,

@@ -28,20 +28,17 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from dashd.domain import access
-from dashd.channel import frames
-from dashd.config import Config
 from dashd.app.fleet import Fleet
+from dashd.channel import closecodes, frames
 from dashd.channel.hub import Event, IHub
 from dashd.channel.jsonstream import JSONStreamDecoder, StreamError
-from dashd.domain.model import ApiKey, Device
 from dashd.channel.session import DeviceSession
+from dashd.config import Config
+from dashd.domain import access
+from dashd.domain.model import ApiKey, Device
 
 log = Logger()
 
-CLOSE_POLICY = 1008
-CLOSE_KEY_REVOKED = 4001
-CLOSE_TOO_BIG = 1009
 # A device that sends this many unreadable values in a row is not speaking
 # JSON-RPC; drop it rather than answer garbage forever.
 MAX_CONSECUTIVE_ERRORS = 50
@@ -219,7 +216,7 @@ class DeviceProtocol(ChannelProtocol):
             self.session.opened()
         except Exception:
             log.failure("device {id}: opening the session", id=self.device.id)
-            close_connection(self, 1011, "internal error")
+            close_connection(self, closecodes.INTERNAL_ERROR, "internal error")
 
     def _send_text(self, text: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -242,7 +239,7 @@ class DeviceProtocol(ChannelProtocol):
                     session.reply_error(None, code, item.message)
                     if self._errors >= MAX_CONSECUTIVE_ERRORS:
                         log.warn("device {id}: dropped for sending garbage", id=session.device_id)
-                        close_connection(self, CLOSE_POLICY, "too many invalid frames")
+                        close_connection(self, closecodes.POLICY, "too many invalid frames")
                         return
                 else:
                     self.factory.frames_received += 1
@@ -339,7 +336,7 @@ class NotifyProtocol(ChannelProtocol):
                 )
         except Exception:
             log.failure("notification subscriber {peer}: opening", peer=self.peer)
-            close_connection(self, 1011, "internal error")
+            close_connection(self, closecodes.INTERNAL_ERROR, "internal error")
             return
         log.info("notification subscriber {peer} (key {key})", peer=self.peer, key=self.key.id)
 
@@ -361,7 +358,7 @@ class NotifyProtocol(ChannelProtocol):
             self._unsubscribe()
             self._backlog.clear()
             self._backlog_bytes = 0
-            close_connection(self, CLOSE_POLICY, "notification backlog exceeded; read faster")
+            close_connection(self, closecodes.POLICY, "notification backlog exceeded; read faster")
             return
         self._backlog.append(payload)
         self._backlog_bytes += size
@@ -369,13 +366,13 @@ class NotifyProtocol(ChannelProtocol):
     def _expired(self) -> None:
         self._expiry = None
         self._unsubscribe()
-        close_connection(self, CLOSE_KEY_REVOKED, "API key expired")
+        close_connection(self, closecodes.KEY_REVOKED, "API key expired")
 
     def revoked(self) -> None:
         log.info("notification subscriber {peer}: key {key} revoked", peer=self.peer,
                  key=self.key.id)
         self._unsubscribe()
-        close_connection(self, CLOSE_KEY_REVOKED, "API key revoked")
+        close_connection(self, closecodes.KEY_REVOKED, "API key revoked")
 
     def pauseProducing(self) -> None:
         self._paused = True

@@ -40,10 +40,10 @@ On ``P:all``:
 
 On ``P:to:NODE``: ``call`` (``r`` the call's ID, ``id``, ``m`` method, ``p``
 params, ``to`` timeout), a REST call for a device NODE holds; ``res``
-(``r``, and ``v`` the result or ``e`` ``{"k", "code", "message",
-"headers"}``, ``k`` naming the L{dashd.errors} class, e.g. ``DeviceError``
-with the device's own code, ``DeviceTimeout``, ``TooManyRequests``), its
-answer. A call whose request
+(``r``, and ``v`` the result or ``e`` the error as
+L{dashd.domain.errors.to_wire} writes it: ``{"kind", "message", ...}``,
+``kind`` naming the kind of domain error, e.g. ``DeviceFailed`` with the
+device's own ``code``, ``TimedOut``, ``Busy``), its answer. A call whose request
 no node receives (PUBLISH counts none) fails at once as offline, one whose
 node dies fails when the node is found dead, and every call has a timer of
 its timeout plus L{dashd.cluster.node.CALL_GRACE}.

@@ -27,22 +27,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dashd import errors
-from dashd.domain import tokens
+from dashd.channel.hub import IHub, LocalHub
+from dashd.channel.router import IRouter
 from dashd.cluster.bus import BusUnavailable, RedisBus, redact
 from dashd.cluster.presence import ATTACH, DETACH, REAP, Presence, parse_holder
 from dashd.config import Config
-from dashd.errors import (
-    ApiError,
-    DeviceOffline,
-    DeviceTimeout,
-    InternalError,
-    TooManyRequests,
+from dashd.domain import tokens
+from dashd.domain.errors import (
+    Busy,
+    DomainError,
+    Internal,
+    Offline,
+    TimedOut,
+    from_wire,
+    to_wire,
 )
-from dashd.channel.hub import Event, IHub, LocalHub
-from dashd.jsontext import compact
+from dashd.domain.events import Event
 from dashd.domain.model import Device
-from dashd.channel.router import IRouter
+from dashd.jsontext import compact
 
 log = Logger()
 
@@ -54,21 +56,6 @@ MAX_REMOTE_CALLS = 10000
 # Devices of a dead node whose offline events are published at once.
 REAP_CONCURRENCY = 8
 
-
-
-def remote_error(error: dict[str, Any]) -> ApiError:
-    """The error another node answered a call with, as the same L{ApiError}
-    (so the REST client gets the same status and message)."""
-    cls = getattr(errors, str(error.get("k")), None)
-    message = str(error.get("message", "error"))
-    if not (isinstance(cls, type) and issubclass(cls, ApiError)):
-        return InternalError(message)
-    e = cls.__new__(cls)
-    code = error.get("code")
-    headers = error.get("headers")
-    ApiError.__init__(e, message, code=code if isinstance(code, int) else None,
-                      headers=headers if isinstance(headers, dict) else None)
-    return e
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -275,9 +262,9 @@ class Cluster:
             return session.call(method, params, timeout)
         holder = self.presence.holder(device_id)
         if holder is None or holder.node == self.node_id:
-            return fail(DeviceOffline("device %s is offline" % device_id))
+            return fail(Offline("device %s is offline" % device_id))
         if len(self._calls) >= MAX_REMOTE_CALLS:
-            return fail(TooManyRequests("too many calls in flight to devices on other nodes"))
+            return fail(Busy("too many calls in flight to devices on other nodes", retry_after=1))
         call_id = "%s.%d" % (self.node_id, next(self._call_ids))
         d: Deferred[Any] = Deferred(lambda _: self._forget_call(call_id))
         timer = self.clock.callLater(timeout + CALL_GRACE, self._call_timed_out, call_id, timeout)
@@ -288,12 +275,12 @@ class Cluster:
 
         def delivered(receivers: int) -> None:
             if not receivers:
-                self._fail_call(call_id, DeviceOffline(
+                self._fail_call(call_id, Offline(
                     "device %s is offline (its node %s is not listening)"
                     % (device_id, holder.node)))
 
         def not_sent(failure: Failure) -> None:
-            self._fail_call(call_id, DeviceOffline(
+            self._fail_call(call_id, Offline(
                 "device %s is held by node %s, which cannot be reached now: %s"
                 % (device_id, holder.node, failure.getErrorMessage())))
 
@@ -316,7 +303,7 @@ class Cluster:
     def _call_timed_out(self, call_id: str, timeout: float) -> None:
         call = self._calls.get(call_id)
         if call is not None:
-            self._fail_call(call_id, DeviceTimeout(
+            self._fail_call(call_id, TimedOut(
                 "device %s did not answer %s within %g s" % (call.device_id, call.method, timeout)))
 
     def _answered(self, message: dict[str, Any]) -> None:
@@ -329,7 +316,7 @@ class Cluster:
         if error is None:
             call.deferred.callback(message.get("v"))
             return
-        call.deferred.errback(remote_error(error))
+        call.deferred.errback(from_wire(error))
 
     def _serve_call(self, message: dict[str, Any]) -> None:
         """A call from another node for a device held here."""
@@ -346,18 +333,16 @@ class Cluster:
 
         def failed(failure: Failure) -> None:
             e = failure.value
-            if isinstance(e, ApiError):
-                # DeviceError, DeviceOffline, DeviceTimeout, TooManyRequests,
-                # TooLarge, ServiceUnavailable...: the caller re-raises it.
-                answer({"e": {"k": type(e).__name__, "code": e.code, "message": e.message,
-                              "headers": e.headers}})
-            else:
+            if not isinstance(e, DomainError):
                 log.failure("serving a call for node {node}", failure, node=reply_to)
-                answer({"e": {"k": "InternalError", "message": "internal error"}})
+                e = Internal("internal error")
+            # DeviceFailed, Offline, TimedOut, Busy, TooLarge, Stalled...:
+            # the caller raises the same.
+            answer({"e": to_wire(e)})
 
         session = self.local_session(device_id)
         if session is None:
-            failed(Failure(DeviceOffline("device %s is offline" % device_id)))
+            failed(Failure(Offline("device %s is offline" % device_id)))
             return
         timeout = message.get("to")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
@@ -598,7 +583,7 @@ class Cluster:
         self.presence.heard.pop(node, None)
         for call_id, call in list(self._calls.items()):
             if call.node == node:
-                self._fail_call(call_id, DeviceOffline(
+                self._fail_call(call_id, Offline(
                     "device %s went offline before answering %s (%s)"
                     % (call.device_id, call.method, why)))
         self._reap(node)
@@ -657,7 +642,7 @@ class Cluster:
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         for call_id in list(self._calls):
-            self._fail_call(call_id, DeviceOffline("this node is shutting down"))
+            self._fail_call(call_id, Offline("this node is shutting down"))
         try:
             yield self.bus.call(lambda c: c.delete(self.keys.node(self.node_id)))
             yield self.bus.publish(self.keys.broadcast,

@@ -36,22 +36,35 @@ A restricted key's scope::
 (tags, info and sharing are the operator's business and never shown);
 ``write`` names the ``desired`` keys the key may change; ``rpc`` lists
 method names, where ``*`` matches any run of characters.
+
+L{CONSOLE} is the operator at the server's own console: dashctl, through
+the control socket or on a stopped dashd's store. It may do what an owning
+admin may do, in every account. It is never a stored key (no secret opens
+it): reaching the control socket takes dashd's own user, who can read the
+store anyway.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
 from typing import Any
 
 from dashd.domain import shadow
-from dashd.errors import BadRequest, Forbidden
-from dashd.channel.hub import Event
-from dashd.jsontext import compact
+from dashd.domain.errors import Forbidden, Invalid
+from dashd.domain.events import Event
 from dashd.domain.model import ApiKey, Device
+from dashd.jsontext import compact
 
 ADMIN = "admin"
 READ_ONLY = "read-only"
 RESTRICTED = "restricted"
+# Not a kind of stored key: see CONSOLE.
+CONSOLE_KIND = "console"
+
+CONSOLE = ApiKey(id="dashctl", account_id="", name="dashctl", kind=CONSOLE_KIND, created=0.0)
+
+ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 MAX_SCOPE_DEVICES = 1000
 MAX_SCOPE_ENTRIES = 100
@@ -59,7 +72,13 @@ MAX_SCOPE_ENTRIES = 100
 RESTRICTED_EVENTS = ("online", "offline", "shadow.update")
 
 
+def is_console(key: ApiKey) -> bool:
+    return key.kind == CONSOLE_KIND
+
+
 def can_see(key: ApiKey, device_id: str, account_id: str, shared_with: tuple[str, ...]) -> bool:
+    if key.kind == CONSOLE_KIND:
+        return True
     if account_id != key.account_id and key.account_id not in shared_with:
         return False
     if key.kind == RESTRICTED:
@@ -69,6 +88,17 @@ def can_see(key: ApiKey, device_id: str, account_id: str, shared_with: tuple[str
 
 def sees(key: ApiKey, device: Device) -> bool:
     return can_see(key, device.id, device.account_id, device.shared_with)
+
+
+def account_sees(account_id: str, device: Device) -> bool:
+    """The account owns the device or has it shared with it."""
+    return device.account_id == account_id or account_id in device.shared_with
+
+
+def manages_account(key: ApiKey, account_id: str) -> bool:
+    """The key may manage the keys of C{account_id} (its own, or any from
+    the console)."""
+    return key.kind == CONSOLE_KIND or key.account_id == account_id
 
 
 def _devices(key: ApiKey) -> dict[str, Any]:
@@ -87,20 +117,20 @@ def is_owner_admin(key: ApiKey, device: Device) -> bool:
 
 
 def require_admin(key: ApiKey, what: str) -> None:
-    if key.kind != ADMIN:
+    if key.kind not in (ADMIN, CONSOLE_KIND):
         raise Forbidden("only admin keys may %s; this key is %s" % (what, key.kind))
 
 
 def require_owner(key: ApiKey, device: Device, what: str) -> None:
     require_admin(key, what)
-    if device.account_id != key.account_id:
+    if device.account_id != key.account_id and key.kind != CONSOLE_KIND:
         raise Forbidden(
             "only admin keys of the account that owns device %s may %s" % (device.id, what)
         )
 
 
 def check_rpc(key: ApiKey, device: Device, method: str) -> None:
-    if key.kind == ADMIN:
+    if key.kind in (ADMIN, CONSOLE_KIND):
         return
     if key.kind == READ_ONLY:
         raise Forbidden("this key is read-only: it may not call methods on devices")
@@ -113,6 +143,8 @@ def check_shadow_update(key: ApiKey, device: Device, update: shadow.ShadowUpdate
     sections = set(update.patches)
     if key.kind == READ_ONLY:
         raise Forbidden("this key is read-only: it may not change the shadow")
+    if key.kind == CONSOLE_KIND:
+        return
     if key.kind == ADMIN:
         if device.account_id != key.account_id and sections - {"desired"}:
             raise Forbidden(
@@ -217,40 +249,63 @@ def event_payload(key: ApiKey, event: Event) -> str | None:
     return compact({"name": event.name, "id": event.device_id, "data": data})
 
 
-# Reading a scope from a request
+# Reading what a caller gives
+
+
+def parse_shared_with(value: Any) -> tuple[str, ...]:
+    """mDash's comma-separated account IDs (a JSON list is accepted too).
+    @raise Invalid: saying what is wrong."""
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise Invalid("shared_with must be a string of comma-separated account IDs",
+                      "shared_with")
+    out: list[str] = []
+    for item in items:
+        if item and item not in out:
+            if not ACCOUNT_ID.match(item):
+                raise Invalid(
+                    "shared_with holds %r, which is not an account ID (letters, digits, "
+                    "'_', '.', ':' and '-', at most 64)" % item[:70], "shared_with"
+                )
+            out.append(item)
+    return tuple(out)
 
 
 def parse_scope(value: Any) -> dict[str, Any]:
-    """Check a restricted key's scope; raise BadRequest saying what is wrong."""
+    """Check a restricted key's scope.
+    @raise Invalid: saying what is wrong."""
     if not isinstance(value, dict) or set(value) != {"devices"}:
-        raise BadRequest('scope must be {"devices": {DEVICE_ID: {"read": [...], '
+        raise Invalid('scope must be {"devices": {DEVICE_ID: {"read": [...], '
                          '"write": [...], "rpc": [...]}}}')
     devices = value["devices"]
     if not isinstance(devices, dict) or not devices:
-        raise BadRequest("scope.devices must name at least one device")
+        raise Invalid("scope.devices must name at least one device")
     if len(devices) > MAX_SCOPE_DEVICES:
-        raise BadRequest("scope.devices may name at most %d devices" % MAX_SCOPE_DEVICES)
+        raise Invalid("scope.devices may name at most %d devices" % MAX_SCOPE_DEVICES)
     out: dict[str, Any] = {}
     for device_id, acl in devices.items():
         where = "scope.devices.%s" % device_id
         if not isinstance(acl, dict):
-            raise BadRequest("%s must be an object with read, write and rpc lists" % where)
+            raise Invalid("%s must be an object with read, write and rpc lists" % where)
         unknown = set(acl) - {"read", "write", "rpc"}
         if unknown:
-            raise BadRequest("%s has unknown field(s): %s" % (where, ", ".join(sorted(unknown))))
+            raise Invalid("%s has unknown field(s): %s" % (where, ", ".join(sorted(unknown))))
         clean: dict[str, list[str]] = {}
         for field in ("read", "write", "rpc"):
             entries = acl.get(field, [])
             if not isinstance(entries, list) or not all(
                 isinstance(e, str) and e and len(e) <= 128 for e in entries
             ):
-                raise BadRequest("%s.%s must be a list of non-empty strings" % (where, field))
+                raise Invalid("%s.%s must be a list of non-empty strings" % (where, field))
             if len(entries) > MAX_SCOPE_ENTRIES:
-                raise BadRequest("%s.%s may hold at most %d entries"
+                raise Invalid("%s.%s may hold at most %d entries"
                                  % (where, field, MAX_SCOPE_ENTRIES))
             if field != "rpc" and any(".." in e or e.startswith(".") or e.endswith(".")
                                       for e in entries):
-                raise BadRequest("%s.%s holds a malformed dotted path" % (where, field))
+                raise Invalid("%s.%s holds a malformed dotted path" % (where, field))
             clean[field] = list(dict.fromkeys(entries))
         out[device_id] = clean
     return {"devices": out}

@@ -20,6 +20,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from dashd.domain.errors import Conflict, Invalid, TooLarge
 from dashd.jsontext import compact
 
 SECTIONS = ("desired", "reported", "tags")
@@ -30,15 +31,11 @@ DEFAULT_MAX_BYTES = 16384
 DEFAULT_MAX_DEPTH = 8
 
 
-class ShadowError(Exception):
-    """Base of the errors an update can fail with."""
-
-
-class InvalidShadowUpdate(ShadowError):
+class InvalidShadowUpdate(Invalid):
     pass
 
 
-class VersionConflict(ShadowError):
+class VersionConflict(Conflict):
     def __init__(self, given: int, current: int):
         super().__init__(
             "shadow version %d is stale: the current version is %d" % (given, current)
@@ -47,8 +44,12 @@ class VersionConflict(ShadowError):
         self.current = current
 
 
-class ShadowTooLarge(ShadowError):
+class ShadowTooLarge(TooLarge):
     pass
+
+
+# The errors an update can fail with.
+SHADOW_ERRORS = (InvalidShadowUpdate, VersionConflict, ShadowTooLarge)
 
 
 @dataclass(frozen=True)

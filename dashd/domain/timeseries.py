@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from dashd.domain.errors import Invalid
+
 # Bounds on tags.save, which users write and every report of the device reads.
 MAX_SAVED_KEYS = 64
 MAX_KEY_LENGTH = 256
 
 
-class InvalidSaveList(ValueError):
+class InvalidSaveList(Invalid):
     pass
 
 

@@ -5,10 +5,11 @@ Start-up:
 
 - L{raise_open_files_limit}: every device holds a socket, so the soft limit
   on open files (often 1024) is raised to the hard limit.
-- L{DataDirLock}: one dashd per data directory. The lock (``flock`` on
-  ``DATA_DIR/dashd.lock``, which holds the owner's PID) is released by the
-  kernel however the process ends, ``kill -9`` included; ``dashctl restore``
-  takes it too, so it never replaces the store under a running dashd.
+- L{dashd.ops.datadir.DataDirLock}: one dashd per data directory. The lock
+  (``flock`` on ``DATA_DIR/dashd.lock``, which holds the owner's PID) is
+  released by the kernel however the process ends, ``kill -9`` included;
+  dashctl takes it too when it works on the store itself, so it never
+  changes the store under a running dashd.
 
 Graceful stop (SIGTERM, ``systemctl stop``): the service tree stops its
 children in reverse order, so
@@ -26,9 +27,6 @@ children in reverse order, so
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 import resource
 from typing import Any
 
@@ -39,8 +37,6 @@ from twisted.logger import Logger
 from dashd.api.site import DashdSite
 
 log = Logger()
-
-LOCK_FILE = "dashd.lock"
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -63,46 +59,6 @@ def raise_open_files_limit() -> tuple[int, int]:
             return soft, soft
         return soft, target
     return soft, soft
-
-
-class DataDirInUse(Exception):
-    pass
-
-
-class DataDirLock:
-    """An exclusive lock on a data directory while dashd (or a dashctl
-    command that needs dashd stopped) works on it."""
-
-    def __init__(self, data_dir: str) -> None:
-        self.path = os.path.join(data_dir, LOCK_FILE)
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """@raise DataDirInUse: another process holds it (message says which)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = ""
-            try:
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            except OSError:
-                pass
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise DataDirInUse(
-                    "%s is in use by another dashd%s"
-                    % (os.path.dirname(self.path), " (pid %s)" % holder if holder else "")
-                )
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
 
 
 class Readiness:

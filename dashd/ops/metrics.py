@@ -50,7 +50,7 @@ from prometheus_client.core import (
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
-from dashd.errors import DeviceError, DeviceOffline, DeviceTimeout, TooManyRequests
+from dashd.domain.errors import Busy, DeviceFailed, Offline, TimedOut
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -63,10 +63,10 @@ def outcome_of(result: Any) -> str:
     if not isinstance(result, Failure):
         return "ok"
     for kind, name in (
-        (DeviceError, "device_error"),
-        (DeviceTimeout, "timeout"),
-        (DeviceOffline, "offline"),
-        (TooManyRequests, "rejected"),
+        (DeviceFailed, "device_error"),
+        (TimedOut, "timeout"),
+        (Offline, "offline"),
+        (Busy, "rejected"),
         (CancelledError, "cancelled"),
     ):
         if result.check(kind):
@@ -186,7 +186,12 @@ class _Live:
 
 
 class Metrics:
-    def __init__(self, fleet: Any, store: Any, device_factory: Any, site: Any) -> None:
+    """The registry, and the observers that count as things happen, which
+    the builder (L{dashd.assembly}) connects: L{observe_call} to the fleet's
+    calls, L{observe_store_job} to the store, L{observe_request} to the
+    site."""
+
+    def __init__(self, fleet: Any, store: Any, device_factory: Any) -> None:
         # No *_created series: they double the output and say when dashd started.
         disable_created_metrics()
         self.registry = CollectorRegistry()
@@ -221,10 +226,6 @@ class Metrics:
         )
         # At most one per status code dashd answers with.
         self._statuses: dict[int, Any] = {}
-        fleet.call_observers.append(self.observe_call)
-        if hasattr(store, "latency_observer"):
-            store.latency_observer = self.store_seconds.observe
-        site.request_observers.append(self._request_done)
 
     def observe_call(self, d: Deferred[Any]) -> None:
         d.addBoth(self._call_done, time.monotonic())
@@ -236,7 +237,10 @@ class Metrics:
             self.rpc_seconds.observe(time.monotonic() - started)
         return result
 
-    def _request_done(self, request: Any) -> None:
+    def observe_store_job(self, seconds: float) -> None:
+        self.store_seconds.observe(seconds)
+
+    def observe_request(self, request: Any) -> None:
         counter = self._statuses.get(request.code)
         if counter is None:
             counter = self._statuses[request.code] = self.http_requests.labels(str(request.code))

@@ -12,13 +12,28 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
+from dashd.domain import errors
+from dashd.domain.errors import LastAdminKey
 
-class StoreError(Exception):
+__all__ = ["IStore", "LastAdminKey", "NotFound", "StoreError"]
+
+# Seconds after which a client may try again when the store could not serve.
+RETRY_AFTER = 5.0
+
+
+class StoreError(errors.Unavailable):
     """The store cannot serve the request (disk full, overloaded, closed)."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=RETRY_AFTER)
 
-class NotFound(Exception):
-    """The record does not exist."""
+
+class NotFound(errors.NotFound):
+    """The device a write is for does not exist (any more)."""
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__("no such device: %s" % device_id)
+        self.device_id = device_id
 
 
 class IStore(Interface):
@@ -47,7 +62,7 @@ class IStore(Interface):
     def list_keys(account_id):
         """Fire with the account's keys, oldest first."""
 
-    def delete_key(key_id, account_id, now=None):
+    def delete_key(key_id, account_id, now):
         """Delete the key; fire with True, or False if there was none.
         @raise LastAdminKey: it is the account's last admin key that has not
             expired by C{now}."""
@@ -81,7 +96,7 @@ class IStore(Interface):
         field alone) and apply a L{dashd.domain.shadow.ShadowUpdate} (or None).
         Fire with C{(Device, UpdateResult or None)}.
         @raise NotFound: no such device.
-        @raise dashd.domain.shadow.ShadowError: the shadow update was refused;
+        @raise dashd.domain.shadow.SHADOW_ERRORS: the shadow update was refused;
             nothing was changed."""
 
     def update_shadow(device_id, update, now, save_data=False):
@@ -158,7 +173,3 @@ class IStore(Interface):
 
     def ping():
         """Fire once the store has answered a trivial query (health checks)."""
-
-
-class LastAdminKey(Exception):
-    """Deleting this key would lock the account out."""

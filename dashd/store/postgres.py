@@ -441,7 +441,7 @@ class PostgresStore:
 
         return self._run(job)
 
-    def delete_key(self, key_id: str, account_id: str, now: float | None = None) -> Deferred[bool]:
+    def delete_key(self, key_id: str, account_id: str, now: float) -> Deferred[bool]:
         def job(cur: Cursor) -> bool:
             # Two nodes revoking an account's last two admin keys at once
             # must not both succeed: lock the account first.
@@ -455,7 +455,7 @@ class PostgresStore:
                     cur,
                     "SELECT count(*) FROM api_keys WHERE account_id = %s AND kind = 'admin'"
                     " AND (expires IS NULL OR expires > %s)",
-                    (account_id, now if now is not None else 0),
+                    (account_id, now),
                 )
                 if admins <= 1:
                     raise LastAdminKey(

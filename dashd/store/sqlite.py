@@ -46,8 +46,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dashd.domain import shadow
-from dashd.jsontext import compact
 from dashd.domain.model import Account, ApiKey, Device
+from dashd.jsontext import compact
 from dashd.store import IStore, LastAdminKey, NotFound, StoreError, sqlite_records
 
 log = Logger()
@@ -374,7 +374,7 @@ class SQLiteStore:
 
         return self._submit(job)
 
-    def delete_key(self, key_id: str, account_id: str, now: float | None = None) -> Deferred[bool]:
+    def delete_key(self, key_id: str, account_id: str, now: float) -> Deferred[bool]:
         def job(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
                 "SELECT kind FROM api_keys WHERE id = ? AND account_id = ?",
@@ -387,7 +387,7 @@ class SQLiteStore:
                 (admins,) = conn.execute(
                     "SELECT count(*) FROM api_keys WHERE account_id = ? AND kind = 'admin'"
                     " AND (expires IS NULL OR expires > ?)",
-                    (account_id, now if now is not None else 0),
+                    (account_id, now),
                 ).fetchone()
                 if admins <= 1:
                     raise LastAdminKey(

@@ -1,0 +1,45 @@
+"""
+What the audit log (L{dashd.app.audit}) records of a REST request: every
+change and every device call. Reads (``GET`` other than an RPC call, and
+``POST /logs``, a query with a JSON body) are not recorded; nor are
+requests that never authenticated (failed authentications are in the log).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.web.server import Request
+
+_DEVICE_PATH = re.compile(r"^/api/v2/devices/([^/]+)")
+_NOT_DEVICES = ("data",)
+# Reads that are POSTs (their query is a JSON body).
+_READS = ("/api/v2/logs",)
+
+
+def entry_for(request: Request, now: float) -> dict[str, Any] | None:
+    """The audit entry for a finished request, or None if it is not audited."""
+    key = getattr(request, "dashd_key", None)
+    if key is None:
+        return None
+    method = request.method.decode("latin-1")
+    path = request.path.decode("utf-8", "replace")
+    if not path.startswith("/api/v2/"):
+        return None
+    if method in ("GET", "HEAD", "OPTIONS") and "/rpc/" not in path:
+        return None
+    if path in _READS:
+        return None
+    m = _DEVICE_PATH.match(path)
+    device_id = m.group(1) if m and m.group(1) not in _NOT_DEVICES else None
+    return {
+        "t": now,
+        "account_id": key.account_id,
+        "key_id": key.id,
+        "method": method,
+        "path": path,
+        "device_id": device_id,
+        "status": request.code,
+        "error": getattr(request, "dashd_error", None),
+    }

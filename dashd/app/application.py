@@ -1,0 +1,58 @@
+"""
+The application as its callers see it: one object holding every use case,
+built in one place from the store, the router and hub, the clock and the
+configuration. The REST API, the control socket and dashctl (on a stopped
+dashd's store) all call the same one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from dashd.app.accounts import Accounts
+from dashd.app.auth import Authenticator
+from dashd.app.devices import Devices
+from dashd.app.firmware import Firmware, OtaManager
+from dashd.app.fleet import Fleet
+from dashd.app.keys import Keys
+from dashd.app.records import Records
+
+
+@dataclass(frozen=True)
+class Application:
+    clock: IReactorTime
+    fleet: Fleet
+    auth: Authenticator
+    accounts: Accounts
+    keys: Keys
+    devices: Devices
+    records: Records
+    # None where nothing is sent to devices (dashctl on a stopped dashd).
+    firmware: Firmware | None = None
+
+    def ping(self) -> Deferred[Any]:
+        """Fire once the store has answered a trivial query."""
+        return self.fleet.store.ping()
+
+
+def build_application(fleet: Fleet, auth: Authenticator,
+                      ota: OtaManager | None = None) -> Application:
+    """The use cases over C{fleet}; C{ota}: the firmware updates' manager
+    (None where nothing is sent to devices)."""
+    store, clock = fleet.store, fleet.clock
+    accounts = Accounts(store, clock)
+    devices = Devices(fleet, accounts)
+    return Application(
+        clock=clock,
+        fleet=fleet,
+        auth=auth,
+        accounts=accounts,
+        keys=Keys(store, accounts, auth, fleet.hub, clock),
+        devices=devices,
+        records=Records(store, devices),
+        firmware=Firmware(ota, devices) if ota is not None else None,
+    )

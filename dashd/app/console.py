@@ -1,0 +1,131 @@
+"""
+dashctl's commands on keys and devices, as the application runs them. The
+same table serves a running dashd's control socket (L{dashd.ops.control})
+and dashctl working on a stopped dashd's store itself (L{dashd.ctl}): each
+command is one call of the application layer, made by
+L{dashd.domain.access.CONSOLE}, the operator at the server's own console.
+
+A command is a name and a JSON object of arguments; its result is JSON.
+Commands that change something also say which account and device they
+touched, for the audit log.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from dashd.domain.access import CONSOLE
+from dashd.domain.errors import Invalid
+from dashd.domain.model import UNSET, ApiKey, Device
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Done:
+    """A command's JSON result, and what it changed (None for reads)."""
+
+    result: Any
+    account_id: str | None = None
+    device_id: str | None = None
+    # What it acted on, for the audit log: a key or device ID.
+    target: str = ""
+
+
+def key_view(key: ApiKey) -> dict[str, Any]:
+    return {"id": key.id, "name": key.name, "kind": key.kind, "account_id": key.account_id,
+            "created": key.created, "expires": key.expires}
+
+
+def device_view(device: Device) -> dict[str, Any]:
+    return {"id": device.id, "name": device.name, "account_id": device.account_id,
+            "created": device.created, "last_seen": device.last_seen,
+            "shared_with": list(device.shared_with), "info": device.info}
+
+
+def _text(args: dict[str, Any], name: str) -> str | None:
+    value = args.get(name)
+    if value is not None and not isinstance(value, str):
+        raise Invalid("%s must be a string" % name, name)
+    return value
+
+
+def _given(args: dict[str, Any], name: str) -> Any:
+    """An optional argument: UNSET when dashctl did not give it."""
+    value = args.get(name)
+    return UNSET if value is None else value
+
+
+async def keys_list(app: Any, args: dict[str, Any]) -> Done:
+    keys = await app.keys.list(CONSOLE, _text(args, "account"))
+    return Done([key_view(k) for k in keys])
+
+
+async def keys_create(app: Any, args: dict[str, Any]) -> Done:
+    expires = None
+    days = args.get("expires_in")
+    if days is not None:
+        if (isinstance(days, bool) or not isinstance(days, (int, float))
+                or not math.isfinite(days) or days <= 0):
+            raise Invalid("expires_in must be a number of days greater than 0", "expires_in")
+        expires = app.clock.seconds() + days * DAY
+    key, secret = await app.keys.create(CONSOLE, name=_given(args, "name"), expires=expires,
+                                        account_id=_text(args, "account"))
+    return Done(dict(key_view(key), key=secret), key.account_id, target=key.id)
+
+
+async def keys_revoke(app: Any, args: dict[str, Any]) -> Done:
+    key = await app.keys.revoke(CONSOLE, _text(args, "key_id") or "")
+    return Done({"id": key.id, "deleted": True}, key.account_id, target=key.id)
+
+
+async def devices_list(app: Any, args: dict[str, Any]) -> Done:
+    devices = await app.devices.list(CONSOLE, _text(args, "account"))
+    return Done([device_view(d) for d in devices])
+
+
+async def devices_register(app: Any, args: dict[str, Any]) -> Done:
+    device, token = await app.devices.register(
+        CONSOLE, name=_given(args, "name"), shared_with=_given(args, "shared_with"),
+        account_id=_text(args, "account"))
+    return Done({"id": device.id, "name": device.name, "token": token},
+                device.account_id, device.id, device.id)
+
+
+async def devices_delete(app: Any, args: dict[str, Any]) -> Done:
+    device = await app.devices.delete(CONSOLE, _text(args, "device_id") or "")
+    return Done({"id": device.id, "deleted": True}, device.account_id, device.id, device.id)
+
+
+async def devices_rotate_token(app: Any, args: dict[str, Any]) -> Done:
+    device, token = await app.devices.rotate_token(CONSOLE, _text(args, "device_id") or "")
+    return Done({"id": device.id, "token": token}, device.account_id, device.id, device.id)
+
+
+COMMANDS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Done]]] = {
+    "keys list": keys_list,
+    "keys create": keys_create,
+    "keys revoke": keys_revoke,
+    "devices list": devices_list,
+    "devices register": devices_register,
+    "devices delete": devices_delete,
+    "devices rotate-token": devices_rotate_token,
+}
+
+# Commands whose effect on a running dashd goes beyond the store: a revoked
+# key's streams are closed, a rotated or deleted device's connection cut.
+# Without a dashd on this machine they are safe only where no other node
+# may hold those streams and connections (a single node).
+LIVE_EFFECTS = ("keys revoke", "devices delete", "devices rotate-token")
+
+
+async def run(app: Any, command: str, args: Any) -> Done:
+    """Run one command. @raise DomainError: saying why it was refused."""
+    handler = COMMANDS.get(command)
+    if handler is None:
+        raise Invalid("unknown command: %s" % command, "command")
+    if not isinstance(args, dict):
+        raise Invalid("the arguments must be a JSON object", "args")
+    return await handler(app, args)

@@ -1,0 +1,157 @@
+"""
+Devices as people and tools manage them: see, register, rename, share,
+change the shadow, call, rotate the token, delete. Each use case checks
+what the caller may do (L{dashd.domain.access}) and has its live effects
+wherever the device is connected: a rotated token or a deleted device
+closes the device's connection (on whichever node holds it), a change of
+``desired`` reaches the device as ``Shadow.Delta``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from dashd.app.accounts import Accounts
+from dashd.app.fleet import Fleet
+from dashd.channel import closecodes
+from dashd.domain import access, shadow, timeseries, tokens
+from dashd.domain.errors import Invalid, NotFound
+from dashd.domain.model import UNSET, ApiKey, Device, check_name
+from dashd.store import NotFound as NoSuchRecord
+
+log = Logger()
+
+MAX_METHOD_LENGTH = 128
+
+
+class Devices:
+    def __init__(self, fleet: Fleet, accounts: Accounts) -> None:
+        self._fleet = fleet
+        self._store = fleet.store
+        self._accounts = accounts
+
+    def online(self, device_id: str) -> bool:
+        return self._fleet.router.is_online(device_id)
+
+    async def visible(self, by: ApiKey, device_id: str, live: bool = False) -> Device:
+        """
+        The device, if C{by} may see it. C{live}: the caller needs only who
+        may see it (not its shadow), so an online device's record may come
+        from its connection instead of a store read.
+        """
+        device = self._fleet.router.device(device_id) if live else None
+        if device is None:
+            device = await self._store.get_device(device_id)
+        # A device the key may not see is answered exactly like a missing one.
+        if device is None or not access.sees(by, device):
+            raise NotFound("no such device: %s" % device_id)
+        return device
+
+    async def list(self, by: ApiKey, account_id: str | None = None) -> list[Device]:
+        """The devices C{by} may see; dashctl (the console) sees every
+        account's, or those of the account it names."""
+        if access.is_console(by):
+            if account_id is not None:
+                accounts = [await self._accounts.resolve(by, account_id)]
+            else:
+                accounts = [a.id for a in await self._store.list_accounts()]
+            seen: dict[str, Device] = {}
+            for account in accounts:
+                for device in await self._store.list_devices(account):
+                    seen.setdefault(device.id, device)
+            return list(seen.values())
+        devices = await self._store.list_devices(by.account_id)
+        return [d for d in devices if access.sees(by, d)]
+
+    async def get(self, by: ApiKey, device_id: str) -> tuple[Device, dict[str, Any] | None]:
+        """The device and the status of its last firmware update (None for
+        restricted keys, which may not read it)."""
+        device = await self.visible(by, device_id)
+        ota = None
+        if by.kind != access.RESTRICTED:
+            ota = await self._store.get_ota_status(device_id)
+        return device, ota
+
+    async def register(self, by: ApiKey, name: Any = UNSET, shared_with: Any = UNSET,
+                       account_id: str | None = None) -> tuple[Device, str]:
+        """A new device of the caller's account (dashctl may name another;
+        its name is its ID unless given); fire with it and its token
+        (shown this once, never stored)."""
+        access.require_admin(by, "register devices")
+        account = await self._accounts.resolve(by, account_id)
+        name = check_name(name, "name") if name is not UNSET else None
+        shares = access.parse_shared_with(shared_with) if shared_with is not UNSET else ()
+        device_id = tokens.new_id("d")
+        token = tokens.new_device_token(device_id)
+        device = Device(id=device_id, account_id=account, name=name or device_id,
+                        created=self._fleet.now(), shared_with=shares)
+        device = await self._store.create_device(device, tokens.hash_secret(token))
+        log.info("device {id} registered by {by}", id=device.id, by=by.id)
+        return device, token
+
+    async def change(self, by: ApiKey, device_id: str, name: Any = UNSET,
+                     shared_with: Any = UNSET, shadow_update: Any = UNSET) -> Device:
+        """Rename, share, or change the shadow (C{shadow_update} as a
+        client writes it: C{{"state": {"desired": ...}, "tags": ...,
+        "version": N}}), in one transaction; what is not given is left
+        alone."""
+        device = await self.visible(by, device_id)
+        new_name = None
+        if name is not UNSET:
+            access.require_owner(by, device, "rename a device")
+            new_name = check_name(name, "name")
+        shares = None
+        if shared_with is not UNSET:
+            access.require_owner(by, device, "change a device's sharing")
+            shares = access.parse_shared_with(shared_with)
+        update = None
+        if shadow_update is not UNSET:
+            update = shadow.parse_update(shadow_update, allow_tags=True)
+            tags = update.patches.get("tags")
+            if tags and "save" in tags:
+                timeseries.check_save_list(tags["save"])
+            access.check_shadow_update(by, device, update)
+        try:
+            device, result = await self._store.update_device(
+                device_id, new_name, shares, update, self._fleet.now())
+        except NoSuchRecord:
+            raise NotFound("no such device: %s" % device_id)
+        if new_name is not None or shares is not None:
+            self._fleet.router.device_changed(device)
+        if result is not None:
+            self._fleet.shadow_changed(device, result)
+        return device
+
+    async def rotate_token(self, by: ApiKey, device_id: str) -> tuple[Device, str]:
+        """A new token for the device; the old one opens nothing from now
+        on, and a connection opened with it is closed. Fire with the device
+        and its token."""
+        device = await self.visible(by, device_id)
+        access.require_owner(by, device, "rotate a device's token")
+        token = tokens.new_device_token(device_id)
+        if not await self._store.set_device_token(device_id, tokens.hash_secret(token)):
+            raise NotFound("no such device: %s" % device_id)
+        self._fleet.router.disconnect(device_id, closecodes.TOKEN_ROTATED, "device token rotated")
+        log.info("device {id}: token rotated by {by}", id=device_id, by=by.id)
+        return device, token
+
+    async def delete(self, by: ApiKey, device_id: str) -> Device:
+        """Delete the device; a connection it holds is closed."""
+        device = await self.visible(by, device_id)
+        access.require_owner(by, device, "delete a device")
+        if not await self._store.delete_device(device_id):
+            raise NotFound("no such device: %s" % device_id)
+        self._fleet.router.disconnect(device_id, closecodes.DELETED, "device deleted")
+        log.info("device {id} deleted by {by}", id=device_id, by=by.id)
+        return device
+
+    async def call(self, by: ApiKey, device_id: str, method: str, params: Any,
+                   timeout: float) -> Any:
+        """Call C{method} on the device and fire with its result."""
+        if len(method) > MAX_METHOD_LENGTH:
+            raise Invalid("method names are at most %d characters" % MAX_METHOD_LENGTH, "method")
+        device = await self.visible(by, device_id, live=True)
+        access.check_rpc(by, device, method)
+        return await self._fleet.call(device, method, params, timeout)
