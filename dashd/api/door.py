@@ -33,8 +33,20 @@ from dashd.api import status
 
 log = Logger()
 
+DEVICE_CHANNEL = b"/api/v2/rpc"
+NOTIFY_CHANNEL = b"/api/v2/notify"
 # Path segments as Klein's URL map sees them: not percent-decoded.
 _RPC_PATH = re.compile(rb"^/api/v2/devices/([^/]+)/rpc/([^/]+)$")
+
+# What the door answers itself, as (method, path template); "*": any
+# method (a WebSocket upgrade). tests/test_openapi.py checks each is in the
+# OpenAPI description or excluded from it for a reason.
+ROUTES = (
+    ("*", DEVICE_CHANNEL.decode()),
+    ("*", NOTIFY_CHANNEL.decode()),
+    ("GET", "/api/v2/devices/{device_id}/rpc/{method}"),
+    ("POST", "/api/v2/devices/{device_id}/rpc/{method}"),
+)
 
 
 class Door(Resource):
@@ -47,9 +59,9 @@ class Door(Resource):
 
     def render(self, request: Any) -> Any:
         path = request.path
-        if path == b"/api/v2/rpc":
+        if path == DEVICE_CHANNEL:
             return self._serve(request, self._api.device_channel_resource(request))
-        if path == b"/api/v2/notify":
+        if path == NOTIFY_CHANNEL:
             return self._serve(request, self._api.notify_channel_resource(request))
         if request.method in (b"GET", b"POST"):
             m = _RPC_PATH.match(path)

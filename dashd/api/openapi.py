@@ -1,8 +1,11 @@
 """
 The OpenAPI 3.1 description of the REST API, served at
-``/api/v2/openapi.json``. The test suite runs schemathesis against a live
-dashd with it (tests/test_openapi.py), so a route or an answer that
-changes without this description failing a test is a bug in that test.
+``/api/v2/openapi.json``. It is kept true both ways: tests/test_openapi.py
+checks that every route of the app is described here (or in its list of
+exclusions, each with the reason) and that everything described here is a
+route, and runs schemathesis against a live dashd with it, so a route or an
+answer that changes without this description failing a test is a bug in
+that test. Limits and patterns are the constants the code checks with.
 
 The WebSocket doors (``/api/v2/rpc`` for devices, ``/api/v2/notify``) and
 the operational endpoints (``/healthz``, ``/readyz``, ``/metrics``) are
@@ -13,8 +16,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from dashd.api.ota import AUTO_COMMIT_VALUES
+from dashd.app import records
+from dashd.app.devices import MAX_METHOD_LENGTH
+from dashd.app.firmware import MAX_COMMIT_TIMEOUT
 from dashd.config import Config
-from dashd.domain.model import MAX_NAME_LENGTH
+from dashd.domain.access import (
+    ACCOUNT_ID_PATTERN,
+    MAX_SCOPE_DEVICES,
+    MAX_SCOPE_ENTRIES,
+    MAX_SCOPE_ENTRY_LENGTH,
+)
+from dashd.domain.model import KEY_KINDS, MAX_NAME_LENGTH
 
 JSON = "application/json"
 
@@ -79,11 +92,18 @@ NAME = {
 SHARED_WITH = {
     "description": "account IDs the device is shared with: comma-separated, or a list",
     "oneOf": [
-        {"type": "string", "pattern": r"^ *([A-Za-z0-9_.:-]{1,64})? *(, *([A-Za-z0-9_.:-]{1,64})? *)*$"},
+        {"type": "string",
+         "pattern": r"^ *(%s)? *(, *(%s)? *)*$" % (ACCOUNT_ID_PATTERN, ACCOUNT_ID_PATTERN)},
         {"type": "array", "items": {
-            "type": "string", "pattern": r"^ *([A-Za-z0-9_.:-]{1,64})? *$",
+            "type": "string", "pattern": r"^ *(%s)? *$" % ACCOUNT_ID_PATTERN,
             "description": "an account ID; white space around it and empty items are ignored"}},
     ],
+}
+OFFSET = {"type": "integer", "minimum": -records.MAX_OFFSET, "maximum": records.MAX_OFFSET}
+SCOPE_ENTRIES = {
+    "type": "array",
+    "maxItems": MAX_SCOPE_ENTRIES,
+    "items": {"type": "string", "minLength": 1, "maxLength": MAX_SCOPE_ENTRY_LENGTH},
 }
 SECTION_PATCH = {
     "description": "merged key by key; null deletes a key; the section given as null is emptied",
@@ -95,7 +115,7 @@ def document(config: Config, version: str) -> dict[str, Any]:
     device_id = {"name": "device_id", "in": "path", "required": True,
                  "schema": {"type": "string", "minLength": 1}}
     method = {"name": "method", "in": "path", "required": True,
-              "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+              "schema": {"type": "string", "minLength": 1, "maxLength": MAX_METHOD_LENGTH},
               "description": "the JSON-RPC method, e.g. Sys.GetInfo"}
     timeout = {
         "name": "timeout", "in": "query", "required": False,
@@ -109,21 +129,22 @@ def document(config: Config, version: str) -> dict[str, Any]:
     data_params = [
         dict(query, name="skip", description="where to start; negative counts from the end "
              "(default: -limit, the last ones)",
-             schema={"type": "integer", "minimum": -(2**62), "maximum": 2**62}),
-        dict(query, name="limit", description="how many (default 100)",
-             schema={"type": "integer", "minimum": 1, "maximum": 5000}),
+             schema=OFFSET),
+        dict(query, name="limit", description="how many (default %d)"
+             % records.DEFAULT_DATA_LIMIT,
+             schema={"type": "integer", "minimum": 1, "maximum": records.MAX_DATA_LIMIT}),
         dict(query, name="filter", description="only points whose key or JSON value holds it",
-             schema={"type": "string", "minLength": 1, "maxLength": 256}),
+             schema={"type": "string", "minLength": 1,
+                     "maxLength": records.MAX_FILTER_LENGTH}),
     ]
     data_ok = _ok("points, oldest first", {"type": "array", "items": _ref("DataPoint")})
     ota_params = [
         dict(query, name="mode", schema={"type": "string", "enum": ["push", "pull"]},
              description="push: OTA.Begin/Write/End; pull: OTA.Update with a one-time link"),
         dict(query, name="auto_commit", description="commit once the device is back",
-             schema={"type": "string",
-                     "enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]}),
+             schema={"type": "string", "enum": list(AUTO_COMMIT_VALUES)}),
         dict(query, name="commit_timeout", description="pull: seconds to commit in",
-             schema={"type": "integer", "minimum": 0, "maximum": 2592000}),
+             schema={"type": "integer", "minimum": 0, "maximum": MAX_COMMIT_TIMEOUT}),
         dict(query, name="filename", description="the raw body's file name (.zip or .bin)",
              schema={"type": "string"}),
     ]
@@ -256,6 +277,22 @@ def document(config: Config, version: str) -> dict[str, Any]:
                                             "403", "404", "409", "502", "503", "504"),
                 },
             },
+            "/firmware/{secret}": {
+                "parameters": [{"name": "secret", "in": "path", "required": True,
+                                "schema": {"type": "string", "minLength": 1}}],
+                "get": {
+                    "operationId": "downloadFirmware",
+                    "summary": "A pull update's firmware, for the device: the one-time link "
+                               "dashd gave it in OTA.Update is its own credential (no key)",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "the firmware file",
+                                "content": {"application/octet-stream": {"schema": binary}}},
+                        "404": _error("No such download: a link works once, while its "
+                                      "update runs"),
+                    },
+                },
+            },
             "/devices/{device_id}/data": {
                 "parameters": [device_id],
                 "get": {
@@ -289,10 +326,10 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "requestBody": _body({
                         "type": "object", "additionalProperties": False,
                         "properties": {
-                            "start": {"type": "integer", "minimum": -(2**62),
-                                      "maximum": 2**62,
-                                      "description": "offset; negative counts from the end"},
-                            "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                            "start": dict(OFFSET, description="offset; negative counts "
+                                                              "from the end"),
+                            "limit": {"type": "integer", "minimum": 1,
+                                      "maximum": records.MAX_LOGS_LIMIT},
                             "device_id": {"type": "string"},
                         },
                     }),
@@ -311,11 +348,11 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "summary": "The account's audit log (admin keys): every change and device "
                                "call made through the REST API, oldest first from an offset",
                     "parameters": [
-                        {"name": "start", "in": "query", "required": False,
-                         "schema": {"type": "integer", "minimum": -(2**62), "maximum": 2**62},
+                        {"name": "start", "in": "query", "required": False, "schema": OFFSET,
                          "description": "offset; negative counts from the end"},
                         {"name": "limit", "in": "query", "required": False,
-                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                         "schema": {"type": "integer", "minimum": 1,
+                                    "maximum": records.MAX_AUDIT_LIMIT}},
                     ],
                     "responses": _responses(_ok("a page of entries", {
                         "type": "object", "required": ["entries", "next"],
@@ -355,8 +392,7 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "additionalProperties": False,
                         "properties": {
                             "name": NAME,
-                            "kind": {"type": "string",
-                                     "enum": ["admin", "read-only", "restricted"]},
+                            "kind": {"type": "string", "enum": list(KEY_KINDS)},
                             "scope": _ref("Scope"),
                             "expires": {"type": ["number", "null"],
                                         "description": "Unix time in the future; "
@@ -495,7 +531,7 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "properties": {
                         "id": {"type": "string"},
                         "name": {"type": "string"},
-                        "kind": {"type": "string", "enum": ["admin", "read-only", "restricted"]},
+                        "kind": {"type": "string", "enum": list(KEY_KINDS)},
                         "account_id": {"type": "string"},
                         "created": {"type": "number"},
                         "expires": {"type": ["number", "null"]},
@@ -510,17 +546,18 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "properties": {"devices": {
                         "type": "object",
                         "minProperties": 1,
+                        "maxProperties": MAX_SCOPE_DEVICES,
                         "additionalProperties": {
                             "type": "object",
                             "additionalProperties": False,
                             "properties": {
-                                "read": {"type": "array", "items": {"type": "string"},
-                                         "description": "shadow keys it may read (dotted)"},
-                                "write": {"type": "array", "items": {"type": "string"},
-                                          "description": "desired keys it may change"},
-                                "rpc": {"type": "array", "items": {"type": "string"},
-                                        "description": "methods it may call; * matches "
-                                                       "any run of characters"},
+                                "read": dict(SCOPE_ENTRIES,
+                                             description="shadow keys it may read (dotted)"),
+                                "write": dict(SCOPE_ENTRIES,
+                                              description="desired keys it may change"),
+                                "rpc": dict(SCOPE_ENTRIES,
+                                            description="methods it may call; * matches "
+                                                        "any run of characters"),
                             },
                         },
                     }},

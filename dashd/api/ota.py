@@ -23,10 +23,12 @@ from twisted.internet.defer import Deferred
 from twisted.protocols.basic import FileSender
 
 from dashd.api.base import ApiBase, app
+from dashd.app.firmware import MAX_COMMIT_TIMEOUT
 from dashd.domain.errors import Invalid, NotFound
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+AUTO_COMMIT_VALUES = _TRUE + _FALSE
 UPLOAD_ARGS = ("mode", "auto_commit", "commit_timeout", "filename", "access_token")
 
 
@@ -84,12 +86,12 @@ class OtaRoutes(ApiBase):
         if mode not in ("push", "pull"):
             raise Invalid("mode must be push or pull", "mode")
         auto = _arg(request, "auto_commit") or "false"
-        if auto not in _TRUE + _FALSE:
+        if auto not in AUTO_COMMIT_VALUES:
             raise Invalid("auto_commit must be true or false", "auto_commit")
         commit_timeout = self.config["ota.commit_timeout"]
         given = _arg(request, "commit_timeout")
         if given is not None:
-            if not re.fullmatch(r"[0-9]{1,8}", given) or int(given) > 86400 * 30:
+            if not re.fullmatch(r"[0-9]{1,8}", given) or int(given) > MAX_COMMIT_TIMEOUT:
                 raise Invalid("commit_timeout must be a whole number of seconds (at most 30 "
                               "days)", "commit_timeout")
             commit_timeout = int(given)

@@ -91,6 +91,8 @@ MAX_BYTES_IN_FLIGHT = 32768
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip")
 BIN_TYPES = ("application/octet-stream",)
 MAX_MANIFEST_BYTES = 65536
+# The longest commit_timeout a pull update may ask for.
+MAX_COMMIT_TIMEOUT = 30 * 86400
 # What of a Mongoose OS manifest.json the status shows.
 MANIFEST_KEYS = ("name", "platform", "version", "build_id")
 

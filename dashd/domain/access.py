@@ -64,7 +64,11 @@ CONSOLE_KIND = "console"
 
 CONSOLE = ApiKey(id="dashctl", account_id="", name="dashctl", kind=CONSOLE_KIND, created=0.0)
 
-ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# What an account ID may be made of (an operator may choose them).
+ACCOUNT_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,64}"
+ACCOUNT_ID = re.compile("^%s$" % ACCOUNT_ID_PATTERN)
+# A restricted key's scope entry (a dotted shadow key or a method pattern).
+MAX_SCOPE_ENTRY_LENGTH = 128
 
 MAX_SCOPE_DEVICES = 1000
 MAX_SCOPE_ENTRIES = 100
@@ -297,7 +301,7 @@ def parse_scope(value: Any) -> dict[str, Any]:
         for field in ("read", "write", "rpc"):
             entries = acl.get(field, [])
             if not isinstance(entries, list) or not all(
-                isinstance(e, str) and e and len(e) <= 128 for e in entries
+                isinstance(e, str) and e and len(e) <= MAX_SCOPE_ENTRY_LENGTH for e in entries
             ):
                 raise Invalid("%s.%s must be a list of non-empty strings" % (where, field))
             if len(entries) > MAX_SCOPE_ENTRIES:
