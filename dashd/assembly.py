@@ -24,6 +24,7 @@ from dashd.api.site import DashdSite, SpoolRule
 from dashd.app.application import Application, build_application
 from dashd.app.audit import AuditLog
 from dashd.app.auth import Authenticator
+from dashd.app.datapull import DataPuller
 from dashd.app.firmware import OtaManager
 from dashd.app.fleet import Fleet
 from dashd.app.history import History
@@ -114,13 +115,15 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet = Fleet(store, router, hub, reactor, config)
     firmware_dir = os.path.join(data_dir, FIRMWARE_DIR)
     ota = OtaManager(fleet, config, firmware_dir, reactor)
+    puller = DataPuller(fleet, config["data.pull_chunk_bytes"], config["data.pulls_at_once"],
+                        config["rpc.default_timeout"])
     application = build_application(fleet, auth, ota)
     history = History(store, reactor, config["logs.max_per_device"])
     audit = AuditLog(store, reactor)
 
     device_factory = DeviceFactory(config, reactor)
     notify_factory = NotifyFactory(config, reactor)
-    metrics = Metrics(fleet, store, device_factory)
+    metrics = Metrics(fleet, store, device_factory, puller)
     readiness = Readiness()
     api = Api(application, config, reactor, device_factory=device_factory,
               notify_factory=notify_factory, metrics=metrics, readiness=readiness)
@@ -145,6 +148,8 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet.event_observers.append(history.observe)
     fleet.event_observers.append(ota.device_event)
     fleet.info_observers.append(ota.device_info)
+    fleet.event_observers.append(puller.device_event)
+    fleet.connect_observers.append(puller.device_connected)
     fleet.call_observers.append(metrics.observe_call)
     if hasattr(store, "latency_observer"):
         store.latency_observer = metrics.observe_store_job

@@ -206,6 +206,12 @@ OPTIONS = [
            _url_or_empty),
     Option("data.retention_days", 90.0, (int, float),
            "Days stored data (tags.save) is kept; 0 keeps it forever", _not_negative),
+    Option("data.pull_chunk_bytes", 1024, int,
+           "Bytes asked for at a time (FS.Get) when dashd pulls what an mDash-library device "
+           "stored on its file system (mDashStore)", _positive),
+    Option("data.pulls_at_once", 16, int,
+           "Devices whose stored data dashd pulls at the same time; more wait their turn, so "
+           "that a fleet coming back at once does not flood the store", _positive),
     Option("logs.max_per_device", 1000, int,
            "Device log lines and notifications kept per device for POST /logs; older "
            "ones are dropped", _positive),

@@ -15,7 +15,13 @@ then:
   ``Dash.Shadow.Update``;
 - ``mdash`` dialect: like the mDash device library: no heartbeat (dashd has
   to ask ``Sys.GetInfo``), no ``Shadow.Delta`` handler, error -32601 for
-  unknown methods, state reported with ``State.Set``.
+  unknown methods, state reported with ``State.Set``; a file system in
+  memory with the library's ``FS.List``, ``FS.Get {filename, offset, len}``
+  (``{filename, offset, left, data: BASE64}``), ``FS.Put``, ``FS.Rename``
+  and ``FS.Remove``, and L{SimulatedDevice.store} (``mDashStore``): a line
+  ``TOPIC JSON`` appended to ``mdash.unsent`` (renamed to
+  ``mdash.unsent.old`` past 32 KB), then the notification ``DB.NewData``
+  (``--store-every SECONDS`` stores a reading that often).
 
 Methods it serves: ``Sys.GetInfo``, ``RPC.List``, ``GPIO.Toggle {"pin"}``,
 ``GPIO.Read {"pin"}``, ``Sim.Echo`` (returns its params), ``Sim.Sleep
@@ -40,7 +46,9 @@ back) running the new firmware: ``fw_version``/``fw_id`` from a zip's
 answers with an error; for ``OTA.Write`` after ``ota_fail_after`` good
 writes), ``ota_drop`` (a method at which it loses the connection instead),
 ``ota_silent`` (a method it never answers), ``ota_keep_fw`` (comes back with
-the firmware it had), ``ota_write_delay`` (seconds each write takes).
+the firmware it had), ``ota_write_delay`` (seconds each write takes);
+``ota_update_answers=False`` makes it reboot into what ``OTA.Update``
+downloaded without answering, like older Mongoose OS.
 """
 
 from __future__ import annotations
@@ -125,6 +133,8 @@ class SimulatedDevice:
         ota_silent: str | None = None,
         ota_keep_fw: bool = False,
         ota_write_delay: float = 0.0,
+        ota_update_answers: bool = True,
+        fs_get_delay: float = 0.0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -179,6 +189,19 @@ class SimulatedDevice:
         })
         if dialect == "mos":
             self.handlers["OTA.Update"] = self._ota_update
+        else:
+            self.handlers.update({
+                "FS.List": self._fs_list,
+                "FS.Get": self._fs_get,
+                "FS.Put": self._fs_put,
+                "FS.Rename": self._fs_rename,
+                "FS.Remove": self._fs_remove,
+            })
+        # The mdash dialect's file system: name -> content.
+        self.files: dict[str, bytearray] = {}
+        self.ota_update_answers = ota_update_answers
+        # Seconds each FS.Get takes (a slow flash, for tests of pulls cut short).
+        self.fs_get_delay = fs_get_delay
         self.ota_fail = ota_fail
         self.ota_fail_after = ota_fail_after
         self.ota_drop = ota_drop
@@ -369,6 +392,24 @@ class SimulatedDevice:
             return self.call("Dash.Shadow.Update", {"state": {"reported": state}})
         return self.call("State.Set", state)
 
+    def store(self, topic: str, value: Any) -> None:
+        """mDashStore: append C{TOPIC JSON} to mdash.unsent (past the
+        library's limit, it becomes mdash.unsent.old, replacing an older
+        one), then say DB.NewData if connected."""
+        line = ("%s %s\n" % (topic, json.dumps(value, separators=(",", ":")))).encode()
+        self.files.setdefault(STORE_FILE, bytearray()).extend(line)
+        if len(self.files[STORE_FILE]) > STORE_FILE_LIMIT:
+            self.files[STORE_FILE + ".old"] = self.files.pop(STORE_FILE)
+        if self._open():
+            self.notify("DB.NewData", True)
+
+    def stored_lines(self) -> list[str]:
+        """Every line still on the device, oldest first (for tests)."""
+        out: list[str] = []
+        for name in sorted(self.files, key=lambda n: (not n.endswith(".old"), n)):
+            out.extend(self.files[name].decode().splitlines())
+        return out
+
     # Receiving
 
     def _message(self, payload: bytes) -> None:
@@ -447,7 +488,7 @@ class SimulatedDevice:
 
     def _answer(self, frame: dict[str, Any], result: Any = None, error: tuple[int, str] | None = None) -> None:
         # A reply to a call that arrives while closing is lost, as on a device.
-        if "id" not in frame or not self._open():
+        if "id" not in frame or not self._open() or result is NEVER:
             return
         reply: dict[str, Any] = {"id": frame["id"]}
         if frame.get("src"):
@@ -507,6 +548,62 @@ class SimulatedDevice:
         self.reactor.callLater(0, lambda: self.report(state).addErrback(_ignore))
         return True
 
+
+    # The mDash library's file system
+
+    def _fs_name(self, params: Any, key: str = "filename") -> str:
+        name = params.get(key) if isinstance(params, dict) else None
+        if not isinstance(name, str):
+            raise RpcError(500, "filename required")
+        return name
+
+    def _fs_list(self, params: Any) -> Any:
+        return list(self.files)
+
+    def _fs_get(self, params: Any) -> Any:
+        name = self._fs_name(params)
+        offset = params.get("offset", 0)
+        length = params.get("len", 512)
+        if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 \
+                or length < 0:
+            raise RpcError(500, "offset and len must be numbers")
+        if name not in self.files:
+            raise RpcError(500, "fopen(%s/%s): 2" % (FS_ROOT, name))
+        content = self.files[name]
+        chunk = bytes(content[offset:offset + length])
+        answer = {"filename": name, "offset": offset,
+                  "left": len(content) - (len(chunk) + offset),
+                  "data": base64.b64encode(chunk).decode("ascii")}
+        if self.fs_get_delay > 0:
+            d: Deferred[Any] = Deferred()
+            self.reactor.callLater(self.fs_get_delay, d.callback, answer)
+            return d
+        return answer
+
+    def _fs_put(self, params: Any) -> Any:
+        name = self._fs_name(params)
+        data = base64.b64decode(params.get("data") or "")
+        if not params.get("append"):
+            self.files[name] = bytearray()
+        self.files.setdefault(name, bytearray()).extend(data)
+        return {"filename": name, "written": len(data)}
+
+    def _fs_rename(self, params: Any) -> Any:
+        if not isinstance(params, dict) or not isinstance(params.get("src"), str) \
+                or not isinstance(params.get("dst"), str):
+            raise RpcError(500, "src and dst missing")
+        src, dst = params["src"], params["dst"]
+        self.files.pop(dst, None)  # as the library does: remove(dst) first
+        if src not in self.files:
+            raise RpcError(500, "rename(%s/%s, %s/%s) failed: 2" % (FS_ROOT, src, FS_ROOT, src))
+        self.files[dst] = self.files.pop(src)
+        return True
+
+    def _fs_remove(self, params: Any) -> Any:
+        name = self._fs_name(params)
+        if self.files.pop(name, None) is None:
+            raise RpcError(500, "remove(%s/%s) failed: 2" % (FS_ROOT, name))
+        return True
 
     # Firmware updates
 
@@ -586,6 +683,8 @@ class SimulatedDevice:
 
         def done(_: Any) -> Any:
             self._install(bytes(buffer))
+            if not self.ota_update_answers:
+                return NEVER
             return NO_RESULT
 
         def failed(failure: Any) -> None:
@@ -627,6 +726,14 @@ class SimulatedDevice:
 
 # What a Mongoose OS handler answers when it has nothing to say.
 NO_RESULT = object()
+# What a handler answers when it never answers.
+NEVER = object()
+
+# The mDash library's stored data: its file, and the size past which the
+# file is renamed to FILE.old (replacing an older one).
+STORE_FILE = "mdash.unsent"
+STORE_FILE_LIMIT = 32768
+FS_ROOT = "/spiffs"
 
 
 def _ignore(failure: Any) -> None:
@@ -634,6 +741,10 @@ def _ignore(failure: Any) -> None:
 
 
 # Command line
+
+
+def _store_reading(device: SimulatedDevice) -> None:
+    device.store("temperature", {"value": round(random.uniform(18, 25), 1)})
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -652,6 +763,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ca", help="CA certificate (PEM) to verify a wss:// server with")
     p.add_argument("--token-in-url", action="store_true", help="send the token as ?access_token=")
     p.add_argument("--ramp", type=float, default=0, help="connections started a second (0: all at once)")
+    p.add_argument("--store-every", type=float, default=0, metavar="SECONDS",
+                   help="mdash: store a temperature reading that often with mDashStore "
+                        "(dashd pulls it), whether connected or not (0: never)")
     p.add_argument("-q", "--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -679,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         print("give at least one --token or a --tokens-file", file=sys.stderr)
         return 2
     from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     if not args.quiet:
@@ -699,6 +814,11 @@ def main(argv: list[str] | None = None) -> int:
         devices.append(device)
         delay = i / args.ramp if args.ramp > 0 else 0
         reactor.callLater(delay, device.start)
+        if args.store_every > 0:
+            if args.dialect != "mdash":
+                print("--store-every needs --dialect mdash", file=sys.stderr)
+                return 2
+            LoopingCall(_store_reading, device).start(args.store_every, now=False)
 
     def status() -> None:
         online = sum(1 for d in devices if d.online)

@@ -117,10 +117,16 @@ async def test_connected_and_info_return_what_a_read_would(store):
     """device_connected and record_info hand back the record as stored,
     without a second read: it must be what get_device then returns."""
     _, _, device = await _account_and_device(store)
-    connected = await store.device_connected(device.id, 5.0)
+    connected, pull = await store.device_connected(device.id, 5.0)
     assert connected == await store.get_device(device.id)
     assert connected.last_seen == 5.0 and connected.shared_with == ("b1",)
+    assert pull is None
     assert await store.device_connected("dnosuchdevice", 5.0) is None
+    # With a pull record (a device that stores data, dashd.app.datapull).
+    assert await store.set_data_pull(device.id, "mdash.dashd.x", 0, 5.0, None) is True
+    assert await store.set_data_pull(device.id, "mdash.dashd.y", 0, 5.0, None) is False
+    assert (await store.device_connected(device.id, 5.5))[1] == {"file": "mdash.dashd.x",
+                                                                 "stored": 0}
     update = shadow.ShadowUpdate({"reported": {"ota": {"fw_version": "1.2"}}})
     recorded, result = await store.record_info(device.id, {"fw_version": "1.2"}, update, 6.0)
     assert result.changed

@@ -1124,6 +1124,36 @@ async def test_firmware_pull_with_auto_commit(server, admin: Client, ui: UI, tmp
 
 
 @pytest_twisted.ensureDeferred
+async def test_firmware_pull_is_not_offered_to_a_device_that_cannot_pull(server, admin: Client,
+                                                                        ui: UI, tmp_path):
+    device_id, token = await admin.register("ota-mdash")
+    sim = await connect_device(server, token, dialect="mdash")
+    await device_online(admin, device_id)
+    fw = make_bin(str(tmp_path / "mdash.bin"), 20_000)
+    await ui.run(sign_in, admin.key)
+
+    def upload(page: Page) -> None:
+        open_device(page, device_id, "ota-mdash")
+        box = firmware(page)
+        pull = box.get_by_role("radio", name=re.compile("^Pull"))
+        pull.check()
+        expect(box.get_by_text("This device has no OTA.Update (the mDash library): it cannot "
+                               "download firmware itself, so dashd pushes it.")).to_be_visible()
+        expect(pull).to_be_disabled()
+        expect(box.get_by_role("radio", name=re.compile("^Push"))).to_be_checked()
+        pick_firmware(page, fw)
+        box.get_by_role("button", name="Upload and update").click()
+        expect(box.get_by_text("Done, not committed yet.")).to_be_visible(timeout=20_000)
+        expect(box).to_contain_text("pushed by dashd")
+        accessible(page)
+
+    await ui.run(upload)
+    await ui.shot("firmware-mdash-push-only")
+    assert "OTA.Update" not in [f.get("method") for f in sim.frames]
+    await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_firmware_refusals_are_explained(server, admin: Client, ui: UI, tmp_path):
     device_id, token = await admin.register("ota-refusals")
     await ui.run(sign_in, admin.key)

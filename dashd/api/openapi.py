@@ -596,6 +596,13 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "started": {"type": "number"},
                         "updated": {"type": "number"},
                         "reason": {"type": "string"},
+                        "note": {"type": "string"},
+                        "device_state": {
+                            "type": "object",
+                            "description": "what the device last said of its own update "
+                                           "(Dash.OTAState)",
+                            "properties": {"state": {}, "msg": {}, "t": {"type": "number"}},
+                        },
                     },
                 },
                 "DataPoint": {

@@ -12,6 +12,13 @@ Push mode (the default; every device library):
 Pull mode (Mongoose OS): dashd serves the file at a one-time link
 ``/api/v2/firmware/SECRET`` and calls ``OTA.Update {"url": LINK,
 "commit_timeout": N}``; the device downloads it and answers when it has.
+A device without ``OTA.Update`` (the mDash library answers -32601) gets the
+file by push instead, said in the status's ``note``. Older Mongoose OS
+reboots into the new firmware without answering ``OTA.Update``: a device
+that goes offline during it is awaited as one that reboots (its info says
+whether the new firmware took). While it updates, Mongoose OS says how it
+goes in ``Dash.OTAState {"state", "msg"}``: the last one is the status's
+``device_state`` (and each is in the device's history).
 
 Then the device reboots into the new firmware. When it is back and tells
 its info (``Dash.Heartbeat`` or ``Sys.GetInfo``) with a ``fw_id`` other than
@@ -27,7 +34,8 @@ and stored, so it outlives a restart)::
      "file": "fw.zip", "kind": "zip" | "bin", "size": N, "sent": N,
      "percent": 0-100, "auto_commit": false, "commit_timeout": N (pull),
      "manifest": {...} (zip), "fw_id_before": "...", "fw_id": "..." (back),
-     "started": T, "updated": T, "reason": "..." (failed, or a failed commit)}
+     "started": T, "updated": T, "reason": "..." (failed, or a failed commit),
+     "note": "..." (pull done otherwise), "device_state": {"state", "msg", "t"}}
 
 STATE is ``uploading`` / ``downloading`` (the transfer; one at a time per
 device), ``rebooting`` (the device has it all; expected back within
@@ -60,6 +68,7 @@ from twisted.python.failure import Failure
 
 from dashd.app.devices import Devices
 from dashd.app.fleet import Fleet
+from dashd.channel import frames
 from dashd.config import Config
 from dashd.domain import access, tokens
 from dashd.domain.errors import (
@@ -391,19 +400,41 @@ class OtaManager:
         try:
             await self._call(
                 update, "OTA.Update", {"url": url, "commit_timeout": commit_timeout},
-                timeout=self.config["ota.pull_timeout"],
+                timeout=self.config["ota.pull_timeout"], passing=(DeviceFailed, Offline),
             )
+        except DeviceFailed as e:
+            if e.code not in frames.NOT_IMPLEMENTED:
+                self._fail(update, "the device refused OTA.Update: %s (code %s)"
+                           % (e.message, e.code))
+                return
+            # The mDash library has no OTA.Update: it cannot download.
+            self._forget_link(update)
+            update.status.update(mode="push", state="uploading", note=(
+                "the device has no OTA.Update (it cannot download firmware itself): "
+                "sent by push instead"))
+            update.status.pop("commit_timeout", None)
+            self._changed(update)
+            await self._push(update)
+            return
+        except Offline:
+            # Older Mongoose OS reboots into the new firmware without
+            # answering: whether it took, its info says when it is back.
+            update.status["note"] = (
+                "the device went offline during OTA.Update without answering (older "
+                "Mongoose OS reboots into the new firmware so): waiting for it to come back")
         except _Failed as e:
             self._fail(update, str(e))
             return
         self._transferred(update)
 
     def _call(
-        self, update: _Update, method: str, params: Any, timeout: float | None = None
+        self, update: _Update, method: str, params: Any, timeout: float | None = None,
+        passing: tuple[type[DomainError], ...] = (),
     ) -> Deferred[Any]:
         """Call the device, turning a failure into L{_Failed} with a reason
-        a person understands. (Not Fleet.call: that would announce every
-        chunk of firmware to the subscribers as rpc.in.OTA.Write.)"""
+        a person understands (but for the errors in C{passing}). (Not
+        Fleet.call: that would announce every chunk of firmware to the
+        subscribers as rpc.in.OTA.Write.)"""
         if self._updates.get(update.device_id) is not update or update.state in FINISHED:
             # The update ended meanwhile (failed, device deleted, shutdown).
             return _cancelled()
@@ -413,6 +444,8 @@ class OtaManager:
 
         def failed(failure: Failure) -> None:
             error = failure.value
+            if isinstance(error, passing):
+                failure.raiseException()
             if isinstance(error, DeviceFailed):
                 raise _Failed("the device refused %s: %s (code %s)"
                               % (method, error.message, error.code))
@@ -467,11 +500,20 @@ class OtaManager:
     # What the device says after the transfer
 
     def device_event(self, event: Event) -> None:
-        """A fleet event observer: a device came back online."""
+        """A fleet event observer: a device came back online, or said how
+        its own update goes (Mongoose OS's Dash.OTAState {state, msg})."""
+        update = self._updates.get(event.device_id)
+        if update is None:
+            return
         if event.name == "online":
-            update = self._updates.get(event.device_id)
-            if update is not None and update.state in AWAITING:
+            if update.state in AWAITING:
                 update.reconnected = True
+        elif event.name == "rpc.out.OTAState" and isinstance(event.data, dict):
+            said = {k: event.data[k] for k in ("state", "msg")
+                    if isinstance(event.data.get(k), (str, int, float))}
+            if said:
+                update.status["device_state"] = dict(said, t=self.fleet.now())
+                self._changed(update)
 
     def device_info(self, device: Device, info: dict[str, Any]) -> None:
         """A fleet info observer: what a device said of itself."""
@@ -590,10 +632,13 @@ class OtaManager:
         log.failure("device {id}: firmware update", failure, id=update.device_id)
         self._fail(update, "internal error")
 
-    def _forget_file(self, update: _Update) -> None:
+    def _forget_link(self, update: _Update) -> None:
         if update.secret is not None:
             self._downloads.pop(update.secret, None)
             update.secret = None
+
+    def _forget_file(self, update: _Update) -> None:
+        self._forget_link(update)
         if update.path is not None:
             try:
                 os.unlink(update.path)

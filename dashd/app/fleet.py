@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from dashd.channel.hub import IHub
 from dashd.channel.router import IRouter
 from dashd.config import Config
-from dashd.domain import shadow
+from dashd.domain import shadow, timeseries
 from dashd.domain.errors import Offline
 from dashd.domain.events import Event
 from dashd.domain.model import Device
@@ -54,6 +54,8 @@ class Fleet:
         # (firmware updates, dashd.app.firmware). Observers must not block or raise.
         self.event_observers: list[Callable[[Event], None]] = []
         self.info_observers: list[Callable[[Device, dict[str, Any]], None]] = []
+        # Each device that connected, with its pull record (dashd.app.datapull).
+        self.connect_observers: list[Callable[[Device, dict[str, Any] | None], None]] = []
         # Each is given the Deferred of every call() (dashd.ops.metrics counts
         # them by outcome); an observer adds callbacks that pass the result on.
         self.call_observers: list[Callable[[Deferred[Any]], None]] = []
@@ -107,6 +109,28 @@ class Fleet:
             return device
 
         return self.store.record_info(device_id, info, update, self.now()).addCallback(recorded)
+
+    def connected(self, device: Device, pull: dict[str, Any] | None) -> None:
+        """A device connected (and its record was read): tell the observers."""
+        for observer in self.connect_observers:
+            try:
+                observer(device, pull)
+            except Exception:
+                log.failure("connect observer {observer}", observer=observer)
+
+    def store_data(self, device: Device, data: Any) -> Deferred[Any]:
+        """Keep what the device sent as data (C{Dash.Data}) as data points:
+        an object's keys, each a point, or the whole value as the point
+        C{data}. Fire once they are durable."""
+        points = timeseries.data_points(data)
+        d = self.store.append_points(device.id, device.account_id, points, self.now())
+
+        def stored(count: int) -> int:
+            self.publish(device, "data.stored", {
+                "source": "data", "points": [{"key": k, "value": v} for k, v in points]})
+            return count
+
+        return d.addCallback(stored)
 
     def shadow_changed(self, device: Device, result: shadow.UpdateResult) -> None:
         """Tell subscribers, and the device if its desired state changed."""

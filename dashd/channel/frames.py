@@ -34,6 +34,9 @@ INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+# What devices answer a method they do not have: JSON-RPC's code, and
+# Mongoose OS's 404.
+NOT_IMPLEMENTED = (METHOD_NOT_FOUND, 404)
 # Codes dashd uses beyond JSON-RPC's own, in the HTTP-like style Mongoose OS
 # firmware uses for its errors.
 CONFLICT = 409

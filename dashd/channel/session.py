@@ -39,8 +39,6 @@ from dashd.store import NotFound, StoreError
 
 log = Logger()
 
-_NOT_IMPLEMENTED_CODES = (frames.METHOD_NOT_FOUND, 404)
-
 
 @dataclass
 class _PendingCall:
@@ -95,7 +93,7 @@ class DeviceSession:
         # is pushed through the router, one made before is in what we read.
         # The same store job records last_seen.
         d = fleet.store.device_connected(self.device_id, fleet.now())
-        d.addCallback(self._send_initial_delta)
+        d.addCallback(self._connected)
         d.addErrback(self._log_failure, "recording last_seen and reading the shadow")
 
     def stalled(self) -> None:
@@ -328,12 +326,19 @@ class DeviceSession:
         self._answer(frame, d, lambda r: {"version": r[1].document["version"]})
 
     def _state_set(self, frame: frames.Request) -> None:
-        # The mDash device library reports state this way (e.g. OTA progress).
+        # The mDash device library reports state this way (e.g. OTA
+        # progress); Cesanta's mjson shadow sketches send Shadow.Report.
         if not isinstance(frame.params, dict):
             self.reply_error(frame.id, frames.INVALID_PARAMS, "params must be an object", frame.src)
             return
         update = shadow.ShadowUpdate(patches={"reported": frame.params})
         d = self.fleet.update_shadow(self.device_id, update, save_data=True)
+        self._answer(frame, d, lambda _: True)
+
+    def _data(self, frame: frames.Request) -> None:
+        # mgos_dash_send_data: data to keep, as data points (and an event).
+        self._publish_out(frame.method, frame.params)
+        d = self.fleet.store_data(self.device, frame.params)
         self._answer(frame, d, lambda _: True)
 
     def _shadow_get(self, frame: frames.Request) -> None:
@@ -353,7 +358,9 @@ class DeviceSession:
         "Dash.Shadow.Update": _shadow_update,
         "Dash.Shadow.Get": _shadow_get,
         "Dash.Log": _log,
+        "Dash.Data": _data,
         "State.Set": _state_set,
+        "Shadow.Report": _state_set,
     }
 
     # Calls dashd makes on its own
@@ -372,9 +379,12 @@ class DeviceSession:
         d.addCallback(got)
         d.addErrback(self._log_failure, "asking for Sys.GetInfo", expected=True)
 
-    def _send_initial_delta(self, device: Device | None) -> None:
-        if device is not None:
-            self._send_delta(device.shadow)
+    def _connected(self, found: tuple[Device, dict[str, Any] | None] | None) -> None:
+        if found is None:
+            return
+        device, pull = found
+        self._send_delta(device.shadow)
+        self.fleet.connected(device, pull)
 
     def _send_delta(self, document: dict[str, Any]) -> None:
         if self._delta_unsupported or self._closed:
@@ -388,13 +398,23 @@ class DeviceSession:
             self._config["rpc.default_timeout"],
         )
 
+        def applied(result: Any) -> Deferred[Any] | None:
+            # An object answer is the part of the delta the device applied
+            # (the public Mongoose OS device simulator answers with the state
+            # it was given): it is now reported. null or true change nothing.
+            if isinstance(result, dict) and result:
+                update = shadow.ShadowUpdate(patches={"reported": result})
+                return self.fleet.update_shadow(self.device_id, update, save_data=True)
+            return None
+
         def unsupported(failure: Failure) -> None:
-            if failure.check(DeviceFailed) and failure.value.code in _NOT_IMPLEMENTED_CODES:
+            if failure.check(DeviceFailed) and failure.value.code in frames.NOT_IMPLEMENTED:
                 # Fine: remember it for this connection, so no retry storm.
                 self._delta_unsupported = True
                 return
             self._log_failure(failure, "sending Shadow.Delta", expected=True)
 
+        d.addCallback(applied)
         d.addErrback(unsupported)
 
     def _log_failure(self, failure: Failure, doing: str, expected: bool = False) -> None:

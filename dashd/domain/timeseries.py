@@ -1,5 +1,6 @@
 """
-Stored data: which reported values go into a device's time series.
+Stored data: which reported values go into a device's time series, and the
+points of data a device sends as such.
 
 A device's shadow may list, in ``tags.save``, keys of ``state.reported`` as
 dotted paths (``"temperature"``, ``"env.humidity"``). Each time the device
@@ -7,6 +8,11 @@ reports one of them (in ``Dash.Shadow.Update`` or ``State.Set``), the value
 it reported is appended to its time series with the server's timestamp,
 whether or not it changed: it is a record of reports. A key the report does
 not reach, or deletes (``null``), records nothing.
+
+A device may also send data to keep: ``Dash.Data`` (Mongoose OS,
+``mgos_dash_send_data``) makes a point of each key of an object it sends
+(L{data_points}), and ``mDashStore`` lines (the mDash library) are pulled
+from the device (L{dashd.app.datapull}).
 
 Pure functions; the store applies them inside the transaction that applies
 the report, so a point is durable exactly when the report is acknowledged.
@@ -79,3 +85,17 @@ def reported_points(save: list[str], patch: Any) -> list[tuple[str, Any]]:
         if node is not None:
             out.append((key, node))
     return out
+
+
+# The key of a point of data that is not an object of short keys.
+DATA_KEY = "data"
+
+
+def data_points(data: Any) -> list[tuple[str, Any]]:
+    """The points C{Dash.Data} params make: an object of at most
+    L{MAX_SAVED_KEYS} keys (each at most L{MAX_KEY_LENGTH} long) is a point
+    a key; anything else is one point L{DATA_KEY} of the whole value."""
+    if (isinstance(data, dict) and data and len(data) <= MAX_SAVED_KEYS
+            and all(0 < len(k) <= MAX_KEY_LENGTH for k in data)):
+        return list(data.items())
+    return [(DATA_KEY, data)]

@@ -16,6 +16,8 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_notify_subscribers`` | gauge | notification streams open now |
 | ``dashd_rpc_calls_total{outcome}`` | counter | REST RPC calls to devices: ``ok``, ``device_error`` (the device answered with an error), ``timeout``, ``offline``, ``rejected`` (too many in flight), ``cancelled`` (the client went away), ``error`` |
 | ``dashd_rpc_call_duration_seconds`` | histogram | time to the device's answer (outcomes ``ok`` and ``device_error``) |
+| ``dashd_data_lines_pulled_total`` | counter | lines of data pulled from mDash-library devices (``mDashStore``) and stored |
+| ``dashd_data_pulls_failed_total`` | counter | pulls of such data that stopped before the device had nothing left (the next one resumes) |
 | ``dashd_store_job_duration_seconds`` | histogram | a store job from submission to its durable result (queueing, group commit and fsync included) |
 | ``dashd_store_queue_depth`` | gauge | store jobs waiting for the writer thread |
 | ``dashd_http_requests_total{code}`` | counter | REST requests answered, by status |
@@ -125,10 +127,11 @@ def full_collections() -> FullCollections:
 class _Live:
     """Figures read at scrape time from the parts that keep them."""
 
-    def __init__(self, fleet: Any, store: Any, device_factory: Any) -> None:
+    def __init__(self, fleet: Any, store: Any, device_factory: Any, puller: Any) -> None:
         self.fleet = fleet
         self.store = store
         self.device_factory = device_factory
+        self.puller = puller
 
     def describe(self) -> list[Metric]:
         return []
@@ -163,6 +166,16 @@ class _Live:
             "dashd_device_frames_sent", "JSON-RPC frames sent to devices",
             value=factory.frames_sent,
         )
+        yield CounterMetricFamily(
+            "dashd_data_lines_pulled",
+            "Lines of data pulled from mDash-library devices (mDashStore) and stored",
+            value=self.puller.lines_pulled,
+        )
+        yield CounterMetricFamily(
+            "dashd_data_pulls_failed",
+            "Pulls of devices' stored data that stopped before the device had nothing left",
+            value=self.puller.pulls_failed,
+        )
         yield GaugeMetricFamily(
             "dashd_notify_subscribers", "Notification streams open",
             value=self.fleet.hub.subscriber_count(),
@@ -191,14 +204,14 @@ class Metrics:
     calls, L{observe_store_job} to the store, L{observe_request} to the
     site."""
 
-    def __init__(self, fleet: Any, store: Any, device_factory: Any) -> None:
+    def __init__(self, fleet: Any, store: Any, device_factory: Any, puller: Any) -> None:
         # No *_created series: they double the output and say when dashd started.
         disable_created_metrics()
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         full_collections()
-        self.registry.register(_Live(fleet, store, device_factory))  # type: ignore[arg-type]
+        self.registry.register(_Live(fleet, store, device_factory, puller))  # type: ignore[arg-type]
         self.rpc_calls = Counter(
             "dashd_rpc_calls", "REST RPC calls to devices, by outcome", ["outcome"],
             registry=self.registry,

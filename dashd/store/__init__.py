@@ -112,8 +112,8 @@ class IStore(Interface):
 
     def device_connected(device_id, now):
         """Set the device's last-seen time and fire with the L{Device} as it
-        is then (None if there is no such device): one job where a device
-        connects."""
+        is then and its pull record (L{data_pull}), or None if there is no
+        such device: one job where a device connects."""
 
     def touch(device_id, now):
         """Set the device's last-seen time."""
@@ -146,6 +146,27 @@ class IStore(Interface):
         """Fire with C{(events, next_offset)}: up to C{limit} events the
         account may see (of C{device_id} only, if given) from offset
         C{start} (negative: that many before the end), oldest first."""
+
+    def append_points(device_id, account_id, points, now):
+        """Append C{(key, value)} data points the device sent (C{Dash.Data});
+        fire with how many."""
+
+    def data_pull(device_id):
+        """Fire with the device's pull record C{{"file", "stored"}} (see
+        L{dashd.app.datapull}), or None if it never stored data to pull."""
+
+    def set_data_pull(device_id, file, stored, now, expected):
+        """Set the device's pull record to C{file} set aside on the device
+        (None: none) and C{stored} bytes of it stored, if the record names
+        C{expected} (None: none), creating the record if there is none; fire
+        with False (nothing changed) if it names another file or the device
+        no longer exists: a compare-and-set, so that two pulls never both
+        take a file."""
+
+    def store_pulled(device_id, account_id, file, expected, stored, points, now):
+        """In one transaction: move the pull record of C{file} from
+        C{expected} to C{stored} bytes and append C{points}; fire with True,
+        or False (nothing written) if the record did not say C{expected}."""
 
     def set_ota_status(device_id, status, now):
         """Store the status document of the device's firmware update; fire

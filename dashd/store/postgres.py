@@ -581,10 +581,15 @@ class PostgresStore:
 
         return self._run(job, order=device_id)
 
-    def device_connected(self, device_id: str, now: float) -> Deferred[Device | None]:
-        def job(cur: Cursor) -> Device | None:
+    def device_connected(
+        self, device_id: str, now: float
+    ) -> Deferred[tuple[Device, dict[str, Any] | None] | None]:
+        def job(cur: Cursor) -> tuple[Device, dict[str, Any] | None] | None:
             cur.execute("UPDATE devices SET last_seen = %s WHERE id = %s", (now, device_id))
-            return _get_device(cur, device_id)
+            device = _get_device(cur, device_id)
+            if device is None:
+                return None
+            return device, postgres_records.data_pull(cur, device_id)
 
         return self._run(job, order=device_id)
 
@@ -639,6 +644,24 @@ class PostgresStore:
         return self._run(
             lambda cur: postgres_records.query_events(cur, account_id, device_id, start, limit),
             order=_APPEND_EVENTS)
+
+    def append_points(self, device_id: str, account_id: str, points: list[tuple[str, Any]],
+                      now: float) -> Deferred[int]:
+        return self._run(lambda cur: postgres_records.append_points(
+            cur, device_id, account_id, points, now), order=device_id)
+
+    def data_pull(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+        return self._run(lambda cur: postgres_records.data_pull(cur, device_id), order=device_id)
+
+    def set_data_pull(self, device_id: str, file: str | None, stored: int, now: float,
+                      expected: str | None) -> Deferred[bool]:
+        return self._run(lambda cur: postgres_records.set_data_pull(
+            cur, device_id, file, stored, now, expected), order=device_id)
+
+    def store_pulled(self, device_id: str, account_id: str, file: str, expected: int,
+                     stored: int, points: list[tuple[str, Any]], now: float) -> Deferred[bool]:
+        return self._run(lambda cur: postgres_records.store_pulled(
+            cur, device_id, account_id, file, expected, stored, points, now), order=device_id)
 
     def set_ota_status(self, device_id: str, status: dict[str, Any], now: float) -> Deferred[bool]:
         return self._run(lambda cur: postgres_records.set_ota_status(cur, device_id, status, now),

@@ -96,6 +96,58 @@ def save_reported(cur: Cursor, device_id: str, account_id: str, tags: dict[str, 
     return len(points)
 
 
+def append_points(cur: Cursor, device_id: str, account_id: str,
+                  points: list[tuple[str, Any]], now: float) -> int:
+    cur.executemany(
+        "INSERT INTO data_points (device_id, account_id, t, key, value)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        [(device_id, account_id, now, key, json_param(value)) for key, value in points],
+    )
+    return len(points)
+
+
+# Pulls of what devices stored on their own file system (dashd.app.datapull)
+
+
+def data_pull(cur: Cursor, device_id: str) -> dict[str, Any] | None:
+    row = _one(cur, "SELECT file, stored FROM data_pulls WHERE device_id = %s", (device_id,))
+    return {"file": row[0], "stored": row[1]} if row else None
+
+
+def set_data_pull(cur: Cursor, device_id: str, file: str | None, stored: int, now: float,
+                  expected: str | None) -> bool:
+    """See L{dashd.store.sqlite_records.set_data_pull}."""
+    cur.execute(
+        "UPDATE data_pulls SET file = %s, stored = %s, updated = %s WHERE device_id = %s"
+        " AND file IS NOT DISTINCT FROM %s",
+        (file, stored, now, device_id, expected),
+    )
+    if cur.rowcount == 1:
+        return True
+    if expected is not None or _one(cur, "SELECT 1 FROM devices WHERE id = %s", (device_id,)) is None:
+        return False
+    cur.execute(
+        "INSERT INTO data_pulls (device_id, file, stored, updated) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT (device_id) DO NOTHING",
+        (device_id, file, stored, now),
+    )
+    return cur.rowcount == 1
+
+
+def store_pulled(cur: Cursor, device_id: str, account_id: str, file: str, expected: int,
+                 stored: int, points: list[tuple[str, Any]], now: float) -> bool:
+    """See L{dashd.store.sqlite_records.store_pulled}."""
+    cur.execute(
+        "UPDATE data_pulls SET stored = %s, updated = %s WHERE device_id = %s AND file = %s"
+        " AND stored = %s",
+        (stored, now, device_id, file, expected),
+    )
+    if cur.rowcount != 1:
+        return False
+    append_points(cur, device_id, account_id, points, now)
+    return True
+
+
 def query_points(cur: Cursor, account_id: str, device_id: str | None, skip: int, limit: int,
                  text: str | None) -> list[dict[str, Any]]:
     where, params = _visible(cur, account_id, device_id)

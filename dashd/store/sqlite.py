@@ -529,10 +529,15 @@ class SQLiteStore:
 
         return self._submit(job)
 
-    def device_connected(self, device_id: str, now: float) -> Deferred[Device | None]:
-        def job(conn: sqlite3.Connection) -> Device | None:
+    def device_connected(
+        self, device_id: str, now: float
+    ) -> Deferred[tuple[Device, dict[str, Any] | None] | None]:
+        def job(conn: sqlite3.Connection) -> tuple[Device, dict[str, Any] | None] | None:
             conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
-            return _get_device(conn, device_id)
+            device = _get_device(conn, device_id)
+            if device is None:
+                return None
+            return device, sqlite_records.data_pull(conn, device_id)
 
         return self._submit(job)
 
@@ -583,6 +588,24 @@ class SQLiteStore:
         return self._read(
             lambda conn: sqlite_records.query_events(conn, account_id, device_id, start, limit)
         )
+
+    def append_points(self, device_id: str, account_id: str, points: list[tuple[str, Any]],
+                      now: float) -> Deferred[int]:
+        return self._submit(
+            lambda conn: sqlite_records.append_points(conn, device_id, account_id, points, now))
+
+    def data_pull(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+        return self._submit(lambda conn: sqlite_records.data_pull(conn, device_id))
+
+    def set_data_pull(self, device_id: str, file: str | None, stored: int, now: float,
+                      expected: str | None) -> Deferred[bool]:
+        return self._submit(
+            lambda conn: sqlite_records.set_data_pull(conn, device_id, file, stored, now, expected))
+
+    def store_pulled(self, device_id: str, account_id: str, file: str, expected: int,
+                     stored: int, points: list[tuple[str, Any]], now: float) -> Deferred[bool]:
+        return self._submit(lambda conn: sqlite_records.store_pulled(
+            conn, device_id, account_id, file, expected, stored, points, now))
 
     def set_ota_status(self, device_id: str, status: dict[str, Any], now: float) -> Deferred[bool]:
         return self._submit(lambda conn: sqlite_records.set_ota_status(conn, device_id, status, now))

@@ -95,6 +95,81 @@ def save_reported(
     return len(points)
 
 
+def append_points(
+    conn: sqlite3.Connection,
+    device_id: str,
+    account_id: str,
+    points: list[tuple[str, Any]],
+    now: float,
+) -> int:
+    """Append C{(key, value)} points a device sent as data; return how many."""
+    conn.executemany(
+        "INSERT INTO data_points (device_id, account_id, t, key, value) VALUES (?, ?, ?, ?, ?)",
+        [(device_id, account_id, now, key, compact(value)) for key, value in points],
+    )
+    return len(points)
+
+
+# Pulls of what devices stored on their own file system (dashd.app.datapull)
+
+
+def data_pull(conn: sqlite3.Connection, device_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT file, stored FROM data_pulls WHERE device_id = ?", (device_id,)
+    ).fetchone()
+    return {"file": row[0], "stored": row[1]} if row else None
+
+
+def set_data_pull(
+    conn: sqlite3.Connection, device_id: str, file: str | None, stored: int, now: float,
+    expected: str | None,
+) -> bool:
+    """Set the pull record to C{file} and C{stored} if it names C{expected}
+    (None: no file), creating it if there is none; False if it names another
+    file or the device is gone."""
+    cur = conn.execute(
+        "UPDATE data_pulls SET file = ?, stored = ?, updated = ? WHERE device_id = ?"
+        " AND file IS ?",
+        (file, stored, now, device_id, expected),
+    )
+    if cur.rowcount == 1:
+        return True
+    if conn.execute("SELECT 1 FROM data_pulls WHERE device_id = ?", (device_id,)).fetchone():
+        return False
+    if expected is not None:
+        return False
+    if conn.execute("SELECT 1 FROM devices WHERE id = ?", (device_id,)).fetchone() is None:
+        return False
+    conn.execute(
+        "INSERT INTO data_pulls (device_id, file, stored, updated) VALUES (?, ?, ?, ?)",
+        (device_id, file, stored, now),
+    )
+    return True
+
+
+def store_pulled(
+    conn: sqlite3.Connection,
+    device_id: str,
+    account_id: str,
+    file: str,
+    expected: int,
+    stored: int,
+    points: list[tuple[str, Any]],
+    now: float,
+) -> bool:
+    """Points read from C{file} up to byte C{stored}, if the pull's record
+    still says C{expected}: both or neither (False: another pull moved on)."""
+    cur = conn.execute(
+        "UPDATE data_pulls SET stored = ?, updated = ? WHERE device_id = ? AND file = ?"
+        " AND stored = ?",
+        (stored, now, device_id, file, expected),
+    )
+    if cur.rowcount != 1:
+        return False
+    append_points(conn, device_id, account_id, points, now)
+    return True
+
+
 def query_points(
     conn: sqlite3.Connection,
     account_id: str,

@@ -104,7 +104,9 @@ export function firmwarePart(ctx, deviceId, device, canUpdate) {
     const state = status.state;
     heading.textContent = FINISHED.includes(state) ? 'Last update' : 'Update under way';
     replace(summary, fileSummary(status), ', ', status.mode === 'pull' ? 'pulled by the device' : 'pushed by dashd',
-      ', started ', timeEl(status.started), status.auto_commit ? ', committed automatically' : '');
+      ', started ', timeEl(status.started), status.auto_commit ? ', committed automatically' : '',
+      status.note ? `. ${status.note}` : '',
+      status.device_state ? `. The device says: ${status.device_state.state}${status.device_state.msg ? ` (${status.device_state.msg})` : ''}` : '');
     progressRow.hidden = false;
     setBar(status.percent || 0, status.sent, status.size);
     commitButton.hidden = true;
@@ -188,6 +190,21 @@ export function firmwarePart(ctx, deviceId, device, canUpdate) {
     for (const radio of [push, pull]) {
       radio.addEventListener('change', () => { timeoutField.hidden = !pull.checked; });
     }
+    const pullNote = h('p', {class: 'hint', hidden: true});
+    form.querySelector('fieldset').append(pullNote);
+    // Only devices with OTA.Update can pull (the mDash library has none):
+    // when pull is chosen, the device is asked what it has.
+    pull.addEventListener('change', () => {
+      if (!pull.checked || !device().online) return;
+      api('GET', `/devices/${encode(deviceId)}/rpc/RPC.List`).then((methods) => {
+        if (!ctx.alive || !Array.isArray(methods) || methods.includes('OTA.Update')) return;
+        pull.disabled = true;
+        push.checked = true;
+        timeoutField.hidden = true;
+        pullNote.textContent = 'This device has no OTA.Update (the mDash library): it cannot download firmware itself, so dashd pushes it.';
+        pullNote.hidden = false;
+      }, () => {});  // it may not answer RPC.List; dashd falls back to push anyway
+    });
 
     form.addEventListener('submit', async (e) => {
       e.preventDefault();
