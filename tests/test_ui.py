@@ -856,13 +856,13 @@ async def test_live_log(server, admin: Client, ui: UI):
     # The stored log first (here: it connected), then events as they come.
     await ui.run(lambda page: (expect(page.locator("#live-state")).to_have_text("Live"),
                                expect(page.get_by_text("methods from RPC.List")).to_be_visible()))
-    await sim.call("Dash.Log", {"fd": 1, "data": "booted in 312 ms\n", "t": time.time(), "seq": 1})
+    await sim.call("Dash.Log", {"fd": 1, "data": "booted in 312 ms\n", "t": 12.5, "seq": 1})
     await sim.call("Dash.Log", {"fd": 2, "data": "sensor 2 not found\n", "t": time.time(), "seq": 2})
     sim.notify("MyStat", {"temp": 21.5})
 
     def lines(page: Page) -> None:
         log = page.get_by_role("log", name="Device log")
-        expect(log).to_contain_text("log booted in 312 ms")
+        expect(log).to_contain_text("log booted in 312 ms (#1, device time 12.5)")
         expect(log.locator(".log-stderr")).to_contain_text("sensor 2 not found")
         expect(log).to_contain_text('notification MyStat {"temp":21.5}')
         accessible(page)

@@ -27,9 +27,14 @@ function json(data) {
 // {kind, text} for a line, or null for events the log does not show.
 export function describeEvent(name, data) {
   if (name === 'rpc.out.Log') {
+    // The device's own sequence number and time, beside dashd's.
+    const own = [];
+    if (data && Number.isFinite(data.seq)) own.push(`#${data.seq}`);
+    if (data && Number.isFinite(data.t)) own.push(`device time ${data.t}`);
     return {
       kind: data && data.fd === 2 ? 'stderr' : 'log',
       text: data && typeof data.data === 'string' ? data.data.replace(/\n$/, '') : json(data),
+      device: own.join(', '),
     };
   }
   if (name.startsWith('rpc.out.')) return {kind: 'notification', text: `${name.slice(8)} ${json(data)}`.trim()};
@@ -76,7 +81,8 @@ export function logPart(ctx, deviceId) {
     const li = h('li', {class: `log-${what.kind}`, dataset: offset === undefined ? {} : {offset: String(offset)}},
       h('time', {datetime: d.toISOString(), title: d.toLocaleString()}, today ? d.toLocaleTimeString() : d.toLocaleString()), ' ',
       h('span', {class: 'log-kind'}, what.kind), ' ',
-      h('span', {class: 'log-text'}, what.text));
+      h('span', {class: 'log-text'}, what.text),
+      what.device ? h('span', {class: 'log-device'}, ` (${what.device})`) : null);
     return li;
   }
 
