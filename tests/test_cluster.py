@@ -431,3 +431,27 @@ def test_cluster_mode_needs_postgresql(tmp_path):
     )
     assert result.returncode != 0
     assert "cluster.redis_url needs a store the nodes share" in result.stdout + result.stderr
+
+
+@pytest_twisted.ensureDeferred
+async def test_stored_data_is_pulled_by_the_node_holding_the_device(cluster, a, b):
+    """mDashStore lines: the node that holds the device pulls them once,
+    and every node serves them."""
+    device_id, token = await a.register()
+    sim = await connect_device(cluster.nodes[1], token, dialect="mdash")
+    await device_online(a, device_id)
+    for n in range(50):
+        sim.store("temperature", {"n": n})
+
+    async def stored() -> list:
+        reply = await a.get("/api/v2/devices/%s/data?limit=500&skip=0" % device_id)
+        return [p["value"]["n"] for p in reply.body]
+
+    await eventually(lambda: check_len(stored, 50), 20)
+    assert sorted(await stored()) == list(range(50))
+    await eventually(lambda: sim.files == {}, 10)
+    await sim.stop()
+
+
+async def check_len(read, n: int) -> bool:
+    return len(await read()) >= n
