@@ -243,7 +243,7 @@ async def test_pull_mode_serves_a_one_time_link(server, admin: Client, tmp_path)
     finally:
         sub.close()
         await sim.stop()
-    raw_events = [json.dumps(e) for e in sub.events.pending]
+    raw_events = [json.dumps(e) for e in sub.received]
     assert not any(secret in e for e in raw_events)
 
 
