@@ -8,16 +8,19 @@ migrations and concurrent writers (tests/test_store_postgres.py).
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
 from dashd.domain import shadow, tokens
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.store import IStore, LastAdminKey, NotFound, StoreError
+from dashd.store import sqlite as sqlite_store
 from dashd.store.sqlite import SQLiteStore, migrate, migrations
 
 import backends
@@ -86,12 +89,60 @@ async def test_devices_keys_and_sharing(store):
     assert await store.delete_key("knope", account.id) is False
 
 
+class TracedSQLite:
+    """A SQLite store whose connections report every statement they run
+    (sqlite3's trace callback), to count the writer's transactions; and a
+    way to hold its writer thread up, so that the jobs submitted meanwhile
+    are all waiting when it takes its next batch."""
+
+    def __init__(self, path: str, monkeypatch, **kwargs) -> None:
+        self.statements: list[str] = []
+        real = sqlite_store.connect
+
+        def connect(*args, **kw):
+            conn = real(*args, **kw)
+            conn.set_trace_callback(self.statements.append)
+            return conn
+
+        monkeypatch.setattr(sqlite_store, "connect", connect)
+        self.store = SQLiteStore(path, reactor, **kwargs)
+        self.store.start()
+
+    def commits(self) -> int:
+        return sum(1 for s in self.statements if s.strip().upper() == "COMMIT")
+
+    async def hold_writer(self):
+        """Occupy the writer with a job of its own until the returned
+        function is called; that function fires once the job is done."""
+        started, release = threading.Event(), threading.Event()
+
+        def job(conn):
+            started.set()
+            release.wait(10)
+
+        d = self.store._submit(job)
+        assert await deferToThread(started.wait, 10)
+
+        def let_go():
+            release.set()
+            return d
+
+        return let_go
+
+
+@pytest.fixture
+def traced(tmp_path, monkeypatch):
+    t = TracedSQLite(str(tmp_path / "t.sqlite3"), monkeypatch)
+    yield t
+    pytest_twisted.blockon(t.store.stop())
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_failing_job_does_not_spoil_its_batch(store):
     _, _, device = await _account_and_device(store)
     update = shadow.ShadowUpdate({"reported": {"n": 1}})
     stale = shadow.ShadowUpdate({"reported": {"n": 2}}, version=999)
-    # Queued together, so they share a transaction.
+    # Queued together: on SQLite they share a transaction (see the next test).
     results = [
         store.update_shadow(device.id, update, 3.0),
         store.update_shadow(device.id, stale, 3.0),
@@ -108,6 +159,36 @@ async def test_a_failing_job_does_not_spoil_its_batch(store):
     assert isinstance(outcomes[1], shadow.VersionConflict)
     assert isinstance(outcomes[2], NotFound)
     assert outcomes[3][1].document["version"] == 2
+    stored = await store.get_device(device.id)
+    assert stored.shadow["state"]["reported"] == {"n": 1} and stored.shadow["tags"] == {"t": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_failing_jobs_share_the_transaction_of_the_good_ones(traced):
+    """The same batch on SQLite, shown to be one transaction: its failing
+    jobs are rolled back to their savepoints, and one COMMIT keeps the rest."""
+    store = traced.store
+    _, _, device = await _account_and_device(store)
+    let_go = await traced.hold_writer()
+    before = traced.commits()
+    update = shadow.ShadowUpdate({"reported": {"n": 1}})
+    results = [
+        store.update_shadow(device.id, update, 3.0),
+        store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"n": 2}}, version=9), 3.0),
+        store.update_shadow("dmissing", update, 3.0),
+        store.update_shadow(device.id, shadow.ShadowUpdate({"tags": {"t": 1}}), 3.0),
+    ]
+    await let_go()
+    outcomes = []
+    for d in results:
+        try:
+            outcomes.append(await d)
+        except Exception as e:
+            outcomes.append(e)
+    assert [type(o) for o in outcomes[1:3]] == [shadow.VersionConflict, NotFound]
+    # The job that held the writer, then the four in one transaction.
+    assert traced.commits() - before == 2
+    assert sum(1 for s in traced.statements if s.startswith("ROLLBACK TO job")) == 2
     stored = await store.get_device(device.id)
     assert stored.shadow["state"]["reported"] == {"n": 1} and stored.shadow["tags"] == {"t": 1}
 
@@ -131,13 +212,32 @@ async def test_connected_and_info_return_what_a_read_would(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_many_writes_are_grouped(store):
+async def test_many_writes_are_kept_in_order(store):
     _, _, device = await _account_and_device(store)
     ds = [store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 4.0)
           for i in range(2000)]
     await gatherResults(ds)
     stored = await store.get_device(device.id)
     assert stored.shadow["version"] == 2000 and stored.shadow["state"]["reported"] == {"i": 1999}
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_writes_are_grouped(traced):
+    """Group commit: the jobs that wait while the writer is busy are
+    committed together, up to a batch of 1000: 2500 of them in 3
+    transactions, not 2500 fsyncs."""
+    store = traced.store
+    _, _, device = await _account_and_device(store)
+    let_go = await traced.hold_writer()
+    before = traced.commits()
+    ds = [store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 4.0)
+          for i in range(2500)]
+    await let_go()
+    await gatherResults(ds)
+    # The job that held the writer, then batches of 1000, 1000 and 500.
+    assert traced.commits() - before == 1 + 3
+    stored = await store.get_device(device.id)
+    assert stored.shadow["version"] == 2500 and stored.shadow["state"]["reported"] == {"i": 2499}
 
 
 @pytest.mark.parametrize("backend", backends.STORES)
