@@ -195,8 +195,11 @@ class SimulatedDevice:
         self.ota_image_sha256: str | None = None
         self.ota_committed: bool | None = None
         self.ota_reboots = 0
-        # What the device received and how its connections ended (for tests).
+        # What the device received and how its connections ended (for tests):
+        # the last frames (at most 1000), and the name of every method
+        # called on it, in order, over all its connections.
         self.frames: list[dict[str, Any]] = []
+        self.methods: list[str] = []
         self.connections = 0
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -404,6 +407,7 @@ class SimulatedDevice:
 
     def _request(self, frame: dict[str, Any]) -> None:
         method = frame["method"]
+        self.methods.append(sys.intern(method) if isinstance(method, str) else repr(method))
         params = frame.get("params", frame.get("args"))
         handler = self.handlers.get(method)
         if method.startswith("OTA.") and handler is not None:

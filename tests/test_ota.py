@@ -332,6 +332,9 @@ async def test_each_failure_ends_the_update_with_its_reason(
         await usable(admin, device_id)
         # ...and so is every other device.
         await usable(admin, bystander_id)
+        # Nothing was sent after the failure (no OTA.End to abort): the
+        # device answered a call since, so it has whatever came before.
+        _nothing_sent_after_the_failure(sim.methods, options)
         # A new update may start at once (and fails the same way, or runs).
         reply = await admin.upload("/api/v2/devices/%s/ota?mode=%s" % (device_id, mode), fw,
                                    "application/zip")
@@ -339,6 +342,26 @@ async def test_each_failure_ends_the_update_with_its_reason(
     finally:
         await sim.stop()
         await bystander.stop()
+
+
+def _nothing_sent_after_the_failure(methods: list[str], options: dict) -> None:
+    """C{methods}: every method the device received. After the OTA call it
+    failed (or, for a device that came back with its old firmware, after
+    the last step, OTA.End), the only OTA calls it may have got are
+    OTA.Write calls already in flight then (fewer than
+    ota.writes_in_flight, 4): no OTA.End, no OTA.Commit, nothing else."""
+    ota = [m for m in methods if m.startswith("OTA.")]
+    failed_at = options.get("ota_fail") or options.get("ota_drop") or options.get("ota_silent")
+    if options.get("ota_keep_fw"):
+        failed_at = "OTA.End"
+    if failed_at == "OTA.Write":
+        # The write that failed: the first one after ota_fail_after good ones.
+        index = [i for i, m in enumerate(ota) if m == "OTA.Write"][options.get("ota_fail_after", 0)]
+    else:
+        index = ota.index(failed_at)
+    after = ota[index + 1:]
+    assert all(m == "OTA.Write" for m in after) and len(after) < 4, (failed_at, ota)
+    assert ota.count("OTA.End") <= 1 and "OTA.Commit" not in ota, ota
 
 
 @pytest_twisted.ensureDeferred
