@@ -288,6 +288,8 @@ class SimulatedDevice:
 
     def _connect_failed(self, reason: Any) -> None:
         self.close_reason = reason.getErrorMessage()
+        log.warn("simulated device {id}: cannot connect: {reason}",
+                 id=self.token.split("-", 1)[0], reason=self.close_reason)
         self._fire_closed()
         self._schedule_reconnect()
 
@@ -309,6 +311,11 @@ class SimulatedDevice:
     def _closed(self, proto: _DeviceClientProtocol, code: int | None, reason: str | None) -> None:
         if self._proto is proto:
             self._proto = None
+        else:
+            # It never opened: refused, or the TLS handshake failed (the
+            # reason says why, e.g. "certificate verify failed").
+            log.warn("simulated device {id}: cannot connect: {reason}",
+                     id=self.token.split("-", 1)[0], reason=reason)
         self.close_code = code
         self.close_reason = reason
         if self._heartbeat_call is not None and self._heartbeat_call.active():
