@@ -366,17 +366,25 @@ async def test_dead_connection_is_detected_by_pings(server, admin: Client):
     ping_interval + ping_timeout (1 s + 1 s here); others stay."""
     bystander_id, bystander = await _bystander(server, admin)
     device_id, token = await admin.register()
+    sub = await subscribe(server, admin.key)
     sim = await connect_device(server, token, reconnect=False)
     try:
         await device_online(admin, device_id)
+        closed = sim.wait_closed()
         sim._proto.onPing = lambda payload: None  # stop answering pings
-        await device_online(admin, device_id, online=False)
-        assert not sim.online or sim.close_code is not None
+        offline = await sub.next(lambda e: e["id"] == device_id and e["name"] == "offline")
+        assert offline["data"]["reason"] == \
+            "WebSocket ping timeout (peer did not respond with pong in time)"
+        # Dropped as a dead link is: no closing handshake (1006 at the device).
+        await within(closed, 5)
+        assert sim.close_code == 1006, (sim.close_code, sim.close_reason)
+        assert not (await admin.device(device_id))["online"]
         await sleep(2.5)
         view = await admin.device(bystander_id)
         assert view["online"] is True
         await _still_answers(admin, bystander_id)
     finally:
+        sub.close()
         await bystander.stop()
         await sim.stop()
 
