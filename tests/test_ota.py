@@ -174,6 +174,7 @@ async def test_push_bin_as_raw_body_to_an_mdash_device_with_auto_commit(
 ):
     device_id, token = await admin.register()
     sim = await connect_device(server, token, dialect="mdash")
+    sub = await subscribe(server, admin.key)
     try:
         await device_online(admin, device_id)
         await eventually(lambda: _has_fw(admin, device_id))
@@ -189,15 +190,22 @@ async def test_push_bin_as_raw_body_to_an_mdash_device_with_auto_commit(
         status = await ota_state(admin, device_id, "committed")
         assert status["fw_id"] == "bin-" + sha256(fw)[:12]
         assert sim.ota_image_sha256 == sha256(fw)
-        assert sim.ota_committed is True
-        # The mDash library reported its own progress with State.Set.
-        assert any(
-            f.get("method") == "OTA.Commit" for f in sim.frames
-        )
+        assert sim.ota_committed is True and "OTA.Commit" in sim.methods
+        # The mDash library reported its own progress with State.Set
+        # notifications, which went to the shadow's reported.ota.percent:
+        # growing to 100 as it wrote, then removed (null) at OTA.End.
+        await sub.next(lambda e: e["id"] == device_id and e["name"] == "ota.status"
+                       and e["data"]["state"] == "committed")
+        percents = [e["data"]["state"]["reported"].get("ota", {}).get("percent")
+                    for e in sub.matching(lambda e: e["id"] == device_id
+                                          and e["name"] == "shadow.update")]
+        progress = [p for p in percents if p is not None]
+        assert len(progress) >= 10 and progress == sorted(progress) and progress[-1] == 100
         view = await admin.device(device_id)
         assert "percent" not in view["shadow"]["state"]["reported"].get("ota", {})
         await usable(admin, device_id)
     finally:
+        sub.close()
         await sim.stop()
 
 
