@@ -42,7 +42,7 @@ from dashd.app.firmware import OtaManager
 from dashd.app.retention import DataRetention
 from dashd.channel.router import IRouter, LocalRouter
 from dashd.channel.session import CLOSE_GOING_AWAY
-from dashd.store import IStore
+from dashd.store import IStore, StoreError
 from dashd.store.sqlite import SQLiteStore
 from dashd.ops.systemd import NotifyService
 from dashd.api.site import DashdSite, SpoolRule
@@ -89,7 +89,12 @@ class StoreService(Service):
         except DataDirInUse as e:
             log.critical("cannot start: {why}", why=str(e))
             raise SystemExit(1)
-        self.store.start()
+        try:
+            self.store.start()
+        except StoreError as e:
+            # Unreachable, or written by a newer dashd: say so in one line.
+            log.critical("cannot start: {why}", why=str(e))
+            raise SystemExit(1)
         super().privilegedStartService()
 
     def startService(self) -> None:
