@@ -339,3 +339,24 @@ async def test_audit_entries_page_and_expire(store):
     assert await store.prune_audit(102.5, 10) == 1
     entries, _ = await store.query_audit(account.id, 0, 10)
     assert [e["timestamp"] for e in entries] == [103.0, 104.0]
+
+
+@pytest.mark.parametrize("setting, level", [(None, 2), ("FULL", 2), ("NORMAL", 1)])
+@pytest_twisted.ensureDeferred
+async def test_store_synchronous_reaches_the_writer_connection(tmp_path, setting, level):
+    """store.synchronous, from the configuration file to the connection the
+    writer commits on (PRAGMA synchronous: 2 is FULL, 1 NORMAL); FULL by
+    default."""
+    from dashd import config as configuration
+    from dashd.assembly import make_store
+
+    path = tmp_path / "dashd.toml"
+    path.write_text('data_dir = "%s"\n' % (tmp_path / "data")
+                    + ('[store]\nsynchronous = "%s"\n' % setting if setting else ""))
+    store = make_store(configuration.load(str(path)), reactor)
+    store.start()
+    try:
+        assert await store._submit(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) \
+            == level
+    finally:
+        await store.stop()
