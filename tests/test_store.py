@@ -24,6 +24,7 @@ from dashd.store import sqlite as sqlite_store
 from dashd.store.sqlite import SQLiteStore, migrate, migrations
 
 import backends
+from support import within
 
 
 def open_store(backend, tmp_path, **kwargs):
@@ -358,5 +359,46 @@ async def test_store_synchronous_reaches_the_writer_connection(tmp_path, setting
     try:
         assert await store._submit(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) \
             == level
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_reads_do_not_hold_up_writes(tmp_path):
+    """Stored data, history and audit queries run on the reader's own
+    connection and thread: while one of them takes long (here, held in the
+    middle of its read transaction), writes are committed, and the other
+    queries wait behind it, not the writes."""
+    store = SQLiteStore(str(tmp_path / "r.sqlite3"), reactor)
+    store.start()
+    try:
+        account, _, device = await _account_and_device(store)
+        started, release = threading.Event(), threading.Event()
+
+        def long_read(conn):
+            if not conn.in_transaction:
+                conn.execute("BEGIN")  # a read transaction, held open
+            count = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
+            started.set()
+            release.wait(10)
+            return count
+
+        held = store._read(long_read)
+        assert await deferToThread(started.wait, 10)
+        queries = [store.query_data(account.id, None, 0, 10, None),
+                   store.query_events(account.id, None, 0, 10),
+                   store.query_audit(account.id, 0, 10)]
+        try:
+            for i in range(3):
+                await within(store.update_shadow(
+                    device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 5.0), 3)
+            await within(store.create_device(
+                Device(tokens.new_id("d"), account.id, "new", 6.0), "u" * 64), 3)
+            assert not any(q.called for q in queries)
+        finally:
+            release.set()
+        assert await within(held, 5) == 1  # its snapshot: before the new device
+        await within(gatherResults(queries), 5)
+        assert len(await store.list_devices(account.id)) == 2
     finally:
         await store.stop()
