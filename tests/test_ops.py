@@ -216,3 +216,31 @@ def test_full_garbage_collections_are_timed():
     buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
     assert list(buckets) == [*map(str, GC_BUCKETS), "+Inf"]
     assert buckets["+Inf"] == count + 1
+
+
+def _listen_backlog(port: int) -> int:
+    """The backlog of the socket listening on C{port} (for a listening
+    socket, ss shows it as Send-Q)."""
+    out = subprocess.run(["ss", "-ltnH", "sport = :%d" % port], capture_output=True,
+                         text=True, timeout=10, check=True).stdout.split()
+    assert out and out[0] == "LISTEN", out
+    return int(out[2])
+
+
+def test_listen_backlog_reaches_the_sockets(tmp_path):
+    """listen_backlog is what the kernel gets for each endpoint that does
+    not say its own backlog= (Twisted's default would be 50)."""
+    from support import free_port
+
+    other = free_port()
+    server = DashdProcess(str(tmp_path), {"listen_backlog": 77}, listen=[
+        "tcp:{port}:interface=127.0.0.1",
+        "tcp:%d:interface=127.0.0.1:backlog=33" % other,
+    ])
+    server.start()
+    try:
+        assert _listen_backlog(server.port) == 77
+        assert _listen_backlog(other) == 33
+    finally:
+        server.stop()
+    assert not server.problems()
