@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import tomllib
 
@@ -14,7 +15,7 @@ import pytest
 import pytest_twisted
 
 from dashd import config as configuration
-from support import TWISTD, Client, DashdProcess, connect_device, device_online
+from support import TWISTD, Client, DashdProcess, connect_device, device_online, eventually
 
 
 def sample(text: str, name: str, labels: str = "") -> float:
@@ -59,6 +60,48 @@ def test_full_collections_are_timed(monkeypatch):
     buckets = {le: v for (name, le), v in values.items() if name.endswith("_bucket")}
     assert buckets == {"0.01": 0, "0.025": 0, "0.05": 1, "0.1": 1, "0.25": 1, "0.5": 1,
                        "1": 2, "2.5": 2, "+Inf": 3}
+
+
+@pytest.mark.parametrize("own_server", ["sqlite"], indirect=True)  # a lock on its file
+@pytest_twisted.ensureDeferred
+async def test_readyz_is_503_while_starting_and_while_the_store_is_stuck(own_server):
+    """The store's write lock held by another process (as a stuck store's
+    would be): while dashd's first job on start waits for it, /readyz says
+    dashd is starting; once it serves, a ping the store cannot answer
+    within 2 s makes /readyz say so. Both with Retry-After, both over as
+    soon as the lock is let go."""
+    await own_server.start_async()
+    own_server.stop()  # the second start finds admin.key: start_async returns
+    client = Client(own_server, None)
+    locker = sqlite3.connect(os.path.join(own_server.data_dir, "dashd.sqlite3"),
+                             isolation_level=None, timeout=0)
+
+    async def ready() -> bool:
+        return (await client.get("/readyz", key=None)).status == 200
+
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            await own_server.start_async()
+            starting = await client.get("/readyz", key=None)
+        finally:
+            locker.execute("ROLLBACK")
+        assert (starting.status, starting.error["message"]) == (
+            503, "not ready: dashd is starting"), starting
+        assert starting.headers.getRawHeaders("retry-after") == ["5"]
+        await eventually(ready)
+
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            stuck = await client.get("/readyz", key=None)
+        finally:
+            locker.execute("ROLLBACK")
+        assert (stuck.status, stuck.error["message"]) == (
+            503, "not ready: the store did not answer within 2s"), stuck
+        assert stuck.headers.getRawHeaders("retry-after") == ["5"]
+        await eventually(ready)
+    finally:
+        locker.close()
 
 
 @pytest_twisted.ensureDeferred
