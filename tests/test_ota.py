@@ -390,6 +390,39 @@ async def test_a_device_that_does_not_come_back_fails_the_update(server, admin: 
         await sim.stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_firmware_that_reverts_before_its_commit_fails_the_update(
+    server, admin: Client, tmp_path
+):
+    """Mongoose OS reverts uncommitted firmware at its commit_timeout: the
+    device comes back with the firmware it had. The update then ends failed,
+    there is nothing left to commit, and nothing more is sent."""
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        fw = make_zip(str(tmp_path / "fw.zip"), build_id="20261203-reverts", size=5000)
+        reply = await admin.upload("/api/v2/devices/%s/ota" % device_id, fw, "application/zip")
+        assert reply.status == 202, reply
+        status = await ota_state(admin, device_id, "uncommitted")
+        before = status["fw_id_before"]
+        assert status["fw_id"] == "20261203-reverts" != before
+        # The revert: a reboot into the previous firmware.
+        sim.info.update(fw_id=before, fw_version="1.0.0")
+        sim.drop()
+        status = await ota_state(admin, device_id, "failed")
+        assert status["reason"] == ("the device reverted to its previous firmware (fw_id %s) "
+                                    "before the update was committed" % before)
+        reply = await admin.post("/api/v2/devices/%s/ota/commit" % device_id)
+        assert reply.status == 409
+        assert "no firmware update waiting to be committed" in reply.error["message"]
+        await usable(admin, device_id)
+        assert "OTA.Commit" not in sim.methods
+        assert (await admin.device(device_id))["info"]["fw_id"] == before
+    finally:
+        await sim.stop()
+
+
 # Refused uploads: a clear 4xx, and nothing reaches the device
 
 
