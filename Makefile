@@ -36,12 +36,17 @@ test: $(READY) $(CHROMIUM) tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # What the tests need beyond pip: systemd-analyze (Debian's systemd package)
-# to verify systemd/*.service and *.socket. Nothing happens when it is there.
+# to verify systemd/*.service and *.socket, and ss (iproute2) to read a
+# listening socket's backlog. Nothing happens when they are there.
 tools:
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	    echo "installing Debian's systemd package for systemd-analyze"; \
 	    apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; }
+	@command -v ss >/dev/null 2>&1 || { \
+	    echo "installing Debian's iproute2 package for ss"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2; }
 
 bench: $(READY)
 	$(VENV)/bin/python -m bench --install-wrk $(BENCH_ARGS)

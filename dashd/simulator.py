@@ -218,8 +218,11 @@ class SimulatedDevice:
         self.ota_image_sha256: str | None = None
         self.ota_committed: bool | None = None
         self.ota_reboots = 0
-        # What the device received and how its connections ended (for tests).
+        # What the device received and how its connections ended (for tests):
+        # the last frames (at most 1000), and the name of every method
+        # called on it, in order, over all its connections.
         self.frames: list[dict[str, Any]] = []
+        self.methods: list[str] = []
         self.connections = 0
         self.close_code: int | None = None
         self.close_reason: str | None = None
@@ -308,6 +311,8 @@ class SimulatedDevice:
 
     def _connect_failed(self, reason: Any) -> None:
         self.close_reason = reason.getErrorMessage()
+        log.warn("simulated device {id}: cannot connect: {reason}",
+                 id=self.token.split("-", 1)[0], reason=self.close_reason)
         self._fire_closed()
         self._schedule_reconnect()
 
@@ -329,6 +334,11 @@ class SimulatedDevice:
     def _closed(self, proto: _DeviceClientProtocol, code: int | None, reason: str | None) -> None:
         if self._proto is proto:
             self._proto = None
+        else:
+            # It never opened: refused, or the TLS handshake failed (the
+            # reason says why, e.g. "certificate verify failed").
+            log.warn("simulated device {id}: cannot connect: {reason}",
+                     id=self.token.split("-", 1)[0], reason=reason)
         self.close_code = code
         self.close_reason = reason
         if self._heartbeat_call is not None and self._heartbeat_call.active():
@@ -445,6 +455,7 @@ class SimulatedDevice:
 
     def _request(self, frame: dict[str, Any]) -> None:
         method = frame["method"]
+        self.methods.append(sys.intern(method) if isinstance(method, str) else repr(method))
         params = frame.get("params", frame.get("args"))
         handler = self.handlers.get(method)
         if method.startswith("OTA.") and handler is not None:

@@ -20,7 +20,7 @@ import treq
 from treq.client import HTTPClient
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 
 from dashd.simulator import SimulatedDevice
@@ -422,7 +422,7 @@ class _SubscriberProtocol(WebSocketClientProtocol):
         self.subscriber.opened.callback(self.subscriber)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.subscriber.events.put(json.loads(payload))
+        self.subscriber._received(json.loads(payload))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.subscriber.close_code = code
@@ -447,31 +447,77 @@ class _SubscriberFactory(WebSocketClientFactory):
 
 @dataclass
 class Subscriber:
-    """A client of /api/v2/notify that collects the events it receives."""
+    """
+    A client of /api/v2/notify that records every event it receives.
 
-    events: DeferredQueue = field(default_factory=DeferredQueue)
+    C{received} holds them all, in order, whether or not a test waited for
+    them: C{next} moves a cursor through it and skips what does not match,
+    but skipped events stay there, so that a test can say what a subscriber
+    never got (L{matching}, L{never}). Events from one dashd reach a
+    subscriber in the order they were published: once an event published
+    later has arrived (L{next}), everything published before it has too.
+    """
+
+    received: list[dict[str, Any]] = field(default_factory=list)
     opened: Deferred = field(default_factory=Deferred)
     closed: Deferred = field(default_factory=Deferred)
     proto: Any = None
     close_code: int | None = None
     close_reason: str | None = None
+    # Where next() goes on from, in received.
+    cursor: int = 0
+    _waiting: list[Deferred] = field(default_factory=list)
+
+    def _received(self, event: dict[str, Any]) -> None:
+        self.received.append(event)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
 
     async def next(
         self, match: Callable[[dict[str, Any]], bool] = lambda e: True, seconds: float = 10
     ) -> dict[str, Any]:
-        """The next event that C{match}es (others are skipped)."""
+        """The next event after the cursor that C{match}es; the cursor moves
+        past it (the events skipped stay in C{received})."""
         deadline = time.monotonic() + seconds
         while True:
+            while self.cursor < len(self.received):
+                event = self.received[self.cursor]
+                self.cursor += 1
+                if match(event):
+                    return event
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError("no matching event within %gs" % seconds)
-            event = await within(self.events.get(), left)
-            if match(event):
-                return event
+                raise AssertionError("no matching event within %gs; received: %s"
+                                     % (seconds, _summary(self.received)))
+            arrival: Deferred = Deferred()
+            self._waiting.append(arrival)
+            try:
+                await within(arrival, left)
+            except Exception:
+                if arrival in self._waiting:
+                    self._waiting.remove(arrival)
+
+    def matching(self, match: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Every event received so far that C{match}es."""
+        return [e for e in self.received if match(e)]
+
+    def never(self, match: Callable[[dict[str, Any]], bool], what: str = "") -> None:
+        """Fail if any event received so far C{match}es. Only as good as
+        what came before it: first wait (L{next}) for an event that was
+        published after the ones that must not come."""
+        found = self.matching(match)
+        assert not found, "received %s%s" % (what + ": " if what else "", _summary(found))
 
     def close(self) -> None:
         if self.proto is not None:
             self.proto.sendClose(1000)
+
+
+def _summary(events: list[dict[str, Any]], limit: int = 20) -> str:
+    shown = ["%s %s" % (e.get("name"), e.get("id")) for e in events[-limit:]]
+    more = len(events) - len(shown)
+    return "[%s%s]" % ("... %d more, " % more if more > 0 else "", ", ".join(shown))
 
 
 async def subscribe(server: DashdProcess, key: str, query: bool = False) -> Subscriber:

@@ -419,6 +419,38 @@ async def test_notification_stream_is_filtered(world: World):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_restricted_key_never_sees_other_devices_come_and_go(world: World):
+    """The customer subscribes before the account's other devices come and
+    go: its stream holds its own device's offline and online, and nothing
+    at all of the others (a new device, and a_shared reconnecting)."""
+    admin_a = world.keys["admin_a"]
+    d = world.devices
+    other_id, other_token = await admin_a.register("not the customer's")
+    customer = await subscribe(world.server, world.keys["cust_a"].key)
+    watcher = await subscribe(world.server, admin_a.key)
+    try:
+        other = await connect_device(world.server, other_token, reconnect=False)
+        await watcher.next(lambda e: e["id"] == other_id and e["name"] == "online")
+        await other.stop()
+        await watcher.next(lambda e: e["id"] == other_id and e["name"] == "offline")
+        world.sims[1].drop()  # a_shared: it reconnects by itself
+        await watcher.next(lambda e: e["id"] == d["a_shared"] and e["name"] == "offline")
+        await watcher.next(lambda e: e["id"] == d["a_shared"] and e["name"] == "online")
+        # Then the customer's own device goes and comes back: once the
+        # customer has that, it has everything published before it.
+        world.sims[0].drop()
+        await customer.next(lambda e: e["id"] == d["a_own"] and e["name"] == "offline")
+        await customer.next(lambda e: e["id"] == d["a_own"] and e["name"] == "online")
+        customer.never(lambda e: e["id"] != d["a_own"], "events of devices out of its scope")
+        assert {e["name"] for e in customer.received} <= {"online", "offline", "shadow.update"}
+    finally:
+        customer.close()
+        watcher.close()
+    await device_online(admin_a, d["a_own"])
+    await device_online(admin_a, d["a_shared"])
+
+
+@pytest_twisted.ensureDeferred
 async def test_revoking_or_expiring_closes_open_streams(world: World):
     admin_a = world.keys["admin_a"]
     reply = await admin_a.post("/api/v2/keys", {"name": "watcher"})

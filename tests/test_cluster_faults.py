@@ -311,3 +311,4 @@ def test_postgresql_away_at_start_stops_the_start_with_a_message(tmp_path):
     assert "cannot open the PostgreSQL store postgresql://dashd:***@127.0.0.1:%d/dashd" % port \
         in output
     assert "s3cret" not in output
+    assert "Traceback" not in output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 import sqlite3
 import subprocess
@@ -147,12 +148,22 @@ def test_refuses_a_missing_or_foreign_data_dir(server: DashdProcess, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "no store at" in error(dashctl(server, "--data-dir", str(empty), "keys", "list"))
+    # A directory that belongs to another user, whoever runs the tests:
+    # made and given away as root, else the root directory (root's).
     if os.geteuid() == 0:
         foreign = tmp_path / "foreign"
         foreign.mkdir()
         os.chown(foreign, 65534, 65534)
-        message = error(dashctl(server, "--data-dir", str(foreign), "keys", "list"))
-        assert "run dashctl as that user" in message
+    else:
+        foreign = "/"
+    uid = os.stat(foreign).st_uid
+    try:
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        owner = str(uid)
+    message = error(dashctl(server, "--data-dir", str(foreign), "keys", "list"))
+    assert "belongs to user %s: run dashctl as that user (sudo -u %s dashctl" % (owner, owner) \
+        in message
 
 
 @pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # the SQLite store

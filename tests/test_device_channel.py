@@ -280,18 +280,31 @@ async def test_device_calls(server, admin: Client):
             assert getattr(e, "code", None) == -32601
             assert "No.Such.Method" in e.message
         # Without an id it is a notification, published and never answered.
+        frames_before = len(sim.frames)
         sim.notify("Sensor.Reading", {"lux": 300})
         event = await sub.next(lambda e: e["id"] == device_id and e["name"].startswith("rpc.out.S"))
         assert event == {"name": "rpc.out.Sensor.Reading", "id": device_id, "data": {"lux": 300}}
-        # A heartbeat without id (old firmware's periodic one) is not answered.
-        frames_before = len(sim.frames)
+        # Nor are the device's own methods: a heartbeat without id (old
+        # firmware's periodic one) or a log line, without id or with "id": null.
         sim.notify("Dash.Heartbeat", {"uptime": 5, "fw_version": "1.0.0"})
-        await sub.next(lambda e: e["id"] == device_id and e["name"] == "rpc.out.Heartbeat")
+        sim.notify("Dash.Log", {"data": "no id"})
+        sim.send_raw(json.dumps({"id": None, "method": "Dash.Heartbeat", "src": sim.src,
+                                 "params": {"uptime": 6, "fw_version": "1.0.0"}}))
+        sim.send_raw(json.dumps({"id": None, "method": "Dash.Log", "src": sim.src,
+                                 "params": {"data": "null id"}}))
+        for _ in range(2):
+            await sub.next(lambda e: e["id"] == device_id and e["name"] == "rpc.out.Heartbeat")
+        await sub.next(lambda e: e["id"] == device_id and e["data"] == {"data": "null id"})
         # Old firmware says args for params.
         sim.send_raw(json.dumps({"id": 601, "method": "Dash.Shadow.Update",
                                  "args": {"state": {"old": True}}}))
         await eventually(lambda: any(f.get("id") == 601 for f in sim.frames))
-        assert len([f for f in sim.frames[frames_before:] if "id" not in f]) == 0
+        # What dashd answered since (a reply has a result or an error; one to
+        # a notification would carry "id": null): the call with id 601 only,
+        # answered after the heartbeats' store jobs (one device's jobs run
+        # in order).
+        replies = [f for f in sim.frames[frames_before:] if "result" in f or "error" in f]
+        assert [f["id"] for f in replies] == [601], replies
         view = await admin.device(device_id)
         assert view["shadow"]["state"]["reported"]["old"] is True
         # A response to a call dashd never made is ignored, not answered.
@@ -353,17 +366,25 @@ async def test_dead_connection_is_detected_by_pings(server, admin: Client):
     ping_interval + ping_timeout (1 s + 1 s here); others stay."""
     bystander_id, bystander = await _bystander(server, admin)
     device_id, token = await admin.register()
+    sub = await subscribe(server, admin.key)
     sim = await connect_device(server, token, reconnect=False)
     try:
         await device_online(admin, device_id)
+        closed = sim.wait_closed()
         sim._proto.onPing = lambda payload: None  # stop answering pings
-        await device_online(admin, device_id, online=False)
-        assert not sim.online or sim.close_code is not None
+        offline = await sub.next(lambda e: e["id"] == device_id and e["name"] == "offline")
+        assert offline["data"]["reason"] == \
+            "WebSocket ping timeout (peer did not respond with pong in time)"
+        # Dropped as a dead link is: no closing handshake (1006 at the device).
+        await within(closed, 5)
+        assert sim.close_code == 1006, (sim.close_code, sim.close_reason)
+        assert not (await admin.device(device_id))["online"]
         await sleep(2.5)
         view = await admin.device(bystander_id)
         assert view["online"] is True
         await _still_answers(admin, bystander_id)
     finally:
+        sub.close()
         await bystander.stop()
         await sim.stop()
 

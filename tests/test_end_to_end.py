@@ -6,6 +6,11 @@ and watch it all on the notification stream.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
+import pytest
 import pytest_twisted
 
 from support import Client, connect_device, device_online, eventually, subscribe, within
@@ -188,3 +193,47 @@ async def test_mdash_library_device(server, admin: Client):
         assert all("dst" not in f for f in sim.frames)
     finally:
         await sim.stop()
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # the store is beside the point
+@pytest_twisted.ensureDeferred
+async def test_the_simulator_command_runs_a_fleet(server, admin: Client, tmp_path):
+    """python -m dashd.simulator as the README has it: tokens from
+    --tokens-file (one a line), connections from the --bind addresses in
+    turn, and --dialect mdash (no heartbeat: dashd asks Sys.GetInfo, and
+    the mDash simulator's arch is posix)."""
+    registered = [await admin.register("cli-%d" % i) for i in range(4)]
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("\n".join(token for _, token in registered) + "\n\n")
+    sub = await subscribe(server, admin.key)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dashd.simulator", "--url", server.device_url,
+         "--tokens-file", str(tokens), "--bind", "127.0.0.2", "--bind", "127.0.0.3",
+         "--dialect", "mdash", "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for device_id, _ in registered:
+            await device_online(admin, device_id)
+
+        async def info_known() -> bool:
+            for device_id, _ in registered:
+                if "arch" not in (await admin.device(device_id))["info"]:
+                    return False
+            return True
+
+        await eventually(info_known)
+        for i, (device_id, _) in enumerate(registered):
+            assert (await admin.device(device_id))["info"]["arch"] == "posix"
+            peer = re.search(r"device %s online from (\S+)" % device_id, server.log())
+            assert peer, "no online line for %s" % device_id
+            assert peer.group(1).startswith("tcp4:127.0.0.%d:" % (2 + i % 2)), peer.group(1)
+        ids = {device_id for device_id, _ in registered}
+        sub.never(lambda e: e["id"] in ids and e["name"] == "rpc.out.Heartbeat",
+                  "heartbeats from mdash devices")
+    finally:
+        sub.close()
+        proc.terminate()
+        proc.wait(10)
+    for device_id, _ in registered:
+        await device_online(admin, device_id, online=False)

@@ -162,3 +162,67 @@ async def test_kill_9_loses_nothing_acknowledged(own_server: DashdProcess):
     assert view["shadow"]["version"] >= 60
     late = Client(own_server, created.body["key"])
     assert (await late.get("/api/v2/devices")).status == 200
+
+
+def _schema_version(server: DashdProcess, version: int | None = None) -> int:
+    """The schema version of the server's store (set first, if given)."""
+    if server.store_url:
+        import psycopg
+
+        with psycopg.connect(server.store_url, autocommit=True) as conn:
+            if version is not None:
+                conn.execute("UPDATE dashd_schema SET version = %s", (version,))
+            return conn.execute("SELECT version FROM dashd_schema").fetchone()[0]
+    import sqlite3
+
+    conn = sqlite3.connect(os.path.join(server.data_dir, "dashd.sqlite3"))
+    try:
+        if version is not None:
+            conn.execute("PRAGMA user_version = %d" % version)
+        return conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _store_content(server: DashdProcess) -> object:
+    """What the store holds: the SQLite file's bytes; PostgreSQL's devices."""
+    if server.store_url:
+        import psycopg
+
+        with psycopg.connect(server.store_url, autocommit=True) as conn:
+            return conn.execute("SELECT * FROM devices ORDER BY id").fetchall()
+    with open(os.path.join(server.data_dir, "dashd.sqlite3"), "rb") as f:
+        return f.read()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_from_a_newer_dashd_is_not_touched(own_server: DashdProcess):
+    """dashd refuses to start on a store whose schema is newer than the
+    newest it knows (an older dashd cannot read a migrated store), says
+    why, and leaves it as it was."""
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    device_id, token = await admin.register("kept")
+    sim = await connect_device(own_server, token, reconnect=False)
+    await device_online(admin, device_id)
+    await sim.stop()
+    await device_online(admin, device_id, online=False)
+    own_server.stop()
+    known = _schema_version(own_server)
+    _schema_version(own_server, 99)
+    before = _store_content(own_server)
+
+    own_server.spawn()
+    await eventually(lambda: own_server.proc.poll() is not None, 20)
+    assert own_server.proc.returncode == 1
+    own_server.proc = None
+    log = own_server.log()
+    assert "cannot start: the store " in log
+    assert ("was written by a newer dashd (schema 99, this dashd knows %d): run that version, "
+            "or restore a backup made for this one" % known) in log
+    assert _schema_version(own_server) == 99
+    assert _store_content(own_server) == before
+
+    _schema_version(own_server, known)  # the version it is
+    await own_server.start_async()
+    assert (await admin.device(device_id))["name"] == "kept"

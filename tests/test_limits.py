@@ -162,6 +162,7 @@ async def test_device_that_stops_reading_is_dropped(limited):
     sim = await connect_device(server, token, reconnect=False)
     bystander = await connect_device(server, bystander_token)
     await device_online(admin, device_id)
+    closed = sim.wait_closed()
     sim._proto.transport.pauseProducing()  # the device stops reading
     payload = {"pad": "x" * 60000}  # under the 64 KB message limit
     path = "/api/v2/devices/%s/rpc/Sim.Echo?timeout=30" % device_id
@@ -173,11 +174,16 @@ async def test_device_that_stops_reading_is_dropped(limited):
     for _ in range(300):
         pending += [Deferred.fromCoroutine(admin.post(path, payload)) for _ in range(10)]
         await sleep(0.05)
-        if not (await admin.device(device_id))["online"]:
+        if "device %s dropped: it did not read for 1.0 s" % device_id in server.log():
             dropped = True
             break
     assert dropped, "the device was never dropped"
-    assert "device %s dropped: it did not read for 1.0 s" % device_id in server.log()
+    # Read again at once, to get what dashd wrote up to its close frame
+    # before it gives up on the closing handshake and drops the connection.
+    sim._proto.transport.resumeProducing()
+    await within(closed, 10)
+    assert (sim.close_code, sim.close_reason) == (4008, "not reading: dropped")
+    await device_online(admin, device_id, online=False)
     # The calls it left unanswered failed when it was dropped, not at their
     # 30 s timeout; those made while its buffers were full were refused.
     results = await within(DeferredList(pending, consumeErrors=True), 30)
@@ -194,15 +200,21 @@ async def test_device_that_stops_reading_is_dropped(limited):
     sim.drop()
 
 
+@pytest.mark.parametrize("bound", [
+    {"max_backlog": 300},
+    # The count far beyond the flood: only the bytes (about 300 events) bound it.
+    {"max_backlog": 1_000_000, "max_backlog_bytes": 300 * 3600},
+], ids=["max_backlog", "max_backlog_bytes"])
 @pytest_twisted.ensureDeferred
-async def test_subscriber_that_stops_reading_is_dropped(limited):
+async def test_subscriber_that_stops_reading_is_dropped(limited, bound):
     """A subscriber that does not read gets at most notify.max_backlog events
-    queued (beyond what the sockets hold), then is closed with 1008; one that
-    reads gets everything; and dashd's memory does not grow with what the
-    one that does not read misses."""
+    (or notify.max_backlog_bytes of them) queued, beyond what the sockets
+    hold, then is closed with 1008; one that reads gets everything; and
+    dashd's memory does not grow with what the one that does not read
+    misses."""
     from support import rss_bytes
 
-    server = await limited({"notify": {"max_backlog": 300}})
+    server = await limited({"notify": bound})
     admin = Client(server, server.admin_key)
     device_id, token = await admin.register()
     sim = await connect_device(server, token)

@@ -127,8 +127,13 @@ async def test_push_zip_with_progress_then_commit(server, admin: Client, tmp_pat
         assert all(len(f["params"]["data"]) <= 1368 for f in writes)  # 1024 bytes, base64
         assert sim.ota_max_pending_writes == 4
         assert frames[len(writes) + 1]["method"] == "OTA.End"
-        # None of the firmware went to the subscribers as rpc.in events.
         assert all(f["dst"] == sim.src for f in frames)
+        # None of the firmware went to the subscribers: among everything
+        # received up to "rebooting" (published after OTA.End was
+        # answered), no rpc.in.OTA.* event, and no event holding a chunk.
+        sub.never(lambda e: e["name"].startswith("rpc.in.OTA."), "OTA calls announced")
+        chunk = writes[len(writes) // 2]["params"]["data"]
+        assert not [e for e in sub.received if chunk in json.dumps(e)]
 
         # It reboots into the new firmware: done, but not committed.
         back = await sub.next(mine("ota.status"), seconds=15)
@@ -145,6 +150,7 @@ async def test_push_zip_with_progress_then_commit(server, admin: Client, tmp_pat
         assert sim.ota_committed is True
         committed = await sub.next(mine("ota.status"))
         assert committed["data"]["state"] == "committed"
+        sub.never(lambda e: e["name"].startswith("rpc.in.OTA."), "OTA.Commit announced")
         # Nothing more to commit.
         reply = await admin.post("/api/v2/devices/%s/ota/commit" % device_id)
         assert reply.status == 409
@@ -168,6 +174,7 @@ async def test_push_bin_as_raw_body_to_an_mdash_device_with_auto_commit(
 ):
     device_id, token = await admin.register()
     sim = await connect_device(server, token, dialect="mdash")
+    sub = await subscribe(server, admin.key)
     try:
         await device_online(admin, device_id)
         await eventually(lambda: _has_fw(admin, device_id))
@@ -183,15 +190,22 @@ async def test_push_bin_as_raw_body_to_an_mdash_device_with_auto_commit(
         status = await ota_state(admin, device_id, "committed")
         assert status["fw_id"] == "bin-" + sha256(fw)[:12]
         assert sim.ota_image_sha256 == sha256(fw)
-        assert sim.ota_committed is True
-        # The mDash library reported its own progress with State.Set.
-        assert any(
-            f.get("method") == "OTA.Commit" for f in sim.frames
-        )
+        assert sim.ota_committed is True and "OTA.Commit" in sim.methods
+        # The mDash library reported its own progress with State.Set
+        # notifications, which went to the shadow's reported.ota.percent:
+        # growing to 100 as it wrote, then removed (null) at OTA.End.
+        await sub.next(lambda e: e["id"] == device_id and e["name"] == "ota.status"
+                       and e["data"]["state"] == "committed")
+        percents = [e["data"]["state"]["reported"].get("ota", {}).get("percent")
+                    for e in sub.matching(lambda e: e["id"] == device_id
+                                          and e["name"] == "shadow.update")]
+        progress = [p for p in percents if p is not None]
+        assert len(progress) >= 10 and progress == sorted(progress) and progress[-1] == 100
         view = await admin.device(device_id)
         assert "percent" not in view["shadow"]["state"]["reported"].get("ota", {})
         await usable(admin, device_id)
     finally:
+        sub.close()
         await sim.stop()
 
 
@@ -235,16 +249,18 @@ async def test_pull_mode_serves_a_one_time_link(server, admin: Client, tmp_path)
         assert reply.status == 404
         assert "a link works once" in reply.error["message"]
         assert "/api/v2/firmware/***" in server.log()
-        # The link went to the device only, not to the subscribers.
         reply = await admin.post("/api/v2/devices/%s/ota/commit" % device_id)
         assert (reply.status, reply.body["state"]) == (200, "committed")
         assert sim.ota_committed is True
+        await sub.next(lambda e: mine("ota.status")(e) and e["data"]["state"] == "committed")
+        # The link went to the device only: nothing any subscriber received
+        # up to the end of the update holds it, nor announces an OTA call.
+        assert not [e for e in sub.received if secret in json.dumps(e)]
+        sub.never(lambda e: e["name"].startswith("rpc.in.OTA."), "OTA calls announced")
         await usable(admin, device_id)
     finally:
         sub.close()
         await sim.stop()
-    raw_events = [json.dumps(e) for e in sub.events.pending]
-    assert not any(secret in e for e in raw_events)
 
 
 # One update at a time
@@ -327,6 +343,9 @@ async def test_each_failure_ends_the_update_with_its_reason(
         await usable(admin, device_id)
         # ...and so is every other device.
         await usable(admin, bystander_id)
+        # Nothing was sent after the failure (no OTA.End to abort): the
+        # device answered a call since, so it has whatever came before.
+        _nothing_sent_after_the_failure(sim.methods, options)
         # A new update may start at once (and fails the same way, or runs).
         reply = await admin.upload("/api/v2/devices/%s/ota?mode=%s" % (device_id, mode), fw,
                                    "application/zip")
@@ -334,6 +353,26 @@ async def test_each_failure_ends_the_update_with_its_reason(
     finally:
         await sim.stop()
         await bystander.stop()
+
+
+def _nothing_sent_after_the_failure(methods: list[str], options: dict) -> None:
+    """C{methods}: every method the device received. After the OTA call it
+    failed (or, for a device that came back with its old firmware, after
+    the last step, OTA.End), the only OTA calls it may have got are
+    OTA.Write calls already in flight then (fewer than
+    ota.writes_in_flight, 4): no OTA.End, no OTA.Commit, nothing else."""
+    ota = [m for m in methods if m.startswith("OTA.")]
+    failed_at = options.get("ota_fail") or options.get("ota_drop") or options.get("ota_silent")
+    if options.get("ota_keep_fw"):
+        failed_at = "OTA.End"
+    if failed_at == "OTA.Write":
+        # The write that failed: the first one after ota_fail_after good ones.
+        index = [i for i, m in enumerate(ota) if m == "OTA.Write"][options.get("ota_fail_after", 0)]
+    else:
+        index = ota.index(failed_at)
+    after = ota[index + 1:]
+    assert all(m == "OTA.Write" for m in after) and len(after) < 4, (failed_at, ota)
+    assert ota.count("OTA.End") <= 1 and "OTA.Commit" not in ota, ota
 
 
 @pytest_twisted.ensureDeferred
@@ -350,6 +389,39 @@ async def test_a_device_that_does_not_come_back_fails_the_update(server, admin: 
         assert status["reason"] == (
             "the device did not come back with new firmware within 4 s"
         )
+    finally:
+        await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_firmware_that_reverts_before_its_commit_fails_the_update(
+    server, admin: Client, tmp_path
+):
+    """Mongoose OS reverts uncommitted firmware at its commit_timeout: the
+    device comes back with the firmware it had. The update then ends failed,
+    there is nothing left to commit, and nothing more is sent."""
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        fw = make_zip(str(tmp_path / "fw.zip"), build_id="20261203-reverts", size=5000)
+        reply = await admin.upload("/api/v2/devices/%s/ota" % device_id, fw, "application/zip")
+        assert reply.status == 202, reply
+        status = await ota_state(admin, device_id, "uncommitted")
+        before = status["fw_id_before"]
+        assert status["fw_id"] == "20261203-reverts" != before
+        # The revert: a reboot into the previous firmware.
+        sim.info.update(fw_id=before, fw_version="1.0.0")
+        sim.drop()
+        status = await ota_state(admin, device_id, "failed")
+        assert status["reason"] == ("the device reverted to its previous firmware (fw_id %s) "
+                                    "before the update was committed" % before)
+        reply = await admin.post("/api/v2/devices/%s/ota/commit" % device_id)
+        assert reply.status == 409
+        assert "no firmware update waiting to be committed" in reply.error["message"]
+        await usable(admin, device_id)
+        assert "OTA.Commit" not in sim.methods
+        assert (await admin.device(device_id))["info"]["fw_id"] == before
     finally:
         await sim.stop()
 

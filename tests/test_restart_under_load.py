@@ -129,8 +129,13 @@ def test_kill_and_restart_under_load(tmp_path):
         device_ids = [t.split("-", 1)[0] for t in tokens]
         writer = TagWriter(server, key, device_ids[-WRITTEN:])
         writer.start()
-        time.sleep(3)
-        assert writer.acked and worker.ask(cmd="shadow_durable")["durable"]
+        # Until writes of both kinds have been acknowledged (within a
+        # deadline: on a busy machine the first ones may take a while); the
+        # writes go on, so some are in flight when dashd is killed.
+        deadline = time.monotonic() + 60
+        while not (writer.acked and worker.ask(cmd="shadow_durable")["durable"]):
+            assert time.monotonic() < deadline, "no write acknowledged within 60 s"
+            time.sleep(0.2)
 
         server.kill9()
         killed = time.monotonic()

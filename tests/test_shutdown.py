@@ -134,8 +134,10 @@ async def test_requests_on_a_kept_alive_connection_get_503_while_draining(tmp_pa
 
     try:
         await device_online(admin, device_id)
-        raw = Raw()
-        await within(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), raw))
+        raw, probe = Raw(), Raw()
+        for protocol in (raw, probe):
+            await within(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port),
+                                         protocol))
         asked = sim.wait_frame(lambda f: f.get("method") == "Sim.Sleep")
         call = Deferred.fromCoroutine(
             admin.post("/api/v2/devices/%s/rpc/Sim.Sleep" % device_id, {"seconds": 2})
@@ -148,6 +150,13 @@ async def test_requests_on_a_kept_alive_connection_get_503_while_draining(tmp_pa
         await within(raw.lost, 5)
         assert raw.data.startswith(b"HTTP/1.1 503 ")
         assert b"shutting down" in raw.data and b"Retry-After: 5" in raw.data
+        # A load balancer's readiness probe on a connection it kept open
+        # is told the same (new connections are refused).
+        probe.transport.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await within(probe.lost, 5)
+        assert probe.data.startswith(b"HTTP/1.1 503 ")
+        assert b"dashd is shutting down; retry shortly" in probe.data
+        assert b"Retry-After: 5" in probe.data
         assert (await within(call, 10)).status == 200
         await eventually(lambda: server.proc.poll() is not None, 10)
         server.proc = None

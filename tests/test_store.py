@@ -8,19 +8,23 @@ migrations and concurrent writers (tests/test_store_postgres.py).
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
 from dashd.domain import shadow, tokens
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.store import IStore, LastAdminKey, NotFound, StoreError
+from dashd.store import sqlite as sqlite_store
 from dashd.store.sqlite import SQLiteStore, migrate, migrations
 
 import backends
+from support import within
 
 
 def open_store(backend, tmp_path, **kwargs):
@@ -86,12 +90,60 @@ async def test_devices_keys_and_sharing(store):
     assert await store.delete_key("knope", account.id, now=0.0) is False
 
 
+class TracedSQLite:
+    """A SQLite store whose connections report every statement they run
+    (sqlite3's trace callback), to count the writer's transactions; and a
+    way to hold its writer thread up, so that the jobs submitted meanwhile
+    are all waiting when it takes its next batch."""
+
+    def __init__(self, path: str, monkeypatch, **kwargs) -> None:
+        self.statements: list[str] = []
+        real = sqlite_store.connect
+
+        def connect(*args, **kw):
+            conn = real(*args, **kw)
+            conn.set_trace_callback(self.statements.append)
+            return conn
+
+        monkeypatch.setattr(sqlite_store, "connect", connect)
+        self.store = SQLiteStore(path, reactor, **kwargs)
+        self.store.start()
+
+    def commits(self) -> int:
+        return sum(1 for s in self.statements if s.strip().upper() == "COMMIT")
+
+    async def hold_writer(self):
+        """Occupy the writer with a job of its own until the returned
+        function is called; that function fires once the job is done."""
+        started, release = threading.Event(), threading.Event()
+
+        def job(conn):
+            started.set()
+            release.wait(10)
+
+        d = self.store._submit(job)
+        assert await deferToThread(started.wait, 10)
+
+        def let_go():
+            release.set()
+            return d
+
+        return let_go
+
+
+@pytest.fixture
+def traced(tmp_path, monkeypatch):
+    t = TracedSQLite(str(tmp_path / "t.sqlite3"), monkeypatch)
+    yield t
+    pytest_twisted.blockon(t.store.stop())
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_failing_job_does_not_spoil_its_batch(store):
     _, _, device = await _account_and_device(store)
     update = shadow.ShadowUpdate({"reported": {"n": 1}})
     stale = shadow.ShadowUpdate({"reported": {"n": 2}}, version=999)
-    # Queued together, so they share a transaction.
+    # Queued together: on SQLite they share a transaction (see the next test).
     results = [
         store.update_shadow(device.id, update, 3.0),
         store.update_shadow(device.id, stale, 3.0),
@@ -108,6 +160,36 @@ async def test_a_failing_job_does_not_spoil_its_batch(store):
     assert isinstance(outcomes[1], shadow.VersionConflict)
     assert isinstance(outcomes[2], NotFound)
     assert outcomes[3][1].document["version"] == 2
+    stored = await store.get_device(device.id)
+    assert stored.shadow["state"]["reported"] == {"n": 1} and stored.shadow["tags"] == {"t": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_failing_jobs_share_the_transaction_of_the_good_ones(traced):
+    """The same batch on SQLite, shown to be one transaction: its failing
+    jobs are rolled back to their savepoints, and one COMMIT keeps the rest."""
+    store = traced.store
+    _, _, device = await _account_and_device(store)
+    let_go = await traced.hold_writer()
+    before = traced.commits()
+    update = shadow.ShadowUpdate({"reported": {"n": 1}})
+    results = [
+        store.update_shadow(device.id, update, 3.0),
+        store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"n": 2}}, version=9), 3.0),
+        store.update_shadow("dmissing", update, 3.0),
+        store.update_shadow(device.id, shadow.ShadowUpdate({"tags": {"t": 1}}), 3.0),
+    ]
+    await let_go()
+    outcomes = []
+    for d in results:
+        try:
+            outcomes.append(await d)
+        except Exception as e:
+            outcomes.append(e)
+    assert [type(o) for o in outcomes[1:3]] == [shadow.VersionConflict, NotFound]
+    # The job that held the writer, then the four in one transaction.
+    assert traced.commits() - before == 2
+    assert sum(1 for s in traced.statements if s.startswith("ROLLBACK TO job")) == 2
     stored = await store.get_device(device.id)
     assert stored.shadow["state"]["reported"] == {"n": 1} and stored.shadow["tags"] == {"t": 1}
 
@@ -137,13 +219,32 @@ async def test_connected_and_info_return_what_a_read_would(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_many_writes_are_grouped(store):
+async def test_many_writes_are_kept_in_order(store):
     _, _, device = await _account_and_device(store)
     ds = [store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 4.0)
           for i in range(2000)]
     await gatherResults(ds)
     stored = await store.get_device(device.id)
     assert stored.shadow["version"] == 2000 and stored.shadow["state"]["reported"] == {"i": 1999}
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_writes_are_grouped(traced):
+    """Group commit: the jobs that wait while the writer is busy are
+    committed together, up to a batch of 1000: 2500 of them in 3
+    transactions, not 2500 fsyncs."""
+    store = traced.store
+    _, _, device = await _account_and_device(store)
+    let_go = await traced.hold_writer()
+    before = traced.commits()
+    ds = [store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 4.0)
+          for i in range(2500)]
+    await let_go()
+    await gatherResults(ds)
+    # The job that held the writer, then batches of 1000, 1000 and 500.
+    assert traced.commits() - before == 1 + 3
+    stored = await store.get_device(device.id)
+    assert stored.shadow["version"] == 2500 and stored.shadow["state"]["reported"] == {"i": 2499}
 
 
 @pytest.mark.parametrize("backend", backends.STORES)
@@ -245,3 +346,65 @@ async def test_audit_entries_page_and_expire(store):
     assert await store.prune_audit(102.5, 10) == 1
     entries, _ = await store.query_audit(account.id, 0, 10)
     assert [e["timestamp"] for e in entries] == [103.0, 104.0]
+
+
+@pytest.mark.parametrize("setting, level", [(None, 2), ("FULL", 2), ("NORMAL", 1)])
+@pytest_twisted.ensureDeferred
+async def test_store_synchronous_reaches_the_writer_connection(tmp_path, setting, level):
+    """store.synchronous, from the configuration file to the connection the
+    writer commits on (PRAGMA synchronous: 2 is FULL, 1 NORMAL); FULL by
+    default."""
+    from dashd import config as configuration
+    from dashd.assembly import make_store
+
+    path = tmp_path / "dashd.toml"
+    path.write_text('data_dir = "%s"\n' % (tmp_path / "data")
+                    + ('[store]\nsynchronous = "%s"\n' % setting if setting else ""))
+    store = make_store(configuration.load(str(path)), reactor)
+    store.start()
+    try:
+        assert await store._submit(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) \
+            == level
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_reads_do_not_hold_up_writes(tmp_path):
+    """Stored data, history and audit queries run on the reader's own
+    connection and thread: while one of them takes long (here, held in the
+    middle of its read transaction), writes are committed, and the other
+    queries wait behind it, not the writes."""
+    store = SQLiteStore(str(tmp_path / "r.sqlite3"), reactor)
+    store.start()
+    try:
+        account, _, device = await _account_and_device(store)
+        started, release = threading.Event(), threading.Event()
+
+        def long_read(conn):
+            if not conn.in_transaction:
+                conn.execute("BEGIN")  # a read transaction, held open
+            count = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
+            started.set()
+            release.wait(10)
+            return count
+
+        held = store._read(long_read)
+        assert await deferToThread(started.wait, 10)
+        queries = [store.query_data(account.id, None, 0, 10, None),
+                   store.query_events(account.id, None, 0, 10),
+                   store.query_audit(account.id, 0, 10)]
+        try:
+            for i in range(3):
+                await within(store.update_shadow(
+                    device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 5.0), 3)
+            await within(store.create_device(
+                Device(tokens.new_id("d"), account.id, "new", 6.0), "u" * 64), 3)
+            assert not any(q.called for q in queries)
+        finally:
+            release.set()
+        assert await within(held, 5) == 1  # its snapshot: before the new device
+        await within(gatherResults(queries), 5)
+        assert len(await store.list_devices(account.id)) == 2
+    finally:
+        await store.stop()

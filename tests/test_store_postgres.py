@@ -1,24 +1,27 @@
 """
 What is particular to the PostgreSQL store: its migrations, several nodes
 (stores) writing to one database at once, ordering and grouping of a
-device's writes, and the secrets it never logs.
+device's writes, and
+the password of its URL, which it never logs.
 """
 
 from __future__ import annotations
 
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 import backends
 from dashd.domain import shadow, tokens
 from dashd.domain.model import Account, ApiKey, Device
-from dashd.store import IStore, LastAdminKey
+from dashd.store import IStore, LastAdminKey, StoreError
 from dashd.store.postgres import PostgresStore, migrate, migrations, redact
 
 
@@ -75,6 +78,36 @@ def test_interface_and_redaction(database):
     assert verifyObject(IStore, store)
     assert redact("postgresql://u:pw@h:5/db") == "postgresql://u:***@h:5/db"
     assert redact("postgresql://h/db") == "postgresql://h/db"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_password_of_its_url_is_never_logged(database):
+    """What the store logs (here, the schema it migrated on start) and the
+    error it raises (here, for a port nobody listens on) show the URL with
+    *** for its password. (The machine's PostgreSQL trusts local clients:
+    a password in the URL is accepted and ignored.)"""
+    secret = "pw-" + tokens.new_id("s")
+    parts = urlsplit(database)
+    url = urlunsplit(parts._replace(netloc="%s:%s@%s:%d" % (
+        parts.username, secret, parts.hostname, parts.port)))
+    unreachable = urlunsplit(parts._replace(netloc="%s:%s@%s:%d" % (
+        parts.username, secret, parts.hostname, backends.free_port())))
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        store = PostgresStore(url, reactor)
+        store.start()
+        await store.stop()
+        with pytest.raises(StoreError) as refused:
+            PostgresStore(unreachable, reactor, timeout=1).start()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    logged = "\n".join(formatEvent(e) or "" for e in events)
+    assert "schema migrated from version 0" in logged
+    assert "%s:***@" % parts.username in logged and secret not in logged
+    assert "cannot open the PostgreSQL store" in str(refused.value)
+    assert "%s:***@" % parts.username in str(refused.value)
+    assert secret not in str(refused.value)
 
 
 def _two_nodes(url: str) -> tuple[PostgresStore, PostgresStore]:
@@ -165,9 +198,53 @@ async def test_a_device_s_writes_apply_in_order_and_bad_ones_fail_alone(database
         assert versions == list(range(1, 300))
         stored = await store.get_device(device.id)
         assert stored.shadow["state"]["reported"] == {"i": 299}
-        # PostgreSQL text holds no NUL: such a name is refused, clearly, alone.
-        from dashd.store import StoreError
+    finally:
+        await store.stop()
 
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_s_queued_writes_share_transactions(database):
+    """The writes that queue up behind a device's running one run together:
+    300 submitted at once take the first alone, then batches of 100. Seen
+    in the rows they stored, each marked with the transaction that wrote it
+    (a column this test adds, whose default is txid_current(): the
+    top-level transaction, which the jobs' savepoints share)."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        migrate(conn)
+        conn.execute("ALTER TABLE data_points ADD COLUMN tx bigint DEFAULT txid_current()")
+    store = PostgresStore(database, reactor)
+    store.start()
+    try:
+        account = Account(tokens.new_id("a"), "acme", 1.0)
+        await store.bootstrap_admin_key(
+            ApiKey(tokens.new_id("k"), account.id, "admin", "admin", 1.0), "h" * 64, account)
+        device = Device(tokens.new_id("d"), account.id, "dev", 2.0)
+        await store.create_device(device, "t" * 64)
+        await store.update_shadow(device.id, shadow.ShadowUpdate({"tags": {"save": ["i"]}}), 3.0)
+        await gatherResults([
+            store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 4.0,
+                                save_data=True)
+            for i in range(300)])
+        with psycopg.connect(database, autocommit=True) as conn:
+            rows, transactions = conn.execute(
+                "SELECT count(*), count(DISTINCT tx) FROM data_points"
+                " WHERE device_id = %s", (device.id,)).fetchone()
+        assert (rows, transactions) == (300, 1 + 3)
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_value_postgresql_cannot_hold_is_refused_alone(database):
+    store = PostgresStore(database, reactor)
+    store.start()
+    try:
+        account = Account(tokens.new_id("a"), "acme", 1.0)
+        await store.bootstrap_admin_key(
+            ApiKey(tokens.new_id("k"), account.id, "admin", "admin", 1.0), "h" * 64, account)
+        device = Device(tokens.new_id("d"), account.id, "dev", 2.0)
+        await store.create_device(device, "t" * 64)
+        # PostgreSQL text holds no NUL: such a name is refused, clearly, alone.
         with pytest.raises(StoreError, match="refused the value"):
             await store.update_device(device.id, "bad\x00name", None, None, 4.0)
         assert (await store.get_device(device.id)).name == "dev"

@@ -73,20 +73,74 @@ def test_verify_sees_a_broken_unit(tmp_path):
     assert "Failed to parse service type" in complaints
 
 
-def test_service_unit_says_what_the_issue_asks():
-    unit = read_unit("dashd.service")
-    settings = dict(
-        line.split("=", 1) for line in unit.splitlines()
-        if "=" in line and not line.startswith("#")
-    )
+def service_settings() -> dict[str, list[str]]:
+    """The [Service] section of dashd.service: each key's values, in order
+    (a key may be given more than once)."""
+    settings: dict[str, list[str]] = {}
+    section = None
+    for line in read_unit("dashd.service").splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]":
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_service_unit_says_what_the_readme_says():
+    """The settings the README promises ("What the unit does for you"), in
+    the [Service] section (test_units_pass_systemd_analyze_verify shows
+    systemd accepts each value)."""
+    settings = {k: v[-1] for k, v in service_settings().items()}
     assert settings["Type"] == "notify"
     assert settings["ExecStart"].startswith(INSTALLED_TWISTD + " -n --pidfile= ")
     assert settings["ProtectSystem"] == "strict"
     assert settings["StateDirectory"] == "dashd"
-    assert settings.get("User") == "dashd" or settings.get("DynamicUser") == "yes"
-    assert int(settings["LimitNOFILE"]) >= 65536
+    assert settings["User"] == "dashd"
+    assert settings["UMask"] == "0077"
+    assert settings["LimitNOFILE"] == "262144"
+    assert settings["WatchdogSec"] == "60"
+    assert settings["Restart"] == "on-failure"
     assert "name=dashd" in read_unit("dashd.socket")
     assert "FileDescriptorName=dashd" in read_unit("dashd.socket")
+
+
+def test_the_units_watchdog_is_pinged_well_within_it():
+    """systemd passes WatchdogSec as WATCHDOG_USEC; dashd pings at half of
+    it (test_ready_watchdog_and_stopping_reach_notify_socket shows the pings)."""
+    seconds = int(service_settings()["WatchdogSec"][-1])
+    assert systemd.watchdog_interval({"WATCHDOG_USEC": str(seconds * 1_000_000)}) == seconds / 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_under_the_units_umask_dashd_s_files_are_its_own(tmp_path):
+    """With the unit's UMask, nothing dashd creates in its data directory
+    (the store and its WAL, admin.key, the lock, the firmware directory) is
+    open to its group or anyone else."""
+    umask = service_settings()["UMask"][-1]
+    server = DashdProcess(str(tmp_path), command_prefix=[
+        "bash", "-c", 'umask %s && exec "$@"' % umask, "bash"])
+    await server.start_async()
+    try:
+        admin = Client(server, server.admin_key)
+        device_id, token = await admin.register()
+        sim = await connect_device(server, token)
+        await device_online(admin, device_id)
+        await sim.stop()
+        found = {}
+        for directory, dirs, files in os.walk(server.data_dir):
+            for name in dirs + files:
+                path = os.path.join(directory, name)
+                found[os.path.relpath(path, server.data_dir)] = os.stat(path).st_mode & 0o777
+        assert {"dashd.sqlite3", "dashd.sqlite3-wal", "admin.key", "dashd.lock",
+                "firmware"} <= set(found), found
+        assert {name: oct(mode) for name, mode in found.items() if mode & 0o077} == {}
+    finally:
+        server.stop()
+    assert not server.problems()
 
 
 @needs_systemd_analyze

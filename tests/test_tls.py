@@ -17,7 +17,7 @@ from twisted.internet import ssl
 from twisted.web.client import ResponseNeverReceived
 
 from certs import make_server_cert
-from support import Client, DashdProcess, connect_device, device_online, within
+from support import Client, DashdProcess, connect_device, device_online, eventually, within
 from dashd.simulator import SimulatedDevice
 
 
@@ -106,3 +106,32 @@ async def test_the_simulator_command_verifies_with_ca(tls_server: DashdProcess):
         proc.terminate()
         proc.wait(10)
     await device_online(admin, device_id, online=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_simulator_command_refuses_a_server_its_ca_did_not_sign(
+    tls_server: DashdProcess, tmp_path
+):
+    """--ca names the only CA the simulator trusts: given another one, it
+    never connects to the server (and says why on its standard error)."""
+    other = make_server_cert(str(tmp_path), ["localhost"])
+    admin = Client(tls_server, tls_server.admin_key)
+    device_id, token = await admin.register("sim-cli-wrong-ca")
+    errors = tmp_path / "stderr"
+    with open(errors, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dashd.simulator", "--url", tls_server.device_url,
+             "--token", token, "--ca", other.ca],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )
+    try:
+        def refused() -> bool:
+            return any("cannot connect" in line and "certificate verify failed" in line
+                       for line in errors.read_text().splitlines())
+
+        await eventually(refused, 15)
+        view = await admin.device(device_id)
+        assert view["online"] is False and view["last_seen"] is None, view
+    finally:
+        proc.terminate()
+        proc.wait(10)

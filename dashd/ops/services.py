@@ -33,7 +33,7 @@ from dashd.ops.datadir import (
     write_secret_file,
 )
 from dashd.ops.lifecycle import raise_open_files_limit
-from dashd.store import IStore
+from dashd.store import IStore, StoreError
 
 log = Logger()
 
@@ -58,7 +58,12 @@ class StoreService(Service):
         except DataDirInUse as e:
             log.critical("cannot start: {why}", why=str(e))
             raise SystemExit(1)
-        self.store.start()
+        try:
+            self.store.start()
+        except StoreError as e:
+            # Unreachable, or written by a newer dashd: say so in one line.
+            log.critical("cannot start: {why}", why=str(e))
+            raise SystemExit(1)
         super().privilegedStartService()
 
     def startService(self) -> None:

@@ -228,6 +228,14 @@ class PostgresStore:
             raise StoreError(
                 "cannot open the PostgreSQL store %s: %s" % (redact(self.url), _first_line(e))
             ) from None
+        latest = migrations()[-1][0]
+        if before > latest:
+            # Not ours to write to: a newer dashd's schema is unknown here.
+            pool.close(timeout=1)
+            raise StoreError(
+                "the store %s was written by a newer dashd (schema %d, this dashd knows %d): "
+                "run that version, or restore a backup made for this one"
+                % (redact(self.url), before, latest))
         if before != after:
             log.info(
                 "store {url}: schema migrated from version {before} to {after}",

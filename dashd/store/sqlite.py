@@ -138,6 +138,14 @@ class SQLiteStore:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         conn = connect(self.path, self._synchronous)
         before, after = migrate(conn)
+        latest = migrations()[-1][0]
+        if before > latest:
+            # Not ours to write to: a newer dashd's schema is unknown here.
+            conn.close()
+            raise StoreError(
+                "the store %s was written by a newer dashd (schema %d, this dashd knows %d): "
+                "run that version, or restore a backup made for this one"
+                % (self.path, before, latest))
         if before != after:
             log.info(
                 "store {path}: schema migrated from version {before} to {after}",
