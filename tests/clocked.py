@@ -98,16 +98,17 @@ class World:
         """A new device of the admin's account, and its token."""
         return done(self.app.devices.register(self.admin, name))
 
-    def connect(self, device: Device | None = None, answer_info: bool = True) -> "FakeDevice":
+    def connect(self, device: Device | None = None, answer_info: bool = True,
+                fw_id: str = "fw-1") -> "FakeDevice":
         """A connected device (a new one unless given). Unless not
-        C{answer_info}, it sends Dash.Heartbeat at once, as mDash devices do,
-        so dashd does not ask it for Sys.GetInfo."""
+        C{answer_info}, it sends Dash.Heartbeat at once with C{fw_id}, as
+        mDash devices do, so dashd does not ask it for Sys.GetInfo."""
         if device is None:
             device, _ = self.register()
         fake = FakeDevice(self, device)
         fake.open()
         if answer_info:
-            fake.request("Dash.Heartbeat", {"fw_id": "fw-1", "fw_version": "1.0"})
+            fake.request("Dash.Heartbeat", {"fw_id": fw_id, "fw_version": fw_id})
         return fake
 
     def named(self, name: str, device_id: str | None = None) -> list[Event]:
