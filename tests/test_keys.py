@@ -64,6 +64,13 @@ def test_revoke_before_the_other_key_expires(world):
     assert result.result == {"id": world.admin.id, "deleted": True}
 
 
+def test_an_expired_admin_key_may_be_revoked_beside_the_last_live_one(world):
+    brief, _ = admin_key(world, "brief", expires=world.clock.seconds() + 60)
+    world.clock.advance(61)
+    assert done(world.app.keys.revoke(world.admin, brief.id)) == brief
+    failure_of(world.app.keys.revoke(world.admin, world.admin.id), LastAdminKey)
+
+
 def test_revoke_closes_streams_and_forgets_the_cached_key_at_once(world):
     key, secret = admin_key(world, "watcher")
     assert done(world.auth.api_key(secret)) == key  # cached now

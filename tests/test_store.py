@@ -220,6 +220,18 @@ async def test_expired_admin_keys_do_not_count_as_the_last_one(store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_expired_admin_key_may_be_revoked_beside_the_last_live_one(store):
+    """It opens nothing: removing it leaves the live one, so it is not the
+    last admin key (it was refused as such)."""
+    account, key, _ = await _account_and_device(store)
+    old = ApiKey(tokens.new_id("k"), account.id, "old", "admin", 1.0, expires=5.0)
+    await store.create_key(old, "o" * 64)
+    assert await store.delete_key(old.id, account.id, now=10.0) is True
+    with pytest.raises(LastAdminKey):
+        await store.delete_key(key.id, account.id, now=10.0)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_cancelled_caller_does_not_stop_the_others(store):
     """Klein cancels the Deferred of a request whose client went away; the
     results of the rest of that batch must still be delivered."""

@@ -382,13 +382,14 @@ class SQLiteStore:
     def delete_key(self, key_id: str, account_id: str, now: float) -> Deferred[bool]:
         def job(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
-                "SELECT kind FROM api_keys WHERE id = ? AND account_id = ?",
+                "SELECT kind, expires FROM api_keys WHERE id = ? AND account_id = ?",
                 (key_id, account_id),
             ).fetchone()
             if row is None:
                 return False
-            if row[0] == "admin":
-                # Expired admin keys do not count: they open nothing.
+            if row[0] == "admin" and (row[1] is None or row[1] > now):
+                # Expired admin keys do not count: they open nothing (and
+                # removing one leaves as many live ones).
                 (admins,) = conn.execute(
                     "SELECT count(*) FROM api_keys WHERE account_id = ? AND kind = 'admin'"
                     " AND (expires IS NULL OR expires > ?)",
