@@ -17,6 +17,7 @@ from typing import Any, Coroutine
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from dashd.app.application import Application, build_application
@@ -70,9 +71,16 @@ class World:
     """dashd's parts for one test: C{clock}, C{config}, C{store}, C{router},
     C{hub}, C{fleet}, C{auth}, C{ota}, C{app}; C{admin}, the bootstrap
     admin key (C{admin_secret} its secret); C{events}, every event
-    published."""
+    published; C{failures}, what was logged with a traceback (L{close}
+    fails the test if anything was)."""
 
     def __init__(self, tmp_path: Any, config: dict[str, Any] | None = None) -> None:
+        # As the end-to-end fixtures fail a test whose dashd logged a
+        # traceback, close() fails one whose parts logged a failure.
+        self.failures: list[dict[str, Any]] = []
+        self._observer = lambda event: (
+            self.failures.append(event) if "log_failure" in event else None)
+        globalLogPublisher.addObserver(self._observer)
         self.clock = Clock()
         self.clock.advance(START)
         self.config = Config(config or {})
@@ -118,6 +126,9 @@ class World:
     def close(self) -> None:
         done(self.ota.stop())
         done(self.store.stop())
+        globalLogPublisher.removeObserver(self._observer)
+        assert not self.failures, "\n".join(
+            formatEvent(e) + "\n" + e["log_failure"].getTraceback() for e in self.failures)
 
 
 class FakeDevice:
