@@ -320,6 +320,10 @@ FAILURES = [
 ]
 
 
+# On SQLite only, as the reboot timeout below: how each failure ends an
+# update is the OtaManager's (test_firmware.py, on a Clock), and the stored
+# status is tested on every backend in test_series.py.
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("options, mode, reason", FAILURES,
                          ids=[json.dumps(f[0]) + f[1] for f in FAILURES])
 @pytest_twisted.ensureDeferred
@@ -375,6 +379,7 @@ def _nothing_sent_after_the_failure(methods: list[str], options: dict) -> None:
     assert ota.count("OTA.End") <= 1 and "OTA.Commit" not in ota, ota
 
 
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_a_device_that_does_not_come_back_fails_the_update(server, admin: Client, tmp_path):
     device_id, token = await admin.register()
@@ -679,7 +684,9 @@ async def test_the_pull_link_works_once(server, admin: Client, tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_updates_across_restarts(tmp_path):
     """An update waiting for its device survives a restart of dashd; one
-    cut off mid-transfer (SIGTERM, kill -9) ends failed, and says why."""
+    cut off mid-transfer (SIGTERM) ends failed, and says why. (One cut off
+    by a kill -9, with no stop to mark it, is failed by the next start:
+    test_firmware.py, on a Clock.)"""
     server = DashdProcess(str(tmp_path))
     await server.start_async()
     admin = Client(server, server.admin_key)
@@ -700,7 +707,7 @@ async def test_updates_across_restarts(tmp_path):
         reply = await admin.upload("/api/v2/devices/%s/ota" % cut_id,
                                    make_bin(str(tmp_path / "c.bin"), 200_000))
         assert reply.status == 202
-        await sleep(0.5)
+        await eventually(lambda: _percent(admin, cut_id))
         server.stop()
         await server.start_async()
         status = await ota_state(admin, cut_id, "failed")
@@ -720,29 +727,19 @@ async def test_updates_across_restarts(tmp_path):
         status = await ota_state(admin, cut_id, "failed")
         assert status["reason"] == (
             "the device refused OTA.Begin: OTA already in progress (code 500)")
-        await usable(admin, cut_id)
-
-        # kill -9 mid-transfer: the next start marks it failed.
-        killed_id, killed_token = await admin.register()
-        killed = await connect_device(server, killed_token, ota_write_delay=0.05)
-        await device_online(admin, killed_id)
-        reply = await admin.upload("/api/v2/devices/%s/ota" % killed_id,
-                                   make_bin(str(tmp_path / "k.bin"), 200_000))
-        assert reply.status == 202
-        await sleep(0.5)
-        server.kill9()
-        await server.start_async()
-        status = await ota_state(admin, killed_id, "failed")
-        assert status["reason"] == "dashd restarted during the transfer"
         assert firmware_dir_is_empty(server)
-        await usable(admin, killed_id)
-        await killed.stop()
+        await usable(admin, cut_id)
     finally:
         await waiting.stop()
         await cut.stop()
         if server.proc is not None:
             server.stop()
     assert not server.problems()
+
+
+async def _percent(admin: Client, device_id: str) -> bool:
+    """The device's transfer is under way: some of it is acknowledged."""
+    return (await admin.device(device_id))["ota"]["percent"] > 0
 
 
 @pytest_twisted.ensureDeferred

@@ -1,8 +1,10 @@
 """
 The stores: the same tests on SQLite (a real file) and PostgreSQL (a
-database of this test's own on the machine's server), then what is
-particular to each: SQLite's migrations and group commit, PostgreSQL's
-migrations and concurrent writers (tests/test_store_postgres.py).
+database of this test's own on the machine's server), and on the SQLite
+store that runs its jobs inline (for unit tests on a Clock, see
+tests/clocked.py), then what is particular to each: SQLite's migrations and
+group commit, PostgreSQL's migrations and concurrent writers
+(tests/test_store_postgres.py), the inline store's Deferreds.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dashd.domain import shadow, tokens
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.store import IStore, LastAdminKey, NotFound, StoreError
 from dashd.store import sqlite as sqlite_store
-from dashd.store.sqlite import SQLiteStore, migrate, migrations
+from dashd.store.sqlite import InlineSQLiteStore, SQLiteStore, migrate, migrations
 
 import backends
 from support import within
@@ -33,6 +35,12 @@ def open_store(backend, tmp_path, **kwargs):
         s = SQLiteStore(str(tmp_path / "s.sqlite3"), reactor, **kwargs)
         s.start()
         return s, lambda: None
+    if backend == "inline":
+        # As the unit tests use it: a job a transaction, so no fsyncs.
+        kwargs.setdefault("synchronous", "OFF")
+        s = InlineSQLiteStore(str(tmp_path / "s.sqlite3"), **kwargs)
+        s.start()
+        return s, lambda: None
     from dashd.store.postgres import PostgresStore
 
     url = backends.create_database()
@@ -41,7 +49,12 @@ def open_store(backend, tmp_path, **kwargs):
     return s, lambda: backends.drop_database(url)
 
 
-@pytest.fixture(params=backends.STORES)
+# The backends, and the inline SQLite store of the unit tests: the same
+# results.
+STORES = backends.STORES + ["inline"]
+
+
+@pytest.fixture(params=STORES)
 def store(request, tmp_path):
     s, cleanup = open_store(request.param, tmp_path)
     yield s
@@ -247,7 +260,7 @@ async def test_many_writes_are_grouped(traced):
     assert stored.shadow["version"] == 2500 and stored.shadow["state"]["reported"] == {"i": 2499}
 
 
-@pytest.mark.parametrize("backend", backends.STORES)
+@pytest.mark.parametrize("backend", STORES)
 @pytest_twisted.ensureDeferred
 async def test_closed_store_fails_clearly(tmp_path, backend):
     s, cleanup = open_store(backend, tmp_path)
@@ -311,6 +324,18 @@ async def test_expired_admin_keys_do_not_count_as_the_last_one(store):
     with pytest.raises(LastAdminKey):
         await store.delete_key(key.id, account.id, now=10.0)
     assert await store.delete_key(key.id, account.id, now=4.0) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_admin_key_may_be_revoked_beside_the_last_live_one(store):
+    """It opens nothing: removing it leaves the live one, so it is not the
+    last admin key (it was refused as such)."""
+    account, key, _ = await _account_and_device(store)
+    old = ApiKey(tokens.new_id("k"), account.id, "old", "admin", 1.0, expires=5.0)
+    await store.create_key(old, "o" * 64)
+    assert await store.delete_key(old.id, account.id, now=10.0) is True
+    with pytest.raises(LastAdminKey):
+        await store.delete_key(key.id, account.id, now=10.0)
 
 
 @pytest_twisted.ensureDeferred
@@ -408,3 +433,44 @@ async def test_long_reads_do_not_hold_up_writes(tmp_path):
         assert len(await store.list_devices(account.id)) == 2
     finally:
         await store.stop()
+
+
+# The inline store (tests/clocked.py)
+
+
+def test_inline_store_runs_jobs_at_once_with_no_thread(tmp_path):
+    """Every Deferred has fired when the method returns, and no thread
+    was started to make it so."""
+    import threading
+
+    threads = threading.active_count()
+    s = InlineSQLiteStore(str(tmp_path / "i.sqlite3"))
+    s.start()
+    assert verifyObject(IStore, s) and s.is_open
+    account = Account("a1", "acme", 1.0)
+    key = ApiKey("k1", "a1", "admin", "admin", 1.0)
+    d = s.bootstrap_admin_key(key, "h" * 64, account)
+    assert d.called and d.result == key
+    device = Device("d1", "a1", "dev", 2.0)
+    s.create_device(device, "t" * 64)
+    d = s.update_shadow("d1", shadow.ShadowUpdate({"reported": {"n": 1}}), 3.0, save_data=True)
+    assert d.called and d.result[1].document["version"] == 1
+    # The reader's connection sees what was committed.
+    d = s.query_data("a1", "d1", 0, 10, None)
+    assert d.called and isinstance(d.result, list)
+    # Errors as the writer thread gives them: the job's own, rolled back to
+    # its savepoint; the transaction goes on for the next job.
+    d = s.update_shadow("d1", shadow.ShadowUpdate({"reported": {"n": 2}}, version=9), 4.0)
+    assert d.called and d.result.check(shadow.VersionConflict)
+    d.addErrback(lambda f: None)
+    d = s.delete_key("k1", "a1", now=5.0)
+    assert d.called and d.result.check(LastAdminKey)
+    d.addErrback(lambda f: None)
+    d = s.get_device("d1")
+    assert d.result.shadow["version"] == 1 and d.result.shadow["state"]["reported"] == {"n": 1}
+    assert threading.active_count() == threads
+    stopped = s.stop()
+    assert stopped.called and not s.is_open
+    d = s.get_device("d1")
+    assert d.called and d.result.check(StoreError)
+    d.addErrback(lambda f: None)

@@ -10,7 +10,7 @@ import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import (
@@ -117,7 +117,11 @@ class _RemoteCall:
 class Cluster:
     """This node: its presence, routing and relaying of notifications."""
 
-    def __init__(self, config: Config, reactor: Any, store: Any, auth: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, store: Any, auth: Any, *,
+                 make_bus: Callable[..., Any] = RedisBus, monotonic: Any = None) -> None:
+        """C{make_bus} makes the bus from L{RedisBus}'s arguments, and
+        C{monotonic} (with C{seconds()}) is the clock that judges liveness;
+        unit tests pass a fake bus and their Clock."""
         self.config = config
         self.clock = reactor
         self.store = store
@@ -127,7 +131,7 @@ class Cluster:
         self.timeout = float(config["cluster.node_timeout"])
         # Liveness is judged on the monotonic clock: a step of the wall clock
         # (NTP) must not make every other node look dead.
-        self.presence = Presence(self.node_id, _MonotonicClock(), self.timeout)
+        self.presence = Presence(self.node_id, monotonic or _MonotonicClock(), self.timeout)
         self.router = ClusterRouter(self)
         self.hub = ClusterHub(self)
         self._local: dict[str, _Local] = {}
@@ -141,7 +145,7 @@ class Cluster:
         self._resync_again = False
         self._stopped = False
         self._retry_call: IDelayedCall | None = None
-        self.bus = RedisBus(
+        self.bus = make_bus(
             config["cluster.redis_url"],
             reactor,
             channels=[self.keys.broadcast, self.keys.inbox(self.node_id)],

@@ -454,11 +454,13 @@ class PostgresStore:
             # Two nodes revoking an account's last two admin keys at once
             # must not both succeed: lock the account first.
             cur.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (account_id,))
-            row = _one(cur, "SELECT kind FROM api_keys WHERE id = %s AND account_id = %s",
+            row = _one(cur, "SELECT kind, expires FROM api_keys WHERE id = %s AND account_id = %s",
                        (key_id, account_id))
             if row is None:
                 return False
-            if row[0] == "admin":
+            # An expired admin key opens nothing: removing it leaves as many
+            # live ones.
+            if row[0] == "admin" and (row[1] is None or row[1] > now):
                 (admins,) = _one(
                     cur,
                     "SELECT count(*) FROM api_keys WHERE account_id = %s AND kind = 'admin'"

@@ -134,6 +134,19 @@ class SQLiteStore:
     def start(self) -> None:
         if self._thread is not None:
             return
+        conn, reader = self._open()
+        self._thread = threading.Thread(
+            target=self._run, args=(conn,), name="dashd-sqlite", daemon=True
+        )
+        self._thread.start()
+        self._reader = threading.Thread(
+            target=self._run_reader, args=(reader,), name="dashd-sqlite-reader", daemon=True
+        )
+        self._reader.start()
+
+    def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """The writer's connection (schema brought up to date) and the
+        reader's (read-only)."""
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
         conn = connect(self.path, self._synchronous)
@@ -153,16 +166,9 @@ class SQLiteStore:
                 before=before,
                 after=after,
             )
-        self._thread = threading.Thread(
-            target=self._run, args=(conn,), name="dashd-sqlite", daemon=True
-        )
-        self._thread.start()
         reader = connect(self.path, self._synchronous)
         reader.execute("PRAGMA query_only = ON")
-        self._reader = threading.Thread(
-            target=self._run_reader, args=(reader,), name="dashd-sqlite-reader", daemon=True
-        )
-        self._reader.start()
+        return conn, reader
 
     def stop(self) -> Deferred[None]:
         if self._thread is None:
@@ -187,6 +193,10 @@ class SQLiteStore:
         except queue.Full:
             d.errback(StoreError("the store is overloaded; try again shortly"))
             return d
+        self._observe(d)
+        return d
+
+    def _observe(self, d: Deferred[Any]) -> None:
         observer = self.latency_observer
         if observer is not None:
             started = time.monotonic()
@@ -196,7 +206,6 @@ class SQLiteStore:
                 return result
 
             d.addBoth(observe)
-        return d
 
     def _run(self, conn: sqlite3.Connection) -> None:
         try:
@@ -215,13 +224,7 @@ class SQLiteStore:
                         stop_after = True
                         break
                     batch.append(nxt)
-                try:
-                    results = self._run_batch(conn, batch)
-                except Exception:
-                    log.failure("store batch failed")
-                    failure = Failure(StoreError("the store failed"))
-                    results = [(d, failure) for _, d in batch]
-                self._reactor.callFromThread(_deliver, results)
+                self._reactor.callFromThread(_deliver, self._write(conn, batch))
                 if stop_after:
                     break
         finally:
@@ -247,17 +250,7 @@ class SQLiteStore:
                 if item is _STOP:
                     break
                 job, d = item
-                try:
-                    result: Any = job(conn)
-                except sqlite3.Error:
-                    log.failure("store read failed")
-                    result = Failure(StoreError("the store failed"))
-                except Exception as e:
-                    result = Failure(e)
-                finally:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                self._reactor.callFromThread(_deliver, [(d, result)])
+                self._reactor.callFromThread(_deliver, [(d, _read_job(conn, job))])
         finally:
             conn.close()
 
@@ -268,6 +261,18 @@ class SQLiteStore:
             self._reader.join(5)
         if self._stopped is not None:
             self._stopped.callback(None)
+
+    def _write(
+        self, conn: sqlite3.Connection, batch: list[tuple[Job, Deferred[Any]]]
+    ) -> list[tuple[Deferred[Any], Any]]:
+        """Run a batch of jobs in one transaction: each job's result or
+        failure, for L{_deliver}."""
+        try:
+            return self._run_batch(conn, batch)
+        except Exception:
+            log.failure("store batch failed")
+            failure = Failure(StoreError("the store failed"))
+            return [(d, failure) for _, d in batch]
 
     def _run_batch(
         self, conn: sqlite3.Connection, batch: list[tuple[Job, Deferred[Any]]]
@@ -385,13 +390,14 @@ class SQLiteStore:
     def delete_key(self, key_id: str, account_id: str, now: float) -> Deferred[bool]:
         def job(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
-                "SELECT kind FROM api_keys WHERE id = ? AND account_id = ?",
+                "SELECT kind, expires FROM api_keys WHERE id = ? AND account_id = ?",
                 (key_id, account_id),
             ).fetchone()
             if row is None:
                 return False
-            if row[0] == "admin":
-                # Expired admin keys do not count: they open nothing.
+            if row[0] == "admin" and (row[1] is None or row[1] > now):
+                # Expired admin keys do not count: they open nothing (and
+                # removing one leaves as many live ones).
                 (admins,) = conn.execute(
                     "SELECT count(*) FROM api_keys WHERE account_id = ? AND kind = 'admin'"
                     " AND (expires IS NULL OR expires > ?)",
@@ -638,6 +644,76 @@ class SQLiteStore:
 
     def ping(self) -> Deferred[bool]:
         return self._submit(lambda conn: conn.execute("SELECT 1").fetchone() == (1,))
+
+
+class InlineSQLiteStore(SQLiteStore):
+    """
+    The SQLite store with no threads, for unit tests (as Buildbot's
+    C{NonThreadPool}): each job runs at once on the calling thread, in a
+    transaction of its own with the same savepoint, the same errors and the
+    same results as on the writer thread (reads on the same read-only
+    connection as the reader thread's), and its Deferred has fired when the
+    method returns. Tests drive time with a L{twisted.internet.task.Clock}
+    and need no reactor to wait on the store. Never in dashd itself: it
+    would run every job on the reactor thread.
+    """
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__(path, None, **kwargs)  # type: ignore[arg-type]
+        self._conn: sqlite3.Connection | None = None
+        self._reading: sqlite3.Connection | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    def queue_depth(self) -> int:
+        return 0
+
+    def start(self) -> None:
+        if self._conn is None and self._stopped is None:
+            self._conn, self._reading = self._open()
+
+    def stop(self) -> Deferred[None]:
+        if self._stopped is None:
+            self._stopped = Deferred()
+            for conn in (self._reading, self._conn):
+                if conn is not None:
+                    conn.close()
+            self._conn = self._reading = None
+            self._stopped.callback(None)
+        return self._stopped
+
+    def _submit(self, job: Job) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        if self._conn is None:
+            d.errback(StoreError("the store is closed"))
+            return d
+        self._observe(d)
+        _deliver(self._write(self._conn, [(job, d)]))
+        return d
+
+    def _read(self, job: Job) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        if self._reading is None:
+            d.errback(StoreError("the store is closed"))
+            return d
+        _deliver([(d, _read_job(self._reading, job))])
+        return d
+
+
+def _read_job(conn: sqlite3.Connection, job: Job) -> Any:
+    """A read-only job's result, or its failure."""
+    try:
+        return job(conn)
+    except sqlite3.Error:
+        log.failure("store read failed")
+        return Failure(StoreError("the store failed"))
+    except Exception as e:
+        return Failure(e)
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
