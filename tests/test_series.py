@@ -11,12 +11,11 @@ import sqlite3
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
 from dashd.domain import shadow, timeseries, tokens
 from dashd.channel.hub import Event, LocalHub
 from dashd.domain.model import Account, ApiKey, Device
-from dashd.store.sqlite import SQLiteStore, migrate
+from dashd.store.sqlite import migrate
 
 import backends
 
