@@ -71,6 +71,9 @@ async def test_device_crud(server, admin: Client):
     assert device["shadow"] == {
         "state": {"desired": {}, "reported": {}, "delta": {}},
         "tags": {}, "version": 0, "timestamp": None,
+        "sections": {name: {"version": 0, "timestamp": None}
+                     for name in ("desired", "reported", "tags")},
+        "metadata": {"reported": {}},
     }
 
     listed = await admin.get("/api/v2/devices")
@@ -339,6 +342,28 @@ async def test_shadow_over_rest(server, admin: Client):
     assert reply.status == 413
     assert "nested deeper than 8 levels" in reply.error["message"]
     assert (await admin.device(device_id))["shadow"]["version"] == 4
+
+    # Conditioned on a section: desired is at version 2 (its two changes
+    # above), whatever the reports did.
+    doc = (await admin.device(device_id))["shadow"]
+    assert doc["sections"]["desired"]["version"] == 2
+    assert doc["sections"]["reported"]["version"] == 1 and doc["sections"]["tags"]["version"] == 2
+    assert doc["metadata"]["reported"] == {"a": doc["sections"]["reported"]["timestamp"],
+                                           "b": {"c": doc["sections"]["reported"]["timestamp"]}}
+    await admin.post(url, {"shadow": {"state": {"reported": {"a": 2}}}})
+    reply = await admin.post(url, {"shadow": {"state": {"desired": {"e": 5}},
+                                              "versions": {"desired": 2}}})
+    assert reply.status == 200, reply
+    assert reply.body["shadow"]["sections"]["desired"]["version"] == 3
+    reply = await admin.post(url, {"shadow": {"state": {"desired": {"e": 6}},
+                                              "versions": {"desired": 2}}})
+    assert reply.status == 409
+    assert reply.error["message"] == ("the shadow's desired is at version 3, not 2: it was "
+                                      "changed meanwhile")
+    reply = await admin.post(url, {"shadow": {"state": {"desired": {"e": 6}},
+                                              "versions": {"desired": "3"}}})
+    assert (reply.status, reply.error["message"]) == (
+        400, "versions.desired must be a non-negative integer")
 
 
 @pytest_twisted.ensureDeferred

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dashd.domain import shadow
@@ -91,3 +93,62 @@ def test_view_hides_tags_from_devices():
     assert shadow.view(d)["tags"] == {"t": 1}
     device_view = shadow.view(d, include_tags=False)
     assert "tags" not in device_view and device_view["state"]["delta"] == {"a": 1}
+
+
+def test_each_section_counts_its_own_versions_and_updates_may_be_conditioned_on_them():
+    doc = shadow.empty()
+    r = shadow.apply_update(doc, shadow.ShadowUpdate({"desired": {"fan": "auto"}}), 1.0)
+    doc = r.document
+    for t in (2.0, 3.0, 4.0):  # a chatty device
+        doc = shadow.apply_update(doc, shadow.ShadowUpdate({"reported": {"temp": t}}), t).document
+    assert doc["version"] == 4
+    assert shadow.sections(doc) == {"desired": {"version": 1, "timestamp": 1.0},
+                                    "reported": {"version": 3, "timestamp": 4.0},
+                                    "tags": {"version": 0, "timestamp": None}}
+    # Conditioned on desired: the reports meanwhile are not in the way...
+    r = shadow.apply_update(doc, shadow.ShadowUpdate({"desired": {"setpoint": 22}},
+                                                     versions={"desired": 1}), 5.0)
+    assert r.changed and shadow.sections(r.document)["desired"]["version"] == 2
+    # ...a change of desired meanwhile is.
+    with pytest.raises(shadow.SectionConflict,
+                       match="the shadow's desired is at version 2, not 1: it was changed meanwhile"):
+        shadow.apply_update(r.document, shadow.ShadowUpdate({"desired": {"x": 1}},
+                                                            versions={"desired": 1}), 6.0)
+    # The document's version still works as before.
+    with pytest.raises(shadow.VersionConflict):
+        shadow.apply_update(r.document, shadow.ShadowUpdate({"desired": {"x": 1}}, version=4), 6.0)
+
+
+def test_reported_keys_keep_when_they_were_last_reported():
+    doc = shadow.apply_update(shadow.empty(), shadow.ShadowUpdate(
+        {"reported": {"env": {"temp": 20, "hum": 40}, "led": True}}), 1.0).document
+    assert shadow.reported_times(doc) == {"env": {"temp": 1.0, "hum": 1.0}, "led": 1.0}
+    # The same value reported again: its time moves, nothing else changes.
+    r = shadow.apply_update(doc, shadow.ShadowUpdate({"reported": {"env": {"temp": 20}}}), 2.0)
+    assert not r.changed and r.stamped
+    assert r.document["version"] == doc["version"]
+    assert shadow.reported_times(r.document) == {"env": {"temp": 2.0, "hum": 1.0}, "led": 1.0}
+    # Deleting a key deletes its time; a report derived from something else
+    # (the firmware in a heartbeat) moves none.
+    r = shadow.apply_update(r.document, shadow.ShadowUpdate({"reported": {"led": None}}), 3.0)
+    assert shadow.reported_times(r.document) == {"env": {"temp": 2.0, "hum": 1.0}}
+    r = shadow.apply_update(r.document, shadow.ShadowUpdate({"reported": {"ota": {"v": 1}}},
+                                                            stamp=False), 4.0)
+    assert "ota" not in shadow.reported_times(r.document)
+    # A document stored before sections existed reads as at version 0.
+    old = {"state": {"desired": {}, "reported": {}}, "tags": {}, "version": 7, "timestamp": 1.0}
+    assert shadow.sections(old)["desired"] == {"version": 0, "timestamp": None}
+    view = shadow.view(old)
+    assert view["sections"]["tags"]["version"] == 0 and view["metadata"] == {"reported": {}}
+
+
+@pytest.mark.parametrize("versions, message", [
+    ("3", "versions must be an object of section versions"),
+    ({"state": 1}, "versions must be an object of section versions"),
+    ({"desired": -1}, "versions.desired must be a non-negative integer"),
+    ({"desired": True}, "versions.desired must be a non-negative integer"),
+])
+def test_bad_section_versions_are_refused(versions, message):
+    with pytest.raises(shadow.InvalidShadowUpdate, match=re.escape(message)):
+        shadow.parse_update({"state": {"desired": {"a": 1}}, "versions": versions},
+                            allow_tags=True)

@@ -14,6 +14,7 @@ Screenshots go to test-artifacts/ui/.
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from typing import Any, Iterator
@@ -21,6 +22,7 @@ from typing import Any, Iterator
 import pytest
 import pytest_twisted
 from playwright.sync_api import Page, expect
+from twisted.internet import task
 from twisted.internet.defer import ensureDeferred
 
 from browser import UI, BrowserThread, artifact_name, chromium_missing
@@ -659,18 +661,18 @@ async def test_shadow_editor(server, admin: Client, ui: UI):
         desired.fill('{"led": true, "mode": "eco"}')
         expect(desired).to_have_attribute("aria-invalid", "false")
         shadow.get_by_role("button", name="Save desired").click()
-        expect(shadow.get_by_text("Saved desired: the shadow is now version 1.")).to_be_visible()
+        expect(shadow.get_by_text("Saved desired (now its version 1; the shadow's 1).")).to_be_visible()
         expect(shadow.get_by_label("Delta")).to_contain_text('"mode": "eco"')
         # Removing a key deletes it.
         desired.fill('{"led": true}')
         shadow.get_by_role("button", name="Save desired").click()
-        expect(shadow.get_by_text("Saved desired: the shadow is now version 2.")).to_be_visible()
+        expect(shadow.get_by_text("Saved desired (now its version 2; the shadow's 2).")).to_be_visible()
         shadow.get_by_role("button", name="Save desired").click()
         expect(shadow.get_by_text("Nothing to save: this is the stored desired.")).to_be_visible()
         tags = shadow.get_by_label("Tags (JSON)")
         tags.fill('{"site": "north", "save": ["temp"]}')
         shadow.get_by_role("button", name="Save tags").click()
-        expect(shadow.get_by_text("Saved tags: the shadow is now version 3.")).to_be_visible()
+        expect(shadow.get_by_text("Saved tags (now its version 1; the shadow's 3).")).to_be_visible()
 
     await ui.run(save)
     doc = (await admin.device(device_id))["shadow"]
@@ -688,12 +690,12 @@ async def test_shadow_editor(server, admin: Client, ui: UI):
 
     def conflict(page: Page) -> None:
         shadow = section(page, "Shadow")
-        expect(shadow.get_by_text("The shadow changed (now version 4) while you were editing version 3")).to_be_visible()
+        expect(shadow.get_by_text("desired changed (now its version 3) while you were editing its version 2")).to_be_visible()
         shadow.get_by_role("button", name="Save desired").click()
         alert = shadow.get_by_role("alert")
-        expect(alert).to_contain_text("Not saved: the shadow changed since you loaded it.")
-        expect(alert).to_contain_text("You edited version 3")
-        expect(alert).to_contain_text("shadow version 3 is stale: the current version is 4")
+        expect(alert).to_contain_text("Not saved: desired changed since you loaded it.")
+        expect(alert).to_contain_text("You edited its version 2")
+        expect(alert).to_contain_text("the shadow's desired is at version 3, not 2: it was changed meanwhile")
         load = shadow.get_by_role("button", name="Load the latest version")
         expect(load).to_be_focused()
 
@@ -709,7 +711,7 @@ async def test_shadow_editor(server, admin: Client, ui: UI):
         expect(shadow.get_by_text("Your unsaved text")).to_be_visible()
         desired.fill('{"led": false, "brightness": 80}')
         shadow.get_by_role("button", name="Save desired").click()
-        expect(shadow.get_by_text("Saved desired: the shadow is now version 5.")).to_be_visible()
+        expect(shadow.get_by_text("Saved desired (now its version 4; the shadow's 5).")).to_be_visible()
         expect(shadow.get_by_label("Delta")).to_contain_text('"brightness": 80')
 
     await ui.run(reload_and_redo)
@@ -725,6 +727,46 @@ async def test_shadow_editor(server, admin: Client, ui: UI):
     await ui.run(reported)
     await ui.shot("shadow")
     await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_desired_saves_while_the_device_reports_every_second(server, admin: Client, ui: UI):
+    """A device that reports all the time does not make a person's edit of
+    desired stale: the save is conditioned on desired, not the whole
+    shadow. And each reported key shows when it was last reported."""
+    device_id, token = await admin.register("chatty")
+    sim = await connect_device(server, token)
+    await device_online(admin, device_id)
+    reporting = task.LoopingCall(
+        lambda: sim.report({"temp": round(random.uniform(18, 25), 2)}).addErrback(lambda f: None))
+    reporting.start(0.3)
+    try:
+        await ui.run(sign_in, admin.key)
+        await ui.run(open_device, device_id, "chatty")
+
+        def edit_and_save(page: Page) -> None:
+            shadow = section(page, "Shadow")
+            expect(shadow.get_by_label("Reported state")).to_contain_text('"temp"')
+            desired = shadow.get_by_label("Desired (JSON)")
+            # Typed at a person's pace while reports keep coming.
+            desired.click()
+            desired.press("Control+a")
+            desired.press_sequentially('{"fan": "auto", "setpoint": 22.5}', delay=60)
+            shadow.get_by_role("button", name="Save desired").click()
+            expect(shadow.get_by_text(re.compile(r"^Saved desired \(now its version 1; "))).to_be_visible()
+            shadow.get_by_text("When each key was last reported").click()
+            expect(shadow.locator(".report-times")).to_contain_text("temp")
+            accessible(page)
+
+        await ui.run(edit_and_save)
+        await ui.shot("shadow-saved-while-reporting")
+        doc = (await admin.device(device_id))["shadow"]
+        assert doc["state"]["desired"] == {"fan": "auto", "setpoint": 22.5}
+        assert doc["sections"]["reported"]["version"] > 3  # reported meanwhile
+        assert doc["metadata"]["reported"]["temp"] > time.time() - 5
+    finally:
+        reporting.stop()
+        await sim.stop()
 
 
 MERGE_CASES = [

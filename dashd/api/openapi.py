@@ -481,6 +481,21 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "tags": {"type": "object"},
                         "version": {"type": "integer", "minimum": 0},
                         "timestamp": {"type": ["number", "null"]},
+                        "sections": {
+                            "description": "each section's own version and last change",
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object", "required": ["version", "timestamp"],
+                                "properties": {"version": {"type": "integer", "minimum": 0},
+                                               "timestamp": {"type": ["number", "null"]}},
+                            },
+                        },
+                        "metadata": {
+                            "description": "reported's shape, with the time each key was "
+                                           "last reported",
+                            "type": "object",
+                            "properties": {"reported": {"type": "object"}},
+                        },
                     },
                 },
                 "ShadowUpdate": {
@@ -496,6 +511,16 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "tags": SECTION_PATCH,
                         "version": {"type": ["integer", "null"], "minimum": 0,
                                     "description": "the version read; a stale one gets 409"},
+                        "versions": {
+                            "type": ["object", "null"],
+                            "description": "the version each section must be at, e.g. "
+                                           "{\"desired\": 3}: a condition on what the change "
+                                           "changes, whatever else changed meanwhile; a stale "
+                                           "one gets 409",
+                            "additionalProperties": False,
+                            "properties": {name: {"type": ["integer", "null"], "minimum": 0}
+                                           for name in ("desired", "reported", "tags")},
+                        },
                     },
                 },
                 "Device": {

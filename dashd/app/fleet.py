@@ -95,7 +95,8 @@ class Fleet:
         firmware = {k: info[k] for k in FIRMWARE_KEYS if k in info}
         update = None
         if firmware:
-            update = shadow.ShadowUpdate(patches={"reported": {"ota": firmware}})
+            # Derived from the info, not reported as such: no report times.
+            update = shadow.ShadowUpdate(patches={"reported": {"ota": firmware}}, stamp=False)
 
         def recorded(outcome: tuple[Device, shadow.UpdateResult | None]) -> Device:
             device, result = outcome

@@ -220,11 +220,15 @@ def shadow_view_for(key: ApiKey, device_id: str, view: dict[str, Any]) -> dict[s
         return view
     readable = _acl(key, device_id).get("read", [])
     state = view["state"]
-    return {
+    out = {
         "state": {name: _project(state[name], readable) for name in ("desired", "reported", "delta")},
         "version": view["version"],
         "timestamp": view["timestamp"],
     }
+    if "sections" in view:
+        out["sections"] = {name: view["sections"][name] for name in ("desired", "reported")}
+        out["metadata"] = {"reported": _project(view["metadata"]["reported"], readable)}
+    return out
 
 
 def device_view_for(key: ApiKey, view: dict[str, Any]) -> dict[str, Any]:

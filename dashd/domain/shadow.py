@@ -5,7 +5,20 @@ store so that all backends agree on the semantics.
 A stored document::
 
     {"state": {"desired": {...}, "reported": {...}},
-     "tags": {...}, "version": 7, "timestamp": 1764090000.25}
+     "tags": {...}, "version": 7, "timestamp": 1764090000.25,
+     "sections": {"desired": {"version": 2, "timestamp": T},
+                  "reported": {"version": 5, "timestamp": T},
+                  "tags": {"version": 0, "timestamp": null}},
+     "metadata": {"reported": {"env": {"temp": T}}}}
+
+``version`` counts every change of the document (what mDash and AWS-style
+clients send back); each section also counts its own (``sections``, as
+Azure twins do), so that a change of ``desired`` can be made on the
+condition that nobody changed ``desired`` meanwhile, however often the
+device reports (``ShadowUpdate.versions``). ``metadata.reported`` mirrors
+``reported`` with the time each key was last reported, changed or not (as
+AWS's shadow metadata does): a sensor that stopped reporting is visible.
+Documents stored before sections existed read as at version 0.
 
 ``state.delta`` is never stored: L{view} computes it, as the keys of
 ``desired`` (recursively) whose value differs from ``reported``. An update
@@ -44,12 +57,23 @@ class VersionConflict(Conflict):
         self.current = current
 
 
+class SectionConflict(VersionConflict):
+    def __init__(self, section: str, given: int, current: int):
+        Conflict.__init__(
+            self,
+            "the shadow's %s is at version %d, not %d: it was changed meanwhile"
+            % (section, current, given),
+        )
+        self.given = given
+        self.current = current
+
+
 class ShadowTooLarge(TooLarge):
     pass
 
 
 # The errors an update can fail with.
-SHADOW_ERRORS = (InvalidShadowUpdate, VersionConflict, ShadowTooLarge)
+SHADOW_ERRORS = (InvalidShadowUpdate, VersionConflict, SectionConflict, ShadowTooLarge)
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,12 @@ class ShadowUpdate:
 
     patches: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     version: int | None = None
+    # The version each named section must be at (a condition on what the
+    # update changes, rather than on the whole document).
+    versions: dict[str, int] = field(default_factory=dict)
+    # Whether a reported patch is the device reporting those keys (their
+    # times in metadata move), rather than something derived from it.
+    stamp: bool = True
 
     @property
     def touches_desired(self) -> bool:
@@ -74,6 +104,9 @@ class UpdateResult:
     # Whether the delta a device sees may have changed because users changed
     # what they want (the server then sends Shadow.Delta).
     desired_changed: bool
+    # Whether the stored document must be written (a change, or only the
+    # times of a report).
+    stamped: bool = False
 
 
 def empty() -> dict[str, Any]:
@@ -82,7 +115,36 @@ def empty() -> dict[str, Any]:
         "tags": {},
         "version": 0,
         "timestamp": None,
+        "sections": {name: {"version": 0, "timestamp": None} for name in SECTIONS},
+        "metadata": {"reported": {}},
     }
+
+
+def sections(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each section's version and last change (0 and None for a document
+    stored before sections had their own)."""
+    stored = doc.get("sections") or {}
+    return {name: stored.get(name) or {"version": 0, "timestamp": None} for name in SECTIONS}
+
+
+def reported_times(doc: dict[str, Any]) -> dict[str, Any]:
+    """C{reported}'s shape, with the time each key was last reported."""
+    return (doc.get("metadata") or {}).get("reported") or {}
+
+
+def _stamp(times: dict[str, Any], patch: dict[str, Any], now: float) -> dict[str, Any]:
+    """C{times} after a report of C{patch}: every key it reaches (objects
+    descended into) now, a key it deletes gone."""
+    out = dict(times)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and value:
+            old = out.get(key)
+            out[key] = _stamp(old if isinstance(old, dict) else {}, value, now)
+        else:
+            out[key] = now
+    return out
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -157,13 +219,20 @@ def apply_update(
     """
     if update.version is not None and update.version != doc["version"]:
         raise VersionConflict(update.version, doc["version"])
+    current = sections(doc)
+    for name, version in update.versions.items():
+        if version != current[name]["version"]:
+            raise SectionConflict(name, version, current[name]["version"])
     new = {
         "state": dict(doc["state"]),
         "tags": doc["tags"],
         "version": doc["version"],
         "timestamp": doc["timestamp"],
+        "sections": dict(current),
+        "metadata": {"reported": reported_times(doc)},
     }
     changed: set[str] = set()
+    stamped = False
     for name, patch in update.patches.items():
         old = _section(doc, name)
         value = {} if patch is None else merge_patch(old, patch)
@@ -172,14 +241,23 @@ def apply_update(
                 "the shadow's %s section would be nested deeper than %d levels"
                 % (name, max_depth)
             )
+        if name == "reported" and update.stamp:
+            times = {} if patch is None else _stamp(reported_times(doc), patch, now)
+            if patch is None or patch:
+                new["metadata"] = {"reported": times}
+                stamped = True
         if not _same(value, old):
             changed.add(name)
+            new["sections"][name] = {"version": current[name]["version"] + 1, "timestamp": now}
             if name == "tags":
                 new["tags"] = value
             else:
                 new["state"][name] = value
     if not changed:
-        return UpdateResult(doc, changed=False, desired_changed=False)
+        # A report of values the shadow has already: only their times move
+        # (stored, not announced: nothing a client compares with changed).
+        return UpdateResult(new if stamped else doc, changed=False, desired_changed=False,
+                            stamped=stamped)
     size = len(compact({"state": new["state"], "tags": new["tags"]}).encode("utf-8"))
     if size > max_bytes:
         raise ShadowTooLarge(
@@ -187,7 +265,7 @@ def apply_update(
         )
     new["version"] = doc["version"] + 1
     new["timestamp"] = now
-    return UpdateResult(new, changed=True, desired_changed="desired" in changed)
+    return UpdateResult(new, changed=True, desired_changed="desired" in changed, stamped=True)
 
 
 def view(doc: dict[str, Any], include_tags: bool = True) -> dict[str, Any]:
@@ -202,9 +280,13 @@ def view(doc: dict[str, Any], include_tags: bool = True) -> dict[str, Any]:
         },
         "version": doc["version"],
         "timestamp": doc["timestamp"],
+        "sections": sections(doc),
+        "metadata": {"reported": reported_times(doc)},
     }
     if include_tags:
         out["tags"] = doc["tags"]
+    else:
+        out["sections"].pop("tags")
     return out
 
 
@@ -219,7 +301,7 @@ def parse_update(body: Any, allow_tags: bool) -> ShadowUpdate:
     """
     if not isinstance(body, dict):
         raise InvalidShadowUpdate("the shadow update must be a JSON object")
-    unknown = set(body) - {"state", "tags", "version"}
+    unknown = set(body) - {"state", "tags", "version", "versions"}
     if unknown:
         raise InvalidShadowUpdate(
             "unknown shadow field(s): %s" % ", ".join(sorted(unknown))
@@ -242,7 +324,15 @@ def parse_update(body: Any, allow_tags: bool) -> ShadowUpdate:
         if not allow_tags:
             raise InvalidShadowUpdate("tags may not be changed here")
         patches["tags"] = _section_patch(body["tags"], "tags")
-    return ShadowUpdate(patches=patches, version=_version(body.get("version")))
+    versions = body.get("versions")
+    if versions is not None:
+        if not isinstance(versions, dict) or not set(versions) <= set(SECTIONS):
+            raise InvalidShadowUpdate(
+                "versions must be an object of section versions, e.g. {\"desired\": 3}")
+        versions = {name: _version(v, "versions." + name) for name, v in versions.items()
+                    if v is not None}
+    return ShadowUpdate(patches=patches, version=_version(body.get("version")),
+                        versions=versions or {})
 
 
 def parse_device_update(params: Any) -> ShadowUpdate:
@@ -277,10 +367,10 @@ def _section_patch(value: Any, where: str) -> dict[str, Any] | None:
     raise InvalidShadowUpdate("%s must be an object or null" % where)
 
 
-def _version(value: Any) -> int | None:
+def _version(value: Any, where: str = "version") -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidShadowUpdate("version must be a non-negative integer")
+        raise InvalidShadowUpdate("%s must be a non-negative integer" % where)
     return value
 

@@ -566,7 +566,7 @@ class PostgresStore:
         # shadow between this read and the write.
         max_bytes, max_depth = self.shadow_limits
         result = shadow.apply_update(device.shadow, update, now, max_bytes, max_depth)
-        if result.changed:
+        if result.stamped:
             cur.execute("UPDATE devices SET shadow = %s WHERE id = %s",
                         (json_param(result.document), device.id))
         return result

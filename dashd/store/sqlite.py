@@ -512,7 +512,7 @@ class SQLiteStore:
     ) -> shadow.UpdateResult:
         max_bytes, max_depth = self.shadow_limits
         result = shadow.apply_update(device.shadow, update, now, max_bytes, max_depth)
-        if result.changed:
+        if result.stamped:
             conn.execute(
                 "UPDATE devices SET shadow = ? WHERE id = ?",
                 (compact(result.document), device.id),

@@ -1,6 +1,7 @@
 // One device: its info, its shadow (desired and tags edited as JSON,
-// saved as merge patches with the version read, so a concurrent change is
-// refused with 409 and explained), its stored data (series.js), an RPC
+// saved as merge patches on the condition that the section is still at the
+// version read, so that a concurrent change of it is refused with 409 and
+// explained, while the device's reports meanwhile are not in the way), its stored data (series.js), an RPC
 // console, firmware updates (firmware.js), its log, stored and live
 // (devicelog.js), sharing, a new token and deletion. What the key may not
 // do is not offered.
@@ -142,7 +143,31 @@ export function mount(main, ctx, {id}) {
         ? [h('p', {class: 'hint'}, 'Desired but not yet reported by the device:'), h('pre', {class: 'code delta', tabindex: '0', 'aria-label': 'Delta'}, pretty(d))]
         : h('p', {class: 'muted'}, 'None: the device reports everything that is desired.'));
       replace(reported, h('h3', {}, 'Reported'), h('p', {class: 'hint'}, 'What the device says it has.'),
-        h('pre', {class: 'code', tabindex: '0', 'aria-label': 'Reported state'}, pretty(s.state.reported || {})));
+        h('pre', {class: 'code', tabindex: '0', 'aria-label': 'Reported state'}, pretty(s.state.reported || {})),
+        reportTimes(s));
+    }
+
+    // When each reported key was last reported, the oldest first: a sensor
+    // that stopped reporting is at the top.
+    function reportTimes(s) {
+      const times = [];
+      (function walk(node, path) {
+        for (const [key, value] of Object.entries(node || {})) {
+          if (value && typeof value === 'object') walk(value, path.concat(key));
+          else if (typeof value === 'number') times.push([path.concat(key).join('.'), value]);
+        }
+      })((s.metadata || {}).reported, []);
+      if (!times.length) return null;
+      times.sort((a, b) => a[1] - b[1]);
+      return h('details', {class: 'report-times'}, h('summary', {}, 'When each key was last reported'),
+        h('table', {class: 'compact'},
+          h('thead', {}, h('tr', {}, h('th', {scope: 'col'}, 'Key'), h('th', {scope: 'col'}, 'Last reported'))),
+          h('tbody', {}, times.map(([key, t]) => h('tr', {}, h('td', {}, h('code', {}, key)), h('td', {}, timeEl(t)))))));
+    }
+
+    function sectionVersion(name) {
+      const sections = shadow().sections || {};
+      return sections[name] ? sections[name].version : 0;
     }
 
     function makeEditor(name, label, value, hint) {
@@ -150,12 +175,13 @@ export function mount(main, ctx, {id}) {
       const editor = jsonEditor({label, value, rows: 8, hint, options: {objectOnly: true, noNulls: true},
         onInput: () => clearMessage(status)});
       editor.base = value;
-      editor.baseVersion = shadow().version;
+      editor.baseVersion = sectionVersion(name);
       const save = h('button', {type: 'button', class: 'primary'}, `Save ${name}`);
       const revert = h('button', {type: 'button', class: 'secondary'}, 'Revert');
       save.addEventListener('click', () => saveSection(name, editor, status));
       revert.addEventListener('click', () => {
         editor.setValue(editor.base);
+        editor.conflict = false;
         clearMessage(status);
         editor.textarea.focus();
       });
@@ -176,9 +202,11 @@ export function mount(main, ctx, {id}) {
         showMessage(status, `Nothing to save: this is the stored ${name}.`);
         return;
       }
+      // On the condition that nobody changed this section meanwhile (the
+      // device's reports change another one).
       const update = name === 'tags'
-        ? {tags: patch, version: editor.baseVersion}
-        : {state: {desired: patch}, version: editor.baseVersion};
+        ? {tags: patch, versions: {tags: editor.baseVersion}}
+        : {state: {desired: patch}, versions: {desired: editor.baseVersion}};
       editor.saving = true;
       try {
         device = await api('POST', `/devices/${encode(id)}`, {shadow: update});
@@ -190,11 +218,12 @@ export function mount(main, ctx, {id}) {
         return;
       }
       editor.saving = false;
+      editor.conflict = false;
       editor.setValue(sectionValue(name));
       editor.base = sectionValue(name);
-      editor.baseVersion = shadow().version;
+      editor.baseVersion = sectionVersion(name);
       refreshShadow();
-      showMessage(status, `Saved ${name}: the shadow is now version ${shadow().version}.`, 'success');
+      showMessage(status, `Saved ${name} (now its version ${sectionVersion(name)}; the shadow's ${shadow().version}).`, 'success');
     }
 
     function explainConflict(name, editor, status, error) {
@@ -209,17 +238,20 @@ export function mount(main, ctx, {id}) {
         }
         editor.setValue(sectionValue(name));
         editor.base = sectionValue(name);
-        editor.baseVersion = shadow().version;
+        editor.baseVersion = sectionVersion(name);
+        editor.conflict = false;
         refreshShadow();
         showMessage(status, [
-          `Loaded version ${shadow().version}. Make your change again and save. `,
+          `Loaded ${name} version ${editor.baseVersion}. Make your change again and save. `,
           h('details', {}, h('summary', {}, 'Your unsaved text'), h('pre', {class: 'code'}, draft)),
         ]);
         editor.textarea.focus();
       });
+      // Stays until dealt with: live updates do not replace it.
+      editor.conflict = true;
       showMessage(status, [
-        h('strong', {}, 'Not saved: the shadow changed since you loaded it. '),
-        `You edited version ${editor.baseVersion}; someone else (a user or the device) saved a newer one meanwhile, and saving yours would overwrite their change. dashd said: ${error.message}. `,
+        h('strong', {}, `Not saved: ${name} changed since you loaded it. `),
+        `You edited its version ${editor.baseVersion}; someone else saved a newer one meanwhile, and saving yours would overwrite their change. dashd said: ${error.message}. `,
         load,
       ], 'error');
       load.focus();
@@ -237,9 +269,9 @@ export function mount(main, ctx, {id}) {
         if (!editor.isDirty()) {
           editor.setValue(sectionValue(name));
           editor.base = sectionValue(name);
-          editor.baseVersion = shadow().version;
-        } else if (editor.baseVersion !== shadow().version) {
-          showMessage(editor.status, `The shadow changed (now version ${shadow().version}) while you were editing version ${editor.baseVersion}: saving will be refused. Revert to see the latest, then edit again.`, 'warning');
+          editor.baseVersion = sectionVersion(name);
+        } else if (!editor.conflict && editor.baseVersion !== sectionVersion(name)) {
+          showMessage(editor.status, `${name} changed (now its version ${sectionVersion(name)}) while you were editing its version ${editor.baseVersion}: saving will be refused. Revert to see the latest, then edit again.`, 'warning');
         }
       }
     }
