@@ -504,3 +504,33 @@ async def test_websocket_doors_answer_a_compression_offer(server, admin: Client)
             answer = s.recv(4096)
         assert answer.startswith(b"HTTP/1.1 101 "), (path, answer)
         assert b"permessage-deflate" not in answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_changes_are_announced(server, admin: Client):
+    """device.created, device.updated (name, sharing) and device.deleted:
+    a list open elsewhere stays true. A restricted key hears of its own
+    device's name and deletion, not whom it is shared with."""
+    subscriber = await subscribe(server, server.admin_key)
+    device_id, _ = await admin.register("first name")
+    other_id, _ = await admin.register("not the customer's")
+    key = await admin.post("/api/v2/keys", {"kind": "restricted", "scope": {
+        "devices": {device_id: {"read": [], "write": [], "rpc": []}}}})
+    SECRETS.add(key.body["key"])
+    customer = await subscribe(server, key.body["key"])
+    mine = lambda name: lambda e: e["name"] == name and e["id"] == device_id  # noqa: E731
+    created = await subscriber.next(mine("device.created"))
+    assert created["data"] == {"name": "first name"}
+    await admin.post("/api/v2/devices/" + device_id, {"name": "second name",
+                                                      "shared_with": "partner"})
+    updated = await subscriber.next(mine("device.updated"))
+    assert updated["data"] == {"name": "second name", "shared_with": ["partner"]}
+    assert (await customer.next(mine("device.updated")))["data"] == {"name": "second name"}
+    await admin.delete("/api/v2/devices/" + other_id)
+    await admin.delete("/api/v2/devices/" + device_id)
+    assert (await subscriber.next(mine("device.deleted")))["data"] is None
+    await customer.next(mine("device.deleted"))
+    customer.never(lambda e: e["id"] == other_id, "events of a device out of its scope")
+    customer.never(lambda e: e["name"] == "device.created", "device.created")
+    subscriber.close()
+    customer.close()

@@ -463,6 +463,22 @@ async def test_device_list_is_live_searchable_and_filterable(server, admin: Clie
     await sim.stop()
     await newcomer.stop()
 
+    # Changes made elsewhere (the API, dashctl) show at once, offline or not:
+    # registered, renamed, deleted.
+    quiet_id, _ = await admin.register("list-registered-offline")
+    await ui.run(lambda page: expect(row(page, quiet_id)).to_contain_text("Offline"))
+    await admin.post("/api/v2/devices/" + off_id, {"name": "list-renamed-pump"})
+    await ui.run(lambda page: expect(row(page, off_id).get_by_role(
+        "link", name="list-renamed-pump")).to_be_visible())
+    await admin.delete("/api/v2/devices/" + quiet_id)
+
+    def deleted(page: Page) -> None:
+        expect(page.locator("tr", has_text="list-registered-offline")).to_have_count(0)
+        expect(page.locator("#announcer")).to_have_text("list-registered-offline was deleted")
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+
+    await ui.run(deleted)
+
 
 @pytest_twisted.ensureDeferred
 async def test_add_device_shows_the_token_once(server, admin: Client, ui: UI):

@@ -4,11 +4,14 @@ change the shadow, call, rotate the token, delete. Each use case checks
 what the caller may do (L{dashd.domain.access}) and has its live effects
 wherever the device is connected: a rotated token or a deleted device
 closes the device's connection (on whichever node holds it), a change of
-``desired`` reaches the device as ``Shadow.Delta``.
+``desired`` reaches the device as ``Shadow.Delta``. Subscribers hear
+``device.created``, ``device.updated`` (name, sharing) and
+``device.deleted``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.logger import Logger
@@ -89,6 +92,7 @@ class Devices:
                         created=self._fleet.now(), shared_with=shares)
         device = await self._store.create_device(device, tokens.hash_secret(token))
         log.info("device {id} registered by {by}", id=device.id, by=by.id)
+        self._fleet.publish(device, "device.created", {"name": device.name})
         return device, token
 
     async def change(self, by: ApiKey, device_id: str, name: Any = UNSET,
@@ -97,7 +101,7 @@ class Devices:
         client writes it: C{{"state": {"desired": ...}, "tags": ...,
         "version": N}}), in one transaction; what is not given is left
         alone."""
-        device = await self.visible(by, device_id)
+        device = before = await self.visible(by, device_id)
         new_name = None
         if name is not UNSET:
             access.require_owner(by, device, "rename a device")
@@ -120,6 +124,11 @@ class Devices:
             raise NotFound("no such device: %s" % device_id)
         if new_name is not None or shares is not None:
             self._fleet.router.device_changed(device)
+            # Told to those who saw it before too (an account it is no
+            # longer shared with drops it from its list).
+            seen_by = tuple(dict.fromkeys(before.shared_with + device.shared_with))
+            self._fleet.publish(replace(device, shared_with=seen_by), "device.updated",
+                                {"name": device.name, "shared_with": list(device.shared_with)})
         if result is not None:
             self._fleet.shadow_changed(device, result)
         return device
@@ -145,6 +154,7 @@ class Devices:
             raise NotFound("no such device: %s" % device_id)
         self._fleet.router.disconnect(device_id, closecodes.DELETED, "device deleted")
         log.info("device {id} deleted by {by}", id=device_id, by=by.id)
+        self._fleet.publish(device, "device.deleted", None)
         return device
 
     async def call(self, by: ApiKey, device_id: str, method: str, params: Any,

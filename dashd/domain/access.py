@@ -20,8 +20,11 @@ rotate the token
 register devices,   yes (own        --              no          no
 manage keys         account)
 manage accounts     admins of the operator account only
-notifications       all events      all events      all events  online/offline and
+notifications       all events      all events      all events  online/offline,
                                                                 shadow.update,
+                                                                device.updated
+                                                                (its name) and
+                                                                device.deleted,
                                                                 filtered
 ==================  ==============  ==============  ==========  ==================
 
@@ -73,7 +76,7 @@ MAX_SCOPE_ENTRY_LENGTH = 128
 MAX_SCOPE_DEVICES = 1000
 MAX_SCOPE_ENTRIES = 100
 # What a restricted key sees on the notification stream.
-RESTRICTED_EVENTS = ("online", "offline", "shadow.update")
+RESTRICTED_EVENTS = ("online", "offline", "shadow.update", "device.updated", "device.deleted")
 
 
 def is_console(key: ApiKey) -> bool:
@@ -254,6 +257,8 @@ def event_payload(key: ApiKey, event: Event) -> str | None:
     data = event.data
     if event.name == "shadow.update":
         data = shadow_view_for(key, event.device_id, data)
+    elif event.name == "device.updated":
+        data = {"name": data["name"]}  # not whom it is shared with
     return compact({"name": event.name, "id": event.device_id, "data": data})
 
 

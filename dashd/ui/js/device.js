@@ -518,6 +518,19 @@ export function mount(main, ctx, {id}) {
       device.shadow = event.data;
       parts.shadow();
       parts.data?.shadowChanged();
+    } else if (event.name === 'device.updated' && event.data) {
+      device.name = event.data.name;
+      if (event.data.shared_with) device.shared_with = event.data.shared_with.join(',');
+      heading.textContent = displayName(device);
+      document.title = `${displayName(device)} · dashd`;
+      parts.info();
+    } else if (event.name === 'device.deleted') {
+      // Deleted elsewhere (another page, a script, dashctl).
+      device.deleting = true;
+      replace(body);
+      heading.textContent = 'Device deleted';
+      showMessage(message, `${displayName(device)} was deleted (through the API, another page or dashctl).`, 'warning');
+      announce(`${displayName(device)} was deleted`);
     }
   });
 

@@ -199,8 +199,23 @@ export function mount(main, ctx) {
     const device = devices.get(event.id);
     if (device && device.deleting) return;
     if (!device) {
-      // A device registered elsewhere that has just come online.
-      if (event.name === 'online') reloadSoon();
+      // A device registered elsewhere, shared with this account, or one
+      // that has just come online.
+      if (['online', 'device.created', 'device.updated'].includes(event.name)) reloadSoon();
+      return;
+    }
+    if (event.name === 'device.deleted') {
+      devices.delete(device.id);
+      const row = rows.get(device.id);
+      if (row) row.tr.remove();
+      rows.delete(device.id);
+      showCount();
+      tell(`${displayName(device)} was deleted`);
+      return;
+    }
+    if (event.name === 'device.updated') {
+      // Renamed, or its sharing changed (it may be gone from this list).
+      reloadSoon();
       return;
     }
     if (event.name === 'online' || event.name === 'offline') {
