@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 
 from dashd.simulator import SimulatedDevice
 from support import (
+    SECRETS,
     Client,
     DashdProcess,
     connect_device,
@@ -343,6 +344,39 @@ async def test_second_connection_replaces_the_first(server, admin: Client):
         assert second.online
     finally:
         await second.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_why_a_connection_ended_is_dashd_s_word_not_the_echoed_code(server,
+                                                                      admin: Client):
+    """A token rotation's offline reason is the rotation, not the 1000 the
+    device answers the close with; a connection replaced by another says by
+    which, and the new one's online event says what it replaced."""
+    device_id, token = await admin.register()
+    subscriber = await subscribe(server, admin.key)
+    mine = lambda name: lambda e: e["name"] == name and e["id"] == device_id  # noqa: E731
+    first = await connect_device(server, token, reconnect=False)
+    await device_online(admin, device_id)
+    closed = first.wait_closed()
+    second = await connect_device(server, token, reconnect=False)
+    await within(closed, 5)
+    assert first.close_code == 4000
+    assert first.close_reason.startswith("replaced by a new connection from ")
+    await subscriber.next(lambda e: mine("online")(e) and e["data"] is not None)
+    onlines = subscriber.matching(mine("online"))
+    assert [e["data"] is None for e in onlines] == [True, False]
+    old, new = onlines[1]["data"]["replaced"], first.close_reason.rsplit(" ", 1)[1]
+    assert old.startswith("tcp4:127.0.0.1:") and new.startswith("tcp4:127.0.0.1:") and old != new
+    closed = second.wait_closed()
+    reply = await admin.post("/api/v2/devices/%s/token" % device_id)
+    SECRETS.add(reply.body["token"])
+    await within(closed, 5)
+    offline = await subscriber.next(mine("offline"))
+    assert offline["data"] == {"reason": "device token rotated"}
+    history = await admin.post("/api/v2/logs", {"device_id": device_id, "start": 0})
+    reasons = [e["data"]["reason"] for e in history.body["events"] if e["name"] == "offline"]
+    assert reasons == ["device token rotated"]
+    subscriber.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -158,7 +158,7 @@ def test_a_second_connection_fails_the_first_ones_calls_at_once(world):
     pending(d)
     second = world.connect(device)
     error = failure_of(d, Offline)
-    assert "replaced by a newer connection" in error.message
+    assert "replaced by a new connection from" in error.message
     assert first.closed_with[0] == closecodes.REPLACED
     # The first connection's close does not take the device offline.
     first.gone("replaced")

@@ -30,8 +30,9 @@ class ISession(Interface):
         L{dashd.domain.errors.DeviceFailed}, L{dashd.domain.errors.Offline} or
         L{dashd.domain.errors.TimedOut}."""
 
-    def replaced():
-        """A newer connection of the same device took over: close this one."""
+    def replaced(by):
+        """A newer connection of the same device took over (C{by} says
+        which, e.g. "a new connection from ADDRESS"): close this one."""
 
     def disconnect(code, reason):
         """Close the connection (device deleted, token rotated, shutdown)."""
@@ -46,7 +47,8 @@ class ISession(Interface):
 class IRouter(Interface):
     def attach(session):
         """C{session} now holds its device; a previous session of the same
-        device is told it was replaced."""
+        device held here is told it was replaced. Return that session's
+        peer, or None."""
 
     def detach(session):
         """C{session} closed; return True if it was the one holding the
@@ -85,11 +87,13 @@ class LocalRouter:
     def __init__(self) -> None:
         self._sessions: dict[str, Any] = {}
 
-    def attach(self, session: Any) -> None:
+    def attach(self, session: Any) -> str | None:
         old = self._sessions.get(session.device_id)
         self._sessions[session.device_id] = session
         if old is not None and old is not session:
-            old.replaced()
+            old.replaced("a new connection from %s" % session.peer)
+            return str(old.peer)
+        return None
 
     def detach(self, session: Any) -> bool:
         if self._sessions.get(session.device_id) is session:

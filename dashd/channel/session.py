@@ -74,8 +74,10 @@ class DeviceSession:
         self._heard_info = False
         self._delta_unsupported = False
         self._closed = False
-        # Set once dashd has asked this connection to close: no more calls.
+        # Set once dashd has asked this connection to close: no more calls;
+        # and why.
         self.closing = False
+        self._ended_by: str | None = None
         # Set while the device leaves our writes unread (see stalled()).
         self._stall_timer: IDelayedCall | None = None
         self._dropped = False
@@ -84,9 +86,11 @@ class DeviceSession:
 
     def opened(self) -> None:
         fleet = self.fleet
-        fleet.router.attach(self)
+        replaced = fleet.router.attach(self)
         log.info("device {id} online from {peer}", id=self.device_id, peer=self.peer)
-        fleet.publish(self.device, "online", None)
+        # A device whose token two devices share, or that reconnected before
+        # its old connection was found dead, replaces a connection: say so.
+        fleet.publish(self.device, "online", {"replaced": replaced} if replaced else None)
         delay = self._config["device.info_request_delay"]
         self._info_call = self._clock.callLater(delay, self._request_info)
         # Read the shadow after attaching: a desired change made from now on
@@ -120,8 +124,12 @@ class DeviceSession:
         self.disconnect(closecodes.NOT_READING, "not reading: dropped")
 
     def closed(self, reason: str) -> None:
+        """The connection is gone, for C{reason}; or for the one dashd gave
+        when it closed it (what the device answers with, e.g. 1000, says
+        nothing)."""
         if self._closed:
             return
+        reason = self._ended_by or reason
         self._closed = True
         self.closing = True
         self.unstalled()
@@ -154,13 +162,18 @@ class DeviceSession:
 
     # ISession
 
-    def replaced(self) -> None:
+    def replaced(self, by: str) -> None:
+        reason = "replaced by %s" % by
+        log.info("device {id}: the connection from {peer} is {reason}", id=self.device_id,
+                 peer=self.peer, reason=reason)
         self.closing = True
-        self._fail_pending("replaced by a newer connection")
-        self._close(closecodes.REPLACED, "replaced by a newer connection of this device")
+        self._ended_by = reason
+        self._fail_pending(reason)
+        self._close(closecodes.REPLACED, reason)
 
     def disconnect(self, code: int, reason: str) -> None:
         self.closing = True
+        self._ended_by = reason
         self._fail_pending(reason)
         self._close(code, reason)
 

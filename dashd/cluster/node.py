@@ -182,14 +182,16 @@ class Cluster:
 
     # Devices held here (IRouter, through ClusterRouter)
 
-    def attach(self, session: Any) -> None:
+    def attach(self, session: Any) -> str | None:
         device_id = session.device_id
         entry = _Local(session, "%s.%d" % (self.node_id, next(self._conns)), self.clock.seconds())
         old = self._local.get(device_id)
         self._local[device_id] = entry
-        if old is not None and old.session is not session:
-            old.session.replaced()
         self._claim(entry, "new")
+        if old is not None and old.session is not session:
+            old.session.replaced("a new connection from %s" % session.peer)
+            return str(old.session.peer)
+        return None
 
     def _claim(self, entry: _Local, mode: str) -> None:
         device_id = entry.session.device_id
@@ -222,7 +224,7 @@ class Cluster:
         del self._local[device_id]
         log.info("device {id}: a newer connection on another node replaces this one",
                  id=device_id)
-        entry.session.replaced()
+        entry.session.replaced("a new connection on another node")
 
     def detach(self, session: Any) -> bool:
         device_id = session.device_id
@@ -663,8 +665,8 @@ class ClusterRouter:
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
 
-    def attach(self, session: Any) -> None:
-        self._cluster.attach(session)
+    def attach(self, session: Any) -> str | None:
+        return self._cluster.attach(session)
 
     def detach(self, session: Any) -> bool:
         return self._cluster.detach(session)

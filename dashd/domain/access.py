@@ -259,6 +259,8 @@ def event_payload(key: ApiKey, event: Event) -> str | None:
         data = shadow_view_for(key, event.device_id, data)
     elif event.name == "device.updated":
         data = {"name": data["name"]}  # not whom it is shared with
+    elif event.name == "online":
+        data = None  # not the addresses of the connections
     return compact({"name": event.name, "id": event.device_id, "data": data})
 
 

@@ -39,7 +39,11 @@ export function describeEvent(name, data) {
   }
   if (name.startsWith('rpc.out.')) return {kind: 'notification', text: `${name.slice(8)} ${json(data)}`.trim()};
   if (name.startsWith('rpc.in.')) return {kind: 'call', text: `→ ${name.slice(7)} ${json(data)}`.trim()};
-  if (name === 'online') return {kind: 'state', text: 'connected'};
+  if (name === 'online') {
+    return {kind: 'state', text: data && data.replaced
+      ? `connected, replacing the connection from ${data.replaced} (two devices with one token, or one that reconnected before its old connection was found dead)`
+      : 'connected'};
+  }
   if (name === 'offline') return {kind: 'state', text: `disconnected${data && data.reason ? `: ${data.reason}` : ''}`};
   if (name === 'ota.status' && data && typeof data === 'object') {
     let text = `update ${data.file || ''}: ${data.state}`;
