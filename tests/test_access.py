@@ -301,6 +301,7 @@ async def test_whoami(world: World):
         assert "key" not in reply.body
         # Account "a" is the first one, the operator account.
         assert reply.body["operator"] is key.endswith("_a"), key
+        assert reply.body["account_name"] == ("default" if key.endswith("_a") else "customer B")
     reply = await world.keys["cust_a"].get("/api/v2/whoami")
     assert reply.body["scope"] == {"devices": {world.devices["a_own"]: CUSTOMER_ACL}}
 

@@ -334,7 +334,7 @@ async def test_sign_in_and_out(server, admin: Client, ui: UI):
         key_field.fill(key)
         key_field.press("Enter")
         expect(page.get_by_role("heading", level=1, name="signin-target")).to_be_visible()
-        expect(page.locator("#who")).to_have_text("Key admin (admin)")
+        expect(page.locator("#who")).to_have_text("default: key admin (admin)")
         # Kept for the tab only: sessionStorage, no cookie, nothing else.
         assert page.evaluate("Object.values(sessionStorage)") == [key]
         assert page.evaluate("localStorage.length") == 0
@@ -1565,7 +1565,7 @@ async def test_read_only_key(server, admin: Client, ui: UI):
     ui.allow(403, "/api/v2/audit")
 
     def offered_nothing(page: Page) -> None:
-        expect(page.locator("#who")).to_have_text("Key auditor (read-only)")
+        expect(page.locator("#who")).to_have_text(re.compile(r": key auditor \(read-only\)$"))
         expect(page.get_by_role("link", name="API keys")).to_be_hidden()
         expect(page.get_by_role("link", name="Audit log")).to_be_hidden()
         expect(page.get_by_role("link", name="Accounts")).to_be_hidden()

@@ -30,9 +30,12 @@ class KeyRoutes(ApiBase):
     @app.route("/api/v2/whoami", methods=["GET"])
     async def whoami(self, request: Any) -> bytes:
         key = await self.authenticate(request)
-        key, operator = await self.keys.whoami(key)
-        # Whether its admins manage accounts (the dashboard offers the page).
-        return self.json(request, dict(key_view(key), operator=operator))
+        key, account = await self.keys.whoami(key)
+        # Whether its admins manage accounts (the dashboard offers the page),
+        # and the account's name (the dashboard's header shows it).
+        return self.json(request, dict(
+            key_view(key), operator=bool(account is not None and account.operator),
+            account_name=account.name if account is not None else None))
 
     @app.route("/api/v2/keys", methods=["GET"])
     async def list_keys(self, request: Any) -> bytes:

@@ -654,12 +654,15 @@ def document(config: Config, version: str) -> dict[str, Any]:
                 "WhoAmI": {
                     "allOf": [_ref("Key"), {
                         "type": "object",
-                        "required": ["operator"],
-                        "properties": {"operator": {
-                            "type": "boolean",
-                            "description": "the key's account is the operator account, "
-                                           "whose admin keys manage accounts",
-                        }},
+                        "required": ["operator", "account_name"],
+                        "properties": {
+                            "operator": {
+                                "type": "boolean",
+                                "description": "the key's account is the operator account, "
+                                               "whose admin keys manage accounts",
+                            },
+                            "account_name": {"type": ["string", "null"]},
+                        },
                     }],
                 },
                 "CreatedKey": {

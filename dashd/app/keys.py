@@ -60,11 +60,10 @@ class Keys:
             return None
         return created, secret
 
-    async def whoami(self, by: ApiKey) -> tuple[ApiKey, bool]:
-        """The key itself, and whether its account is the operator's (whose
+    async def whoami(self, by: ApiKey) -> tuple[ApiKey, Account | None]:
+        """The key itself, and its account (whose operator flag says if its
         admins manage accounts)."""
-        account = await self._store.get_account(by.account_id)
-        return by, bool(account is not None and account.operator)
+        return by, await self._store.get_account(by.account_id)
 
     async def list(self, by: ApiKey, account_id: str | None = None) -> list[ApiKey]:
         access.require_admin(by, "manage keys")

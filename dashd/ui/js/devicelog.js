@@ -59,7 +59,10 @@ function same(stored, live) {
 }
 
 export function logPart(ctx, deviceId) {
-  const list = h('ol', {class: 'log', role: 'log', 'aria-label': 'Device log', tabindex: '0'});
+  // The live region around the list, not on it: role=log on the <ol>
+  // itself would take its list semantics and leave its items orphaned.
+  const list = h('ol', {class: 'log', tabindex: '0', 'aria-label': 'Device log lines'});
+  const region = h('div', {role: 'log', 'aria-label': 'Device log'}, list);
   const older = h('button', {type: 'button', class: 'secondary small'}, 'Load older');
   const pause = h('button', {type: 'button', class: 'secondary small', 'aria-pressed': 'false'}, 'Pause');
   const clear = h('button', {type: 'button', class: 'secondary small'}, 'Clear');
@@ -218,7 +221,7 @@ export function logPart(ctx, deviceId) {
     h('p', {class: 'hint'}, 'What dashd stored of this device (log lines, its notifications, connections and firmware updates), newest last, then what happens while this page is open, calls made to the device included.'),
     h('div', {class: 'actions left'}, older, pause, clear),
     note,
-    list);
+    region);
   loadLatest();
   return {element, onEvent};
 }

@@ -130,8 +130,10 @@ export function mount(main, ctx) {
       set(cells.id, h('code', {}, d.id));
       set(cells.status, statusBadge(d.online));
       const info = d.info || {};
+      // fw_id too: a .bin update changes it, not always the version.
       set(cells.firmware, info.fw_version
-        ? [info.fw_version, info.app ? h('span', {class: 'muted'}, ` (${info.app})`) : null]
+        ? [info.fw_version, [info.app, info.fw_id].some(Boolean)
+          ? h('span', {class: 'muted'}, ` (${[info.app, info.fw_id].filter(Boolean).join(', ')})`) : null]
         : h('span', {class: 'muted'}, '—'));
       set(cells.arch, info.arch || h('span', {class: 'muted'}, '—'));
       set(cells.seen, d.online ? 'now (connected)' : timeEl(d.last_seen));

@@ -90,7 +90,8 @@ function showSession() {
   const who = document.getElementById('who');
   if (signedIn) {
     const name = app.me.name ? `${app.me.name} ` : '';
-    replace(who, `Key ${name}(${app.me.kind})`);
+    const account = app.me.account_name ? `${app.me.account_name}: ` : '';
+    replace(who, `${account}key ${name}(${app.me.kind})`);
     who.title = `key ${app.me.id}, account ${app.me.account_id}`;
   } else {
     who.replaceChildren();
