@@ -64,6 +64,7 @@ def device_view(device: Device, online: bool) -> dict[str, Any]:
         "last_seen": device.last_seen,
         "info": device.info,
         "shared_with": ",".join(device.shared_with),
+        "share_scopes": device.share_scopes,
         "shadow": shadow.view(device.shadow),
     }
 

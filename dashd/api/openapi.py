@@ -76,13 +76,34 @@ NAME = {
     "pattern": r"\S",
     "description": "leading and trailing white space is removed",
 }
+SHARE_SCOPE = {
+    "description": "what the account may do with the device beyond seeing it: rpc, the "
+                   "methods it may call (default: any but those for the owner: OTA.*, "
+                   "Config.*, FS.*, Sys.Reboot, Sys.FactoryReset, which a pattern never "
+                   "grants, only their exact name); write, the desired keys it may change "
+                   "(default: all)",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "rpc": {"type": "array", "maxItems": 100,
+                "items": {"type": "string", "minLength": 1, "maxLength": 128}},
+        "write": {"type": "array", "maxItems": 100,
+                  "items": {"type": "string", "minLength": 1, "maxLength": 128,
+                            "pattern": r"^[^.]+(\.[^.]+)*$"}},
+    },
+}
 SHARED_WITH = {
-    "description": "account IDs the device is shared with: comma-separated, or a list",
+    "description": "account IDs the device is shared with: comma-separated, or a list (the "
+                   "shares that stay keep their scope), or an object of account IDs and "
+                   "each share's scope (null: the default)",
     "oneOf": [
         {"type": "string", "pattern": r"^ *([A-Za-z0-9_.:-]{1,64})? *(, *([A-Za-z0-9_.:-]{1,64})? *)*$"},
         {"type": "array", "items": {
             "type": "string", "pattern": r"^ *([A-Za-z0-9_.:-]{1,64})? *$",
             "description": "an account ID; white space around it and empty items are ignored"}},
+        {"type": "object",
+         "propertyNames": {"pattern": r"^ *([A-Za-z0-9_.:-]{1,64})? *$"},
+         "additionalProperties": {"oneOf": [{"type": "null"}, SHARE_SCOPE]}},
     ],
 }
 SECTION_PATCH = {
@@ -478,6 +499,10 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "last_seen": {"type": ["number", "null"]},
                         "info": {"type": "object"},
                         "shared_with": {"type": "string"},
+                        "share_scopes": {"type": "object",
+                                         "description": "the scopes of the shares that have "
+                                                        "one, by account ID",
+                                         "additionalProperties": SHARE_SCOPE},
                         "shadow": _ref("Shadow"),
                     },
                 },

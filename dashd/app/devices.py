@@ -82,11 +82,14 @@ class Devices:
         access.require_admin(by, "register devices")
         account = await self._accounts.resolve(by, account_id)
         name = check_name(name, "name") if name is not UNSET else None
-        shares = access.parse_shared_with(shared_with) if shared_with is not UNSET else ()
+        shares, scopes = ((), None)
+        if shared_with is not UNSET:
+            shares, scopes = access.parse_shares(shared_with)
         device_id = tokens.new_id("d")
         token = tokens.new_device_token(device_id)
         device = Device(id=device_id, account_id=account, name=name or device_id,
-                        created=self._fleet.now(), shared_with=shares)
+                        created=self._fleet.now(), shared_with=shares,
+                        share_scopes=scopes or {})
         device = await self._store.create_device(device, tokens.hash_secret(token))
         log.info("device {id} registered by {by}", id=device.id, by=by.id)
         return device, token
@@ -102,10 +105,13 @@ class Devices:
         if name is not UNSET:
             access.require_owner(by, device, "rename a device")
             new_name = check_name(name, "name")
-        shares = None
+        shares = scopes = None
         if shared_with is not UNSET:
             access.require_owner(by, device, "change a device's sharing")
-            shares = access.parse_shared_with(shared_with)
+            shares, scopes = access.parse_shares(shared_with)
+            if scopes is None:
+                # Account IDs only: the shares that stay keep their scope.
+                scopes = {a: s for a, s in device.share_scopes.items() if a in shares}
         update = None
         if shadow_update is not UNSET:
             update = shadow.parse_update(shadow_update, allow_tags=True)
@@ -115,7 +121,7 @@ class Devices:
             access.check_shadow_update(by, device, update)
         try:
             device, result = await self._store.update_device(
-                device_id, new_name, shares, update, self._fleet.now())
+                device_id, new_name, shares, update, self._fleet.now(), share_scopes=scopes)
         except NoSuchRecord:
             raise NotFound("no such device: %s" % device_id)
         if new_name is not None or shares is not None:
