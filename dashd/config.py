@@ -178,6 +178,10 @@ OPTIONS = [
     Option("ota.max_bytes", 16777216, int,
            "Largest firmware file POST /devices/:id/ota accepts; larger ones get 413 "
            "before they are read", _positive),
+    Option("ota.max_unpacked_bytes", 67108864, int,
+           "Largest size a firmware .zip may unpack to (its entries' declared sizes added "
+           "up, each held to its own): it is checked a step at a time, in bounded memory; "
+           "a larger or lying one gets 400", _positive),
     Option("ota.chunk_bytes", 2048, int,
            "Firmware bytes in each OTA.Write call (sent base64-encoded, a third larger)",
            _positive),

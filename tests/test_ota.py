@@ -31,6 +31,7 @@ from support import (
     within,
 )
 from test_rest import raw_http
+from zipbomb import bomb
 
 
 def make_zip(path: str, build_id: str, size: int = 100_000, manifest: bool = True) -> str:
@@ -456,6 +457,59 @@ def raw_http_abandoned(server, data: bytes) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(data)
         time.sleep(0.3)  # (a thread of its own: the reactor runs on)
+
+
+@pytest_twisted.ensureDeferred
+async def test_zip_bombs_are_refused_in_bounded_memory(server, admin: Client, tmp_path):
+    """A 4 KB zip holding 4 GiB of bzip2 (declaring its size, or lying
+    about it), a zip unpacking to more than ota.max_unpacked_bytes and one
+    in a compression method dashd does not read are refused with 400, while
+    dashd's memory grows by less than 50 MB, and nothing is sent."""
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    path = "/api/v2/devices/%s/ota" % device_id
+    try:
+        await device_online(admin, device_id)
+        honest = tmp_path / "honest.zip"
+        honest.write_bytes(bomb(4 << 30))
+        liar = tmp_path / "liar.zip"
+        liar.write_bytes(bomb(4 << 30, declared=60 << 20))
+        lzma = str(tmp_path / "lzma.zip")
+        with zipfile.ZipFile(lzma, "w", zipfile.ZIP_LZMA) as z:
+            z.writestr("manifest.json", json.dumps({"name": "fw"}))
+        cases = [
+            (str(honest), "the .zip would unpack to 4294967330 bytes, more than the limit "
+                          "of 67108864"),
+            (str(liar), "the .zip is damaged: fw.bin unpacks to more than the 62914560 bytes "
+                        "it declares"),
+            (lzma, "manifest.json in the .zip is compressed with method 14, which dashd does "
+                   "not accept (only stored, deflate, bzip2)"),
+        ]
+        before = rss_bytes(server)
+        peak = before
+        for filename, message in cases:
+            assert os.path.getsize(filename) < 8192
+            started = time.monotonic()
+            sending = Deferred.fromCoroutine(admin.upload(path, filename, "application/zip"))
+            while not sending.called:
+                peak = max(peak, rss_bytes(server))
+                await sleep(0.01)
+            reply = await sending
+            peak = max(peak, rss_bytes(server))
+            print("%s: %d in %.2f s" % (os.path.basename(filename), reply.status,
+                                        time.monotonic() - started))
+            assert reply.status == 400, (filename, reply)
+            assert message in reply.error["message"], reply.error
+        growth = peak - before
+        print("dashd RSS before %.1f MiB, peak growth %.1f MiB while 4 GiB bombs were refused"
+              % (before / 2**20, growth / 2**20))
+        assert growth < 50 * 1024 * 1024
+        # dashd is still answering, and the device was told nothing.
+        assert (await admin.post("/api/v2/devices/%s/rpc/Sim.Echo" % device_id, [1])).body == [1]
+        assert ota_frames(sim) == []
+        await eventually(lambda: firmware_dir_is_empty(server))
+    finally:
+        await sim.stop()
 
 
 @pytest_twisted.ensureDeferred
