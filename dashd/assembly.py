@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from dashd import __version__
 from dashd.api import Api
 from dashd.api.audit import entry_for
+from dashd.api.ota import UPLOAD_PATH
 from dashd.api.site import DashdSite, SpoolRule
 from dashd.app.application import Application, build_application
 from dashd.app.audit import AuditLog
@@ -135,9 +136,9 @@ def build(config: Config, reactor: Any) -> DashdService:
         # Firmware uploads: their own limit (plus room for multipart
         # headers), and to a file rather than memory.
         spool_rules=[SpoolRule(
-            b"POST", re.compile(rb"^/api/v2/devices/[^/]+/ota/?$"),
+            b"POST", UPLOAD_PATH,
             config["ota.max_bytes"] + MULTIPART_ALLOWANCE, firmware_dir,
-            config["ota.upload_timeout"],
+            config["ota.upload_timeout"], gate=api.upload_gate,
         )],
     )
 

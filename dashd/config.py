@@ -178,6 +178,12 @@ OPTIONS = [
     Option("ota.max_bytes", 16777216, int,
            "Largest firmware file POST /devices/:id/ota accepts; larger ones get 413 "
            "before they are read", _positive),
+    Option("ota.max_uploads", 8, int,
+           "Firmware uploads dashd receives at once; more get 429 before their body is "
+           "read", _positive),
+    Option("ota.max_uploads_per_key", 2, int,
+           "Firmware uploads one API key may send at once; more get 429 before their body "
+           "is read", _positive),
     Option("ota.max_unpacked_bytes", 67108864, int,
            "Largest size a firmware .zip may unpack to (its entries' declared sizes added "
            "up, each held to its own): it is checked a step at a time, in bounded memory; "
@@ -189,8 +195,8 @@ OPTIONS = [
            "OTA.Write calls sent to a device before it has answered the earlier ones",
            _positive),
     Option("ota.upload_timeout", 600.0, (int, float),
-           "Seconds a firmware upload may take to arrive (instead of http.request_timeout); "
-           "a slower one gets 408", _positive),
+           "Seconds a firmware upload may take to arrive, from its first line (instead of "
+           "http.request_timeout); a slower one gets 408", _positive),
     Option("ota.step_timeout", 30.0, (int, float),
            "Seconds a device has to answer each OTA.Begin, OTA.Write, OTA.End and "
            "OTA.Commit", _positive),

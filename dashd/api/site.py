@@ -26,7 +26,13 @@ from typing import Any, Callable
 import multipart
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from twisted.web.http import combinedLogFormatter
+from twisted.web.http import (
+    RESPONSES,
+    HTTPChannel,
+    _GenericHTTPChannelProtocol,
+    combinedLogFormatter,
+    parse_qs,
+)
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -48,10 +54,26 @@ MAX_FIELD_BYTES = 1024
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """How a L{SpoolRule}'s gate refuses a request: the status, the message
+    and any headers of its answer."""
+
+    status: int
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SpoolRule:
     """Requests with this method whose path matches C{path} may send bodies
-    of up to C{max_bytes}, in up to C{timeout} seconds, which are written to
-    a file in C{directory}."""
+    of up to C{max_bytes}, in up to C{timeout} seconds from their first
+    line, which are written to a file in C{directory}.
+
+    C{gate}, given the request once its headers are in, decides whether its
+    body is taken at all: it fires with None (go on) or a L{Refusal}, and
+    until it has, nothing more is read from the client and no file exists
+    (the authentication and the checks of the route, made from the headers,
+    so that nobody can make dashd write to its disk without the right to)."""
 
     method: bytes
     path: re.Pattern[bytes]
@@ -59,6 +81,7 @@ class SpoolRule:
     directory: str
     # Seconds the whole request may take (instead of http.request_timeout).
     timeout: float
+    gate: Callable[[Any], Deferred[Refusal | None]] | None = None
 
 
 @dataclass
@@ -217,7 +240,14 @@ class DashdRequest(Request):
     _received = 0
     _deadline: Any = None
     _spool: _Spool | None = None
+    _rule: SpoolRule | None = None
     upload: Upload | None = None
+    # While a SpoolRule's gate decides: the body chunks read meanwhile (the
+    # client is not read from), a complete request's line, and whether the
+    # client waits for 100 Continue.
+    _gated: list[bytes] | None = None
+    _received_line: tuple[bytes, bytes, bytes] | None = None
+    continue_wanted = False
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         kwargs["parsePOSTFormSubmission"] = False
@@ -225,6 +255,7 @@ class DashdRequest(Request):
         site = getattr(channel, "site", None)
         if site is not None:
             # Created when the request line arrives; the clock runs from there.
+            self._started = site.reactor.seconds()
             self._deadline = site.reactor.callLater(site.request_timeout, self._too_slow)
 
     def _cancel_deadline(self) -> None:
@@ -252,25 +283,84 @@ class DashdRequest(Request):
             return
         if rule is None:
             return
-        if self.requestHeaders.getRawHeaders(b"authorization") is None and \
-                b"access_token=" not in uri:
-            # Not even a key: no reason to take a large body to disk.
-            self._refuse(401, b"Unauthorized", "an API key is required: send "
-                         "\"Authorization: Bearer KEY\" or ?access_token=KEY",
-                         b'WWW-Authenticate: Bearer realm="dashd"\r\n')
-            return
-        # A large upload takes longer than a small request.
+        self._rule = rule
+        # A large upload takes longer than a small request; both count from
+        # the request's first line.
         self._cancel_deadline()
-        self._deadline = site.reactor.callLater(rule.timeout, self._too_slow, rule.timeout)
+        left = rule.timeout - (site.reactor.seconds() - self._started)
+        if left <= 0:
+            self._too_slow(rule.timeout)
+            return
+        self._deadline = site.reactor.callLater(left, self._too_slow, rule.timeout)
+        if rule.gate is None:
+            self._start_spool()
+            return
+        # The gate sees the request line as the route will (Request learns
+        # it only in requestReceived, once the body is in).
+        self.method = getattr(self.channel, "_command", b"")
+        self.uri = uri
+        self.path, _, query = uri.partition(b"?")
+        self.args = parse_qs(query, 1) if query else {}
+        # Read nothing more from the client (what came with the headers is
+        # held in memory: at most one read) until the gate has decided.
+        self._gated = []
+        self.channel.transport.pauseProducing()
+        try:
+            d = rule.gate(self)
+        except Exception:
+            log.failure("the gate of {path}", path=uri)
+            self._refuse(500, b"Internal Server Error", "internal error")
+            return
+        d.addCallback(self._gate_decided)
+        d.addErrback(self._gate_failed)
+
+    def _gate_decided(self, refusal: Refusal | None) -> None:
+        if self._refused or self._gated is None or self.channel is None \
+                or self.channel.transport is None:
+            return  # refused meanwhile (too slow, too large), or the client left
+        if refusal is not None:
+            self._refuse(refusal.status, RESPONSES.get(refusal.status, b"Error"),
+                         refusal.message,
+                         b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1"))
+                                  for k, v in refusal.headers.items()))
+            # Answered like any request: counted, audited, in the access log.
+            self.code = refusal.status
+            self.clientproto = getattr(self.channel, "_version", b"HTTP/1.1")
+            self.channel.site.log(self)
+            return
+        held, self._gated = self._gated, None
+        if not self._start_spool():
+            return
+        for data in held:
+            self._take(data)
+            if self._refused:
+                return
+        transport = self.channel.transport
+        transport.resumeProducing()
+        if self._received_line is not None:
+            line, self._received_line = self._received_line, None
+            self.requestReceived(*line)
+        elif self.continue_wanted:
+            self.continue_wanted = False
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _gate_failed(self, failure: Any) -> None:
+        log.failure("the gate of an upload", failure)
+        self._gate_decided(Refusal(500, "internal error"))
+
+    def _start_spool(self) -> bool:
+        rule = self._rule
+        assert rule is not None
         try:
             self._spool = _Spool(rule.directory, self.requestHeaders.getRawHeaders(
                 b"content-type", [None])[0])
         except OSError as e:
             log.error("cannot store an upload in {dir}: {error}", dir=rule.directory, error=e)
             self._refuse(507, b"Insufficient Storage", "the server cannot store the upload")
-            return
+            return False
         # Whatever happens to the request, an unclaimed file goes.
         self.notifyFinish().addBoth(self._discard_upload)
+        return True
 
     def _discard_upload(self, _: Any) -> None:
         if self._spool is not None:
@@ -283,6 +373,12 @@ class DashdRequest(Request):
         if self._received > self._limit:
             self._refuse_too_large(self._limit)
             return
+        if self._gated is not None:
+            self._gated.append(data)
+            return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
         if self._spool is not None:
             try:
                 self._spool.feed(data)
@@ -293,9 +389,15 @@ class DashdRequest(Request):
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        self._cancel_deadline()
         if self._refused:
+            self._cancel_deadline()
             return
+        if self._gated is not None:
+            # All of it came with the headers: answered once the gate has
+            # decided.
+            self._received_line = (command, path, version)
+            return
+        self._cancel_deadline()
         if self._spool is not None:
             try:
                 self.upload = self._spool.finish()
@@ -364,6 +466,23 @@ class DashdRequest(Request):
         super().process()
 
 
+class DashdHTTPChannel(HTTPChannel):
+    """HTTP/1.1 as twisted.web speaks it, except that a client waiting for
+    C{100 Continue} before it sends an upload's body gets it only once the
+    upload's gate (L{SpoolRule}) has let it in."""
+
+    def _send100Continue(self) -> None:
+        request = self.requests[-1] if self.requests else None
+        if request is not None and getattr(request, "_gated", None) is not None:
+            request.continue_wanted = True
+            return
+        super()._send100Continue()
+
+
+def _dashd_channel(factory: Any) -> _GenericHTTPChannelProtocol:
+    return _GenericHTTPChannelProtocol(DashdHTTPChannel())
+
+
 class _MaskedRequest:
     """What the access log sees of a request: the same, minus secrets."""
 
@@ -385,6 +504,7 @@ def masked_log_formatter(timestamp: str, request: Request) -> str:
 
 class DashdSite(Site):
     requestFactory = DashdRequest
+    protocol = _dashd_channel
     displayTracebacks = False
 
     def __init__(

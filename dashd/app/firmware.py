@@ -53,7 +53,7 @@ import zipfile
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall
@@ -738,15 +738,49 @@ class Firmware:
     def __init__(self, ota: OtaManager, devices: Devices) -> None:
         self._ota = ota
         self._devices = devices
+        # Uploads being received, in all and by key ID.
+        self._uploads = 0
+        self._uploads_by_key: dict[str, int] = {}
 
     async def prepare(self, by: ApiKey, device_id: str) -> Device:
         """Check, before the firmware file is taken in, that C{by} may
-        update the device's firmware and that none is being sent to it.
-        Fire with the device."""
+        update the device's firmware, that none is being sent to it and that
+        it is online. Fire with the device."""
         device = await self._devices.visible(by, device_id)
         access.require_owner(by, device, "update a device's firmware")
         self._ota.check_not_running(device_id)
+        if not self._devices.online(device_id):
+            raise Offline("device %s is offline" % device_id)
         return device
+
+    def upload_slot(self, by: ApiKey) -> Callable[[], None]:
+        """Take one of the firmware uploads C{by} and dashd may receive at
+        once (ota.max_uploads_per_key, ota.max_uploads); return what gives
+        it back (once the upload's request has ended).
+        @raise Busy: all taken."""
+        config = self._ota.config
+        mine = self._uploads_by_key.get(by.id, 0)
+        if mine >= config["ota.max_uploads_per_key"]:
+            raise Busy("key %s is already sending %d firmware upload(s), its limit; try again "
+                       "once one has arrived" % (by.id, mine), retry_after=5)
+        if self._uploads >= config["ota.max_uploads"]:
+            raise Busy("dashd is receiving %d firmware uploads, its limit; try again shortly"
+                       % self._uploads, retry_after=5)
+        self._uploads += 1
+        self._uploads_by_key[by.id] = mine + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._uploads -= 1
+            left = self._uploads_by_key.pop(by.id, 1) - 1
+            if left > 0:
+                self._uploads_by_key[by.id] = left
+
+        return release
 
     async def start(
         self,
