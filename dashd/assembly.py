@@ -78,7 +78,9 @@ def make_authenticator(store: IStore, config: Config, reactor: Any) -> Authentic
     return Authenticator(
         store,
         reactor,
-        failures=FailureLimiter(reactor, config["limits.failed_auth_per_minute"]),
+        # Each door counts its own failures.
+        rest_failures=FailureLimiter(reactor, config["limits.failed_auth_per_minute"]),
+        device_failures=FailureLimiter(reactor, config["limits.failed_auth_per_minute"]),
         requests=TokenBucket(reactor, config["limits.requests_per_second"],
                              config["limits.burst"]),
     )

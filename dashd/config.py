@@ -71,6 +71,10 @@ def _networks(value: Any) -> str | None:
     return None
 
 
+def _proxies(value: Any) -> str | None:
+    return _networks([v for v in value if v != "unix"])
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else "must be one of %s" % ", ".join(choices)
@@ -142,14 +146,23 @@ OPTIONS = [
            "as one log entry (secrets in query strings are masked). Off by default: the audit "
            "log keeps every change and device call, and a busy server's lines cost CPU and "
            "can exceed journald's rate limit"),
+    Option("http.trusted_proxies", [], list,
+           "Networks of the reverse proxies (e.g. the TLS proxy) whose forwarded-for header "
+           "dashd believes, \"unix\" for peers on a unix: endpoint; empty: the peer's own "
+           "address is the client's", _proxies),
+    Option("http.forwarded_header", "X-Forwarded-For", str,
+           "The header the trusted proxies set with the client's address: X-Forwarded-For "
+           "or Forwarded (the other one is ignored)", _one_of("X-Forwarded-For", "Forwarded")),
     Option("limits.requests_per_second", 100.0, (int, float),
            "Requests a second each API key may make (token bucket); more get 429 with "
            "Retry-After; 0 turns the limit off", _not_negative),
     Option("limits.burst", 200, int,
            "Requests an API key may make at once before the rate applies", _positive),
     Option("limits.failed_auth_per_minute", 30, int,
-           "Failed authentications a client address may make a minute (both doors); past "
-           "that it gets 429 until the minute ends; 0 turns the limit off", _not_negative),
+           "Failed authentications a minute from one client address, and for one key or "
+           "device ID, counted at each door apart; past that their failures get 429 (and are "
+           "no longer logged one by one) until the minute ends, while valid credentials are "
+           "always let in; 0 turns the limit off", _not_negative),
     Option("audit.retention_days", 90.0, (int, float),
            "Days the audit log of REST changes and device calls is kept; 0 keeps it forever",
            _not_negative),

@@ -9,7 +9,7 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
-from dashd.api.base import ApiBase, app, bearer_secret, client_address
+from dashd.api.base import ApiBase, app, bearer_secret
 from dashd.channel.websocket import Handover
 from dashd.domain.errors import Unauthenticated
 from dashd.domain.model import Device
@@ -38,7 +38,7 @@ class ChannelRoutes(ApiBase):
             secret = bearer_secret(request)
         except Unauthenticated:
             return fail()
-        d = self.application.auth.device(secret, client_address(request))
+        d = self.application.auth.device(secret, self.client_address(request))
         return d.addCallback(self._device_channel)
 
     def _device_channel(self, device: Device) -> Any:
