@@ -126,6 +126,49 @@ async def test_bad_bodies(server, admin: Client):
 
 
 @pytest_twisted.ensureDeferred
+async def test_infinity_and_nan_are_refused(server, admin: Client):
+    """JSON has no Infinity or NaN: Python's json module reads them (and
+    -1e400 as -Infinity), and what dashd stored of them it served back as
+    text that is not JSON, breaking every reader of the device list."""
+    device_id, _ = await admin.register()
+    restricted = await admin.post("/api/v2/keys", {"kind": "restricted", "scope": {
+        "devices": {device_id: {"read": ["x"], "write": ["x"]}}}})
+    SECRETS.add(restricted.body["key"])
+    customer = Client(server, restricted.body["key"])
+    out_of_range = "-1e400 is out of range: a JSON number must be finite"
+    cases = [
+        (admin, "/api/v2/devices/" + device_id,
+         b'{"shadow": {"state": {"desired": {"x": -1e400}}}}', out_of_range),
+        (admin, "/api/v2/devices/" + device_id,
+         b'{"shadow": {"state": {"reported": {"x": 1e999}}}}',
+         "1e999 is out of range: a JSON number must be finite"),
+        (admin, "/api/v2/devices/" + device_id, b'{"shadow": {"tags": {"x": NaN}}}',
+         "NaN is not a JSON number (JSON has no Infinity or NaN)"),
+        (customer, "/api/v2/devices/" + device_id,
+         b'{"shadow": {"state": {"desired": {"x": -1e400}}}}', out_of_range),
+        (admin, "/api/v2/keys", b'{"expires": Infinity}', "Infinity is not a JSON number"),
+        (admin, "/api/v2/keys", b'{"expires": NaN}', "NaN is not a JSON number"),
+        (admin, "/api/v2/keys", b'{"expires": 1e400}', "1e400 is out of range"),
+        (admin, "/api/v2/keys", b'{"expires": 1' + b"0" * 400 + b"}",
+         "expires must be a Unix time in the future"),
+        (admin, "/api/v2/devices/%s/rpc/Sim.Echo" % device_id, b"[-Infinity]",
+         "-Infinity is not a JSON number"),
+        (admin, "/api/v2/logs", b'{"start": -Infinity}', "-Infinity is not a JSON number"),
+    ]
+    for client, path, raw, message in cases:
+        reply = await client.request("POST", path, raw=raw,
+                                     headers={"Content-Type": "application/json"})
+        assert reply.status == 400, (path, raw, reply)
+        assert message in reply.error["message"], (path, raw, reply.error)
+    # Nothing was stored: what dashd serves stays JSON for everyone.
+    for path in ("/api/v2/devices", "/api/v2/keys", "/api/v2/devices/" + device_id):
+        reply = await admin.get(path)
+        assert reply.status == 200 and reply.body is not None, (path, reply.raw[:200])
+        assert b"Infinity" not in reply.raw and b"NaN" not in reply.raw
+    assert (await admin.device(device_id))["shadow"]["version"] == 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_body_over_the_limit_gets_413(server, admin: Client):
     device_id, _ = await admin.register()
     big = b'{"name": "' + b"x" * 70000 + b'"}'  # the test server allows 64 KiB

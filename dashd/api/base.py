@@ -11,7 +11,6 @@ do what, and every rule about values, is the application's.
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import re
 from typing import Any
@@ -27,6 +26,7 @@ from dashd.config import Config
 from dashd.domain import access, shadow
 from dashd.domain.errors import Invalid, Unauthenticated
 from dashd.domain.model import ApiKey, Device
+from dashd.jsontext import loads
 
 # The one Klein app: each area of the API is a mixin class whose routes
 # register here; dashd.api.Api inherits them all.
@@ -77,7 +77,7 @@ def json_body(request: Any, default: Any = None) -> Any:
     if not raw.strip():
         return default
     try:
-        return json.loads(raw)
+        return loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise Invalid("the request body is not valid JSON: %s" % e)
 
