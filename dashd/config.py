@@ -71,6 +71,10 @@ def _networks(value: Any) -> str | None:
     return None
 
 
+def _depth(value: Any) -> str | None:
+    return None if 0 < value <= 64 else "must be from 1 to 64"
+
+
 def _proxies(value: Any) -> str | None:
     return _networks([v for v in value if v != "unix"])
 
@@ -169,7 +173,7 @@ OPTIONS = [
     Option("shadow.max_bytes", 16384, int,
            "Largest shadow document (state and tags, as compact JSON)", _positive),
     Option("shadow.max_depth", 8, int,
-           "Deepest nesting of objects within a shadow section", _positive),
+           "Deepest nesting of objects within a shadow section (at most 64)", _depth),
     Option("store.synchronous", "FULL", str,
            "SQLite synchronous mode: FULL survives power loss, NORMAL only a crash "
            "of dashd", _one_of("FULL", "NORMAL")),

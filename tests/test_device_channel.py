@@ -205,6 +205,36 @@ async def test_infinity_and_nan_from_a_device_are_parse_errors(server, admin: Cl
 
 
 @pytest_twisted.ensureDeferred
+async def test_deep_nesting_from_a_device_is_a_parse_error(server, admin: Client):
+    """A frame nested thousands deep raised an uncaught RecursionError (a
+    traceback per message, the device never dropped): now a parse error,
+    and the connection goes on."""
+    bystander_id, bystander = await _bystander(server, admin)
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        before = len(_errors(sim))
+        sim.send_raw("[" * 2000 + "]" * 2000)
+        sim.send_raw('{"id": 7, "method": "Dash.Shadow.Update", "params": {"state": '
+                     '{"reported": ' + '{"a": ' * 300 + "1" + "}" * 300 + "}}}")
+
+        async def two_more() -> bool:
+            return len(_errors(sim)) >= before + 2
+
+        await eventually(two_more)
+        errors = _errors(sim)[before:]
+        assert [e["code"] for e in errors] == [-32700, -32700]
+        assert all("nested more than 100 deep" in e["message"] for e in errors)
+        await _still_answers(admin, device_id)
+        await _still_answers(admin, bystander_id)
+        assert "Traceback" not in server.log()
+    finally:
+        await sim.stop()
+        await bystander.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_garbage_that_opens_a_value_does_not_deafen_the_channel(server, admin: Client):
     """'{{{' can never close: without care, every later frame would be read
     as part of it and the device would never be heard again."""

@@ -169,6 +169,34 @@ async def test_infinity_and_nan_are_refused(server, admin: Client):
 
 
 @pytest_twisted.ensureDeferred
+async def test_deep_nesting_is_refused(server, admin: Client):
+    """JSON nested deeper than Python's recursion went up as a
+    RecursionError: a 500 and a traceback. Anything nested more than 100
+    deep is refused, before it is read."""
+    device_id, _ = await admin.register()
+    deep_array = b"[" * 20_000 + b"]" * 20_000
+    deep_object = b'{"shadow": {"state": {"desired": ' + b'{"a": ' * 200 + b"1" \
+        + b"}" * 200 + b"}}}"
+    cases = [
+        ("/api/v2/devices", deep_array),
+        ("/api/v2/devices/" + device_id, deep_object),
+        ("/api/v2/devices/%s/rpc/Sim.Echo" % device_id, deep_array),
+        ("/api/v2/keys", b'{"scope": ' + b"[" * 101 + b"]" * 101 + b"}"),
+        ("/api/v2/logs", b"[" * 5000),
+    ]
+    for path, raw in cases:
+        reply = await admin.request("POST", path, raw=raw,
+                                    headers={"Content-Type": "application/json"})
+        assert reply.status == 400, (path, reply.raw[:200])
+        assert "arrays and objects are nested more than 100 deep" in reply.error["message"]
+    # 100 deep is JSON dashd reads (and then judges by its own rules).
+    reply = await admin.post("/api/v2/devices/%s/rpc/Sim.Echo" % device_id,
+                             raw=b"[" * 99 + b"]" * 99)
+    assert reply.status == 503 and "offline" in reply.error["message"]
+    assert "Traceback" not in server.log()
+
+
+@pytest_twisted.ensureDeferred
 async def test_body_over_the_limit_gets_413(server, admin: Client):
     device_id, _ = await admin.register()
     big = b'{"name": "' + b"x" * 70000 + b'"}'  # the test server allows 64 KiB
