@@ -437,6 +437,19 @@ class DashdRequest(Request):
         )
         transport.loseConnection()
 
+    def _handleStar(self) -> None:
+        """``*`` as a path (the asterisk form): OPTIONS gets an empty 200, as
+        twisted.web answers it; anything else a 405 that says why."""
+        if self.method == b"OPTIONS":
+            self.setResponseCode(200)
+            self.finish()
+            return
+        self.setResponseCode(405)
+        self.setHeader(b"Allow", b"OPTIONS")
+        self.setHeader(b"Content-Type", b"application/json")
+        self.write(_error_bytes(405, "only OPTIONS may be sent to *"))
+        self.finish()
+
     def process(self) -> None:
         site = self.channel.site
         if site.draining:
@@ -469,7 +482,21 @@ class DashdRequest(Request):
 class DashdHTTPChannel(HTTPChannel):
     """HTTP/1.1 as twisted.web speaks it, except that a client waiting for
     C{100 Continue} before it sends an upload's body gets it only once the
-    upload's gate (L{SpoolRule}) has let it in."""
+    upload's gate (L{SpoolRule}) has let it in, and that what twisted.web
+    refuses as malformed gets a JSON body saying so."""
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._answer_and_close(400, b"Bad Request", "malformed HTTP request")
+
+    def _answer_and_close(self, code: int, phrase: bytes, message: str) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        body = _error_bytes(code, message)
+        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                        % (code, phrase, len(body), body))
+        self.loseConnection()
 
     def _send100Continue(self) -> None:
         request = self.requests[-1] if self.requests else None
