@@ -325,6 +325,45 @@ async def test_rpc_errors(server, admin: Client):
 
 
 @pytest_twisted.ensureDeferred
+async def test_head_on_rpc_calls_nothing(server, admin: Client):
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        reply = await admin.request("HEAD", "/api/v2/devices/%s/rpc/Sim.Echo" % device_id)
+        assert reply.status == 405
+        assert reply.headers.getRawHeaders("allow") == ["GET, POST"]
+        reply = await admin.request("HEAD", "/api/v2/devices/%s/rpc/Sys.Reboot" % device_id)
+        assert reply.status == 405
+        await sleep(0.2)
+        assert not [f for f in sim.frames if f.get("method") in ("Sim.Echo", "Sys.Reboot")]
+        reply = await admin.get("/api/v2/devices/%s/rpc/Sim.Echo" % device_id)
+        assert reply.status == 200
+    finally:
+        await sim.stop()
+
+
+def test_huge_headers_and_urls_get_431_and_414(server):
+    """A 64 KiB header or a 100,000-character URL dropped the connection
+    without a status."""
+    cases = [
+        (b"GET /api/v2/devices HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n" % (b"a" * 65536),
+         431, b"the request's headers are larger than 16384 bytes"),
+        (b"GET /api/v2/devices HTTP/1.1\r\nHost: x\r\n%s\r\n"
+         % b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 1000) for i in range(20)),
+         431, b"the request's headers are larger than 16384 bytes"),
+        (b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"a" * 100_000),
+         414, b"the request line is longer than 16384 bytes"),
+        (b"GET /api/v2/devices?q=%s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"a" * 17_000),
+         414, b"the request line is longer than 16384 bytes"),
+    ]
+    for request, status, message in cases:
+        response = raw_http(server, request, [])
+        assert response.startswith(b"HTTP/1.1 %d " % status), response[:200]
+        assert message in response, response[:300]
+
+
+@pytest_twisted.ensureDeferred
 async def test_calls_in_flight_are_bounded(tmp_path):
     """More calls than device.max_calls_in_flight get 429 with Retry-After."""
     from support import DashdProcess

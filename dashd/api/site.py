@@ -482,11 +482,34 @@ class DashdRequest(Request):
 class DashdHTTPChannel(HTTPChannel):
     """HTTP/1.1 as twisted.web speaks it, except that a client waiting for
     C{100 Continue} before it sends an upload's body gets it only once the
-    upload's gate (L{SpoolRule}) has let it in, and that what twisted.web
-    refuses as malformed gets a JSON body saying so."""
+    upload's gate (L{SpoolRule}) has let it in, that what twisted.web
+    refuses as malformed gets a JSON body saying so, and that a request line
+    or headers over its limits get 414 or 431."""
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         self._answer_and_close(400, b"Bad Request", "malformed HTTP request")
+
+    def _too_long(self) -> None:
+        """The request line, or the headers, are over twisted.web's limits
+        (a line of LineReceiver.MAX_LENGTH, totalHeadersSize in all): say
+        which, rather than drop the connection or answer a bare 400."""
+        if getattr(self, "_HTTPChannel__first_line", 0):
+            self._answer_and_close(414, b"URI Too Long",
+                                   "the request line is longer than %d bytes"
+                                   % min(self.MAX_LENGTH, self.totalHeadersSize))
+        else:
+            self._answer_and_close(431, b"Request Header Fields Too Large",
+                                   "the request's headers are larger than %d bytes"
+                                   % self.totalHeadersSize)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._too_long()
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._too_long()
+            return
+        super().lineReceived(line)
 
     def _answer_and_close(self, code: int, phrase: bytes, message: str) -> None:
         transport = self.transport
