@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Callable
+from urllib.parse import unquote_to_bytes
 
 import multipart
 from twisted.internet.defer import Deferred, succeed
@@ -44,9 +45,12 @@ access_log = Logger(namespace="dashd.access")
 ACCESS_LOG_BATCH = 100
 log = Logger()
 
-_SECRET_IN_QUERY = re.compile(rb"(access_token=)[^&]*", re.IGNORECASE)
-# One-time firmware download links (dashd.app.firmware) are secrets in the path.
-_SECRET_IN_PATH = re.compile(rb"(/api/v2/firmware/)[^/?# ]+")
+# Query arguments that are secrets (as their names read percent-decoded, the
+# way twisted.web reads them: access%5Ftoken is access_token), and the path of
+# one-time firmware download links (dashd.app.firmware), a secret too.
+SECRET_ARGS = (b"access_token", b"ticket")
+_FIRMWARE_PATH = b"/api/v2/firmware/"
+_QUERY_SEPARATOR = re.compile(rb"([&;])")
 
 # What a multipart body may hold besides its file: a few short fields.
 MAX_FORM_FIELDS = 8
@@ -533,23 +537,53 @@ def _dashd_channel(factory: Any) -> _GenericHTTPChannelProtocol:
     return _GenericHTTPChannelProtocol(DashdHTTPChannel())
 
 
-class _MaskedRequest:
-    """What the access log sees of a request: the same, minus secrets."""
+def masked_uri(uri: bytes) -> bytes | None:
+    """C{uri} with its secrets (L{SECRET_ARGS}, a firmware link) masked, or
+    None if it holds none."""
+    path, sep, query = uri.partition(b"?")
+    changed = False
+    decoded = unquote_to_bytes(path) if b"%" in path else path
+    if decoded.startswith(_FIRMWARE_PATH) and len(decoded) > len(_FIRMWARE_PATH):
+        path = _FIRMWARE_PATH + b"***"
+        changed = True
+    if query:
+        parts = _QUERY_SEPARATOR.split(query)
+        for i in range(0, len(parts), 2):
+            name, eq, _ = parts[i].partition(b"=")
+            if b"%" in name or b"+" in name:
+                name = unquote_to_bytes(name.replace(b"+", b" "))
+            if eq and name.lower() in SECRET_ARGS:
+                parts[i] = parts[i].partition(b"=")[0] + b"=***"
+                changed = True
+        query = b"".join(parts)
+    return path + sep + query if changed else None
 
-    def __init__(self, request: Request) -> None:
+
+class _MaskedRequest:
+    """What the access log sees of a request: the same, minus secrets (in
+    its URI and in its Referer)."""
+
+    def __init__(self, request: Request, uri: bytes) -> None:
         self._request = request
-        self.uri = _SECRET_IN_PATH.sub(rb"\1***", _SECRET_IN_QUERY.sub(rb"\1***", request.uri))
+        self.uri = uri
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        value = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            value = masked_uri(value) or value
+        return value
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._request, name)
 
 
 def masked_log_formatter(timestamp: str, request: Request) -> str:
-    uri = request.uri
-    if _SECRET_IN_QUERY.search(uri) is None and _SECRET_IN_PATH.search(uri) is None:
+    uri = masked_uri(request.uri) or request.uri
+    referer = request.getHeader(b"referer")
+    if uri is request.uri and (referer is None or masked_uri(referer) is None):
         # Nothing to mask (the usual case): no wrapper in the way.
         return combinedLogFormatter(timestamp, request)
-    return combinedLogFormatter(timestamp, _MaskedRequest(request))  # type: ignore[arg-type]
+    return combinedLogFormatter(timestamp, _MaskedRequest(request, uri))  # type: ignore[arg-type]
 
 
 class DashdSite(Site):
