@@ -229,7 +229,8 @@ OPTIONS = [
            _not_negative),
     Option("ota.public_url", "", str,
            "Base URL devices download firmware from in pull mode, e.g. "
-           "\"https://dash.example.com\"; empty: the address the upload was sent to",
+           "\"https://dash.example.com\"; empty: the address the device itself reached "
+           "dashd at (needed behind a TLS proxy, and in a cluster)",
            _url_or_empty),
     Option("data.retention_days", 90.0, (int, float),
            "Days stored data (tags.save) is kept; 0 keeps it forever", _not_negative),

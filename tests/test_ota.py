@@ -248,6 +248,59 @@ async def test_pull_mode_serves_a_one_time_link(server, admin: Client, tmp_path)
     assert not any(secret in e for e in raw_events)
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_pull_link_is_not_built_from_the_uploader_s_host(server, admin: Client,
+                                                                   tmp_path):
+    """The device was told to download from whatever Host the uploader
+    sent (http://evil.example:666/...): the link is on the address the
+    device itself connected to."""
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token, ota_silent="OTA.Update")
+    try:
+        await device_online(admin, device_id)
+        fw = make_bin(str(tmp_path / "fw.bin"), 5000)
+        with open(fw, "rb") as f:
+            reply = await admin.request(
+                "POST", "/api/v2/devices/%s/ota?mode=pull&filename=fw.bin" % device_id,
+                raw=f.read(), headers={"Host": "evil.example:666",
+                                       "Content-Type": "application/octet-stream"})
+        assert reply.status == 202, reply
+        frames = await eventually(
+            lambda: [f for f in sim.frames if f.get("method") == "OTA.Update"])
+        url = (frames[0].get("params") or frames[0].get("args"))["url"]
+        SECRETS.add(url.rsplit("/", 1)[1])
+        assert url.startswith(server.url + "/api/v2/firmware/"), url
+        assert "evil" not in url
+    finally:
+        await sim.stop()
+
+
+def test_the_device_s_own_address():
+    """From the device's handshake: its scheme and Host, or dashd's end of
+    its connection when the Host is not a host."""
+    from twisted.internet.address import IPv4Address, IPv6Address
+    from zope.interface import directlyProvides
+    from twisted.internet.interfaces import ISSLTransport
+    from dashd.channel.websocket import device_base_url
+
+    class Transport:
+        def __init__(self, address):
+            self.address = address
+
+        def getHost(self):
+            return self.address
+
+    plain = Transport(IPv4Address("TCP", "192.0.2.1", 8080))
+    assert device_base_url(plain, "dash.example.com:8080") == "http://dash.example.com:8080"
+    assert device_base_url(plain, "[2001:db8::1]:80") == "http://[2001:db8::1]:80"
+    for bad in (None, "", "evil.example/x?", "a b", "x:99999999", "@evil"):
+        assert device_base_url(plain, bad) == "http://192.0.2.1:8080", bad
+    secure = Transport(IPv6Address("TCP", "2001:db8::2", 8443))
+    directlyProvides(secure, ISSLTransport)
+    assert device_base_url(secure, "dash.example.com") == "https://dash.example.com"
+    assert device_base_url(secure, None) == "https://[2001:db8::2]:8443"
+
+
 # One update at a time
 
 

@@ -44,17 +44,6 @@ def _arg(request: Any, name: str) -> str | None:
         raise Invalid("%s is not valid UTF-8" % name, name)
 
 
-def request_base_url(request: Any) -> str:
-    """The scheme and host the request was sent to: where the device finds
-    dashd too, unless ota.public_url says otherwise."""
-    scheme = "https" if request.isSecure() else "http"
-    host = request.getHeader(b"host")
-    if host:
-        return "%s://%s" % (scheme, host.decode("latin-1"))
-    address = request.getHost()
-    return "%s://%s:%d" % (scheme, address.host, address.port)
-
-
 class _CountingConsumer:
     """Passes a download on to the request, telling how much went out."""
 
@@ -149,14 +138,11 @@ class OtaRoutes(ApiBase):
         if upload.error is not None:
             raise Invalid(upload.error)
         filename = upload.filename if upload.multipart else _arg(request, "filename")
-        base = None
-        if mode == "pull":
-            base = self.config["ota.public_url"] or request_base_url(request)
         # The use case owns the file from here (the request may end while it
         # is checked): the update takes it over, or it goes.
         status = await self.firmware.start(
             device, upload.claim(), upload.size, filename, upload.content_type,
-            pull_base_url=base, auto_commit=auto_commit, commit_timeout=commit_timeout,
+            pull=mode == "pull", auto_commit=auto_commit, commit_timeout=commit_timeout,
         )
         request.setResponseCode(202)
         request.setHeader(b"location", b"/api/v2/devices/%s/ota" % device_id.encode("ascii"))

@@ -451,6 +451,23 @@ class OtaManager:
         d.addErrback(self._crashed, update)
         return status
 
+    def pull_base_url(self, device_id: str) -> str:
+        """Where the device downloads firmware from in pull mode:
+        ota.public_url, else the address the device itself reached dashd at
+        (never what the uploader's request says: its Host is the uploader's
+        to choose).
+        @raise Invalid: neither is known (the device is held by another node
+            of a cluster, or is gone)."""
+        if self.config["ota.public_url"]:
+            return str(self.config["ota.public_url"])
+        session = self.fleet.router.local_session(device_id)
+        base = getattr(session, "base_url", None)
+        if not base:
+            raise Invalid("pull mode needs ota.public_url here: device %s is not connected to "
+                          "this node, so dashd does not know an address it can reach"
+                          % device_id, "mode")
+        return str(base)
+
     # The transfer
 
     async def _push(self, update: _Update) -> None:
@@ -789,14 +806,15 @@ class Firmware:
         size: int,
         filename: str | None,
         content_type: str | None,
-        pull_base_url: str | None,
+        pull: bool,
         auto_commit: bool,
         commit_timeout: int,
     ) -> dict[str, Any]:
         """Check the file at C{path} (which the manager now owns, and
-        deletes if it refuses it) and start sending it; C{pull_base_url}
-        chooses pull mode. Fire with the update's status."""
+        deletes if it refuses it) and start sending it, pushed or pulled.
+        Fire with the update's status."""
         try:
+            pull_base_url = self._ota.pull_base_url(device.id) if pull else None
             limit = self._ota.config["ota.max_bytes"]
             if size > limit:
                 raise TooLarge("the firmware file is %d bytes, more than the limit of %d"

@@ -58,8 +58,12 @@ class DeviceSession:
         send: Callable[[str], None],
         close: Callable[[int, str], None],
         peer: str = "",
+        base_url: str | None = None,
     ) -> None:
         self.device = device
+        # The HTTP address the device itself reached dashd at (its handshake's
+        # scheme and Host): where it can download firmware (pull mode).
+        self.base_url = base_url
         self.device_id = device.id
         self.fleet = fleet
         self.peer = peer
