@@ -7,7 +7,9 @@ migrations and concurrent writers (tests/test_store_postgres.py).
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 
 import pytest
 import pytest_twisted
@@ -239,3 +241,32 @@ async def test_audit_entries_page_and_expire(store):
     assert await store.prune_audit(102.5, 10) == 1
     entries, _ = await store.query_audit(account.id, 0, 10)
     assert [e["timestamp"] for e in entries] == [103.0, 104.0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_store_files_are_owner_only(tmp_path):
+    """dashd.sqlite3 and its -wal and -shm files followed the umask (0644 in
+    a data directory made by hand): like admin.key, they are 0600, also
+    when an older dashd left them readable."""
+    data = tmp_path / "by-hand"
+    data.mkdir(mode=0o755)
+    old_umask = os.umask(0o022)
+    try:
+        path = str(data / "dashd.sqlite3")
+        s = SQLiteStore(path, reactor)
+        s.start()
+        account, key, _ = await _account_and_device(s)
+        for name in ("dashd.sqlite3", "dashd.sqlite3-wal", "dashd.sqlite3-shm"):
+            assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600, name
+        await s.stop()
+        for name in ("dashd.sqlite3", "dashd.sqlite3-wal", "dashd.sqlite3-shm"):
+            if (data / name).exists():
+                os.chmod(data / name, 0o644)
+        s = SQLiteStore(path, reactor)
+        s.start()
+        assert (await s.get_account(account.id)) is not None
+        for name in ("dashd.sqlite3", "dashd.sqlite3-wal", "dashd.sqlite3-shm"):
+            assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600, name
+        await s.stop()
+    finally:
+        os.umask(old_umask)

@@ -85,6 +85,18 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
     return current, version
 
 
+def owner_only(path: str) -> None:
+    """Make the database file and its companions (-wal, -shm, -journal)
+    readable and writable by their owner only."""
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warn("cannot make {name} owner-only: {error}", name=name, error=e)
+
+
 def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -136,8 +148,14 @@ class SQLiteStore:
             return
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Owner-only, like admin.key, whatever the umask or the data
+        # directory's mode: created so, and made so if an older dashd left it
+        # readable. SQLite gives -wal and -shm the database file's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        owner_only(self.path)
         conn = connect(self.path, self._synchronous)
         before, after = migrate(conn)
+        owner_only(self.path)
         if before != after:
             log.info(
                 "store {path}: schema migrated from version {before} to {after}",
