@@ -472,8 +472,28 @@ async def test_shared_with_holds_only_account_ids(world: World):
     for bad in ("a1,\u0007bell", "a b", "x" * 65, ["ok", "new\nline"]):
         reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": bad})
         _check(reply, (400, "which is not an account ID"), bad)
-    reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": " a1 , ,b-2 "})
-    assert reply.body["shared_with"] == "a1,b-2"
+    b = world.accounts["b"]
+    reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": " %s , , " % b})
+    assert reply.body["shared_with"] == b
+
+
+@pytest_twisted.ensureDeferred
+async def test_sharing_with_an_account_that_does_not_exist_is_refused(world: World):
+    admin_a = world.keys["admin_a"]
+    b = world.accounts["b"]
+    reply = await admin_a.post("/api/v2/devices", {"shared_with": "%s,anosuchaccount" % b})
+    _check(reply, (400, "shared_with names account anosuchaccount, which does not exist"),
+           "register")
+    device_id, _ = await admin_a.register()
+    for value in ("anosuchaccount", [b, "a-typo"], {"a-typo": None}):
+        reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": value})
+        _check(reply, (400, "which does not exist"), value)
+    assert (await admin_a.device(device_id))["shared_with"] == ""
+    reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": b})
+    assert (reply.status, reply.body["shared_with"]) == (200, b)
+    reply = await admin_a.post("/api/v2/devices/" + device_id,
+                               {"shared_with": ",".join("a%d" % i for i in range(101))})
+    _check(reply, (400, "shared_with may name at most 100 accounts"), "many")
 
 
 OWNER_METHODS = ["OTA.Begin", "OTA.Write", "OTA.End", "OTA.Commit", "OTA.Update", "ota.begin",

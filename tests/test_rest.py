@@ -91,10 +91,14 @@ async def test_device_crud(server, admin: Client):
     ours = [d for d in listed.body if d["id"] == device["id"]]
     assert len(ours) == 1 and "token" not in ours[0]
 
+    a1, a2 = [(await admin.post("/api/v2/accounts", {"name": n})) for n in ("a1", "a2")]
+    for created in (a1, a2):
+        SECRETS.add(created.body["admin_key"]["key"])
+    a1, a2 = a1.body["id"], a2.body["id"]
     reply = await admin.post("/api/v2/devices/" + device["id"],
-                             {"name": "porch", "shared_with": "a1,a2, a1"})
+                             {"name": "porch", "shared_with": "%s,%s, %s" % (a1, a2, a1)})
     assert reply.status == 200
-    assert reply.body["name"] == "porch" and reply.body["shared_with"] == "a1,a2"
+    assert reply.body["name"] == "porch" and reply.body["shared_with"] == "%s,%s" % (a1, a2)
 
     # Registering without a name names the device after its ID.
     unnamed = await admin.post("/api/v2/devices")

@@ -9,7 +9,7 @@ closes the device's connection (on whichever node holds it), a change of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from twisted.logger import Logger
 
@@ -85,6 +85,7 @@ class Devices:
         shares, scopes = ((), None)
         if shared_with is not UNSET:
             shares, scopes = access.parse_shares(shared_with)
+            await self._check_accounts(shares)
         device_id = tokens.new_id("d")
         token = tokens.new_device_token(device_id)
         device = Device(id=device_id, account_id=account, name=name or device_id,
@@ -109,6 +110,7 @@ class Devices:
         if shared_with is not UNSET:
             access.require_owner(by, device, "change a device's sharing")
             shares, scopes = access.parse_shares(shared_with)
+            await self._check_accounts(a for a in shares if a not in device.shared_with)
             if scopes is None:
                 # Account IDs only: the shares that stay keep their scope.
                 scopes = {a: s for a, s in device.share_scopes.items() if a in shares}
@@ -129,6 +131,13 @@ class Devices:
         if result is not None:
             self._fleet.shadow_changed(device, result)
         return device
+
+    async def _check_accounts(self, accounts: Iterable[str]) -> None:
+        """@raise Invalid: one of C{accounts} does not exist."""
+        for account in accounts:
+            if await self._store.get_account(account) is None:
+                raise Invalid("shared_with names account %s, which does not exist" % account,
+                              "shared_with")
 
     async def rotate_token(self, by: ApiKey, device_id: str) -> tuple[Device, str]:
         """A new token for the device; the old one opens nothing from now

@@ -88,6 +88,7 @@ CONSOLE = ApiKey(id="dashctl", account_id="", name="dashctl", kind=CONSOLE_KIND,
 ACCOUNT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 MAX_SCOPE_DEVICES = 1000
+MAX_SHARES = 100
 MAX_SCOPE_ENTRIES = 100
 # What a restricted key sees on the notification stream.
 RESTRICTED_EVENTS = ("online", "offline", "shadow.update")
@@ -392,6 +393,8 @@ def parse_shared_with(value: Any) -> tuple[str, ...]:
                       "object of account IDs and the scopes of their shares)",
                       "shared_with")
     out: list[str] = []
+    if len(items) > MAX_SHARES:
+        raise Invalid("shared_with may name at most %d accounts" % MAX_SHARES, "shared_with")
     for item in items:
         if item and item not in out:
             if not ACCOUNT_ID.match(item):
