@@ -343,12 +343,17 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "properties": {
                             "entries": {"type": "array", "items": {
                                 "type": "object",
-                                "required": ["offset", "timestamp", "key_id", "method", "path",
-                                             "device_id", "status", "error"],
+                                "required": ["offset", "timestamp", "key_id", "key_account",
+                                             "method", "path", "device_id", "status", "error"],
                                 "properties": {
                                     "offset": {"type": "integer"},
                                     "timestamp": {"type": "number"},
                                     "key_id": {"type": "string"},
+                                    "key_account": {
+                                        "type": "string",
+                                        "description": "the account of the key: another one "
+                                                       "for what a sharee did to a device "
+                                                       "this account owns"},
                                     "method": {"type": "string"},
                                     "path": {"type": "string"},
                                     "device_id": {"type": ["string", "null"]},
