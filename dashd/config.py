@@ -122,6 +122,14 @@ OPTIONS = [
     Option("device.max_message_bytes", 1048576, int,
            "Largest WebSocket message a device may send; larger ones close the connection "
            "(code 1009)", _positive),
+    Option("device.frames_per_second", 50.0, (int, float),
+           "Frames (calls and notifications) a device may send a second, on average "
+           "(a token bucket; dashd's answers to its calls are not counted); the excess is "
+           "dropped, answered with error 429 when it has an id, and logged; a device far over "
+           "it for long is closed (code 4029); 0 turns the limit off", _not_negative),
+    Option("device.frame_burst", 500, int,
+           "Frames a device may send at once before device.frames_per_second applies",
+           _positive),
     Option("device.max_calls_in_flight", 64, int,
            "Calls a device may have outstanding at once; more are refused with 429",
            _positive),

@@ -38,6 +38,7 @@ INTERNAL_ERROR = -32603
 # firmware uses for its errors.
 CONFLICT = 409
 TOO_LARGE = 413
+TOO_MANY = 429
 UNAVAILABLE = 503
 
 RpcId = Union[int, float, str]
