@@ -30,6 +30,7 @@ from dashd.app.fleet import Fleet
 from dashd.app.history import History
 from dashd.app.limits import FailureLimiter, TokenBucket
 from dashd.app.retention import DataRetention
+from dashd.app.tickets import ITicketStore, LocalTickets
 from dashd.channel.hub import IHub, LocalHub
 from dashd.channel.router import IRouter, LocalRouter
 from dashd.channel.websocket import DeviceFactory, NotifyFactory
@@ -117,7 +118,13 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet = Fleet(store, router, hub, reactor, config)
     firmware_dir = os.path.join(data_dir, FIRMWARE_DIR)
     ota = OtaManager(fleet, config, firmware_dir, reactor)
-    application = build_application(fleet, auth, ota)
+    tickets: ITicketStore = LocalTickets(reactor)
+    if cluster is not None:
+        # A ticket made on one node may open the stream on another.
+        from dashd.cluster.tickets import RedisTickets
+
+        tickets = RedisTickets(cluster.bus, config["cluster.namespace"])
+    application = build_application(fleet, auth, ota, tickets)
     history = History(store, reactor, config["logs.max_per_device"])
     audit = AuditLog(store, reactor)
 

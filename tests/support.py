@@ -474,11 +474,16 @@ class Subscriber:
             self.proto.sendClose(1000)
 
 
-async def subscribe(server: DashdProcess, key: str, query: bool = False) -> Subscriber:
+async def subscribe(server: DashdProcess, key: str, query: bool = False,
+                    ticket: str | None = None) -> Subscriber:
+    """A subscriber with C{key} in the Authorization header, in the URL
+    (C{query}), or with a C{ticket} (from POST /api/v2/notify/ticket)."""
     sub = Subscriber()
     url = server.notify_url
     headers = {}
-    if query:
+    if ticket is not None:
+        url += "?ticket=" + ticket
+    elif query:
         url += "?access_token=" + key
     else:
         headers["Authorization"] = "Bearer " + key

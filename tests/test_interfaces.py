@@ -14,3 +14,11 @@ def test_routers_and_hubs():
         assert verifyClass(IRouter, cls)
     for cls in (LocalHub, ClusterHub):
         assert verifyClass(IHub, cls)
+
+
+def test_ticket_stores():
+    from dashd.app.tickets import ITicketStore, LocalTickets
+    from dashd.cluster.tickets import RedisTickets
+
+    for cls in (LocalTickets, RedisTickets):
+        assert verifyClass(ITicketStore, cls)

@@ -573,6 +573,59 @@ async def test_notify_door_needs_an_api_key(server, admin: Client):
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_notification_stream_opens_with_a_single_use_ticket(server, admin: Client):
+    """The key need not be in the stream's URL: POST /notify/ticket (key in
+    the header) gives a ticket that opens the stream as that key, once."""
+    from support import raw_handshake
+
+    device_id, _ = await admin.register("ticketed")
+    reply = await admin.post("/api/v2/notify/ticket")
+    assert reply.status == 200, reply
+    ticket = reply.body["ticket"]
+    SECRETS.add(ticket)
+    assert ticket.startswith("nt_") and admin.key not in str(reply.body)
+    assert time.time() < reply.body["expires"] <= time.time() + 31
+    assert reply.body["url"] == "/api/v2/notify?ticket=" + ticket
+    sub = await subscribe(server, admin.key, ticket=ticket)
+    try:
+        await admin.post("/api/v2/devices/" + device_id, {"shadow": {"tags": {"t": 1}}})
+        event = await sub.next(lambda e: e["id"] == device_id and e["name"] == "shadow.update")
+        assert event["data"]["tags"] == {"t": 1}
+    finally:
+        sub.close()
+    # Once only; nor a made-up one, nor without its prefix.
+    for wrong in (ticket, "nt_" + "A" * 43, ticket[3:]):
+        reply = await raw_handshake(server, "/api/v2/notify?ticket=" + wrong)
+        assert reply.status == 401, wrong
+        assert "unknown, used or expired ticket" in reply.error["message"]
+    # A key revoked after its ticket was made opens nothing with it.
+    made = await admin.post("/api/v2/keys", {"name": "soon revoked"})
+    SECRETS.add(made.body["key"])
+    other = Client(server, made.body["key"])
+    reply = await other.post("/api/v2/notify/ticket")
+    SECRETS.add(reply.body["ticket"])
+    assert (await admin.delete("/api/v2/keys/" + made.body["id"])).status == 200
+    reply = await raw_handshake(server, "/api/v2/notify?ticket=" + reply.body["ticket"])
+    assert (reply.status, reply.error["message"]) == (401, "the ticket's API key no longer works")
+    # A ticket needs a key; a restricted key's ticket sees what the key sees.
+    reply = await Client(server, None).post("/api/v2/notify/ticket", key=None)
+    assert reply.status == 401
+    restricted = await admin.post("/api/v2/keys", {"kind": "restricted", "scope": {
+        "devices": {device_id: {"read": ["x"]}}}})
+    SECRETS.add(restricted.body["key"])
+    reply = await Client(server, restricted.body["key"]).post("/api/v2/notify/ticket")
+    SECRETS.add(reply.body["ticket"])
+    sub = await subscribe(server, "", ticket=reply.body["ticket"])
+    try:
+        await admin.post("/api/v2/devices/" + device_id, {"shadow": {"tags": {"t": 2}}})
+        event = await sub.next(lambda e: e["id"] == device_id)
+        assert event["name"] == "shadow.update" and "tags" not in event["data"]
+    finally:
+        sub.close()
+    await eventually(lambda: "ticket=***" in server.log())
+
+
+@pytest_twisted.ensureDeferred
 async def test_websocket_doors_answer_a_compression_offer(server, admin: Client):
     """Browsers offer permessage-deflate; dashd declines it and upgrades."""
     import socket

@@ -16,7 +16,7 @@ from twisted.web.server import Request
 _DEVICE_PATH = re.compile(r"^/api/v2/devices/([^/]+)")
 _NOT_DEVICES = ("data",)
 # Reads that are POSTs (their query is a JSON body).
-_READS = ("/api/v2/logs",)
+_READS = ("/api/v2/logs", "/api/v2/notify/ticket")
 
 
 def entry_for(request: Request, now: float) -> dict[str, Any] | None:

@@ -393,6 +393,27 @@ def document(config: Config, version: str) -> dict[str, Any]:
                                             "400", "403", "413"),
                 },
             },
+            "/notify/ticket": {
+                "post": {
+                    "operationId": "notifyTicket",
+                    "summary": "A ticket that opens the notification stream (WebSocket "
+                               "/api/v2/notify?ticket=TICKET) as the calling key, once, within "
+                               "30 s: the key stays out of the URL",
+                    "requestBody": _body({"type": "object", "additionalProperties": False,
+                                          "maxProperties": 0}),
+                    "responses": _responses(_ok("the ticket", {
+                        "type": "object", "required": ["ticket", "expires", "url"],
+                        "properties": {
+                            "ticket": {"type": "string"},
+                            "expires": {"type": "number",
+                                        "description": "Unix time after which it opens "
+                                                       "nothing"},
+                            "url": {"type": "string",
+                                    "description": "the stream's path with the ticket"},
+                        },
+                    }), "400"),
+                },
+            },
             "/whoami": {
                 "get": {
                     "operationId": "whoami",

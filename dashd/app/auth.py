@@ -115,6 +115,34 @@ class Authenticator:
         d.addCallback(self._admit)
         return d
 
+    def refused(self, error: Unauthenticated, address: str | None) -> DomainError:
+        """Count a failed authentication at the REST door that was not a
+        secret's (a notification ticket's); return what to answer."""
+        return self._failed(REST, address, None, error)
+
+    def api_key_by_id(self, key_id: str, address: str | None = None) -> Deferred[ApiKey]:
+        """The key with that ID, if it still works (for a notification
+        ticket, which stands for its key), counted against its rate limit.
+        @raise Unauthenticated: revoked or expired."""
+        now = self._clock.seconds()
+        cached = self._keys.get(key_id)
+        if cached is not None and cached[2] > now:
+            d: Deferred[Any] = succeed((cached[0], cached[1]))
+        else:
+            d = self._store.key_credentials(key_id)
+
+        def check(found: tuple[ApiKey, str] | None) -> ApiKey:
+            if found is None:
+                raise Unauthenticated("the ticket's API key no longer works")
+            key = found[0]
+            if key.expired(self._clock.seconds()):
+                raise Unauthenticated("API key %s has expired" % key.id)
+            return key
+
+        d.addCallback(check)
+        d.addErrback(self._refused, REST, address, key_id)
+        return d.addCallback(self._admit)
+
     def _refused(self, failure: Failure, door: str, address: str | None,
                  record_id: str | None) -> Failure:
         if failure.check(Unauthenticated):
