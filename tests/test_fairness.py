@@ -87,7 +87,7 @@ def test_each_device_has_a_token_bucket_of_frames():
         assert answers[i]["error"]["message"] == (
             "over this device's limit of 2 frames a second (bursts of 5): frame dropped")
     # The device's own excess, logged as such (once, however many).
-    warnings = [e for e in events if "over its limit" in e.get("log_format", "")]
+    warnings = [e for e in events if "over its limit" in e.get("why", "")]
     assert len(warnings) == 1 and warnings[0]["id"] == "dflood0000000"
     assert session.fleet.frames_limited == 2
     # The rate refills the bucket.
@@ -211,7 +211,8 @@ async def test_a_flooding_device_loses_its_own_lines_only(tmp_path):
         await quiet.stop()
         server.stop()
     log = server.log()
-    assert "device %s is over its limit of 50 frames a second" % flood_id in log
+    assert ("device %s: 1 of its frames dropped: it is over its limit of 50 frames a second"
+            % flood_id) in log
     assert "device %s closed: it kept sending far over its limit" % flood_id in log
     assert quiet_id not in [line for line in log.splitlines() if "over its limit" in line]
     assert not server.problems()

@@ -30,10 +30,11 @@ STORED_NAMES = ("online", "offline", "ota.status")
 # than the disk keeps up loses events beyond these (with a warning) rather
 # than growing dashd's memory; no device, and no account, may hold more than
 # its share of them, so that one device's flood never takes another's place.
-MAX_PENDING = 5000
-MAX_PENDING_BYTES = 4 * 1024 * 1024
-MAX_PENDING_PER_DEVICE = 64
-MAX_PENDING_PER_ACCOUNT = 1000
+MAX_PENDING = 10000
+MAX_PENDING_BYTES = 8 * 1024 * 1024
+# A device's burst of log lines (device.frame_burst is 500 by default) fits.
+MAX_PENDING_PER_DEVICE = 500
+MAX_PENDING_PER_ACCOUNT = 2500
 
 # Seconds between two warnings that events could not be stored.
 WARN_EVERY = 60.0

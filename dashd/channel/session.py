@@ -44,7 +44,7 @@ _NOT_IMPLEMENTED_CODES = (frames.METHOD_NOT_FOUND, 404)
 # The device's own calls that wait for the store (heartbeats, shadow
 # updates and reads), at most, per device: one device's flood may not fill
 # the store's queue ahead of everyone else's writes.
-MAX_STORE_CALLS_IN_FLIGHT = 16
+MAX_STORE_CALLS_IN_FLIGHT = 64
 # Frames dropped over the rate limit: a device whose drops in one window
 # exceed SUSTAINED_FACTOR times what the rate lets through in it is closed
 # (close code 4029); one a little over its limit only loses the excess.
@@ -293,7 +293,6 @@ class DeviceSession:
             self._window_start = now
             self._window_drops = 0
         self._window_drops += 1
-        self._unlogged_drops += 1
         limit = "%g frames a second (bursts of %g)" % (self._rate, self._burst)
         if self._window_drops > max(self._burst, SUSTAINED_FACTOR * self._rate * ABUSE_WINDOW):
             if not self.closing:
@@ -302,16 +301,23 @@ class DeviceSession:
                          limit=limit, count=self._window_drops, window=ABUSE_WINDOW)
                 self.disconnect(closecodes.TOO_FAST, "far over the frame rate limit")
             return False
-        if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
-            log.warn("device {id} is over its limit of {limit}: {count} of its frames dropped "
-                     "(answered with error 429 when they had an id)", id=self.device_id,
-                     limit=limit, count=self._unlogged_drops)
-            self._warned_at = now
-            self._unlogged_drops = 0
+        self._dropped_frame("it is over its limit of %s" % limit)
         if frame_id is not None:
             self.reply_error(frame_id, frames.TOO_MANY,
                              "over this device's limit of %s: frame dropped" % limit, src)
         return False
+
+    def _dropped_frame(self, why: str) -> None:
+        """Log a frame of the device's dropped for its own excess: the
+        first, then a count at most every WARN_EVERY seconds."""
+        self._unlogged_drops += 1
+        now = self._clock.seconds()
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
+            log.warn("device {id}: {count} of its frames dropped: {why} (answered with "
+                     "error 429 when they had an id)", id=self.device_id,
+                     count=self._unlogged_drops, why=why)
+            self._warned_at = now
+            self._unlogged_drops = 0
 
     def reply(self, frame: frames.Request, result: Any) -> None:
         if frame.id is not None and not self._closed:
@@ -350,9 +356,11 @@ class DeviceSession:
         """Whether the device may have one more call wait for the store;
         if not, it is answered with error 429."""
         if self._store_calls >= MAX_STORE_CALLS_IN_FLIGHT:
-            self.reply_error(frame.id, frames.TOO_MANY,
-                             "this device already has %d calls waiting for the store; wait for "
-                             "their answers" % MAX_STORE_CALLS_IN_FLIGHT, frame.src)
+            message = ("this device already has %d calls waiting for the store; wait for "
+                       "their answers" % MAX_STORE_CALLS_IN_FLIGHT)
+            if frame.id is not None:
+                self.reply_error(frame.id, frames.TOO_MANY, message, frame.src)
+            self._dropped_frame(message)
             return False
         return True
 
