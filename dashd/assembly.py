@@ -9,7 +9,6 @@ collaborators in its constructor; observers are connected here.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
