@@ -92,7 +92,6 @@ def main() -> int:
         with open(key_file) as f:
             key = f.read().strip()
         device = post(base + "/api/v2/devices", key, {})
-        count: dict[str, int] = {}
 
         async def run(reactor):
             from dashd.simulator import SimulatedDevice

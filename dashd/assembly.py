@@ -9,7 +9,6 @@ collaborators in its constructor; observers are connected here.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ from twisted.logger import Logger
 from dashd import __version__
 from dashd.api import Api
 from dashd.api.audit import entry_for
+from dashd.api.ota import UPLOAD_PATH
 from dashd.api.site import DashdSite, SpoolRule
 from dashd.app.application import Application, build_application
 from dashd.app.audit import AuditLog
@@ -30,6 +30,7 @@ from dashd.app.fleet import Fleet
 from dashd.app.history import History
 from dashd.app.limits import FailureLimiter, TokenBucket
 from dashd.app.retention import DataRetention
+from dashd.app.tickets import ITicketStore, LocalTickets
 from dashd.channel.hub import IHub, LocalHub
 from dashd.channel.router import IRouter, LocalRouter
 from dashd.channel.websocket import DeviceFactory, NotifyFactory
@@ -78,7 +79,9 @@ def make_authenticator(store: IStore, config: Config, reactor: Any) -> Authentic
     return Authenticator(
         store,
         reactor,
-        failures=FailureLimiter(reactor, config["limits.failed_auth_per_minute"]),
+        # Each door counts its own failures.
+        rest_failures=FailureLimiter(reactor, config["limits.failed_auth_per_minute"]),
+        device_failures=FailureLimiter(reactor, config["limits.failed_auth_per_minute"]),
         requests=TokenBucket(reactor, config["limits.requests_per_second"],
                              config["limits.burst"]),
     )
@@ -117,7 +120,13 @@ def build(config: Config, reactor: Any) -> DashdService:
     ota = OtaManager(fleet, config, firmware_dir, reactor)
     puller = DataPuller(fleet, config["data.pull_chunk_bytes"], config["data.pulls_at_once"],
                         config["rpc.default_timeout"])
-    application = build_application(fleet, auth, ota)
+    tickets: ITicketStore = LocalTickets(reactor)
+    if cluster is not None:
+        # A ticket made on one node may open the stream on another.
+        from dashd.cluster.tickets import RedisTickets
+
+        tickets = RedisTickets(cluster.bus, config["cluster.namespace"])
+    application = build_application(fleet, auth, ota, tickets)
     history = History(store, reactor, config["logs.max_per_device"])
     audit = AuditLog(store, reactor)
 
@@ -138,9 +147,9 @@ def build(config: Config, reactor: Any) -> DashdService:
         # Firmware uploads: their own limit (plus room for multipart
         # headers), and to a file rather than memory.
         spool_rules=[SpoolRule(
-            b"POST", re.compile(rb"^/api/v2/devices/[^/]+/ota/?$"),
+            b"POST", UPLOAD_PATH,
             config["ota.max_bytes"] + MULTIPART_ALLOWANCE, firmware_dir,
-            config["ota.upload_timeout"],
+            config["ota.upload_timeout"], gate=api.upload_gate,
         )],
     )
 

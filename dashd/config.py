@@ -71,6 +71,14 @@ def _networks(value: Any) -> str | None:
     return None
 
 
+def _depth(value: Any) -> str | None:
+    return None if 0 < value <= 64 else "must be from 1 to 64"
+
+
+def _proxies(value: Any) -> str | None:
+    return _networks([v for v in value if v != "unix"])
+
+
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in choices else "must be one of %s" % ", ".join(choices)
@@ -114,6 +122,14 @@ OPTIONS = [
     Option("device.max_message_bytes", 1048576, int,
            "Largest WebSocket message a device may send; larger ones close the connection "
            "(code 1009)", _positive),
+    Option("device.frames_per_second", 50.0, (int, float),
+           "Frames (calls and notifications) a device may send a second, on average "
+           "(a token bucket; dashd's answers to its calls are not counted); the excess is "
+           "dropped, answered with error 429 when it has an id, and logged; a device far over "
+           "it for long is closed (code 4029); 0 turns the limit off", _not_negative),
+    Option("device.frame_burst", 500, int,
+           "Frames a device may send at once before device.frames_per_second applies",
+           _positive),
     Option("device.max_calls_in_flight", 64, int,
            "Calls a device may have outstanding at once; more are refused with 429",
            _positive),
@@ -142,21 +158,30 @@ OPTIONS = [
            "as one log entry (secrets in query strings are masked). Off by default: the audit "
            "log keeps every change and device call, and a busy server's lines cost CPU and "
            "can exceed journald's rate limit"),
+    Option("http.trusted_proxies", [], list,
+           "Networks of the reverse proxies (e.g. the TLS proxy) whose forwarded-for header "
+           "dashd believes, \"unix\" for peers on a unix: endpoint; empty: the peer's own "
+           "address is the client's", _proxies),
+    Option("http.forwarded_header", "X-Forwarded-For", str,
+           "The header the trusted proxies set with the client's address: X-Forwarded-For "
+           "or Forwarded (the other one is ignored)", _one_of("X-Forwarded-For", "Forwarded")),
     Option("limits.requests_per_second", 100.0, (int, float),
            "Requests a second each API key may make (token bucket); more get 429 with "
            "Retry-After; 0 turns the limit off", _not_negative),
     Option("limits.burst", 200, int,
            "Requests an API key may make at once before the rate applies", _positive),
     Option("limits.failed_auth_per_minute", 30, int,
-           "Failed authentications a client address may make a minute (both doors); past "
-           "that it gets 429 until the minute ends; 0 turns the limit off", _not_negative),
+           "Failed authentications a minute from one client address, and for one key or "
+           "device ID, counted at each door apart; past that their failures get 429 (and are "
+           "no longer logged one by one) until the minute ends, while valid credentials are "
+           "always let in; 0 turns the limit off", _not_negative),
     Option("audit.retention_days", 90.0, (int, float),
            "Days the audit log of REST changes and device calls is kept; 0 keeps it forever",
            _not_negative),
     Option("shadow.max_bytes", 16384, int,
            "Largest shadow document (state and tags, as compact JSON)", _positive),
     Option("shadow.max_depth", 8, int,
-           "Deepest nesting of objects within a shadow section", _positive),
+           "Deepest nesting of objects within a shadow section (at most 64)", _depth),
     Option("store.synchronous", "FULL", str,
            "SQLite synchronous mode: FULL survives power loss, NORMAL only a crash "
            "of dashd", _one_of("FULL", "NORMAL")),
@@ -178,6 +203,16 @@ OPTIONS = [
     Option("ota.max_bytes", 16777216, int,
            "Largest firmware file POST /devices/:id/ota accepts; larger ones get 413 "
            "before they are read", _positive),
+    Option("ota.max_uploads", 8, int,
+           "Firmware uploads dashd receives at once; more get 429 before their body is "
+           "read", _positive),
+    Option("ota.max_uploads_per_key", 2, int,
+           "Firmware uploads one API key may send at once; more get 429 before their body "
+           "is read", _positive),
+    Option("ota.max_unpacked_bytes", 67108864, int,
+           "Largest size a firmware .zip may unpack to (its entries' declared sizes added "
+           "up, each held to its own): it is checked a step at a time, in bounded memory; "
+           "a larger or lying one gets 400", _positive),
     Option("ota.chunk_bytes", 2048, int,
            "Firmware bytes in each OTA.Write call (sent base64-encoded, a third larger)",
            _positive),
@@ -185,8 +220,8 @@ OPTIONS = [
            "OTA.Write calls sent to a device before it has answered the earlier ones",
            _positive),
     Option("ota.upload_timeout", 600.0, (int, float),
-           "Seconds a firmware upload may take to arrive (instead of http.request_timeout); "
-           "a slower one gets 408", _positive),
+           "Seconds a firmware upload may take to arrive, from its first line (instead of "
+           "http.request_timeout); a slower one gets 408", _positive),
     Option("ota.step_timeout", 30.0, (int, float),
            "Seconds a device has to answer each OTA.Begin, OTA.Write, OTA.End and "
            "OTA.Commit", _positive),
@@ -202,7 +237,8 @@ OPTIONS = [
            _not_negative),
     Option("ota.public_url", "", str,
            "Base URL devices download firmware from in pull mode, e.g. "
-           "\"https://dash.example.com\"; empty: the address the upload was sent to",
+           "\"https://dash.example.com\"; empty: the address the device itself reached "
+           "dashd at (needed behind a TLS proxy, and in a cluster)",
            _url_or_empty),
     Option("data.retention_days", 90.0, (int, float),
            "Days stored data (tags.save) is kept; 0 keeps it forever", _not_negative),

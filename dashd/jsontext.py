@@ -1,12 +1,82 @@
 """
 JSON text as dashd writes it everywhere (device frames, events, responses,
-the store): compact, with non-ASCII characters kept as they are.
+the store): compact, with non-ASCII characters kept as they are; and as it
+reads what clients and devices send (L{loads}): strictly JSON, so that what
+it stores and serves back is JSON too, and nested no deeper than dashd can
+walk.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any, Callable
 
 # Built once: json.dumps with options builds a new encoder on every call.
 compact: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class NotJSON(ValueError):
+    """Text that Python's json module would read but JSON does not allow."""
+
+
+def _constant(name: str) -> Any:
+    raise NotJSON("%s is not a JSON number (JSON has no Infinity or NaN)" % name)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotJSON("%s is out of range: a JSON number must be finite"
+                      % (text if len(text) <= 40 else text[:40] + "..."))
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_constant, parse_float=_float)
+
+# Deepest nesting of arrays and objects accepted from outside: far beyond
+# any shadow (shadow.max_depth is capped below it), and far below where
+# Python's recursion (json's decoder, dashd's own walks of a document) ends.
+MAX_DEPTH = 100
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether arrays and objects nest more than C{limit} deep in C{text}
+    (which need not be valid JSON)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for m in _BRACKET.finditer(_STRING.sub("", text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def loads(text: str | bytes) -> Any:
+    """
+    Read a JSON value from a client or a device. Unlike json.loads, refuse
+    ``NaN``, ``Infinity`` and numbers too large for a float (which would be
+    read as infinities and written back as ``Infinity``, which is not JSON).
+
+    Refuse values nested deeper than L{MAX_DEPTH}, before reading them.
+
+    @raise ValueError: not JSON (L{NotJSON} for what json.loads would have
+        accepted, or nested too deep), saying why.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    if too_deep(text):
+        raise NotJSON("arrays and objects are nested more than %d deep" % MAX_DEPTH)
+    try:
+        return _decoder.decode(text)
+    except RecursionError:
+        raise NotJSON("arrays and objects are nested too deep")

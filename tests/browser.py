@@ -149,6 +149,7 @@ class UI:
     # (url, status) of every HTTP error the page received, expected or not.
     http_errors: list[tuple[str, int]] = field(default_factory=list)
     console_failures: list[tuple[str, int, str]] = field(default_factory=list)
+    websockets: list[str] = field(default_factory=list)
     closing: bool = False
     shots: list[str] = field(default_factory=list)
 
@@ -166,6 +167,7 @@ class UI:
             page.on("requestfailed", self._request_failed)
             page.on("response", self._response)
             page.on("crash", lambda _: self._problem("the page crashed"))
+            page.on("websocket", self._websocket)
             self.page = page
 
         self.thread.call_sync(open_page)
@@ -188,6 +190,14 @@ class UI:
             self.console_failures.append((url, int(m.group(1)), message.text))
             return
         self._problem("console %s: %s" % (message.type, message.text))
+
+    def _websocket(self, socket: Any) -> None:
+        # The key stays out of URLs (console errors and proxies show them):
+        # the notification stream opens with a single-use ticket.
+        path, _, query = socket.url.partition("?")
+        self.websockets.append(path)
+        if "access_token" in query or "ticket=nt_" not in query:
+            self._problem("the page opened %s without a ticket, or with a key in its URL" % path)
 
     def _request_failed(self, request: Any) -> None:
         self._problem("request failed: %s %s (%s)" % (request.method, request.url, request.failure))

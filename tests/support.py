@@ -520,11 +520,16 @@ def _summary(events: list[dict[str, Any]], limit: int = 20) -> str:
     return "[%s%s]" % ("... %d more, " % more if more > 0 else "", ", ".join(shown))
 
 
-async def subscribe(server: DashdProcess, key: str, query: bool = False) -> Subscriber:
+async def subscribe(server: DashdProcess, key: str, query: bool = False,
+                    ticket: str | None = None) -> Subscriber:
+    """A subscriber with C{key} in the Authorization header, in the URL
+    (C{query}), or with a C{ticket} (from POST /api/v2/notify/ticket)."""
     sub = Subscriber()
     url = server.notify_url
     headers = {}
-    if query:
+    if ticket is not None:
+        url += "?ticket=" + ticket
+    elif query:
         url += "?access_token=" + key
     else:
         headers["Authorization"] = "Bearer " + key

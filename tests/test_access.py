@@ -505,5 +505,121 @@ async def test_shared_with_holds_only_account_ids(world: World):
     for bad in ("a1,\u0007bell", "a b", "x" * 65, ["ok", "new\nline"]):
         reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": bad})
         _check(reply, (400, "which is not an account ID"), bad)
-    reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": " a1 , ,b-2 "})
-    assert reply.body["shared_with"] == "a1,b-2"
+    b = world.accounts["b"]
+    reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": " %s , , " % b})
+    assert reply.body["shared_with"] == b
+
+
+@pytest_twisted.ensureDeferred
+async def test_sharing_with_an_account_that_does_not_exist_is_refused(world: World):
+    admin_a = world.keys["admin_a"]
+    b = world.accounts["b"]
+    reply = await admin_a.post("/api/v2/devices", {"shared_with": "%s,anosuchaccount" % b})
+    _check(reply, (400, "shared_with names account anosuchaccount, which does not exist"),
+           "register")
+    device_id, _ = await admin_a.register()
+    for value in ("anosuchaccount", [b, "a-typo"], {"a-typo": None}):
+        reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": value})
+        _check(reply, (400, "which does not exist"), value)
+    assert (await admin_a.device(device_id))["shared_with"] == ""
+    reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": b})
+    assert (reply.status, reply.body["shared_with"]) == (200, b)
+    reply = await admin_a.post("/api/v2/devices/" + device_id,
+                               {"shared_with": ",".join("a%d" % i for i in range(101))})
+    _check(reply, (400, "shared_with may name at most 100 accounts"), "many")
+
+
+OWNER_METHODS = ["OTA.Begin", "OTA.Write", "OTA.End", "OTA.Commit", "OTA.Update", "ota.begin",
+                 "Config.Set", "Config.Get", "Config.Save", "FS.Put", "FS.Get", "Sys.Reboot",
+                 "Sys.FactoryReset"]
+
+
+def _sent(sim: Any, method: str) -> bool:
+    return any(f.get("method") == method for f in sim.frames)
+
+
+@pytest_twisted.ensureDeferred
+async def test_methods_for_the_owner_are_refused_to_sharees_and_wildcards(world: World):
+    """Firmware, configuration, file system and reboot are the owner's: a
+    sharee's admin key, and a restricted key whose patterns match them, get
+    403 on the RPC bridge and nothing reaches the device."""
+    a_shared = world.devices["a_shared"]
+    sim = world.sims[list(world.devices).index("a_shared")]
+    admin_b = world.keys["admin_b"]
+    wild = await _key(world.keys["admin_a"], kind="restricted", name="wild", scope={
+        "devices": {world.devices["a_own"]: {"rpc": ["*"]}}})
+    for method in OWNER_METHODS:
+        reply = await admin_b.post("/api/v2/devices/%s/rpc/%s" % (a_shared, method),
+                                   {"data": "AAAA", "size": 4, "config": {"dash": {
+                                       "server": "ws://evil.example/api/v2/rpc"}}})
+        _check(reply, (403, "device %s is shared with this account: %s is for the owner of "
+                            "device %s only" % (a_shared, method, a_shared)), method)
+        assert "its owner may grant it by name in the share's scope" in reply.error["message"]
+        reply = await admin_b.get("/api/v2/devices/%s/rpc/%s" % (a_shared, method))
+        assert reply.status == 403, (method, reply.body)
+        reply = await wild.post("/api/v2/devices/%s/rpc/%s" % (world.devices["a_own"], method))
+        _check(reply, (403, "%s is for the owner of device %s only" % (
+            method, world.devices["a_own"])), ("wild", method))
+        assert "the key's scope must name it exactly" in reply.error["message"]
+    # The owner may; the sharee and the wildcard key may call the rest.
+    reply = await world.keys["admin_a"].post("/api/v2/devices/%s/rpc/Config.Get" % a_shared)
+    assert reply.status == 502  # sent: the simulator has no Config.Get
+    assert (await admin_b.post("/api/v2/devices/%s/rpc/Sim.Echo" % a_shared, {})).status == 200
+    reply = await wild.post("/api/v2/devices/%s/rpc/Sim.Echo" % world.devices["a_own"], [1])
+    assert reply.status == 200 and reply.body == [1]
+    await sleep(0.2)
+    for method in OWNER_METHODS:
+        if method != "Config.Get":
+            assert not _sent(sim, method), method
+    # The REST firmware routes were already the owner's.
+    reply = await admin_b.post("/api/v2/devices/%s/ota/commit" % a_shared)
+    _check(reply, owner_only("commit a device's firmware"), "commit")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_share_carries_the_scope_its_owner_gives(world: World):
+    admin_a, admin_b = world.keys["admin_a"], world.keys["admin_b"]
+    b = world.accounts["b"]
+    device_id, token = await admin_a.register("scoped share")
+    sim = await connect_device(world.server, token)
+    try:
+        await device_online(admin_a, device_id)
+        scope = {"rpc": ["Sim.*", "Config.Get"], "write": ["led"]}
+        reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": {b: scope}})
+        assert reply.status == 200, reply
+        assert reply.body["shared_with"] == b
+        assert reply.body["share_scopes"] == {b: scope}
+        base = "/api/v2/devices/%s/rpc/" % device_id
+        assert (await admin_b.post(base + "Sim.Echo", {"x": 1})).status == 200
+        _check(await admin_b.post(base + "GPIO.Toggle", {"pin": 1}),
+               (403, "device %s is shared with this account, whose share does not allow "
+                     "GPIO.Toggle" % device_id), "GPIO.Toggle")
+        # Named exactly, a method for the owner is granted (the simulator
+        # has no Config.Get: its refusal shows that the call was sent).
+        assert (await admin_b.post(base + "Config.Get")).status == 502
+        assert _sent(sim, "Config.Get")
+        _check(await admin_b.post(base + "Config.Set", {}),
+               (403, "whose share does not allow Config.Set"), "Config.Set")
+        ok = await admin_b.post("/api/v2/devices/" + device_id, _desired({"led": 1}))
+        assert ok.status == 200
+        _check(await admin_b.post("/api/v2/devices/" + device_id, _desired({"fan": 1})),
+               (403, "device %s is shared with this account, whose share does not allow it "
+                     "to change desired.fan of device %s" % (device_id, device_id)), "fan")
+        # Naming the accounts again keeps their scopes; null is the default.
+        reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": b})
+        assert reply.body["share_scopes"] == {b: scope}
+        reply = await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": {b: None}})
+        assert reply.body["share_scopes"] == {}
+        assert (await admin_b.post(base + "GPIO.Toggle", {"pin": 1})).status == 200
+        assert (await admin_b.post(base + "Config.Get")).status == 403
+        for bad, message in (({b: {"rpc": "x"}}, "shared_with.%s.rpc must be a list" % b),
+                             ({b: {"read": []}}, "shared_with.%s must be null or" % b),
+                             ({b: []}, "shared_with.%s must be null or" % b)):
+            _check(await admin_a.post("/api/v2/devices/" + device_id, {"shared_with": bad}),
+                   (400, message), bad)
+        # A sharee cannot widen its own share.
+        _check(await admin_b.post("/api/v2/devices/" + device_id,
+                                  {"shared_with": {b: {"rpc": ["*"]}}}),
+               owner_only("change a device's sharing"), "widen")
+    finally:
+        await sim.stop()

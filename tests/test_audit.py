@@ -73,6 +73,59 @@ async def test_changes_and_calls_are_recorded(server, admin: Client):
 
 
 @pytest_twisted.ensureDeferred
+async def test_what_a_sharee_does_is_in_both_accounts_logs(server, admin: Client):
+    """The owner's log showed nothing a sharee did to the owner's devices;
+    and entries kept a percent-encoded device ID as it was sent."""
+    created = await admin.post("/api/v2/accounts", {"name": "sharee"})
+    SECRETS.add(created.body["admin_key"]["key"])
+    sharee = Client(server, created.body["admin_key"]["key"])
+    sharee_key = (await sharee.get("/api/v2/whoami")).body["id"]
+    owner_account = (await admin.get("/api/v2/whoami")).body["account_id"]
+    device_id, token = await admin.register("shared and audited")
+    await admin.post("/api/v2/devices/" + device_id, {"shared_with": created.body["id"]})
+    own_device, _ = await sharee.register("the sharee's own")
+    sim = await connect_device(server, token)
+    # The last character percent-encoded: the same device for the routes.
+    encoded = device_id[:-1] + "%%%02X" % ord(device_id[-1])
+    try:
+        await device_online(admin, device_id)
+        assert (await sharee.post("/api/v2/devices/%s/rpc/Sim.Echo" % encoded, [1])).status == 200
+        assert (await sharee.post("/api/v2/devices/%s/rpc/Sys.Reboot" % device_id)).status == 403
+        reply = await sharee.post("/api/v2/devices/" + encoded,
+                                  {"shadow": {"state": {"desired": {"on": 1}}}})
+        assert reply.status == 200
+        assert (await sharee.post("/api/v2/devices/" + device_id, {"name": "x"})).status == 403
+        assert (await sharee.delete("/api/v2/devices/" + device_id)).status == 403
+        assert (await sharee.post("/api/v2/devices/%s/rpc/Sim.Echo" % own_device)).status == 503
+    finally:
+        await sim.stop()
+    expected = [("POST", "/rpc/Sim.Echo", 200), ("POST", "/rpc/Sys.Reboot", 403),
+                ("POST", "", 200), ("POST", "", 403), ("DELETE", "", 403)]
+
+    def about(entries: list[dict]) -> list[tuple[str, str, int]]:
+        return [(e["method"], e["path"].split(device_id if device_id in e["path"] else encoded,
+                                              1)[1], e["status"])
+                for e in entries if e["device_id"] == device_id and e["key_id"] == sharee_key]
+
+    async def in_both() -> Any:
+        owner = await _entries(admin, start=-50)
+        theirs = await _entries(sharee, start=-50)
+        return (owner, theirs) if len(about(owner)) >= 5 and len(about(theirs)) >= 5 else None
+
+    owner, theirs = await eventually(in_both)
+    assert about(owner) == expected and about(theirs) == expected
+    for entry in [e for e in owner if e["key_id"] == sharee_key]:
+        assert entry["key_account"] == created.body["id"]
+    for entry in [e for e in theirs if e["device_id"] == device_id]:
+        assert entry["key_account"] == created.body["id"]
+    # What the sharee did to its own device stays in its own log.
+    assert any(e["device_id"] == own_device for e in theirs)
+    assert not any(e["device_id"] == own_device for e in owner)
+    assert all(e["key_account"] == owner_account for e in owner if e["key_id"] != sharee_key)
+    assert not any("%" in (e["device_id"] or "") for e in owner + theirs)
+
+
+@pytest_twisted.ensureDeferred
 async def test_only_admins_read_their_own_account(server, admin: Client):
     reader = await admin.post("/api/v2/keys", {"kind": "read-only"})
     SECRETS.add(reader.body["key"])

@@ -318,6 +318,21 @@ async def test_revoking_a_key_on_one_node_works_on_every_node(cluster, a, b):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_ticket_made_on_one_node_opens_the_stream_on_the_other_once(cluster, a, b):
+    from support import raw_handshake
+
+    reply = await a.post("/api/v2/notify/ticket")
+    assert reply.status == 200, reply
+    ticket = reply.body["ticket"]
+    SECRETS.add(ticket)
+    stream = await subscribe(cluster.nodes[1], "", ticket=ticket)
+    stream.close()
+    for node in cluster.nodes:
+        reply = await raw_handshake(node, "/api/v2/notify?ticket=" + ticket)
+        assert reply.status == 401 and "unknown, used or expired ticket" in reply.error["message"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_deleting_or_rotating_on_one_node_disconnects_the_device_on_the_other(
         cluster, a, b):
     rotated_id, rotated_token = await a.register()

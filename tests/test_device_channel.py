@@ -170,6 +170,72 @@ async def test_malformed_frames_get_errors_and_the_connection_goes_on(server, ad
 
 
 @pytest_twisted.ensureDeferred
+async def test_infinity_and_nan_from_a_device_are_parse_errors(server, admin: Client):
+    bystander_id, bystander = await _bystander(server, admin)
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        before = len(_errors(sim))
+        sim.send_raw('{"id": 41, "method": "Dash.Shadow.Update", "params": '
+                     '{"state": {"reported": {"t": -1e400}}}}')
+        sim.send_raw('{"id": 42, "method": "State.Set", "params": {"t": NaN}}')
+        sim.send_raw('{"id": 43, "method": "Dash.Log", "params": {"msg": Infinity}}')
+
+        async def three_more() -> bool:
+            return len(_errors(sim)) >= before + 3
+
+        await eventually(three_more)
+        errors = _errors(sim)[before:]
+        assert [e["code"] for e in errors] == [-32700] * 3
+        assert "-1e400 is out of range: a JSON number must be finite" in errors[0]["message"]
+        assert "NaN is not a JSON number" in errors[1]["message"]
+        assert "Infinity is not a JSON number" in errors[2]["message"]
+        view = await admin.device(device_id)
+        assert "t" not in view["shadow"]["state"]["reported"]
+        reply = await admin.get("/api/v2/devices")
+        assert b"Infinity" not in reply.raw and b"NaN" not in reply.raw
+        # The device carries on, and so does the other.
+        assert await within(sim.call("Dash.Shadow.Update",
+                                     {"state": {"reported": {"t": 1e300}}}))
+        await _still_answers(admin, device_id)
+        await _still_answers(admin, bystander_id)
+    finally:
+        await sim.stop()
+        await bystander.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deep_nesting_from_a_device_is_a_parse_error(server, admin: Client):
+    """A frame nested thousands deep raised an uncaught RecursionError (a
+    traceback per message, the device never dropped): now a parse error,
+    and the connection goes on."""
+    bystander_id, bystander = await _bystander(server, admin)
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        before = len(_errors(sim))
+        sim.send_raw("[" * 2000 + "]" * 2000)
+        sim.send_raw('{"id": 7, "method": "Dash.Shadow.Update", "params": {"state": '
+                     '{"reported": ' + '{"a": ' * 300 + "1" + "}" * 300 + "}}}")
+
+        async def two_more() -> bool:
+            return len(_errors(sim)) >= before + 2
+
+        await eventually(two_more)
+        errors = _errors(sim)[before:]
+        assert [e["code"] for e in errors] == [-32700, -32700]
+        assert all("nested more than 100 deep" in e["message"] for e in errors)
+        await _still_answers(admin, device_id)
+        await _still_answers(admin, bystander_id)
+        assert "Traceback" not in server.log()
+    finally:
+        await sim.stop()
+        await bystander.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_garbage_that_opens_a_value_does_not_deafen_the_channel(server, admin: Client):
     """'{{{' can never close: without care, every later frame would be read
     as part of it and the device would never be heard again."""

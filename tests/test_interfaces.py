@@ -31,3 +31,11 @@ def test_the_inline_store_of_the_unit_tests(tmp_path):
         assert verifyObject(IStore, store)
     finally:
         store.stop()
+
+
+def test_ticket_stores():
+    from dashd.app.tickets import ITicketStore, LocalTickets
+    from dashd.cluster.tickets import RedisTickets
+
+    for cls in (LocalTickets, RedisTickets):
+        assert verifyClass(ITicketStore, cls)

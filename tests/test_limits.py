@@ -63,31 +63,67 @@ async def test_per_key_rate_limit(limited):
 
 @pytest_twisted.ensureDeferred
 async def test_failed_authentications_per_address(limited):
+    """Past the limit an address's failures get 429, at the door where they
+    happened only, while valid keys and tokens from it still go in."""
     server = await limited({"limits": {"failed_auth_per_minute": 4}})
     admin = Client(server, server.admin_key)
     device_id, token = await admin.register()
+    wrong = Client(server, "k000000000000.nope")
     for _ in range(4):
-        assert (await Client(server, "k000000000000.nope").get("/api/v2/devices")).status == 401
-    # The address is now refused at both doors, even with good secrets...
-    reply = await admin.get("/api/v2/devices")
+        assert (await wrong.get("/api/v2/devices")).status == 401
+    reply = await wrong.get("/api/v2/devices")
     assert reply.status == 429
     assert "too many failed authentications from 127.0.0.1" in reply.error["message"]
     assert int(reply.headers.getRawHeaders("retry-after")[0]) > 1
-    reply = await raw_handshake(server, headers={"Authorization": "Bearer " + token})
-    assert reply.status == 429
+    # Valid credentials from the same address go in, at both doors...
+    assert (await admin.get("/api/v2/devices")).status == 200
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+    finally:
+        await sim.stop()
+    # ...and the device channel counts its own failures.
+    reply = await raw_handshake(server, headers={"Authorization": "Bearer " + device_id + "-"
+                                                 + "0" * 64})
+    assert reply.status == 401
     log = server.log()
     assert log.count("REST: failed authentication from 127.0.0.1") == 4
     assert "4 failed authentications from 127.0.0.1 within 60" in log
-    # ...while another address is served.
-    other = await _get_from(server, "127.0.0.2", "/api/v2/devices", server.admin_key)
-    assert other.startswith(b"HTTP/1.1 200")
+    assert log.count("device channel: failed authentication from 127.0.0.1") == 1
+    # Another address is not counted with this one.
+    other = await _get_from(server, "127.0.0.2", "/api/v2/devices", "k000000000000.nope")
+    assert other.startswith(b"HTTP/1.1 401"), other[:100]
 
 
-async def _get_from(server: DashdProcess, source: str, path: str, key: str) -> bytes:
+@pytest_twisted.ensureDeferred
+async def test_forwarded_addresses_count_from_trusted_proxies_only(limited):
+    server = await limited({"limits": {"failed_auth_per_minute": 2},
+                            "http": {"trusted_proxies": ["127.0.0.2/32"]}})
+    for _ in range(3):
+        answer = await _get_from(server, "127.0.0.2", "/api/v2/devices", "k000000000000.nope",
+                                 b"X-Forwarded-For: 198.51.100.7\r\n")
+    assert answer.startswith(b"HTTP/1.1 429"), answer[:100]
+    assert b"too many failed authentications from 198.51.100.7" in answer
+    # The proxy's other clients are not counted with that one.
+    answer = await _get_from(server, "127.0.0.2", "/api/v2/devices", "k000000000000.nope",
+                             b"X-Forwarded-For: 198.51.100.8\r\n")
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:100]
+    # A client that is not a trusted proxy cannot pose as another.
+    answer = await _get_from(server, "127.0.0.1", "/api/v2/devices", "k000000000000.nope",
+                             b"X-Forwarded-For: 198.51.100.9\r\n")
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:100]
+    log = server.log()
+    assert "REST: failed authentication from 198.51.100.7" in log
+    assert "from 127.0.0.1: unknown API key" in log
+    assert "198.51.100.9" not in log
+
+
+async def _get_from(server: DashdProcess, source: str, path: str, key: str,
+                    headers: bytes = b"") -> bytes:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10,
                                   source_address=(source, 0)) as s:
-        s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
-                  b"Connection: close\r\n\r\n" % (path.encode(), key.encode()))
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n%s"
+                  b"Connection: close\r\n\r\n" % (path.encode(), key.encode(), headers))
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -213,7 +249,9 @@ async def test_subscriber_that_stops_reading_is_dropped(limited, bound):
     misses."""
     from support import rss_bytes
 
-    server = await limited({"notify": bound})
+    # (The device floods far beyond its own frame limit, which is not what
+    # this is about.)
+    server = await limited({"notify": bound, "device": {"frames_per_second": 0}})
     admin = Client(server, server.admin_key)
     device_id, token = await admin.register()
     sim = await connect_device(server, token)

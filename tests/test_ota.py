@@ -31,6 +31,7 @@ from support import (
     within,
 )
 from test_rest import raw_http
+from zipbomb import bomb
 
 
 def make_zip(path: str, build_id: str, size: int = 100_000, manifest: bool = True) -> str:
@@ -261,6 +262,59 @@ async def test_pull_mode_serves_a_one_time_link(server, admin: Client, tmp_path)
     finally:
         sub.close()
         await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pull_link_is_not_built_from_the_uploader_s_host(server, admin: Client,
+                                                                   tmp_path):
+    """The device was told to download from whatever Host the uploader
+    sent (http://evil.example:666/...): the link is on the address the
+    device itself connected to."""
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token, ota_silent="OTA.Update")
+    try:
+        await device_online(admin, device_id)
+        fw = make_bin(str(tmp_path / "fw.bin"), 5000)
+        with open(fw, "rb") as f:
+            reply = await admin.request(
+                "POST", "/api/v2/devices/%s/ota?mode=pull&filename=fw.bin" % device_id,
+                raw=f.read(), headers={"Host": "evil.example:666",
+                                       "Content-Type": "application/octet-stream"})
+        assert reply.status == 202, reply
+        frames = await eventually(
+            lambda: [f for f in sim.frames if f.get("method") == "OTA.Update"])
+        url = (frames[0].get("params") or frames[0].get("args"))["url"]
+        SECRETS.add(url.rsplit("/", 1)[1])
+        assert url.startswith(server.url + "/api/v2/firmware/"), url
+        assert "evil" not in url
+    finally:
+        await sim.stop()
+
+
+def test_the_device_s_own_address():
+    """From the device's handshake: its scheme and Host, or dashd's end of
+    its connection when the Host is not a host."""
+    from twisted.internet.address import IPv4Address, IPv6Address
+    from zope.interface import directlyProvides
+    from twisted.internet.interfaces import ISSLTransport
+    from dashd.channel.websocket import device_base_url
+
+    class Transport:
+        def __init__(self, address):
+            self.address = address
+
+        def getHost(self):
+            return self.address
+
+    plain = Transport(IPv4Address("TCP", "192.0.2.1", 8080))
+    assert device_base_url(plain, "dash.example.com:8080") == "http://dash.example.com:8080"
+    assert device_base_url(plain, "[2001:db8::1]:80") == "http://[2001:db8::1]:80"
+    for bad in (None, "", "evil.example/x?", "a b", "x:99999999", "@evil"):
+        assert device_base_url(plain, bad) == "http://192.0.2.1:8080", bad
+    secure = Transport(IPv6Address("TCP", "2001:db8::2", 8443))
+    directlyProvides(secure, ISSLTransport)
+    assert device_base_url(secure, "dash.example.com") == "https://dash.example.com"
+    assert device_base_url(secure, None) == "https://[2001:db8::2]:8443"
 
 
 # One update at a time
@@ -536,6 +590,61 @@ def raw_http_abandoned(server, data: bytes) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(data)
         time.sleep(0.3)  # (a thread of its own: the reactor runs on)
+
+
+@pytest_twisted.ensureDeferred
+async def test_zip_bombs_are_refused_in_bounded_memory(server, admin: Client, tmp_path):
+    """A 4 KB zip holding 4 GiB of bzip2 (declaring its size, or lying
+    about it), a zip unpacking to more than ota.max_unpacked_bytes and one
+    in a compression method dashd does not read are refused with 400, while
+    dashd's memory grows by less than 50 MB, and nothing is sent."""
+    # Made before the device connects: making them holds this process (and
+    # the simulated device's pongs) up for a second.
+    honest = tmp_path / "honest.zip"
+    honest.write_bytes(bomb(4 << 30))
+    liar = tmp_path / "liar.zip"
+    liar.write_bytes(bomb(4 << 30, declared=60 << 20))
+    lzma = str(tmp_path / "lzma.zip")
+    with zipfile.ZipFile(lzma, "w", zipfile.ZIP_LZMA) as z:
+        z.writestr("manifest.json", json.dumps({"name": "fw"}))
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    path = "/api/v2/devices/%s/ota" % device_id
+    try:
+        await device_online(admin, device_id)
+        cases = [
+            (str(honest), "the .zip would unpack to 4294967330 bytes, more than the limit "
+                          "of 67108864"),
+            (str(liar), "the .zip is damaged: fw.bin unpacks to more than the 62914560 bytes "
+                        "it declares"),
+            (lzma, "manifest.json in the .zip is compressed with method 14, which dashd does "
+                   "not accept (only stored, deflate, bzip2)"),
+        ]
+        before = rss_bytes(server)
+        peak = before
+        for filename, message in cases:
+            assert os.path.getsize(filename) < 8192
+            started = time.monotonic()
+            sending = Deferred.fromCoroutine(admin.upload(path, filename, "application/zip"))
+            while not sending.called:
+                peak = max(peak, rss_bytes(server))
+                await sleep(0.01)
+            reply = await sending
+            peak = max(peak, rss_bytes(server))
+            print("%s: %d in %.2f s" % (os.path.basename(filename), reply.status,
+                                        time.monotonic() - started))
+            assert reply.status == 400, (filename, reply)
+            assert message in reply.error["message"], reply.error
+        growth = peak - before
+        print("dashd RSS before %.1f MiB, peak growth %.1f MiB while 4 GiB bombs were refused"
+              % (before / 2**20, growth / 2**20))
+        assert growth < 50 * 1024 * 1024
+        # dashd is still answering, and the device was told nothing.
+        assert (await admin.post("/api/v2/devices/%s/rpc/Sim.Echo" % device_id, [1])).body == [1]
+        assert ota_frames(sim) == []
+        await eventually(lambda: firmware_dir_is_empty(server))
+    finally:
+        await sim.stop()
 
 
 @pytest_twisted.ensureDeferred
@@ -816,6 +925,191 @@ async def test_uploads_have_their_own_time_limit(tmp_path):
         assert response.startswith(b"HTTP/1.1 408 "), response[:300]
         assert b"the request was not complete within 3 s" in response
         await eventually(lambda: firmware_dir_is_empty(server))
+    finally:
+        await sim.stop()
+        server.stop()
+    assert not server.problems()
+
+
+# Uploads are let in from their headers (issue 15, item 3)
+
+
+class HeldUpload:
+    """An upload sent by hand: its headers (and perhaps some of its body),
+    then nothing, to see what dashd answers before it has the body."""
+
+    def __init__(self, server, path: str, key: str | None, body: bytes = b"",
+                 length: int = 200_000, expect_continue: bool = False) -> None:
+        import socket
+
+        auth = b"Authorization: Bearer %s\r\n" % key.encode() if key is not None else b""
+        expect = b"Expect: 100-continue\r\n" if expect_continue else b""
+        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        self.sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\n%s%sContent-Type: "
+                          b"application/octet-stream\r\nContent-Length: %d\r\n\r\n%s"
+                          % (path.encode(), auth, expect, length, body))
+
+    def answer(self, seconds: float = 5.0) -> Deferred:
+        """Fire with what dashd sent within C{seconds} (b"" if nothing)."""
+        def read() -> bytes:
+            import socket
+
+            self.sock.settimeout(seconds)
+            data = b""
+            try:
+                while not (b"\r\n\r\n" in data and data.endswith(b"\n")
+                           and data.split(b"\r\n\r\n", 1)[1]):
+                    part = self.sock.recv(65536)
+                    if not part:
+                        break
+                    data += part
+            except socket.timeout:
+                pass
+            return data
+
+        return deferToThread(read)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def spooled_files(server) -> list[str]:
+    path = os.path.join(server.data_dir, "firmware")
+    return os.listdir(path) if os.path.isdir(path) else []
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_are_refused_from_their_headers(server, admin: Client):
+    """Without a key, with a wrong one (also from an address past its
+    failure limit), without the right to update the device, for a device
+    that is offline, unknown or not the key's: the answer comes before a
+    byte of the body is read, and nothing is written to the data
+    directory."""
+    device_id, token = await admin.register()
+    offline_id, _ = await admin.register()
+    sim = await connect_device(server, token)
+    created = await admin.post("/api/v2/accounts", {"name": "uploads B"})
+    SECRETS.add(created.body["admin_key"]["key"])
+    other = Client(server, created.body["admin_key"]["key"])
+    await admin.post("/api/v2/devices/" + device_id, {"shared_with": created.body["id"]})
+    read_only = await admin.post("/api/v2/keys", {"kind": "read-only"})
+    SECRETS.add(read_only.body["key"])
+    try:
+        await device_online(admin, device_id)
+        path = "/api/v2/devices/%s/ota?filename=x.bin" % device_id
+        cases = [
+            (path, None, 401, "an API key is required"),
+            (path, "junk", 401, "unknown API key"),
+            (path, "k000000000000.nope", 401, "unknown API key"),
+            (path, other.key, 403, "only admin keys of the account that owns device %s may "
+                                   "update a device's firmware" % device_id),
+            (path, read_only.body["key"], 403, "only admin keys may update a device's firmware"),
+            ("/api/v2/devices/%s/ota?filename=x.bin" % offline_id, admin.key, 503,
+             "device %s is offline" % offline_id),
+            ("/api/v2/devices/dnosuchdevice0/ota", admin.key, 404, "no such device"),
+            (path + "&mode=sideways", admin.key, 400, "mode must be push or pull"),
+        ]
+        for target, key, status, message in cases:
+            upload = HeldUpload(server, target, key, body=b"\xe9" * 1000, expect_continue=True)
+            try:
+                answer = await upload.answer()
+                assert answer.startswith(b"HTTP/1.1 %d " % status), (target, key, answer[:300])
+                assert b"100 Continue" not in answer
+                assert message.encode() in answer, (message, answer)
+                assert spooled_files(server) == []
+            finally:
+                upload.close()
+        assert ota_frames(sim) == []
+        # Answered like any request: in the access log and the audit log.
+        await eventually(lambda: ('"POST %s HTTP/1.1" 403' % path) in server.log())
+        entries = (await other.get("/api/v2/audit?start=-5")).body["entries"]
+        assert [(e["method"], e["status"], e["device_id"]) for e in entries] == [
+            ("POST", 403, device_id)]
+    finally:
+        await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_in_flight_are_capped_per_key_and_in_all(tmp_path):
+    server = DashdProcess(str(tmp_path), {"ota": {"max_uploads": 3, "max_uploads_per_key": 1}})
+    await server.start_async()
+    admin = Client(server, server.admin_key)
+    keys = [admin.key]
+    for _ in range(3):
+        reply = await admin.post("/api/v2/keys", {"kind": "admin"})
+        SECRETS.add(reply.body["key"])
+        keys.append(reply.body["key"])
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    path = "/api/v2/devices/%s/ota?filename=x.bin" % device_id
+    held: list[HeldUpload] = []
+    try:
+        await device_online(admin, device_id)
+        for key in keys[:3]:
+            held.append(HeldUpload(server, path, key, body=b"\xe9" * 100))
+            await eventually(lambda: len(spooled_files(server)) == len(held))
+        upload = HeldUpload(server, path, keys[0], body=b"\xe9" * 100)
+        answer = await upload.answer()
+        upload.close()
+        assert answer.startswith(b"HTTP/1.1 429 "), answer[:300]
+        assert b"is already sending 1 firmware upload(s), its limit" in answer
+        assert b"Retry-After: 5" in answer
+        upload = HeldUpload(server, path, keys[3], body=b"\xe9" * 100)
+        answer = await upload.answer()
+        upload.close()
+        assert answer.startswith(b"HTTP/1.1 429 "), answer[:300]
+        assert b"dashd is receiving 3 firmware uploads, its limit" in answer
+        assert len(spooled_files(server)) == 3
+        # One ends (the client goes away): its slot and its file are freed.
+        held.pop(0).close()
+        await eventually(lambda: len(spooled_files(server)) == 2)
+        held.append(HeldUpload(server, path, keys[3], body=b"\xe9" * 100))
+        await eventually(lambda: len(spooled_files(server)) == 3)
+    finally:
+        for upload in held:
+            upload.close()
+        await sim.stop()
+        server.stop()
+    assert not server.problems()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_upload_timeout_counts_from_the_first_line(tmp_path):
+    """Headers sent slowly use up ota.upload_timeout too: they do not start
+    a new one."""
+    server = DashdProcess(str(tmp_path), {"http": {"request_timeout": 10.0},
+                                          "ota": {"upload_timeout": 1.5}})
+    await server.start_async()
+    admin = Client(server, server.admin_key)
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+
+    def slow_headers() -> bytes:
+        import socket
+        import time as clock
+
+        body = b"\xe9" * 1000
+        lines = [b"POST /api/v2/devices/%s/ota?filename=x.bin HTTP/1.1\r\n" % device_id.encode(),
+                 b"Host: x\r\n", b"Authorization: Bearer %s\r\n" % admin.key.encode(),
+                 b"Content-Length: %d\r\n" % len(body), b"\r\n" + body]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            for line in lines:
+                s.sendall(line)
+                clock.sleep(0.5)
+            data = b""
+            while part := s.recv(65536):
+                data += part
+            return data
+
+    try:
+        await device_online(admin, device_id)
+        response = await deferToThread(slow_headers)
+        assert response.startswith(b"HTTP/1.1 408 "), response[:300]
+        assert b"the request was not complete within 1.5 s" in response
+        assert ota_frames(sim) == []
     finally:
         await sim.stop()
         server.stop()

@@ -10,7 +10,16 @@ import time
 import pytest
 import pytest_twisted
 
-from support import SECRETS, Client, connect_device, device_online, sleep, subscribe, within
+from support import (
+    SECRETS,
+    Client,
+    connect_device,
+    device_online,
+    eventually,
+    sleep,
+    subscribe,
+    within,
+)
 
 
 # Who may call
@@ -38,6 +47,11 @@ async def test_missing_wrong_and_malformed_keys(server, admin: Client):
     reply = await anonymous.get("/api/v2/devices?access_token=" + admin.key)
     assert reply.status == 200
     assert "access_token=***" in server.log()
+    # Spelt as twisted.web also reads it: masked too (the fixture fails the
+    # test if the key is anywhere in the log).
+    reply = await anonymous.get("/api/v2/devices?access%5Ftoken=" + admin.key)
+    assert reply.status == 200
+    await eventually(lambda: "access%5Ftoken=***" in server.log())
 
 
 @pytest_twisted.ensureDeferred
@@ -81,10 +95,14 @@ async def test_device_crud(server, admin: Client):
     ours = [d for d in listed.body if d["id"] == device["id"]]
     assert len(ours) == 1 and "token" not in ours[0]
 
+    a1, a2 = [(await admin.post("/api/v2/accounts", {"name": n})) for n in ("a1", "a2")]
+    for created in (a1, a2):
+        SECRETS.add(created.body["admin_key"]["key"])
+    a1, a2 = a1.body["id"], a2.body["id"]
     reply = await admin.post("/api/v2/devices/" + device["id"],
-                             {"name": "porch", "shared_with": "a1,a2, a1"})
+                             {"name": "porch", "shared_with": "%s,%s, %s" % (a1, a2, a1)})
     assert reply.status == 200
-    assert reply.body["name"] == "porch" and reply.body["shared_with"] == "a1,a2"
+    assert reply.body["name"] == "porch" and reply.body["shared_with"] == "%s,%s" % (a1, a2)
 
     # Registering without a name names the device after its ID.
     unnamed = await admin.post("/api/v2/devices")
@@ -127,6 +145,77 @@ async def test_bad_bodies(server, admin: Client):
     # Nothing was changed by any of them.
     view = await admin.device(device_id)
     assert view["shadow"]["version"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_infinity_and_nan_are_refused(server, admin: Client):
+    """JSON has no Infinity or NaN: Python's json module reads them (and
+    -1e400 as -Infinity), and what dashd stored of them it served back as
+    text that is not JSON, breaking every reader of the device list."""
+    device_id, _ = await admin.register()
+    restricted = await admin.post("/api/v2/keys", {"kind": "restricted", "scope": {
+        "devices": {device_id: {"read": ["x"], "write": ["x"]}}}})
+    SECRETS.add(restricted.body["key"])
+    customer = Client(server, restricted.body["key"])
+    out_of_range = "-1e400 is out of range: a JSON number must be finite"
+    cases = [
+        (admin, "/api/v2/devices/" + device_id,
+         b'{"shadow": {"state": {"desired": {"x": -1e400}}}}', out_of_range),
+        (admin, "/api/v2/devices/" + device_id,
+         b'{"shadow": {"state": {"reported": {"x": 1e999}}}}',
+         "1e999 is out of range: a JSON number must be finite"),
+        (admin, "/api/v2/devices/" + device_id, b'{"shadow": {"tags": {"x": NaN}}}',
+         "NaN is not a JSON number (JSON has no Infinity or NaN)"),
+        (customer, "/api/v2/devices/" + device_id,
+         b'{"shadow": {"state": {"desired": {"x": -1e400}}}}', out_of_range),
+        (admin, "/api/v2/keys", b'{"expires": Infinity}', "Infinity is not a JSON number"),
+        (admin, "/api/v2/keys", b'{"expires": NaN}', "NaN is not a JSON number"),
+        (admin, "/api/v2/keys", b'{"expires": 1e400}', "1e400 is out of range"),
+        (admin, "/api/v2/keys", b'{"expires": 1' + b"0" * 400 + b"}",
+         "expires must be a Unix time in the future"),
+        (admin, "/api/v2/devices/%s/rpc/Sim.Echo" % device_id, b"[-Infinity]",
+         "-Infinity is not a JSON number"),
+        (admin, "/api/v2/logs", b'{"start": -Infinity}', "-Infinity is not a JSON number"),
+    ]
+    for client, path, raw, message in cases:
+        reply = await client.request("POST", path, raw=raw,
+                                     headers={"Content-Type": "application/json"})
+        assert reply.status == 400, (path, raw, reply)
+        assert message in reply.error["message"], (path, raw, reply.error)
+    # Nothing was stored: what dashd serves stays JSON for everyone.
+    for path in ("/api/v2/devices", "/api/v2/keys", "/api/v2/devices/" + device_id):
+        reply = await admin.get(path)
+        assert reply.status == 200 and reply.body is not None, (path, reply.raw[:200])
+        assert b"Infinity" not in reply.raw and b"NaN" not in reply.raw
+    assert (await admin.device(device_id))["shadow"]["version"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_deep_nesting_is_refused(server, admin: Client):
+    """JSON nested deeper than Python's recursion went up as a
+    RecursionError: a 500 and a traceback. Anything nested more than 100
+    deep is refused, before it is read."""
+    device_id, _ = await admin.register()
+    deep_array = b"[" * 20_000 + b"]" * 20_000
+    deep_object = b'{"shadow": {"state": {"desired": ' + b'{"a": ' * 200 + b"1" \
+        + b"}" * 200 + b"}}}"
+    cases = [
+        ("/api/v2/devices", deep_array),
+        ("/api/v2/devices/" + device_id, deep_object),
+        ("/api/v2/devices/%s/rpc/Sim.Echo" % device_id, deep_array),
+        ("/api/v2/keys", b'{"scope": ' + b"[" * 101 + b"]" * 101 + b"}"),
+        ("/api/v2/logs", b"[" * 5000),
+    ]
+    for path, raw in cases:
+        reply = await admin.request("POST", path, raw=raw,
+                                    headers={"Content-Type": "application/json"})
+        assert reply.status == 400, (path, reply.raw[:200])
+        assert "arrays and objects are nested more than 100 deep" in reply.error["message"]
+    # 100 deep is JSON dashd reads (and then judges by its own rules).
+    reply = await admin.post("/api/v2/devices/%s/rpc/Sim.Echo" % device_id,
+                             raw=b"[" * 99 + b"]" * 99)
+    assert reply.status == 503 and "offline" in reply.error["message"]
+    assert "Traceback" not in server.log()
 
 
 @pytest_twisted.ensureDeferred
@@ -256,6 +345,45 @@ async def test_rpc_errors(server, admin: Client):
         assert "params" not in sent
     finally:
         await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_on_rpc_calls_nothing(server, admin: Client):
+    device_id, token = await admin.register()
+    sim = await connect_device(server, token)
+    try:
+        await device_online(admin, device_id)
+        reply = await admin.request("HEAD", "/api/v2/devices/%s/rpc/Sim.Echo" % device_id)
+        assert reply.status == 405
+        assert reply.headers.getRawHeaders("allow") == ["GET, POST"]
+        reply = await admin.request("HEAD", "/api/v2/devices/%s/rpc/Sys.Reboot" % device_id)
+        assert reply.status == 405
+        await sleep(0.2)
+        assert not [f for f in sim.frames if f.get("method") in ("Sim.Echo", "Sys.Reboot")]
+        reply = await admin.get("/api/v2/devices/%s/rpc/Sim.Echo" % device_id)
+        assert reply.status == 200
+    finally:
+        await sim.stop()
+
+
+def test_huge_headers_and_urls_get_431_and_414(server):
+    """A 64 KiB header or a 100,000-character URL dropped the connection
+    without a status."""
+    cases = [
+        (b"GET /api/v2/devices HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n" % (b"a" * 65536),
+         431, b"the request's headers are larger than 16384 bytes"),
+        (b"GET /api/v2/devices HTTP/1.1\r\nHost: x\r\n%s\r\n"
+         % b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 1000) for i in range(20)),
+         431, b"the request's headers are larger than 16384 bytes"),
+        (b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"a" * 100_000),
+         414, b"the request line is longer than 16384 bytes"),
+        (b"GET /api/v2/devices?q=%s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"a" * 17_000),
+         414, b"the request line is longer than 16384 bytes"),
+    ]
+    for request, status, message in cases:
+        response = raw_http(server, request, [])
+        assert response.startswith(b"HTTP/1.1 %d " % status), response[:200]
+        assert message in response, response[:300]
 
 
 @pytest_twisted.ensureDeferred
@@ -483,6 +611,59 @@ async def test_notify_door_needs_an_api_key(server, admin: Client):
     assert "API key is required" in reply.error["message"]
     reply = await raw_handshake(server, "/api/v2/notify?access_token=wrong")
     assert (reply.status, reply.error["message"]) == (401, "unknown API key")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_notification_stream_opens_with_a_single_use_ticket(server, admin: Client):
+    """The key need not be in the stream's URL: POST /notify/ticket (key in
+    the header) gives a ticket that opens the stream as that key, once."""
+    from support import raw_handshake
+
+    device_id, _ = await admin.register("ticketed")
+    reply = await admin.post("/api/v2/notify/ticket")
+    assert reply.status == 200, reply
+    ticket = reply.body["ticket"]
+    SECRETS.add(ticket)
+    assert ticket.startswith("nt_") and admin.key not in str(reply.body)
+    assert time.time() < reply.body["expires"] <= time.time() + 31
+    assert reply.body["url"] == "/api/v2/notify?ticket=" + ticket
+    sub = await subscribe(server, admin.key, ticket=ticket)
+    try:
+        await admin.post("/api/v2/devices/" + device_id, {"shadow": {"tags": {"t": 1}}})
+        event = await sub.next(lambda e: e["id"] == device_id and e["name"] == "shadow.update")
+        assert event["data"]["tags"] == {"t": 1}
+    finally:
+        sub.close()
+    # Once only; nor a made-up one, nor without its prefix.
+    for wrong in (ticket, "nt_" + "A" * 43, ticket[3:]):
+        reply = await raw_handshake(server, "/api/v2/notify?ticket=" + wrong)
+        assert reply.status == 401, wrong
+        assert "unknown, used or expired ticket" in reply.error["message"]
+    # A key revoked after its ticket was made opens nothing with it.
+    made = await admin.post("/api/v2/keys", {"name": "soon revoked"})
+    SECRETS.add(made.body["key"])
+    other = Client(server, made.body["key"])
+    reply = await other.post("/api/v2/notify/ticket")
+    SECRETS.add(reply.body["ticket"])
+    assert (await admin.delete("/api/v2/keys/" + made.body["id"])).status == 200
+    reply = await raw_handshake(server, "/api/v2/notify?ticket=" + reply.body["ticket"])
+    assert (reply.status, reply.error["message"]) == (401, "the ticket's API key no longer works")
+    # A ticket needs a key; a restricted key's ticket sees what the key sees.
+    reply = await Client(server, None).post("/api/v2/notify/ticket", key=None)
+    assert reply.status == 401
+    restricted = await admin.post("/api/v2/keys", {"kind": "restricted", "scope": {
+        "devices": {device_id: {"read": ["x"]}}}})
+    SECRETS.add(restricted.body["key"])
+    reply = await Client(server, restricted.body["key"]).post("/api/v2/notify/ticket")
+    SECRETS.add(reply.body["ticket"])
+    sub = await subscribe(server, "", ticket=reply.body["ticket"])
+    try:
+        await admin.post("/api/v2/devices/" + device_id, {"shadow": {"tags": {"t": 2}}})
+        event = await sub.next(lambda e: e["id"] == device_id)
+        assert event["name"] == "shadow.update" and "tags" not in event["data"]
+    finally:
+        sub.close()
+    await eventually(lambda: "ticket=***" in server.log())
 
 
 @pytest_twisted.ensureDeferred

@@ -9,7 +9,9 @@ group commit, PostgreSQL's migrations and concurrent writers
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 
 import pytest
@@ -475,3 +477,32 @@ def test_inline_store_runs_jobs_at_once_with_no_thread(tmp_path):
     d = s.get_device("d1")
     assert d.called and d.result.check(StoreError)
     d.addErrback(lambda f: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_store_files_are_owner_only(tmp_path):
+    """dashd.sqlite3 and its -wal and -shm files followed the umask (0644 in
+    a data directory made by hand): like admin.key, they are 0600, also
+    when an older dashd left them readable."""
+    data = tmp_path / "by-hand"
+    data.mkdir(mode=0o755)
+    old_umask = os.umask(0o022)
+    try:
+        path = str(data / "dashd.sqlite3")
+        s = SQLiteStore(path, reactor)
+        s.start()
+        account, key, _ = await _account_and_device(s)
+        for name in ("dashd.sqlite3", "dashd.sqlite3-wal", "dashd.sqlite3-shm"):
+            assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600, name
+        await s.stop()
+        for name in ("dashd.sqlite3", "dashd.sqlite3-wal", "dashd.sqlite3-shm"):
+            if (data / name).exists():
+                os.chmod(data / name, 0o644)
+        s = SQLiteStore(path, reactor)
+        s.start()
+        assert (await s.get_account(account.id)) is not None
+        for name in ("dashd.sqlite3", "dashd.sqlite3-wal", "dashd.sqlite3-shm"):
+            assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600, name
+        await s.stop()
+    finally:
+        os.umask(old_umask)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from twisted.web.server import Request
 
 _DEVICE_PATH = re.compile(r"^/api/v2/devices/([^/]+)")
 _NOT_DEVICES = ("data",)
 # Reads that are POSTs (their query is a JSON body).
-_READS = ("/api/v2/logs",)
+_READS = ("/api/v2/logs", "/api/v2/notify/ticket")
 
 
 def entry_for(request: Request, now: float) -> dict[str, Any] | None:
@@ -32,7 +33,10 @@ def entry_for(request: Request, now: float) -> dict[str, Any] | None:
     if path in _READS:
         return None
     m = _DEVICE_PATH.match(path)
-    device_id = m.group(1) if m and m.group(1) not in _NOT_DEVICES else None
+    # The ID the routes used: percent-decoded (d7t6%6E is d7t6n).
+    device_id = unquote(m.group(1), errors="replace") if m else None
+    if device_id in _NOT_DEVICES:
+        device_id = None
     return {
         "t": now,
         "account_id": key.account_id,

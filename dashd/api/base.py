@@ -10,11 +10,13 @@ do what, and every rule about values, is the application's.
 
 from __future__ import annotations
 
-import json
+import ipaddress
 import math
+import re
 from typing import Any
 
 from klein import Klein
+from twisted.internet.address import UNIXAddress
 from twisted.python.failure import Failure
 
 from dashd.api import status
@@ -24,6 +26,7 @@ from dashd.config import Config
 from dashd.domain import access, shadow
 from dashd.domain.errors import Invalid, Unauthenticated
 from dashd.domain.model import ApiKey, Device
+from dashd.jsontext import loads
 
 # The one Klein app: each area of the API is a mixin class whose routes
 # register here; dashd.api.Api inherits them all.
@@ -64,6 +67,7 @@ def device_view(device: Device, online: bool) -> dict[str, Any]:
         "last_seen": device.last_seen,
         "info": device.info,
         "shared_with": ",".join(device.shared_with),
+        "share_scopes": device.share_scopes,
         "shadow": shadow.view(device.shadow),
     }
 
@@ -73,7 +77,7 @@ def json_body(request: Any, default: Any = None) -> Any:
     if not raw.strip():
         return default
     try:
-        return json.loads(raw)
+        return loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise Invalid("the request body is not valid JSON: %s" % e)
 
@@ -118,9 +122,80 @@ def int_arg(request: Any, name: str, default: int) -> int:
         raise Invalid("%s must be an integer" % name, name)
 
 
-def client_address(request: Any) -> str | None:
-    peer = request.getClientAddress()
-    return getattr(peer, "host", None)
+def _ip(text: str) -> Any:
+    """The IP address C{text} names (an IPv4-mapped IPv6 address as the IPv4
+    one), or None."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
+
+
+_NODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _forwarded_for(values: list[bytes]) -> list[str]:
+    """The ``for=`` nodes of ``Forwarded`` headers (RFC 7239), in order,
+    without quotes, brackets or ports."""
+    out = []
+    for value in values:
+        for element in value.decode("latin-1").split(","):
+            node = "unknown"
+            for pair in element.split(";"):
+                name, _, given = pair.strip().partition("=")
+                if name.strip().lower() == "for":
+                    node = given.strip().strip('"')
+            if node.startswith("["):
+                node = node[1:].partition("]")[0]
+            elif node.count(":") == 1:
+                node = node.partition(":")[0]
+            out.append(node)
+    return out
+
+
+class ClientAddresses:
+    """
+    Who a request comes from: its peer's address, unless the peer is one of
+    the trusted proxies (``http.trusted_proxies``; ``"unix"`` for peers on a
+    unix: endpoint); then the address the proxies say they forward for, in
+    the header they set (``http.forwarded_header``: X-Forwarded-For or
+    Forwarded): the nearest hop that is not a trusted proxy, read from the
+    right. A client's own header is never believed: the peer must be
+    trusted, and only the hops trusted proxies added count.
+    """
+
+    def __init__(self, trusted: list[str], header: str = "X-Forwarded-For") -> None:
+        self._unix = "unix" in trusted
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in trusted if n != "unix"]
+        self._header = header.lower().encode("ascii")
+
+    def _trusted(self, address: Any) -> bool:
+        return address is not None and any(address in n for n in self._networks)
+
+    def __call__(self, request: Any) -> str | None:
+        peer = request.getClientAddress()
+        host = getattr(peer, "host", None)
+        if host is None:
+            if not self._unix or not isinstance(peer, UNIXAddress):
+                return None
+        elif not self._trusted(_ip(host)):
+            return host
+        values = request.requestHeaders.getRawHeaders(self._header) or []
+        if self._header == b"forwarded":
+            hops = _forwarded_for(values)
+        else:
+            hops = [h.strip() for v in values for h in v.decode("latin-1").split(",")]
+        for hop in reversed(hops):
+            address = _ip(hop)
+            if address is None:
+                # Obfuscated, "unknown" or garbage: that hop is the client.
+                return hop if _NODE.match(hop) else "unknown"
+            if not self._trusted(address):
+                return str(address)
+            host = str(address)
+        return host
 
 
 class ApiBase:
@@ -145,6 +220,9 @@ class ApiBase:
         self.notify_factory = notify_factory
         self.metrics = metrics
         self.readiness = readiness
+        # The client's address, through trusted proxies.
+        self.client_address = ClientAddresses(config["http.trusted_proxies"],
+                                              config["http.forwarded_header"])
         self.devices = application.devices
         self.keys = application.keys
         self.accounts = application.accounts
@@ -155,7 +233,12 @@ class ApiBase:
         return self.app.resource()
 
     async def authenticate(self, request: Any) -> ApiKey:
-        key = await self.application.auth.api_key(bearer_secret(request), client_address(request))
+        key = getattr(request, "dashd_key", None)
+        if key is not None:
+            # Authenticated already, from its headers (an upload's gate).
+            return key
+        key = await self.application.auth.api_key(bearer_secret(request),
+                                                  self.client_address(request))
         # For the audit log, once the request is answered.
         request.dashd_key = key
         return key

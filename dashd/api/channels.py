@@ -9,9 +9,9 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
-from dashd.api.base import ApiBase, app, bearer_secret, client_address
+from dashd.api.base import ApiBase, app, bearer_secret, object_body
 from dashd.channel.websocket import Handover
-from dashd.domain.errors import Unauthenticated
+from dashd.domain.errors import Unauthenticated, Unavailable
 from dashd.domain.model import Device
 
 log = Logger()
@@ -38,7 +38,7 @@ class ChannelRoutes(ApiBase):
             secret = bearer_secret(request)
         except Unauthenticated:
             return fail()
-        d = self.application.auth.device(secret, client_address(request))
+        d = self.application.auth.device(secret, self.client_address(request))
         return d.addCallback(self._device_channel)
 
     def _device_channel(self, device: Device) -> Any:
@@ -46,6 +46,24 @@ class ChannelRoutes(ApiBase):
                                           fleet=self.application.fleet))
 
     async def notify_channel_resource(self, request: Any) -> Any:
-        key = await self.authenticate(request)
+        tickets = request.args.get(b"ticket")
+        if tickets and self.application.tickets is not None:
+            # A ticket stands for its key, once (dashd.app.tickets).
+            ticket = tickets[0].decode("latin-1")
+            key = await self.application.tickets.redeem(ticket, self.client_address(request))
+            request.dashd_key = key
+        else:
+            key = await self.authenticate(request)
         return WebSocketResource(Handover(self.notify_factory, key=key,
                                           hub=self.application.fleet.hub))
+
+    @app.route("/api/v2/notify/ticket", methods=["POST"])
+    async def notify_ticket(self, request: Any) -> bytes:
+        key = await self.authenticate(request)
+        object_body(request, set())
+        if self.application.tickets is None:
+            raise Unavailable("this dashd has no notification stream")
+        ticket, expires = await self.application.tickets.issue(key)
+        request.setHeader(b"cache-control", b"no-store")
+        return self.json(request, {"ticket": ticket, "expires": expires,
+                                   "url": "/api/v2/notify?ticket=" + ticket})

@@ -89,14 +89,35 @@ NAME = {
     "pattern": r"\S",
     "description": "leading and trailing white space is removed",
 }
+SHARE_SCOPE = {
+    "description": "what the account may do with the device beyond seeing it: rpc, the "
+                   "methods it may call (default: any but those for the owner: OTA.*, "
+                   "Config.*, FS.*, Sys.Reboot, Sys.FactoryReset, which a pattern never "
+                   "grants, only their exact name); write, the desired keys it may change "
+                   "(default: all)",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "rpc": {"type": "array", "maxItems": 100,
+                "items": {"type": "string", "minLength": 1, "maxLength": 128}},
+        "write": {"type": "array", "maxItems": 100,
+                  "items": {"type": "string", "minLength": 1, "maxLength": 128,
+                            "pattern": r"^[^.]+(\.[^.]+)*$"}},
+    },
+}
 SHARED_WITH = {
-    "description": "account IDs the device is shared with: comma-separated, or a list",
+    "description": "account IDs the device is shared with: comma-separated, or a list (the "
+                   "shares that stay keep their scope), or an object of account IDs and "
+                   "each share's scope (null: the default)",
     "oneOf": [
         {"type": "string",
          "pattern": r"^ *(%s)? *(, *(%s)? *)*$" % (ACCOUNT_ID_PATTERN, ACCOUNT_ID_PATTERN)},
         {"type": "array", "items": {
             "type": "string", "pattern": r"^ *(%s)? *$" % ACCOUNT_ID_PATTERN,
             "description": "an account ID; white space around it and empty items are ignored"}},
+        {"type": "object",
+         "propertyNames": {"pattern": r"^ *([A-Za-z0-9_.:-]{1,64})? *$"},
+         "additionalProperties": {"oneOf": [{"type": "null"}, SHARE_SCOPE]}},
     ],
 }
 OFFSET = {"type": "integer", "minimum": -records.MAX_OFFSET, "maximum": records.MAX_OFFSET}
@@ -359,12 +380,17 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "properties": {
                             "entries": {"type": "array", "items": {
                                 "type": "object",
-                                "required": ["offset", "timestamp", "key_id", "method", "path",
-                                             "device_id", "status", "error"],
+                                "required": ["offset", "timestamp", "key_id", "key_account",
+                                             "method", "path", "device_id", "status", "error"],
                                 "properties": {
                                     "offset": {"type": "integer"},
                                     "timestamp": {"type": "number"},
                                     "key_id": {"type": "string"},
+                                    "key_account": {
+                                        "type": "string",
+                                        "description": "the account of the key: another one "
+                                                       "for what a sharee did to a device "
+                                                       "this account owns"},
                                     "method": {"type": "string"},
                                     "path": {"type": "string"},
                                     "device_id": {"type": ["string", "null"]},
@@ -401,6 +427,27 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     }),
                     "responses": _responses(_ok("the key and its secret", _ref("CreatedKey")),
                                             "400", "403", "413"),
+                },
+            },
+            "/notify/ticket": {
+                "post": {
+                    "operationId": "notifyTicket",
+                    "summary": "A ticket that opens the notification stream (WebSocket "
+                               "/api/v2/notify?ticket=TICKET) as the calling key, once, within "
+                               "30 s: the key stays out of the URL",
+                    "requestBody": _body({"type": "object", "additionalProperties": False,
+                                          "maxProperties": 0}),
+                    "responses": _responses(_ok("the ticket", {
+                        "type": "object", "required": ["ticket", "expires", "url"],
+                        "properties": {
+                            "ticket": {"type": "string"},
+                            "expires": {"type": "number",
+                                        "description": "Unix time after which it opens "
+                                                       "nothing"},
+                            "url": {"type": "string",
+                                    "description": "the stream's path with the ticket"},
+                        },
+                    }), "400"),
                 },
             },
             "/whoami": {
@@ -539,6 +586,10 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "last_seen": {"type": ["number", "null"]},
                         "info": {"type": "object"},
                         "shared_with": {"type": "string"},
+                        "share_scopes": {"type": "object",
+                                         "description": "the scopes of the shares that have "
+                                                        "one, by account ID",
+                                         "additionalProperties": SHARE_SCOPE},
                         "shadow": _ref("Shadow"),
                     },
                 },

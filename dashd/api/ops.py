@@ -76,7 +76,9 @@ class OpsRoutes(ApiBase):
         return self.metrics.render()
 
     def _allowed_without_key(self, request: Any) -> bool:
-        host = getattr(request.getClientAddress(), "host", None)
+        # Through a trusted proxy, the client it forwards for: the proxy's
+        # own address would let everyone in.
+        host = self.client_address(request)
         if not host or not self._metrics_allow:
             return False
         try:

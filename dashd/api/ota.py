@@ -19,12 +19,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from urllib.parse import unquote
+
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.protocols.basic import FileSender
 
+from dashd.api import status
 from dashd.api.base import ApiBase, app
+from dashd.api.site import Refusal
 from dashd.app.firmware import MAX_COMMIT_TIMEOUT
-from dashd.domain.errors import Invalid, NotFound
+from dashd.domain.errors import DomainError, Invalid, NotFound
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -40,17 +44,6 @@ def _arg(request: Any, name: str) -> str | None:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise Invalid("%s is not valid UTF-8" % name, name)
-
-
-def request_base_url(request: Any) -> str:
-    """The scheme and host the request was sent to: where the device finds
-    dashd too, unless ota.public_url says otherwise."""
-    scheme = "https" if request.isSecure() else "http"
-    host = request.getHeader(b"host")
-    if host:
-        return "%s://%s" % (scheme, host.decode("latin-1"))
-    address = request.getHost()
-    return "%s://%s:%d" % (scheme, address.host, address.port)
 
 
 class _CountingConsumer:
@@ -73,28 +66,72 @@ class _CountingConsumer:
         self._progress(self.sent)
 
 
+# The path of an upload, as the site's SpoolRule sees it (not decoded).
+UPLOAD_PATH = re.compile(rb"^/api/v2/devices/([^/]+)/ota/?$")
+
+
+def _options(request: Any) -> tuple[str, bool, int | None]:
+    """The upload's query arguments: mode, auto_commit and commit_timeout
+    (None: the default)."""
+    unknown = sorted(a.decode("latin-1") for a in request.args
+                     if a.decode("latin-1") not in UPLOAD_ARGS)
+    if unknown:
+        raise Invalid("unknown query argument(s): %s (allowed: mode, auto_commit, "
+                      "commit_timeout, filename)" % ", ".join(unknown))
+    mode = _arg(request, "mode") or "push"
+    if mode not in ("push", "pull"):
+        raise Invalid("mode must be push or pull", "mode")
+    auto = _arg(request, "auto_commit") or "false"
+    if auto not in AUTO_COMMIT_VALUES:
+        raise Invalid("auto_commit must be true or false", "auto_commit")
+    commit_timeout = None
+    given = _arg(request, "commit_timeout")
+    if given is not None:
+        if not re.fullmatch(r"[0-9]{1,8}", given) or int(given) > MAX_COMMIT_TIMEOUT:
+            raise Invalid("commit_timeout must be a whole number of seconds (at most 30 "
+                          "days)", "commit_timeout")
+        commit_timeout = int(given)
+    _arg(request, "filename")
+    return mode, auto in _TRUE, commit_timeout
+
+
 class OtaRoutes(ApiBase):
+    def upload_gate(self, request: Any) -> Deferred[Refusal | None]:
+        """The site's gate of a firmware upload (L{dashd.api.site.SpoolRule}):
+        from the headers alone, before any of the body is read, authenticate
+        the key and check what the route will check (its query, the device,
+        the key's right to update it, no update under way, the device
+        online), and take one of the uploads the key and dashd may have in
+        flight, until the request ends."""
+        return ensureDeferred(self._upload_gate(request))
+
+    async def _upload_gate(self, request: Any) -> Refusal | None:
+        try:
+            key = await self.authenticate(request)
+            m = UPLOAD_PATH.match(request.path)
+            if m is None:
+                return None  # Klein answers it
+            try:
+                device_id = unquote(m.group(1).decode("ascii"), errors="strict")
+            except UnicodeError:
+                raise NotFound("no such device: %s" % m.group(1).decode("latin-1"))
+            _options(request)
+            await self.firmware.prepare(key, device_id)
+            release = self.firmware.upload_slot(key)
+        except DomainError as e:
+            code, headers, _ = status.answer(e)
+            # For the audit log and the access log, as if the route had answered.
+            request.dashd_error = e.message
+            return Refusal(code, e.message, headers)
+        request.notifyFinish().addBoth(lambda _: release())
+        return None
+
     @app.route("/api/v2/devices/<device_id>/ota", methods=["POST"])
     async def upload_firmware(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
-        unknown = sorted(a.decode("latin-1") for a in request.args
-                         if a.decode("latin-1") not in UPLOAD_ARGS)
-        if unknown:
-            raise Invalid("unknown query argument(s): %s (allowed: mode, auto_commit, "
-                          "commit_timeout, filename)" % ", ".join(unknown))
-        mode = _arg(request, "mode") or "push"
-        if mode not in ("push", "pull"):
-            raise Invalid("mode must be push or pull", "mode")
-        auto = _arg(request, "auto_commit") or "false"
-        if auto not in AUTO_COMMIT_VALUES:
-            raise Invalid("auto_commit must be true or false", "auto_commit")
-        commit_timeout = self.config["ota.commit_timeout"]
-        given = _arg(request, "commit_timeout")
-        if given is not None:
-            if not re.fullmatch(r"[0-9]{1,8}", given) or int(given) > MAX_COMMIT_TIMEOUT:
-                raise Invalid("commit_timeout must be a whole number of seconds (at most 30 "
-                              "days)", "commit_timeout")
-            commit_timeout = int(given)
+        mode, auto_commit, commit_timeout = _options(request)
+        if commit_timeout is None:
+            commit_timeout = self.config["ota.commit_timeout"]
         device = await self.firmware.prepare(key, device_id)
 
         upload = getattr(request, "upload", None)
@@ -103,14 +140,11 @@ class OtaRoutes(ApiBase):
         if upload.error is not None:
             raise Invalid(upload.error)
         filename = upload.filename if upload.multipart else _arg(request, "filename")
-        base = None
-        if mode == "pull":
-            base = self.config["ota.public_url"] or request_base_url(request)
         # The use case owns the file from here (the request may end while it
         # is checked): the update takes it over, or it goes.
         status = await self.firmware.start(
             device, upload.claim(), upload.size, filename, upload.content_type,
-            pull_base_url=base, auto_commit=auto in _TRUE, commit_timeout=commit_timeout,
+            pull=mode == "pull", auto_commit=auto_commit, commit_timeout=commit_timeout,
         )
         request.setResponseCode(202)
         request.setHeader(b"location", b"/api/v2/devices/%s/ota" % device_id.encode("ascii"))

@@ -7,11 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from dashd.api.base import ApiBase, app, json_body, number_arg
+from dashd.api.status import HttpError
 
 
 class RpcRoutes(ApiBase):
     @app.route("/api/v2/devices/<device_id>/rpc/<method>", methods=["GET", "POST"])
     async def call_device(self, request: Any, device_id: str, method: str) -> bytes:
+        if request.method == b"HEAD":
+            # (Added by the URL map for GET.) A call is not a read: nothing
+            # may reach the device for a request that wants no answer.
+            raise HttpError(405, "HEAD is not allowed on %s: a call is made with GET or POST"
+                            % request.path.decode("latin-1"), {"Allow": "GET, POST"})
         return await self.rpc_call(request, device_id, method)
 
     async def rpc_call(self, request: Any, device_id: str, method: str) -> bytes:

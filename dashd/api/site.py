@@ -22,11 +22,18 @@ import tempfile
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any, Callable
+from urllib.parse import unquote_to_bytes
 
 import multipart
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
-from twisted.web.http import combinedLogFormatter
+from twisted.web.http import (
+    RESPONSES,
+    HTTPChannel,
+    _GenericHTTPChannelProtocol,
+    combinedLogFormatter,
+    parse_qs,
+)
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -38,9 +45,12 @@ access_log = Logger(namespace="dashd.access")
 ACCESS_LOG_BATCH = 100
 log = Logger()
 
-_SECRET_IN_QUERY = re.compile(rb"(access_token=)[^&]*", re.IGNORECASE)
-# One-time firmware download links (dashd.app.firmware) are secrets in the path.
-_SECRET_IN_PATH = re.compile(rb"(/api/v2/firmware/)[^/?# ]+")
+# Query arguments that are secrets (as their names read percent-decoded, the
+# way twisted.web reads them: access%5Ftoken is access_token), and the path of
+# one-time firmware download links (dashd.app.firmware), a secret too.
+SECRET_ARGS = (b"access_token", b"ticket")
+_FIRMWARE_PATH = b"/api/v2/firmware/"
+_QUERY_SEPARATOR = re.compile(rb"([&;])")
 
 # What a multipart body may hold besides its file: a few short fields.
 MAX_FORM_FIELDS = 8
@@ -48,10 +58,26 @@ MAX_FIELD_BYTES = 1024
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """How a L{SpoolRule}'s gate refuses a request: the status, the message
+    and any headers of its answer."""
+
+    status: int
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SpoolRule:
     """Requests with this method whose path matches C{path} may send bodies
-    of up to C{max_bytes}, in up to C{timeout} seconds, which are written to
-    a file in C{directory}."""
+    of up to C{max_bytes}, in up to C{timeout} seconds from their first
+    line, which are written to a file in C{directory}.
+
+    C{gate}, given the request once its headers are in, decides whether its
+    body is taken at all: it fires with None (go on) or a L{Refusal}, and
+    until it has, nothing more is read from the client and no file exists
+    (the authentication and the checks of the route, made from the headers,
+    so that nobody can make dashd write to its disk without the right to)."""
 
     method: bytes
     path: re.Pattern[bytes]
@@ -59,6 +85,7 @@ class SpoolRule:
     directory: str
     # Seconds the whole request may take (instead of http.request_timeout).
     timeout: float
+    gate: Callable[[Any], Deferred[Refusal | None]] | None = None
 
 
 @dataclass
@@ -217,7 +244,14 @@ class DashdRequest(Request):
     _received = 0
     _deadline: Any = None
     _spool: _Spool | None = None
+    _rule: SpoolRule | None = None
     upload: Upload | None = None
+    # While a SpoolRule's gate decides: the body chunks read meanwhile (the
+    # client is not read from), a complete request's line, and whether the
+    # client waits for 100 Continue.
+    _gated: list[bytes] | None = None
+    _received_line: tuple[bytes, bytes, bytes] | None = None
+    continue_wanted = False
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         kwargs["parsePOSTFormSubmission"] = False
@@ -225,6 +259,7 @@ class DashdRequest(Request):
         site = getattr(channel, "site", None)
         if site is not None:
             # Created when the request line arrives; the clock runs from there.
+            self._started = site.reactor.seconds()
             self._deadline = site.reactor.callLater(site.request_timeout, self._too_slow)
 
     def _cancel_deadline(self) -> None:
@@ -252,25 +287,84 @@ class DashdRequest(Request):
             return
         if rule is None:
             return
-        if self.requestHeaders.getRawHeaders(b"authorization") is None and \
-                b"access_token=" not in uri:
-            # Not even a key: no reason to take a large body to disk.
-            self._refuse(401, b"Unauthorized", "an API key is required: send "
-                         "\"Authorization: Bearer KEY\" or ?access_token=KEY",
-                         b'WWW-Authenticate: Bearer realm="dashd"\r\n')
-            return
-        # A large upload takes longer than a small request.
+        self._rule = rule
+        # A large upload takes longer than a small request; both count from
+        # the request's first line.
         self._cancel_deadline()
-        self._deadline = site.reactor.callLater(rule.timeout, self._too_slow, rule.timeout)
+        left = rule.timeout - (site.reactor.seconds() - self._started)
+        if left <= 0:
+            self._too_slow(rule.timeout)
+            return
+        self._deadline = site.reactor.callLater(left, self._too_slow, rule.timeout)
+        if rule.gate is None:
+            self._start_spool()
+            return
+        # The gate sees the request line as the route will (Request learns
+        # it only in requestReceived, once the body is in).
+        self.method = getattr(self.channel, "_command", b"")
+        self.uri = uri
+        self.path, _, query = uri.partition(b"?")
+        self.args = parse_qs(query, 1) if query else {}
+        # Read nothing more from the client (what came with the headers is
+        # held in memory: at most one read) until the gate has decided.
+        self._gated = []
+        self.channel.transport.pauseProducing()
+        try:
+            d = rule.gate(self)
+        except Exception:
+            log.failure("the gate of {path}", path=uri)
+            self._refuse(500, b"Internal Server Error", "internal error")
+            return
+        d.addCallback(self._gate_decided)
+        d.addErrback(self._gate_failed)
+
+    def _gate_decided(self, refusal: Refusal | None) -> None:
+        if self._refused or self._gated is None or self.channel is None \
+                or self.channel.transport is None:
+            return  # refused meanwhile (too slow, too large), or the client left
+        if refusal is not None:
+            self._refuse(refusal.status, RESPONSES.get(refusal.status, b"Error"),
+                         refusal.message,
+                         b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1"))
+                                  for k, v in refusal.headers.items()))
+            # Answered like any request: counted, audited, in the access log.
+            self.code = refusal.status
+            self.clientproto = getattr(self.channel, "_version", b"HTTP/1.1")
+            self.channel.site.log(self)
+            return
+        held, self._gated = self._gated, None
+        if not self._start_spool():
+            return
+        for data in held:
+            self._take(data)
+            if self._refused:
+                return
+        transport = self.channel.transport
+        transport.resumeProducing()
+        if self._received_line is not None:
+            line, self._received_line = self._received_line, None
+            self.requestReceived(*line)
+        elif self.continue_wanted:
+            self.continue_wanted = False
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _gate_failed(self, failure: Any) -> None:
+        log.failure("the gate of an upload", failure)
+        self._gate_decided(Refusal(500, "internal error"))
+
+    def _start_spool(self) -> bool:
+        rule = self._rule
+        assert rule is not None
         try:
             self._spool = _Spool(rule.directory, self.requestHeaders.getRawHeaders(
                 b"content-type", [None])[0])
         except OSError as e:
             log.error("cannot store an upload in {dir}: {error}", dir=rule.directory, error=e)
             self._refuse(507, b"Insufficient Storage", "the server cannot store the upload")
-            return
+            return False
         # Whatever happens to the request, an unclaimed file goes.
         self.notifyFinish().addBoth(self._discard_upload)
+        return True
 
     def _discard_upload(self, _: Any) -> None:
         if self._spool is not None:
@@ -283,6 +377,12 @@ class DashdRequest(Request):
         if self._received > self._limit:
             self._refuse_too_large(self._limit)
             return
+        if self._gated is not None:
+            self._gated.append(data)
+            return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
         if self._spool is not None:
             try:
                 self._spool.feed(data)
@@ -293,9 +393,15 @@ class DashdRequest(Request):
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        self._cancel_deadline()
         if self._refused:
+            self._cancel_deadline()
             return
+        if self._gated is not None:
+            # All of it came with the headers: answered once the gate has
+            # decided.
+            self._received_line = (command, path, version)
+            return
+        self._cancel_deadline()
         if self._spool is not None:
             try:
                 self.upload = self._spool.finish()
@@ -335,6 +441,19 @@ class DashdRequest(Request):
         )
         transport.loseConnection()
 
+    def _handleStar(self) -> None:
+        """``*`` as a path (the asterisk form): OPTIONS gets an empty 200, as
+        twisted.web answers it; anything else a 405 that says why."""
+        if self.method == b"OPTIONS":
+            self.setResponseCode(200)
+            self.finish()
+            return
+        self.setResponseCode(405)
+        self.setHeader(b"Allow", b"OPTIONS")
+        self.setHeader(b"Content-Type", b"application/json")
+        self.write(_error_bytes(405, "only OPTIONS may be sent to *"))
+        self.finish()
+
     def process(self) -> None:
         site = self.channel.site
         if site.draining:
@@ -364,27 +483,112 @@ class DashdRequest(Request):
         super().process()
 
 
-class _MaskedRequest:
-    """What the access log sees of a request: the same, minus secrets."""
+class DashdHTTPChannel(HTTPChannel):
+    """HTTP/1.1 as twisted.web speaks it, except that a client waiting for
+    C{100 Continue} before it sends an upload's body gets it only once the
+    upload's gate (L{SpoolRule}) has let it in, that what twisted.web
+    refuses as malformed gets a JSON body saying so, and that a request line
+    or headers over its limits get 414 or 431."""
 
-    def __init__(self, request: Request) -> None:
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._answer_and_close(400, b"Bad Request", "malformed HTTP request")
+
+    def _too_long(self) -> None:
+        """The request line, or the headers, are over twisted.web's limits
+        (a line of LineReceiver.MAX_LENGTH, totalHeadersSize in all): say
+        which, rather than drop the connection or answer a bare 400."""
+        if getattr(self, "_HTTPChannel__first_line", 0):
+            self._answer_and_close(414, b"URI Too Long",
+                                   "the request line is longer than %d bytes"
+                                   % min(self.MAX_LENGTH, self.totalHeadersSize))
+        else:
+            self._answer_and_close(431, b"Request Header Fields Too Large",
+                                   "the request's headers are larger than %d bytes"
+                                   % self.totalHeadersSize)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._too_long()
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._too_long()
+            return
+        super().lineReceived(line)
+
+    def _answer_and_close(self, code: int, phrase: bytes, message: str) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        body = _error_bytes(code, message)
+        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                        % (code, phrase, len(body), body))
+        self.loseConnection()
+
+    def _send100Continue(self) -> None:
+        request = self.requests[-1] if self.requests else None
+        if request is not None and getattr(request, "_gated", None) is not None:
+            request.continue_wanted = True
+            return
+        super()._send100Continue()
+
+
+def _dashd_channel(factory: Any) -> _GenericHTTPChannelProtocol:
+    return _GenericHTTPChannelProtocol(DashdHTTPChannel())
+
+
+def masked_uri(uri: bytes) -> bytes | None:
+    """C{uri} with its secrets (L{SECRET_ARGS}, a firmware link) masked, or
+    None if it holds none."""
+    path, sep, query = uri.partition(b"?")
+    changed = False
+    decoded = unquote_to_bytes(path) if b"%" in path else path
+    if decoded.startswith(_FIRMWARE_PATH) and len(decoded) > len(_FIRMWARE_PATH):
+        path = _FIRMWARE_PATH + b"***"
+        changed = True
+    if query:
+        parts = _QUERY_SEPARATOR.split(query)
+        for i in range(0, len(parts), 2):
+            name, eq, _ = parts[i].partition(b"=")
+            if b"%" in name or b"+" in name:
+                name = unquote_to_bytes(name.replace(b"+", b" "))
+            if eq and name.lower() in SECRET_ARGS:
+                parts[i] = parts[i].partition(b"=")[0] + b"=***"
+                changed = True
+        query = b"".join(parts)
+    return path + sep + query if changed else None
+
+
+class _MaskedRequest:
+    """What the access log sees of a request: the same, minus secrets (in
+    its URI and in its Referer)."""
+
+    def __init__(self, request: Request, uri: bytes) -> None:
         self._request = request
-        self.uri = _SECRET_IN_PATH.sub(rb"\1***", _SECRET_IN_QUERY.sub(rb"\1***", request.uri))
+        self.uri = uri
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        value = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            value = masked_uri(value) or value
+        return value
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._request, name)
 
 
 def masked_log_formatter(timestamp: str, request: Request) -> str:
-    uri = request.uri
-    if _SECRET_IN_QUERY.search(uri) is None and _SECRET_IN_PATH.search(uri) is None:
+    uri = masked_uri(request.uri) or request.uri
+    referer = request.getHeader(b"referer")
+    if uri is request.uri and (referer is None or masked_uri(referer) is None):
         # Nothing to mask (the usual case): no wrapper in the way.
         return combinedLogFormatter(timestamp, request)
-    return combinedLogFormatter(timestamp, _MaskedRequest(request))  # type: ignore[arg-type]
+    return combinedLogFormatter(timestamp, _MaskedRequest(request, uri))  # type: ignore[arg-type]
 
 
 class DashdSite(Site):
     requestFactory = DashdRequest
+    protocol = _dashd_channel
     displayTracebacks = False
 
     def __init__(

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from werkzeug.exceptions import HTTPException as WerkzeugHTTPException
 from werkzeug.exceptions import MethodNotAllowed as NoSuchMethod
 from werkzeug.exceptions import NotFound as NoSuchRoute
 
@@ -96,6 +97,14 @@ def render(request: Any, failure: Failure) -> bytes | None:
             % (request.method.decode("latin-1"), request.path.decode("latin-1", "replace")),
             {"Allow": ", ".join(allowed)} if allowed else None,
         )
+    elif isinstance(error, WerkzeugHTTPException):
+        # Another answer of the URL map (a redirect to a canonical path, say):
+        # no such route, as far as the API is concerned.
+        path = request.path.decode("latin-1", "replace")
+        if error.code is not None and 400 <= error.code < 500 and error.code != 404:
+            error = HttpError(error.code, "%s: %s" % (error.name, path))
+        else:
+            error = HttpError(404, "no such route: %s" % path)
     elif not isinstance(error, (errors.DomainError, HttpError)):
         log.failure("unhandled error on {uri}", failure, uri=request.path)
         error = errors.Internal("internal error")

@@ -20,6 +20,7 @@ from dashd.app.firmware import Firmware, OtaManager
 from dashd.app.fleet import Fleet
 from dashd.app.keys import Keys
 from dashd.app.records import Records
+from dashd.app.tickets import ITicketStore, NotifyTickets
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,19 @@ class Application:
     records: Records
     # None where nothing is sent to devices (dashctl on a stopped dashd).
     firmware: Firmware | None = None
+    # None where there is no notification stream (dashctl).
+    tickets: NotifyTickets | None = None
 
     def ping(self) -> Deferred[Any]:
         """Fire once the store has answered a trivial query."""
         return self.fleet.store.ping()
 
 
-def build_application(fleet: Fleet, auth: Authenticator,
-                      ota: OtaManager | None = None) -> Application:
+def build_application(fleet: Fleet, auth: Authenticator, ota: OtaManager | None = None,
+                      tickets: ITicketStore | None = None) -> Application:
     """The use cases over C{fleet}; C{ota}: the firmware updates' manager
-    (None where nothing is sent to devices)."""
+    (None where nothing is sent to devices); C{tickets}: where notification
+    tickets are kept (None where there is no notification stream)."""
     store, clock = fleet.store, fleet.clock
     accounts = Accounts(store, clock)
     devices = Devices(fleet, accounts)
@@ -55,4 +59,5 @@ def build_application(fleet: Fleet, auth: Authenticator,
         devices=devices,
         records=Records(store, devices),
         firmware=Firmware(ota, devices) if ota is not None else None,
+        tickets=NotifyTickets(tickets, auth, clock) if tickets is not None else None,
     )

@@ -16,11 +16,19 @@ from twisted.python.failure import Failure
 
 from dashd.app.limits import FailureLimiter, TokenBucket, retry_after
 from dashd.domain import tokens
-from dashd.domain.errors import Busy, Unauthenticated
+from dashd.domain.errors import Busy, DomainError, Unauthenticated
 from dashd.domain.model import ApiKey, Device
 from dashd.store import IStore
 
 log = Logger()
+
+# The two doors, as the log names them.
+REST = "REST"
+DEVICE_CHANNEL = "device channel"
+
+
+def _key_id(secret: str | None) -> str | None:
+    return tokens.key_id_of(secret) if secret else None
 
 
 class Authenticator:
@@ -29,6 +37,14 @@ class Authenticator:
     starts with, then a constant-time comparison of hashes. Valid API keys
     are cached for a few seconds (a REST call should not cost a database
     round trip); revoking a key through L{forget} takes effect at once.
+
+    Failures are limited, never the credentials: each door (API keys at the
+    REST API and the notification stream, device tokens at the device
+    channel) counts its failures per client address and per key or device ID
+    the secret names (L{FailureLimiter}); past the limit, a failure there is
+    answered 429 with Retry-After instead of 401 and no longer logged one by
+    one. A valid secret is always let in, whatever others failed from its
+    address (a NAT, a proxy) or with its ID.
     """
 
     def __init__(
@@ -36,66 +52,101 @@ class Authenticator:
         store: IStore,
         clock: IReactorTime,
         cache_seconds: float = 5.0,
-        failures: FailureLimiter | None = None,
+        rest_failures: FailureLimiter | None = None,
+        device_failures: FailureLimiter | None = None,
         requests: TokenBucket | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._cache_seconds = cache_seconds
-        self._failures = failures
+        self._failures = {REST: rest_failures, DEVICE_CHANNEL: device_failures}
         self._requests = requests
         # key ID -> (key, its secret's hash, valid until)
         self._keys: dict[str, tuple[ApiKey, str, float]] = {}
 
-    def _check_address(self, address: str | None) -> None:
-        if address is None or self._failures is None:
-            return
-        wait = self._failures.blocked(address)
-        if wait:
-            raise Busy(
-                "too many failed authentications from %s; try again in %d s"
-                % (address, retry_after(wait)),
-                retry_after=retry_after(wait),
-            )
-
-    def _failed(self, address: str | None, door: str, why: str) -> None:
-        limit = self._failures.limit if self._failures is not None else 0
-        count = self._failures.failed(address) if self._failures and address else 0
-        # Every failure is logged, up to the point where the address is
-        # refused (then once more, to say so).
-        if limit <= 0 or count <= limit:
+    def _failed(self, door: str, address: str | None, record_id: str | None,
+                error: Unauthenticated) -> DomainError:
+        """Count a failure at C{door}; return what to answer it with: the
+        error itself, or L{Busy} once the address or the record ID the
+        secret named is past its limit."""
+        limiter = self._failures[door]
+        if limiter is None or limiter.limit <= 0:
             log.warn("{door}: failed authentication from {address}: {why}",
-                     door=door, address=address, why=why)
-        if limit > 0 and count == limit:
-            log.warn("{door}: {count} failed authentications from {address} within {window} s;"
-                     " refusing it until the window ends", door=door, count=count,
-                     address=address, window=self._failures.window)
+                     door=door, address=address, why=error.message)
+            return error
+        over = []
+        for name, what in ((address, "from %s" % address),
+                           (record_id and "id:" + record_id, "for %s" % record_id)):
+            if not name:
+                continue
+            count = limiter.failed(name)
+            if count == limiter.limit:
+                log.warn("{door}: {count} failed authentications {what} within {window} s;"
+                         " answering its failures with 429 until the window ends (valid "
+                         "credentials are still let in)", door=door, count=count, what=what,
+                         window=limiter.window)
+            if count > limiter.limit:
+                over.append((what, limiter.blocked(name)))
+        if not over:
+            log.warn("{door}: failed authentication from {address}: {why}",
+                     door=door, address=address, why=error.message)
+            return error
+        what, wait = max(over, key=lambda o: o[1])
+        return Busy("too many failed authentications %s; try again in %d s (valid credentials "
+                    "are let in meanwhile)" % (what, retry_after(wait)),
+                    retry_after=retry_after(wait))
 
     def api_key(self, secret: str | None, address: str | None = None) -> Deferred[ApiKey]:
         """The L{ApiKey} for C{secret}, counted against its rate limit.
         @raise Unauthenticated: no key, or a wrong or expired one.
-        @raise Busy: the key's rate, or the address's failures.
+        @raise Busy: the key's rate; a failure past the limit of failures
+            from the address or for the key ID.
 
         A key in the cache is checked without a store job or a generator:
         this is on the path of every REST call."""
         try:
-            self._check_address(address)
             key = self._cached_key(secret)
             if key is not None:
                 return succeed(self._admit(key))
         except Unauthenticated as e:
-            self._failed(address, "REST", e.message)
-            return fail()
-        except Busy:
-            return fail()
+            return fail(self._failed(REST, address, _key_id(secret), e))
         d = self._stored_key(secret)  # type: ignore[arg-type]
-        d.addErrback(self._refused, address)
+        d.addErrback(self._refused, REST, address, _key_id(secret))
         d.addCallback(self._admit)
         return d
 
-    def _refused(self, failure: Failure, address: str | None, door: str = "REST") -> Failure:
+    def refused(self, error: Unauthenticated, address: str | None) -> DomainError:
+        """Count a failed authentication at the REST door that was not a
+        secret's (a notification ticket's); return what to answer."""
+        return self._failed(REST, address, None, error)
+
+    def api_key_by_id(self, key_id: str, address: str | None = None) -> Deferred[ApiKey]:
+        """The key with that ID, if it still works (for a notification
+        ticket, which stands for its key), counted against its rate limit.
+        @raise Unauthenticated: revoked or expired."""
+        now = self._clock.seconds()
+        cached = self._keys.get(key_id)
+        if cached is not None and cached[2] > now:
+            d: Deferred[Any] = succeed((cached[0], cached[1]))
+        else:
+            d = self._store.key_credentials(key_id)
+
+        def check(found: tuple[ApiKey, str] | None) -> ApiKey:
+            if found is None:
+                raise Unauthenticated("the ticket's API key no longer works")
+            key = found[0]
+            if key.expired(self._clock.seconds()):
+                raise Unauthenticated("API key %s has expired" % key.id)
+            return key
+
+        d.addCallback(check)
+        d.addErrback(self._refused, REST, address, key_id)
+        return d.addCallback(self._admit)
+
+    def _refused(self, failure: Failure, door: str, address: str | None,
+                 record_id: str | None) -> Failure:
         if failure.check(Unauthenticated):
-            self._failed(address, door, failure.value.message)
+            return Failure(self._failed(door, address, record_id, failure.value))
         return failure
 
     def _admit(self, key: ApiKey) -> ApiKey:
@@ -163,19 +214,18 @@ class Authenticator:
     def device(self, token: str | None, address: str | None = None) -> Deferred[Device]:
         """The L{Device} a token opens.
         @raise Unauthenticated: no token or a wrong one.
-        @raise Busy: too many failures from this address.
+        @raise Busy: a failure past the limit of failures from the address
+            or for the device ID.
 
         Callbacks rather than a generator: a refusal raised in a generator
         leaves its frames and the failure in a reference cycle, and a fleet
         with a wrong token retries all day."""
+        record_id = tokens.device_id_of(token) if token else None
         try:
-            self._check_address(address)
             d = self._device(token)
-        except Busy:
-            return fail()
         except Unauthenticated as e:
             d = fail(e)
-        d.addErrback(self._refused, address, "device channel")
+        d.addErrback(self._refused, DEVICE_CHANNEL, address, record_id)
         return d
 
     def _device(self, token: str | None) -> Deferred[Device]:

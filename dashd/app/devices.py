@@ -12,7 +12,7 @@ closes the device's connection (on whichever node holds it), a change of
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterable
 
 from twisted.logger import Logger
 
@@ -85,11 +85,15 @@ class Devices:
         access.require_admin(by, "register devices")
         account = await self._accounts.resolve(by, account_id)
         name = check_name(name, "name") if name is not UNSET else None
-        shares = access.parse_shared_with(shared_with) if shared_with is not UNSET else ()
+        shares, scopes = ((), None)
+        if shared_with is not UNSET:
+            shares, scopes = access.parse_shares(shared_with)
+            await self._check_accounts(shares)
         device_id = tokens.new_id("d")
         token = tokens.new_device_token(device_id)
         device = Device(id=device_id, account_id=account, name=name or device_id,
-                        created=self._fleet.now(), shared_with=shares)
+                        created=self._fleet.now(), shared_with=shares,
+                        share_scopes=scopes or {})
         device = await self._store.create_device(device, tokens.hash_secret(token))
         log.info("device {id} registered by {by}", id=device.id, by=by.id)
         self._fleet.publish(device, "device.created", {"name": device.name})
@@ -106,10 +110,14 @@ class Devices:
         if name is not UNSET:
             access.require_owner(by, device, "rename a device")
             new_name = check_name(name, "name")
-        shares = None
+        shares = scopes = None
         if shared_with is not UNSET:
             access.require_owner(by, device, "change a device's sharing")
-            shares = access.parse_shared_with(shared_with)
+            shares, scopes = access.parse_shares(shared_with)
+            await self._check_accounts(a for a in shares if a not in device.shared_with)
+            if scopes is None:
+                # Account IDs only: the shares that stay keep their scope.
+                scopes = {a: s for a, s in device.share_scopes.items() if a in shares}
         update = None
         if shadow_update is not UNSET:
             update = shadow.parse_update(shadow_update, allow_tags=True)
@@ -119,7 +127,7 @@ class Devices:
             access.check_shadow_update(by, device, update)
         try:
             device, result = await self._store.update_device(
-                device_id, new_name, shares, update, self._fleet.now())
+                device_id, new_name, shares, update, self._fleet.now(), share_scopes=scopes)
         except NoSuchRecord:
             raise NotFound("no such device: %s" % device_id)
         if new_name is not None or shares is not None:
@@ -132,6 +140,13 @@ class Devices:
         if result is not None:
             self._fleet.shadow_changed(device, result)
         return device
+
+    async def _check_accounts(self, accounts: Iterable[str]) -> None:
+        """@raise Invalid: one of C{accounts} does not exist."""
+        for account in accounts:
+            if await self._store.get_account(account) is None:
+                raise Invalid("shared_with names account %s, which does not exist" % account,
+                              "shared_with")
 
     async def rotate_token(self, by: ApiKey, device_id: str) -> tuple[Device, str]:
         """A new token for the device; the old one opens nothing from now

@@ -52,13 +52,16 @@ the file by a producer that the connection paces.
 from __future__ import annotations
 
 import base64
+import bz2
 import json
 import os
 import secrets
+import struct
 import zipfile
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall
@@ -135,37 +138,87 @@ def firmware_kind(filename: str | None, content_type: str | None) -> str:
     )
 
 
-def check_zip(path: str) -> dict[str, Any]:
+# What a firmware .zip may hold: entries, central directory bytes, and the
+# compression methods whose decompressors dashd can hold to a bounded output
+# per step (mos build writes deflate).
+MAX_ZIP_ENTRIES = 1000
+MAX_ZIP_DIRECTORY_BYTES = 1 << 20
+ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate",
+               zipfile.ZIP_BZIP2: "bzip2"}
+# Bytes read from the file, and produced by a decompressor, per step.
+ZIP_STEP = 65536
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+
+
+def check_zip(path: str, max_unpacked: int = 64 << 20) -> dict[str, Any]:
     """
     Check that C{path} is a sound zip holding a ``manifest.json`` (at its top
     or one folder down, as ``mos build`` makes it); return the manifest.
-    Reads the whole file (CRC checks): run it off the reactor thread.
+
+    Memory and time stay bounded whatever the file says of itself: the
+    central directory's size and number of entries are capped before it is
+    read; the sizes the entries declare may add up to C{max_unpacked} at most;
+    each entry is decompressed L{ZIP_STEP} bytes at a time (never in one call:
+    a few KB of bzip2 can hold gigabytes), its CRC checked as it goes, and
+    it is refused as soon as it produces more than it declared. Methods other
+    than L{ZIP_METHODS}, and encrypted entries, are refused. Run it off the
+    reactor thread.
 
     @raise InvalidFirmware: saying what is wrong.
     """
     try:
-        with zipfile.ZipFile(path) as z:
-            candidates = [
-                info for info in z.infolist()
-                if info.filename.rstrip("/").split("/")[-1] == "manifest.json"
-                and info.filename.count("/") <= 1 and not info.is_dir()
-            ]
-            if not candidates:
-                raise InvalidFirmware(
-                    "the .zip holds no manifest.json: it is not a Mongoose OS firmware "
-                    "(build one with mos build)"
-                )
-            info = min(candidates, key=lambda i: i.filename.count("/"))
-            if info.file_size > MAX_MANIFEST_BYTES:
-                raise InvalidFirmware("the .zip's manifest.json is too large")
-            damaged = z.testzip()
-            if damaged is not None:
-                raise InvalidFirmware("the .zip is damaged: %s fails its CRC check" % damaged)
-            raw = z.read(info)
+        with open(path, "rb") as f:
+            end = zipfile._EndRecData(f)  # type: ignore[attr-defined]
+            if not end:
+                raise InvalidFirmware("the file is not a valid .zip: no end of central "
+                                      "directory")
+            if end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ZIP_ENTRIES:  # type: ignore[attr-defined]
+                raise InvalidFirmware("the .zip holds more than %d entries" % MAX_ZIP_ENTRIES)
+            if end[zipfile._ECD_SIZE] > MAX_ZIP_DIRECTORY_BYTES:  # type: ignore[attr-defined]
+                raise InvalidFirmware("the .zip's central directory is larger than %d bytes"
+                                      % MAX_ZIP_DIRECTORY_BYTES)
+            f.seek(0)
+            with zipfile.ZipFile(f) as z:
+                infos = z.infolist()
+                if len(infos) > MAX_ZIP_ENTRIES:
+                    raise InvalidFirmware("the .zip holds more than %d entries"
+                                          % MAX_ZIP_ENTRIES)
+                declared = sum(info.file_size for info in infos)
+                if declared > max_unpacked:
+                    raise InvalidFirmware(
+                        "the .zip would unpack to %d bytes, more than the limit of %d"
+                        % (declared, max_unpacked))
+                for info in infos:
+                    if info.compress_type not in ZIP_METHODS:
+                        raise InvalidFirmware(
+                            "%s in the .zip is compressed with method %d, which dashd does "
+                            "not accept (only %s)" % (info.filename, info.compress_type,
+                                                      ", ".join(ZIP_METHODS.values())))
+                    if info.flag_bits & 0x1:
+                        raise InvalidFirmware("%s in the .zip is encrypted" % info.filename)
+                candidates = [
+                    info for info in infos
+                    if info.filename.rstrip("/").split("/")[-1] == "manifest.json"
+                    and info.filename.count("/") <= 1 and not info.is_dir()
+                ]
+                if not candidates:
+                    raise InvalidFirmware(
+                        "the .zip holds no manifest.json: it is not a Mongoose OS firmware "
+                        "(build one with mos build)"
+                    )
+                manifest_info = min(candidates, key=lambda i: i.filename.count("/"))
+                if manifest_info.file_size > MAX_MANIFEST_BYTES:
+                    raise InvalidFirmware("the .zip's manifest.json is too large")
+                raw = b""
+                for info in infos:
+                    kept = _check_entry(f, info, keep=info is manifest_info)
+                    if info is manifest_info:
+                        raw = kept
     except InvalidFirmware:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError,
-            RuntimeError, ValueError, OSError) as e:
+            RuntimeError, ValueError, OSError, zlib.error, struct.error) as e:
         raise InvalidFirmware("the file is not a valid .zip: %s" % e)
     try:
         manifest = json.loads(raw)
@@ -174,6 +227,65 @@ def check_zip(path: str) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise InvalidFirmware("the .zip's manifest.json is not a JSON object")
     return {k: manifest[k] for k in MANIFEST_KEYS if isinstance(manifest.get(k), (str, int))}
+
+
+def _check_entry(f: Any, info: zipfile.ZipInfo, keep: bool) -> bytes:
+    """Read one entry's data a step at a time, checking that it unpacks to
+    the size it declared and matches its CRC; return what it unpacks to if
+    C{keep} (the manifest, whose size is capped), else b""."""
+    f.seek(info.header_offset)
+    header = f.read(_LOCAL_HEADER.size)
+    if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_SIGNATURE:
+        raise InvalidFirmware("the .zip is damaged: %s has no local header" % info.filename)
+    fields = _LOCAL_HEADER.unpack(header)
+    f.seek(fields[-2] + fields[-1], os.SEEK_CUR)  # the name and the extra field
+    if info.compress_type == zipfile.ZIP_DEFLATED:
+        decompressor: Any = zlib.decompressobj(-15)
+    elif info.compress_type == zipfile.ZIP_BZIP2:
+        decompressor = bz2.BZ2Decompressor()
+    else:
+        decompressor = None
+    left = info.compress_size
+    produced = 0
+    crc = 0
+    kept = bytearray()
+
+    def take(data: bytes) -> None:
+        nonlocal produced, crc
+        produced += len(data)
+        if produced > info.file_size:
+            raise InvalidFirmware("the .zip is damaged: %s unpacks to more than the %d bytes "
+                                  "it declares" % (info.filename, info.file_size))
+        crc = zlib.crc32(data, crc)
+        if keep:
+            kept.extend(data)
+
+    while left > 0:
+        data = f.read(min(ZIP_STEP, left))
+        if not data:
+            raise InvalidFirmware("the .zip is truncated: %s ends early" % info.filename)
+        left -= len(data)
+        if decompressor is None:
+            take(data)
+        elif isinstance(decompressor, bz2.BZ2Decompressor):
+            take(decompressor.decompress(data, ZIP_STEP))
+            while not decompressor.eof and not decompressor.needs_input:
+                take(decompressor.decompress(b"", ZIP_STEP))
+        else:
+            take(decompressor.decompress(data, ZIP_STEP))
+            while decompressor.unconsumed_tail:
+                take(decompressor.decompress(decompressor.unconsumed_tail, ZIP_STEP))
+    if isinstance(decompressor, bz2.BZ2Decompressor):
+        while not decompressor.eof and not decompressor.needs_input:
+            take(decompressor.decompress(b"", ZIP_STEP))
+    elif decompressor is not None:
+        take(decompressor.flush())
+    if produced != info.file_size:
+        raise InvalidFirmware("the .zip is damaged: %s unpacks to %d bytes, not the %d it "
+                              "declares" % (info.filename, produced, info.file_size))
+    if crc != info.CRC:
+        raise InvalidFirmware("the .zip is damaged: %s fails its CRC check" % info.filename)
+    return bytes(kept)
 
 
 class _Failed(Exception):
@@ -284,7 +396,8 @@ class OtaManager:
             from twisted.internet.defer import succeed
 
             return succeed(None)
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), check_zip, path)
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), check_zip, path,
+                                 self.config["ota.max_unpacked_bytes"])
 
     def start_update(
         self,
@@ -348,6 +461,23 @@ class OtaManager:
             d = ensureDeferred(self._push(update))
         d.addErrback(self._crashed, update)
         return status
+
+    def pull_base_url(self, device_id: str) -> str:
+        """Where the device downloads firmware from in pull mode:
+        ota.public_url, else the address the device itself reached dashd at
+        (never what the uploader's request says: its Host is the uploader's
+        to choose).
+        @raise Invalid: neither is known (the device is held by another node
+            of a cluster, or is gone)."""
+        if self.config["ota.public_url"]:
+            return str(self.config["ota.public_url"])
+        session = self.fleet.router.local_session(device_id)
+        base = getattr(session, "base_url", None)
+        if not base:
+            raise Invalid("pull mode needs ota.public_url here: device %s is not connected to "
+                          "this node, so dashd does not know an address it can reach"
+                          % device_id, "mode")
+        return str(base)
 
     # The transfer
 
@@ -672,15 +802,49 @@ class Firmware:
     def __init__(self, ota: OtaManager, devices: Devices) -> None:
         self._ota = ota
         self._devices = devices
+        # Uploads being received, in all and by key ID.
+        self._uploads = 0
+        self._uploads_by_key: dict[str, int] = {}
 
     async def prepare(self, by: ApiKey, device_id: str) -> Device:
         """Check, before the firmware file is taken in, that C{by} may
-        update the device's firmware and that none is being sent to it.
-        Fire with the device."""
+        update the device's firmware, that none is being sent to it and that
+        it is online. Fire with the device."""
         device = await self._devices.visible(by, device_id)
         access.require_owner(by, device, "update a device's firmware")
         self._ota.check_not_running(device_id)
+        if not self._devices.online(device_id):
+            raise Offline("device %s is offline" % device_id)
         return device
+
+    def upload_slot(self, by: ApiKey) -> Callable[[], None]:
+        """Take one of the firmware uploads C{by} and dashd may receive at
+        once (ota.max_uploads_per_key, ota.max_uploads); return what gives
+        it back (once the upload's request has ended).
+        @raise Busy: all taken."""
+        config = self._ota.config
+        mine = self._uploads_by_key.get(by.id, 0)
+        if mine >= config["ota.max_uploads_per_key"]:
+            raise Busy("key %s is already sending %d firmware upload(s), its limit; try again "
+                       "once one has arrived" % (by.id, mine), retry_after=5)
+        if self._uploads >= config["ota.max_uploads"]:
+            raise Busy("dashd is receiving %d firmware uploads, its limit; try again shortly"
+                       % self._uploads, retry_after=5)
+        self._uploads += 1
+        self._uploads_by_key[by.id] = mine + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self._uploads -= 1
+            left = self._uploads_by_key.pop(by.id, 1) - 1
+            if left > 0:
+                self._uploads_by_key[by.id] = left
+
+        return release
 
     async def start(
         self,
@@ -689,14 +853,15 @@ class Firmware:
         size: int,
         filename: str | None,
         content_type: str | None,
-        pull_base_url: str | None,
+        pull: bool,
         auto_commit: bool,
         commit_timeout: int,
     ) -> dict[str, Any]:
         """Check the file at C{path} (which the manager now owns, and
-        deletes if it refuses it) and start sending it; C{pull_base_url}
-        chooses pull mode. Fire with the update's status."""
+        deletes if it refuses it) and start sending it, pushed or pulled.
+        Fire with the update's status."""
         try:
+            pull_base_url = self._ota.pull_base_url(device.id) if pull else None
             limit = self._ota.config["ota.max_bytes"]
             if size > limit:
                 raise TooLarge("the firmware file is %d bytes, more than the limit of %d"

@@ -59,6 +59,9 @@ class Fleet:
         # Each is given the Deferred of every call() (dashd.ops.metrics counts
         # them by outcome); an observer adds callbacks that pass the result on.
         self.call_observers: list[Callable[[Deferred[Any]], None]] = []
+        # Frames the device sessions dropped for being over their device's
+        # rate limit (read by dashd.ops.metrics).
+        self.frames_limited = 0
 
     def now(self) -> float:
         return self.clock.seconds()

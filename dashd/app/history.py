@@ -28,12 +28,18 @@ STORED_NAMES = ("online", "offline", "ota.status")
 
 # Events handed to the store and not yet written. A fleet that floods faster
 # than the disk keeps up loses events beyond these (with a warning) rather
-# than growing dashd's memory.
-MAX_PENDING = 5000
-MAX_PENDING_BYTES = 4 * 1024 * 1024
+# than growing dashd's memory; no device, and no account, may hold more than
+# its share of them, so that one device's flood never takes another's place.
+MAX_PENDING = 10000
+MAX_PENDING_BYTES = 8 * 1024 * 1024
+# A device's burst of log lines (device.frame_burst is 500 by default) fits.
+MAX_PENDING_PER_DEVICE = 500
+MAX_PENDING_PER_ACCOUNT = 2500
 
 # Seconds between two warnings that events could not be stored.
 WARN_EVERY = 60.0
+# Reasons counted between two warnings, at most (the others are summed up).
+MAX_REASONS = 20
 
 
 def stored(name: str) -> bool:
@@ -49,39 +55,59 @@ class History:
         self.store = store
         self.clock = clock
         self.keep = keep
-        self._lost = 0
+        # Why events were lost since the last warning, and how many.
+        self._lost: dict[str, int] = {}
         self._warned_at: float | None = None
         self.pending = 0
         self.pending_bytes = 0
+        self._by_device: dict[str, int] = {}
+        self._by_account: dict[str, int] = {}
 
     def observe(self, event: Event) -> None:
         if not stored(event.name):
             return
         size = len(event.payload)
+        device, account = event.device_id, event.account_id
+        if self._by_device.get(device, 0) >= MAX_PENDING_PER_DEVICE:
+            self._lose("device %s sends them faster than they are stored (%d of its events "
+                       "waiting)" % (device, MAX_PENDING_PER_DEVICE))
+            return
+        if self._by_account.get(account, 0) >= MAX_PENDING_PER_ACCOUNT:
+            self._lose("the devices of account %s send them faster than they are stored (%d "
+                       "of its events waiting)" % (account, MAX_PENDING_PER_ACCOUNT))
+            return
         if self.pending >= MAX_PENDING or self.pending_bytes + size > MAX_PENDING_BYTES:
             self._lose("the store is behind")
             return
         self.pending += 1
         self.pending_bytes += size
+        self._by_device[device] = self._by_device.get(device, 0) + 1
+        self._by_account[account] = self._by_account.get(account, 0) + 1
         d = self.store.append_event(
-            event.device_id, event.account_id, event.name, event.data,
-            self.clock.seconds(), self.keep,
+            device, account, event.name, event.data, self.clock.seconds(), self.keep,
         )
-        d.addBoth(self._written, size)
+        d.addBoth(self._written, size, device, account)
 
-    def _written(self, result: Any, size: int) -> None:
+    def _written(self, result: Any, size: int, device: str, account: str) -> None:
         self.pending -= 1
         self.pending_bytes -= size
+        for counts, name in ((self._by_device, device), (self._by_account, account)):
+            left = counts.pop(name, 1) - 1
+            if left > 0:
+                counts[name] = left
         if isinstance(result, Failure):
             self._lose(result.getErrorMessage())
 
     def _lose(self, why: str) -> None:
         # Say so now and then, not once an event (a chatty fleet would flood
-        # the log).
-        self._lost += 1
+        # the log), with each reason and its count.
+        if why not in self._lost and len(self._lost) >= MAX_REASONS:
+            why = "other reasons"
+        self._lost[why] = self._lost.get(why, 0) + 1
         now = self.clock.seconds()
         if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
-            log.warn("{count} device event(s) could not be stored: {why}",
-                     count=self._lost, why=why)
+            for reason, count in self._lost.items():
+                log.warn("{count} device event(s) could not be stored: {why}",
+                         count=count, why=reason)
             self._warned_at = now
-            self._lost = 0
+            self._lost = {}

@@ -102,10 +102,14 @@ class Keys:
             scope = None
         now = self._clock.seconds()
         if expires is not None:
-            if (isinstance(expires, bool) or not isinstance(expires, (int, float))
-                    or not math.isfinite(expires) or expires <= now):
+            if isinstance(expires, bool) or not isinstance(expires, (int, float)):
                 raise Invalid("expires must be a Unix time in the future", "expires")
-            expires = float(expires)
+            try:
+                expires = float(expires)
+            except OverflowError:
+                expires = math.inf
+            if not math.isfinite(expires) or expires <= now:
+                raise Invalid("expires must be a Unix time in the future", "expires")
         key, secret = mint(account, name, kind, now, expires, scope)
         key = await self._store.create_key(key, tokens.hash_secret(secret))
         log.info("API key {id} ({kind}) created by {by}", id=key.id, kind=kind, by=by.id)

@@ -1,7 +1,8 @@
 """
-Rate limits: a token bucket per API key, and a cap on failed
-authentications per client address, so that a runaway tool cannot starve
-the others and guessing secrets is slow and visible in the log.
+Rate limits: a token bucket per API key (and per device, on the device
+channel), and a count of failed authentications per client address and per
+key or device ID, so that a runaway tool cannot starve the others and
+guessing secrets is visible in the log without flooding it.
 
 Both keep their state in bounded dictionaries: the oldest entries are
 forgotten first when they are full, which at worst lets a forgotten client
@@ -47,8 +48,10 @@ class TokenBucket:
 
 class FailureLimiter:
     """
-    At most ``limit`` failures per address in a window of ``window``
-    seconds; past that the address is refused until its window ends.
+    Failures per name (a client address, a key ID) in a window of
+    ``window`` seconds: L{blocked} says how long a name that had ``limit``
+    of them has until its window ends. What that means is the caller's
+    (L{dashd.app.auth}: its failures get 429, its successes go through).
     """
 
     def __init__(self, clock: IReactorTime, limit: int, window: float = 60.0,
@@ -60,7 +63,8 @@ class FailureLimiter:
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def blocked(self, address: str) -> float:
-        """0 if the address may try, else the seconds until it may again."""
+        """0 if the name is under its limit, else the seconds until its
+        window ends."""
         if self.limit <= 0:
             return 0.0
         entry = self._failures.get(address)

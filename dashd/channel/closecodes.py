@@ -15,3 +15,4 @@ KEY_REVOKED = 4001  # the subscriber's API key was revoked or expired
 TOKEN_ROTATED = 4003  # the device's token was rotated
 DELETED = 4004  # the device was deleted
 NOT_READING = 4008  # the device left dashd's writes unread too long
+TOO_FAST = 4029  # the device kept sending far over its frame rate limit

@@ -41,6 +41,7 @@ NOT_IMPLEMENTED = (METHOD_NOT_FOUND, 404)
 # firmware uses for its errors.
 CONFLICT = 409
 TOO_LARGE = 413
+TOO_MANY = 429
 UNAVAILABLE = 503
 
 RpcId = Union[int, float, str]

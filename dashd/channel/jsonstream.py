@@ -30,6 +30,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Union
 
+from dashd.jsontext import loads
+
 # Outside a string only brackets and quotes matter to find the end of a value;
 # inside one, only the closing quote and the escape character.
 _STRUCTURAL = re.compile(r'[{}\[\]"]')
@@ -102,7 +104,7 @@ class JSONStreamDecoder:
             # Most firmware sends one whole value per message: the fast path,
             # and the way back to the stream after an unfinished value.
             try:
-                value = json.loads(text)
+                value = loads(text)
             except ValueError:
                 pass
             else:
@@ -180,7 +182,7 @@ class JSONStreamDecoder:
                 )
                 continue
             try:
-                yield json.loads(text)
+                yield loads(text)
             except ValueError as e:
                 yield StreamError("invalid JSON: %s" % e)
 

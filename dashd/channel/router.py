@@ -24,6 +24,7 @@ class ISession(Interface):
     device_id = Attribute("the ID of the device on this connection")
     device = Attribute("the device's record, kept current through device_changed")
     closing = Attribute("True once the connection is being closed (no more calls)")
+    base_url = Attribute("the HTTP address the device reached dashd at, or None")
 
     def call(method, params, timeout):
         """Send a JSON-RPC call; fire with the result, or fail with
@@ -81,6 +82,9 @@ class IRouter(Interface):
     def sessions():
         """The sessions held here (for a graceful shutdown)."""
 
+    def local_session(device_id):
+        """The session holding the device on this node, or None."""
+
 
 @implementer(IRouter)
 class LocalRouter:
@@ -136,3 +140,6 @@ class LocalRouter:
 
     def sessions(self) -> list[Any]:
         return list(self._sessions.values())
+
+    def local_session(self, device_id: str) -> Any:
+        return self._sessions.get(device_id)

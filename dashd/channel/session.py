@@ -39,6 +39,18 @@ from dashd.store import NotFound, StoreError
 
 log = Logger()
 
+# The device's own calls that wait for the store (heartbeats, shadow
+# updates and reads), at most, per device: one device's flood may not fill
+# the store's queue ahead of everyone else's writes.
+MAX_STORE_CALLS_IN_FLIGHT = 64
+# Frames dropped over the rate limit: a device whose drops in one window
+# exceed SUSTAINED_FACTOR times what the rate lets through in it is closed
+# (close code 4029); one a little over its limit only loses the excess.
+ABUSE_WINDOW = 10.0
+SUSTAINED_FACTOR = 10
+# Seconds between two log lines about one device's dropped frames.
+WARN_EVERY = 60.0
+
 
 @dataclass
 class _PendingCall:
@@ -56,8 +68,12 @@ class DeviceSession:
         send: Callable[[str], None],
         close: Callable[[int, str], None],
         peer: str = "",
+        base_url: str | None = None,
     ) -> None:
         self.device = device
+        # The HTTP address the device itself reached dashd at (its handshake's
+        # scheme and Host): where it can download firmware (pull mode).
+        self.base_url = base_url
         self.device_id = device.id
         self.fleet = fleet
         self.peer = peer
@@ -81,6 +97,18 @@ class DeviceSession:
         # Set while the device leaves our writes unread (see stalled()).
         self._stall_timer: IDelayedCall | None = None
         self._dropped = False
+        # The device's frames: a token bucket (device.frames_per_second,
+        # device.frame_burst), what it dropped, and the device's calls
+        # waiting for the store.
+        self._rate = float(self._config["device.frames_per_second"])
+        self._burst = float(self._config["device.frame_burst"])
+        self._tokens = self._burst
+        self._refilled = self._clock.seconds()
+        self._window_start = self._refilled
+        self._window_drops = 0
+        self._unlogged_drops = 0
+        self._warned_at: float | None = None
+        self._store_calls = 0
 
     # Life cycle
 
@@ -236,10 +264,14 @@ class DeviceSession:
         try:
             frame = frames.parse_frame(value)
         except frames.InvalidFrame as e:
-            self.reply_error(e.id, frames.INVALID_REQUEST, str(e), e.src)
+            if self._admit(e.id, e.src):
+                self.reply_error(e.id, frames.INVALID_REQUEST, str(e), e.src)
             return
         if isinstance(frame, frames.Response):
+            # Answers to dashd's own calls, which bound them: not counted.
             self._response(frame)
+            return
+        if not self._admit(frame.id, frame.src):
             return
         if frame.src:
             self.src = frame.src
@@ -252,6 +284,51 @@ class DeviceSession:
             self.reply_error(
                 frame.id, frames.METHOD_NOT_FOUND, "method not found: %s" % frame.method
             )
+
+    # The device's own limit
+
+    def _admit(self, frame_id: Any, src: str | None) -> bool:
+        """Take a token for a frame from the device; without one the frame
+        is dropped: answered (if it has an id) and logged as the device's own
+        excess, and the device is closed if it keeps far over its limit."""
+        if self._rate <= 0:
+            return True
+        now = self._clock.seconds()
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.fleet.frames_limited += 1
+        if now - self._window_start >= ABUSE_WINDOW:
+            self._window_start = now
+            self._window_drops = 0
+        self._window_drops += 1
+        limit = "%g frames a second (bursts of %g)" % (self._rate, self._burst)
+        if self._window_drops > max(self._burst, SUSTAINED_FACTOR * self._rate * ABUSE_WINDOW):
+            if not self.closing:
+                log.warn("device {id} closed: it kept sending far over its limit of {limit} "
+                         "({count} frames dropped within {window} s)", id=self.device_id,
+                         limit=limit, count=self._window_drops, window=ABUSE_WINDOW)
+                self.disconnect(closecodes.TOO_FAST, "far over the frame rate limit")
+            return False
+        self._dropped_frame("it is over its limit of %s" % limit)
+        if frame_id is not None:
+            self.reply_error(frame_id, frames.TOO_MANY,
+                             "over this device's limit of %s: frame dropped" % limit, src)
+        return False
+
+    def _dropped_frame(self, why: str) -> None:
+        """Log a frame of the device's dropped for its own excess: the
+        first, then a count at most every WARN_EVERY seconds."""
+        self._unlogged_drops += 1
+        now = self._clock.seconds()
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
+            log.warn("device {id}: {count} of its frames dropped: {why} (answered with "
+                     "error 429 when they had an id)", id=self.device_id,
+                     count=self._unlogged_drops, why=why)
+            self._warned_at = now
+            self._unlogged_drops = 0
 
     def reply(self, frame: frames.Request, result: Any) -> None:
         if frame.id is not None and not self._closed:
@@ -286,8 +363,27 @@ class DeviceSession:
         name = method[len("Dash."):] if method.startswith("Dash.") else method
         self.fleet.publish(self.device, "rpc.out." + name, params)
 
+    def _store_call(self, frame: frames.Request) -> bool:
+        """Whether the device may have one more call wait for the store;
+        if not, it is answered with error 429."""
+        if self._store_calls >= MAX_STORE_CALLS_IN_FLIGHT:
+            message = ("this device already has %d calls waiting for the store; wait for "
+                       "their answers" % MAX_STORE_CALLS_IN_FLIGHT)
+            if frame.id is not None:
+                self.reply_error(frame.id, frames.TOO_MANY, message, frame.src)
+            self._dropped_frame(message)
+            return False
+        return True
+
     def _answer(self, frame: frames.Request, d: Deferred[Any], result: Callable[[Any], Any]) -> None:
         """Reply once the store has acknowledged, or with the error."""
+        self._store_calls += 1
+
+        def done(value: Any) -> Any:
+            self._store_calls -= 1
+            return value
+
+        d.addBoth(done)
 
         def ok(value: Any) -> None:
             self.reply(frame, result(value))
@@ -315,6 +411,8 @@ class DeviceSession:
     # The device's own calls
 
     def _heartbeat(self, frame: frames.Request) -> None:
+        if not self._store_call(frame):
+            return
         self._heard_info = True
         info = frame.params if isinstance(frame.params, dict) else {}
         self._publish_out(frame.method, frame.params)
@@ -330,6 +428,8 @@ class DeviceSession:
         return d.addCallback(keep)
 
     def _shadow_update(self, frame: frames.Request) -> None:
+        if not self._store_call(frame):
+            return
         try:
             update = shadow.parse_device_update(frame.params)
         except shadow.InvalidShadowUpdate as e:
@@ -344,17 +444,24 @@ class DeviceSession:
         if not isinstance(frame.params, dict):
             self.reply_error(frame.id, frames.INVALID_PARAMS, "params must be an object", frame.src)
             return
+        if not self._store_call(frame):
+            return
         update = shadow.ShadowUpdate(patches={"reported": frame.params})
         d = self.fleet.update_shadow(self.device_id, update, save_data=True)
         self._answer(frame, d, lambda _: True)
 
     def _data(self, frame: frames.Request) -> None:
         # mgos_dash_send_data: data to keep, as data points (and an event).
+        if not self._store_call(frame):
+            return
         self._publish_out(frame.method, frame.params)
         d = self.fleet.store_data(self.device, frame.params)
         self._answer(frame, d, lambda _: True)
 
     def _shadow_get(self, frame: frames.Request) -> None:
+        if not self._store_call(frame):
+            return
+
         def view(device: Device | None) -> Any:
             if device is None:
                 raise NotFound(self.device_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import pprint
 import random
+import re
 from collections import deque
 from typing import Any
 
@@ -24,7 +25,7 @@ import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -185,6 +186,26 @@ class ChannelProtocol(WebSocketServerProtocol):
         self.is_closed = succeed(None)
 
 
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
+                   r"(?::[0-9]{1,5})?$")
+
+
+def device_base_url(transport: Any, host: str | None) -> str:
+    """The HTTP address a device reached dashd at, from its own WebSocket
+    handshake: http or https as its connection is, and the Host it sent
+    (checked to be a host name or address, with a port), else the address
+    of dashd's end of its connection."""
+    secure = ISSLTransport.providedBy(transport)
+    scheme = "https" if secure else "http"
+    if host and _HOST.match(host):
+        return "%s://%s" % (scheme, host)
+    address = transport.getHost()
+    where = getattr(address, "host", "localhost")
+    if ":" in where:
+        where = "[%s]" % where
+    return "%s://%s:%d" % (scheme, where, getattr(address, "port", 443 if secure else 80))
+
+
 def _accept_subprotocol(request: Any) -> str | None:
     # Devices offer e.g. "dash.mongoose-os.com"; agreeing to whatever they
     # offer keeps strict clients happy and means nothing to dashd.
@@ -198,7 +219,10 @@ class DeviceProtocol(ChannelProtocol):
     fleet: Fleet
     session: DeviceSession | None = None
 
+    base_url: str | None = None
+
     def onConnect(self, request: Any) -> str | None:
+        self.base_url = device_base_url(self.transport, request.headers.get("host"))
         return _accept_subprotocol(request)
 
     def onOpen(self) -> None:
@@ -211,7 +235,8 @@ class DeviceProtocol(ChannelProtocol):
             self._decoder = JSONStreamDecoder(self.factory.max_frame_bytes)
             self._errors = 0
             self.session = DeviceSession(
-                self.device, self.fleet, self._send_text, self._close, peer=self.peer
+                self.device, self.fleet, self._send_text, self._close, peer=self.peer,
+                base_url=self.base_url,
             )
             self.session.opened()
         except Exception:

@@ -700,6 +700,9 @@ class ClusterRouter:
     def sessions(self) -> list[Any]:
         return self._cluster.sessions()
 
+    def local_session(self, device_id: str) -> Any:
+        return self._cluster.local_session(device_id)
+
 
 @implementer(IHub)
 class ClusterHub(LocalHub):

@@ -11,8 +11,13 @@ action              admin, owner    admin, shared   read-only   restricted
 ==================  ==============  ==============  ==========  ==================
 see                 yes             yes             yes         its devices, the
                                                                 readable keys only
-call RPC            yes             yes             no          listed methods
-change desired      yes             yes             no          listed keys
+call RPC            yes             the share's     no          listed methods
+                                    scope: by
+                                    default all
+                                    but the
+                                    owner's
+change desired      yes             yes (or the     no          listed keys
+                                    share's keys)
 change reported,    yes             no              no          no
 tags, name,
 sharing; delete;
@@ -27,6 +32,22 @@ notifications       all events      all events      all events  online/offline,
                                                                 device.deleted,
                                                                 filtered
 ==================  ==============  ==============  ==========  ==================
+
+Methods for the owner (L{OWNER_METHODS}: firmware, configuration, the file
+system, reboot and factory reset) reach a device only from the admin keys of
+the account that owns it (and the console): a sharee's keys and restricted
+keys are refused them on the RPC bridge, with nothing sent to the device,
+unless the owner granted the method by its exact name (a wildcard never
+grants one): in a restricted key's ``rpc`` list, or in a share's scope.
+
+A share may carry a scope, chosen by the owner::
+
+    {"rpc": ["GPIO.*", "Sys.GetInfo"], "write": ["led"]}
+
+``rpc`` lists the methods the sharee may call (default: any method but those
+for the owner), ``write`` the ``desired`` keys it may change (default: all).
+A restricted key of the sharee is held to both its own scope and the
+share's.
 
 A restricted key's scope::
 
@@ -74,6 +95,7 @@ ACCOUNT_ID = re.compile("^%s$" % ACCOUNT_ID_PATTERN)
 MAX_SCOPE_ENTRY_LENGTH = 128
 
 MAX_SCOPE_DEVICES = 1000
+MAX_SHARES = 100
 MAX_SCOPE_ENTRIES = 100
 # What a restricted key sees on the notification stream.
 RESTRICTED_EVENTS = ("online", "offline", "shadow.update", "device.updated", "device.deleted")
@@ -136,14 +158,68 @@ def require_owner(key: ApiKey, device: Device, what: str) -> None:
         )
 
 
+# What only a device's owner may do to it over RPC: its firmware, its
+# configuration (the dash connection and the device's token are in it, and
+# in its file system), rebooting or resetting it. Matched without regard to
+# case; granted to others only by exact name.
+OWNER_METHODS = ("OTA.*", "Config.*", "FS.*", "Sys.Reboot", "Sys.FactoryReset")
+_OWNER_METHOD_PATTERNS = tuple(p.lower() for p in OWNER_METHODS)
+
+
+def is_owner_method(method: str) -> bool:
+    lowered = method.lower()
+    return any(fnmatch.fnmatchcase(lowered, p) for p in _OWNER_METHOD_PATTERNS)
+
+
+def _grants(patterns: list[str], method: str) -> bool:
+    """Whether C{patterns} allow C{method}: a method for the owner only by
+    its exact name, any other one by a matching pattern."""
+    if is_owner_method(method):
+        return method in patterns
+    return any(fnmatch.fnmatchcase(method, pattern) for pattern in patterns)
+
+
+def share_scope(key: ApiKey, device: Device) -> dict[str, Any] | None:
+    """The scope of the share through which C{key} sees C{device} ({}: the
+    default), or None when the key's account owns the device (or it is the
+    console)."""
+    if key.kind == CONSOLE_KIND or device.account_id == key.account_id:
+        return None
+    return device.share_scopes.get(key.account_id) or {}
+
+
+_OWNER_ONLY = ("%s is for the owner of device %s only (firmware, configuration, file system, "
+               "reboot: " + ", ".join(OWNER_METHODS) + ")")
+
+
 def check_rpc(key: ApiKey, device: Device, method: str) -> None:
-    if key.kind in (ADMIN, CONSOLE_KIND):
+    if key.kind == CONSOLE_KIND or is_owner_admin(key, device):
         return
     if key.kind == READ_ONLY:
         raise Forbidden("this key is read-only: it may not call methods on devices")
-    allowed = _acl(key, device.id).get("rpc", [])
-    if not any(fnmatch.fnmatchcase(method, pattern) for pattern in allowed):
-        raise Forbidden("this key may not call %s on device %s" % (method, device.id))
+    if key.kind == RESTRICTED:
+        allowed = _acl(key, device.id).get("rpc", [])
+        if not _grants(allowed, method):
+            if is_owner_method(method) and any(
+                    fnmatch.fnmatchcase(method, pattern) for pattern in allowed):
+                raise Forbidden(
+                    (_OWNER_ONLY + "; the key's scope must name it exactly to allow it")
+                    % (method, device.id))
+            raise Forbidden("this key may not call %s on device %s" % (method, device.id))
+    scope = share_scope(key, device)
+    if scope is None:
+        return
+    patterns = scope.get("rpc")
+    if patterns is None:
+        if is_owner_method(method):
+            raise Forbidden(
+                ("device %s is shared with this account: " + _OWNER_ONLY
+                 + "; its owner may grant it by name in the share's scope")
+                % (device.id, method, device.id))
+        return
+    if not _grants(patterns, method):
+        raise Forbidden("device %s is shared with this account, whose share does not allow %s"
+                        % (device.id, method))
 
 
 def check_shadow_update(key: ApiKey, device: Device, update: shadow.ShadowUpdate) -> None:
@@ -152,25 +228,36 @@ def check_shadow_update(key: ApiKey, device: Device, update: shadow.ShadowUpdate
         raise Forbidden("this key is read-only: it may not change the shadow")
     if key.kind == CONSOLE_KIND:
         return
+    scope = share_scope(key, device)
     if key.kind == ADMIN:
-        if device.account_id != key.account_id and sections - {"desired"}:
+        if scope is not None and sections - {"desired"}:
             raise Forbidden(
                 "device %s is shared with this account: only its desired state may be "
                 "changed here" % device.id
             )
-        return
-    if sections - {"desired"}:
-        raise Forbidden("this key may change only the desired state of device %s" % device.id)
+    else:
+        if sections - {"desired"}:
+            raise Forbidden("this key may change only the desired state of device %s"
+                            % device.id)
+        _check_desired_keys(update, _acl(key, device.id).get("write", []),
+                            "this key may not %s", device.id)
+    if scope is not None and scope.get("write") is not None and "desired" in update.patches:
+        _check_desired_keys(update, scope["write"], "device %s is shared with this account, "
+                            "whose share does not allow it to %%s" % device.id, device.id)
+
+
+def _check_desired_keys(update: shadow.ShadowUpdate, allowed: list[str], refusal: str,
+                        device_id: str) -> None:
+    """Refuse (C{refusal} % what) a change of C{desired} beyond the keys
+    C{allowed}."""
     patch = update.patches.get("desired")
-    allowed = _acl(key, device.id).get("write", [])
     if patch is None:
         # Emptying desired touches every key, allowed or not.
-        raise Forbidden("this key may not empty the desired state of device %s" % device.id)
+        raise Forbidden(refusal % ("empty the desired state of device %s" % device_id))
     for path in _leaf_paths(patch):
         if not _covered(path, allowed):
-            raise Forbidden(
-                "this key may not change desired.%s of device %s" % (".".join(path), device.id)
-            )
+            raise Forbidden(refusal % ("change desired.%s of device %s"
+                                       % (".".join(path), device_id)))
 
 
 def _leaf_paths(patch: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -267,6 +354,48 @@ def event_payload(key: ApiKey, event: Event) -> str | None:
 # Reading what a caller gives
 
 
+def parse_shares(value: Any) -> tuple[tuple[str, ...], dict[str, Any] | None]:
+    """
+    Who a device is shared with, and how: mDash's comma-separated account
+    IDs (a JSON list is accepted too), or an object of account IDs whose
+    values are each share's scope (null: the default, see
+    L{parse_share_scope}). Return the account IDs and, for the object form,
+    the scopes of the shares that have one (None: the IDs only, whose
+    shares keep the scope they have).
+
+    @raise Invalid: saying what is wrong.
+    """
+    if not isinstance(value, dict):
+        return parse_shared_with(value), None
+    given = {k.strip(): None if v is None else parse_share_scope(v, "shared_with.%s" % k)
+             for k, v in value.items()}
+    accounts = parse_shared_with(list(given))
+    return accounts, {a: given[a] for a in accounts if given.get(a) is not None}
+
+
+def parse_share_scope(value: Any, where: str = "scope") -> dict[str, Any]:
+    """A share's scope: C{{"rpc": [PATTERN, ...], "write": [KEY, ...]}},
+    each optional (absent: the default).
+    @raise Invalid: saying what is wrong."""
+    if not isinstance(value, dict) or set(value) - {"rpc", "write"}:
+        raise Invalid('%s must be null or {"rpc"?: [METHOD, ...], "write"?: [KEY, ...]}'
+                      % where, "shared_with")
+    return {field: _entries(value[field], "%s.%s" % (where, field), field != "rpc")
+            for field in ("rpc", "write") if field in value}
+
+
+def _entries(entries: Any, where: str, dotted: bool) -> list[str]:
+    if not isinstance(entries, list) or not all(
+        isinstance(e, str) and e and len(e) <= MAX_SCOPE_ENTRY_LENGTH for e in entries
+    ):
+        raise Invalid("%s must be a list of non-empty strings" % where)
+    if len(entries) > MAX_SCOPE_ENTRIES:
+        raise Invalid("%s may hold at most %d entries" % (where, MAX_SCOPE_ENTRIES))
+    if dotted and any(".." in e or e.startswith(".") or e.endswith(".") for e in entries):
+        raise Invalid("%s holds a malformed dotted path" % where)
+    return list(dict.fromkeys(entries))
+
+
 def parse_shared_with(value: Any) -> tuple[str, ...]:
     """mDash's comma-separated account IDs (a JSON list is accepted too).
     @raise Invalid: saying what is wrong."""
@@ -275,9 +404,12 @@ def parse_shared_with(value: Any) -> tuple[str, ...]:
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         items = [v.strip() for v in value]
     else:
-        raise Invalid("shared_with must be a string of comma-separated account IDs",
+        raise Invalid("shared_with must be a string of comma-separated account IDs (or an "
+                      "object of account IDs and the scopes of their shares)",
                       "shared_with")
     out: list[str] = []
+    if len(items) > MAX_SHARES:
+        raise Invalid("shared_with may name at most %d accounts" % MAX_SHARES, "shared_with")
     for item in items:
         if item and item not in out:
             if not ACCOUNT_ID.match(item):
@@ -308,19 +440,7 @@ def parse_scope(value: Any) -> dict[str, Any]:
         unknown = set(acl) - {"read", "write", "rpc"}
         if unknown:
             raise Invalid("%s has unknown field(s): %s" % (where, ", ".join(sorted(unknown))))
-        clean: dict[str, list[str]] = {}
-        for field in ("read", "write", "rpc"):
-            entries = acl.get(field, [])
-            if not isinstance(entries, list) or not all(
-                isinstance(e, str) and e and len(e) <= MAX_SCOPE_ENTRY_LENGTH for e in entries
-            ):
-                raise Invalid("%s.%s must be a list of non-empty strings" % (where, field))
-            if len(entries) > MAX_SCOPE_ENTRIES:
-                raise Invalid("%s.%s may hold at most %d entries"
-                                 % (where, field, MAX_SCOPE_ENTRIES))
-            if field != "rpc" and any(".." in e or e.startswith(".") or e.endswith(".")
-                                      for e in entries):
-                raise Invalid("%s.%s holds a malformed dotted path" % (where, field))
-            clean[field] = list(dict.fromkeys(entries))
-        out[device_id] = clean
+        out[device_id] = {field: _entries(acl.get(field, []), "%s.%s" % (where, field),
+                                          field != "rpc")
+                          for field in ("read", "write", "rpc")}
     return {"devices": out}

@@ -58,6 +58,10 @@ class Device:
     info: dict[str, Any] = field(default_factory=dict)
     # The stored shadow document (see dashd.domain.shadow), without the delta.
     shadow: dict[str, Any] = field(default_factory=shadow.empty)
+    # The scope the owner gave some shares (account ID -> {"rpc": [...],
+    # "write": [...]}, see dashd.domain.access); a share not named here has
+    # the default scope.
+    share_scopes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_device_connections_total`` | counter | device WebSockets opened |
 | ``dashd_device_frames_received_total`` | counter | JSON-RPC frames read from devices |
 | ``dashd_device_frames_invalid_total`` | counter | unreadable or too large values from devices |
+| ``dashd_device_frames_limited_total`` | counter | frames dropped for being over their device's rate limit (``device.frames_per_second``) |
 | ``dashd_device_frames_sent_total`` | counter | frames sent to devices |
 | ``dashd_notify_subscribers`` | gauge | notification streams open now |
 | ``dashd_rpc_calls_total{outcome}`` | counter | REST RPC calls to devices: ``ok``, ``device_error`` (the device answered with an error), ``timeout``, ``offline``, ``rejected`` (too many in flight), ``cancelled`` (the client went away), ``error`` |
@@ -161,6 +162,11 @@ class _Live:
             "dashd_device_frames_invalid",
             "Unreadable or too large JSON values read from devices",
             value=factory.frames_invalid,
+        )
+        yield CounterMetricFamily(
+            "dashd_device_frames_limited",
+            "Frames dropped for being over their device's rate limit",
+            value=self.fleet.frames_limited,
         )
         yield CounterMetricFamily(
             "dashd_device_frames_sent", "JSON-RPC frames sent to devices",

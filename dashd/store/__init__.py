@@ -91,9 +91,11 @@ class IStore(Interface):
     def list_devices(account_id):
         """Fire with the devices the account owns or that are shared with it."""
 
-    def update_device(device_id, name, shared_with, shadow_update, now):
+    def update_device(device_id, name, shared_with, shadow_update, now, share_scopes=None):
         """In one transaction change the name and/or sharing (None leaves a
-        field alone) and apply a L{dashd.domain.shadow.ShadowUpdate} (or None).
+        field alone; C{share_scopes}, with C{shared_with}, the scopes of the
+        shares that have one) and apply a L{dashd.domain.shadow.ShadowUpdate}
+        (or None).
         Fire with C{(Device, UpdateResult or None)}.
         @raise NotFound: no such device.
         @raise dashd.domain.shadow.SHADOW_ERRORS: the shadow update was refused;

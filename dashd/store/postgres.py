@@ -486,7 +486,7 @@ class PostgresStore:
                 (device.id, device.account_id, device.name, token_hash, device.created,
                  device.last_seen, json_param(device.info), json_param(device.shadow)),
             )
-            _set_shares(cur, device.id, device.shared_with)
+            _set_shares(cur, device.id, device.shared_with, device.share_scopes)
             return device
 
         return self._run(job, order=device.id)
@@ -500,7 +500,7 @@ class PostgresStore:
                 return None
             row = _one(cur, "SELECT %s, token_hash FROM devices WHERE id = %%s"
                             % _ONE_DEVICE_COLUMNS, (device_id,))
-            return (_device(cur, row, tuple(row[7])), row[-1]) if row else None
+            return (_device(cur, row, _shares_column(row[7])), row[-1]) if row else None
 
         return self._run(job, order=device_id)
 
@@ -514,7 +514,7 @@ class PostgresStore:
                 (account_id, account_id),
             )
             shares = _shares_of(cur, [r[0] for r in rows])
-            return [_device(cur, r, shares.get(r[0], ())) for r in rows]
+            return [_device(cur, r, shares.get(r[0], _NO_SHARES)) for r in rows]
 
         return self._run(job)
 
@@ -525,6 +525,7 @@ class PostgresStore:
         shared_with: tuple[str, ...] | None,
         shadow_update: shadow.ShadowUpdate | None,
         now: float,
+        share_scopes: dict[str, Any] | None = None,
     ) -> Deferred[tuple[Device, shadow.UpdateResult | None]]:
         def job(cur: Cursor) -> tuple[Device, shadow.UpdateResult | None]:
             device = _get_device(cur, device_id, lock=True)
@@ -536,7 +537,7 @@ class PostgresStore:
             if name is not None:
                 cur.execute("UPDATE devices SET name = %s WHERE id = %s", (name, device_id))
             if shared_with is not None:
-                _set_shares(cur, device_id, shared_with)
+                _set_shares(cur, device_id, shared_with, share_scopes or {})
             return _get_device(cur, device_id), result
 
         return self._run(job, order=device_id)
@@ -794,10 +795,18 @@ def _insert_key(cur: Cursor, key: ApiKey, secret_hash: str) -> None:
 
 
 _DEVICE_COLUMNS = "id, account_id, name, created, last_seen, info, shadow"
-# One device with its sharing, in one round trip.
+# One device with its sharing, in one round trip: [[account, scope], ...].
 _ONE_DEVICE_COLUMNS = _DEVICE_COLUMNS + (
-    ", ARRAY(SELECT s.account_id FROM device_shares s WHERE s.device_id = devices.id"
-    " ORDER BY s.seq)")
+    ", (SELECT json_agg(json_build_array(s.account_id, s.scope) ORDER BY s.seq)"
+    " FROM device_shares s WHERE s.device_id = devices.id)")
+
+_NO_SHARES: tuple[tuple[str, ...], dict[str, Any]] = ((), {})
+
+
+def _shares_column(value: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    if not value:
+        return _NO_SHARES
+    return (tuple(a for a, _ in value), {a: scope for a, scope in value if scope is not None})
 
 
 def _get_device(cur: Cursor, device_id: str, lock: bool = False) -> Device | None:
@@ -806,32 +815,41 @@ def _get_device(cur: Cursor, device_id: str, lock: bool = False) -> Device | Non
     row = _one(cur, "SELECT %s FROM devices WHERE id = %%s%s"
                     % (_ONE_DEVICE_COLUMNS, " FOR NO KEY UPDATE OF devices" if lock else ""),
                (device_id,))
-    return _device(cur, row, tuple(row[7])) if row else None
+    return _device(cur, row, _shares_column(row[7])) if row else None
 
 
-def _device(cur: Cursor, row: Any, shares: tuple[str, ...] | None = None) -> Device:
+def _device(cur: Cursor, row: Any,
+            shares: tuple[tuple[str, ...], dict[str, Any]] | None = None) -> Device:
     if shares is None:
-        shares = _shares_of(cur, [row[0]]).get(row[0], ())
+        shares = _shares_of(cur, [row[0]]).get(row[0], _NO_SHARES)
     return Device(id=row[0], account_id=row[1], name=row[2], created=row[3], last_seen=row[4],
-                  info=row[5], shadow=row[6], shared_with=shares)
+                  info=row[5], shadow=row[6], shared_with=shares[0],
+                  share_scopes=dict(shares[1]))
 
 
-def _shares_of(cur: Cursor, device_ids: list[str]) -> dict[str, tuple[str, ...]]:
+def _shares_of(cur: Cursor,
+               device_ids: list[str]) -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
+    """Device ID -> (the accounts it is shared with, the scopes of those
+    shares that have one)."""
     if not device_ids:
         return {}
-    out: dict[str, list[str]] = {}
-    rows = _all(cur, "SELECT device_id, account_id FROM device_shares"
+    accounts: dict[str, list[str]] = {}
+    scopes: dict[str, dict[str, Any]] = {}
+    rows = _all(cur, "SELECT device_id, account_id, scope FROM device_shares"
                      " WHERE device_id = ANY(%s) ORDER BY seq", (device_ids,))
-    for device_id, account_id in rows:
-        out.setdefault(device_id, []).append(account_id)
-    return {k: tuple(v) for k, v in out.items()}
+    for device_id, account_id, scope in rows:
+        accounts.setdefault(device_id, []).append(account_id)
+        if scope is not None:
+            scopes.setdefault(device_id, {})[account_id] = scope
+    return {k: (tuple(v), scopes.get(k, {})) for k, v in accounts.items()}
 
 
-def _set_shares(cur: Cursor, device_id: str, accounts: tuple[str, ...]) -> None:
+def _set_shares(cur: Cursor, device_id: str, accounts: tuple[str, ...],
+                scopes: dict[str, Any]) -> None:
     cur.execute("DELETE FROM device_shares WHERE device_id = %s", (device_id,))
     if accounts:
         cur.executemany(
-            "INSERT INTO device_shares (device_id, account_id) VALUES (%s, %s)"
+            "INSERT INTO device_shares (device_id, account_id, scope) VALUES (%s, %s, %s)"
             " ON CONFLICT DO NOTHING",
-            [(device_id, a) for a in accounts],
+            [(device_id, a, json_param(scopes[a]) if a in scopes else None) for a in accounts],
         )

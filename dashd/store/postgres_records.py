@@ -262,20 +262,33 @@ def append_audit(cur: Cursor, entries: list[dict[str, Any]]) -> int:
         " %(status)s, %(error)s)",
         entries,
     )
+    # What a sharee did to a device goes to its owner's log too.
+    about_devices = [e for e in entries if e.get("device_id") and "\x00" not in e["device_id"]]
+    if about_devices:
+        cur.executemany(
+            "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error,"
+            " key_account) SELECT %(t)s, d.account_id, %(key_id)s, %(method)s, %(path)s,"
+            " %(device_id)s, %(status)s, %(error)s, %(account_id)s FROM devices d"
+            " WHERE d.id = %(device_id)s AND d.account_id <> %(account_id)s AND EXISTS"
+            " (SELECT 1 FROM device_shares s WHERE s.device_id = d.id"
+            " AND s.account_id = %(account_id)s)",
+            about_devices,
+        )
     return len(entries)
 
 
 def query_audit(cur: Cursor, account_id: str, start: int,
                 limit: int) -> tuple[list[dict[str, Any]], int]:
-    select = "SELECT id, t, key_id, method, path, device_id, status, error FROM audit"
+    select = ("SELECT id, t, key_id, method, path, device_id, status, error,"
+              " coalesce(key_account, account_id) FROM audit")
     if start >= 0:
         rows = _all(cur, select + " WHERE account_id = %s AND id >= %s ORDER BY id LIMIT %s",
                     (account_id, start, limit))
     else:
         rows = _window(cur, select, "account_id = %s", [account_id], start, limit)
     entries = [
-        {"offset": r[0], "timestamp": r[1], "key_id": r[2], "method": r[3], "path": r[4],
-         "device_id": r[5], "status": r[6], "error": r[7]}
+        {"offset": r[0], "timestamp": r[1], "key_id": r[2], "key_account": r[8],
+         "method": r[3], "path": r[4], "device_id": r[5], "status": r[6], "error": r[7]}
         for r in rows
     ]
     if entries:

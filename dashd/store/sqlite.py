@@ -85,6 +85,18 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
     return current, version
 
 
+def owner_only(path: str) -> None:
+    """Make the database file and its companions (-wal, -shm, -journal)
+    readable and writable by their owner only."""
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warn("cannot make {name} owner-only: {error}", name=name, error=e)
+
+
 def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -149,6 +161,11 @@ class SQLiteStore:
         reader's (read-only)."""
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        # Owner-only, like admin.key, whatever the umask or the data
+        # directory's mode: created so, and made so if an older dashd left it
+        # readable. SQLite gives -wal and -shm the database file's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        owner_only(self.path)
         conn = connect(self.path, self._synchronous)
         before, after = migrate(conn)
         latest = migrations()[-1][0]
@@ -159,6 +176,7 @@ class SQLiteStore:
                 "the store %s was written by a newer dashd (schema %d, this dashd knows %d): "
                 "run that version, or restore a backup made for this one"
                 % (self.path, before, latest))
+        owner_only(self.path)
         if before != after:
             log.info(
                 "store {path}: schema migrated from version {before} to {after}",
@@ -430,7 +448,7 @@ class SQLiteStore:
                     compact(device.shadow),
                 ),
             )
-            _set_shares(conn, device.id, device.shared_with)
+            _set_shares(conn, device.id, device.shared_with, device.share_scopes)
             return device
 
         return self._submit(job)
@@ -457,7 +475,7 @@ class SQLiteStore:
                 (account_id, account_id),
             ).fetchall()
             shares = _shares_of(conn, [r[0] for r in rows])
-            return [_device(conn, r, shares.get(r[0], ())) for r in rows]
+            return [_device(conn, r, shares.get(r[0], _NO_SHARES)) for r in rows]
 
         return self._submit(job)
 
@@ -468,6 +486,7 @@ class SQLiteStore:
         shared_with: tuple[str, ...] | None,
         shadow_update: shadow.ShadowUpdate | None,
         now: float,
+        share_scopes: dict[str, Any] | None = None,
     ) -> Deferred[tuple[Device, shadow.UpdateResult | None]]:
         def job(conn: sqlite3.Connection) -> tuple[Device, shadow.UpdateResult | None]:
             device = _get_device(conn, device_id)
@@ -479,7 +498,7 @@ class SQLiteStore:
             if name is not None:
                 conn.execute("UPDATE devices SET name = ? WHERE id = ?", (name, device_id))
             if shared_with is not None:
-                _set_shares(conn, device_id, shared_with)
+                _set_shares(conn, device_id, shared_with, share_scopes or {})
             return _get_device(conn, device_id), result
 
         return self._submit(job)
@@ -784,10 +803,11 @@ def _get_device(conn: sqlite3.Connection, device_id: str) -> Device | None:
 
 
 def _device(
-    conn: sqlite3.Connection, row: tuple[Any, ...], shares: tuple[str, ...] | None = None
+    conn: sqlite3.Connection, row: tuple[Any, ...],
+    shares: tuple[tuple[str, ...], dict[str, Any]] | None = None,
 ) -> Device:
     if shares is None:
-        shares = _shares_of(conn, [row[0]]).get(row[0], ())
+        shares = _shares_of(conn, [row[0]]).get(row[0], _NO_SHARES)
     return Device(
         id=row[0],
         account_id=row[1],
@@ -796,7 +816,8 @@ def _device(
         last_seen=row[4],
         info=json.loads(row[5]),
         shadow=json.loads(row[6]),
-        shared_with=shares,
+        shared_with=shares[0],
+        share_scopes=dict(shares[1]),
     )
 
 
@@ -804,26 +825,37 @@ def _replace_shadow(device: Device, document: dict[str, Any]) -> Device:
     return replace(device, shadow=document)
 
 
-def _shares_of(conn: sqlite3.Connection, device_ids: list[str]) -> dict[str, tuple[str, ...]]:
+_NO_SHARES: tuple[tuple[str, ...], dict[str, Any]] = ((), {})
+
+
+def _shares_of(
+    conn: sqlite3.Connection, device_ids: list[str]
+) -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
+    """Device ID -> (the accounts it is shared with, the scopes of those
+    shares that have one)."""
     if not device_ids:
         return {}
-    out: dict[str, list[str]] = {}
+    accounts: dict[str, list[str]] = {}
+    scopes: dict[str, dict[str, Any]] = {}
     # Chunk to stay below SQLite's limit on bound parameters.
     for i in range(0, len(device_ids), 500):
         chunk = device_ids[i : i + 500]
         rows = conn.execute(
-            "SELECT device_id, account_id FROM device_shares WHERE device_id IN (%s)"
+            "SELECT device_id, account_id, scope FROM device_shares WHERE device_id IN (%s)"
             " ORDER BY rowid" % ",".join("?" * len(chunk)),
             chunk,
         ).fetchall()
-        for device_id, account_id in rows:
-            out.setdefault(device_id, []).append(account_id)
-    return {k: tuple(v) for k, v in out.items()}
+        for device_id, account_id, scope in rows:
+            accounts.setdefault(device_id, []).append(account_id)
+            if scope is not None:
+                scopes.setdefault(device_id, {})[account_id] = json.loads(scope)
+    return {k: (tuple(v), scopes.get(k, {})) for k, v in accounts.items()}
 
 
-def _set_shares(conn: sqlite3.Connection, device_id: str, accounts: tuple[str, ...]) -> None:
+def _set_shares(conn: sqlite3.Connection, device_id: str, accounts: tuple[str, ...],
+                scopes: dict[str, Any]) -> None:
     conn.execute("DELETE FROM device_shares WHERE device_id = ?", (device_id,))
     conn.executemany(
-        "INSERT OR IGNORE INTO device_shares (device_id, account_id) VALUES (?, ?)",
-        [(device_id, a) for a in accounts],
+        "INSERT OR IGNORE INTO device_shares (device_id, account_id, scope) VALUES (?, ?, ?)",
+        [(device_id, a, compact(scopes[a]) if a in scopes else None) for a in accounts],
     )

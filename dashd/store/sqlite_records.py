@@ -322,6 +322,17 @@ def append_audit(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> int
         " VALUES (:t, :account_id, :key_id, :method, :path, :device_id, :status, :error)",
         entries,
     )
+    # What a sharee did to a device goes to its owner's log too.
+    about_devices = [e for e in entries if e.get("device_id")]
+    if about_devices:
+        conn.executemany(
+            "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error,"
+            " key_account) SELECT :t, d.account_id, :key_id, :method, :path, :device_id,"
+            " :status, :error, :account_id FROM devices d WHERE d.id = :device_id"
+            " AND d.account_id <> :account_id AND EXISTS (SELECT 1 FROM device_shares s"
+            " WHERE s.device_id = d.id AND s.account_id = :account_id)",
+            about_devices,
+        )
     return len(entries)
 
 
@@ -330,7 +341,8 @@ def query_audit(
 ) -> tuple[list[dict[str, Any]], int]:
     """The account's entries from offset C{start} (negative: that many
     before the end), oldest first, and the offset to ask for next."""
-    select = "SELECT id, t, key_id, method, path, device_id, status, error FROM audit"
+    select = ("SELECT id, t, key_id, method, path, device_id, status, error,"
+              " coalesce(key_account, account_id) FROM audit")
     if start >= 0:
         rows = conn.execute(
             select + " WHERE account_id = ? AND id >= ? ORDER BY id LIMIT ?",
@@ -339,8 +351,8 @@ def query_audit(
     else:
         rows = _window(conn, select, "account_id = ?", [account_id], start, limit)
     entries = [
-        {"offset": r[0], "timestamp": r[1], "key_id": r[2], "method": r[3], "path": r[4],
-         "device_id": r[5], "status": r[6], "error": r[7]}
+        {"offset": r[0], "timestamp": r[1], "key_id": r[2], "key_account": r[8],
+         "method": r[3], "path": r[4], "device_id": r[5], "status": r[6], "error": r[7]}
         for r in rows
     ]
     if entries:

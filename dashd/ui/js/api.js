@@ -1,6 +1,6 @@
 // The REST API, with the key the user signed in with. The key goes in the
-// Authorization header, never in a URL (only the notification WebSocket,
-// which browsers cannot give headers, takes it as ?access_token=).
+// Authorization header, never in a URL (the notification WebSocket, which
+// browsers cannot give headers, opens with a single-use ticket: notify.js).
 
 export class ApiError extends Error {
   constructor(status, code, message) {

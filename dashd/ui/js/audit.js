@@ -47,7 +47,9 @@ export function mount(main, ctx) {
     return h('tr', {class: failed ? 'failed' : null, dataset: {offset: String(entry.offset)}},
       td('Time', when(entry.timestamp)),
       td('Key', keyName ? `${keyName} ` : '', h('code', {}, entry.key_id),
-        entry.key_id === me.id ? h('span', {class: 'badge this'}, 'this key') : null),
+        entry.key_id === me.id ? h('span', {class: 'badge this'}, 'this key') : null,
+        entry.key_account && entry.key_account !== me.account_id
+          ? h('span', {class: 'badge'}, `account ${entry.key_account}`) : null),
       td('Request', h('code', {}, `${entry.method} ${entry.path}`)),
       td('Device', entry.device_id
         ? (device ? h('a', {href: `#/devices/${encode(entry.device_id)}`}, device.name || entry.device_id) : h('code', {}, entry.device_id))
@@ -126,7 +128,7 @@ export function mount(main, ctx) {
   main.append(
     h('h1', {}, 'Audit log'),
     h('p', {}, 'Every change and every device call made with the keys of account ', h('code', {}, me.account_id),
-      ' through the REST API (and so this dashboard): which key, when, and how it ended. Reads are not listed.'),
+      ' through the REST API (and so this dashboard), and those the accounts its devices are shared with made on them: which key, when, and how it ended. Reads are not listed.'),
     message,
     h('section', {class: 'card', 'aria-labelledby': 'audit-entries'}, h('h2', {id: 'audit-entries'}, 'Entries'),
       h('div', {class: 'actions left'}, newer),

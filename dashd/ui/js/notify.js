@@ -1,7 +1,11 @@
 // The live notification stream (/api/v2/notify). Browsers cannot send an
-// Authorization header on a WebSocket, so the key goes as ?access_token=
-// (dashd masks it in its log). Reconnects with a growing delay; a stream
-// closed because the key was revoked (4001) signs the user out.
+// Authorization header on a WebSocket, and a key in a URL ends up in console
+// errors and proxy logs: each connection asks POST /api/v2/notify/ticket
+// (the key in the header) for a single-use ticket and opens the stream with
+// that. Reconnects with a growing delay; a stream closed because the key was
+// revoked (4001), or a ticket refused for it (401), signs the user out.
+
+import {api} from './api.js';
 
 const REVOKED = 4001;
 
@@ -31,11 +35,26 @@ export class Notifier {
     if (this.onState) this.onState(state);
   }
 
-  connect() {
+  async connect() {
     this.timer = null;
-    const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
-    const url = `${scheme}://${window.location.host}/api/v2/notify?access_token=${encodeURIComponent(this.key)}`;
     this.setState('connecting');
+    let ticket;
+    try {
+      ticket = await api('POST', '/notify/ticket', {}, {key: this.key});
+    } catch (error) {
+      if (this.stopped) return;
+      if (error.status === 401) {
+        this.stopped = true;
+        this.setState('closed');
+        if (this.onRevoked) this.onRevoked(error.message);
+        return;
+      }
+      this.retry();
+      return;
+    }
+    if (this.stopped) return;
+    const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
+    const url = `${scheme}://${window.location.host}/api/v2/notify?ticket=${encodeURIComponent(ticket.ticket)}`;
     const socket = new WebSocket(url);
     this.socket = socket;
     socket.addEventListener('open', () => {
@@ -65,11 +84,15 @@ export class Notifier {
         if (this.onRevoked) this.onRevoked(close.reason || 'this API key was revoked');
         return;
       }
-      this.setState('reconnecting');
-      if (this.onLost) this.onLost();
-      this.timer = window.setTimeout(() => this.connect(), this.delay);
-      this.delay = Math.min(this.delay * 2, 30000);
+      this.retry();
     });
+  }
+
+  retry() {
+    this.setState('reconnecting');
+    if (this.onLost) this.onLost();
+    this.timer = window.setTimeout(() => this.connect(), this.delay);
+    this.delay = Math.min(this.delay * 2, 30000);
   }
 
   emit(event) {

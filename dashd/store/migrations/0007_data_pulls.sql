@@ -1,4 +1,4 @@
--- dashd schema version 6: pulling what mDash-library devices stored on their
+-- dashd schema version 7: pulling what mDash-library devices stored on their
 -- own file system (mDashStore, see dashd/app/datapull.py). A row marks a
 -- device that stores data this way (so its files are pulled when it comes
 -- online) and, while a pull is under way, which file of the device is

@@ -1,5 +1,5 @@
--- dashd on PostgreSQL, schema version 4: what SQLite version 6 holds
--- (migrations/0006_data_pulls.sql): the pulls of mDash-library devices'
+-- dashd on PostgreSQL, schema version 5: what SQLite version 7 holds
+-- (migrations/0007_data_pulls.sql): the pulls of mDash-library devices'
 -- stored data.
 
 CREATE TABLE data_pulls (

@@ -1,0 +1,6 @@
+-- dashd schema version 6: an audit entry may be kept in the log of the
+-- account that owns the device it is about, for a call made with a key of
+-- an account the device is shared with; key_account is then that account
+-- (NULL: the key is of the log's own account).
+
+ALTER TABLE audit ADD COLUMN key_account TEXT;
