@@ -702,10 +702,13 @@ async def test_device_changes_are_announced(server, admin: Client):
     mine = lambda name: lambda e: e["name"] == name and e["id"] == device_id  # noqa: E731
     created = await subscriber.next(mine("device.created"))
     assert created["data"] == {"name": "first name"}
-    await admin.post("/api/v2/devices/" + device_id, {"name": "second name",
-                                                      "shared_with": "partner"})
+    partner = await admin.post("/api/v2/accounts", {"name": "partner"})
+    SECRETS.add(partner.body["admin_key"]["key"])
+    reply = await admin.post("/api/v2/devices/" + device_id, {
+        "name": "second name", "shared_with": partner.body["id"]})
+    assert reply.status == 200, reply
     updated = await subscriber.next(mine("device.updated"))
-    assert updated["data"] == {"name": "second name", "shared_with": ["partner"]}
+    assert updated["data"] == {"name": "second name", "shared_with": [partner.body["id"]]}
     assert (await customer.next(mine("device.updated")))["data"] == {"name": "second name"}
     await admin.delete("/api/v2/devices/" + other_id)
     await admin.delete("/api/v2/devices/" + device_id)

@@ -59,10 +59,11 @@ function same(stored, live) {
 }
 
 export function logPart(ctx, deviceId) {
-  // The live region around the list, not on it: role=log on the <ol>
-  // itself would take its list semantics and leave its items orphaned.
-  const list = h('ol', {class: 'log', tabindex: '0', 'aria-label': 'Device log lines'});
-  const region = h('div', {role: 'log', 'aria-label': 'Device log'}, list);
+  // The live region (and what scrolls) around the list, not on it:
+  // role=log on the <ol> itself would take its list semantics and leave its
+  // items orphaned.
+  const list = h('ol', {});
+  const region = h('div', {class: 'log', role: 'log', 'aria-label': 'Device log', tabindex: '0'}, list);
   const older = h('button', {type: 'button', class: 'secondary small'}, 'Load older');
   const pause = h('button', {type: 'button', class: 'secondary small', 'aria-pressed': 'false'}, 'Pause');
   const clear = h('button', {type: 'button', class: 'secondary small'}, 'Clear');
@@ -95,16 +96,16 @@ export function logPart(ctx, deviceId) {
 
   function append(li) {
     if (!li) return;
-    const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 4;
+    const atBottom = region.scrollTop + region.clientHeight >= region.scrollHeight - 4;
     list.append(li);
     trim();
-    if (atBottom) list.scrollTop = list.scrollHeight;
+    if (atBottom) region.scrollTop = region.scrollHeight;
   }
 
   function prepend(lines) {
-    const fromBottom = list.scrollHeight - list.scrollTop;
+    const fromBottom = region.scrollHeight - region.scrollTop;
     list.prepend(...lines);
-    list.scrollTop = list.scrollHeight - fromBottom;
+    region.scrollTop = region.scrollHeight - fromBottom;
   }
 
   // The oldest lines go first. Once stored ones went, the view no longer
@@ -160,7 +161,7 @@ export function logPart(ctx, deviceId) {
         ? `${complete ? 'Every stored event is shown' : `The last ${events.length} stored events are shown`}; new ones follow as they come.`
         : 'Nothing is stored for this device yet; new lines show as they come.';
     }
-    list.scrollTop = list.scrollHeight;
+    region.scrollTop = region.scrollHeight;
     showState();
   }
 
@@ -194,7 +195,7 @@ export function logPart(ctx, deviceId) {
       older.disabled = false;
       showState();
       // The button may have gone: keep the keyboard in the log.
-      if (older.hidden) list.focus();
+      if (older.hidden) region.focus();
     }
   });
 
