@@ -39,11 +39,14 @@ def firmware(world, size=SIZE, name="fw.bin"):
 
 
 def start(world, fake, path, auto_commit=False, pull_base_url=None):
+    """C{pull_base_url}: pull mode, the device having reached dashd there."""
     with open(path, "rb") as f:
         content = f.read()
+    if pull_base_url is not None:
+        fake.session.base_url = pull_base_url
     device = done(world.app.firmware.prepare(world.admin, fake.device_id))
     status = done(world.app.firmware.start(
-        device, path, len(content), os.path.basename(path), None, pull_base_url,
+        device, path, len(content), os.path.basename(path), None, pull_base_url is not None,
         auto_commit, 600))
     return status, content
 

@@ -153,36 +153,3 @@ def test_requests_per_key_over_the_burst_wait_for_the_bucket_to_refill(limited):
     w.clock.advance(1.0)
     for _ in range(5):
         done(w.auth.api_key(w.admin_secret))
-
-
-def test_failed_authentications_close_both_doors_for_the_address_until_the_window_ends(
-        limited):
-    w = limited
-    device, token = w.register()
-    logged = []
-    observer = logged.append
-    globalLogPublisher.addObserver(observer)
-    try:
-        for _ in range(4):
-            failure_of(w.auth.api_key("k000000000000.nope", "10.0.0.1"), Unauthenticated)
-        w.clock.advance(30)
-        # Good secrets from that address are refused too, at both doors...
-        error = failure_of(w.auth.api_key(w.admin_secret, "10.0.0.1"), Busy)
-        assert error.message == ("too many failed authentications from 10.0.0.1; "
-                                 "try again in 30 s")
-        assert error.retry_after == 30
-        failure_of(w.auth.device(token, "10.0.0.1"), Busy)
-        # ...another address is served...
-        assert done(w.auth.api_key(w.admin_secret, "10.0.0.2")) == w.admin
-        assert done(w.auth.device(token, "10.0.0.2")).id == device.id
-        # ...and the window ends a minute after the first failure.
-        w.clock.advance(29.9)
-        failure_of(w.auth.api_key(w.admin_secret, "10.0.0.1"), Busy)
-        w.clock.advance(0.1)
-        assert done(w.auth.api_key(w.admin_secret, "10.0.0.1")) == w.admin
-    finally:
-        globalLogPublisher.removeObserver(observer)
-    texts = [formatEvent(e) for e in logged]
-    assert sum("REST: failed authentication from 10.0.0.1" in t for t in texts) == 4
-    assert sum("4 failed authentications from 10.0.0.1 within 60" in t for t in texts) == 1
-

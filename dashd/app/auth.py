@@ -110,6 +110,8 @@ class Authenticator:
                 return succeed(self._admit(key))
         except Unauthenticated as e:
             return fail(self._failed(REST, address, _key_id(secret), e))
+        except Busy:
+            return fail()  # over the key's rate: a failed Deferred, as promised
         d = self._stored_key(secret)  # type: ignore[arg-type]
         d.addErrback(self._refused, REST, address, _key_id(secret))
         d.addCallback(self._admit)
