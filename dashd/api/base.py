@@ -118,6 +118,17 @@ def int_arg(request: Any, name: str, default: int) -> int:
         raise Invalid("%s must be an integer" % name, name)
 
 
+def text_arg(request: Any, name: str) -> str | None:
+    """A query argument as text (None if not given)."""
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid("%s is not valid UTF-8" % name, name) from None
+
+
 def client_address(request: Any) -> str | None:
     peer = request.getClientAddress()
     return getattr(peer, "host", None)

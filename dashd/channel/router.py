@@ -63,6 +63,10 @@ class IRouter(Interface):
     def online_count():
         """How many devices hold a live connection."""
 
+    def online_ids():
+        """The IDs of the devices that hold a live connection (the part of a
+        device query about ``online``)."""
+
     def call(device_id, method, params, timeout):
         """Call a method on the device wherever it is connected; fails at
         once with L{dashd.domain.errors.Offline} if it is not."""
@@ -102,6 +106,9 @@ class LocalRouter:
 
     def online_count(self) -> int:
         return len(self._sessions)
+
+    def online_ids(self) -> list[str]:
+        return list(self._sessions)
 
     def device(self, device_id: str) -> Device | None:
         session = self._sessions.get(device_id)

@@ -247,6 +247,11 @@ class Cluster:
                   if h.node != self.node_id and self.presence.alive(h.node)}
         return len(remote | set(self._local))
 
+    def online_ids(self) -> list[str]:
+        remote = {d for d, h in self.presence.holders.items()
+                  if h.node != self.node_id and self.presence.alive(h.node)}
+        return list(remote | set(self._local))
+
     def sessions(self) -> list[Any]:
         return [entry.session for entry in self._local.values()]
 
@@ -670,6 +675,9 @@ class ClusterRouter:
 
     def online_count(self) -> int:
         return self._cluster.online_count()
+
+    def online_ids(self) -> list[str]:
+        return self._cluster.online_ids()
 
     def device(self, device_id: str) -> Device | None:
         # Only a session held here is known to be current (device_changed

@@ -91,6 +91,15 @@ class IStore(Interface):
     def list_devices(account_id):
         """Fire with the devices the account owns or that are shared with it."""
 
+    def select_devices(selection):
+        """Fire with the devices of a L{dashd.domain.query.Selection}, in
+        its order, one more than its limit if there are more (see
+        L{dashd.store.query_sql}: the query runs in the store)."""
+
+    def count_devices(selection):
+        """Fire with how many devices the selection matches (its limit and
+        cursor aside)."""
+
     def update_device(device_id, name, shared_with, shadow_update, now):
         """In one transaction change the name and/or sharing (None leaves a
         field alone) and apply a L{dashd.domain.shadow.ShadowUpdate} (or None).

@@ -50,9 +50,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from dashd.domain import shadow
+from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
-from dashd.store import IStore, LastAdminKey, NotFound, StoreError, postgres_records
+from dashd.store import IStore, LastAdminKey, NotFound, StoreError, postgres_records, query_sql
 from dashd.store.postgres_records import json_param
 
 log = Logger()
@@ -115,10 +115,44 @@ def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> tuple[int
             if number <= version or (upto is not None and number > upto):
                 continue
             conn.execute(script.encode("utf-8"))  # several statements, no parameters
+            after = _AFTER_MIGRATION.get(number)
+            if after is not None:
+                with conn.cursor() as cur:
+                    after(cur)
             version = number
         if version != current:
             conn.execute("UPDATE dashd_schema SET version = %s", (version,))
     return current, version
+
+
+def _index_devices(cur: Cursor) -> None:
+    """Fill the index of device queries for the devices there are."""
+    for device_id, info, doc in _all(cur, "SELECT id, info, shadow FROM devices"):
+        _write_facts(cur, device_id, info, doc.get("tags") or {})
+
+
+# Python steps of migrations, run in their transaction after their SQL.
+_AFTER_MIGRATION: dict[int, Callable[[Cursor], None]] = {5: _index_devices}
+
+
+def _write_facts(cur: Cursor, device_id: str, info: dict[str, Any] | None,
+                 tags: dict[str, Any] | None) -> None:
+    """Rewrite the device's rows of the query index for the sections given."""
+    for section, value in (("info", info), ("tags", tags)):
+        if value is None:
+            continue
+        cur.execute("DELETE FROM device_facts WHERE device_id = %s AND section = %s",
+                    (device_id, section))
+    rows = query.facts(info, tags)
+    if rows:
+        cur.executemany(
+            "INSERT INTO device_facts (device_id, section, path, type, text, num, version)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(device_id,) + row for row in rows])
+
+
+def _firmware(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: info[k] for k in query.INDEXED_INFO if k in info}
 
 
 def schema_version(url: str, timeout: float = 10.0) -> int:
@@ -485,6 +519,7 @@ class PostgresStore:
                  device.last_seen, json_param(device.info), json_param(device.shadow)),
             )
             _set_shares(cur, device.id, device.shared_with)
+            _write_facts(cur, device.id, device.info, device.shadow.get("tags") or {})
             return device
 
         return self._run(job, order=device.id)
@@ -567,6 +602,9 @@ class PostgresStore:
         if result.changed:
             cur.execute("UPDATE devices SET shadow = %s WHERE id = %s",
                         (json_param(result.document), device.id))
+            tags = result.document.get("tags") or {}
+            if tags != (device.shadow.get("tags") or {}):
+                _write_facts(cur, device.id, None, tags)
         return result
 
     def record_info(
@@ -585,6 +623,8 @@ class PostgresStore:
                 result = self._apply_shadow(cur, device, shadow_update, now)
             cur.execute("UPDATE devices SET info = %s, last_seen = %s WHERE id = %s",
                         (json_param(info), now, device_id))
+            if _firmware(info) != _firmware(device.info):
+                _write_facts(cur, device_id, info, None)
             return _get_device(cur, device_id), result
 
         return self._run(job, order=device_id)
@@ -622,6 +662,22 @@ class PostgresStore:
 
         return self._run(job, order=device_id)
 
+
+    def select_devices(self, selection: query.Selection) -> Deferred[list[Device]]:
+        def job(cur: Cursor) -> list[Device]:
+            sql, params = query_sql.select_sql("postgresql", selection, _Q_DEVICE_COLUMNS)
+            rows = _all(cur, sql, params)
+            shares = _shares_of(cur, [r[0] for r in rows])
+            return [_device(cur, r, shares.get(r[0], ())) for r in rows]
+
+        return self._run(job)
+
+    def count_devices(self, selection: query.Selection) -> Deferred[int]:
+        def job(cur: Cursor) -> int:
+            sql, params = query_sql.count_sql("postgresql", selection)
+            return int(_one(cur, sql, params)[0])
+
+        return self._run(job)
 
     # Stored data, device events, OTA status, audit (the jobs are in postgres_records.py)
 
@@ -792,6 +848,7 @@ def _insert_key(cur: Cursor, key: ApiKey, secret_hash: str) -> None:
 
 
 _DEVICE_COLUMNS = "id, account_id, name, created, last_seen, info, shadow"
+_Q_DEVICE_COLUMNS = ", ".join("d." + c for c in _DEVICE_COLUMNS.split(", "))
 # One device with its sharing, in one round trip.
 _ONE_DEVICE_COLUMNS = _DEVICE_COLUMNS + (
     ", ARRAY(SELECT s.account_id FROM device_shares s WHERE s.device_id = devices.id"

@@ -45,10 +45,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dashd.domain import shadow
+from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
-from dashd.store import IStore, LastAdminKey, NotFound, StoreError, sqlite_records
+from dashd.store import IStore, LastAdminKey, NotFound, StoreError, query_sql, sqlite_records
 
 log = Logger()
 
@@ -69,20 +69,58 @@ def migrations() -> list[tuple[int, str]]:
     return found
 
 
-def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
-    """Apply the migrations the database has not seen; return (from, to)."""
+def migrate(conn: sqlite3.Connection, upto: int | None = None) -> tuple[int, int]:
+    """Apply the migrations the database has not seen (up to C{upto});
+    return (from, to)."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     version = current
     for number, script in migrations():
-        if number <= version:
+        if number <= version or (upto is not None and number > upto):
             continue
         # executescript commits first, so wrap each migration in its own
         # transaction explicitly; user_version is transactional in SQLite.
-        conn.executescript(
-            "BEGIN IMMEDIATE;\n%s\nPRAGMA user_version = %d;\nCOMMIT;" % (script, number)
-        )
+        try:
+            conn.executescript("BEGIN IMMEDIATE;\n%s\n" % script)
+            after = _AFTER_MIGRATION.get(number)
+            if after is not None:
+                after(conn)
+            # (not executescript, which would commit first)
+            conn.execute("PRAGMA user_version = %d" % number)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         version = number
     return current, version
+
+
+def _index_devices(conn: sqlite3.Connection) -> None:
+    """Fill the index of device queries for the devices there are."""
+    for device_id, info, doc in conn.execute("SELECT id, info, shadow FROM devices").fetchall():
+        _write_facts(conn, device_id, json.loads(info), json.loads(doc).get("tags") or {})
+
+
+# Python steps of migrations, run in their transaction after their SQL.
+_AFTER_MIGRATION: dict[int, Callable[[sqlite3.Connection], None]] = {7: _index_devices}
+
+
+def _write_facts(conn: sqlite3.Connection, device_id: str, info: dict[str, Any] | None,
+                 tags: dict[str, Any] | None) -> None:
+    """Rewrite the device's rows of the query index for the sections given."""
+    for section, value in (("info", info), ("tags", tags)):
+        if value is None:
+            continue
+        conn.execute("DELETE FROM device_facts WHERE device_id = ? AND section = ?",
+                     (device_id, section))
+    rows = query.facts(info, tags)
+    conn.executemany(
+        "INSERT OR REPLACE INTO device_facts (device_id, section, path, type, text, num, version)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)", [(device_id,) + row for row in rows])
+
+
+def _version(value: Any) -> str | None:
+    return query.version_key(value)
 
 
 def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -91,6 +129,9 @@ def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = %s" % synchronous)
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 5000")
+    # The version order of device queries (dashd.store.query_sql); in
+    # queries only, never in the schema, so any SQLite can read the file.
+    conn.create_function("dashd_version", 1, _version, deterministic=True)
     return conn
 
 
@@ -425,6 +466,7 @@ class SQLiteStore:
                 ),
             )
             _set_shares(conn, device.id, device.shared_with)
+            _write_facts(conn, device.id, device.info, device.shadow.get("tags") or {})
             return device
 
         return self._submit(job)
@@ -511,6 +553,9 @@ class SQLiteStore:
                 "UPDATE devices SET shadow = ? WHERE id = ?",
                 (compact(result.document), device.id),
             )
+            tags = result.document.get("tags") or {}
+            if tags != (device.shadow.get("tags") or {}):
+                _write_facts(conn, device.id, None, tags)
         return result
 
     def record_info(
@@ -531,6 +576,8 @@ class SQLiteStore:
                 "UPDATE devices SET info = ?, last_seen = ? WHERE id = ?",
                 (compact(info), now, device_id),
             )
+            if _firmware(info) != _firmware(device.info):
+                _write_facts(conn, device_id, info, None)
             # What was read plus what was written, without reading it again.
             shadow_doc = device.shadow if result is None else result.document
             return replace(device, info=info, last_seen=now, shadow=shadow_doc), result
@@ -570,6 +617,22 @@ class SQLiteStore:
             return cur.rowcount > 0
 
         return self._submit(job)
+
+    def select_devices(self, selection: query.Selection) -> Deferred[list[Device]]:
+        def job(conn: sqlite3.Connection) -> list[Device]:
+            sql, params = query_sql.select_sql("sqlite", selection, _Q_DEVICE_COLUMNS)
+            rows = conn.execute(sql, params).fetchall()
+            shares = _shares_of(conn, [r[0] for r in rows])
+            return [_device(conn, r, shares.get(r[0], ())) for r in rows]
+
+        return self._read(job)
+
+    def count_devices(self, selection: query.Selection) -> Deferred[int]:
+        def job(conn: sqlite3.Connection) -> int:
+            sql, params = query_sql.count_sql("sqlite", selection)
+            return int(conn.execute(sql, params).fetchone()[0])
+
+        return self._read(job)
 
     # Stored data, device events, OTA status (the jobs are in sqlite_records.py)
 
@@ -698,6 +761,11 @@ def _insert_key(conn: sqlite3.Connection, key: ApiKey, secret_hash: str) -> None
 
 
 _DEVICE_COLUMNS = "id, account_id, name, created, last_seen, info, shadow"
+_Q_DEVICE_COLUMNS = ", ".join("d." + c for c in _DEVICE_COLUMNS.split(", "))
+
+
+def _firmware(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: info[k] for k in query.INDEXED_INFO if k in info}
 
 
 def _get_device(conn: sqlite3.Connection, device_id: str) -> Device | None:
