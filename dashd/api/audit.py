@@ -33,6 +33,8 @@ def entry_for(request: Request, now: float) -> dict[str, Any] | None:
         return None
     m = _DEVICE_PATH.match(path)
     device_id = m.group(1) if m and m.group(1) not in _NOT_DEVICES else None
+    # A route about something of a device's (DELETE /calls/:id) names it.
+    device_id = getattr(request, "dashd_device_id", None) or device_id
     return {
         "t": now,
         "account_id": key.account_id,

@@ -9,11 +9,12 @@ single-process implementation: a dictionary of live sessions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
 from zope.interface import Attribute, Interface, implementer
 
+from dashd.domain import tokens
 from dashd.domain.errors import Offline
 from dashd.domain.model import Device
 
@@ -44,6 +45,18 @@ class ISession(Interface):
 
 
 class IRouter(Interface):
+    node_id = Attribute("this node's ID, new at each start (queued calls' claims name it)")
+    settle = Attribute("seconds after which every node that lives has been heard of")
+    queue_observers = Attribute(
+        "callables given the ID of a device calls were queued for, on the node holding it")
+
+    def node_alive(node_id):
+        """Whether the node C{node_id} lives (this one, or one heard of lately)."""
+
+    def calls_queued(device_id):
+        """Calls were queued for the device: tell the queue observers of the
+        node holding it, wherever that is."""
+
     def attach(session):
         """C{session} now holds its device; a previous session of the same
         device is told it was replaced."""
@@ -86,8 +99,20 @@ class IRouter(Interface):
 
 @implementer(IRouter)
 class LocalRouter:
+    settle = 0.0
+
     def __init__(self) -> None:
         self._sessions: dict[str, Any] = {}
+        self.node_id = tokens.new_id("n")
+        self.queue_observers: list[Callable[[str], None]] = []
+
+    def node_alive(self, node_id: str) -> bool:
+        return node_id == self.node_id
+
+    def calls_queued(self, device_id: str) -> None:
+        if device_id in self._sessions:
+            for observer in self.queue_observers:
+                observer(device_id)
 
     def attach(self, session: Any) -> None:
         old = self._sessions.get(session.device_id)

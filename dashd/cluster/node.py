@@ -357,6 +357,22 @@ class Cluster:
 
     # Changes that must reach the device wherever it is
 
+    def calls_queued(self, device_id: str) -> None:
+        self._calls_queued_here(device_id)
+        # The device may be held, or just connecting, anywhere.
+        self._broadcast({"t": "cq", "id": device_id})
+
+    def _calls_queued_here(self, device_id: str) -> None:
+        if device_id in self._local:
+            for observer in self.router.queue_observers:
+                try:
+                    observer(device_id)
+                except Exception:
+                    log.failure("queue observer {observer}", observer=observer)
+
+    def node_alive(self, node_id: str) -> bool:
+        return node_id == self.node_id or self.presence.alive(node_id)
+
     def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:
         session = self.local_session(device_id)
         if session is not None:
@@ -428,6 +444,8 @@ class Cluster:
             session = self.local_session(str(message["id"]))
             if session is not None:
                 session.desired_changed(message["doc"])
+        elif kind == "cq":
+            self._calls_queued_here(str(message["id"]))
         elif kind == "dc":
             device = device_from(message["device"])
             session = self.local_session(device.id)
@@ -663,6 +681,22 @@ class ClusterRouter:
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
+        self.queue_observers: list[Any] = []
+
+    @property
+    def node_id(self) -> str:
+        return self._cluster.node_id
+
+    @property
+    def settle(self) -> float:
+        # A node that lives beats a few times each node_timeout.
+        return 2 * self._cluster.timeout
+
+    def node_alive(self, node_id: str) -> bool:
+        return self._cluster.node_alive(node_id)
+
+    def calls_queued(self, device_id: str) -> None:
+        self._cluster.calls_queued(device_id)
 
     def attach(self, session: Any) -> None:
         self._cluster.attach(session)

@@ -48,7 +48,8 @@ from zope.interface import implementer
 from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
-from dashd.store import IStore, LastAdminKey, NotFound, StoreError, query_sql, sqlite_records
+from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, query_sql,
+                         sqlite_records)
 
 log = Logger()
 
@@ -633,6 +634,49 @@ class SQLiteStore:
             return int(conn.execute(sql, params).fetchone()[0])
 
         return self._read(job)
+
+    # Queued calls (the jobs are in calls_sql.py)
+
+    def _calls(self, job: Callable[..., Any], *args: Any, read: bool = False) -> Deferred[Any]:
+        def run(conn: sqlite3.Connection) -> Any:
+            return job(calls_sql.Db(conn, "sqlite"), *args)
+
+        return self._read(run) if read else self._submit(run)
+
+    def create_call(self, call: Any, per_device: int, per_account: int) -> Deferred[Any]:
+        return self._calls(calls_sql.create, call, per_device, per_account)
+
+    def get_call(self, call_id: str) -> Deferred[Any]:
+        return self._calls(calls_sql.get, call_id)
+
+    def list_calls(self, device_id: str, states: tuple[str, ...] | None, limit: int,
+                   before: int | None) -> Deferred[Any]:
+        return self._calls(calls_sql.list_for, device_id, states, limit, before, read=True)
+
+    def claim_calls(self, device_id: str, claim: str, now: float, limit: int) -> Deferred[Any]:
+        return self._calls(calls_sql.claim, device_id, claim, now, limit)
+
+    def end_call(self, call_id: str, attempt: int, claim: str, state: str, now: float,
+                 result: Any = None, error: dict[str, Any] | None = None) -> Deferred[Any]:
+        return self._calls(calls_sql.end, call_id, attempt, claim, state, now, result, error)
+
+    def unsend_call(self, call_id: str, claim: str) -> Deferred[Any]:
+        return self._calls(calls_sql.unsend, call_id, claim)
+
+    def cancel_call(self, call_id: str, now: float) -> Deferred[Any]:
+        return self._calls(calls_sql.cancel, call_id, now)
+
+    def expire_calls(self, now: float, limit: int = 1000) -> Deferred[Any]:
+        return self._calls(calls_sql.expire, now, limit)
+
+    def sent_calls(self, before: float, limit: int = 1000) -> Deferred[Any]:
+        return self._calls(calls_sql.sent_before, before, limit)
+
+    def queued_devices(self, limit: int = 10000) -> Deferred[Any]:
+        return self._calls(calls_sql.queued_devices, limit)
+
+    def prune_calls(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._calls(calls_sql.prune, before, batch)
 
     # Stored data, device events, OTA status (the jobs are in sqlite_records.py)
 
