@@ -330,3 +330,108 @@ async def test_calls_are_in_the_audit_log(server, admin):
         assert ("CALL", "/api/v2/calls/%s (Sim.Echo)" % call["id"], 200) in found
     finally:
         await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_per_device_and_per_account(own_server: DashdProcess):
+    own_server.configure({"calls": {"max_queued_per_device": 2, "max_queued_per_account": 3}})
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    first, _ = await admin.register()
+    second, _ = await admin.register()
+    for _ in range(2):
+        await queue(admin, first, "Sim.Echo")
+    reply = await admin.post("/api/v2/devices/%s/calls" % first, {"method": "Sim.Echo"})
+    assert reply.status == 429
+    assert reply.error["message"] == (
+        "device %s has 2 calls queued or under way, the most it may have "
+        "(calls.max_queued_per_device); try again when some have ended" % first)
+    assert reply.headers.getRawHeaders("retry-after") == ["30"]
+    one = await queue(admin, second, "Sim.Echo")
+    reply = await admin.post("/api/v2/devices/%s/calls" % second, {"method": "Sim.Echo"})
+    assert reply.status == 429
+    assert reply.error["message"] == (
+        "this account has 3 calls queued or under way, the most it may have "
+        "(calls.max_queued_per_account); try again when some have ended")
+    # An ended call no longer counts.
+    assert (await admin.delete("/api/v2/calls/" + one["id"])).status == 200
+    await queue(admin, second, "Sim.Echo")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_with_many_calls_queued_does_not_hold_up_the_others(
+        own_server: DashdProcess):
+    own_server.configure({"calls": {"sends_at_once": 2, "in_flight_per_device": 2}})
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    busy_id, busy_token = await admin.register()
+    other_id, other_token = await admin.register()
+    for i in range(40):
+        await queue(admin, busy_id, "Test.Slow", params=i)
+    busy = await connect_device(own_server, busy_token)
+    answered: list[int] = []
+
+    def slow(params: Any) -> Deferred:
+        def done() -> Any:
+            answered.append(params)
+            return params
+
+        return deferLater(reactor, 0.1, done)
+
+    busy.handlers["Test.Slow"] = slow
+    try:
+        await eventually(lambda: len(answered) >= 2)
+        call = await queue(admin, other_id, "Sim.Echo", params="me")
+        other = await connect_device(own_server, other_token)
+        try:
+            await call_state(admin, call["id"], "succeeded")
+            # It went out long before the busy device's queue was done.
+            assert len(answered) < 30, answered
+        finally:
+            await other.stop()
+    finally:
+        await busy.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restart_or_kill_9_loses_nothing_queued_and_sends_nothing_twice(
+        own_server: DashdProcess):
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    online_id, online_token = await admin.register()
+    offline_id, offline_token = await admin.register()
+    # A call sent and not answered when dashd is killed...
+    sim = await connect_device(own_server, online_token)
+    sim.handlers["Test.Silent"] = lambda params: Deferred()
+    await device_online(admin, online_id)
+    silent = await queue(admin, online_id, "Test.Silent", timeout=30)
+    await eventually(lambda: "Test.Silent" in sim.methods)
+    await call_state(admin, silent["id"], "sent")
+    # ... and three queued for a device that is away.
+    made = [await queue(admin, offline_id, "Sim.Echo", params=i) for i in range(3)]
+    try:
+        own_server.kill9()
+        await own_server.start_async()
+        done = await call_state(admin, silent["id"], "lost")
+        assert done["error"]["message"] == (
+            "sent, then the node that sent it is gone before an answer: whether the device "
+            "did it is unknown")
+        # The device came back by itself: the lost call is not sent again.
+        echo = await queue(admin, online_id, "Sim.Echo", params="after")
+        await call_state(admin, echo["id"], "succeeded")
+        assert sim.methods.count("Test.Silent") == 1
+        for call in made:
+            assert (await admin.get("/api/v2/calls/" + call["id"])).body["state"] == "queued"
+        # A clean restart too.
+        own_server.stop()
+        await own_server.start_async()
+        away = await connect_device(own_server, offline_token)
+        try:
+            for call in made:
+                await call_state(admin, call["id"], "succeeded")
+            echoed = [f["params"] for f in away.frames if f.get("method") == "Sim.Echo"]
+            assert echoed == [0, 1, 2]
+        finally:
+            await away.stop()
+    finally:
+        await sim.stop()
