@@ -72,6 +72,10 @@ async def test_the_node_holding_the_device_delivers_once_wherever_the_call_was_m
             assert len(done["attempts"]) == 1
         echoed = [f["params"] for f in sim.frames if f.get("method") == "Sim.Echo"]
         assert echoed == list(range(12))
+        # A device query on B knows the device A holds is online.
+        reply = await b.get("/api/v2/devices?where=online%%20and%%20id%%20=%%20%%22%s%%22"
+                            % device_id)
+        assert [d["id"] for d in reply.body] == [device_id]
         # The bridge's ?queue= on the node that does not hold it: at once.
         reply = await b.post("/api/v2/devices/%s/rpc/Sim.Echo?queue=60" % device_id, {"z": 1})
         assert (reply.status, reply.body) == (200, {"z": 1})
