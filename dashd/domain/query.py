@@ -54,7 +54,7 @@ from lark.exceptions import VisitError
 
 from dashd.domain.errors import Invalid
 
-MAX_QUERY_LENGTH = 4096
+MAX_QUERY_LENGTH = 1024
 MAX_IN_VALUES = 1000
 MAX_DEPTH = 32
 MAX_PATH_SEGMENTS = 16
