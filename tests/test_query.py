@@ -229,7 +229,7 @@ async def _fleet(store) -> tuple[Account, list[Device]]:
         ({"site": "paris", "floor": 5.5, "vip": None},
          {"fw_version": "1.9.2", "arch": "esp32"},
          {"env": {"temp": 19}, "led": False, "ota": {"fw_version": "1.9.2"}}, {}, ("other",)),
-        ({"site": "bonn"}, {"fw_version": "beta", "arch": "posix"},
+        ({"site": "bonn", "alias": "paris"}, {"fw_version": "beta", "arch": "posix"},
          {"env": {"temp": None}}, {"led": True}, ()),
         ({}, {}, {}, {}, ()),
         ({"site": ["berlin"]}, {"fw_version": "2.0.0-rc1"}, {"env": {}}, {}, ("friend", "x")),
