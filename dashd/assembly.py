@@ -125,7 +125,7 @@ def build(config: Config, reactor: Any) -> DashdService:
 
     device_factory = DeviceFactory(config, reactor)
     notify_factory = NotifyFactory(config, reactor)
-    metrics = Metrics(fleet, store, device_factory, puller)
+    metrics = Metrics(fleet, store, device_factory, puller, delivery)
     readiness = Readiness()
     api = Api(application, config, reactor, device_factory=device_factory,
               notify_factory=notify_factory, metrics=metrics, readiness=readiness)

@@ -52,8 +52,6 @@ FAST_CONFIG = {
         "reboot_timeout": 4.0,
     },
     "logs": {"max_per_device": 50},
-    # Queued calls past their deadline, and lost ones, are found within a second.
-    "calls": {"sweep_interval": 1.0},
     # Tests make many requests and many deliberate failures from one
     # address; the limits have tests of their own with their own servers.
     "limits": {"requests_per_second": 0, "failed_auth_per_minute": 0},

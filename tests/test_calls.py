@@ -81,6 +81,9 @@ async def test_a_call_queued_for_an_offline_device_goes_out_when_it_is_back(serv
         assert sim.methods.count("Sim.Echo") == 1
         listed = await admin.get("/api/v2/devices/%s/calls" % device_id)
         assert [c["id"] for c in listed.body] == [call["id"]]
+        metrics = await Client(server, None).get("/metrics")
+        assert b'dashd_queued_calls_ended_total{state="succeeded"}' in metrics.raw
+        assert b"dashd_queued_calls_sent_total" in metrics.raw
     finally:
         sub.close()
         await sim.stop()

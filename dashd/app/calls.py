@@ -255,6 +255,10 @@ class CallDelivery:
         self._window = config["calls.in_flight_per_device"]
         self._at_once = config["calls.sends_at_once"]
         self._pumps: dict[str, _Pump] = {}
+        # Devices that may have queued calls (every node hears of each
+        # queued call; the sweep adds what was missed): a device that
+        # connects without any costs no store job.
+        self._queued: set[str] = set()
         self._in_flight = 0
         self._waiting: deque[_Pump] = deque()
         self._serial = itertools.count(1)
@@ -274,7 +278,8 @@ class CallDelivery:
             self._stop(old)
         pump = _Pump(session, "%s/%d" % (self._router.node_id, next(self._serial)))
         self._pumps[session.device_id] = pump
-        self._fill(pump)
+        if session.device_id in self._queued:
+            self._fill(pump)
 
     def device_event(self, event: Any) -> None:
         """A fleet event observer: a device that went offline has no pump."""
@@ -285,6 +290,7 @@ class CallDelivery:
 
     def calls_queued(self, device_id: str) -> None:
         """A router observer: calls were queued for the device (on any node)."""
+        self._queued.add(device_id)
         pump = self._pumps.get(device_id)
         if pump is not None:
             self._kick(pump)
@@ -354,6 +360,9 @@ class CallDelivery:
                 self._send(pump, call)
             if len(taken) == wanted or pump.again:
                 self._kick(pump)
+            elif pump.in_flight == 0:
+                # Nothing left to send (until it hears of more).
+                self._queued.discard(pump.device_id)
             if unused:
                 self._next_waiting()
 
@@ -492,6 +501,7 @@ class CallDelivery:
                              "error": message})
         elif call.state == c.QUEUED and call.attempts:
             # Queued again to be retried: its device may be here.
+            self._queued.add(call.device_id)
             pump = self._pumps.get(call.device_id)
             if pump is not None and pump.session.device.id == device.id:
                 self._kick(pump)
@@ -551,6 +561,7 @@ class CallDelivery:
                 if after.state == c.QUEUED:
                     self._router.calls_queued(call.device_id)
         for device_id in await self._store.queued_devices():
+            self._queued.add(device_id)
             pump = self._pumps.get(device_id)
             if pump is not None:
                 self._kick(pump)

@@ -54,8 +54,8 @@ class IRouter(Interface):
         """Whether the node C{node_id} lives (this one, or one heard of lately)."""
 
     def calls_queued(device_id):
-        """Calls were queued for the device: tell the queue observers of the
-        node holding it, wherever that is."""
+        """Calls were queued for the device: tell the queue observers of
+        every node (the one holding the device sends them)."""
 
     def attach(session):
         """C{session} now holds its device; a previous session of the same
@@ -110,9 +110,8 @@ class LocalRouter:
         return node_id == self.node_id
 
     def calls_queued(self, device_id: str) -> None:
-        if device_id in self._sessions:
-            for observer in self.queue_observers:
-                observer(device_id)
+        for observer in self.queue_observers:
+            observer(device_id)
 
     def attach(self, session: Any) -> None:
         old = self._sessions.get(session.device_id)

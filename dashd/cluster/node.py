@@ -363,12 +363,11 @@ class Cluster:
         self._broadcast({"t": "cq", "id": device_id})
 
     def _calls_queued_here(self, device_id: str) -> None:
-        if device_id in self._local:
-            for observer in self.router.queue_observers:
-                try:
-                    observer(device_id)
-                except Exception:
-                    log.failure("queue observer {observer}", observer=observer)
+        for observer in self.router.queue_observers:
+            try:
+                observer(device_id)
+            except Exception:
+                log.failure("queue observer {observer}", observer=observer)
 
     def node_alive(self, node_id: str) -> bool:
         return node_id == self.node_id or self.presence.alive(node_id)

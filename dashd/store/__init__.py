@@ -176,7 +176,7 @@ class IStore(Interface):
         """Fire with calls sent before C{before} and not ended (to find
         those whose node is gone)."""
 
-    def queued_devices(limit=10000):
+    def queued_devices(limit=100000):
         """Fire with the IDs of devices that have queued calls."""
 
     def prune_calls(before, batch=10000):

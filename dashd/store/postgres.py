@@ -716,7 +716,7 @@ class PostgresStore:
     def sent_calls(self, before: float, limit: int = 1000) -> Deferred[Any]:
         return self._calls(calls_sql.sent_before, before, limit)
 
-    def queued_devices(self, limit: int = 10000) -> Deferred[Any]:
+    def queued_devices(self, limit: int = 100000) -> Deferred[Any]:
         return self._calls(calls_sql.queued_devices, limit)
 
     def prune_calls(self, before: float, batch: int = 10000) -> Deferred[int]:

@@ -672,8 +672,8 @@ class SQLiteStore:
     def sent_calls(self, before: float, limit: int = 1000) -> Deferred[Any]:
         return self._calls(calls_sql.sent_before, before, limit)
 
-    def queued_devices(self, limit: int = 10000) -> Deferred[Any]:
-        return self._calls(calls_sql.queued_devices, limit)
+    def queued_devices(self, limit: int = 100000) -> Deferred[Any]:
+        return self._calls(calls_sql.queued_devices, limit, read=True)
 
     def prune_calls(self, before: float, batch: int = 10000) -> Deferred[int]:
         return self._calls(calls_sql.prune, before, batch)
