@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred

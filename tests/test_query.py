@@ -6,7 +6,6 @@ Python reading of the same tree over the same devices.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import pytest

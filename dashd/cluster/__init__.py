@@ -37,7 +37,8 @@ On ``P:all``:
 ``rv``      ``key``                             API key revoked: forget it,
                                                 close its streams
 ``cq``      ``id``                              calls were queued for the
-                                                device: the node holding it
+                                                device: every node notes it,
+                                                the one holding the device
                                                 takes them from the store
                                                 (L{dashd.app.calls})
 ==========  ==================================  ================================
