@@ -337,7 +337,10 @@ async def test_sign_in_and_out(server, admin: Client, ui: UI):
         assert page.evaluate("Object.values(sessionStorage)") == [key]
         assert page.evaluate("localStorage.length") == 0
         assert page.context.cookies() == []
-        # A reload keeps the tab signed in.
+        # A reload keeps the tab signed in. (First let the device page's
+        # parts, its log and its queued calls, finish loading: a reload
+        # cuts their requests off, which would fail the test.)
+        page.wait_for_load_state("networkidle")
         page.reload()
         expect(page.get_by_role("heading", level=1, name="signin-target")).to_be_visible()
         page.get_by_role("link", name="Devices", exact=True).click()
