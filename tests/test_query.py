@@ -356,4 +356,34 @@ def test_sqlite_migration_indexes_the_devices_there_are(tmp_path):
                         " ORDER BY section, path").fetchall()
     assert rows == [("info", "fw_version", "string", "1.2.0"),
                     ("tags", "tags.site", "string", "berlin")]
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(device_facts)")}
+    assert {"device_facts_text", "device_facts_num", "device_facts_version"} <= indexes
     conn.close()
+
+
+def test_postgresql_migration_indexes_the_devices_there_are():
+    import psycopg
+
+    from dashd.store import postgres
+
+    url = backends.create_database()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            postgres.migrate(conn, upto=4)
+            conn.execute("INSERT INTO accounts (id, name, created) VALUES ('a', 'a', 1)")
+            conn.execute(
+                "INSERT INTO devices (id, account_id, name, token_hash, created, info, shadow)"
+                " VALUES ('d1', 'a', 'd1', 'h', 1, %s, %s)",
+                ('{"fw_version": "1.2.0", "uptime": 5}',
+                 '{"state": {"desired": {}, "reported": {}}, "tags": {"site": "berlin"},'
+                 ' "version": 1, "timestamp": null}'))
+            assert postgres.migrate(conn)[1] >= 5
+            rows = conn.execute("SELECT section, path, type, text FROM device_facts"
+                                " ORDER BY section, path").fetchall()
+            assert rows == [("info", "fw_version", "string", "1.2.0"),
+                            ("tags", "tags.site", "string", "berlin")]
+            indexes = {r[0] for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'device_facts'")}
+            assert {"device_facts_text", "device_facts_num", "device_facts_version"} <= indexes
+    finally:
+        backends.drop_database(url)

@@ -115,11 +115,16 @@ def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> tuple[int
         for number, script in migrations():
             if number <= version or (upto is not None and number > upto):
                 continue
-            conn.execute(script.encode("utf-8"))  # several statements, no parameters
-            after = _AFTER_MIGRATION.get(number)
-            if after is not None:
+            # A Python step runs where the script says "-- python step".
+            first, _, rest = script.partition("\n-- python step")
+            rest = rest.partition("\n")[2]  # the rest of the marker's comment line
+            conn.execute(first.encode("utf-8"))  # several statements, no parameters
+            step = _AFTER_MIGRATION.get(number)
+            if step is not None:
                 with conn.cursor() as cur:
-                    after(cur)
+                    step(cur)
+            if rest.strip():
+                conn.execute(rest.encode("utf-8"))
             version = number
         if version != current:
             conn.execute("UPDATE dashd_schema SET version = %s", (version,))
@@ -127,9 +132,20 @@ def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> tuple[int
 
 
 def _index_devices(cur: Cursor) -> None:
-    """Fill the index of device queries for the devices there are."""
-    for device_id, info, doc in _all(cur, "SELECT id, info, shadow FROM devices"):
-        _write_facts(cur, device_id, info, doc.get("tags") or {})
+    """Fill the index of device queries (empty, its indexes not built yet)
+    for the devices there are, a batch at a time."""
+    last = ""
+    while True:
+        batch = _all(cur, "SELECT id, info, shadow FROM devices WHERE id > %s ORDER BY id"
+                          " LIMIT 5000", (last,))
+        if not batch:
+            return
+        with cur.copy("COPY device_facts (device_id, section, path, type, text, num, version)"
+                      " FROM STDIN") as copy:
+            for device_id, info, doc in batch:
+                for row in query.facts(info, doc.get("tags") or {}):
+                    copy.write_row((device_id,) + row)
+        last = batch[-1][0]
 
 
 # Python steps of migrations, run in their transaction after their SQL.

@@ -80,12 +80,18 @@ def migrate(conn: sqlite3.Connection, upto: int | None = None) -> tuple[int, int
             continue
         # executescript commits first, so wrap each migration in its own
         # transaction explicitly; user_version is transactional in SQLite.
+        # A Python step runs where the script says "-- python step", in
+        # the same transaction.
+        first, _, rest = script.partition(PYTHON_STEP)
+        rest = rest.partition("\n")[2]  # the rest of the marker's comment line
         try:
-            conn.executescript("BEGIN IMMEDIATE;\n%s\n" % script)
-            after = _AFTER_MIGRATION.get(number)
-            if after is not None:
-                after(conn)
-            # (not executescript, which would commit first)
+            conn.executescript("BEGIN IMMEDIATE;\n%s\n" % first)
+            step = _AFTER_MIGRATION.get(number)
+            if step is not None:
+                step(conn)
+            # (statement by statement: executescript would commit first)
+            for statement in _statements(rest):
+                conn.execute(statement)
             conn.execute("PRAGMA user_version = %d" % number)
             conn.execute("COMMIT")
         except BaseException:
@@ -96,10 +102,35 @@ def migrate(conn: sqlite3.Connection, upto: int | None = None) -> tuple[int, int
     return current, version
 
 
+PYTHON_STEP = "\n-- python step"
+
+
+def _statements(script: str) -> list[str]:
+    """The SQL statements of C{script}, one by one."""
+    out, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending)
+            pending = ""
+    return out
+
+
 def _index_devices(conn: sqlite3.Connection) -> None:
-    """Fill the index of device queries for the devices there are."""
-    for device_id, info, doc in conn.execute("SELECT id, info, shadow FROM devices").fetchall():
-        _write_facts(conn, device_id, json.loads(info), json.loads(doc).get("tags") or {})
+    """Fill the index of device queries (empty, its indexes not built yet)
+    for the devices there are, a batch at a time."""
+    last = ""
+    while True:
+        batch = conn.execute("SELECT id, info, shadow FROM devices WHERE id > ? ORDER BY id"
+                             " LIMIT 5000", (last,)).fetchall()
+        if not batch:
+            return
+        conn.executemany(
+            "INSERT INTO device_facts (device_id, section, path, type, text, num, version)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(device_id,) + row for device_id, info, doc in batch
+             for row in query.facts(json.loads(info), json.loads(doc).get("tags") or {})])
+        last = batch[-1][0]
 
 
 # Python steps of migrations, run in their transaction after their SQL.

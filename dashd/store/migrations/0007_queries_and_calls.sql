@@ -18,12 +18,15 @@ CREATE TABLE device_facts (
     version   TEXT,
     PRIMARY KEY (device_id, section, path)
 ) WITHOUT ROWID;
-CREATE INDEX device_facts_text ON device_facts(section, path, text);
-CREATE INDEX device_facts_num ON device_facts(section, path, num);
-CREATE INDEX device_facts_version ON device_facts(section, path, version);
 -- Pages of the device list in its orders.
 CREATE INDEX devices_created ON devices(created, id);
 CREATE INDEX devices_name ON devices(name, id);
+
+-- python step: the rows of the devices there are (dashd.store's
+-- _index_devices); the indexes after them, built in one sort.
+CREATE INDEX device_facts_text ON device_facts(section, path, text);
+CREATE INDEX device_facts_num ON device_facts(section, path, num);
+CREATE INDEX device_facts_version ON device_facts(section, path, version);
 
 -- Queued calls: a call made durable, delivered when its device is online.
 -- state: queued, sent, succeeded, failed, timed_out, lost, expired,

@@ -13,6 +13,11 @@ CREATE TABLE device_facts (
     version   TEXT COLLATE "C",
     PRIMARY KEY (device_id, section, path)
 );
+CREATE INDEX devices_created ON devices(created, id COLLATE "C");
+CREATE INDEX devices_name ON devices(name COLLATE "C", id COLLATE "C");
+
+-- python step: the rows of the devices there are (dashd.store's
+-- _index_devices); the indexes after them, built in one sort.
 -- Covering (device_id, type): a count of a common value is read from the
 -- index alone (as on SQLite, whose indexes of a WITHOUT ROWID table hold
 -- the primary key).
@@ -20,8 +25,6 @@ CREATE INDEX device_facts_text ON device_facts(section, path, text) INCLUDE (dev
 CREATE INDEX device_facts_num ON device_facts(section, path, num) INCLUDE (device_id, type);
 CREATE INDEX device_facts_version ON device_facts(section, path, version)
     INCLUDE (device_id, type);
-CREATE INDEX devices_created ON devices(created, id COLLATE "C");
-CREATE INDEX devices_name ON devices(name COLLATE "C", id COLLATE "C");
 
 CREATE TABLE calls (
     seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
