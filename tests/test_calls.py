@@ -89,6 +89,26 @@ async def test_a_call_queued_for_an_offline_device_goes_out_when_it_is_back(serv
 
 
 @pytest_twisted.ensureDeferred
+async def test_queued_calls_wait_for_the_devices_own_handshake(server, admin):
+    device_id, token = await admin.register()
+    reply = await admin.post("/api/v2/devices/" + device_id,
+                             {"shadow": {"state": {"desired": {"led": True}}}})
+    assert reply.status == 200
+    call = await queue(admin, device_id, "Sim.Echo", params="after")
+    # A device that sends no heartbeat: dashd asks it for Sys.GetInfo
+    # first, and sends its delta; the queued call comes after.
+    sim = await connect_device(server, token, heartbeat=False)
+    try:
+        await call_state(admin, call["id"], "succeeded")
+        assert sim.methods.index("Sys.GetInfo") < sim.methods.index("Sim.Echo")
+        assert sim.methods.index("Shadow.Delta") < sim.methods.index("Sim.Echo")
+        view = await admin.device(device_id)
+        assert view["info"]["mac"] == sim.mac
+    finally:
+        await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_bridge_queues_with_queue_and_answers_at_once_when_online(server, admin):
     device_id, token = await admin.register()
     offline = await admin.post("/api/v2/devices/%s/rpc/Sim.Echo?queue=60&timeout=3"
