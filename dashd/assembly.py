@@ -24,6 +24,7 @@ from dashd.api.site import DashdSite, SpoolRule
 from dashd.app.application import Application, build_application
 from dashd.app.audit import AuditLog
 from dashd.app.auth import Authenticator
+from dashd.app.calls import CallDelivery
 from dashd.app.datapull import DataPuller
 from dashd.app.firmware import OtaManager
 from dashd.app.fleet import Fleet
@@ -129,10 +130,11 @@ def build(config: Config, reactor: Any) -> DashdService:
     application = build_application(fleet, auth, ota, tickets)
     history = History(store, reactor, config["logs.max_per_device"])
     audit = AuditLog(store, reactor)
+    delivery = CallDelivery(fleet, reactor, audit.record)
 
     device_factory = DeviceFactory(config, reactor)
     notify_factory = NotifyFactory(config, reactor)
-    metrics = Metrics(fleet, store, device_factory, puller)
+    metrics = Metrics(fleet, store, device_factory, puller, delivery)
     readiness = Readiness()
     api = Api(application, config, reactor, device_factory=device_factory,
               notify_factory=notify_factory, metrics=metrics, readiness=readiness)
@@ -160,6 +162,9 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet.event_observers.append(puller.device_event)
     fleet.connect_observers.append(puller.device_connected)
     fleet.call_observers.append(metrics.observe_call)
+    fleet.ready_observers.append(delivery.device_ready)
+    fleet.event_observers.append(delivery.device_event)
+    router.queue_observers.append(delivery.calls_queued)
     if hasattr(store, "latency_observer"):
         store.latency_observer = metrics.observe_store_job
     site.request_observers.append(metrics.observe_request)
@@ -180,10 +185,17 @@ def build(config: Config, reactor: Any) -> DashdService:
         DataRetention(store, reactor, config["data.retention_days"]),
         DataRetention(store, reactor, config["audit.retention_days"],
                       store.prune_audit, "audit entries"),
+        DataRetention(store, reactor, config["calls.retention_days"],
+                      store.prune_calls, "ended queued calls"),
     ):
         pruner = TimerService(PRUNE_INTERVAL, retention.tick)
         pruner.clock = reactor
         pruner.setServiceParent(service)
+    # Queued calls past their deadline, and sent ones whose node is gone (at
+    # once on start: what a previous run had sent is lost).
+    sweeper = TimerService(config["calls.sweep_interval"], delivery.sweep)
+    sweeper.clock = reactor
+    sweeper.setServiceParent(service)
     if config["gc.full_collection_interval"] > 0:
         FreezeSurvivors(reactor, config["gc.full_collection_interval"]).setServiceParent(service)
     # Stops after the site has drained and before the store.

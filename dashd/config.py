@@ -142,6 +142,36 @@ OPTIONS = [
            _positive),
     Option("rpc.max_timeout", 120.0, (int, float),
            "Largest ?timeout= a REST RPC call may ask for", _positive),
+    Option("calls.default_expires_in", 86400.0, (int, float),
+           "Seconds a queued call (POST /devices/:id/calls) waits for its device when it "
+           "says neither expires_in nor expires_at", _positive),
+    Option("calls.max_expires_in", 2592000.0, (int, float),
+           "Longest a queued call may wait for its device, in seconds (expires_in, "
+           "expires_at, ?queue=)", _positive),
+    Option("calls.max_retries", 10, int,
+           "Most times a queued call may ask to be sent again after it timed out or was "
+           "lost (retry)", _not_negative),
+    Option("calls.max_params_bytes", 16384, int,
+           "Largest params of a queued call, as compact JSON; larger ones get 413",
+           _positive),
+    Option("calls.max_queued_per_device", 100, int,
+           "Calls queued or under way a device may have; more get 429", _positive),
+    Option("calls.max_queued_per_account", 10000, int,
+           "Calls queued or under way the keys of one account may have made, over all "
+           "devices; more get 429", _positive),
+    Option("calls.in_flight_per_device", 4, int,
+           "Queued calls sent to a device before it has answered the earlier ones (they go "
+           "out in the order they were made)", _positive),
+    Option("calls.sends_at_once", 256, int,
+           "Queued calls a node has sent and not had answered, over all devices; devices "
+           "wait their turn beyond it, so that one with thousands queued does not hold up "
+           "the others", _positive),
+    Option("calls.sweep_interval", 5.0, (int, float),
+           "Seconds between two looks for queued calls past their deadline (expired) and "
+           "sent calls whose node is gone (lost)", _positive),
+    Option("calls.retention_days", 7.0, (int, float),
+           "Days ended queued calls are kept for GET /calls/:id; 0 keeps them forever",
+           _not_negative),
     Option("http.max_body_bytes", 1048576, int,
            "Largest REST request body; larger ones get 413", _positive),
     Option("http.idle_timeout", 60.0, (int, float),
@@ -317,6 +347,9 @@ class Config:
             raise ConfigError(
                 "device.max_frame_bytes is far larger than device.max_message_bytes"
             )
+        if self["calls.max_params_bytes"] >= self["device.max_message_bytes"]:
+            raise ConfigError("calls.max_params_bytes must be less than "
+                              "device.max_message_bytes (a call's frame holds its params)")
         if self["cluster.redis_url"] and not self["store.url"]:
             raise ConfigError(
                 "cluster.redis_url needs a store the nodes share: set store.url to a "

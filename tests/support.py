@@ -149,8 +149,15 @@ class DashdProcess:
             doc = merge(doc, {"store": {"url": store_url}})
         doc = merge({"listen": endpoints, "data_dir": self.data_dir}, doc)
         self.data_dir = doc["data_dir"]
+        self.doc = doc
         write_toml(self.config_path, doc)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def configure(self, config: dict[str, Any]) -> None:
+        """Change the configuration (before the next start): an
+        C{own_server} with settings of the test's own."""
+        self.doc = merge(self.doc, config)
+        write_toml(self.config_path, self.doc)
 
     @property
     def url(self) -> str:

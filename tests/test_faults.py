@@ -38,11 +38,12 @@ def small_disk(tmp_path):
 
 def _fill(directory: str) -> str:
     path = os.path.join(directory, "filler")
-    with open(path, "wb") as f:
+    # Unbuffered: a write the disk takes only part of leaves nothing behind
+    # for close() to fail on.
+    with open(path, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     return path

@@ -11,7 +11,6 @@ test_ctl.py.
 from __future__ import annotations
 
 import pytest
-from twisted.logger import formatEvent, globalLogPublisher
 
 from clocked import World, done, failure_of
 from dashd.app import console

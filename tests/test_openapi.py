@@ -28,6 +28,12 @@ CONFIG = """
 [[operations]]
 include-path-regex = "/rpc/|/ota"
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "502", "503", "504"]
+
+# A device query is a language: strings made up at random are mostly not
+# queries, and rightly answered 400 (tests/test_device_query.py has real ones).
+[[operations]]
+include-operation-id = "countDevices"
+warnings = false
 """
 
 
@@ -68,7 +74,7 @@ def test_schemathesis_finds_the_description_true(server: DashdProcess, tmp_path)
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
-    assert "Tested: 21" in output, output[-3000:]
+    assert "Tested: 26" in output, output[-3000:]
     assert "Authentication failed" not in output, output[-3000:]
     assert "No issues found" in output, output[-4000:]
 

@@ -339,7 +339,10 @@ async def test_sign_in_and_out(server, admin: Client, ui: UI):
         assert page.evaluate("Object.values(sessionStorage)") == [key]
         assert page.evaluate("localStorage.length") == 0
         assert page.context.cookies() == []
-        # A reload keeps the tab signed in.
+        # A reload keeps the tab signed in. (First let the device page's
+        # parts, its log and its queued calls, finish loading: a reload
+        # cuts their requests off, which would fail the test.)
+        page.wait_for_load_state("networkidle")
         page.reload()
         expect(page.get_by_role("heading", level=1, name="signin-target")).to_be_visible()
         page.get_by_role("link", name="Devices", exact=True).click()
@@ -2111,3 +2114,123 @@ async def test_busy_device_says_when_to_try_again(tmp_path, browser_thread: Brow
         busy.stop()
     problems = ui.unexplained() + busy.problems()
     assert not problems, "\n".join(problems)
+
+
+@pytest_twisted.ensureDeferred
+async def test_device_query_selects_the_list(server, admin: Client, ui: UI):
+    ids = {}
+    for name, site in (("query-berlin-1", "berlin"), ("query-berlin-2", "berlin"),
+                       ("query-paris", "paris")):
+        device_id, token = await admin.register(name)
+        reply = await admin.post("/api/v2/devices/" + device_id,
+                                 {"shadow": {"tags": {"uiq": site}}})
+        assert reply.status == 200
+        ids[name] = (device_id, token)
+    await ui.run(sign_in, admin.key)
+    ui.allow(400, "/api/v2/devices")
+
+    def query(page: Page) -> None:
+        expect(row(page, ids["query-paris"][0])).to_be_visible()
+        box = page.get_by_label("Device query")
+        box.fill('shadow.tags.uiq = "berlin"')
+        page.get_by_role("button", name="Apply query").click()
+        expect(page.locator(".count")).to_have_text("2 devices matching the query, 0 online")
+        expect(row(page, ids["query-berlin-1"][0])).to_be_visible()
+        expect(row(page, ids["query-berlin-2"][0])).to_be_visible()
+        expect(row(page, ids["query-paris"][0])).to_have_count(0)
+        accessible(page)
+        # A query that cannot be read: said where, and the list stays.
+        box.fill('shadow.tags.uiq = "berlin" and colour = 1')
+        page.get_by_role("button", name="Apply query").click()
+        expect(page.locator("form.query .message")).to_contain_text(
+            "The query was not applied. Rejected (400): where: at position 32: unknown field "
+            "colour")
+        expect(box).to_have_attribute("aria-invalid", "true")
+        expect(box).to_be_focused()
+        expect(page.locator(".count")).to_have_text("2 devices matching the query, 0 online")
+        box.fill('shadow.tags.uiq exists and online')
+        page.get_by_role("button", name="Apply query").click()
+        expect(page.get_by_text("No device matches the query.")).to_be_visible()
+
+    await ui.run(query)
+    # A device that comes online joins the list that asks for online ones.
+    sim = await connect_device(server, ids["query-paris"][1])
+    try:
+        def joined(page: Page) -> None:
+            expect(row(page, ids["query-paris"][0])).to_contain_text("Online")
+            expect(page.locator(".count")).to_have_text("1 device matching the query, 1 online")
+
+        await ui.run(joined)
+        await ui.shot("device-query")
+
+        def cleared(page: Page) -> None:
+            page.get_by_role("button", name="Clear query").click()
+            expect(row(page, ids["query-berlin-1"][0])).to_be_visible()
+            expect(page.locator(".count")).not_to_contain_text("matching the query")
+
+        await ui.run(cleared)
+    finally:
+        await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rpc_console_queues_until_the_device_is_back(server, admin: Client, ui: UI):
+    device_id, token = await admin.register("queue-board")
+    await ui.run(sign_in, admin.key)
+
+    def queued(page: Page) -> None:
+        open_device(page, device_id, "queue-board")
+        calls = section(page, "Queued calls")
+        expect(calls.get_by_text("No queued calls.")).to_be_visible()
+        box = section(page, "RPC console")
+        box.get_by_label("Method").fill("Sim.Echo")
+        box.get_by_label("Params (JSON)").fill('{"x": 1}')
+        box.get_by_label("Queue until the device is back").check()
+        box.get_by_label("Expires after (hours)").fill("2")
+        accessible(page)
+        box.get_by_role("button", name="Call").click()
+        expect(box.locator(".rpc-outcome")).to_contain_text(
+            "Sim.Echo is queued: the device is offline, and the call goes out when it is back")
+        expect(calls.locator("tr.call")).to_have_count(1)
+        expect(calls.locator("tr.call").first).to_contain_text("Queued")
+
+    await ui.run(queued)
+    listed = (await admin.get("/api/v2/devices/%s/calls" % device_id)).body
+    assert [(c["method"], c["params"], c["state"]) for c in listed] == [
+        ("Sim.Echo", {"x": 1}, "queued")]
+    assert 2 * 3600 - 60 < listed[0]["expires"] - listed[0]["created"] <= 2 * 3600
+    # One more, queued elsewhere, shows up live; it is cancelled here.
+    reply = await admin.post("/api/v2/devices/%s/calls" % device_id,
+                             {"method": "GPIO.Toggle", "params": {"pin": 5}})
+    assert reply.status == 202
+    other = reply.body["id"]
+
+    def cancel(page: Page) -> None:
+        calls = section(page, "Queued calls")
+        mine = calls.locator("tr[data-call-id='%s']" % other)
+        expect(mine).to_contain_text("Queued")
+        mine.get_by_role("button", name="Cancel GPIO.Toggle (%s)" % other).click()
+        expect(mine).to_contain_text("Cancelled")
+
+    await ui.run(cancel)
+    await ui.shot("queued-calls")
+    sim = await connect_device(server, token)
+    try:
+        def delivered(page: Page) -> None:
+            calls = section(page, "Queued calls")
+            first = calls.locator("tr[data-call-id='%s']" % listed[0]["id"])
+            expect(first).to_contain_text("Succeeded")
+            expect(first.locator("td.outcome")).to_have_text('{"x":1}')
+            # Online, a queued call is answered at once.
+            box = section(page, "RPC console")
+            box.get_by_label("Params (JSON)").fill('{"y": 2}')
+            box.get_by_role("button", name="Call").click()
+            expect(box.locator(".rpc-outcome")).to_contain_text("Sim.Echo answered in")
+            expect(box.get_by_label("Result")).to_have_text('{\n  "y": 2\n}')
+
+        await ui.run(delivered)
+        assert sim.pins == {}
+        assert [f.get("params") for f in sim.frames if f.get("method") == "Sim.Echo"] == [
+            {"x": 1}, {"y": 2}]
+    finally:
+        await sim.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from dashd.api.accounts import AccountRoutes
+from dashd.api.calls import CallRoutes
 from dashd.api.channels import ChannelRoutes
 from dashd.api.data import DataRoutes
 from dashd.api.devices import DeviceRoutes
@@ -27,7 +28,7 @@ __all__ = ["Api"]
 
 class Api(
     ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes, OtaRoutes,
-    DataRoutes, UiRoutes,
+    DataRoutes, CallRoutes, UiRoutes,
 ):
     def resource(self) -> Any:
         # The busiest requests are answered before Klein (dashd.api.door).

@@ -37,6 +37,8 @@ def entry_for(request: Request, now: float) -> dict[str, Any] | None:
     device_id = unquote(m.group(1), errors="replace") if m else None
     if device_id in _NOT_DEVICES:
         device_id = None
+    # A route about something of a device's (DELETE /calls/:id) names it.
+    device_id = getattr(request, "dashd_device_id", None) or device_id
     return {
         "t": now,
         "account_id": key.account_id,

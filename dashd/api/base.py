@@ -198,6 +198,17 @@ class ClientAddresses:
         return host
 
 
+def text_arg(request: Any, name: str) -> str | None:
+    """A query argument as text (None if not given)."""
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid("%s is not valid UTF-8" % name, name) from None
+
+
 class ApiBase:
     app = app
 

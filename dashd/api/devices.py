@@ -7,16 +7,17 @@ from typing import Any
 
 from werkzeug.routing import BaseConverter
 
-from dashd.api.base import ApiBase, app, object_body
+from dashd.api.base import ApiBase, app, int_arg, object_body, text_arg
 from dashd.domain.model import UNSET
 
 
 class DeviceIdConverter(BaseConverter):
-    """A device ID as the last part of a path: anything but ``data``, so that
-    ``/devices/data`` (the stored data of every device, dashd.api.data) is
-    not also a device, whose POST and DELETE would then be advertised."""
+    """A device ID as the last part of a path: anything but ``data`` and
+    ``count``, so that ``/devices/data`` (the stored data of every device,
+    dashd.api.data) and ``/devices/count`` are not also devices, whose POST
+    and DELETE would then be advertised."""
 
-    regex = "(?!data$)[^/]+"
+    regex = "(?!(?:data|count)$)[^/]+"
 
 
 app.url_map.converters["device"] = DeviceIdConverter
@@ -25,9 +26,25 @@ app.url_map.converters["device"] = DeviceIdConverter
 class DeviceRoutes(ApiBase):
     @app.route("/api/v2/devices", methods=["GET"])
     async def list_devices(self, request: Any) -> bytes:
+        """Every device the key sees, or those ?where= selects (the device
+        query language, dashd.domain.query), in ?order=, a page of ?limit=
+        at a time: the next page's ?cursor= is in the X-Next-Cursor header."""
         key = await self.authenticate(request)
-        devices = await self.devices.list(key)
+        where, order = text_arg(request, "where"), text_arg(request, "order")
+        cursor = text_arg(request, "cursor")
+        limit = int_arg(request, "limit", 0) if request.args.get(b"limit") else None
+        devices, following = await self.devices.select(
+            key, where, order if order is not None else "created", limit, cursor)
+        if following is not None:
+            request.setHeader(b"X-Next-Cursor", following.encode("ascii"))
         return self.json(request, [self.view(key, d) for d in devices])
+
+    @app.route("/api/v2/devices/count", methods=["GET"])
+    async def count_devices(self, request: Any) -> bytes:
+        """How many devices the key sees that ?where= selects."""
+        key = await self.authenticate(request)
+        count = await self.devices.count(key, text_arg(request, "where"))
+        return self.json(request, {"count": count})
 
     @app.route("/api/v2/devices", methods=["POST"])
     async def register_device(self, request: Any) -> bytes:

@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 from dashd.api.ota import AUTO_COMMIT_VALUES
+from dashd.app import calls as calls_app
 from dashd.app import records
-from dashd.app.devices import MAX_METHOD_LENGTH
+from dashd.app.devices import MAX_METHOD_LENGTH, MAX_PAGE
 from dashd.app.firmware import MAX_COMMIT_TIMEOUT
 from dashd.config import Config
 from dashd.domain.access import (
@@ -27,6 +28,8 @@ from dashd.domain.access import (
     MAX_SCOPE_ENTRIES,
     MAX_SCOPE_ENTRY_LENGTH,
 )
+from dashd.domain import calls
+from dashd.domain import query as device_query
 from dashd.domain.model import KEY_KINDS, MAX_NAME_LENGTH
 
 JSON = "application/json"
@@ -55,10 +58,12 @@ ERRORS = {
     "403": _error("The key may not do this"),
     "404": _error("No such device (or one the key may not see)"),
     "409": _error("Stale shadow version, revoking the account's last admin key, a firmware "
-                  "update already running or none to commit"),
+                  "update already running or none to commit, cancelling a queued call that "
+                  "was sent or has ended"),
     "413": _error("The body, the shadow or the firmware file is too large (or too deep)"),
     "415": _error("A firmware file of a kind dashd does not know"),
-    "429": _error("Too many calls in flight to the device, too many requests with this key, "
+    "429": _error("Too many calls in flight to the device, too many queued calls for it or "
+                  "its caller's account, too many requests with this key, "
                   "or too many failed authentications from this address", _RETRY_AFTER),
     "502": _error("The device answered with a JSON-RPC error: its code and message"),
     "503": _error("The device is offline, the store is unavailable or dashd is stopping",
@@ -146,7 +151,22 @@ def document(config: Config, version: str) -> dict[str, Any]:
                    "maximum": config["rpc.max_timeout"]},
     }
     rpc_errors = ("400", "404", "429", "502", "503", "504")
-    query = {"in": "query", "required": False}
+    where = {
+        "name": "where", "in": "query", "required": False,
+        "description": "a device query: fields id, name, online, last_seen, created, "
+                       "account_id, shared_with, info.KEY..., shadow.desired.KEY..., "
+                       "shadow.reported.KEY..., shadow.tags.KEY..., shadow.version; "
+                       "=, !=, <, <=, >, >=, in [...], exists, matches \"GLOB\", and, or, "
+                       "not, parentheses; a string that starts like a version compares as "
+                       "one (\"1.10.0\" > \"1.9.2\"). E.g. shadow.tags.site = \"berlin\" "
+                       "and info.fw_version < \"1.4.0\" and not online. A query that cannot "
+                       "be read is a 400 saying where and what was expected",
+        "schema": {"type": "string", "minLength": 1, "maxLength": device_query.MAX_QUERY_LENGTH},
+    }
+    call_id = {"name": "call_id", "in": "path", "required": True,
+               "schema": {"type": "string", "minLength": 1}}
+    seconds = {"type": "number", "exclusiveMinimum": 0}
+    query = query_arg = {"in": "query", "required": False}  # (a query argument)
     data_params = [
         dict(query, name="skip", description="where to start; negative counts from the end "
              "(default: -limit, the last ones)",
@@ -170,6 +190,15 @@ def document(config: Config, version: str) -> dict[str, Any]:
              schema={"type": "string"}),
     ]
     binary = {"type": "string", "format": "binary"}
+    queue = {
+        "name": "queue", "in": "query", "required": False,
+        "description": "if the device is offline, queue the call for this many seconds and "
+                       "answer 202 with it (see POST /devices/{device_id}/calls) instead of 503",
+        "schema": dict(seconds, maximum=config["calls.max_expires_in"]),
+    }
+    queued = {"description": "the device is offline: the call is queued (?queue=)",
+              "headers": {"Location": {"schema": {"type": "string"}}},
+              "content": {JSON: {"schema": _ref("Call")}}}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -188,9 +217,26 @@ def document(config: Config, version: str) -> dict[str, Any]:
             "/devices": {
                 "get": {
                     "operationId": "listDevices",
-                    "summary": "The devices the key may see",
-                    "responses": _responses(_ok("devices", {"type": "array",
-                                                            "items": _ref("Device")})),
+                    "summary": "The devices the key may see, or those a query selects, a page "
+                               "at a time if asked",
+                    "parameters": [
+                        where,
+                        dict(query_arg, name="order", description="default created",
+                             schema={"type": "string", "enum": list(device_query.ORDERS)}),
+                        dict(query_arg, name="limit", description="a page of this many "
+                             "(default: all); the next page's cursor is in X-Next-Cursor",
+                             schema={"type": "integer", "minimum": 1, "maximum": MAX_PAGE}),
+                        dict(query_arg, name="cursor", description="X-Next-Cursor of the page "
+                             "before (with the same order)", schema={"type": "string"}),
+                    ],
+                    "responses": _responses({
+                        "description": "devices",
+                        "headers": {"X-Next-Cursor": {
+                            "schema": {"type": "string"},
+                            "description": "where the next page starts; absent on the last"}},
+                        "content": {JSON: {"schema": {"type": "array",
+                                                      "items": _ref("Device")}}},
+                    }, "400"),
                 },
                 "post": {
                     "operationId": "registerDevice",
@@ -232,6 +278,89 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "responses": _responses(_ok("deleted", _ref("Deleted")), "403", "404"),
                 },
             },
+            "/devices/count": {
+                "get": {
+                    "operationId": "countDevices",
+                    "summary": "How many devices the key may see (that a query selects)",
+                    "parameters": [where],
+                    "responses": _responses(_ok("the count", {
+                        "type": "object", "required": ["count"],
+                        "properties": {"count": {"type": "integer", "minimum": 0}}}), "400"),
+                },
+            },
+            "/devices/{device_id}/calls": {
+                "parameters": [device_id],
+                "post": {
+                    "operationId": "queueCall",
+                    "summary": "Queue a call: sent when the device is online (at once if it "
+                               "is), by whichever node holds it, at most once unless retry",
+                    "requestBody": _body({
+                        "type": "object", "additionalProperties": False,
+                        "required": ["method"],
+                        "properties": {
+                            "method": {"type": "string", "minLength": 1,
+                                       "maxLength": MAX_METHOD_LENGTH},
+                            "params": {"description": "any JSON value, at most %d bytes"
+                                                      % config["calls.max_params_bytes"]},
+                            "expires_in": dict(seconds, maximum=config["calls.max_expires_in"],
+                                               description="seconds it may wait for the device "
+                                               "(default %g)"
+                                               % config["calls.default_expires_in"]),
+                            "expires_at": {"type": "number", "description": "or: the time "
+                                           "(seconds since the epoch) it may wait until"},
+                            "timeout": dict(seconds, maximum=config["rpc.max_timeout"],
+                                            description="seconds the device has to answer "
+                                            "once it is sent (default %g)"
+                                            % config["rpc.default_timeout"]),
+                            "retry": {"type": "integer", "minimum": 0,
+                                      "maximum": config["calls.max_retries"],
+                                      "description": "times it may be sent again after it "
+                                      "timed out or was lost (default 0: never)"},
+                        },
+                    }, required=True),
+                    "responses": dict(
+                        {"202": {"description": "queued: the call (Location: /calls/ID)",
+                                 "headers": {"Location": {"schema": {"type": "string"}}},
+                                 "content": {JSON: {"schema": _ref("Call")}}}},
+                        **{c: ERRORS[c] for c in ("400", "401", "403", "404", "413", "429",
+                                                  "503")}),
+                },
+                "get": {
+                    "operationId": "listCalls",
+                    "summary": "The device's queued calls, newest first",
+                    "parameters": [
+                        dict(query_arg, name="state", description="only these states, "
+                             "comma-separated", schema={"type": "string"}),
+                        dict(query_arg, name="limit", description="a page of this many "
+                             "(default %d); the next page's cursor is in X-Next-Cursor"
+                             % calls_app.DEFAULT_LIST,
+                             schema={"type": "integer", "minimum": 1,
+                                     "maximum": calls_app.MAX_LIST}),
+                        dict(query_arg, name="cursor", description="X-Next-Cursor of the page "
+                             "before", schema={"type": "string", "pattern": "^[0-9]+$"}),
+                    ],
+                    "responses": _responses({
+                        "description": "calls",
+                        "headers": {"X-Next-Cursor": {"schema": {"type": "string"}}},
+                        "content": {JSON: {"schema": {"type": "array",
+                                                      "items": _ref("Call")}}},
+                    }, "400", "404"),
+                },
+            },
+            "/calls/{call_id}": {
+                "parameters": [call_id],
+                "get": {
+                    "operationId": "getCall",
+                    "summary": "A queued call: its state, times, attempts and result",
+                    "responses": _responses(_ok("the call", _ref("Call")), "404"),
+                },
+                "delete": {
+                    "operationId": "cancelCall",
+                    "summary": "Cancel a queued call; one already sent or ended is a 409",
+                    "responses": _responses(_ok("the call, cancelled", _ref("Call")),
+                                            "403", "404", "409"),
+                },
+            },
             "/devices/{device_id}/token": {
                 "parameters": [device_id],
                 "post": {
@@ -251,16 +380,18 @@ def document(config: Config, version: str) -> dict[str, Any]:
                 "get": {
                     "operationId": "callDeviceWithoutParams",
                     "summary": "Call a method on the device, without params",
-                    "parameters": [timeout],
-                    "responses": _responses(_ok("the device's result", {}), *rpc_errors),
+                    "parameters": [timeout, queue],
+                    "responses": dict(_responses(_ok("the device's result", {}), *rpc_errors),
+                                      **{"202": queued}),
                 },
                 "post": {
                     "operationId": "callDevice",
                     "summary": "Call a method on the device; the body is its params",
-                    "parameters": [timeout],
+                    "parameters": [timeout, queue],
                     "requestBody": _body({"description": "the params: any JSON value"}),
-                    "responses": _responses(_ok("the device's result", {}),
-                                            *(rpc_errors + ("413",))),
+                    "responses": dict(_responses(_ok("the device's result", {}),
+                                                 *(rpc_errors + ("413",))),
+                                      **{"202": queued}),
                 },
             },
             "/devices/{device_id}/ota": {
@@ -592,6 +723,40 @@ def document(config: Config, version: str) -> dict[str, Any]:
                                          "additionalProperties": SHARE_SCOPE},
                         "shadow": _ref("Shadow"),
                     },
+                },
+                "Call": {
+                    "description": "a queued call; states: %s" % ", ".join(calls.STATES),
+                    "type": "object",
+                    "required": ["id", "device_id", "method", "params", "state", "created",
+                                 "expires", "timeout", "retry", "times", "attempts", "key_id"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "device_id": {"type": "string"},
+                        "method": {"type": "string"},
+                        "params": {},
+                        "state": {"type": "string", "enum": list(calls.STATES)},
+                        "created": {"type": "number"},
+                        "expires": {"type": "number"},
+                        "timeout": {"type": "number"},
+                        "retry": {"type": "integer"},
+                        "times": {"type": "object", "description": "when it reached each "
+                                  "state", "additionalProperties": {"type": "number"}},
+                        "attempts": {"type": "array", "items": {
+                            "type": "object", "required": ["sent"],
+                            "properties": {"sent": {"type": "number"},
+                                           "ended": {"type": "number"},
+                                           "state": {"type": "string"},
+                                           "error": _ref("CallError")}}},
+                        "result": {"description": "succeeded: the device's result"},
+                        "error": _ref("CallError"),
+                        "key_id": {"type": "string", "description": "the key that made it"},
+                    },
+                },
+                "CallError": {
+                    "description": "failed: the device's JSON-RPC code and message; "
+                                   "timed_out 504, lost 503, with what happened",
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
                 },
                 "RegisteredDevice": {
                     "allOf": [_ref("Device"), {

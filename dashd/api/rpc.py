@@ -8,6 +8,7 @@ from typing import Any
 
 from dashd.api.base import ApiBase, app, json_body, number_arg
 from dashd.api.status import HttpError
+from dashd.domain import calls
 
 
 class RpcRoutes(ApiBase):
@@ -26,5 +27,16 @@ class RpcRoutes(ApiBase):
             request, "timeout", self.config["rpc.default_timeout"], self.config["rpc.max_timeout"]
         )
         params = json_body(request) if request.method == b"POST" else None
+        if request.args.get(b"queue") and not self.devices.online(device_id):
+            # ?queue=SECONDS: an offline device's call is queued for that
+            # long (202 with the call), instead of 503.
+            wait = number_arg(request, "queue", 1, self.config["calls.max_expires_in"])
+            call = await self.application.calls.queue(
+                key, device_id, method, params, expires_in=wait, timeout=timeout)
+            request.setResponseCode(202)
+            request.setHeader(b"Location", ("/api/v2/calls/%s" % call.id).encode("ascii"))
+            return self.json(request, calls.view(call))
+        if request.args.get(b"queue"):
+            number_arg(request, "queue", 1, self.config["calls.max_expires_in"])
         result = await self.devices.call(key, device_id, method, params, timeout)
         return self.json(request, result)

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from dashd.app.accounts import Accounts
 from dashd.app.auth import Authenticator
+from dashd.app.calls import Calls
 from dashd.app.devices import Devices
 from dashd.app.firmware import Firmware, OtaManager
 from dashd.app.fleet import Fleet
@@ -32,6 +33,7 @@ class Application:
     keys: Keys
     devices: Devices
     records: Records
+    calls: Calls
     # None where nothing is sent to devices (dashctl on a stopped dashd).
     firmware: Firmware | None = None
     # None where there is no notification stream (dashctl).
@@ -58,6 +60,7 @@ def build_application(fleet: Fleet, auth: Authenticator, ota: OtaManager | None 
         keys=Keys(store, accounts, auth, fleet.hub, clock),
         devices=devices,
         records=Records(store, devices),
+        calls=Calls(fleet, devices),
         firmware=Firmware(ota, devices) if ota is not None else None,
         tickets=NotifyTickets(tickets, auth, clock) if tickets is not None else None,
     )

@@ -11,6 +11,9 @@ closes the device's connection (on whichever node holds it), a change of
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from dataclasses import replace
 from typing import Any, Iterable
 
@@ -19,7 +22,7 @@ from twisted.logger import Logger
 from dashd.app.accounts import Accounts
 from dashd.app.fleet import Fleet
 from dashd.channel import closecodes
-from dashd.domain import access, shadow, timeseries, tokens
+from dashd.domain import access, query, shadow, timeseries, tokens
 from dashd.domain.errors import Invalid, NotFound
 from dashd.domain.model import UNSET, ApiKey, Device, check_name
 from dashd.store import NotFound as NoSuchRecord
@@ -27,6 +30,8 @@ from dashd.store import NotFound as NoSuchRecord
 log = Logger()
 
 MAX_METHOD_LENGTH = 128
+# Devices a page of a query holds at most.
+MAX_PAGE = 1000
 
 
 class Devices:
@@ -67,6 +72,52 @@ class Devices:
             return list(seen.values())
         devices = await self._store.list_devices(by.account_id)
         return [d for d in devices if access.sees(by, d)]
+
+    def selection(self, by: ApiKey, where: str | None, order: str = "created",
+                  limit: int | None = None, cursor: str | None = None) -> query.Selection:
+        """What C{by} asks for, as a store selects it: the query parsed and
+        checked against what the key may see (L{dashd.domain.query}).
+        @raise Invalid: a query that cannot be read (with its position),
+            or one of fields the key may not see; a bad order, limit or
+            cursor."""
+        node = query.parse(where) if where is not None else None
+        if node is not None:
+            query.check_access(node, by.kind == access.RESTRICTED)
+        order = query.check_order(order)
+        if limit is not None and not 1 <= limit <= MAX_PAGE:
+            raise Invalid("limit must be 1 to %d" % MAX_PAGE, "limit")
+        after = _read_cursor(cursor, order) if cursor is not None else None
+        devices = readable = None
+        if by.kind == access.RESTRICTED:
+            scope = (by.scope or {}).get("devices", {})
+            devices = tuple(scope)
+            readable = {d: list(acl.get("read", [])) for d, acl in scope.items()}
+        online = None
+        if query.uses_online(node):
+            online = tuple(self._fleet.router.online_ids())
+        return query.Selection(
+            where=node, account_id=None if access.is_console(by) else by.account_id,
+            devices=devices, readable=readable, online=online, order=order, limit=limit,
+            after=after)
+
+    async def select(self, by: ApiKey, where: str | None, order: str = "created",
+                     limit: int | None = None, cursor: str | None = None,
+                     ) -> tuple[list[Device], str | None]:
+        """The devices C{by} sees that C{where} matches (every one if None),
+        in C{order}: C{limit} of them (None: all) after C{cursor}; fire
+        with them and the cursor of the next page (None: no more)."""
+        selection = self.selection(by, where, order, limit, cursor)
+        devices = await self._store.select_devices(selection)
+        following = None
+        if limit is not None and len(devices) > limit:
+            devices = devices[:limit]
+            last = devices[-1]
+            following = _write_cursor(order, query.order_value(order, last), last.id)
+        return devices, following
+
+    async def count(self, by: ApiKey, where: str | None) -> int:
+        """How many devices C{by} sees that C{where} matches."""
+        return await self._store.count_devices(self.selection(by, where))
 
     async def get(self, by: ApiKey, device_id: str) -> tuple[Device, dict[str, Any] | None]:
         """The device and the status of its last firmware update (None for
@@ -180,3 +231,20 @@ class Devices:
         device = await self.visible(by, device_id, live=True)
         access.check_rpc(by, device, method)
         return await self._fleet.call(device, method, params, timeout)
+
+
+def _write_cursor(order: str, value: Any, device_id: str) -> str:
+    raw = json.dumps([order, value, device_id], separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _read_cursor(cursor: str, order: str) -> tuple[Any, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        got, value, device_id = json.loads(raw)
+    except (ValueError, binascii.Error, TypeError):
+        raise Invalid("cursor is not one this API gave", "cursor") from None
+    if got != order or not isinstance(device_id, str) or isinstance(value, bool) \
+            or not isinstance(value, (str, int, float)):
+        raise Invalid("cursor is not one this API gave for order=%s" % order, "cursor")
+    return value, device_id

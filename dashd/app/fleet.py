@@ -56,6 +56,9 @@ class Fleet:
         self.info_observers: list[Callable[[Device, dict[str, Any]], None]] = []
         # Each device that connected, with its pull record (dashd.app.datapull).
         self.connect_observers: list[Callable[[Device, dict[str, Any] | None], None]] = []
+        # Each connection held here once dashd has its device's info (or
+        # asking for it failed): queued calls go out then (dashd.app.calls).
+        self.ready_observers: list[Callable[[Any], None]] = []
         # Each is given the Deferred of every call() (dashd.ops.metrics counts
         # them by outcome); an observer adds callbacks that pass the result on.
         self.call_observers: list[Callable[[Deferred[Any]], None]] = []
@@ -121,6 +124,15 @@ class Fleet:
                 observer(device, pull)
             except Exception:
                 log.failure("connect observer {observer}", observer=observer)
+
+    def ready(self, session: Any) -> None:
+        """A connection held here has given dashd its device's info (or
+        asking for it failed): tell the observers."""
+        for observer in self.ready_observers:
+            try:
+                observer(session)
+            except Exception:
+                log.failure("ready observer {observer}", observer=observer)
 
     def store_data(self, device: Device, data: Any) -> Deferred[Any]:
         """Keep what the device sent as data (C{Dash.Data}) as data points:

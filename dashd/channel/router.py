@@ -9,11 +9,12 @@ single-process implementation: a dictionary of live sessions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
 from zope.interface import Attribute, Interface, implementer
 
+from dashd.domain import tokens
 from dashd.domain.errors import Offline
 from dashd.domain.model import Device
 
@@ -46,6 +47,18 @@ class ISession(Interface):
 
 
 class IRouter(Interface):
+    node_id = Attribute("this node's ID, new at each start (queued calls' claims name it)")
+    settle = Attribute("seconds after which every node that lives has been heard of")
+    queue_observers = Attribute(
+        "callables given the ID of a device calls were queued for, on the node holding it")
+
+    def node_alive(node_id):
+        """Whether the node C{node_id} lives (this one, or one heard of lately)."""
+
+    def calls_queued(device_id):
+        """Calls were queued for the device: tell the queue observers of
+        every node (the one holding the device sends them)."""
+
     def attach(session):
         """C{session} now holds its device; a previous session of the same
         device held here is told it was replaced. Return that session's
@@ -65,6 +78,10 @@ class IRouter(Interface):
 
     def online_count():
         """How many devices hold a live connection."""
+
+    def online_ids():
+        """The IDs of the devices that hold a live connection (the part of a
+        device query about ``online``)."""
 
     def call(device_id, method, params, timeout):
         """Call a method on the device wherever it is connected; fails at
@@ -88,8 +105,19 @@ class IRouter(Interface):
 
 @implementer(IRouter)
 class LocalRouter:
+    settle = 0.0
+
     def __init__(self) -> None:
         self._sessions: dict[str, Any] = {}
+        self.node_id = tokens.new_id("n")
+        self.queue_observers: list[Callable[[str], None]] = []
+
+    def node_alive(self, node_id: str) -> bool:
+        return node_id == self.node_id
+
+    def calls_queued(self, device_id: str) -> None:
+        for observer in self.queue_observers:
+            observer(device_id)
 
     def attach(self, session: Any) -> str | None:
         old = self._sessions.get(session.device_id)
@@ -110,6 +138,9 @@ class LocalRouter:
 
     def online_count(self) -> int:
         return len(self._sessions)
+
+    def online_ids(self) -> list[str]:
+        return list(self._sessions)
 
     def device(self, device_id: str) -> Device | None:
         session = self._sessions.get(device_id)

@@ -88,6 +88,7 @@ class DeviceSession:
         self._pending: dict[int, _PendingCall] = {}
         self._info_call: IDelayedCall | None = None
         self._heard_info = False
+        self._ready = False
         self._delta_unsupported = False
         self._closed = False
         # Set once dashd has asked this connection to close: no more calls;
@@ -423,9 +424,18 @@ class DeviceSession:
 
         def keep(device: Device) -> Device:
             self.device = device
+            self._became_ready()
             return device
 
         return d.addCallback(keep)
+
+    def _became_ready(self) -> None:
+        """dashd has the device's info (or asking for it failed): once a
+        connection, tell the fleet (queued calls go out from then on)."""
+        if self._ready or self._closed or self.closing:
+            return
+        self._ready = True
+        self.fleet.ready(self)
 
     def _shadow_update(self, frame: frames.Request) -> None:
         if not self._store_call(frame):
@@ -494,10 +504,15 @@ class DeviceSession:
         def got(info: Any) -> Deferred[Any] | None:
             if isinstance(info, dict):
                 return self._record_info(info)
+            self._became_ready()
             return None
 
+        def no_info(failure: Failure) -> None:
+            self._log_failure(failure, "asking for Sys.GetInfo", expected=True)
+            self._became_ready()
+
         d.addCallback(got)
-        d.addErrback(self._log_failure, "asking for Sys.GetInfo", expected=True)
+        d.addErrback(no_info)
 
     def _connected(self, found: tuple[Device, dict[str, Any] | None] | None) -> None:
         if found is None:

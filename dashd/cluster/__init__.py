@@ -36,6 +36,11 @@ On ``P:all``:
                                                 (deleted, token rotated)
 ``rv``      ``key``                             API key revoked: forget it,
                                                 close its streams
+``cq``      ``id``                              calls were queued for the
+                                                device: every node notes it,
+                                                the one holding the device
+                                                takes them from the store
+                                                (L{dashd.app.calls})
 ==========  ==================================  ================================
 
 On ``P:to:NODE``: ``call`` (``r`` the call's ID, ``id``, ``m`` method, ``p``

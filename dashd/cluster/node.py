@@ -253,6 +253,11 @@ class Cluster:
                   if h.node != self.node_id and self.presence.alive(h.node)}
         return len(remote | set(self._local))
 
+    def online_ids(self) -> list[str]:
+        remote = {d for d, h in self.presence.holders.items()
+                  if h.node != self.node_id and self.presence.alive(h.node)}
+        return list(remote | set(self._local))
+
     def sessions(self) -> list[Any]:
         return [entry.session for entry in self._local.values()]
 
@@ -358,6 +363,21 @@ class Cluster:
 
     # Changes that must reach the device wherever it is
 
+    def calls_queued(self, device_id: str) -> None:
+        self._calls_queued_here(device_id)
+        # The device may be held, or just connecting, anywhere.
+        self._broadcast({"t": "cq", "id": device_id})
+
+    def _calls_queued_here(self, device_id: str) -> None:
+        for observer in self.router.queue_observers:
+            try:
+                observer(device_id)
+            except Exception:
+                log.failure("queue observer {observer}", observer=observer)
+
+    def node_alive(self, node_id: str) -> bool:
+        return node_id == self.node_id or self.presence.alive(node_id)
+
     def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:
         session = self.local_session(device_id)
         if session is not None:
@@ -429,6 +449,8 @@ class Cluster:
             session = self.local_session(str(message["id"]))
             if session is not None:
                 session.desired_changed(message["doc"])
+        elif kind == "cq":
+            self._calls_queued_here(str(message["id"]))
         elif kind == "dc":
             device = device_from(message["device"])
             session = self.local_session(device.id)
@@ -664,6 +686,22 @@ class ClusterRouter:
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
+        self.queue_observers: list[Any] = []
+
+    @property
+    def node_id(self) -> str:
+        return self._cluster.node_id
+
+    @property
+    def settle(self) -> float:
+        # A node that lives beats a few times each node_timeout.
+        return 2 * self._cluster.timeout
+
+    def node_alive(self, node_id: str) -> bool:
+        return self._cluster.node_alive(node_id)
+
+    def calls_queued(self, device_id: str) -> None:
+        self._cluster.calls_queued(device_id)
 
     def attach(self, session: Any) -> str | None:
         return self._cluster.attach(session)
@@ -676,6 +714,9 @@ class ClusterRouter:
 
     def online_count(self) -> int:
         return self._cluster.online_count()
+
+    def online_ids(self) -> list[str]:
+        return self._cluster.online_ids()
 
     def device(self, device_id: str) -> Device | None:
         # Only a session held here is known to be current (device_changed

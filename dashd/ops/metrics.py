@@ -19,6 +19,10 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_rpc_call_duration_seconds`` | histogram | time to the device's answer (outcomes ``ok`` and ``device_error``) |
 | ``dashd_data_lines_pulled_total`` | counter | lines of data pulled from mDash-library devices (``mDashStore``) and stored |
 | ``dashd_data_pulls_failed_total`` | counter | pulls of such data that stopped before the device had nothing left (the next one resumes) |
+| ``dashd_queued_calls_sent_total`` | counter | queued calls sent to devices (each attempt) |
+| ``dashd_queued_calls_ended_total{state}`` | counter | queued calls that ended on this node: ``succeeded``, ``failed``, ``timed_out``, ``lost``, ``expired`` (cancelled ones are in the audit log) |
+| ``dashd_queued_calls_in_flight`` | gauge | queued calls sent and not answered yet |
+| ``dashd_queued_calls_devices_waiting`` | gauge | devices with queued calls waiting for room (``calls.sends_at_once``) |
 | ``dashd_store_job_duration_seconds`` | histogram | a store job from submission to its durable result (queueing, group commit and fsync included) |
 | ``dashd_store_queue_depth`` | gauge | store jobs waiting for the writer thread |
 | ``dashd_http_requests_total{code}`` | counter | REST requests answered, by status |
@@ -128,11 +132,13 @@ def full_collections() -> FullCollections:
 class _Live:
     """Figures read at scrape time from the parts that keep them."""
 
-    def __init__(self, fleet: Any, store: Any, device_factory: Any, puller: Any) -> None:
+    def __init__(self, fleet: Any, store: Any, device_factory: Any, puller: Any,
+                 delivery: Any = None) -> None:
         self.fleet = fleet
         self.store = store
         self.device_factory = device_factory
         self.puller = puller
+        self.delivery = delivery
 
     def describe(self) -> list[Metric]:
         return []
@@ -182,6 +188,28 @@ class _Live:
             "Pulls of devices' stored data that stopped before the device had nothing left",
             value=self.puller.pulls_failed,
         )
+        delivery = self.delivery
+        if delivery is not None:
+            yield CounterMetricFamily(
+                "dashd_queued_calls_sent", "Queued calls sent to devices (each attempt)",
+                value=delivery.sent,
+            )
+            ended = CounterMetricFamily(
+                "dashd_queued_calls_ended", "Queued calls that ended here, by state",
+                labels=["state"],
+            )
+            for state, count in sorted(delivery.ended.items()):
+                ended.add_metric([state], count)
+            yield ended
+            yield GaugeMetricFamily(
+                "dashd_queued_calls_in_flight", "Queued calls sent and not answered yet",
+                value=delivery.in_flight,
+            )
+            yield GaugeMetricFamily(
+                "dashd_queued_calls_devices_waiting",
+                "Devices with queued calls waiting for room (calls.sends_at_once)",
+                value=delivery.devices_waiting,
+            )
         yield GaugeMetricFamily(
             "dashd_notify_subscribers", "Notification streams open",
             value=self.fleet.hub.subscriber_count(),
@@ -210,14 +238,16 @@ class Metrics:
     calls, L{observe_store_job} to the store, L{observe_request} to the
     site."""
 
-    def __init__(self, fleet: Any, store: Any, device_factory: Any, puller: Any) -> None:
+    def __init__(self, fleet: Any, store: Any, device_factory: Any, puller: Any,
+                 delivery: Any = None) -> None:
         # No *_created series: they double the output and say when dashd started.
         disable_created_metrics()
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         full_collections()
-        self.registry.register(_Live(fleet, store, device_factory, puller))  # type: ignore[arg-type]
+        self.registry.register(_Live(fleet, store, device_factory, puller,  # type: ignore[arg-type]
+                                     delivery))
         self.rpc_calls = Counter(
             "dashd_rpc_calls", "REST RPC calls to devices, by outcome", ["outcome"],
             registry=self.registry,

@@ -91,6 +91,15 @@ class IStore(Interface):
     def list_devices(account_id):
         """Fire with the devices the account owns or that are shared with it."""
 
+    def select_devices(selection):
+        """Fire with the devices of a L{dashd.domain.query.Selection}, in
+        its order, one more than its limit if there are more (see
+        L{dashd.store.query_sql}: the query runs in the store)."""
+
+    def count_devices(selection):
+        """Fire with how many devices the selection matches (its limit and
+        cursor aside)."""
+
     def update_device(device_id, name, shared_with, shadow_update, now, share_scopes=None):
         """In one transaction change the name and/or sharing (None leaves a
         field alone; C{share_scopes}, with C{shared_with}, the scopes of the
@@ -126,6 +135,55 @@ class IStore(Interface):
 
     def delete_device(device_id):
         """Delete the device; fire with True, or False if there was none."""
+
+    # Queued calls (dashd.domain.calls; the jobs are in calls_sql.py)
+
+    def create_call(call, per_device, per_account):
+        """Store a new queued L{dashd.domain.calls.Call}; fire with it (its
+        seq set).
+        @raise NotFound: no such device.
+        @raise dashd.domain.errors.Busy: the device, or the call's account,
+            has that many calls queued or under way already."""
+
+    def get_call(call_id):
+        """Fire with the call or None."""
+
+    def list_calls(device_id, states, limit, before):
+        """Fire with up to C{limit} of the device's calls (only those in
+        C{states} if given), newest first, before seq C{before} if given."""
+
+    def claim_calls(device_id, claim, now, limit):
+        """Take the device's oldest queued calls (up to C{limit}) to send:
+        each is recorded C{sent} by C{claim} (a new attempt) before this
+        fires; those past their deadline become C{expired}. Fire with
+        C{(sent, expired)}. A call is taken once, whoever asks."""
+
+    def end_call(call_id, attempt, claim, state, now, result=None, error=None):
+        """End attempt number C{attempt} of a sent call, if C{claim} sent it
+        and it has not ended: fire with the call (final, or queued again
+        to be retried), or None."""
+
+    def unsend_call(call_id, claim):
+        """Put a call taken to send back in the queue, its attempt undone
+        (its frame never went out); fire with it or None."""
+
+    def cancel_call(call_id, now):
+        """Cancel the call if it is queued; fire with it as it is then, or
+        None if there is no such call."""
+
+    def expire_calls(now, limit=1000):
+        """Expire queued calls past their deadline; fire with them."""
+
+    def sent_calls(before, limit=1000):
+        """Fire with calls sent before C{before} and not ended (to find
+        those whose node is gone)."""
+
+    def queued_devices(limit=100000):
+        """Fire with the IDs of devices that have queued calls."""
+
+    def prune_calls(before, batch=10000):
+        """Delete up to C{batch} calls that ended before C{before}; fire
+        with how many."""
 
     # Stored data, device events, OTA status
 

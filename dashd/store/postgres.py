@@ -50,9 +50,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from dashd.domain import shadow
+from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
-from dashd.store import IStore, LastAdminKey, NotFound, StoreError, postgres_records
+from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, postgres_records,
+                         query_sql)
 from dashd.store.postgres_records import json_param
 
 log = Logger()
@@ -114,11 +115,61 @@ def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> tuple[int
         for number, script in migrations():
             if number <= version or (upto is not None and number > upto):
                 continue
-            conn.execute(script.encode("utf-8"))  # several statements, no parameters
+            # A Python step runs where the script says "-- python step".
+            first, _, rest = script.partition("\n-- python step")
+            rest = rest.partition("\n")[2]  # the rest of the marker's comment line
+            conn.execute(first.encode("utf-8"))  # several statements, no parameters
+            step = _AFTER_MIGRATION.get(number)
+            if step is not None:
+                with conn.cursor() as cur:
+                    step(cur)
+            if rest.strip():
+                conn.execute(rest.encode("utf-8"))
             version = number
         if version != current:
             conn.execute("UPDATE dashd_schema SET version = %s", (version,))
     return current, version
+
+
+def _index_devices(cur: Cursor) -> None:
+    """Fill the index of device queries (empty, its indexes not built yet)
+    for the devices there are, a batch at a time."""
+    last = ""
+    while True:
+        batch = _all(cur, "SELECT id, info, shadow FROM devices WHERE id > %s ORDER BY id"
+                          " LIMIT 5000", (last,))
+        if not batch:
+            return
+        with cur.copy("COPY device_facts (device_id, section, path, type, text, num, version)"
+                      " FROM STDIN") as copy:
+            for device_id, info, doc in batch:
+                for row in query.facts(info, doc.get("tags") or {}):
+                    copy.write_row((device_id,) + row)
+        last = batch[-1][0]
+
+
+# Python steps of migrations, run in their transaction after their SQL.
+_AFTER_MIGRATION: dict[int, Callable[[Cursor], None]] = {6: _index_devices}
+
+
+def _write_facts(cur: Cursor, device_id: str, info: dict[str, Any] | None,
+                 tags: dict[str, Any] | None) -> None:
+    """Rewrite the device's rows of the query index for the sections given."""
+    for section, value in (("info", info), ("tags", tags)):
+        if value is None:
+            continue
+        cur.execute("DELETE FROM device_facts WHERE device_id = %s AND section = %s",
+                    (device_id, section))
+    rows = query.facts(info, tags)
+    if rows:
+        cur.executemany(
+            "INSERT INTO device_facts (device_id, section, path, type, text, num, version)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(device_id,) + row for row in rows])
+
+
+def _firmware(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: info[k] for k in query.INDEXED_INFO if k in info}
 
 
 def schema_version(url: str, timeout: float = 10.0) -> int:
@@ -487,6 +538,7 @@ class PostgresStore:
                  device.last_seen, json_param(device.info), json_param(device.shadow)),
             )
             _set_shares(cur, device.id, device.shared_with, device.share_scopes)
+            _write_facts(cur, device.id, device.info, device.shadow.get("tags") or {})
             return device
 
         return self._run(job, order=device.id)
@@ -570,6 +622,9 @@ class PostgresStore:
         if result.stamped:
             cur.execute("UPDATE devices SET shadow = %s WHERE id = %s",
                         (json_param(result.document), device.id))
+            tags = result.document.get("tags") or {}
+            if tags != (device.shadow.get("tags") or {}):
+                _write_facts(cur, device.id, None, tags)
         return result
 
     def record_info(
@@ -588,6 +643,8 @@ class PostgresStore:
                 result = self._apply_shadow(cur, device, shadow_update, now)
             cur.execute("UPDATE devices SET info = %s, last_seen = %s WHERE id = %s",
                         (json_param(info), now, device_id))
+            if _firmware(info) != _firmware(device.info):
+                _write_facts(cur, device_id, info, None)
             return _get_device(cur, device_id), result
 
         return self._run(job, order=device_id)
@@ -625,6 +682,64 @@ class PostgresStore:
 
         return self._run(job, order=device_id)
 
+
+    def select_devices(self, selection: query.Selection) -> Deferred[list[Device]]:
+        def job(cur: Cursor) -> list[Device]:
+            sql, params = query_sql.select_sql("postgresql", selection, _Q_DEVICE_COLUMNS)
+            rows = _unprepared(cur, sql, params).fetchall()
+            shares = _shares_of(cur, [r[0] for r in rows])
+            return [_device(cur, r, shares.get(r[0], _NO_SHARES)) for r in rows]
+
+        return self._run(job)
+
+    def count_devices(self, selection: query.Selection) -> Deferred[int]:
+        def job(cur: Cursor) -> int:
+            sql, params = query_sql.count_sql("postgresql", selection)
+            return int(_unprepared(cur, sql, params).fetchone()[0])
+
+        return self._run(job)
+
+    # Queued calls (the jobs are in calls_sql.py)
+
+    def _calls(self, job: Callable[..., Any], *args: Any, order: str | None = None
+               ) -> Deferred[Any]:
+        return self._run(lambda cur: job(calls_sql.Db(cur, "postgresql"), *args), order=order)
+
+    def create_call(self, call: Any, per_device: int, per_account: int) -> Deferred[Any]:
+        return self._calls(calls_sql.create, call, per_device, per_account, order=call.device_id)
+
+    def get_call(self, call_id: str) -> Deferred[Any]:
+        return self._calls(calls_sql.get, call_id)
+
+    def list_calls(self, device_id: str, states: tuple[str, ...] | None, limit: int,
+                   before: int | None) -> Deferred[Any]:
+        return self._calls(calls_sql.list_for, device_id, states, limit, before,
+                           order=device_id)
+
+    def claim_calls(self, device_id: str, claim: str, now: float, limit: int) -> Deferred[Any]:
+        return self._calls(calls_sql.claim, device_id, claim, now, limit, order=device_id)
+
+    def end_call(self, call_id: str, attempt: int, claim: str, state: str, now: float,
+                 result: Any = None, error: dict[str, Any] | None = None) -> Deferred[Any]:
+        return self._calls(calls_sql.end, call_id, attempt, claim, state, now, result, error)
+
+    def unsend_call(self, call_id: str, claim: str) -> Deferred[Any]:
+        return self._calls(calls_sql.unsend, call_id, claim)
+
+    def cancel_call(self, call_id: str, now: float) -> Deferred[Any]:
+        return self._calls(calls_sql.cancel, call_id, now)
+
+    def expire_calls(self, now: float, limit: int = 1000) -> Deferred[Any]:
+        return self._calls(calls_sql.expire, now, limit)
+
+    def sent_calls(self, before: float, limit: int = 1000) -> Deferred[Any]:
+        return self._calls(calls_sql.sent_before, before, limit)
+
+    def queued_devices(self, limit: int = 100000) -> Deferred[Any]:
+        return self._calls(calls_sql.queued_devices, limit)
+
+    def prune_calls(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._calls(calls_sql.prune, before, batch)
 
     # Stored data, device events, OTA status, audit (the jobs are in postgres_records.py)
 
@@ -761,6 +876,15 @@ def _one(cur: Cursor, sql: str, params: Any = ()) -> Any:
     return cur.fetchone()
 
 
+def _unprepared(cur: Cursor, sql: str, params: Any) -> Cursor:
+    """Run a device query planned for its values every time: psycopg
+    prepares a statement run often, and after five runs PostgreSQL may
+    plan it once for any values, which for a query of a site among the
+    devices online (a list of thousands) took 2 s instead of 25 ms."""
+    cur.execute(sql.encode("utf-8"), params, prepare=False)
+    return cur
+
+
 def _all(cur: Cursor, sql: str, params: Any = ()) -> list[Any]:
     cur.execute(sql.encode("utf-8"), params)
     return cur.fetchall()
@@ -795,6 +919,7 @@ def _insert_key(cur: Cursor, key: ApiKey, secret_hash: str) -> None:
 
 
 _DEVICE_COLUMNS = "id, account_id, name, created, last_seen, info, shadow"
+_Q_DEVICE_COLUMNS = ", ".join("d." + c for c in _DEVICE_COLUMNS.split(", "))
 # One device with its sharing, in one round trip: [[account, scope], ...].
 _ONE_DEVICE_COLUMNS = _DEVICE_COLUMNS + (
     ", (SELECT json_agg(json_build_array(s.account_id, s.scope) ORDER BY s.seq)"

@@ -45,10 +45,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dashd.domain import shadow
+from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
-from dashd.store import IStore, LastAdminKey, NotFound, StoreError, sqlite_records
+from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, query_sql,
+                         sqlite_records)
 
 log = Logger()
 
@@ -69,18 +70,34 @@ def migrations() -> list[tuple[int, str]]:
     return found
 
 
-def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
-    """Apply the migrations the database has not seen; return (from, to)."""
+def migrate(conn: sqlite3.Connection, upto: int | None = None) -> tuple[int, int]:
+    """Apply the migrations the database has not seen (up to C{upto});
+    return (from, to)."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     version = current
     for number, script in migrations():
-        if number <= version:
+        if number <= version or (upto is not None and number > upto):
             continue
         # executescript commits first, so wrap each migration in its own
         # transaction explicitly; user_version is transactional in SQLite.
-        conn.executescript(
-            "BEGIN IMMEDIATE;\n%s\nPRAGMA user_version = %d;\nCOMMIT;" % (script, number)
-        )
+        # A Python step runs where the script says "-- python step", in
+        # the same transaction.
+        first, _, rest = script.partition(PYTHON_STEP)
+        rest = rest.partition("\n")[2]  # the rest of the marker's comment line
+        try:
+            conn.executescript("BEGIN IMMEDIATE;\n%s\n" % first)
+            step = _AFTER_MIGRATION.get(number)
+            if step is not None:
+                step(conn)
+            # (statement by statement: executescript would commit first)
+            for statement in _statements(rest):
+                conn.execute(statement)
+            conn.execute("PRAGMA user_version = %d" % number)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         version = number
     return current, version
 
@@ -97,12 +114,68 @@ def owner_only(path: str) -> None:
             log.warn("cannot make {name} owner-only: {error}", name=name, error=e)
 
 
+PYTHON_STEP = "\n-- python step"
+
+
+def _statements(script: str) -> list[str]:
+    """The SQL statements of C{script}, one by one."""
+    out, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending)
+            pending = ""
+    return out
+
+
+def _index_devices(conn: sqlite3.Connection) -> None:
+    """Fill the index of device queries (empty, its indexes not built yet)
+    for the devices there are, a batch at a time."""
+    last = ""
+    while True:
+        batch = conn.execute("SELECT id, info, shadow FROM devices WHERE id > ? ORDER BY id"
+                             " LIMIT 5000", (last,)).fetchall()
+        if not batch:
+            return
+        conn.executemany(
+            "INSERT INTO device_facts (device_id, section, path, type, text, num, version)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(device_id,) + row for device_id, info, doc in batch
+             for row in query.facts(json.loads(info), json.loads(doc).get("tags") or {})])
+        last = batch[-1][0]
+
+
+# Python steps of migrations, run in their transaction after their SQL.
+_AFTER_MIGRATION: dict[int, Callable[[sqlite3.Connection], None]] = {8: _index_devices}
+
+
+def _write_facts(conn: sqlite3.Connection, device_id: str, info: dict[str, Any] | None,
+                 tags: dict[str, Any] | None) -> None:
+    """Rewrite the device's rows of the query index for the sections given."""
+    for section, value in (("info", info), ("tags", tags)):
+        if value is None:
+            continue
+        conn.execute("DELETE FROM device_facts WHERE device_id = ? AND section = ?",
+                     (device_id, section))
+    rows = query.facts(info, tags)
+    conn.executemany(
+        "INSERT OR REPLACE INTO device_facts (device_id, section, path, type, text, num, version)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)", [(device_id,) + row for row in rows])
+
+
+def _version(value: Any) -> str | None:
+    return query.version_key(value)
+
+
 def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = %s" % synchronous)
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA busy_timeout = 5000")
+    # The version order of device queries (dashd.store.query_sql); in
+    # queries only, never in the schema, so any SQLite can read the file.
+    conn.create_function("dashd_version", 1, _version, deterministic=True)
     return conn
 
 
@@ -449,6 +522,7 @@ class SQLiteStore:
                 ),
             )
             _set_shares(conn, device.id, device.shared_with, device.share_scopes)
+            _write_facts(conn, device.id, device.info, device.shadow.get("tags") or {})
             return device
 
         return self._submit(job)
@@ -536,6 +610,9 @@ class SQLiteStore:
                 "UPDATE devices SET shadow = ? WHERE id = ?",
                 (compact(result.document), device.id),
             )
+            tags = result.document.get("tags") or {}
+            if tags != (device.shadow.get("tags") or {}):
+                _write_facts(conn, device.id, None, tags)
         return result
 
     def record_info(
@@ -556,6 +633,8 @@ class SQLiteStore:
                 "UPDATE devices SET info = ?, last_seen = ? WHERE id = ?",
                 (compact(info), now, device_id),
             )
+            if _firmware(info) != _firmware(device.info):
+                _write_facts(conn, device_id, info, None)
             # What was read plus what was written, without reading it again.
             shadow_doc = device.shadow if result is None else result.document
             return replace(device, info=info, last_seen=now, shadow=shadow_doc), result
@@ -595,6 +674,65 @@ class SQLiteStore:
             return cur.rowcount > 0
 
         return self._submit(job)
+
+    def select_devices(self, selection: query.Selection) -> Deferred[list[Device]]:
+        def job(conn: sqlite3.Connection) -> list[Device]:
+            sql, params = query_sql.select_sql("sqlite", selection, _Q_DEVICE_COLUMNS)
+            rows = conn.execute(sql, params).fetchall()
+            shares = _shares_of(conn, [r[0] for r in rows])
+            return [_device(conn, r, shares.get(r[0], _NO_SHARES)) for r in rows]
+
+        return self._read(job)
+
+    def count_devices(self, selection: query.Selection) -> Deferred[int]:
+        def job(conn: sqlite3.Connection) -> int:
+            sql, params = query_sql.count_sql("sqlite", selection)
+            return int(conn.execute(sql, params).fetchone()[0])
+
+        return self._read(job)
+
+    # Queued calls (the jobs are in calls_sql.py)
+
+    def _calls(self, job: Callable[..., Any], *args: Any, read: bool = False) -> Deferred[Any]:
+        def run(conn: sqlite3.Connection) -> Any:
+            return job(calls_sql.Db(conn, "sqlite"), *args)
+
+        return self._read(run) if read else self._submit(run)
+
+    def create_call(self, call: Any, per_device: int, per_account: int) -> Deferred[Any]:
+        return self._calls(calls_sql.create, call, per_device, per_account)
+
+    def get_call(self, call_id: str) -> Deferred[Any]:
+        return self._calls(calls_sql.get, call_id)
+
+    def list_calls(self, device_id: str, states: tuple[str, ...] | None, limit: int,
+                   before: int | None) -> Deferred[Any]:
+        return self._calls(calls_sql.list_for, device_id, states, limit, before, read=True)
+
+    def claim_calls(self, device_id: str, claim: str, now: float, limit: int) -> Deferred[Any]:
+        return self._calls(calls_sql.claim, device_id, claim, now, limit)
+
+    def end_call(self, call_id: str, attempt: int, claim: str, state: str, now: float,
+                 result: Any = None, error: dict[str, Any] | None = None) -> Deferred[Any]:
+        return self._calls(calls_sql.end, call_id, attempt, claim, state, now, result, error)
+
+    def unsend_call(self, call_id: str, claim: str) -> Deferred[Any]:
+        return self._calls(calls_sql.unsend, call_id, claim)
+
+    def cancel_call(self, call_id: str, now: float) -> Deferred[Any]:
+        return self._calls(calls_sql.cancel, call_id, now)
+
+    def expire_calls(self, now: float, limit: int = 1000) -> Deferred[Any]:
+        return self._calls(calls_sql.expire, now, limit)
+
+    def sent_calls(self, before: float, limit: int = 1000) -> Deferred[Any]:
+        return self._calls(calls_sql.sent_before, before, limit)
+
+    def queued_devices(self, limit: int = 100000) -> Deferred[Any]:
+        return self._calls(calls_sql.queued_devices, limit, read=True)
+
+    def prune_calls(self, before: float, batch: int = 10000) -> Deferred[int]:
+        return self._calls(calls_sql.prune, before, batch)
 
     # Stored data, device events, OTA status (the jobs are in sqlite_records.py)
 
@@ -793,6 +931,11 @@ def _insert_key(conn: sqlite3.Connection, key: ApiKey, secret_hash: str) -> None
 
 
 _DEVICE_COLUMNS = "id, account_id, name, created, last_seen, info, shadow"
+_Q_DEVICE_COLUMNS = ", ".join("d." + c for c in _DEVICE_COLUMNS.split(", "))
+
+
+def _firmware(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: info[k] for k in query.INDEXED_INFO if k in info}
 
 
 def _get_device(conn: sqlite3.Connection, device_id: str) -> Device | None:

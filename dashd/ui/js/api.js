@@ -43,11 +43,15 @@ export async function api(method, path, body, options = {}) {
     if (response.status === 401 && !options.key && unauthorized) unauthorized(error);
     throw error;
   }
+  let parsed = null;
   try {
-    return text ? JSON.parse(text) : null;
+    parsed = text ? JSON.parse(text) : null;
   } catch (e) {
-    return null;
+    parsed = null;
   }
+  // withStatus: {status, body, headers}, for answers whose status says
+  // something (202: queued) or whose headers do (X-Next-Cursor).
+  return options.withStatus ? {status: response.status, body: parsed, headers: response.headers} : parsed;
 }
 
 function apiError(status, text, statusText, retryAfter) {

@@ -3,12 +3,14 @@
 // version read, so that a concurrent change of it is refused with 409 and
 // explained, while the device's reports meanwhile are not in the way), its stored data (series.js), an RPC
 // console, firmware updates (firmware.js), its log, stored and live
-// (devicelog.js), sharing, a new token and deletion. What the key may not
-// do is not offered.
+// (devicelog.js), its queued calls (calls.js; the console queues one for a
+// device that is away), sharing, a new token and deletion. What the key
+// may not do is not offered.
 
 import {api, describe, encode} from './api.js';
 import {add, announce, clearMessage, field, h, messageArea, pretty, replace, showMessage, uid} from './dom.js';
 import {confirmDialog, tokenDialog} from './dialogs.js';
+import {callsPart} from './calls.js';
 import {deleteDevice, displayName, statusBadge} from './devices.js';
 import {logPart} from './devicelog.js';
 import {firmwarePart} from './firmware.js';
@@ -58,6 +60,7 @@ export function mount(main, ctx, {id}) {
       shadowSection(),
       perms.seesData ? dataSection() : null,
       rpcSection(),
+      callsSection(),
       perms.seesFirmware ? firmwareSection() : null,
       perms.seesLog ? logSection() : null,
       perms.restricted ? null : sharingSection(),
@@ -314,6 +317,13 @@ export function mount(main, ctx, {id}) {
     const params = jsonEditor({label: 'Params (JSON)', value: undefined, rows: 5,
       hint: 'Leave empty to call without params.', options: {allowEmpty: true, objectOnly: false}});
     const timeout = h('input', {type: 'number', min: 1, max: 120, step: 1, value: 10, inputmode: 'numeric'});
+    const queue = h('input', {type: 'checkbox'});
+    const expiry = h('input', {type: 'number', min: 1, max: 720, step: 1, value: 24, inputmode: 'numeric'});
+    const expiryField = field('Expires after (hours)', expiry, 'A queued call not sent by then is dropped (expired).');
+    expiryField.field.hidden = true;
+    queue.addEventListener('change', () => { expiryField.field.hidden = !queue.checked; });
+    const queueField = h('div', {class: 'check'}, h('label', {}, queue, ' Queue until the device is back'),
+      h('p', {class: 'hint'}, 'If the device is offline, the call waits for it and is sent once when it connects; see Queued calls below.'));
     const call = h('button', {type: 'submit', class: 'primary'}, 'Call');
     const outcome = h('p', {class: 'rpc-outcome', role: 'status', 'aria-live': 'polite'});
     const output = h('pre', {class: 'code rpc-output', tabindex: '0', 'aria-label': 'Result', hidden: true});
@@ -350,6 +360,7 @@ export function mount(main, ctx, {id}) {
       datalist, methodsNote,
       params.element,
       field('Timeout (seconds)', timeout).field,
+      queueField, expiryField.field,
       h('div', {class: 'actions'}, call),
       outcome, output);
 
@@ -373,19 +384,39 @@ export function mount(main, ctx, {id}) {
         return;
       }
       const seconds = Number(timeout.value || 10);
-      const path = `/devices/${encode(id)}/rpc/${encode(name)}?timeout=${encode(String(seconds))}`;
+      let path = `/devices/${encode(id)}/rpc/${encode(name)}?timeout=${encode(String(seconds))}`;
+      if (queue.checked) {
+        const hours = Number(expiry.value);
+        if (!(hours > 0 && hours <= 720)) {
+          outcome.className = 'rpc-outcome error';
+          outcome.textContent = 'Not called: the expiry is 1 to 720 hours.';
+          expiry.setAttribute('aria-invalid', 'true');
+          expiry.focus();
+          return;
+        }
+        expiry.setAttribute('aria-invalid', 'false');
+        // The bridge answers at once when the device is online, else
+        // queues the call (202) for that long.
+        path += `&queue=${encode(String(Math.round(hours * 3600)))}`;
+      }
       call.disabled = true;
       outcome.className = 'rpc-outcome';
       outcome.textContent = `Calling ${name}…`;
       const started = performance.now();
       try {
-        const result = checked.value === undefined
-          ? await api('GET', path)
-          : await api('POST', path, checked.value);
+        const reply = checked.value === undefined
+          ? await api('GET', path, undefined, {withStatus: true})
+          : await api('POST', path, checked.value, {withStatus: true});
         const ms = Math.round(performance.now() - started);
+        if (reply.status === 202) {
+          outcome.className = 'rpc-outcome success';
+          outcome.textContent = `${name} is queued: the device is offline, and the call goes out when it is back (until ${new Date(reply.body.expires * 1000).toLocaleString()}).`;
+          parts.calls?.show(reply.body, true);
+          return;
+        }
         outcome.className = 'rpc-outcome success';
         outcome.textContent = `${name} answered in ${ms} ms:`;
-        output.textContent = pretty(result);
+        output.textContent = pretty(reply.body);
         output.hidden = false;
       } catch (error) {
         outcome.className = 'rpc-outcome error';
@@ -396,6 +427,13 @@ export function mount(main, ctx, {id}) {
     });
     parts.rpc = {listMethods, listed: false};
     return section('RPC console', form);
+  }
+
+  // Queued calls
+
+  function callsSection() {
+    parts.calls = callsPart(ctx, id, (method) => perms.canCall(device, method));
+    return section('Queued calls', parts.calls.element);
   }
 
   // Stored data
@@ -497,11 +535,13 @@ export function mount(main, ctx, {id}) {
         parts.shadow();
         parts.data?.shadowChanged();
         parts.firmware?.setDevice();
+        parts.calls?.reload();
       }, () => {});
       return;
     }
     if (event.id !== id || device.deleting) return;
     if (parts.log) parts.log.onEvent(event);
+    if (parts.calls) parts.calls.onEvent(event);
     if (parts.firmware) parts.firmware.onEvent(event);
     if (event.name === 'online' || event.name === 'offline') {
       device.online = event.name === 'online';

@@ -1,6 +1,8 @@
-// The device list: every device the key may see, its online state kept
-// live from the notification stream, searchable and filterable; register
-// (token shown once) and delete.
+// The device list: every device the key may see, or those a device query
+// selects (GET /devices?where=, run in the store; a query that cannot be
+// read is explained with where it went wrong), its online state kept live
+// from the notification stream, searchable and filterable; register (token
+// shown once) and delete.
 
 import {api, describe, encode} from './api.js';
 import {announce, clearMessage, field, h, messageArea, replace, showMessage} from './dom.js';
@@ -43,6 +45,18 @@ export function mount(main, ctx) {
   const message = messageArea();
 
   const search = h('input', {type: 'search', autocomplete: 'off', spellcheck: 'false'});
+  const queryInput = h('input', {type: 'text', autocomplete: 'off', spellcheck: 'false', maxlength: 1024,
+    placeholder: 'shadow.tags.site = "berlin" and not online'});
+  const queryMessage = messageArea();
+  const clearQuery = h('button', {type: 'button', class: 'secondary', hidden: true}, 'Clear query');
+  const queryForm = h('form', {class: 'query', novalidate: true},
+    field('Device query', queryInput,
+      'Fields: id, name, online, last_seen, info.KEY, shadow.reported.KEY, shadow.desired.KEY, shadow.tags.KEY. ' +
+      'Compare with = != < <= > >=, in [...], exists, matches "glob*"; combine with and, or, not.').field,
+    h('div', {class: 'actions'}, clearQuery, h('button', {type: 'submit', class: 'secondary'}, 'Apply query')),
+    queryMessage);
+  // The query the list shows (null: every device).
+  let where = null;
   const status = h('select', {},
     h('option', {value: 'all'}, 'All'),
     h('option', {value: 'online'}, 'Online'),
@@ -66,6 +80,7 @@ export function mount(main, ctx) {
     h('div', {class: 'toolbar', role: 'search'},
       field('Search', search, 'Name, ID, firmware or architecture').field,
       field('Status', status).field),
+    queryForm,
     message,
     count,
     h('div', {class: 'table-wrap'}, table),
@@ -95,13 +110,15 @@ export function mount(main, ctx) {
     for (const row of rows.values()) if (!row.tr.hidden) shown += 1;
     const total = devices.size;
     const online = [...devices.values()].filter((d) => d.online).length;
+    const matched = where === null ? '' : ' matching the query';
     count.textContent = shown === total
-      ? `${total} device${total === 1 ? '' : 's'}, ${online} online`
-      : `Showing ${shown} of ${total} devices`;
+      ? `${total} device${total === 1 ? '' : 's'}${matched}, ${online} online`
+      : `Showing ${shown} of ${total} devices${matched}`;
     empty.hidden = shown > 0;
     table.hidden = shown === 0;
     empty.textContent = total === 0
-      ? (perms.canRegister ? 'No devices yet. Add one to get its token.' : 'No devices are visible to this key.')
+      ? (where !== null ? 'No device matches the query.'
+        : perms.canRegister ? 'No devices yet. Add one to get its token.' : 'No devices are visible to this key.')
       : 'No device matches the search and filter.';
   }
 
@@ -165,17 +182,52 @@ export function mount(main, ctx) {
   }
 
   async function load() {
+    const asked = where;
     try {
-      const list = await api('GET', '/devices');
-      if (!ctx.alive) return;
+      const list = await api('GET', asked === null ? '/devices' : `/devices?where=${encode(asked)}`);
+      if (!ctx.alive || asked !== where) return;
       devices.clear();
       for (const d of list) devices.set(d.id, d);
       clearMessage(message);
       render();
+      return true;
     } catch (error) {
-      if (ctx.alive) showMessage(message, describe(error), 'error');
+      if (!ctx.alive) return false;
+      if (asked !== null && error.status === 400) {
+        showMessage(queryMessage, `The query was not applied. ${describe(error)}`, 'error');
+        queryInput.setAttribute('aria-invalid', 'true');
+        queryInput.focus();
+      } else {
+        showMessage(message, describe(error), 'error');
+      }
+      return false;
     }
   }
+
+  queryForm.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const text = queryInput.value.trim();
+    const before = where;
+    where = text || null;
+    clearMessage(queryMessage);
+    queryInput.setAttribute('aria-invalid', 'false');
+    if (await load()) {
+      clearQuery.hidden = where === null;
+      announce(count.textContent);
+    } else {
+      where = before;
+    }
+  });
+  clearQuery.addEventListener('click', async () => {
+    queryInput.value = '';
+    where = null;
+    clearMessage(queryMessage);
+    queryInput.setAttribute('aria-invalid', 'false');
+    clearQuery.hidden = true;
+    await load();
+    announce(count.textContent);
+    queryInput.focus();
+  });
 
   // Screen readers hear state changes, a few at a time.
   let pending = [];
@@ -203,7 +255,11 @@ export function mount(main, ctx) {
     if (!device) {
       // A device registered elsewhere, shared with this account, or one
       // that has just come online.
-      if (['online', 'device.created', 'device.updated'].includes(event.name)) reloadSoon();
+      // (Under a query, one that may match it now.)
+      if (['online', 'device.created', 'device.updated'].includes(event.name)
+          || (where !== null && (event.name === 'offline' || event.name === 'shadow.update'))) {
+        reloadSoon();
+      }
       return;
     }
     if (event.name === 'device.deleted') {
@@ -219,6 +275,10 @@ export function mount(main, ctx) {
       // Renamed, or its sharing changed (it may be gone from this list).
       reloadSoon();
       return;
+    }
+    if (where !== null && (event.name === 'online' || event.name === 'offline' || event.name === 'shadow.update')) {
+      // What the query selects may have changed with it.
+      reloadSoon();
     }
     if (event.name === 'online' || event.name === 'offline') {
       device.online = event.name === 'online';
