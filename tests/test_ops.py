@@ -144,6 +144,11 @@ async def test_metrics_count_what_happens(server: DashdProcess, admin: Client):
         # showing in it: test_collector).
         sample(after, "dashd_gc_full_collection_seconds_count")
         sample(after, "dashd_gc_full_collection_seconds_sum")
+        # The stall probe runs from the start: it has fired by now (what it
+        # records: tests/test_stallprobe.py).
+        assert sample(after, "dashd_reactor_lag_seconds_count") > \
+            sample(before, "dashd_reactor_lag_seconds_count")
+        assert sample(after, "dashd_reactor_lag_max_seconds") >= 0
     finally:
         await sim.stop()
     await device_online(admin, device_id, online=False)
