@@ -200,7 +200,8 @@ def build(config: Config, reactor: Any) -> DashdService:
     sweeper.setServiceParent(service)
     stall_probe.setServiceParent(service)
     if config["gc.full_collection_interval"] > 0:
-        FreezeSurvivors(reactor, config["gc.full_collection_interval"]).setServiceParent(service)
+        FreezeSurvivors(reactor, config["gc.full_collection_interval"],
+                        fleet.router.online_count).setServiceParent(service)
     # Stops after the site has drained and before the store.
     audit.setServiceParent(service)
     DrainService(site, readiness, config["shutdown.grace_period"], reactor
