@@ -175,6 +175,21 @@ class Handover:
         return proto
 
 
+# What Autobahn keeps of the opening handshake (the request as read, its
+# headers, the answer sent) and reads only while it handles it: about 2.5 KB
+# a connection, dropped once the connection is open.
+_HANDSHAKE_ATTRIBUTES = (
+    "http_request_data", "http_status_line", "http_headers", "http_request_uri",
+    "http_request_path", "http_request_params", "http_request_host", "http_response_data",
+    "websocket_protocols", "websocket_origin", "websocket_extensions", "_wskey",
+)
+
+
+def forget_handshake(proto: WebSocketServerProtocol) -> None:
+    for name in _HANDSHAKE_ATTRIBUTES:
+        setattr(proto, name, None)
+
+
 class ChannelProtocol(WebSocketServerProtocol):
     """What the device and notification channels share."""
 
@@ -227,6 +242,7 @@ class DeviceProtocol(ChannelProtocol):
 
     def onOpen(self) -> None:
         self.factory.connections_opened += 1
+        forget_handshake(self)
         try:
             spread_pings(self)
             # Twisted calls pauseProducing when what we write to the device
