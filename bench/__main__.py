@@ -332,6 +332,18 @@ class Server:
         return (int(self._metric("dashd_gc_full_collection_seconds_count")),
                 self._metric("dashd_gc_full_collection_seconds_sum"))
 
+    def stalls(self) -> dict[str, float] | None:
+        """dashd's stall probe so far (L{dashd.ops.stallprobe}): bucket
+        bound -> probes at most that late, cumulative; None for the
+        baseline."""
+        if self.kind != "dashd":
+            return None
+        req = urllib.request.Request("http://127.0.0.1:%d/metrics" % self.port)
+        with urllib.request.urlopen(req, timeout=60) as r:
+            text = r.read().decode()
+        return {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^dashd_reactor_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
+
     def connected(self) -> int:
         """Devices holding a connection now (cheaper than online())."""
         if self.kind == "dashd":
@@ -424,6 +436,7 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
                     time.sleep(0.5)
                 self.meter = Meter(server.pid, pids)
                 self.collections = server.full_collections()
+                self.stalls = server.stalls()
 
             def end(self) -> dict[str, float]:
                 cpu = self.meter.read()
@@ -437,6 +450,19 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
                     if count:
                         say("  %d full garbage collection(s) during %s: %.0f ms in all"
                             % (count, self.name, seconds * 1000))
+                if self.stalls is not None:
+                    # How long the reactor stood still at worst: the stall
+                    # probe's lateness, read as bucket counts around the test.
+                    now = server.stalls()  # type: ignore[misc]
+                    during = {b: now[b] - self.stalls.get(b, 0) for b in now}
+                    bounds = sorted((b for b in during if b != "+Inf"), key=float)
+                    total = during.get("+Inf", 0)
+                    longest = next((b for b in bounds if during[b] == total), "+Inf")
+                    stalls[self.name] = {
+                        "probes": total,
+                        "over_100ms": total - during.get("0.1", 0),
+                        "longest_at_most": longest,
+                    }
                 if self.recording is not None:
                     self.recording.stop()
                     profiles.append(self.recording.path)
@@ -445,6 +471,8 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
         res["profiles"] = profiles
         full_gc: dict[str, dict[str, float]] = {}
         res["full_gc"] = full_gc
+        stalls: dict[str, dict[str, Any]] = {}
+        res["stalls"] = stalls
 
         def binds(i: int) -> list[str]:
             return ["127.0.0.%d" % (2 + i * args.addresses + k) for k in range(args.addresses)]
@@ -739,6 +767,10 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
             if name == "dashd":
                 lines.append("  full garbage collections during the tests: %s"
                              % (", ".join(pauses) or "none"))
+                still = ["%s %d (longest <= %s s)" % (test, g["over_100ms"], g["longest_at_most"])
+                         for test, g in r.get("stalls", {}).items()]
+                lines.append("  reactor stalls over 100 ms (stall probe): %s"
+                             % (", ".join(still) or "none measured"))
     return "\n".join(lines)
 
 

@@ -3,13 +3,16 @@ Instructions dashd executes per REST RPC call, counted by valgrind's
 callgrind: the same figure whatever else the machine is doing, so two
 versions can be compared on a busy, shared machine where timings swing.
 
-    .venv/bin/python -m bench.instructions [--calls 500]
+    .venv/bin/python -m bench.instructions [--calls 500] [--targets baseline,dashd]
 
-Starts dashd under ``valgrind --tool=callgrind`` with counting off,
-connects one simulated device (in this process, not counted), makes
-``--calls`` warm-up calls, then counts the instructions of dashd's process
-during ``--calls`` more (one at a time, ``GET .../rpc/Sys.GetInfo``) and
-prints the count per call. Needs valgrind (Debian's package).
+Starts each server (the baseline bridge of L{bench.baseline}, then dashd)
+under ``valgrind --tool=callgrind`` with counting off, connects one
+simulated device (in this process, not counted), makes ``--calls`` warm-up
+calls, then counts the instructions of the server's process during
+``--calls`` more (one at a time, ``GET .../rpc/Sys.GetInfo``) and prints
+the count per call, and dashd's as a ratio of the baseline's: the CPU a
+call costs, compared in a way that holds on a busy machine. Needs valgrind
+(Debian's package).
 """
 
 from __future__ import annotations
@@ -62,12 +65,27 @@ async def calls(reactor, base: str, key: str, device_id: str, n: int) -> None:
         assert reply.code == 200, reply.code
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.instructions")
-    p.add_argument("--calls", type=int, default=500)
-    args = p.parse_args()
-    work = tempfile.mkdtemp(prefix="dashd-instructions-")
-    port = free_port()
+def start(target: str, work: str, port: int) -> tuple[subprocess.Popen, str, str, str]:
+    """Start C{target} under callgrind with counting off; return the
+    process, its API key (none for the baseline), a device's token and ID."""
+    out = os.path.join(work, "callgrind.out")
+    log = open(os.path.join(work, "server.log"), "wb")
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                "--callgrind-out-file=" + out]
+    base = "http://127.0.0.1:%d" % port
+    if target == "baseline":
+        server = subprocess.Popen(valgrind + [PYTHON, "-m", "bench.baseline", "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "baseline did not start"
+            try:
+                urllib.request.urlopen(base + "/stats", timeout=5).read()
+                break
+            except OSError:
+                time.sleep(0.5)
+        # The baseline takes the part of the token before "-" as the ID.
+        return server, "", "bench1-x", "bench1"
     config = os.path.join(work, "dashd.toml")
     with open(config, "w") as f:
         f.write('listen = ["tcp:%d:interface=127.0.0.1"]\ndata_dir = %s\n'
@@ -75,46 +93,50 @@ def main() -> int:
                 "[device]\nping_interval = 0\n"
                 "[gc]\nfull_collection_interval = 0\n"
                 % (port, json.dumps(os.path.join(work, "data"))))
-    out = os.path.join(work, "callgrind.out")
-    log = open(os.path.join(work, "dashd.log"), "wb")
-    dashd = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=" + out,
-         PYTHON, TWISTD, "-n", "--pidfile=", "dashd", "--config", config],
-        stdout=log, stderr=subprocess.STDOUT)
-    base = "http://127.0.0.1:%d" % port
-    try:
-        key_file = os.path.join(work, "data", "admin.key")
-        deadline = time.monotonic() + 300
-        while not os.path.exists(key_file):
-            assert dashd.poll() is None and time.monotonic() < deadline, "dashd did not start"
-            time.sleep(0.5)
-        time.sleep(2)
-        with open(key_file) as f:
-            key = f.read().strip()
-        device = post(base + "/api/v2/devices", key, {})
+    server = subprocess.Popen(valgrind + [PYTHON, TWISTD, "-n", "--pidfile=", "dashd",
+                                          "--config", config],
+                              stdout=log, stderr=subprocess.STDOUT)
+    key_file = os.path.join(work, "data", "admin.key")
+    deadline = time.monotonic() + 300
+    while not os.path.exists(key_file):
+        assert server.poll() is None and time.monotonic() < deadline, "dashd did not start"
+        time.sleep(0.5)
+    time.sleep(2)
+    with open(key_file) as f:
+        key = f.read().strip()
+    device = post(base + "/api/v2/devices", key, {})
+    return server, key, device["token"], device["id"]
 
+
+def count(target: str, n: int) -> int:
+    """Instructions C{target}'s process executes per REST RPC call."""
+    work = tempfile.mkdtemp(prefix="dashd-instructions-")
+    port = free_port()
+    server, key, token, device_id = start(target, work, port)
+    try:
         async def run(reactor):
             from dashd.simulator import SimulatedDevice
 
-            sim = SimulatedDevice("ws://127.0.0.1:%d/api/v2/rpc" % port, device["token"], reactor)
+            sim = SimulatedDevice("ws://127.0.0.1:%d/api/v2/rpc" % port, token, reactor)
             sim.start()
             await sim.wait_open()
             await task.deferLater(reactor, 2, lambda: None)
-            await defer.ensureDeferred(calls(reactor, base, key, device["id"], args.calls))
-            control(dashd.pid, "--instr=on")
-            await defer.ensureDeferred(calls(reactor, base, key, device["id"], args.calls))
-            control(dashd.pid, "--instr=off")
-            control(dashd.pid, "--dump")
+            base = "http://127.0.0.1:%d" % port
+            await defer.ensureDeferred(calls(reactor, base, key, device_id, n))
+            control(server.pid, "--instr=on")
+            await defer.ensureDeferred(calls(reactor, base, key, device_id, n))
+            control(server.pid, "--instr=off")
+            control(server.pid, "--dump")
             await sim.stop()
 
+        # One reactor per process: each target is counted in a child.
         task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
     except SystemExit as e:
         if e.code:
             raise
     finally:
-        dashd.terminate()
-        dashd.wait(120)
-        log.close()
+        server.terminate()
+        server.wait(120)
     total = 0
     for name in os.listdir(work):
         if name.startswith("callgrind.out"):
@@ -124,8 +146,30 @@ def main() -> int:
                     if m:
                         total = max(total, int(m.group(1)))
     shutil.rmtree(work, ignore_errors=True)
-    print("dashd: %d instructions a REST RPC call (%d calls counted)"
-          % (total // args.calls, args.calls))
+    return total // n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.instructions")
+    p.add_argument("--calls", type=int, default=500)
+    p.add_argument("--targets", default="baseline,dashd",
+                   help="which servers to count, in order (default: baseline,dashd)")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(count(args.one, args.calls))
+        return 0
+    figures = {}
+    for target in args.targets.split(","):
+        # A reactor cannot be restarted: each count runs in a process of its own.
+        out = subprocess.run([PYTHON, "-m", "bench.instructions", "--one", target,
+                              "--calls", str(args.calls)],
+                             capture_output=True, text=True, check=True)
+        figures[target] = int(out.stdout.split()[-1])
+        print("%-8s %12d instructions a REST RPC call (%d calls counted)"
+              % (target, figures[target], args.calls), flush=True)
+    if "baseline" in figures and "dashd" in figures:
+        print("dashd / baseline: %.2f" % (figures["dashd"] / figures["baseline"]))
     return 0
 
 

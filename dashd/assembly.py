@@ -42,6 +42,7 @@ from dashd.ops.gcfreeze import FreezeSurvivors
 from dashd.ops.lifecycle import DrainService, Readiness
 from dashd.ops.metrics import Metrics
 from dashd.ops.services import DashdService, FleetService, OtaService, StoreService
+from dashd.ops.stallprobe import StallProbe
 from dashd.ops.systemd import NotifyService
 from dashd.store import IStore
 
@@ -134,7 +135,8 @@ def build(config: Config, reactor: Any) -> DashdService:
 
     device_factory = DeviceFactory(config, reactor)
     notify_factory = NotifyFactory(config, reactor)
-    metrics = Metrics(fleet, store, device_factory, puller, delivery)
+    stall_probe = StallProbe(reactor)
+    metrics = Metrics(fleet, store, device_factory, puller, delivery, stall_probe)
     readiness = Readiness()
     api = Api(application, config, reactor, device_factory=device_factory,
               notify_factory=notify_factory, metrics=metrics, readiness=readiness)
@@ -196,8 +198,10 @@ def build(config: Config, reactor: Any) -> DashdService:
     sweeper = TimerService(config["calls.sweep_interval"], delivery.sweep)
     sweeper.clock = reactor
     sweeper.setServiceParent(service)
+    stall_probe.setServiceParent(service)
     if config["gc.full_collection_interval"] > 0:
-        FreezeSurvivors(reactor, config["gc.full_collection_interval"]).setServiceParent(service)
+        FreezeSurvivors(reactor, config["gc.full_collection_interval"],
+                        fleet.router.online_count).setServiceParent(service)
     # Stops after the site has drained and before the store.
     audit.setServiceParent(service)
     DrainService(site, readiness, config["shutdown.grace_period"], reactor

@@ -180,25 +180,44 @@ class _Request:
         self.code = 200
 
 
-def test_entries_of_one_reactor_turn_are_one_store_job():
+def test_entries_of_one_window_are_one_store_job():
+    """Entries that come a reactor turn apart (one device called one request
+    at a time) share a store job: a job each cost more than the calls."""
     from twisted.internet.task import Clock
 
-    from dashd.app.audit import AuditLog
+    from dashd.app.audit import BATCH_DELAY, AuditLog
 
     store, clock = _RecordingStore(), Clock()
     audit = AuditLog(store, clock)
     for i in range(3):
         audit.record(_entry("/api/v2/devices/d%d/rpc/X" % i))
+        clock.advance(0)
     assert store.jobs == [] and audit.pending == 3
-    clock.advance(0)
+    clock.advance(BATCH_DELAY)
     assert [[e["device_id"] for e in job] for job in store.jobs] == [["d0", "d1", "d2"]]
     assert audit.pending == 0
+    audit.record(_entry("/api/v2/devices/d3/rpc/X"))
+    clock.advance(BATCH_DELAY)
+    assert [len(job) for job in store.jobs] == [3, 1]
+
+
+def test_a_full_batch_goes_at_once():
+    from twisted.internet.task import Clock
+
+    from dashd.app.audit import BATCH_MAX, AuditLog
+
+    store, clock = _RecordingStore(), Clock()
+    audit = AuditLog(store, clock)
+    for i in range(BATCH_MAX + 1):
+        audit.record(_entry("/api/v2/devices/d%d/rpc/X" % i))
+    assert [len(job) for job in store.jobs] == [BATCH_MAX]
+    assert audit.pending == 1
 
 
 def test_stopping_hands_over_what_waits_and_failures_count_every_entry():
     from twisted.internet.task import Clock
 
-    from dashd.app.audit import AuditLog
+    from dashd.app.audit import BATCH_DELAY, AuditLog
 
     store, clock = _RecordingStore(), Clock()
     audit = AuditLog(store, clock)
@@ -211,7 +230,7 @@ def test_stopping_hands_over_what_waits_and_failures_count_every_entry():
     audit.record(_entry("/api/v2/devices/d2"))
     audit.record(_entry("/api/v2/devices/d3"))
     with capturedLogs() as events:
-        clock.advance(0)
+        clock.advance(BATCH_DELAY)
     assert audit.pending == 0
     [warning] = [e for e in events if e["log_namespace"] == "dashd.app.audit"]
     assert (warning["count"], warning["why"]) == (2, "disk full")

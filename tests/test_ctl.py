@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -24,6 +25,7 @@ from support import (
     DashdProcess,
     connect_device,
     device_online,
+    eventually,
     raw_handshake,
     sleep,
     subscribe,
@@ -321,10 +323,15 @@ async def test_dashctl_changes_are_in_the_audit_log(server: DashdProcess, admin:
     registered = json.loads(ok(dashctl(server, "--json", "devices", "register")))
     SECRETS.add(registered["token"])
     ok(dashctl(server, "devices", "delete", registered["id"]))
-    entries = (await admin.get("/api/v2/audit?start=-50&limit=50")).body["entries"]
-    mine = [(e["key_id"], e["method"], e["path"], e["status"]) for e in entries
-            if e["device_id"] == registered["id"]]
-    assert mine == [
+
+    async def mine() -> Any:
+        # Audit entries are stored shortly after the answer (dashd.app.audit).
+        entries = (await admin.get("/api/v2/audit?start=-50&limit=50")).body["entries"]
+        found = [(e["key_id"], e["method"], e["path"], e["status"]) for e in entries
+                 if e["device_id"] == registered["id"]]
+        return found if len(found) >= 2 else None
+
+    assert await eventually(mine) == [
         ("dashctl", "DASHCTL", "devices register %s" % registered["id"], 200),
         ("dashctl", "DASHCTL", "devices delete %s" % registered["id"], 200),
     ]

@@ -144,6 +144,14 @@ async def test_metrics_count_what_happens(server: DashdProcess, admin: Client):
         # showing in it: test_collector).
         sample(after, "dashd_gc_full_collection_seconds_count")
         sample(after, "dashd_gc_full_collection_seconds_sum")
+        # The stall probe runs from the start and keeps running (what it
+        # records: tests/test_stallprobe.py).
+        async def probed() -> bool:
+            return sample(await metrics(), "dashd_reactor_lag_seconds_count") > \
+                sample(after, "dashd_reactor_lag_seconds_count")
+
+        await eventually(probed)
+        assert sample(after, "dashd_reactor_lag_max_seconds") >= 0
     finally:
         await sim.stop()
     await device_online(admin, device_id, online=False)

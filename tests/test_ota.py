@@ -13,6 +13,8 @@ import subprocess
 import time
 import zipfile
 
+from typing import Any
+
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
@@ -1025,7 +1027,11 @@ async def test_uploads_are_refused_from_their_headers(server, admin: Client):
         assert ota_frames(sim) == []
         # Answered like any request: in the access log and the audit log.
         await eventually(lambda: ('"POST %s HTTP/1.1" 403' % path) in server.log())
-        entries = (await other.get("/api/v2/audit?start=-5")).body["entries"]
+        async def audited() -> Any:
+            entries = (await other.get("/api/v2/audit?start=-5")).body["entries"]
+            return entries or None
+
+        entries = await eventually(audited)
         assert [(e["method"], e["status"], e["device_id"]) for e in entries] == [
             ("POST", 403, device_id)]
     finally:

@@ -6,9 +6,10 @@ through the REST API (L{dashd.api.audit.entry_for}) or dashctl
 (L{dashd.ops.control}).
 
 Entries are written after the answer has been sent: auditing never delays a
-request. The entries of one reactor turn go to the store together, as one
-job of its group commit (a job per entry cost a busy server more than the
-call it recorded). As a service it stops just before the store does, and
+request. The entries of L{BATCH_DELAY} seconds go to the store together, as
+one job of its group commit (a job per entry cost a busy server more than
+the call it recorded: one device called one request at a time gave a job
+per call when entries were gathered per reactor turn). As a service it stops just before the store does, and
 hands over what is waiting then. At most L{MAX_PENDING} entries wait for
 the store; beyond that they are lost, with a warning now and then, rather
 than growing dashd's memory.
@@ -30,16 +31,20 @@ log = Logger()
 
 MAX_PENDING = 10000
 WARN_EVERY = 60.0
+# How long entries gather before they go to the store, and how many at most.
+BATCH_DELAY = 0.05
+BATCH_MAX = 1000
 
 class AuditLog(Service):
-    """Stores audit entries, a reactor turn's worth at a time."""
+    """Stores audit entries, L{BATCH_DELAY} seconds' worth at a time."""
 
     def __init__(self, store: IStore, clock: IReactorTime) -> None:
         self.store = store
         self.clock = clock
         # Entries not yet stored: waiting for the next flush or in the store.
         self.pending = 0
-        self._batch: TurnBatch[dict[str, Any]] = TurnBatch(clock, self._store)
+        self._batch: TurnBatch[dict[str, Any]] = TurnBatch(
+            clock, self._store, max_items=BATCH_MAX, delay=BATCH_DELAY)
         self._lost = 0
         self._warned_at: float | None = None
 

@@ -175,6 +175,21 @@ class Handover:
         return proto
 
 
+# What Autobahn keeps of the opening handshake (the request as read, its
+# headers, the answer sent) and reads only while it handles it: about 2.5 KB
+# a connection, dropped once the connection is open.
+_HANDSHAKE_ATTRIBUTES = (
+    "http_request_data", "http_status_line", "http_headers", "http_request_uri",
+    "http_request_path", "http_request_params", "http_request_host", "http_response_data",
+    "websocket_protocols", "websocket_origin", "websocket_extensions", "_wskey",
+)
+
+
+def forget_handshake(proto: WebSocketServerProtocol) -> None:
+    for name in _HANDSHAKE_ATTRIBUTES:
+        setattr(proto, name, None)
+
+
 class ChannelProtocol(WebSocketServerProtocol):
     """What the device and notification channels share."""
 
@@ -214,8 +229,10 @@ def _accept_subprotocol(request: Any) -> str | None:
 
 @implementer(IPushProducer)
 class DeviceProtocol(ChannelProtocol):
-    # Set by Handover before the connection is made.
-    device: Device
+    # Set by Handover before the connection is made; the device record is
+    # handed to the session when the connection opens (the session keeps it
+    # and the newer versions it learns).
+    device: Device | None
     fleet: Fleet
     session: DeviceSession | None = None
 
@@ -227,6 +244,9 @@ class DeviceProtocol(ChannelProtocol):
 
     def onOpen(self) -> None:
         self.factory.connections_opened += 1
+        forget_handshake(self)
+        device, self.device = self.device, None
+        assert device is not None
         try:
             spread_pings(self)
             # Twisted calls pauseProducing when what we write to the device
@@ -235,12 +255,12 @@ class DeviceProtocol(ChannelProtocol):
             self._decoder = JSONStreamDecoder(self.factory.max_frame_bytes)
             self._errors = 0
             self.session = DeviceSession(
-                self.device, self.fleet, self._send_text, self._close, peer=self.peer,
+                device, self.fleet, self._send_text, self._close, peer=self.peer,
                 base_url=self.base_url,
             )
             self.session.opened()
         except Exception:
-            log.failure("device {id}: opening the session", id=self.device.id)
+            log.failure("device {id}: opening the session", id=device.id)
             close_connection(self, closecodes.INTERNAL_ERROR, "internal error")
 
     def _send_text(self, text: str) -> None:

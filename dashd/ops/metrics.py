@@ -27,6 +27,8 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_store_queue_depth`` | gauge | store jobs waiting for the writer thread |
 | ``dashd_http_requests_total{code}`` | counter | REST requests answered, by status |
 | ``dashd_gc_full_collection_seconds`` | histogram | full collections of Python's cycle collector: each walks every object dashd holds while the reactor stands still, the longest pauses a large fleet sees (docs/performance.md) |
+| ``dashd_reactor_lag_seconds`` | histogram | how much later than asked a timer run every 50 ms ran: each is how long the reactor stood still (L{dashd.ops.stallprobe}) |
+| ``dashd_reactor_lag_max_seconds`` | gauge | the longest the reactor stood still since dashd started |
 | ``dashd_gc_frozen_objects`` | gauge | objects frozen after surviving a full collection (L{dashd.ops.gcfreeze}): later collections do not walk them |
 | ``process_*`` | | open file descriptors and their limit, memory, CPU (prometheus_client) |
 """
@@ -133,7 +135,8 @@ class _Live:
     """Figures read at scrape time from the parts that keep them."""
 
     def __init__(self, fleet: Any, store: Any, device_factory: Any, puller: Any,
-                 delivery: Any = None) -> None:
+                 delivery: Any = None, stall_probe: Any = None) -> None:
+        self.stall_probe = stall_probe
         self.fleet = fleet
         self.store = store
         self.device_factory = device_factory
@@ -145,6 +148,8 @@ class _Live:
 
     def collect(self) -> Iterator[Metric]:
         yield full_collections().family()
+        if self.stall_probe is not None:
+            yield from self.stall_probe.families()
         yield GaugeMetricFamily(
             "dashd_gc_frozen_objects",
             "Objects that survived a full collection and are not walked again until the next "
@@ -239,7 +244,7 @@ class Metrics:
     site."""
 
     def __init__(self, fleet: Any, store: Any, device_factory: Any, puller: Any,
-                 delivery: Any = None) -> None:
+                 delivery: Any = None, stall_probe: Any = None) -> None:
         # No *_created series: they double the output and say when dashd started.
         disable_created_metrics()
         self.registry = CollectorRegistry()
@@ -247,7 +252,7 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         full_collections()
         self.registry.register(_Live(fleet, store, device_factory, puller,  # type: ignore[arg-type]
-                                     delivery))
+                                     delivery, stall_probe))
         self.rpc_calls = Counter(
             "dashd_rpc_calls", "REST RPC calls to devices, by outcome", ["outcome"],
             registry=self.registry,
