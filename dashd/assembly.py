@@ -35,7 +35,7 @@ from dashd.app.tickets import ITicketStore, LocalTickets
 from dashd.channel.hub import IHub, LocalHub
 from dashd.channel.router import IRouter, LocalRouter
 from dashd.channel.websocket import DeviceFactory, NotifyFactory
-from dashd.config import Config, with_backlog
+from dashd.config import Config, ConfigError, with_backlog
 from dashd.ops.control import control_service
 from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, FIRMWARE_DIR
 from dashd.ops.gcfreeze import FreezeSurvivors
@@ -74,6 +74,20 @@ def make_store(config: Config, reactor: Any) -> IStore:
         synchronous=config["store.synchronous"],
         shadow_limits=limits,
     )
+
+
+def listen_service(description: str, as_configured: str, site: DashdSite,
+                   reactor: Any) -> Any:
+    """The service listening on one of C{listen}'s endpoints; a description
+    Twisted cannot use (unknown type, missing TLS key or certificate) is a
+    L{ConfigError} naming it."""
+    try:
+        return strports.service(description, site, reactor=reactor)
+    except Exception as e:  # ValueError, OSError, OpenSSL's errors...
+        why = str(e) or e.__class__.__name__
+        if isinstance(e, OSError) and e.filename:
+            why = "cannot read %s: %s" % (e.filename, e.strerror or e)
+        raise ConfigError("listen: %r: %s" % (as_configured, why)) from None
 
 
 def make_authenticator(store: IStore, config: Config, reactor: Any) -> Authenticator:
@@ -173,7 +187,8 @@ def build(config: Config, reactor: Any) -> DashdService:
 
     parts = Parts(config, store, fleet, application, ota, site, metrics, readiness, cluster)
     service = DashdService(parts)
-    store_service = StoreService(store, data_dir, application.keys)
+    store_service = StoreService(store, data_dir, application.keys,
+                                 option="store.url" if config["store.url"] else "data_dir")
     store_service.setServiceParent(service)
     if cluster is not None:
         cluster.service().setServiceParent(service)
@@ -210,8 +225,9 @@ def build(config: Config, reactor: Any) -> DashdService:
         log.warn("no control socket, so dashctl cannot act through this dashd: {why}",
                  why=str(e))
     for endpoint in config["listen"]:
-        endpoint = with_backlog(endpoint, config["listen_backlog"])
-        strports.service(endpoint, site, reactor=reactor).setServiceParent(service)
+        listening = listen_service(with_backlog(endpoint, config["listen_backlog"]), endpoint,
+                                   site, reactor)
+        listening.setServiceParent(service)
 
     def serving() -> None:
         readiness.state = "serving"

@@ -8,6 +8,7 @@ the option.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -330,6 +331,9 @@ class Config:
             raise ConfigError(
                 "%s: expected %s, got %r" % (name, _kind_name(option.kind), value)
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has inf and nan; no option means either.
+            raise ConfigError("%s: %r is not a finite number" % (name, value))
         if option.check is not None:
             problem = option.check(value)
             if problem:

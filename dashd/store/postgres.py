@@ -276,8 +276,17 @@ class PostgresStore:
                     before, after = migrate(conn)
         except (PoolTimeout, psycopg.Error) as e:
             pool.close(timeout=1)
-            raise StoreError(
-                "cannot open the PostgreSQL store %s: %s" % (redact(self.url), _first_line(e))
+            why = _first_line(e)
+            if isinstance(e, PoolTimeout):
+                # "pool initialization incomplete" says nothing: ask once
+                # more, directly, for the reason (refused, unknown host...).
+                try:
+                    psycopg.connect(self.url, **self._connection_kwargs()).close()
+                except psycopg.Error as direct:
+                    why = _first_line(direct)
+            unreachable = isinstance(e, (PoolTimeout, psycopg.OperationalError))
+            raise (DatabaseUnreachable if unreachable else StoreError)(
+                "cannot open the PostgreSQL store %s: %s" % (redact(self.url), why)
             ) from None
         latest = migrations()[-1][0]
         if before > latest:
