@@ -67,6 +67,10 @@ async def test_a_call_in_flight_during_sigterm_gets_its_answer(tmp_path):
     log = server.log()
     assert "waiting up to 10.0s for 1 request(s) in flight" in log
     assert "the requests in flight are answered" in log
+    # The log says what the device received, not the code it echoed back.
+    assert "closing 1 device connection(s) with 1001 (going away)" in log
+    assert "device %s offline: server shutting down" % device_id in log
+    assert "closed with code 1000" not in log
 
     await server.start_async()  # the store is consistent and complete
     try:

@@ -163,8 +163,12 @@ class Fleet:
             # Answer at once, and do not announce a call that never happens.
             d: Deferred[Any] = fail(Offline("device %s is offline" % device.id))
         else:
-            self.publish(device, "rpc.in." + method, params)
             d = self.router.call(device.id, method, params, timeout)
+            if not d.called:
+                # Announced once sent: a call refused at once (the device's
+                # connection closing, too many calls in flight, too large)
+                # never reached the device.
+                self.publish(device, "rpc.in." + method, params)
         for observer in self.call_observers:
             observer(d)
         return d

@@ -117,7 +117,8 @@ class FleetService(Service):
         super().stopService()
         sessions = self.fleet.router.sessions()
         if sessions:
-            log.info("stopping: closing {n} device connection(s)", n=len(sessions))
+            log.info("stopping: closing {n} device connection(s) with 1001 (going away)",
+                     n=len(sessions))
         for session in sessions:
             session.disconnect(closecodes.GOING_AWAY, "server shutting down")
         for subscriber in self.fleet.hub.subscribers():
