@@ -39,6 +39,7 @@ from dashd.config import Config, ConfigError, with_backlog
 from dashd.ops.control import control_service
 from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, FIRMWARE_DIR
 from dashd.ops.gcfreeze import FreezeSurvivors
+from dashd.ops.hangup import HangupService
 from dashd.ops.lifecycle import DrainService, Readiness
 from dashd.ops.metrics import Metrics
 from dashd.ops.services import DashdService, FleetService, OtaService, StoreService
@@ -211,6 +212,8 @@ def build(config: Config, reactor: Any) -> DashdService:
     sweeper = TimerService(config["calls.sweep_interval"], delivery.sweep)
     sweeper.clock = reactor
     sweeper.setServiceParent(service)
+    # A stray SIGHUP must not end dashd without a drain (dashd.ops.hangup).
+    HangupService(reactor).setServiceParent(service)
     if config["gc.full_collection_interval"] > 0:
         FreezeSurvivors(reactor, config["gc.full_collection_interval"]).setServiceParent(service)
     # Stops after the site has drained and before the store.
