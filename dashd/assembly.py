@@ -218,8 +218,8 @@ def build(config: Config, reactor: Any) -> DashdService:
         FreezeSurvivors(reactor, config["gc.full_collection_interval"]).setServiceParent(service)
     # Stops after the site has drained and before the store.
     audit.setServiceParent(service)
-    DrainService(site, readiness, config["shutdown.grace_period"], reactor
-                 ).setServiceParent(service)
+    DrainService(site, readiness, config["shutdown.grace_period"], reactor,
+                 peers=cluster).setServiceParent(service)
     # dashctl's way in (after the store opened, before the ports).
     try:
         control_service(os.path.join(data_dir, CONTROL_SOCKET), application, audit, reactor

@@ -138,6 +138,10 @@ class Cluster:
         self._conns = itertools.count(1)
         self._calls: dict[str, _RemoteCall] = {}
         self._call_ids = itertools.count(1)
+        # Calls from other nodes waiting for a device held here: a graceful
+        # stop lets them finish as it lets its own REST calls finish.
+        self.serving = 0
+        self._serving_waiters: list[Deferred[None]] = []
         self._beating = False
         self._bus_down_logged = False
         self._reaping: set[str] = set()
@@ -359,7 +363,26 @@ class Cluster:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             timeout = self.config["rpc.default_timeout"]
         timeout = min(float(timeout), self.config["rpc.max_timeout"])
-        session.call(str(message["m"]), message.get("p"), timeout).addCallbacks(ok, failed)
+        d = session.call(str(message["m"]), message.get("p"), timeout)
+        self.serving += 1
+        d.addBoth(self._served)
+        d.addCallbacks(ok, failed)
+
+    def _served(self, result: Any) -> Any:
+        self.serving -= 1
+        if not self.serving:
+            waiters, self._serving_waiters = self._serving_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        return result
+
+    def serving_idle(self) -> Deferred[None]:
+        """Fire once no call from another node waits for a device here."""
+        if not self.serving:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._serving_waiters.append(d)
+        return d
 
     # Changes that must reach the device wherever it is
 
