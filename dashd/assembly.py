@@ -174,6 +174,9 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet.event_observers.append(history.observe)
     fleet.event_observers.append(ota.device_event)
     fleet.info_observers.append(ota.device_info)
+    if cluster is not None:
+        # Updates driven by another node end on the node the device is on.
+        cluster.hub.remote_observers.append(ota.remote_event)
     fleet.event_observers.append(puller.device_event)
     fleet.connect_observers.append(puller.device_connected)
     fleet.call_observers.append(metrics.observe_call)

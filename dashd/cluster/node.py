@@ -465,9 +465,14 @@ class Cluster:
         if kind == "bye":
             self._node_gone(str(origin), "node %s stopped" % origin)
         elif kind == "ev":
-            self.hub.deliver_here(Event(
-                str(message["n"]), str(message["id"]), message.get("d"),
-                str(message["a"]), tuple(message.get("s") or ())))
+            event = Event(str(message["n"]), str(message["id"]), message.get("d"),
+                          str(message["a"]), tuple(message.get("s") or ()))
+            self.hub.deliver_here(event)
+            for observer in self.hub.remote_observers:
+                try:
+                    observer(event, str(origin))
+                except Exception:
+                    log.failure("remote event observer {observer}", observer=observer)
         elif kind == "ds":
             session = self.local_session(str(message["id"]))
             if session is not None:
@@ -776,6 +781,9 @@ class ClusterHub(LocalHub):
     def __init__(self, cluster: Cluster) -> None:
         super().__init__()
         self._cluster = cluster
+        # Called with (event, node ID) for each event another node
+        # published (e.g. the firmware updates other nodes drive).
+        self.remote_observers: list[Callable[[Event, str], None]] = []
 
     def publish(self, event: Event) -> None:
         LocalHub.publish(self, event)
