@@ -151,6 +151,11 @@ def build(config: Config, reactor: Any) -> DashdService:
     notify_factory = NotifyFactory(config, reactor)
     metrics = Metrics(fleet, store, device_factory, puller, delivery)
     readiness = Readiness()
+    if cluster is not None:
+        from dashd.cluster.metrics import ClusterCollector
+
+        metrics.registry.register(ClusterCollector(cluster))  # type: ignore[arg-type]
+        readiness.checks.append(cluster.readiness_problem)
     api = Api(application, config, reactor, device_factory=device_factory,
               notify_factory=notify_factory, metrics=metrics, readiness=readiness)
     site = DashdSite(

@@ -50,6 +50,9 @@ class OpsRoutes(ApiBase):
         readiness = self.readiness
         if readiness is not None and not readiness.serving:
             raise Unavailable("not ready: dashd is %s" % readiness.state, retry_after=5)
+        problem = readiness.problem() if readiness is not None else None
+        if problem:
+            raise Unavailable("not ready: %s" % problem, retry_after=5)
         try:
             await self.application.ping().addTimeout(STORE_PING_TIMEOUT, self.reactor)
         except TimeoutError:

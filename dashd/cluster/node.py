@@ -142,6 +142,10 @@ class Cluster:
         # stop lets them finish as it lets its own REST calls finish.
         self.serving = 0
         self._serving_waiters: list[Deferred[None]] = []
+        # For the metrics (dashd.cluster.metrics).
+        self.calls_sent = 0
+        self.calls_served = 0
+        self.redis_losses = 0
         self._beating = False
         self._bus_down_logged = False
         self._reaping: set[str] = set()
@@ -252,6 +256,25 @@ class Cluster:
         holder = self.presence.holder(device_id)
         return holder is not None and holder.node != self.node_id
 
+    def readiness_problem(self) -> str | None:
+        """Why this node should take no new devices now, as far as the
+        cluster goes: without Redis, its devices cannot be reached from the
+        other nodes (and it hears nothing of theirs)."""
+        if not self.bus.connected:
+            return "Redis is unreachable (devices held here cannot be reached from other nodes)"
+        return None
+
+    def nodes_alive(self) -> int:
+        """The nodes heard from within node_timeout, this one included."""
+        return 1 + sum(1 for n in list(self.presence.heard)
+                       if n != self.node_id and self.presence.alive(n))
+
+    def local_count(self) -> int:
+        return len(self._local)
+
+    def remote_calls_in_flight(self) -> int:
+        return len(self._calls)
+
     def online_count(self) -> int:
         remote = {d for d, h in self.presence.holders.items()
                   if h.node != self.node_id and self.presence.alive(h.node)}
@@ -286,6 +309,7 @@ class Cluster:
         self._calls[call_id] = _RemoteCall(d, timer, holder.node, device_id, method)
         request = {"t": "call", "o": self.node_id, "r": call_id, "id": device_id,
                    "m": method, "p": params, "to": timeout}
+        self.calls_sent += 1
         sent = self.bus.publish(self.keys.inbox(holder.node), encode(request))
 
         def delivered(receivers: int) -> None:
@@ -365,6 +389,7 @@ class Cluster:
         timeout = min(float(timeout), self.config["rpc.max_timeout"])
         d = session.call(str(message["m"]), message.get("p"), timeout)
         self.serving += 1
+        self.calls_served += 1
         d.addBoth(self._served)
         d.addCallbacks(ok, failed)
 
@@ -517,6 +542,7 @@ class Cluster:
         self._resync()
 
     def _disconnected(self, why: str) -> None:
+        self.redis_losses += 1
         log.warn("cluster node {node}: lost Redis ({why}); devices held elsewhere show "
                  "offline until it is back", node=self.node_id, why=why)
 

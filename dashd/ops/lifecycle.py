@@ -31,7 +31,7 @@ children in reverse order, so
 from __future__ import annotations
 
 import resource
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import TimeoutError, inlineCallbacks
@@ -70,6 +70,16 @@ class Readiness:
 
     def __init__(self) -> None:
         self.state = "starting"
+        # Callables saying why dashd should take no new devices now (or
+        # None), e.g. a cluster node without Redis.
+        self.checks: list[Callable[[], str | None]] = []
+
+    def problem(self) -> str | None:
+        for check in self.checks:
+            why = check()
+            if why:
+                return why
+        return None
 
     @property
     def serving(self) -> bool:

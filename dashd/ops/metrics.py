@@ -8,7 +8,7 @@ are scraped, so the hot paths pay an integer increment at most.
 
 | metric | type | what |
 |---|---|---|
-| ``dashd_devices_connected`` | gauge | devices holding a WebSocket now |
+| ``dashd_devices_connected`` | gauge | devices holding a WebSocket to this dashd now (a cluster node's own; ``dashd_cluster_*`` in L{dashd.cluster.metrics}) |
 | ``dashd_device_connections_total`` | counter | device WebSockets opened |
 | ``dashd_device_frames_received_total`` | counter | JSON-RPC frames read from devices |
 | ``dashd_device_frames_invalid_total`` | counter | unreadable or too large values from devices |
@@ -153,8 +153,9 @@ class _Live:
         )
         factory = self.device_factory
         yield GaugeMetricFamily(
-            "dashd_devices_connected", "Devices holding a WebSocket to dashd",
-            value=self.fleet.router.online_count(),
+            "dashd_devices_connected",
+            "Devices holding a WebSocket to this dashd (in a cluster: to this node)",
+            value=len(self.fleet.router.sessions()),
         )
         yield CounterMetricFamily(
             "dashd_device_connections", "Device WebSockets opened",
