@@ -40,8 +40,9 @@ from dashd.ops.control import control_service
 from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, FIRMWARE_DIR
 from dashd.ops.gcfreeze import FreezeSurvivors
 from dashd.ops.hangup import HangupService
+from dashd.ops.lbagent import AgentFactory
 from dashd.ops.lifecycle import DrainService, Readiness
-from dashd.ops.metrics import Metrics
+from dashd.ops.metrics import CounterOf, Metrics
 from dashd.ops.services import DashdService, FleetService, OtaService, StoreService
 from dashd.ops.systemd import NotifyService
 from dashd.store import IStore
@@ -77,8 +78,7 @@ def make_store(config: Config, reactor: Any) -> IStore:
     )
 
 
-def listen_service(description: str, as_configured: str, site: DashdSite,
-                   reactor: Any) -> Any:
+def listen_service(description: str, as_configured: str, site: Any, reactor: Any) -> Any:
     """The service listening on one of C{listen}'s endpoints; a description
     Twisted cannot use (unknown type, missing TLS key or certificate) is a
     L{ConfigError} naming it."""
@@ -88,7 +88,8 @@ def listen_service(description: str, as_configured: str, site: DashdSite,
         why = str(e) or e.__class__.__name__
         if isinstance(e, OSError) and e.filename:
             why = "cannot read %s: %s" % (e.filename, e.strerror or e)
-        raise ConfigError("listen: %r: %s" % (as_configured, why)) from None
+        option = "listen" if isinstance(site, DashdSite) else "lb.agent_listen"
+        raise ConfigError("%s: %r: %s" % (option, as_configured, why)) from None
 
 
 def make_authenticator(store: IStore, config: Config, reactor: Any) -> Authenticator:
@@ -150,6 +151,9 @@ def build(config: Config, reactor: Any) -> DashdService:
     device_factory = DeviceFactory(config, reactor)
     notify_factory = NotifyFactory(config, reactor)
     metrics = Metrics(fleet, store, device_factory, puller, delivery)
+    metrics.registry.register(CounterOf(  # type: ignore[arg-type]
+        "dashd_audit_entries_lost", "Audit entries given up (their count is also logged)",
+        lambda: audit.lost_total))
     readiness = Readiness()
     if cluster is not None:
         from dashd.cluster.metrics import ClusterCollector
@@ -224,6 +228,10 @@ def build(config: Config, reactor: Any) -> DashdService:
     HangupService(reactor).setServiceParent(service)
     if config["gc.full_collection_interval"] > 0:
         FreezeSurvivors(reactor, config["gc.full_collection_interval"]).setServiceParent(service)
+    # The load balancer's agent stops after the drain (dashd.ops.lbagent).
+    agent = AgentFactory(readiness, application.ping, reactor)
+    for endpoint in config["lb.agent_listen"]:
+        listen_service(endpoint, endpoint, agent, reactor).setServiceParent(service)
     # Stops after the site has drained and before the store.
     audit.setServiceParent(service)
     DrainService(site, readiness, config["shutdown.grace_period"], reactor,

@@ -305,6 +305,10 @@ OPTIONS = [
     Option("cluster.node_timeout", 5.0, (int, float),
            "Seconds without a sign of life from a node before the others take it for dead "
            "(its devices show offline and may reconnect elsewhere)", _positive),
+    Option("lb.agent_listen", [], list,
+           "Endpoints (e.g. [\"tcp:8089\"]) answering HAProxy's agent-check with \"up ready\" "
+           "or \"drain\" (take no new devices, keep those connected); see etc/haproxy.cfg",
+           lambda v: None if not v else _endpoints(v)),
 ]
 
 _BY_NAME = {o.name: o for o in OPTIONS}

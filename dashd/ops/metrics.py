@@ -26,6 +26,7 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_store_job_duration_seconds`` | histogram | a store job from submission to its durable result (queueing, group commit and fsync included) |
 | ``dashd_store_queue_depth`` | gauge | store jobs waiting for the writer thread |
 | ``dashd_http_requests_total{code}`` | counter | REST requests answered, by status |
+| ``dashd_audit_entries_lost_total`` | counter | audit entries given up (L{dashd.app.audit}: a database away only delays them) |
 | ``dashd_gc_full_collection_seconds`` | histogram | full collections of Python's cycle collector: each walks every object dashd holds while the reactor stands still, the longest pauses a large fleet sees (docs/performance.md) |
 | ``dashd_gc_frozen_objects`` | gauge | objects frozen after surviving a full collection (L{dashd.ops.gcfreeze}): later collections do not walk them |
 | ``process_*`` | | open file descriptors and their limit, memory, CPU (prometheus_client) |
@@ -298,3 +299,17 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CounterOf:
+    """A counter kept by another part, read when scraped (registered by
+    L{dashd.assembly}), e.g. ``dashd_audit_entries_lost_total``."""
+
+    def __init__(self, name: str, documentation: str, read: Any) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())

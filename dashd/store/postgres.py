@@ -52,8 +52,8 @@ from zope.interface import implementer
 
 from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
-from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, postgres_records,
-                         query_sql)
+from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, StoreUnreachable, calls_sql,
+                         postgres_records, query_sql)
 from dashd.store.postgres_records import json_param
 
 log = Logger()
@@ -61,7 +61,7 @@ log = Logger()
 Cursor = psycopg.Cursor[Any]
 
 
-class DatabaseUnreachable(StoreError):
+class DatabaseUnreachable(StoreUnreachable):
     """PostgreSQL cannot be reached (or did not answer in time)."""
 
 Job = Callable[[Cursor], Any]
@@ -69,6 +69,10 @@ Job = Callable[[Cursor], Any]
 # pg_advisory_xact_lock keys: migrations, and creating the first admin key.
 _MIGRATION_LOCK = 0x64617368  # "dash"
 _BOOTSTRAP_LOCK = 0x64617369
+
+# Seconds between two jobs let through to a database found away (the others
+# fail at once meanwhile).
+PROBE_INTERVAL = 1.0
 
 # Errors after which a job is run again (its transaction was rolled back).
 _RETRY = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
@@ -212,6 +216,9 @@ class PostgresStore:
         self._waiting: dict[str, deque[tuple[Job, Deferred[Any]]]] = {}
         self._closing = False
         self._healthy = True
+        # While the database is away: why, and when a job may try it again.
+        self._down_reason = ""
+        self._next_probe = 0.0
         self._stopped: Deferred[None] | None = None
         # Called on the reactor with the seconds each job took, from its
         # submission to its durable result (dashd.ops.metrics sets it).
@@ -339,6 +346,14 @@ class PostgresStore:
         transaction, each in its own savepoint (one commit for a burst)."""
         if self._pool is None or self._closing or self._threads is None:
             return fail(StoreError("the store is closed"))
+        if not self._healthy:
+            # The database was away at the last try: fail at once rather than
+            # after store.timeout, but for one job a PROBE_INTERVAL, which
+            # finds out whether it is back.
+            now = self._reactor.seconds()
+            if now < self._next_probe:
+                return fail(DatabaseUnreachable(self._down_reason))
+            self._next_probe = now + PROBE_INTERVAL
         if self._in_flight >= self._queue_size:
             return fail(StoreError("the store is overloaded; try again shortly"))
         self._in_flight += 1
@@ -397,6 +412,8 @@ class PostgresStore:
     def _note_health(self, result: Any) -> None:
         """Say in the log, once, when the database goes away and comes back."""
         if isinstance(result, Failure) and result.check(DatabaseUnreachable):
+            self._down_reason = result.getErrorMessage()
+            self._next_probe = self._reactor.seconds() + PROBE_INTERVAL
             if self._healthy:
                 self._healthy = False
                 log.warn("store {url}: {error}; requests get 503 until it is back",
