@@ -184,6 +184,8 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet.event_observers.append(ota.device_event)
     fleet.info_observers.append(ota.device_info)
     if cluster is not None:
+        # A dead node's devices said offline by another: in their history too.
+        cluster.announce = fleet.publish
         # Updates driven by another node end on the node the device is on.
         cluster.hub.remote_observers.append(ota.remote_event)
     fleet.event_observers.append(puller.device_event)

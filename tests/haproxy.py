@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 from backends import free_port
@@ -27,7 +28,9 @@ class HAProxy:
         if shutil.which("haproxy") is None:
             raise RuntimeError("these tests need haproxy (make tools installs it)")
         self.port = free_port()
-        self.stats = os.path.join(directory, "haproxy.sock")
+        # A socket's path is short (108 bytes): not in the test's directory.
+        self._socket_dir = tempfile.mkdtemp(prefix="hap")
+        self.stats = os.path.join(self._socket_dir, "stats.sock")
         self.path = os.path.join(directory, "haproxy.cfg")
         with open(SHIPPED) as f:
             shipped = f.read().splitlines()
@@ -71,21 +74,27 @@ class HAProxy:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(10)
             self.proc = None
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
 
-    def servers(self) -> dict[str, tuple[str, int]]:
-        """Each node's (status, weight) as HAProxy sees it: status UP, DOWN,
-        DRAIN, ...; weight after the agent's percentage."""
+    def command(self, line: str) -> str:
+        """A command on the stats socket (level admin), e.g. ``set server
+        dashd_nodes/node1 state drain``; its answer."""
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
             s.connect(self.stats)
-            s.sendall(b"show stat\n")
+            s.sendall(line.encode() + b"\n")
             data = b""
             while True:
                 chunk = s.recv(65536)
                 if not chunk:
                     break
                 data += chunk
-        lines = data.decode().splitlines()
+        return data.decode()
+
+    def servers(self) -> dict[str, tuple[str, int]]:
+        """Each node's (status, weight) as HAProxy sees it: status UP, DOWN,
+        DRAIN, ...; weight after the agent's percentage."""
+        lines = self.command("show stat").splitlines()
         header = lines[0].lstrip("# ").split(",")
         status, weight = header.index("status"), header.index("weight")
         found = {}

@@ -66,7 +66,8 @@ class IRouter(Interface):
 
     def detach(session):
         """C{session} closed; return True if it was the one holding the
-        device (False if a newer one had replaced it)."""
+        device (False if a newer one had replaced it), or a Deferred firing
+        with that once known (a cluster asks Redis)."""
 
     def is_online(device_id):
         """True if a live connection holds the device."""

@@ -165,13 +165,23 @@ class DeviceSession:
         if self._info_call is not None and self._info_call.active():
             self._info_call.cancel()
         self._fail_pending(reason)
+        held = self.fleet.router.detach(self)
+        if isinstance(held, Deferred):
+            # In a cluster, once Redis says whether this connection still
+            # held the device (dashd.cluster.node.Cluster.detach).
+            held.addCallback(self._detached, reason)
+        else:
+            self._detached(held, reason)
+
+    def _detached(self, held: bool, reason: str) -> None:
+        if not held:
+            return
         fleet = self.fleet
-        if fleet.router.detach(self):
-            log.info("device {id} offline: {reason}", id=self.device_id, reason=reason)
-            fleet.publish(self.device, "offline", {"reason": reason})
-            fleet.store.touch(self.device_id, fleet.now()).addErrback(
-                self._log_failure, "recording last_seen"
-            )
+        log.info("device {id} offline: {reason}", id=self.device_id, reason=reason)
+        fleet.publish(self.device, "offline", {"reason": reason})
+        fleet.store.touch(self.device_id, fleet.now()).addErrback(
+            self._log_failure, "recording last_seen"
+        )
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}

@@ -142,6 +142,13 @@ class Cluster:
         # stop lets them finish as it lets its own REST calls finish.
         self.serving = 0
         self._serving_waiters: list[Deferred[None]] = []
+        # Detaches waiting for Redis' word (a stop waits for them).
+        self._detaching: set[Deferred[bool]] = set()
+        # How an event about a device this node does not hold (a dead node's
+        # devices going offline) is told: by default to subscribers only;
+        # dashd.assembly sets the fleet's publish, which stores it in the
+        # devices' history too.
+        self.announce: Callable[[Device, str, Any], None] | None = None
         # For the metrics (dashd.cluster.metrics).
         self.calls_sent = 0
         self.calls_served = 0
@@ -234,7 +241,12 @@ class Cluster:
                  id=device_id)
         entry.session.replaced("a new connection on another node")
 
-    def detach(self, session: Any) -> bool:
+    def detach(self, session: Any) -> bool | Deferred[bool]:
+        """Fire with whether this connection still held the device in the
+        cluster's presence (Redis decides), so that only then is the device
+        said offline: a node that comes back from a pause (SIGSTOP, swap)
+        finds its devices removed by the others, and reconnected elsewhere
+        meanwhile; the connections it closes then are no news (fencing)."""
         device_id = session.device_id
         entry = self._local.get(device_id)
         if entry is None or entry.session is not session:
@@ -245,10 +257,31 @@ class Cluster:
             [self.keys.presence, self.keys.devices(self.node_id), self.keys.seq],
             [device_id, entry.conn, self.keys.broadcast, self.node_id],
         )
-        # If Redis cannot be told now, the next resync removes the entry.
-        d.addErrback(lambda f: f.trap(BusUnavailable))
-        d.addErrback(lambda f: log.failure("device {id}: removing presence", f, id=device_id))
-        return True
+
+        def detached(removed: Any) -> bool:
+            if int(removed or 0):
+                return True
+            # Not held in Redis: someone else holds it now, or the others
+            # removed it (this node was taken for dead and they said it
+            # offline then). Unless this connection never made it to Redis
+            # (it was away), and nobody else holds the device.
+            return entry.seq is None and self.presence.holder(device_id) is None
+
+        def unknown(failure: Failure) -> bool:
+            # Redis cannot be told now (the next resync removes the entry):
+            # as an island, this node says what it sees.
+            failure.trap(BusUnavailable)
+            return True
+
+        def failed(failure: Failure) -> bool:
+            log.failure("device {id}: removing presence", failure, id=device_id)
+            return True
+
+        d.addCallbacks(detached, unknown)
+        d.addErrback(failed)
+        self._detaching.add(d)
+        d.addBoth(lambda held: (self._detaching.discard(d), held)[1])
+        return d
 
     def is_online(self, device_id: str) -> bool:
         if device_id in self._local:
@@ -702,7 +735,11 @@ class Cluster:
             d = self.store.get_device(device_id)
 
             def publish(device: Device | None) -> None:
-                if device is not None and not self.is_online(device_id):
+                if device is None or self.is_online(device_id):
+                    return
+                if self.announce is not None:
+                    self.announce(device, "offline", {"reason": reason})
+                else:
                     self.hub.publish(Event("offline", device.id, {"reason": reason},
                                            device.account_id, device.shared_with))
 
@@ -725,6 +762,10 @@ class Cluster:
             self._retry_call.cancel()
         for call_id in list(self._calls):
             self._fail_call(call_id, Offline("this node is shutting down"))
+        if self._detaching:
+            # The devices closed on the way down: their offline events wait
+            # for Redis' word (bounded by the bus' own timeouts).
+            yield DeferredList(list(self._detaching), consumeErrors=True)
         try:
             yield self.bus.call(lambda c: c.delete(self.keys.node(self.node_id)))
             yield self.bus.publish(self.keys.broadcast,
