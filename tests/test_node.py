@@ -329,3 +329,39 @@ def test_a_dead_node_s_devices_go_offline_in_their_history(world, node):
     world.clock.advance(TIMEOUT + TIMEOUT / 4 + 0.01)
     assert [(e.name, e.device_id, e.data) for e in events] == [
         ("offline", device.id, {"reason": "node nother stopped answering"})]
+
+
+def test_a_call_is_announced_by_the_node_holding_the_device_once_sent(world, node):
+    """rpc.in.METHOD is published where the call reaches the device, not by
+    the node the REST call came to: a call the holder refuses at once (its
+    connection closing, say) was never announced."""
+    fleet, events = node_fleet(world, node)
+    device, _ = world.register()
+    session = session_on(fleet, device)
+    node.bus.hear({"t": "hb", "o": "nother"})
+    call = {"t": "call", "o": "nother", "id": device.id, "m": "Sim.Echo", "p": {"n": 1},
+            "to": 5.0, "a": 1}
+    node.bus.hear(dict(call, r="nother.1"))
+    assert [(e.name, e.data) for e in events if e.name.startswith("rpc.in.")] == [
+        ("rpc.in.Sim.Echo", {"n": 1})]
+    session.closing = True
+    node.bus.hear(dict(call, r="nother.2", p={"n": 2}))
+    [refused] = [m for m in node.bus.sent("res") if m["r"] == "nother.2"]
+    assert refused["e"]["kind"] == "Offline"
+    assert len([e for e in events if e.name.startswith("rpc.in.")]) == 1
+    # Without "a" (firmware chunks, data pulls): never announced.
+    session.closing = False
+    node.bus.hear({"t": "call", "o": "nother", "r": "nother.3", "id": device.id,
+                   "m": "OTA.Write", "p": {}, "to": 5.0})
+    assert len([e for e in events if e.name.startswith("rpc.in.")]) == 1
+
+
+def test_the_node_a_rest_call_came_to_does_not_announce_a_call_it_passes_on(world, node):
+    fleet, events = node_fleet(world, node)
+    device, _ = world.register()
+    held_by(node, device.id)
+    d = fleet.call(device, "Sim.Echo", {"n": 1}, 5.0)
+    assert call_sent(node)["a"] == 1
+    assert not [e for e in events if e.name.startswith("rpc.in.")]
+    node.bus.hear({"t": "res", "r": call_sent(node)["r"], "v": {"n": 1}})
+    assert done(d) == {"n": 1}

@@ -222,7 +222,10 @@ class DeviceSession:
     def desired_changed(self, document: dict[str, Any]) -> None:
         self._send_delta(document)
 
-    def call(self, method: str, params: Any, timeout: float) -> Deferred[Any]:
+    def call(self, method: str, params: Any, timeout: float,
+             announce: bool = False) -> Deferred[Any]:
+        """Send a call; C{announce}: once sent, tell subscribers
+        (``rpc.in.METHOD``); a call refused before it was sent is not."""
         if self._closed or self.closing:
             return fail(Offline("device %s is offline" % self.device_id))
         if self._stall_timer is not None:
@@ -250,6 +253,8 @@ class DeviceSession:
             # Nothing may stay pending that nobody will ever answer.
             self._forget(call_id)
             raise
+        if announce:
+            self.fleet.publish(self.device, "rpc.in." + method, params)
         return d
 
     def _forget(self, call_id: int) -> None:

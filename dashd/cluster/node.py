@@ -327,10 +327,11 @@ class Cluster:
 
     # Calls to devices, wherever they are
 
-    def call(self, device_id: str, method: str, params: Any, timeout: float) -> Deferred[Any]:
+    def call(self, device_id: str, method: str, params: Any, timeout: float,
+             announce: bool = False) -> Deferred[Any]:
         session = self.local_session(device_id)
         if session is not None:
-            return session.call(method, params, timeout)
+            return session.call(method, params, timeout, announce)
         holder = self.presence.holder(device_id)
         if holder is None or holder.node == self.node_id:
             return fail(Offline("device %s is offline" % device_id))
@@ -342,6 +343,8 @@ class Cluster:
         self._calls[call_id] = _RemoteCall(d, timer, holder.node, device_id, method)
         request = {"t": "call", "o": self.node_id, "r": call_id, "id": device_id,
                    "m": method, "p": params, "to": timeout}
+        if announce:
+            request["a"] = 1  # the holder tells subscribers once it sent it
         self.calls_sent += 1
         sent = self.bus.publish(self.keys.inbox(holder.node), encode(request))
 
@@ -420,7 +423,8 @@ class Cluster:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             timeout = self.config["rpc.default_timeout"]
         timeout = min(float(timeout), self.config["rpc.max_timeout"])
-        d = session.call(str(message["m"]), message.get("p"), timeout)
+        d = session.call(str(message["m"]), message.get("p"), timeout,
+                         announce=bool(message.get("a")))
         self.serving += 1
         self.calls_served += 1
         d.addBoth(self._served)
@@ -821,8 +825,9 @@ class ClusterRouter:
             return None
         return session.device
 
-    def call(self, device_id: str, method: str, params: Any, timeout: float) -> Deferred[Any]:
-        return self._cluster.call(device_id, method, params, timeout)
+    def call(self, device_id: str, method: str, params: Any, timeout: float,
+             announce: bool = False) -> Deferred[Any]:
+        return self._cluster.call(device_id, method, params, timeout, announce)
 
     def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:
         self._cluster.desired_changed(device_id, document)
