@@ -35,7 +35,7 @@ import logging
 import re
 import time
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -213,7 +213,10 @@ class PostgresStore:
         self._threads: ThreadPool | None = None
         self._in_flight = 0
         # order key -> jobs waiting for the one of that key that runs now
-        self._waiting: dict[str, deque[tuple[Job, Deferred[Any]]]] = {}
+        self._waiting: dict[str, deque[tuple[Job, Deferred[Any], bool]]] = {}
+        # Batches waiting for a store thread, and transactions running.
+        self._ready: deque[_Ready] = deque()
+        self._running = 0
         self._closing = False
         self._healthy = True
         # While the database is away: why, and when a job may try it again.
@@ -337,13 +340,20 @@ class PostgresStore:
 
     # Running jobs
 
-    def _run(self, job: Job, order: str | None = None) -> Deferred[Any]:
+    def _run(self, job: Job, order: str | None = None, merge: bool = False) -> Deferred[Any]:
         """Run C{job} in a transaction on a store thread; fire with its result
         after the commit. Jobs with the same C{order} key (a device ID) run
         one after the other, in the order they were submitted, as they do on
         SQLite: a device's pipelined updates apply in the order it sent them.
         Those that queue up behind a running one then run together in one
-        transaction, each in its own savepoint (one commit for a burst)."""
+        transaction, each in its own savepoint (one commit for a burst).
+
+        C{merge}: a short job on one device's row (what a device connecting
+        costs: its credentials, its connection, its first info), which may
+        share its transaction with other devices' such jobs when they wait
+        for a connection of the pool together: a reconnect storm (a node's
+        devices coming to the others) then costs a commit per group of
+        devices rather than three per device."""
         if self._pool is None or self._closing or self._threads is None:
             return fail(StoreError("the store is closed"))
         if not self._healthy:
@@ -368,44 +378,79 @@ class PostgresStore:
 
             d.addBoth(observe)
         if order is None:
-            self._dispatch([(job, d)], None)
+            self._dispatch([(job, d)], None, merge)
         elif order in self._waiting:
-            self._waiting[order].append((job, d))
+            self._waiting[order].append((job, d, merge))
         else:
             self._waiting[order] = deque()
-            self._dispatch([(job, d)], order)
+            self._dispatch([(job, d)], order, merge)
         return d
 
-    def _dispatch(self, batch: list[tuple[Job, Deferred[Any]]], order: str | None) -> None:
+    def _dispatch(self, batch: list[tuple[Job, Deferred[Any]]], order: str | None,
+                  merge: bool = False) -> None:
+        """Queue a batch (one order key's jobs, or one job) for a store
+        thread; at most pool_size transactions run at once."""
+        self._ready.append(_Ready(batch, order, merge))
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._ready and self._running < self._pool_size:
+            first = self._ready.popleft()
+            group = [first]
+            if first.merge:
+                # Other devices' short jobs waiting too: one transaction.
+                count, kept = len(first.batch), deque()
+                while self._ready and count < _BATCH_SIZE:
+                    ready = self._ready.popleft()
+                    if ready.merge and count + len(ready.batch) <= _BATCH_SIZE:
+                        group.append(ready)
+                        count += len(ready.batch)
+                    else:
+                        kept.append(ready)
+                kept.extend(self._ready)
+                self._ready = kept
+            self._running += 1
+            self._start(group)
+
+    def _start(self, group: list[_Ready]) -> None:
         assert self._threads is not None and self._pool is not None
-        jobs = [job for job, _ in batch]
+        jobs = [job for ready in group for job, _ in ready.batch]
         running = deferToThreadPool(self._reactor, self._threads, self._in_thread, self._pool,
                                     jobs)
 
         def done(outcomes: Any) -> None:
-            self._in_flight -= len(batch)
+            self._running -= 1
+            self._in_flight -= len(jobs)
             if isinstance(outcomes, Failure):
-                outcomes = [outcomes] * len(batch)
+                outcomes = [outcomes] * len(jobs)
             self._note_health(outcomes[-1])
-            if order is not None:
-                waiting = self._waiting[order]
-                if waiting:
-                    count = min(len(waiting), _BATCH_SIZE)
-                    self._dispatch([waiting.popleft() for _ in range(count)], order)
-                else:
-                    del self._waiting[order]
-            for (_, d), outcome in zip(batch, outcomes):
-                if d.called:
-                    # Cancelled meanwhile (e.g. its HTTP client went away);
-                    # the work is done and durable all the same.
-                    continue
-                if isinstance(outcome, Failure):
-                    d.errback(outcome)
-                elif isinstance(outcome, _Raised):
-                    d.errback(outcome.error)
-                else:
-                    d.callback(outcome)
+            start = 0
+            for ready in group:
+                mine = outcomes[start:start + len(ready.batch)]
+                start += len(ready.batch)
+                order = ready.order
+                if order is not None:
+                    waiting = self._waiting[order]
+                    if waiting:
+                        count = min(len(waiting), _BATCH_SIZE)
+                        taken = [waiting.popleft() for _ in range(count)]
+                        self._dispatch([(job, d) for job, d, _ in taken], order,
+                                       all(m for _, _, m in taken))
+                    else:
+                        del self._waiting[order]
+                for (_, d), outcome in zip(ready.batch, mine):
+                    if d.called:
+                        # Cancelled meanwhile (e.g. its HTTP client went away);
+                        # the work is done and durable all the same.
+                        continue
+                    if isinstance(outcome, Failure):
+                        d.errback(outcome)
+                    elif isinstance(outcome, _Raised):
+                        d.errback(outcome.error)
+                    else:
+                        d.callback(outcome)
             self._maybe_stopped()
+            self._pump()
 
         running.addBoth(done)
 
@@ -580,7 +625,7 @@ class PostgresStore:
                             % _ONE_DEVICE_COLUMNS, (device_id,))
             return (_device(cur, row, _shares_column(row[7])), row[-1]) if row else None
 
-        return self._run(job, order=device_id)
+        return self._run(job, order=device_id, merge=True)
 
     def list_devices(self, account_id: str) -> Deferred[list[Device]]:
         def job(cur: Cursor) -> list[Device]:
@@ -673,7 +718,7 @@ class PostgresStore:
                 _write_facts(cur, device_id, info, None)
             return _get_device(cur, device_id), result
 
-        return self._run(job, order=device_id)
+        return self._run(job, order=device_id, merge=True)
 
     def device_connected(
         self, device_id: str, now: float
@@ -685,13 +730,13 @@ class PostgresStore:
                 return None
             return device, postgres_records.data_pull(cur, device_id)
 
-        return self._run(job, order=device_id)
+        return self._run(job, order=device_id, merge=True)
 
     def touch(self, device_id: str, now: float) -> Deferred[None]:
         def job(cur: Cursor) -> None:
             cur.execute("UPDATE devices SET last_seen = %s WHERE id = %s", (now, device_id))
 
-        return self._run(job, order=device_id)
+        return self._run(job, order=device_id, merge=True)
 
     def set_device_token(self, device_id: str, token_hash: str) -> Deferred[bool]:
         def job(cur: Cursor) -> bool:
@@ -846,6 +891,16 @@ class PostgresStore:
 # Helpers for jobs (run on a store thread, never on the reactor)
 
 _BATCH_SIZE = 100
+
+
+@dataclass
+class _Ready:
+    """A batch waiting for a store thread: one order key's jobs (or one job
+    without a key), and whether it may share a transaction with others."""
+
+    batch: list[tuple[Job, Deferred[Any]]]
+    order: str | None
+    merge: bool
 # Order keys of the appends' queues (device IDs start with "d").
 _APPEND_EVENTS = " events"
 _APPEND_AUDIT = " audit"
