@@ -37,7 +37,8 @@ test: $(READY) $(CHROMIUM) tools
 
 # What the tests need beyond pip: systemd-analyze (Debian's systemd package)
 # to verify systemd/*.service and *.socket, and ss (iproute2) to read a
-# listening socket's backlog. Nothing happens when they are there.
+# listening socket's backlog, and haproxy to run etc/haproxy.cfg as shipped
+# in front of a test cluster. Nothing happens when they are there.
 tools:
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	    echo "installing Debian's systemd package for systemd-analyze"; \
@@ -47,6 +48,10 @@ tools:
 	    echo "installing Debian's iproute2 package for ss"; \
 	    apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2; }
+	@command -v haproxy >/dev/null 2>&1 || { \
+	    echo "installing Debian's haproxy package"; \
+	    apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy; }
 
 bench: $(READY)
 	$(VENV)/bin/python -m bench --install-wrk $(BENCH_ARGS)

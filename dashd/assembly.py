@@ -35,12 +35,14 @@ from dashd.app.tickets import ITicketStore, LocalTickets
 from dashd.channel.hub import IHub, LocalHub
 from dashd.channel.router import IRouter, LocalRouter
 from dashd.channel.websocket import DeviceFactory, NotifyFactory
-from dashd.config import Config, with_backlog
+from dashd.config import Config, ConfigError, with_backlog
 from dashd.ops.control import control_service
 from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, FIRMWARE_DIR
 from dashd.ops.gcfreeze import FreezeSurvivors
+from dashd.ops.hangup import HangupService
+from dashd.ops.lbagent import AgentFactory
 from dashd.ops.lifecycle import DrainService, Readiness
-from dashd.ops.metrics import Metrics
+from dashd.ops.metrics import CounterOf, Metrics
 from dashd.ops.services import DashdService, FleetService, OtaService, StoreService
 from dashd.ops.stallprobe import StallProbe
 from dashd.ops.systemd import NotifyService
@@ -75,6 +77,20 @@ def make_store(config: Config, reactor: Any) -> IStore:
         synchronous=config["store.synchronous"],
         shadow_limits=limits,
     )
+
+
+def listen_service(description: str, as_configured: str, site: Any, reactor: Any) -> Any:
+    """The service listening on one of C{listen}'s endpoints; a description
+    Twisted cannot use (unknown type, missing TLS key or certificate) is a
+    L{ConfigError} naming it."""
+    try:
+        return strports.service(description, site, reactor=reactor)
+    except Exception as e:  # ValueError, OSError, OpenSSL's errors...
+        why = str(e) or e.__class__.__name__
+        if isinstance(e, OSError) and e.filename:
+            why = "cannot read %s: %s" % (e.filename, e.strerror or e)
+        option = "listen" if isinstance(site, DashdSite) else "lb.agent_listen"
+        raise ConfigError("%s: %r: %s" % (option, as_configured, why)) from None
 
 
 def make_authenticator(store: IStore, config: Config, reactor: Any) -> Authenticator:
@@ -137,7 +153,15 @@ def build(config: Config, reactor: Any) -> DashdService:
     notify_factory = NotifyFactory(config, reactor)
     stall_probe = StallProbe(reactor)
     metrics = Metrics(fleet, store, device_factory, puller, delivery, stall_probe)
+    metrics.registry.register(CounterOf(  # type: ignore[arg-type]
+        "dashd_audit_entries_lost", "Audit entries given up (their count is also logged)",
+        lambda: audit.lost_total))
     readiness = Readiness()
+    if cluster is not None:
+        from dashd.cluster.metrics import ClusterCollector
+
+        metrics.registry.register(ClusterCollector(cluster))  # type: ignore[arg-type]
+        readiness.checks.append(cluster.readiness_problem)
     api = Api(application, config, reactor, device_factory=device_factory,
               notify_factory=notify_factory, metrics=metrics, readiness=readiness)
     site = DashdSite(
@@ -161,6 +185,11 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet.event_observers.append(history.observe)
     fleet.event_observers.append(ota.device_event)
     fleet.info_observers.append(ota.device_info)
+    if cluster is not None:
+        # A dead node's devices said offline by another: in their history too.
+        cluster.announce = fleet.publish
+        # Updates driven by another node end on the node the device is on.
+        cluster.hub.remote_observers.append(ota.remote_event)
     fleet.event_observers.append(puller.device_event)
     fleet.connect_observers.append(puller.device_connected)
     fleet.call_observers.append(metrics.observe_call)
@@ -175,7 +204,8 @@ def build(config: Config, reactor: Any) -> DashdService:
 
     parts = Parts(config, store, fleet, application, ota, site, metrics, readiness, cluster)
     service = DashdService(parts)
-    store_service = StoreService(store, data_dir, application.keys)
+    store_service = StoreService(store, data_dir, application.keys,
+                                 option="store.url" if config["store.url"] else "data_dir")
     store_service.setServiceParent(service)
     if cluster is not None:
         cluster.service().setServiceParent(service)
@@ -199,13 +229,19 @@ def build(config: Config, reactor: Any) -> DashdService:
     sweeper.clock = reactor
     sweeper.setServiceParent(service)
     stall_probe.setServiceParent(service)
+    # A stray SIGHUP must not end dashd without a drain (dashd.ops.hangup).
+    HangupService(reactor).setServiceParent(service)
     if config["gc.full_collection_interval"] > 0:
         FreezeSurvivors(reactor, config["gc.full_collection_interval"],
-                        fleet.router.online_count).setServiceParent(service)
+                        lambda: len(fleet.router.sessions())).setServiceParent(service)
+    # The load balancer's agent stops after the drain (dashd.ops.lbagent).
+    agent = AgentFactory(readiness, application.ping, reactor)
+    for endpoint in config["lb.agent_listen"]:
+        listen_service(endpoint, endpoint, agent, reactor).setServiceParent(service)
     # Stops after the site has drained and before the store.
     audit.setServiceParent(service)
-    DrainService(site, readiness, config["shutdown.grace_period"], reactor
-                 ).setServiceParent(service)
+    DrainService(site, readiness, config["shutdown.grace_period"], reactor,
+                 peers=cluster).setServiceParent(service)
     # dashctl's way in (after the store opened, before the ports).
     try:
         control_service(os.path.join(data_dir, CONTROL_SOCKET), application, audit, reactor
@@ -214,8 +250,9 @@ def build(config: Config, reactor: Any) -> DashdService:
         log.warn("no control socket, so dashctl cannot act through this dashd: {why}",
                  why=str(e))
     for endpoint in config["listen"]:
-        endpoint = with_backlog(endpoint, config["listen_backlog"])
-        strports.service(endpoint, site, reactor=reactor).setServiceParent(service)
+        listening = listen_service(with_backlog(endpoint, config["listen_backlog"]), endpoint,
+                                   site, reactor)
+        listening.setServiceParent(service)
 
     def serving() -> None:
         readiness.state = "serving"

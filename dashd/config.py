@@ -8,6 +8,7 @@ the option.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -304,6 +305,10 @@ OPTIONS = [
     Option("cluster.node_timeout", 5.0, (int, float),
            "Seconds without a sign of life from a node before the others take it for dead "
            "(its devices show offline and may reconnect elsewhere)", _positive),
+    Option("lb.agent_listen", [], list,
+           "Endpoints (e.g. [\"tcp:8089\"]) answering HAProxy's agent-check with \"up ready\" "
+           "or \"drain\" (take no new devices, keep those connected); see etc/haproxy.cfg",
+           lambda v: None if not v else _endpoints(v)),
 ]
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -330,6 +335,9 @@ class Config:
             raise ConfigError(
                 "%s: expected %s, got %r" % (name, _kind_name(option.kind), value)
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has inf and nan; no option means either.
+            raise ConfigError("%s: %r is not a finite number" % (name, value))
         if option.check is not None:
             problem = option.check(value)
             if problem:

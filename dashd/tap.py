@@ -52,11 +52,19 @@ class Options(usage.Options):
         try:
             self["effective"] = configuration.load(self["config"], overrides)
         except configuration.ConfigError as e:
-            raise usage.UsageError(str(e))
+            # One line naming the option, without twistd's usage text.
+            fail(str(e))
         if self["print-config"]:
             sys.stdout.write(configuration.dump(self["effective"], self["config"]))
             sys.stdout.flush()
             raise SystemExit(0)
+
+
+def fail(message: str) -> None:
+    """Stop before anything started, with one line on stderr."""
+    sys.stderr.write("dashd: cannot start: %s\n" % message)
+    sys.stderr.flush()
+    raise SystemExit(1)
 
 
 # CPython collects young objects every 700 allocations and, as the heap
@@ -74,4 +82,8 @@ def makeService(options: Options, reactor: Any = None) -> DashdService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    return build(options["effective"], reactor)
+    try:
+        return build(options["effective"], reactor)
+    except configuration.ConfigError as e:
+        fail(str(e))
+        raise

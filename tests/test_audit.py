@@ -234,3 +234,64 @@ def test_stopping_hands_over_what_waits_and_failures_count_every_entry():
     assert audit.pending == 0
     [warning] = [e for e in events if e["log_namespace"] == "dashd.app.audit"]
     assert (warning["count"], warning["why"]) == (2, "disk full")
+
+
+class _AwayStore(_RecordingStore):
+    """Its database is away (StoreUnreachable) until told otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.away = True
+
+    def append_audit(self, entries: list[dict]) -> Any:
+        from twisted.internet.defer import fail, succeed
+
+        from dashd.store import StoreUnreachable
+
+        self.jobs.append(list(entries))
+        if self.away:
+            return fail(StoreUnreachable("the database is unreachable: refused"))
+        return succeed(len(entries))
+
+
+def test_entries_wait_for_a_database_that_is_away_and_none_is_lost():
+    from twisted.internet.task import Clock
+
+    from dashd.app.audit import RETRY_INTERVAL, AuditLog
+
+    store, clock = _AwayStore(), Clock()
+    audit = AuditLog(store, clock)
+    audit.startService()
+    with capturedLogs() as events:
+        audit.record(_entry("/api/v2/devices/d1"))
+        clock.advance(0)
+        audit.record(_entry("/api/v2/devices/d2"))
+        clock.advance(0)
+        assert audit.pending == 2
+        for _ in range(5):  # 5 s of outage: tried again each second
+            clock.advance(RETRY_INTERVAL)
+        assert audit.pending == 2 and audit.lost_total == 0
+        store.away = False
+        clock.advance(RETRY_INTERVAL)
+    assert audit.pending == 0 and audit.lost_total == 0
+    assert [e["device_id"] for e in store.jobs[-1]] == ["d1", "d2"]
+    assert not [e for e in events if e["log_namespace"] == "dashd.app.audit"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_entries_still_waiting_when_dashd_stops_are_said_lost():
+    from twisted.internet.task import Clock
+
+    from dashd.app.audit import AuditLog
+
+    store, clock = _AwayStore(), Clock()
+    audit = AuditLog(store, clock)
+    audit.startService()
+    audit.record(_entry("/api/v2/devices/d1"))
+    clock.advance(0)
+    with capturedLogs() as events:
+        audit.stopService()
+    assert audit.pending == 0 and audit.lost_total == 1
+    [warning] = [e for e in events if e["log_namespace"] == "dashd.app.audit"]
+    assert warning["count"] == 1 and "unreachable" in warning["why"]
+    assert clock.getDelayedCalls() == []

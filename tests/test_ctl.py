@@ -197,6 +197,10 @@ async def test_backup_while_running_and_restore_while_stopped(own_server: DashdP
     assert oct(os.stat(backup).st_mode & 0o777) == "0o600"
     assert not os.path.exists(str(backup) + "-wal")
     assert "exists already" in error(dashctl(own_server, "backup", str(backup)))
+    as_json = tmp_path / "backup-json.sqlite3"
+    printed = json.loads(ok(dashctl(own_server, "--json", "backup", str(as_json))))
+    assert printed["file"] == str(as_json) and (printed["devices"], printed["keys"]) == (1, 1)
+    assert isinstance(printed["schema"], int)
 
     late_id, _ = await admin.register("after the backup")
     await admin.post("/api/v2/devices/" + kept_id, {"shadow": {"tags": {"v": 2}}})

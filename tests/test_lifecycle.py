@@ -5,6 +5,7 @@ dashd as a process: first start, restart, kill -9.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 
@@ -82,6 +83,65 @@ def test_bad_options_stop_the_start_with_a_message(tmp_path, args, message):
     )
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+def _start_fails(tmp_path, args, config=None):
+    command = [TWISTD, "-n", "--pidfile=", "dashd"]
+    if config is not None:
+        path = tmp_path / "dashd.toml"
+        path.write_text(config)
+        command += ["--config", str(path)]
+    result = subprocess.run(command + args, capture_output=True, text=True, timeout=60,
+                            cwd=str(tmp_path))
+    assert result.returncode == 1
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args, config, message", [
+    (["--listen", "tcpp:8080"], None,
+     "cannot start: listen: 'tcpp:8080': Unknown endpoint type: 'tcpp'"),
+    (["--listen", "ssl:0:privateKey=/no/key.pem:certKey=/no/cert.pem"], None,
+     "cannot start: listen: 'ssl:0:privateKey=/no/key.pem:certKey=/no/cert.pem': "
+     "cannot read /no/"),
+    ([], "[rpc]\nmax_timeout = inf\n", "rpc.max_timeout: inf is not a finite number"),
+    ([], "[rpc]\nmax_timeout = nan\n", "rpc.max_timeout: nan is not a finite number"),
+    (["--ping-interval", "-1"], None, "cannot start: device.ping_interval: -1.0 must be 0 or more"),
+])
+def test_a_bad_configuration_is_one_line_naming_the_option(tmp_path, args, config, message):
+    """No traceback, and none of twistd's usage text: the error alone."""
+    output = _start_fails(tmp_path, ["--data-dir", str(tmp_path / "d")] + args, config)
+    assert message in output
+    assert "Traceback" not in output
+    assert "Usage:" not in output and "--print-config" not in output
+    assert len(output.strip().splitlines()) == 1, output
+    assert not os.path.exists(tmp_path / "d")  # nothing was started
+
+
+def test_an_uncreatable_data_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    output = _start_fails(tmp_path, ["--data-dir", str(blocker / "d"),
+                                     "--listen", "tcp:0:interface=127.0.0.1"])
+    assert "cannot start: data_dir: cannot create %s: Not a directory" % (blocker / "d") \
+        in output
+    assert "Traceback" not in output
+
+
+def test_an_unreachable_postgresql_is_one_line_naming_store_url(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    output = _start_fails(tmp_path, ["--data-dir", str(tmp_path / "d"),
+                                     "--listen", "tcp:0:interface=127.0.0.1"],
+                          '[store]\nurl = "postgresql://dashd:secret@127.0.0.1:%d/dashd"\n'
+                          'timeout = 1\n' % port)
+    assert ("cannot start: store.url: cannot open the PostgreSQL store "
+            "postgresql://dashd:***@127.0.0.1:%d/dashd: " % port) in output
+    assert "Connection refused" in output
+    assert "secret" not in output
+    assert "Traceback" not in output
 
 
 def test_bad_config_file_names_the_option(tmp_path):
@@ -217,7 +277,8 @@ async def test_a_store_from_a_newer_dashd_is_not_touched(own_server: DashdProces
     assert own_server.proc.returncode == 1
     own_server.proc = None
     log = own_server.log()
-    assert "cannot start: the store " in log
+    # One line naming the option that names the store.
+    assert re.search(r"cannot start: (data_dir|store\.url): the store ", log)
     assert ("was written by a newer dashd (schema 99, this dashd knows %d): run that version, "
             "or restore a backup made for this one" % known) in log
     assert _schema_version(own_server) == 99

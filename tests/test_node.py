@@ -34,6 +34,9 @@ class FakeRedis:
         self.scripts: list[tuple[str, list[Any], list[Any]]] = []
         self.seq = 0
         self.reaped: dict[str, list[str]] = {}
+        # What the detach script answers for a device: 1 (the connection
+        # held it, by default), 0 (another does, or it was reaped).
+        self.detach_answers: dict[str, int] = {}
 
     def set(self, key: str, value: bytes, px: int | None = None, get: bool = False) -> Any:
         old = self.kv.get(key)
@@ -59,7 +62,7 @@ class FakeRedis:
                 return self.seq
             if name == "reap":
                 return [d.encode() for d in self.reaped.get(args[0], [])]
-            return 1
+            return self.detach_answers.get(args[0], 1)
 
         return run
 
@@ -274,3 +277,91 @@ def test_stopping_fails_the_remote_calls_at_once(world, tmp_path):
     assert failure_of(d, Offline).message == "this node is shutting down"
     assert cluster.bus.sent("bye")
     assert world.clock.getDelayedCalls() == []
+
+
+def node_fleet(world, node):
+    """A fleet over the node's router and hub (as dashd.assembly makes it),
+    with the events it publishes recorded."""
+    from dashd.app.fleet import Fleet
+
+    fleet = Fleet(world.store, node.router, node.hub, world.clock, world.config)
+    events: list[Any] = []
+    fleet.event_observers.append(events.append)
+    node.announce = fleet.publish
+    return fleet, events
+
+
+def session_on(fleet, device):
+    from dashd.channel.session import DeviceSession
+
+    closed: list[Any] = []
+    session = DeviceSession(device, fleet, lambda text: None,
+                            lambda code, reason: closed.append(code), peer="test")
+    session.opened()
+    return session
+
+
+def test_a_connection_closed_after_the_node_was_taken_for_dead_is_no_news(world, node):
+    """Fencing: this node was paused (SIGSTOP) past node_timeout; the others
+    removed its devices from the presence (said offline then) and the
+    devices reconnected elsewhere. The connections it closes on waking are
+    not the devices' state: no offline event, no history entry."""
+    fleet, events = node_fleet(world, node)
+    moved, _ = world.register("moved")
+    stayed, _ = world.register("stayed")
+    for device in (moved, stayed):
+        session_on(fleet, device)
+    assert [e.name for e in events] == ["online", "online"]
+    node.bus.redis.detach_answers[moved.id] = 0  # Redis: not this connection's any more
+    for session in node.sessions():
+        session.closed("connection lost")
+    offline = [(e.device_id, e.data) for e in events if e.name == "offline"]
+    assert offline == [(stayed.id, {"reason": "connection lost"})]
+
+
+def test_a_dead_node_s_devices_go_offline_in_their_history(world, node):
+    """The node that reaps a dead node's devices says them offline through
+    the fleet: live subscribers and the stored history alike."""
+    fleet, events = node_fleet(world, node)
+    device, _ = world.register()
+    held_by(node, device.id)
+    node.bus.redis.reaped["nother"] = [device.id]
+    world.clock.advance(TIMEOUT + TIMEOUT / 4 + 0.01)
+    assert [(e.name, e.device_id, e.data) for e in events] == [
+        ("offline", device.id, {"reason": "node nother stopped answering"})]
+
+
+def test_a_call_is_announced_by_the_node_holding_the_device_once_sent(world, node):
+    """rpc.in.METHOD is published where the call reaches the device, not by
+    the node the REST call came to: a call the holder refuses at once (its
+    connection closing, say) was never announced."""
+    fleet, events = node_fleet(world, node)
+    device, _ = world.register()
+    session = session_on(fleet, device)
+    node.bus.hear({"t": "hb", "o": "nother"})
+    call = {"t": "call", "o": "nother", "id": device.id, "m": "Sim.Echo", "p": {"n": 1},
+            "to": 5.0, "a": 1}
+    node.bus.hear(dict(call, r="nother.1"))
+    assert [(e.name, e.data) for e in events if e.name.startswith("rpc.in.")] == [
+        ("rpc.in.Sim.Echo", {"n": 1})]
+    session.closing = True
+    node.bus.hear(dict(call, r="nother.2", p={"n": 2}))
+    [refused] = [m for m in node.bus.sent("res") if m["r"] == "nother.2"]
+    assert refused["e"]["kind"] == "Offline"
+    assert len([e for e in events if e.name.startswith("rpc.in.")]) == 1
+    # Without "a" (firmware chunks, data pulls): never announced.
+    session.closing = False
+    node.bus.hear({"t": "call", "o": "nother", "r": "nother.3", "id": device.id,
+                   "m": "OTA.Write", "p": {}, "to": 5.0})
+    assert len([e for e in events if e.name.startswith("rpc.in.")]) == 1
+
+
+def test_the_node_a_rest_call_came_to_does_not_announce_a_call_it_passes_on(world, node):
+    fleet, events = node_fleet(world, node)
+    device, _ = world.register()
+    held_by(node, device.id)
+    d = fleet.call(device, "Sim.Echo", {"n": 1}, 5.0)
+    assert call_sent(node)["a"] == 1
+    assert not [e for e in events if e.name.startswith("rpc.in.")]
+    node.bus.hear({"t": "res", "r": call_sent(node)["r"], "v": {"n": 1}})
+    assert done(d) == {"n": 1}

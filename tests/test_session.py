@@ -13,7 +13,7 @@ from twisted.internet.defer import ensureDeferred as ensure
 
 from clocked import World, done, failure_of, pending
 from dashd.channel import closecodes, frames
-from dashd.domain.errors import Offline, Stalled, TimedOut
+from dashd.domain.errors import Busy, Offline, Stalled, TimedOut
 
 
 @pytest.fixture
@@ -190,3 +190,24 @@ def test_deleting_a_device_closes_its_connection_and_fails_its_calls(world):
     done(world.app.devices.delete(world.admin, fake.device_id))
     assert fake.closed_with == (closecodes.DELETED, "device deleted")
     failure_of(d, Offline)
+
+
+def test_rpc_in_is_published_only_for_calls_that_reach_the_device(tmp_path):
+    """A call refused before it was sent (too many in flight, the connection
+    closing) gets its error and no rpc.in event: nothing reached the device."""
+    w = World(tmp_path, {"device.max_calls_in_flight": 1})
+    try:
+        device, _ = w.register()
+        fake = w.connect(device)
+        first = w.fleet.call(device, "Sim.Wait", {"n": 1}, 5.0)
+        assert [e.data for e in w.named("rpc.in.Sim.Wait")] == [{"n": 1}]
+        failure_of(w.fleet.call(device, "Sim.Wait", {"n": 2}, 5.0), Busy)
+        fake.session.closing = True  # what a graceful stop sets first
+        failure_of(w.fleet.call(device, "Sim.Wait", {"n": 3}, 5.0), Offline)
+        assert [e.data for e in w.named("rpc.in.Sim.Wait")] == [{"n": 1}]
+        fake.session.closing = False
+        (sent,) = fake.calls("Sim.Wait")
+        fake.answer(sent, "ok")
+        assert done(first) == "ok"
+    finally:
+        w.close()

@@ -67,6 +67,10 @@ async def test_a_call_in_flight_during_sigterm_gets_its_answer(tmp_path):
     log = server.log()
     assert "waiting up to 10.0s for 1 request(s) in flight" in log
     assert "the requests in flight are answered" in log
+    # The log says what the device received, not the code it echoed back.
+    assert "closing 1 device connection(s) with 1001 (going away)" in log
+    assert "device %s offline: server shutting down" % device_id in log
+    assert "closed with code 1000" not in log
 
     await server.start_async()  # the store is consistent and complete
     try:
@@ -164,4 +168,40 @@ async def test_requests_on_a_kept_alive_connection_get_503_while_draining(tmp_pa
         await sim.stop()
         if server.proc is not None:
             server.stop()
+    assert not server.problems()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_is_logged_and_changes_nothing(tmp_path):
+    """SIGHUP's default action would end dashd at once (no drain, no
+    STOPPING=1): dashd catches it, says so, and goes on serving: the call in
+    flight is answered, the device stays connected, no offline event."""
+    server = DashdProcess(str(tmp_path))
+    await server.start_async()
+    admin = Client(server, server.admin_key)
+    device_id, token = await admin.register("hup")
+    sim = await connect_device(server, token, reconnect=False)
+    sub = await subscribe(server, server.admin_key)
+    try:
+        await device_online(admin, device_id)
+        asked = sim.wait_frame(lambda f: f.get("method") == "Sim.Sleep")
+        call = Deferred.fromCoroutine(
+            admin.post("/api/v2/devices/%s/rpc/Sim.Sleep" % device_id, {"seconds": 1.0}))
+        await within(asked, 10)
+        server.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: "SIGHUP received: ignored" in server.log(), 10)
+        server.proc.send_signal(signal.SIGHUP)  # and again: still handled
+        await eventually(lambda: server.log().count("SIGHUP received") == 2, 10)
+        reply = await within(call, 10)
+        assert (reply.status, reply.body) == (200, {"slept": 1.0})
+        assert server.proc.poll() is None
+        assert sim.close_code is None
+        again = await admin.post("/api/v2/devices/%s/rpc/Sim.Echo" % device_id, {"x": 1})
+        assert again.status == 200
+        await sub.next(lambda e: e["name"] == "rpc.in.Sim.Echo")
+        sub.never(lambda e: e["name"] == "offline", "the device went offline")
+    finally:
+        await sim.stop()
+        code = server.stop()
+    assert code == -signal.SIGTERM  # the graceful stop is unchanged
     assert not server.problems()

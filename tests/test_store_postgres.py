@@ -251,3 +251,34 @@ async def test_a_value_postgresql_cannot_hold_is_refused_alone(database):
         assert await store.get_device("d\x00") is None
     finally:
         await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_devices_short_jobs_waiting_together_share_a_commit(database):
+    """What a device connecting costs (credentials, connection, first info)
+    may share a transaction with other devices' such jobs while they wait
+    for a connection of the pool: a reconnect storm costs a commit per
+    group, not three per device. Other jobs keep their own, and a device's
+    jobs keep their order."""
+    store = PostgresStore(database, reactor, pool_size=1)
+    store.start()
+    try:
+        def txid(cur):
+            return cur.execute("SELECT txid_current()").fetchone()[0]
+
+        def slow(cur):
+            cur.execute("SELECT pg_sleep(0.3)")
+            return txid(cur)
+
+        busy = store._run(slow)  # the only connection is taken meanwhile
+        merged = [store._run(txid, order="d%d" % i, merge=True) for i in range(5)]
+        alone = store._run(txid, order="other")
+        later = store._run(txid, order="d0", merge=True)  # behind d0's first job
+        first = await busy
+        ids = await gatherResults(merged)
+        own, after = await alone, await later
+        assert len(set(ids)) == 1 and ids[0] != first
+        assert own not in ids and own != first
+        assert after not in ids  # d0's second job ran after its first committed
+    finally:
+        await store.stop()

@@ -21,15 +21,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from twisted.internet.defer import TimeoutError
-
 from dashd import __version__
 from dashd.api import openapi
 from dashd.api.base import ApiBase, app, bearer_secret, json_bytes
 from dashd.domain.errors import Unauthenticated, Unavailable
-
-STORE_PING_TIMEOUT = 2.0
-
+from dashd.ops.lbagent import why_not_ready
 
 class OpsRoutes(ApiBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -47,15 +43,10 @@ class OpsRoutes(ApiBase):
     @app.route("/readyz", methods=["GET"])
     async def readyz(self, request: Any) -> bytes:
         request.setHeader(b"cache-control", b"no-store")
-        readiness = self.readiness
-        if readiness is not None and not readiness.serving:
-            raise Unavailable("not ready: dashd is %s" % readiness.state, retry_after=5)
-        try:
-            await self.application.ping().addTimeout(STORE_PING_TIMEOUT, self.reactor)
-        except TimeoutError:
-            raise Unavailable("not ready: the store did not answer within %gs"
-                              % STORE_PING_TIMEOUT, retry_after=5)
-        # A closed store fails with StoreError, an Unavailable (503) too.
+        # The same answer as the load balancer's agent (dashd.ops.lbagent).
+        why = await why_not_ready(self.readiness, self.application.ping, self.reactor)
+        if why:
+            raise Unavailable("not ready: %s" % why, retry_after=5)
         return self.json(request, {"status": "ready"})
 
     @app.route("/metrics", methods=["GET"])

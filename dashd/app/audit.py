@@ -13,6 +13,13 @@ per call when entries were gathered per reactor turn). As a service it stops jus
 hands over what is waiting then. At most L{MAX_PENDING} entries wait for
 the store; beyond that they are lost, with a warning now and then, rather
 than growing dashd's memory.
+
+While the store cannot take them (the database is away), the entries wait,
+in that bound, and are written again every L{RETRY_INTERVAL} seconds until
+it can: a database blip loses none. An entry given up (the bound reached,
+dashd stopping while the database is away, an error that trying again will
+not mend) is counted in C{lost_total} (``dashd_audit_entries_lost_total``)
+and said in the log.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dashd.batching import TurnBatch
-from dashd.store import IStore
+from dashd.store import IStore, StoreUnreachable
 
 log = Logger()
 
@@ -34,6 +41,7 @@ WARN_EVERY = 60.0
 # How long entries gather before they go to the store, and how many at most.
 BATCH_DELAY = 0.05
 BATCH_MAX = 1000
+RETRY_INTERVAL = 1.0
 
 class AuditLog(Service):
     """Stores audit entries, L{BATCH_DELAY} seconds' worth at a time."""
@@ -47,6 +55,11 @@ class AuditLog(Service):
             clock, self._store, max_items=BATCH_MAX, delay=BATCH_DELAY)
         self._lost = 0
         self._warned_at: float | None = None
+        # Entries the store could not take yet, and when they go again.
+        self._again: list[dict[str, Any]] = []
+        self._retry: Any = None
+        self._stopping = False
+        self.lost_total = 0
 
     def record(self, entry: dict[str, Any] | None) -> None:
         """Store C{entry} (soon; None: nothing to store)."""
@@ -63,23 +76,41 @@ class AuditLog(Service):
         self._batch.flush()
 
     def _store(self, batch: list[dict[str, Any]]) -> None:
-        self.store.append_audit(batch).addBoth(self._written, len(batch))
+        self.store.append_audit(batch).addBoth(self._written, batch)
 
     def stopService(self) -> None:
         # The site has drained by now and the store is still open.
         super().stopService()
+        self._stopping = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._send_again()
         self.flush()
 
-    def _written(self, result: Any, count: int) -> None:
-        self.pending -= count
+    def _written(self, result: Any, batch: list[dict[str, Any]]) -> None:
         if isinstance(result, Failure):
-            self._lost += count - 1
+            if result.check(StoreUnreachable) and not self._stopping:
+                # The database is away (or busy): keep them, try again.
+                self._again.extend(batch)
+                if self._retry is None or not self._retry.active():
+                    self._retry = self.clock.callLater(RETRY_INTERVAL, self._send_again)
+                return
+            self.pending -= len(batch)
+            self._lost += len(batch) - 1
             self._lose(result.getErrorMessage())
+            return
+        self.pending -= len(batch)
+
+    def _send_again(self) -> None:
+        batch, self._again = self._again, []
+        if batch:
+            self._store(batch)
 
     def _lose(self, why: str) -> None:
         self._lost += 1
+        self.lost_total += 1
         now = self.clock.seconds()
-        if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY or self._stopping:
             log.warn("{count} audit entries could not be stored: {why}",
                      count=self._lost, why=why)
             self._warned_at = now

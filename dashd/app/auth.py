@@ -18,7 +18,7 @@ from dashd.app.limits import FailureLimiter, TokenBucket, retry_after
 from dashd.domain import tokens
 from dashd.domain.errors import Busy, DomainError, Unauthenticated
 from dashd.domain.model import ApiKey, Device
-from dashd.store import IStore
+from dashd.store import IStore, StoreError
 
 log = Logger()
 
@@ -113,6 +113,7 @@ class Authenticator:
         except Busy:
             return fail()  # over the key's rate: a failed Deferred, as promised
         d = self._stored_key(secret)  # type: ignore[arg-type]
+        d.addErrback(self._stale_if_unreachable, secret)
         d.addErrback(self._refused, REST, address, _key_id(secret))
         d.addCallback(self._admit)
         return d
@@ -209,6 +210,18 @@ class Authenticator:
             self._keys.clear()
         self._keys[key_id] = (key, secret_hash, now + self._cache_seconds)
         return self._checked(secret, key, secret_hash, now)
+
+    def _stale_if_unreachable(self, failure: Failure, secret: str) -> ApiKey:
+        """The store cannot be asked (the database is away): a key that was
+        valid when last read still is, unless revoked since (a revocation
+        removes it from the cache, and needs the database anyway), so calls
+        to the devices this node holds keep working."""
+        failure.trap(StoreError)
+        key_id = tokens.key_id_of(secret)
+        cached = self._keys.get(key_id) if key_id else None
+        if cached is None:
+            failure.raiseException()
+        return self._checked(secret, cached[0], cached[1], self._clock.seconds())
 
     def forget(self, key_id: str) -> None:
         self._keys.pop(key_id, None)

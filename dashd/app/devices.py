@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Iterable
 
@@ -26,12 +27,15 @@ from dashd.domain import access, query, shadow, timeseries, tokens
 from dashd.domain.errors import Invalid, NotFound
 from dashd.domain.model import UNSET, ApiKey, Device, check_name
 from dashd.store import NotFound as NoSuchRecord
+from dashd.store import StoreUnreachable
 
 log = Logger()
 
 MAX_METHOD_LENGTH = 128
 # Devices a page of a query holds at most.
 MAX_PAGE = 1000
+# Device records kept for calls while the database is away (see visible).
+RECENT_DEVICES = 10000
 
 
 class Devices:
@@ -39,6 +43,10 @@ class Devices:
         self._fleet = fleet
         self._store = fleet.store
         self._accounts = accounts
+        # The records of online devices held by other nodes that calls read
+        # lately (who may see and call them), for calls while the database
+        # is away; at most RECENT_DEVICES, the least recently read go first.
+        self._recent: OrderedDict[str, Device] = OrderedDict()
 
     def online(self, device_id: str) -> bool:
         return self._fleet.router.is_online(device_id)
@@ -51,7 +59,22 @@ class Devices:
         """
         device = self._fleet.router.device(device_id) if live else None
         if device is None:
-            device = await self._store.get_device(device_id)
+            try:
+                device = await self._store.get_device(device_id)
+            except StoreUnreachable:
+                # The database is away: a call to a device connected to
+                # another node goes on with the record read last (a change
+                # of its sharing needs the database too).
+                device = self._recent.get(device_id) if live and self.online(device_id) \
+                    else None
+                if device is None:
+                    raise
+            else:
+                if live and device is not None:
+                    self._recent[device_id] = device
+                    self._recent.move_to_end(device_id)
+                    if len(self._recent) > RECENT_DEVICES:
+                        self._recent.popitem(last=False)
         # A device the key may not see is answered exactly like a missing one.
         if device is None or not access.sees(by, device):
             raise NotFound("no such device: %s" % device_id)

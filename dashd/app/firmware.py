@@ -307,6 +307,9 @@ class _Update:
     # says which firmware the device now runs.
     reconnected: bool = False
     saved: list[Deferred[Any]] = field(default_factory=list)
+    # In a cluster: the node that drove the transfer, when it is another
+    # one (this node heard of the update from its ota.status events).
+    driver: str | None = None
 
     @property
     def device_id(self) -> str:
@@ -623,9 +626,63 @@ class OtaManager:
     def _arm_reboot_timer(self, update: _Update) -> None:
         timeout = self.config["ota.reboot_timeout"]
         update.timer = self.clock.callLater(
-            timeout, self._fail, update,
+            timeout, self._reboot_timed_out, update,
             "the device did not come back with new firmware within %g s" % timeout,
         )
+
+    def _reboot_timed_out(self, update: _Update, reason: str) -> None:
+        if update.driver is not None and self.fleet.router.node_alive(update.driver):
+            return  # the node that drove it says so (its own timer)
+        self._fail(update, reason)
+
+    # Updates driven by other nodes of a cluster
+
+    def remote_event(self, event: Event, node: str) -> None:
+        """A cluster hub observer: an event another node published. Every
+        node keeps the updates that await their device (``rebooting``,
+        ``uncommitted``) whichever node drove the transfer, so that the
+        node the device comes back to finishes the update (its info, then
+        OTA.Commit), even if the driving node died meanwhile; and so that
+        ``POST .../ota/commit`` works through any node."""
+        status = event.data
+        if event.name != "ota.status" or not isinstance(status, dict):
+            return
+        state, update_id = status.get("state"), status.get("id")
+        mine = self._updates.get(event.device_id)
+        same = mine is not None and mine.status.get("id") == update_id
+        if state in FINISHED or state in TRANSFERRING:
+            # Over (then nothing is left to do here), or a new one started
+            # (which replaces the one awaited here).
+            if mine is not None and (same or mine.state in AWAITING):
+                self._drop(mine)
+            return
+        if state not in AWAITING:
+            return
+        if same:
+            assert mine is not None
+            mine.status = dict(status)
+            if state == "uncommitted" and mine.timer is not None and mine.timer.active():
+                mine.timer.cancel()
+            return
+        if mine is not None:
+            if mine.state in TRANSFERRING:
+                return  # (cannot be: one transfer a device)
+            self._drop(mine)
+        # Enough of the device to tell its subscribers; its info, when it is
+        # back here, brings the whole record.
+        device = Device(event.device_id, event.account_id, "", 0.0, event.shared_with)
+        update = _Update(device, dict(status), None, driver=node)
+        self._updates[event.device_id] = update
+        if state == "rebooting":
+            self._arm_reboot_timer(update)
+        else:
+            update.reconnected = True
+
+    def _drop(self, update: _Update) -> None:
+        if update.timer is not None and update.timer.active():
+            update.timer.cancel()
+        if self._updates.get(update.device_id) is update:
+            del self._updates[update.device_id]
 
     # What the device says after the transfer
 

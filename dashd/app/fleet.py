@@ -163,8 +163,10 @@ class Fleet:
             # Answer at once, and do not announce a call that never happens.
             d: Deferred[Any] = fail(Offline("device %s is offline" % device.id))
         else:
-            self.publish(device, "rpc.in." + method, params)
-            d = self.router.call(device.id, method, params, timeout)
+            # Announced by the node holding the device once it sent the call:
+            # one refused at once (the device's connection closing, too many
+            # calls in flight, too large) never reached the device.
+            d = self.router.call(device.id, method, params, timeout, announce=True)
         for observer in self.call_observers:
             observer(d)
         return d

@@ -66,7 +66,8 @@ class IRouter(Interface):
 
     def detach(session):
         """C{session} closed; return True if it was the one holding the
-        device (False if a newer one had replaced it)."""
+        device (False if a newer one had replaced it), or a Deferred firing
+        with that once known (a cluster asks Redis)."""
 
     def is_online(device_id):
         """True if a live connection holds the device."""
@@ -83,9 +84,11 @@ class IRouter(Interface):
         """The IDs of the devices that hold a live connection (the part of a
         device query about ``online``)."""
 
-    def call(device_id, method, params, timeout):
+    def call(device_id, method, params, timeout, announce=False):
         """Call a method on the device wherever it is connected; fails at
-        once with L{dashd.domain.errors.Offline} if it is not."""
+        once with L{dashd.domain.errors.Offline} if it is not. C{announce}:
+        the node holding the device tells subscribers (``rpc.in.METHOD``)
+        once the call is sent, and only then."""
 
     def desired_changed(device_id, document):
         """Pass a changed shadow to the connection holding the device."""
@@ -148,11 +151,12 @@ class LocalRouter:
             return None
         return session.device
 
-    def call(self, device_id: str, method: str, params: Any, timeout: float) -> Deferred[Any]:
+    def call(self, device_id: str, method: str, params: Any, timeout: float,
+             announce: bool = False) -> Deferred[Any]:
         session = self._sessions.get(device_id)
         if session is None:
             return fail(Offline("device %s is offline" % device_id))
-        return session.call(method, params, timeout)
+        return session.call(method, params, timeout, announce)
 
     def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:
         session = self._sessions.get(device_id)

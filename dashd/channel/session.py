@@ -175,13 +175,23 @@ class DeviceSession:
         if self._info_call is not None and self._info_call.active():
             self._info_call.cancel()
         self._fail_pending(reason)
+        held = self.fleet.router.detach(self)
+        if isinstance(held, Deferred):
+            # In a cluster, once Redis says whether this connection still
+            # held the device (dashd.cluster.node.Cluster.detach).
+            held.addCallback(self._detached, reason)
+        else:
+            self._detached(held, reason)
+
+    def _detached(self, held: bool, reason: str) -> None:
+        if not held:
+            return
         fleet = self.fleet
-        if fleet.router.detach(self):
-            log.info("device {id} offline: {reason}", id=self.device_id, reason=reason)
-            fleet.publish(self.device, "offline", {"reason": reason})
-            fleet.store.touch(self.device_id, fleet.now()).addErrback(
-                self._log_failure, "recording last_seen"
-            )
+        log.info("device {id} offline: {reason}", id=self.device_id, reason=reason)
+        fleet.publish(self.device, "offline", {"reason": reason})
+        fleet.store.touch(self.device_id, fleet.now()).addErrback(
+            self._log_failure, "recording last_seen"
+        )
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
@@ -222,7 +232,10 @@ class DeviceSession:
     def desired_changed(self, document: dict[str, Any]) -> None:
         self._send_delta(document)
 
-    def call(self, method: str, params: Any, timeout: float) -> Deferred[Any]:
+    def call(self, method: str, params: Any, timeout: float,
+             announce: bool = False) -> Deferred[Any]:
+        """Send a call; C{announce}: once sent, tell subscribers
+        (``rpc.in.METHOD``); a call refused before it was sent is not."""
         if self._closed or self.closing:
             return fail(Offline("device %s is offline" % self.device_id))
         if self._stall_timer is not None:
@@ -250,6 +263,8 @@ class DeviceSession:
             # Nothing may stay pending that nobody will ever answer.
             self._forget(call_id)
             raise
+        if announce:
+            self.fleet.publish(self.device, "rpc.in." + method, params)
         return d
 
     def _forget(self, call_id: int) -> None:

@@ -44,7 +44,8 @@ On ``P:all``:
 ==========  ==================================  ================================
 
 On ``P:to:NODE``: ``call`` (``r`` the call's ID, ``id``, ``m`` method, ``p``
-params, ``to`` timeout), a REST call for a device NODE holds; ``res``
+params, ``to`` timeout, ``a`` 1 when NODE tells subscribers once it sent it),
+a REST call for a device NODE holds; ``res``
 (``r``, and ``v`` the result or ``e`` the error as
 L{dashd.domain.errors.to_wire} writes it: ``{"kind", "message", ...}``,
 ``kind`` naming the kind of domain error, e.g. ``DeviceFailed`` with the

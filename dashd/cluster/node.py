@@ -138,6 +138,21 @@ class Cluster:
         self._conns = itertools.count(1)
         self._calls: dict[str, _RemoteCall] = {}
         self._call_ids = itertools.count(1)
+        # Calls from other nodes waiting for a device held here: a graceful
+        # stop lets them finish as it lets its own REST calls finish.
+        self.serving = 0
+        self._serving_waiters: list[Deferred[None]] = []
+        # Detaches waiting for Redis' word (a stop waits for them).
+        self._detaching: set[Deferred[bool]] = set()
+        # How an event about a device this node does not hold (a dead node's
+        # devices going offline) is told: by default to subscribers only;
+        # dashd.assembly sets the fleet's publish, which stores it in the
+        # devices' history too.
+        self.announce: Callable[[Device, str, Any], None] | None = None
+        # For the metrics (dashd.cluster.metrics).
+        self.calls_sent = 0
+        self.calls_served = 0
+        self.redis_losses = 0
         self._beating = False
         self._bus_down_logged = False
         self._reaping: set[str] = set()
@@ -226,7 +241,12 @@ class Cluster:
                  id=device_id)
         entry.session.replaced("a new connection on another node")
 
-    def detach(self, session: Any) -> bool:
+    def detach(self, session: Any) -> bool | Deferred[bool]:
+        """Fire with whether this connection still held the device in the
+        cluster's presence (Redis decides), so that only then is the device
+        said offline: a node that comes back from a pause (SIGSTOP, swap)
+        finds its devices removed by the others, and reconnected elsewhere
+        meanwhile; the connections it closes then are no news (fencing)."""
         device_id = session.device_id
         entry = self._local.get(device_id)
         if entry is None or entry.session is not session:
@@ -237,16 +257,56 @@ class Cluster:
             [self.keys.presence, self.keys.devices(self.node_id), self.keys.seq],
             [device_id, entry.conn, self.keys.broadcast, self.node_id],
         )
-        # If Redis cannot be told now, the next resync removes the entry.
-        d.addErrback(lambda f: f.trap(BusUnavailable))
-        d.addErrback(lambda f: log.failure("device {id}: removing presence", f, id=device_id))
-        return True
+
+        def detached(removed: Any) -> bool:
+            if int(removed or 0):
+                return True
+            # Not held in Redis: someone else holds it now, or the others
+            # removed it (this node was taken for dead and they said it
+            # offline then). Unless this connection never made it to Redis
+            # (it was away), and nobody else holds the device.
+            return entry.seq is None and self.presence.holder(device_id) is None
+
+        def unknown(failure: Failure) -> bool:
+            # Redis cannot be told now (the next resync removes the entry):
+            # as an island, this node says what it sees.
+            failure.trap(BusUnavailable)
+            return True
+
+        def failed(failure: Failure) -> bool:
+            log.failure("device {id}: removing presence", failure, id=device_id)
+            return True
+
+        d.addCallbacks(detached, unknown)
+        d.addErrback(failed)
+        self._detaching.add(d)
+        d.addBoth(lambda held: (self._detaching.discard(d), held)[1])
+        return d
 
     def is_online(self, device_id: str) -> bool:
         if device_id in self._local:
             return True
         holder = self.presence.holder(device_id)
         return holder is not None and holder.node != self.node_id
+
+    def readiness_problem(self) -> str | None:
+        """Why this node should take no new devices now, as far as the
+        cluster goes: without Redis, its devices cannot be reached from the
+        other nodes (and it hears nothing of theirs)."""
+        if not self.bus.connected:
+            return "Redis is unreachable (devices held here cannot be reached from other nodes)"
+        return None
+
+    def nodes_alive(self) -> int:
+        """The nodes heard from within node_timeout, this one included."""
+        return 1 + sum(1 for n in list(self.presence.heard)
+                       if n != self.node_id and self.presence.alive(n))
+
+    def local_count(self) -> int:
+        return len(self._local)
+
+    def remote_calls_in_flight(self) -> int:
+        return len(self._calls)
 
     def online_count(self) -> int:
         remote = {d for d, h in self.presence.holders.items()
@@ -267,10 +327,11 @@ class Cluster:
 
     # Calls to devices, wherever they are
 
-    def call(self, device_id: str, method: str, params: Any, timeout: float) -> Deferred[Any]:
+    def call(self, device_id: str, method: str, params: Any, timeout: float,
+             announce: bool = False) -> Deferred[Any]:
         session = self.local_session(device_id)
         if session is not None:
-            return session.call(method, params, timeout)
+            return session.call(method, params, timeout, announce)
         holder = self.presence.holder(device_id)
         if holder is None or holder.node == self.node_id:
             return fail(Offline("device %s is offline" % device_id))
@@ -282,6 +343,9 @@ class Cluster:
         self._calls[call_id] = _RemoteCall(d, timer, holder.node, device_id, method)
         request = {"t": "call", "o": self.node_id, "r": call_id, "id": device_id,
                    "m": method, "p": params, "to": timeout}
+        if announce:
+            request["a"] = 1  # the holder tells subscribers once it sent it
+        self.calls_sent += 1
         sent = self.bus.publish(self.keys.inbox(holder.node), encode(request))
 
         def delivered(receivers: int) -> None:
@@ -359,7 +423,28 @@ class Cluster:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             timeout = self.config["rpc.default_timeout"]
         timeout = min(float(timeout), self.config["rpc.max_timeout"])
-        session.call(str(message["m"]), message.get("p"), timeout).addCallbacks(ok, failed)
+        d = session.call(str(message["m"]), message.get("p"), timeout,
+                         announce=bool(message.get("a")))
+        self.serving += 1
+        self.calls_served += 1
+        d.addBoth(self._served)
+        d.addCallbacks(ok, failed)
+
+    def _served(self, result: Any) -> Any:
+        self.serving -= 1
+        if not self.serving:
+            waiters, self._serving_waiters = self._serving_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+        return result
+
+    def serving_idle(self) -> Deferred[None]:
+        """Fire once no call from another node waits for a device here."""
+        if not self.serving:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._serving_waiters.append(d)
+        return d
 
     # Changes that must reach the device wherever it is
 
@@ -442,9 +527,14 @@ class Cluster:
         if kind == "bye":
             self._node_gone(str(origin), "node %s stopped" % origin)
         elif kind == "ev":
-            self.hub.deliver_here(Event(
-                str(message["n"]), str(message["id"]), message.get("d"),
-                str(message["a"]), tuple(message.get("s") or ())))
+            event = Event(str(message["n"]), str(message["id"]), message.get("d"),
+                          str(message["a"]), tuple(message.get("s") or ()))
+            self.hub.deliver_here(event)
+            for observer in self.hub.remote_observers:
+                try:
+                    observer(event, str(origin))
+                except Exception:
+                    log.failure("remote event observer {observer}", observer=observer)
         elif kind == "ds":
             session = self.local_session(str(message["id"]))
             if session is not None:
@@ -489,6 +579,7 @@ class Cluster:
         self._resync()
 
     def _disconnected(self, why: str) -> None:
+        self.redis_losses += 1
         log.warn("cluster node {node}: lost Redis ({why}); devices held elsewhere show "
                  "offline until it is back", node=self.node_id, why=why)
 
@@ -648,7 +739,11 @@ class Cluster:
             d = self.store.get_device(device_id)
 
             def publish(device: Device | None) -> None:
-                if device is not None and not self.is_online(device_id):
+                if device is None or self.is_online(device_id):
+                    return
+                if self.announce is not None:
+                    self.announce(device, "offline", {"reason": reason})
+                else:
                     self.hub.publish(Event("offline", device.id, {"reason": reason},
                                            device.account_id, device.shared_with))
 
@@ -671,6 +766,10 @@ class Cluster:
             self._retry_call.cancel()
         for call_id in list(self._calls):
             self._fail_call(call_id, Offline("this node is shutting down"))
+        if self._detaching:
+            # The devices closed on the way down: their offline events wait
+            # for Redis' word (bounded by the bus' own timeouts).
+            yield DeferredList(list(self._detaching), consumeErrors=True)
         try:
             yield self.bus.call(lambda c: c.delete(self.keys.node(self.node_id)))
             yield self.bus.publish(self.keys.broadcast,
@@ -726,8 +825,9 @@ class ClusterRouter:
             return None
         return session.device
 
-    def call(self, device_id: str, method: str, params: Any, timeout: float) -> Deferred[Any]:
-        return self._cluster.call(device_id, method, params, timeout)
+    def call(self, device_id: str, method: str, params: Any, timeout: float,
+             announce: bool = False) -> Deferred[Any]:
+        return self._cluster.call(device_id, method, params, timeout, announce)
 
     def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:
         self._cluster.desired_changed(device_id, document)
@@ -753,6 +853,9 @@ class ClusterHub(LocalHub):
     def __init__(self, cluster: Cluster) -> None:
         super().__init__()
         self._cluster = cluster
+        # Called with (event, node ID) for each event another node
+        # published (e.g. the firmware updates other nodes drive).
+        self.remote_observers: list[Callable[[Event, str], None]] = []
 
     def publish(self, event: Event) -> None:
         LocalHub.publish(self, event)

@@ -7,7 +7,8 @@ Event names:
 
 - ``online`` / ``offline``: a device connected / disconnected
   (``data.reason`` says why it went offline);
-- ``rpc.in.METHOD``: a call dashd made to the device (``data`` = params);
+- ``rpc.in.METHOD``: a call dashd made to the device (``data`` = params; a call
+  refused before it was sent, e.g. 429 or 503, is not announced);
 - ``rpc.out.METHOD``: something the device sent: its notifications under
   their own method name, ``rpc.out.Log`` for ``Dash.Log`` lines and
   ``rpc.out.Heartbeat`` for ``Dash.Heartbeat`` (``data`` = params);

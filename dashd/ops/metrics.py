@@ -8,7 +8,7 @@ are scraped, so the hot paths pay an integer increment at most.
 
 | metric | type | what |
 |---|---|---|
-| ``dashd_devices_connected`` | gauge | devices holding a WebSocket now |
+| ``dashd_devices_connected`` | gauge | devices holding a WebSocket to this dashd now (a cluster node's own; ``dashd_cluster_*`` in L{dashd.cluster.metrics}) |
 | ``dashd_device_connections_total`` | counter | device WebSockets opened |
 | ``dashd_device_frames_received_total`` | counter | JSON-RPC frames read from devices |
 | ``dashd_device_frames_invalid_total`` | counter | unreadable or too large values from devices |
@@ -26,6 +26,7 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_store_job_duration_seconds`` | histogram | a store job from submission to its durable result (queueing, group commit and fsync included) |
 | ``dashd_store_queue_depth`` | gauge | store jobs waiting for the writer thread |
 | ``dashd_http_requests_total{code}`` | counter | REST requests answered, by status |
+| ``dashd_audit_entries_lost_total`` | counter | audit entries given up (L{dashd.app.audit}: a database away only delays them) |
 | ``dashd_gc_full_collection_seconds`` | histogram | full collections of Python's cycle collector: each walks every object dashd holds while the reactor stands still, the longest pauses a large fleet sees (docs/performance.md) |
 | ``dashd_reactor_lag_seconds`` | histogram | how much later than asked a timer run every 50 ms ran: each is how long the reactor stood still (L{dashd.ops.stallprobe}) |
 | ``dashd_reactor_lag_max_seconds`` | gauge | the longest the reactor stood still since dashd started |
@@ -158,8 +159,9 @@ class _Live:
         )
         factory = self.device_factory
         yield GaugeMetricFamily(
-            "dashd_devices_connected", "Devices holding a WebSocket to dashd",
-            value=self.fleet.router.online_count(),
+            "dashd_devices_connected",
+            "Devices holding a WebSocket to this dashd (in a cluster: to this node)",
+            value=len(self.fleet.router.sessions()),
         )
         yield CounterMetricFamily(
             "dashd_device_connections", "Device WebSockets opened",
@@ -302,3 +304,17 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CounterOf:
+    """A counter kept by another part, read when scraped (registered by
+    L{dashd.assembly}), e.g. ``dashd_audit_entries_lost_total``."""
+
+    def __init__(self, name: str, documentation: str, read: Any) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())

@@ -42,8 +42,11 @@ class StoreService(Service):
     """Takes the data directory's lock, opens the store and, on the very
     first start, creates the admin key (written to C{admin.key})."""
 
-    def __init__(self, store: IStore, data_dir: str, keys: Keys) -> None:
+    def __init__(self, store: IStore, data_dir: str, keys: Keys,
+                 option: str = "data_dir") -> None:
         self.store = store
+        # The option that names the store, for the start's one-line errors.
+        self.option = option
         self.data_dir = data_dir
         self.keys = keys
         self.lock = DataDirLock(data_dir)
@@ -52,7 +55,12 @@ class StoreService(Service):
     def privilegedStartService(self) -> None:
         # Listening ports bind in privilegedStartService, in child order; the
         # store is a child before them, so it is open before they accept.
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            log.critical("cannot start: data_dir: cannot create {path}: {why}",
+                         path=os.path.abspath(self.data_dir), why=e.strerror or str(e))
+            raise SystemExit(1)
         try:
             self.lock.acquire()
         except DataDirInUse as e:
@@ -62,7 +70,7 @@ class StoreService(Service):
             self.store.start()
         except StoreError as e:
             # Unreachable, or written by a newer dashd: say so in one line.
-            log.critical("cannot start: {why}", why=str(e))
+            log.critical("cannot start: {option}: {why}", option=self.option, why=str(e))
             raise SystemExit(1)
         super().privilegedStartService()
 
@@ -109,7 +117,8 @@ class FleetService(Service):
         super().stopService()
         sessions = self.fleet.router.sessions()
         if sessions:
-            log.info("stopping: closing {n} device connection(s)", n=len(sessions))
+            log.info("stopping: closing {n} device connection(s) with 1001 (going away)",
+                     n=len(sessions))
         for session in sessions:
             session.disconnect(closecodes.GOING_AWAY, "server shutting down")
         for subscriber in self.fleet.hub.subscribers():

@@ -28,6 +28,11 @@ class StoreError(errors.Unavailable):
         super().__init__(message, retry_after=RETRY_AFTER)
 
 
+class StoreUnreachable(StoreError):
+    """The store's database cannot be reached now: a state that passes (a
+    write may be tried again later)."""
+
+
 class NotFound(errors.NotFound):
     """The device a write is for does not exist (any more)."""
 

@@ -35,7 +35,7 @@ import logging
 import re
 import time
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -52,8 +52,8 @@ from zope.interface import implementer
 
 from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
-from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, postgres_records,
-                         query_sql)
+from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, StoreUnreachable, calls_sql,
+                         postgres_records, query_sql)
 from dashd.store.postgres_records import json_param
 
 log = Logger()
@@ -61,7 +61,7 @@ log = Logger()
 Cursor = psycopg.Cursor[Any]
 
 
-class DatabaseUnreachable(StoreError):
+class DatabaseUnreachable(StoreUnreachable):
     """PostgreSQL cannot be reached (or did not answer in time)."""
 
 Job = Callable[[Cursor], Any]
@@ -69,6 +69,10 @@ Job = Callable[[Cursor], Any]
 # pg_advisory_xact_lock keys: migrations, and creating the first admin key.
 _MIGRATION_LOCK = 0x64617368  # "dash"
 _BOOTSTRAP_LOCK = 0x64617369
+
+# Seconds between two jobs let through to a database found away (the others
+# fail at once meanwhile).
+PROBE_INTERVAL = 1.0
 
 # Errors after which a job is run again (its transaction was rolled back).
 _RETRY = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
@@ -209,9 +213,15 @@ class PostgresStore:
         self._threads: ThreadPool | None = None
         self._in_flight = 0
         # order key -> jobs waiting for the one of that key that runs now
-        self._waiting: dict[str, deque[tuple[Job, Deferred[Any]]]] = {}
+        self._waiting: dict[str, deque[tuple[Job, Deferred[Any], bool]]] = {}
+        # Batches waiting for a store thread, and transactions running.
+        self._ready: deque[_Ready] = deque()
+        self._running = 0
         self._closing = False
         self._healthy = True
+        # While the database is away: why, and when a job may try it again.
+        self._down_reason = ""
+        self._next_probe = 0.0
         self._stopped: Deferred[None] | None = None
         # Called on the reactor with the seconds each job took, from its
         # submission to its durable result (dashd.ops.metrics sets it).
@@ -276,8 +286,17 @@ class PostgresStore:
                     before, after = migrate(conn)
         except (PoolTimeout, psycopg.Error) as e:
             pool.close(timeout=1)
-            raise StoreError(
-                "cannot open the PostgreSQL store %s: %s" % (redact(self.url), _first_line(e))
+            why = _first_line(e)
+            if isinstance(e, PoolTimeout):
+                # "pool initialization incomplete" says nothing: ask once
+                # more, directly, for the reason (refused, unknown host...).
+                try:
+                    psycopg.connect(self.url, **self._connection_kwargs()).close()
+                except psycopg.Error as direct:
+                    why = _first_line(direct)
+            unreachable = isinstance(e, (PoolTimeout, psycopg.OperationalError))
+            raise (DatabaseUnreachable if unreachable else StoreError)(
+                "cannot open the PostgreSQL store %s: %s" % (redact(self.url), why)
             ) from None
         latest = migrations()[-1][0]
         if before > latest:
@@ -321,15 +340,30 @@ class PostgresStore:
 
     # Running jobs
 
-    def _run(self, job: Job, order: str | None = None) -> Deferred[Any]:
+    def _run(self, job: Job, order: str | None = None, merge: bool = False) -> Deferred[Any]:
         """Run C{job} in a transaction on a store thread; fire with its result
         after the commit. Jobs with the same C{order} key (a device ID) run
         one after the other, in the order they were submitted, as they do on
         SQLite: a device's pipelined updates apply in the order it sent them.
         Those that queue up behind a running one then run together in one
-        transaction, each in its own savepoint (one commit for a burst)."""
+        transaction, each in its own savepoint (one commit for a burst).
+
+        C{merge}: a short job on one device's row (what a device connecting
+        costs: its credentials, its connection, its first info), which may
+        share its transaction with other devices' such jobs when they wait
+        for a connection of the pool together: a reconnect storm (a node's
+        devices coming to the others) then costs a commit per group of
+        devices rather than three per device."""
         if self._pool is None or self._closing or self._threads is None:
             return fail(StoreError("the store is closed"))
+        if not self._healthy:
+            # The database was away at the last try: fail at once rather than
+            # after store.timeout, but for one job a PROBE_INTERVAL, which
+            # finds out whether it is back.
+            now = self._reactor.seconds()
+            if now < self._next_probe:
+                return fail(DatabaseUnreachable(self._down_reason))
+            self._next_probe = now + PROBE_INTERVAL
         if self._in_flight >= self._queue_size:
             return fail(StoreError("the store is overloaded; try again shortly"))
         self._in_flight += 1
@@ -344,50 +378,87 @@ class PostgresStore:
 
             d.addBoth(observe)
         if order is None:
-            self._dispatch([(job, d)], None)
+            self._dispatch([(job, d)], None, merge)
         elif order in self._waiting:
-            self._waiting[order].append((job, d))
+            self._waiting[order].append((job, d, merge))
         else:
             self._waiting[order] = deque()
-            self._dispatch([(job, d)], order)
+            self._dispatch([(job, d)], order, merge)
         return d
 
-    def _dispatch(self, batch: list[tuple[Job, Deferred[Any]]], order: str | None) -> None:
+    def _dispatch(self, batch: list[tuple[Job, Deferred[Any]]], order: str | None,
+                  merge: bool = False) -> None:
+        """Queue a batch (one order key's jobs, or one job) for a store
+        thread; at most pool_size transactions run at once."""
+        self._ready.append(_Ready(batch, order, merge))
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._ready and self._running < self._pool_size:
+            first = self._ready.popleft()
+            group = [first]
+            if first.merge:
+                # Other devices' short jobs waiting too: one transaction.
+                count, kept = len(first.batch), deque()
+                while self._ready and count < _BATCH_SIZE:
+                    ready = self._ready.popleft()
+                    if ready.merge and count + len(ready.batch) <= _BATCH_SIZE:
+                        group.append(ready)
+                        count += len(ready.batch)
+                    else:
+                        kept.append(ready)
+                kept.extend(self._ready)
+                self._ready = kept
+            self._running += 1
+            self._start(group)
+
+    def _start(self, group: list[_Ready]) -> None:
         assert self._threads is not None and self._pool is not None
-        jobs = [job for job, _ in batch]
+        jobs = [job for ready in group for job, _ in ready.batch]
         running = deferToThreadPool(self._reactor, self._threads, self._in_thread, self._pool,
                                     jobs)
 
         def done(outcomes: Any) -> None:
-            self._in_flight -= len(batch)
+            self._running -= 1
+            self._in_flight -= len(jobs)
             if isinstance(outcomes, Failure):
-                outcomes = [outcomes] * len(batch)
+                outcomes = [outcomes] * len(jobs)
             self._note_health(outcomes[-1])
-            if order is not None:
-                waiting = self._waiting[order]
-                if waiting:
-                    count = min(len(waiting), _BATCH_SIZE)
-                    self._dispatch([waiting.popleft() for _ in range(count)], order)
-                else:
-                    del self._waiting[order]
-            for (_, d), outcome in zip(batch, outcomes):
-                if d.called:
-                    # Cancelled meanwhile (e.g. its HTTP client went away);
-                    # the work is done and durable all the same.
-                    continue
-                if isinstance(outcome, Failure):
-                    d.errback(outcome)
-                elif isinstance(outcome, _Raised):
-                    d.errback(outcome.error)
-                else:
-                    d.callback(outcome)
+            start = 0
+            for ready in group:
+                mine = outcomes[start:start + len(ready.batch)]
+                start += len(ready.batch)
+                order = ready.order
+                if order is not None:
+                    waiting = self._waiting[order]
+                    if waiting:
+                        count = min(len(waiting), _BATCH_SIZE)
+                        taken = [waiting.popleft() for _ in range(count)]
+                        self._dispatch([(job, d) for job, d, _ in taken], order,
+                                       all(m for _, _, m in taken))
+                    else:
+                        del self._waiting[order]
+                for (_, d), outcome in zip(ready.batch, mine):
+                    if d.called:
+                        # Cancelled meanwhile (e.g. its HTTP client went away);
+                        # the work is done and durable all the same.
+                        continue
+                    if isinstance(outcome, Failure):
+                        d.errback(outcome)
+                    elif isinstance(outcome, _Raised):
+                        d.errback(outcome.error)
+                    else:
+                        d.callback(outcome)
             self._maybe_stopped()
+            self._pump()
 
         running.addBoth(done)
 
     def _note_health(self, result: Any) -> None:
         """Say in the log, once, when the database goes away and comes back."""
         if isinstance(result, Failure) and result.check(DatabaseUnreachable):
+            self._down_reason = result.getErrorMessage()
+            self._next_probe = self._reactor.seconds() + PROBE_INTERVAL
             if self._healthy:
                 self._healthy = False
                 log.warn("store {url}: {error}; requests get 503 until it is back",
@@ -554,7 +625,7 @@ class PostgresStore:
                             % _ONE_DEVICE_COLUMNS, (device_id,))
             return (_device(cur, row, _shares_column(row[7])), row[-1]) if row else None
 
-        return self._run(job, order=device_id)
+        return self._run(job, order=device_id, merge=True)
 
     def list_devices(self, account_id: str) -> Deferred[list[Device]]:
         def job(cur: Cursor) -> list[Device]:
@@ -647,7 +718,7 @@ class PostgresStore:
                 _write_facts(cur, device_id, info, None)
             return _get_device(cur, device_id), result
 
-        return self._run(job, order=device_id)
+        return self._run(job, order=device_id, merge=True)
 
     def device_connected(
         self, device_id: str, now: float
@@ -659,13 +730,13 @@ class PostgresStore:
                 return None
             return device, postgres_records.data_pull(cur, device_id)
 
-        return self._run(job, order=device_id)
+        return self._run(job, order=device_id, merge=True)
 
     def touch(self, device_id: str, now: float) -> Deferred[None]:
         def job(cur: Cursor) -> None:
             cur.execute("UPDATE devices SET last_seen = %s WHERE id = %s", (now, device_id))
 
-        return self._run(job, order=device_id)
+        return self._run(job, order=device_id, merge=True)
 
     def set_device_token(self, device_id: str, token_hash: str) -> Deferred[bool]:
         def job(cur: Cursor) -> bool:
@@ -820,6 +891,16 @@ class PostgresStore:
 # Helpers for jobs (run on a store thread, never on the reactor)
 
 _BATCH_SIZE = 100
+
+
+@dataclass
+class _Ready:
+    """A batch waiting for a store thread: one order key's jobs (or one job
+    without a key), and whether it may share a transaction with others."""
+
+    batch: list[tuple[Job, Deferred[Any]]]
+    order: str | None
+    merge: bool
 # Order keys of the appends' queues (device IDs start with "d").
 _APPEND_EVENTS = " events"
 _APPEND_AUDIT = " audit"
