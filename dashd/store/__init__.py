@@ -194,6 +194,19 @@ class IStore(Interface):
         (negative: counted from the end), only those whose key or JSON value
         holds C{text} if given."""
 
+    def query_buckets(selection, start, end, bucket):
+        """Fire with the points of [start, end) of each device in buckets
+        of C{bucket} seconds, a series a device and key (see
+        L{dashd.store.ranges_sql.buckets}); C{selection}: C{(device_id,
+        keys)} pairs, C{keys} dotted paths that each cover their sub-keys
+        (None: all)."""
+
+    def query_range(selection, start, end, limit):
+        """Fire with C{(series, next)}: the first C{limit} raw points of
+        [start, end) over the devices, a series a device and key, and the
+        time to continue from (None: no more; see
+        L{dashd.store.ranges_sql.points})."""
+
     def prune_data(before, batch=10000):
         """Delete up to C{batch} points stored before time C{before}; fire
         with how many."""

@@ -53,7 +53,7 @@ from zope.interface import implementer
 from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, postgres_records,
-                         query_sql)
+                         query_sql, ranges_sql)
 from dashd.store.postgres_records import json_param
 
 log = Logger()
@@ -748,6 +748,16 @@ class PostgresStore:
     ) -> Deferred[list[dict[str, Any]]]:
         return self._run(
             lambda cur: postgres_records.query_points(cur, account_id, device_id, skip, limit, text))
+
+    def query_buckets(self, selection: list[tuple[str, list[str] | None]], start: float,
+                      end: float, bucket: int) -> Deferred[list[dict[str, Any]]]:
+        return self._run(lambda cur: ranges_sql.buckets(
+            calls_sql.Db(cur, "postgresql"), selection, start, end, bucket))
+
+    def query_range(self, selection: list[tuple[str, list[str] | None]], start: float,
+                    end: float, limit: int) -> Deferred[tuple[list[dict[str, Any]], float | None]]:
+        return self._run(lambda cur: ranges_sql.points(
+            calls_sql.Db(cur, "postgresql"), selection, start, end, limit))
 
     def prune_data(self, before: float, batch: int = 10000) -> Deferred[int]:
         return self._run(lambda cur: postgres_records.prune_points(cur, before, batch))

@@ -23,6 +23,8 @@ from psycopg.types.json import Json
 
 from dashd.domain import timeseries
 from dashd.jsontext import compact
+from dashd.store import ranges_sql
+from dashd.store.calls_sql import Db
 
 Cursor = psycopg.Cursor[Any]
 
@@ -93,6 +95,7 @@ def save_reported(cur: Cursor, device_id: str, account_id: str, tags: dict[str, 
             " VALUES (%s, %s, %s, %s, %s)",
             [(device_id, account_id, now, key, json_param(value)) for key, value in points],
         )
+        ranges_sql.add_minutes(Db(cur, "postgresql"), device_id, points, now)
     return len(points)
 
 
@@ -103,6 +106,7 @@ def append_points(cur: Cursor, device_id: str, account_id: str,
         " VALUES (%s, %s, %s, %s, %s)",
         [(device_id, account_id, now, key, json_param(value)) for key, value in points],
     )
+    ranges_sql.add_minutes(Db(cur, "postgresql"), device_id, points, now)
     return len(points)
 
 
@@ -166,6 +170,7 @@ def prune_points(cur: Cursor, before: float, batch: int) -> int:
         if t >= before:
             break
         last = row_id
+    ranges_sql.prune_minutes(Db(cur, "postgresql"), before, batch)
     if last is None:
         return 0
     cur.execute("DELETE FROM data_points WHERE id <= %s AND t < %s", (last, before))

@@ -49,7 +49,7 @@ from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
 from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, query_sql,
-                         sqlite_records)
+                         ranges_sql, sqlite_records)
 
 log = Logger()
 
@@ -742,6 +742,16 @@ class SQLiteStore:
         return self._read(
             lambda conn: sqlite_records.query_points(conn, account_id, device_id, skip, limit, text)
         )
+
+    def query_buckets(self, selection: list[tuple[str, list[str] | None]], start: float,
+                      end: float, bucket: int) -> Deferred[list[dict[str, Any]]]:
+        return self._read(lambda conn: ranges_sql.buckets(
+            calls_sql.Db(conn, "sqlite"), selection, start, end, bucket))
+
+    def query_range(self, selection: list[tuple[str, list[str] | None]], start: float,
+                    end: float, limit: int) -> Deferred[tuple[list[dict[str, Any]], float | None]]:
+        return self._read(lambda conn: ranges_sql.points(
+            calls_sql.Db(conn, "sqlite"), selection, start, end, limit))
 
     def prune_data(self, before: float, batch: int = 10000) -> Deferred[int]:
         return self._submit(lambda conn: sqlite_records.prune_points(conn, before, batch))

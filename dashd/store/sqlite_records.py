@@ -17,6 +17,8 @@ from typing import Any
 
 from dashd.domain import timeseries
 from dashd.jsontext import compact
+from dashd.store import ranges_sql
+from dashd.store.calls_sql import Db
 
 
 def _visible(conn: sqlite3.Connection, account_id: str, device_id: str | None) -> tuple[str, list[Any]]:
@@ -92,6 +94,7 @@ def save_reported(
             " VALUES (?, ?, ?, ?, ?)",
             [(device_id, account_id, now, key, compact(value)) for key, value in points],
         )
+        ranges_sql.add_minutes(Db(conn, "sqlite"), device_id, points, now)
     return len(points)
 
 
@@ -107,6 +110,7 @@ def append_points(
         "INSERT INTO data_points (device_id, account_id, t, key, value) VALUES (?, ?, ?, ?, ?)",
         [(device_id, account_id, now, key, compact(value)) for key, value in points],
     )
+    ranges_sql.add_minutes(Db(conn, "sqlite"), device_id, points, now)
     return len(points)
 
 
@@ -203,6 +207,7 @@ def prune_points(conn: sqlite3.Connection, before: float, batch: int) -> int:
         if t >= before:
             break
         last = row_id
+    ranges_sql.prune_minutes(Db(conn, "sqlite"), before, batch)
     if last is None:
         return 0
     cur = conn.execute("DELETE FROM data_points WHERE id <= ? AND t < ?", (last, before))
