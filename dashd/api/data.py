@@ -43,12 +43,12 @@ def _time(raw: bytes, name: str) -> float:
         return float(text)
     try:
         when = datetime.datetime.fromisoformat(text)
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        return when.timestamp()
+    except (ValueError, OverflowError):
         raise Invalid("%s must be seconds since the epoch (negative: before now) or an ISO 8601 "
                       "time such as 2026-11-29T05:00:00Z, not %r" % (name, text[:40]), name)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.timestamp()
 
 
 def _names(request: Any, name: str) -> list[str] | None:

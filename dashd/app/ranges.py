@@ -29,7 +29,7 @@ MAX_BUCKETS = 10000
 MAX_DEVICES = 50
 # Keys named in one request, at most.
 MAX_KEYS = 64
-MAX_RANGE_LIMIT = 10000
+MAX_RANGE_LIMIT = 5000  # as by position (one limit in the API's description)
 DEFAULT_RANGE_LIMIT = 1000
 # Times beyond this (seconds since the epoch, about the year 5138) are not times.
 MAX_TIME = 1e11

@@ -17,6 +17,7 @@ import {firmwarePart} from './firmware.js';
 import {timeEl} from './format.js';
 import {jsonEditor, mergePatch} from './jsonedit.js';
 import {dataPart} from './series.js';
+import {chartsPart} from './charts.js';
 
 function section(title, ...children) {
   const id = uid('section');
@@ -58,6 +59,7 @@ export function mount(main, ctx, {id}) {
     add(body,
       infoSection(),
       shadowSection(),
+      chartsSection(),
       perms.seesData ? dataSection() : null,
       rpcSection(),
       callsSection(),
@@ -447,6 +449,13 @@ export function mount(main, ctx, {id}) {
       },
     });
     return section('Stored data', parts.data.element);
+  }
+
+  // Charts over time (every kind of key: a restricted one, of what it may read)
+
+  function chartsSection() {
+    parts.charts = chartsPart(ctx, id, () => device);
+    return section('Charts', parts.charts.element);
   }
 
   // Firmware
