@@ -18,6 +18,7 @@ import {timeEl} from './format.js';
 import {jsonEditor, mergePatch} from './jsonedit.js';
 import {dataPart} from './series.js';
 import {chartsPart} from './charts.js';
+import {deviceMenu} from './devicemenu.js';
 
 function section(title, ...children) {
   const id = uid('section');
@@ -28,7 +29,7 @@ function valueText(v) {
   return typeof v === 'string' ? v : JSON.stringify(v);
 }
 
-export function mount(main, ctx, {id}) {
+export function mount(main, ctx, {id, section: part = ''}) {
   const perms = ctx.perms;
   let device = null;
   const message = messageArea();
@@ -69,6 +70,21 @@ export function mount(main, ctx, {id}) {
       perms.owns(device) ? dangerSection() : null,
     );
     if (device.online) parts.rpc?.listMethods();
+    menuPart(part);
+  }
+
+  // The section menu, and the parts' own addresses (#/devices/ID/rpc)
+
+  function menuPart(first) {
+    const note = h('p', {class: 'message warning', role: 'status', hidden: true});
+    const menu = deviceMenu(id, body, note);
+    body.before(menu.element, note);
+    menu.show(first);
+    ctx.reroute = (view, params) => {
+      if (params.id !== id || !ctx.alive) return false;
+      menu.show(params.section || '');
+      return true;
+    };
   }
 
   // Info

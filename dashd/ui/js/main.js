@@ -133,6 +133,8 @@ function parseRoute(hash) {
   if (path === '/audit') return {view: audit, params: {}};
   if (path === '/accounts') return {view: accounts, params: {}};
   if ((m = /^\/devices\/([^/]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1])}};
+  // A part of the device page (deep links: #/devices/ID/rpc).
+  if ((m = /^\/devices\/([^/]+)\/([a-z-]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1]), section: m[2]}};
   if (path === '/devices') return {view: devices, params: {}};
   return null;
 }
@@ -158,6 +160,11 @@ function route() {
   } else if (!target || target.view === signin) {
     window.location.replace(app.after && app.after !== '#/signin' ? app.after : '#/devices');
     app.after = null;
+    return;
+  }
+  // The page shown may take the new address itself (another part of it).
+  if (app.view && app.view.reroute && app.view.reroute(target.view, target.params)) {
+    markCurrentNav();
     return;
   }
   if (app.view) app.view.destroy();
