@@ -18,7 +18,7 @@ from typing import Any
 
 from dashd.api.ota import AUTO_COMMIT_VALUES
 from dashd.app import calls as calls_app
-from dashd.app import ranges, records
+from dashd.app import ranges, records, sessions
 from dashd.app.devices import MAX_METHOD_LENGTH, MAX_PAGE
 from dashd.app.firmware import MAX_COMMIT_TIMEOUT
 from dashd.config import Config
@@ -613,6 +613,53 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "summary": "The calling key: its ID, kind, account and scope, and whether "
                                "its account is the operator account",
                     "responses": _responses(_ok("the key", _ref("WhoAmI"))),
+                },
+            },
+            "/session": {
+                "post": {
+                    "operationId": "createSession",
+                    "summary": "Keep a browser signed in: a session of the calling key (sent in "
+                               "the Authorization header), as two SameSite=Strict cookies: "
+                               "dashd_session (HttpOnly) and dashd_csrf. A request with the "
+                               "session cookie and no Authorization header acts as the key, and "
+                               "must send the dashd_csrf token in the X-Dashd-CSRF header (else "
+                               "403). The session ends when it expires, on DELETE, or when the "
+                               "key is revoked",
+                    "requestBody": _body({
+                        "type": "object", "additionalProperties": False,
+                        "properties": {"hours": {
+                            "type": "number", "exclusiveMinimum": 0,
+                            "maximum": sessions.MAX_HOURS,
+                            "description": "how long (default %d; never beyond the key's "
+                                           "expiry)" % sessions.DEFAULT_HOURS}},
+                    }),
+                    "responses": _responses(_ok("the session (its cookies are set)", {
+                        "type": "object", "required": ["key_id", "expires", "csrf"],
+                        "properties": {"key_id": {"type": "string"},
+                                       "expires": {"type": "number"},
+                                       "csrf": {"type": "string",
+                                                "description": "the X-Dashd-CSRF token"}},
+                    }), "400", "403"),
+                },
+                "get": {
+                    "operationId": "getSession",
+                    "summary": "The session the dashd_session cookie names (with the "
+                               "X-Dashd-CSRF header)",
+                    "responses": _responses(_ok("the session", {
+                        "type": "object", "required": ["key_id", "expires"],
+                        "properties": {"key_id": {"type": "string"},
+                                       "expires": {"type": "number"}},
+                    }), "403"),
+                },
+                "delete": {
+                    "operationId": "endSession",
+                    "summary": "Sign out: end the session the cookie names (with its "
+                               "X-Dashd-CSRF header) and clear the cookies",
+                    "security": [],
+                    "responses": {"200": _ok("whether a session ended", {
+                        "type": "object", "required": ["ended"],
+                        "properties": {"ended": {"type": "boolean"}}}),
+                        "403": ERRORS["403"]},
                 },
             },
             "/accounts": {

@@ -194,6 +194,22 @@ class IStore(Interface):
         (negative: counted from the end), only those whose key or JSON value
         holds C{text} if given."""
 
+    # Dashboard sessions
+
+    def create_session(id_hash, csrf_hash, key_id, now, expires, prune=1000):
+        """Store a session (by the hashes of its cookie and CSRF token) of
+        key C{key_id} until C{expires}, dropping up to C{prune} expired
+        ones; fire with False if the key no longer exists."""
+
+    def get_session(id_hash):
+        """Fire with C{(key_id, csrf_hash, expires)}, or None."""
+
+    def delete_session(id_hash):
+        """End a session; fire with whether there was one."""
+
+    def delete_key_sessions(key_id):
+        """End every session of a key; fire with how many."""
+
     def query_buckets(selection, start, end, bucket):
         """Fire with the points of [start, end) of each device in buckets
         of C{bucket} seconds, a series a device and key (see

@@ -53,7 +53,7 @@ from zope.interface import implementer
 from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, postgres_records,
-                         query_sql, ranges_sql)
+                         query_sql, ranges_sql, sessions_sql)
 from dashd.store.postgres_records import json_param
 
 log = Logger()
@@ -748,6 +748,23 @@ class PostgresStore:
     ) -> Deferred[list[dict[str, Any]]]:
         return self._run(
             lambda cur: postgres_records.query_points(cur, account_id, device_id, skip, limit, text))
+
+    # Dashboard sessions (the jobs are in sessions_sql.py)
+
+    def create_session(self, id_hash: str, csrf_hash: str, key_id: str, now: float,
+                       expires: float, prune: int = 1000) -> Deferred[bool]:
+        return self._run(lambda cur: sessions_sql.create(
+            calls_sql.Db(cur, "postgresql"), id_hash, csrf_hash, key_id, now, expires, prune))
+
+    def get_session(self, id_hash: str) -> Deferred[tuple[str, str, float] | None]:
+        return self._run(lambda cur: sessions_sql.get(calls_sql.Db(cur, "postgresql"), id_hash))
+
+    def delete_session(self, id_hash: str) -> Deferred[bool]:
+        return self._run(lambda cur: sessions_sql.delete(calls_sql.Db(cur, "postgresql"), id_hash))
+
+    def delete_key_sessions(self, key_id: str) -> Deferred[int]:
+        return self._run(lambda cur: sessions_sql.delete_for_key(
+            calls_sql.Db(cur, "postgresql"), key_id))
 
     def query_buckets(self, selection: list[tuple[str, list[str] | None]], start: float,
                       end: float, bucket: int) -> Deferred[list[dict[str, Any]]]:

@@ -1,8 +1,8 @@
 """
 Time-range queries of stored data, one implementation for SQLite and
 PostgreSQL (each job is a function of a L{dashd.store.calls_sql.Db}).
-Schema: ``migrations/0011_data_minutes.sql`` and
-``migrations_pg/0009_data_minutes.sql``.
+Schema: ``migrations/0011_ranges_and_sessions.sql`` and
+``migrations_pg/0009_ranges_and_sessions.sql``.
 
 Every point stored also adds to its device's, key's and minute's summary
 in ``data_minutes`` (in the same transaction, L{add_minutes}). A query in

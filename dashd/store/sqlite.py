@@ -49,7 +49,7 @@ from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
 from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, query_sql,
-                         ranges_sql, sqlite_records)
+                         ranges_sql, sessions_sql, sqlite_records)
 
 log = Logger()
 
@@ -742,6 +742,23 @@ class SQLiteStore:
         return self._read(
             lambda conn: sqlite_records.query_points(conn, account_id, device_id, skip, limit, text)
         )
+
+    # Dashboard sessions (the jobs are in sessions_sql.py)
+
+    def create_session(self, id_hash: str, csrf_hash: str, key_id: str, now: float,
+                       expires: float, prune: int = 1000) -> Deferred[bool]:
+        return self._submit(lambda conn: sessions_sql.create(
+            calls_sql.Db(conn, "sqlite"), id_hash, csrf_hash, key_id, now, expires, prune))
+
+    def get_session(self, id_hash: str) -> Deferred[tuple[str, str, float] | None]:
+        return self._read(lambda conn: sessions_sql.get(calls_sql.Db(conn, "sqlite"), id_hash))
+
+    def delete_session(self, id_hash: str) -> Deferred[bool]:
+        return self._submit(lambda conn: sessions_sql.delete(calls_sql.Db(conn, "sqlite"), id_hash))
+
+    def delete_key_sessions(self, key_id: str) -> Deferred[int]:
+        return self._submit(lambda conn: sessions_sql.delete_for_key(
+            calls_sql.Db(conn, "sqlite"), key_id))
 
     def query_buckets(self, selection: list[tuple[str, list[str] | None]], start: float,
                       end: float, bucket: int) -> Deferred[list[dict[str, Any]]]:

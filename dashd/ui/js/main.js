@@ -3,7 +3,7 @@
 // #/accounts), so that the server only ever serves "/" and the browser's
 // history works.
 
-import {api, describe, onUnauthorized, setKey} from './api.js';
+import {api, csrfToken, describe, onUnauthorized, setKey, setSession} from './api.js';
 import {announce, h, replace} from './dom.js';
 import {refreshTimes} from './format.js';
 import {Notifier} from './notify.js';
@@ -39,18 +39,40 @@ function setLiveState(state) {
   el.className = `live-state ${state}`;
 }
 
-async function signIn(key) {
+async function signIn(key, {keep = false} = {}) {
   // Throws ApiError (401 for a wrong key) for the sign-in page to show.
   const me = await api('GET', '/whoami', undefined, {key});
+  if (keep) {
+    // A session cookie instead of the key (dashd.app.sessions): every tab.
+    await api('POST', '/session', {}, {key, keepCookies: true});
+    return signedIn(me, null);
+  }
+  return signedIn(me, key);
+}
+
+function signedIn(me, key) {
   setKey(key);
+  setSession(key === null);
   app.key = key;
   app.me = me;
   app.notice = null;
   app.perms = permissions(me);
-  sessionStorage.setItem(STORAGE, key);
+  if (key !== null) sessionStorage.setItem(STORAGE, key);
   startStream();
   showSession();
   return me;
+}
+
+// A session this browser kept (another tab signed in with "keep me signed in").
+async function resumeSession() {
+  if (!csrfToken()) return;
+  setSession(true);
+  try {
+    signedIn(await api('GET', '/whoami', undefined, {quiet: true}), null);
+  } catch (error) {
+    setSession(false);
+    if (error.status === 401 || error.status === 403) app.notice = describe(error);
+  }
 }
 
 function startStream() {
@@ -69,6 +91,8 @@ function signOut(notice) {
   if (app.notifier) app.notifier.stop();
   app.notifier = null;
   sessionStorage.removeItem(STORAGE);
+  if (!app.key && app.me) api('DELETE', '/session', undefined, {quiet: true}).catch(() => {});
+  setSession(false);
   setKey(null);
   app.key = null;
   app.me = null;
@@ -207,6 +231,8 @@ async function boot() {
       if (error.status === 401) sessionStorage.removeItem(STORAGE);
       app.notice = describe(error);
     }
+  } else {
+    await resumeSession();
   }
   window.addEventListener('hashchange', route);
   route();

@@ -1,5 +1,5 @@
--- dashd schema version 9 (PostgreSQL): time-range queries of stored data;
--- what migrations/0011_data_minutes.sql does on SQLite.
+-- dashd schema version 9 (PostgreSQL): time-range queries of stored data and dashboard sessions;
+-- what migrations/0011_ranges_and_sessions.sql does on SQLite.
 
 CREATE TABLE data_minutes (
     device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
@@ -22,3 +22,14 @@ SELECT device_id, key, floor(t / 60)::bigint * 60, count(*),
        min(CASE WHEN json_typeof(value) = 'number' THEN (value::text)::float8 END),
        max(CASE WHEN json_typeof(value) = 'number' THEN (value::text)::float8 END)
 FROM data_points GROUP BY device_id, key, floor(t / 60)::bigint;
+
+-- Sessions of the dashboard, as migrations/0011_ranges_and_sessions.sql.
+CREATE TABLE sessions (
+    id_hash    TEXT PRIMARY KEY,
+    csrf_hash  TEXT NOT NULL,
+    key_id     TEXT NOT NULL REFERENCES api_keys(id) ON DELETE CASCADE,
+    created    DOUBLE PRECISION NOT NULL,
+    expires    DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX sessions_key ON sessions(key_id);
+CREATE INDEX sessions_expires ON sessions(expires);

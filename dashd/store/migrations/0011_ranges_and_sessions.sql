@@ -1,4 +1,4 @@
--- dashd schema version 11: time-range queries of stored data
+-- dashd schema version 11: time-range queries of stored data, and dashboard sessions
 -- (GET .../data?from=&to=&bucket=, see dashd/store/ranges_sql.py).
 --
 -- data_minutes: for each device, key and UTC minute, how many points were
@@ -29,3 +29,17 @@ SELECT device_id, key, CAST(t / 60 AS INTEGER) * 60, count(*),
        min(CASE WHEN json_type(value) IN ('integer', 'real') THEN CAST(value AS REAL) END),
        max(CASE WHEN json_type(value) IN ('integer', 'real') THEN CAST(value AS REAL) END)
 FROM data_points GROUP BY device_id, key, CAST(t / 60 AS INTEGER);
+
+-- Sessions of the dashboard (POST /api/v2/session, see dashd/app/sessions.py):
+-- a cookie minted from an API key, so that a signed-in browser stays signed
+-- in across its tabs. Only hashes of the cookie and of its CSRF token are
+-- kept; revoking (deleting) the key ends its sessions.
+CREATE TABLE sessions (
+    id_hash    TEXT PRIMARY KEY,
+    csrf_hash  TEXT NOT NULL,
+    key_id     TEXT NOT NULL REFERENCES api_keys(id) ON DELETE CASCADE,
+    created    REAL NOT NULL,
+    expires    REAL NOT NULL
+);
+CREATE INDEX sessions_key ON sessions(key_id);
+CREATE INDEX sessions_expires ON sessions(expires);
