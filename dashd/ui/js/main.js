@@ -14,6 +14,7 @@ import * as device from './device.js';
 import * as keys from './keys.js';
 import * as audit from './audit.js';
 import * as accounts from './accounts.js';
+import * as logs from './logs.js';
 
 const STORAGE = 'dashd.apiKey';
 
@@ -111,6 +112,7 @@ function showSession() {
   document.getElementById('nav-keys-item').hidden = !(signedIn && app.perms.canManageKeys);
   document.getElementById('nav-audit-item').hidden = !(signedIn && app.perms.canReadAudit);
   document.getElementById('nav-accounts-item').hidden = !(signedIn && app.perms.canManageAccounts);
+  document.getElementById('nav-logs-item').hidden = !(signedIn && app.perms.seesLog);
   const who = document.getElementById('who');
   if (signedIn) {
     const name = app.me.name ? `${app.me.name} ` : '';
@@ -160,6 +162,7 @@ function parseRoute(hash) {
   // A part of the device page (deep links: #/devices/ID/rpc).
   if ((m = /^\/devices\/([^/]+)\/([a-z-]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1]), section: m[2]}};
   if (path === '/devices') return {view: devices, params: {}};
+  if (path === '/logs') return {view: logs, params: {}};
   return null;
 }
 
