@@ -15,6 +15,7 @@ import * as keys from './keys.js';
 import * as audit from './audit.js';
 import * as accounts from './accounts.js';
 import * as logs from './logs.js';
+import {forgetState, startOffline} from './offline.js';
 
 const STORAGE = 'dashd.apiKey';
 
@@ -92,6 +93,7 @@ function signOut(notice) {
   if (app.notifier) app.notifier.stop();
   app.notifier = null;
   sessionStorage.removeItem(STORAGE);
+  forgetState();
   if (!app.key && app.me) api('DELETE', '/session', undefined, {quiet: true}).catch(() => {});
   setSession(false);
   setKey(null);
@@ -215,6 +217,7 @@ function route() {
 }
 
 async function boot() {
+  startOffline();
   onUnauthorized((error) => signOut(`You were signed out: ${error.message}.`));
   document.getElementById('sign-out').addEventListener('click', () => {
     signOut('You signed out. The key is no longer kept in this tab.');
