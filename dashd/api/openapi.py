@@ -672,7 +672,8 @@ def document(config: Config, version: str) -> dict[str, Any]:
                 },
                 "post": {
                     "operationId": "createAccount",
-                    "summary": "Create an account; the reply holds its first admin key, once",
+                    "summary": "Create an account; the reply holds its first admin key, once. "
+                               "Account names are unique whatever their case (409)",
                     "requestBody": _body({
                         "type": "object", "additionalProperties": False,
                         "required": ["name"], "properties": {"name": NAME},
@@ -682,7 +683,7 @@ def document(config: Config, version: str) -> dict[str, Any]:
                             "type": "object", "required": ["admin_key"],
                             "properties": {"admin_key": _ref("CreatedKey")},
                         }],
-                    }), "400", "403", "413"),
+                    }), "400", "403", "409", "413"),
                 },
             },
             "/keys/{key_id}": {

@@ -28,6 +28,10 @@ class StoreError(errors.Unavailable):
         super().__init__(message, retry_after=RETRY_AFTER)
 
 
+# Creating an account whose name another has (whatever the case).
+ACCOUNT_NAME_TAKEN = "an account named %r exists already: account names must be unique"
+
+
 class NotFound(errors.NotFound):
     """The device a write is for does not exist (any more)."""
 

@@ -52,8 +52,9 @@ from zope.interface import implementer
 
 from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
-from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, postgres_records,
-                         query_sql, ranges_sql, sessions_sql)
+from dashd.domain.errors import Conflict
+from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
+                         calls_sql, postgres_records, query_sql, ranges_sql, sessions_sql)
 from dashd.store.postgres_records import json_param
 
 log = Logger()
@@ -69,6 +70,7 @@ Job = Callable[[Cursor], Any]
 # pg_advisory_xact_lock keys: migrations, and creating the first admin key.
 _MIGRATION_LOCK = 0x64617368  # "dash"
 _BOOTSTRAP_LOCK = 0x64617369
+_ACCOUNT_NAMES_LOCK = 0x6461736e  # account names are unique
 
 # Errors after which a job is run again (its transaction was rolled back).
 _RETRY = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
@@ -455,6 +457,11 @@ class PostgresStore:
 
     def create_account(self, account: Account, key: ApiKey, secret_hash: str) -> Deferred[Account]:
         def job(cur: Cursor) -> Account:
+            # Account names are unique (see the SQLite store); the lock makes
+            # the check and the insert one step across nodes.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_ACCOUNT_NAMES_LOCK,))
+            if _one(cur, "SELECT 1 FROM accounts WHERE lower(name) = lower(%s)", (account.name,)):
+                raise Conflict(ACCOUNT_NAME_TAKEN % account.name)
             _insert_account(cur, account)
             _insert_key(cur, key, secret_hash)
             return account

@@ -48,8 +48,9 @@ from zope.interface import implementer
 from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
-from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, query_sql,
-                         ranges_sql, sessions_sql, sqlite_records)
+from dashd.domain.errors import Conflict
+from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
+                         calls_sql, query_sql, ranges_sql, sessions_sql, sqlite_records)
 
 log = Logger()
 
@@ -426,6 +427,11 @@ class SQLiteStore:
 
     def create_account(self, account: Account, key: ApiKey, secret_hash: str) -> Deferred[Account]:
         def job(conn: sqlite3.Connection) -> Account:
+            # Account names are unique (whatever their case), so people can
+            # tell them apart (accounts older than that rule may share one).
+            if conn.execute("SELECT 1 FROM accounts WHERE lower(name) = lower(?)",
+                            (account.name,)).fetchone():
+                raise Conflict(ACCOUNT_NAME_TAKEN % account.name)
             _insert_account(conn, account)
             _insert_key(conn, key, secret_hash)
             return account
