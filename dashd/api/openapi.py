@@ -553,6 +553,13 @@ def document(config: Config, version: str) -> dict[str, Any]:
                                     "device_id": {"type": ["string", "null"]},
                                     "status": {"type": "integer"},
                                     "error": {"type": ["string", "null"]},
+                                    "detail": {
+                                        "type": ["object", "null"],
+                                        "description": "what the request changed, in names: "
+                                                       "name [old, new] (a rename or a new "
+                                                       "device), changed (the dotted shadow "
+                                                       "paths it touched, never their "
+                                                       "values), sharing (true)"},
                                 },
                             }},
                             "next": {"type": "integer"},

@@ -1,4 +1,4 @@
--- dashd schema version 11: time-range queries of stored data, and dashboard sessions
+-- dashd schema version 11: time-range queries of stored data, dashboard sessions, audit details
 -- (GET .../data?from=&to=&bucket=, see dashd/store/ranges_sql.py).
 --
 -- data_minutes: for each device, key and UTC minute, how many points were
@@ -43,3 +43,8 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_key ON sessions(key_id);
 CREATE INDEX sessions_expires ON sessions(expires);
+
+-- What an audit entry says besides its method and path (dashd/api/auditdetail.py:
+-- names and the dotted paths a change touched, as JSON), so the audit log can
+-- say it in words.
+ALTER TABLE audit ADD COLUMN detail TEXT;

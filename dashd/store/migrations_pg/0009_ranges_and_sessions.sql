@@ -1,5 +1,5 @@
--- dashd schema version 9 (PostgreSQL): time-range queries of stored data and dashboard sessions;
--- what migrations/0011_ranges_and_sessions.sql does on SQLite.
+-- dashd schema version 9 (PostgreSQL): time-range queries of stored data, dashboard sessions,
+-- audit details; what migrations/0011_ranges_and_sessions.sql does on SQLite.
 
 CREATE TABLE data_minutes (
     device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
@@ -33,3 +33,6 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_key ON sessions(key_id);
 CREATE INDEX sessions_expires ON sessions(expires);
+
+-- What an audit entry says besides its method and path (as on SQLite).
+ALTER TABLE audit ADD COLUMN detail JSON;
