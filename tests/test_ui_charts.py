@@ -69,8 +69,8 @@ async def _devices(admin: Client, server, suffix: str):
     a_id, a_token = await admin.register("chart-greenhouse" + suffix)
     b_id, b_token = await admin.register("chart-cellar" + suffix)
     for device_id in (a_id, b_id):
-        reply = await admin.post("/api/v2/devices/" + device_id,
-                                 {"shadow": {"tags": {"save": ["temp", "hum", "door"]}}})
+        reply = await admin.post("/api/v2/devices/" + device_id, {"shadow": {"tags": {
+            "save": ["temp", "hum", "door"], "units": {"hum": "%"}}}})
         assert reply.status == 200, reply
     a = await connect_device(server, a_token)
     b = await connect_device(server, b_token)
@@ -93,7 +93,7 @@ async def test_charts_ranges_zoom_and_several_devices(server, admin: Client, ui:
         expect(box.get_by_role("radio", name="Last hour")).to_be_checked()
         legend = box.locator("ul.chart-legend li")
         expect(legend).to_have_count(2)
-        expect(legend.nth(0)).to_have_text("hum: 5 points, lowest 46, highest 50, average 48")
+        expect(legend.nth(0)).to_have_text("hum (%): 5 points, lowest 46, highest 50, average 48")
         expect(legend.nth(1)).to_have_text("temp: 5 points, lowest 20, highest 24, average 22")
         # Drawn by uPlot on a canvas; said in words to screen readers.
         expect(box.locator(".chart-plot canvas")).to_have_count(1)

@@ -183,8 +183,19 @@ export function chartsPart(ctx, deviceId, getDevice) {
     }
   }
 
+  // Units from the device's tags ({"units": {"temp": "°C"}}; restricted
+  // keys see no tags, so no units).
+  function unitOf(s) {
+    const d = s.device_id === deviceId ? getDevice() : others.find((o) => o.id === s.device_id);
+    const units = d && d.shadow && d.shadow.tags && d.shadow.tags.units;
+    const unit = units && typeof units === 'object' ? units[s.key] : null;
+    return typeof unit === 'string' && unit.length <= 16 ? unit : null;
+  }
+
   function label(s) {
-    return state.compare.length ? `${names[s.device_id] || s.device_id} · ${s.key}` : s.key;
+    const unit = unitOf(s);
+    const key = unit ? `${s.key} (${unit})` : s.key;
+    return state.compare.length ? `${names[s.device_id] || s.device_id} · ${key}` : key;
   }
 
   function renderKeys(series) {
@@ -267,7 +278,7 @@ export function chartsPart(ctx, deviceId, getDevice) {
       legend: {show: false},
       cursor: {drag: {x: true, y: false, setScale: false}},
       scales: {x: {time: true, min: last.from, max: last.to}},
-      axes: [{}, {size: narrow ? 44 : 60}],
+      axes: [{}, {size: narrow ? 44 : 60, label: sharedUnit(shown), labelSize: sharedUnit(shown) ? 20 : 0}],
       hooks: {setSelect: [(u) => {
         if (u.select.width < 4) return;
         const from = u.posToVal(u.select.left, 'x');
@@ -276,6 +287,12 @@ export function chartsPart(ctx, deviceId, getDevice) {
         zoomTo(from, to);
       }]},
     }, data, plotBox);
+  }
+
+  // The unit of the y axis, when every series shown has the same one.
+  function sharedUnit(shown) {
+    const units = [...new Set(shown.map(unitOf))];
+    return units.length === 1 && units[0] ? units[0] : undefined;
   }
 
   function zoomTo(from, to) {
