@@ -98,11 +98,11 @@ class SessionRoutes(ApiBase):
         if not has_session_cookie(request) or request.getHeader(b"authorization") is not None:
             raise Unauthenticated("no session: this request carries no %s cookie" % s.COOKIE)
         key = await self.authenticate(request)
-        found = await sessions_of(self)._found(_cookie(request) or "")
-        if found is None:
+        expires = await sessions_of(self).expires(_cookie(request) or "")
+        if expires is None:
             raise Unauthenticated(s.ENDED)
         request.setHeader(b"cache-control", b"no-store")
-        return self.json(request, {"key_id": key.id, "expires": found[2]})
+        return self.json(request, {"key_id": key.id, "expires": expires})
 
     @app.route("/api/v2/session", methods=["DELETE"])
     async def end_session(self, request: Any) -> bytes:

@@ -81,6 +81,11 @@ class Sessions:
             raise Unauthenticated("API key %s no longer works" % by.id)
         return {"session": session, "csrf": csrf, "expires": expires}
 
+    async def expires(self, session: str) -> float | None:
+        """When the session ends (None: there is none)."""
+        found = await self._found(session) if session.startswith(SESSION_PREFIX) else None
+        return found[2] if found is not None else None
+
     async def _found(self, session: str) -> tuple[str, str, float] | None:
         id_hash = tokens.hash_secret(session)
         now = self._clock.seconds()
