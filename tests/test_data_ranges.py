@@ -8,6 +8,7 @@ get a 400 that says what is wrong.
 
 from __future__ import annotations
 
+import re
 import time
 from urllib.parse import quote
 
@@ -80,6 +81,13 @@ async def test_ranges_raw_and_in_buckets_over_devices_and_keys(server, admin: Cl
         # Without device=, every device the key sees (a fleet this size).
         reply = await admin.get("/api/v2/data?from=-3600&bucket=3600&key=temp")
         assert {a_id, b_id} <= {s["device_id"] for s in reply.body["series"]}
+        # Counted in the metrics.
+        metrics = (await admin.get("/metrics")).raw
+        for kind in (b"buckets", b"raw"):
+            m = re.search(rb'dashd_data_range_queries_total\{kind="%s"\} ([0-9.e+]+)' % kind,
+                          metrics)
+            assert m and float(m.group(1)) >= 2, metrics
+        assert b"dashd_data_range_query_seconds_total" in metrics
     finally:
         await a.stop()
         await b.stop()

@@ -7,12 +7,13 @@ revocation of the key ending its sessions at once.
 
 from __future__ import annotations
 
+import re
 import time
 from http.cookies import SimpleCookie
 
 import pytest_twisted
 
-from support import SECRETS, Client
+from support import SECRETS, Client, eventually
 
 
 def cookies(reply) -> dict:
@@ -77,9 +78,18 @@ async def test_a_session_is_an_httponly_strict_cookie_with_a_csrf_token(server, 
     reply = await client.post("/api/v2/devices", {"name": "by-session"}, headers=headers)
     assert reply.status == 200, reply
     SECRETS.add(reply.body["token"])
-    audit = await admin.get("/api/v2/audit?start=-5&limit=5")
-    assert audit.status == 200, audit
-    entry = [e for e in audit.body["entries"] if e["path"] == "/api/v2/devices"][-1]
+    device_id = reply.body["id"]
+
+    async def audited():
+        audit = await admin.get("/api/v2/audit?start=-20&limit=20")
+        assert audit.status == 200, audit
+        # (written once the answer is sent: soon after)
+        found = [e for e in audit.body["entries"] if e["path"] == "/api/v2/devices"
+                 and e["detail"] == {"name": [None, "by-session"]}]
+        return found[-1] if found else None
+
+    entry = await eventually(audited)
+    assert device_id
     assert entry["key_id"] == me["id"] and entry["method"] == "POST"
 
     # No CSRF header, or another token: refused, whatever the method.
@@ -138,6 +148,10 @@ async def test_signing_out_and_revoking_the_key_end_it(server, admin: Client):
     assert reply.status == 401 and "the session has ended" in reply.error["message"]
     reply = await client.delete("/api/v2/session", headers=headers)
     assert reply.body == {"ended": False}
+    metrics = (await admin.get("/metrics")).raw
+    for name in (b"dashd_sessions_created_total", b"dashd_sessions_ended_total"):
+        m = re.search(rb"^%s ([0-9.e+]+)$" % name, metrics, re.M)
+        assert m and float(m.group(1)) >= 1, metrics
 
     # Revoking the key ends its sessions at once.
     key_id, secret = await new_key(admin, kind="admin")

@@ -53,6 +53,14 @@ ENDED = ("the session has ended (it expired, you signed out, or its API key was 
          "or has expired): sign in again")
 
 
+class SessionStats:
+    """What the metrics say of sessions (dashd_sessions_*), for every dashd
+    of the process."""
+
+    created = 0
+    ended = 0
+
+
 class Sessions:
     def __init__(self, store: IStore, auth: Authenticator, clock: IReactorTime) -> None:
         self._store = store
@@ -79,6 +87,7 @@ class Sessions:
         if not await self._store.create_session(tokens.hash_secret(session),
                                                 tokens.hash_secret(csrf), by.id, now, expires):
             raise Unauthenticated("API key %s no longer works" % by.id)
+        SessionStats.created += 1
         return {"session": session, "csrf": csrf, "expires": expires}
 
     async def expires(self, session: str) -> float | None:
@@ -135,4 +144,6 @@ class Sessions:
             raise Forbidden("signing out needs the session's CSRF token in the %s header"
                             % CSRF_HEADER)
         self._cache.pop(id_hash, None)
-        return bool(await self._store.delete_session(id_hash))
+        ended = bool(await self._store.delete_session(id_hash))
+        SessionStats.ended += ended
+        return ended
