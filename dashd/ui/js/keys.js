@@ -196,6 +196,13 @@ export function mount(main, ctx) {
     if (!ctx.alive) return;
     deviceNames.clear();
     for (const d of deviceList) deviceNames.set(d.id, d.name || d.id);
+    // Rows added before the list came: offer its devices (keeping a choice).
+    for (const row of scopeRows.children) {
+      const chosen = row.device.value;
+      replace(row.device, h('option', {value: ''}, 'Choose a device'),
+        deviceList.map((d) => h('option', {value: d.id}, `${d.name || d.id} (${d.id})`)));
+      row.device.value = deviceList.some((d) => d.id === chosen) ? chosen : '';
+    }
     // One wrapper a cell, so the phone layout (label | value) stays two columns.
     const td = (label, ...content) => h('td', {'data-label': label}, h('span', {class: 'cell'}, content));
     replace(tbody, keys.map((k) => h('tr', {dataset: {keyId: k.id}},
