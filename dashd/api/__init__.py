@@ -21,6 +21,7 @@ from dashd.api.keys import KeyRoutes
 from dashd.api.ops import OpsRoutes
 from dashd.api.ota import OtaRoutes
 from dashd.api.rpc import RpcRoutes
+from dashd.api.session import SessionRoutes
 from dashd.api.ui import UiRoutes
 
 __all__ = ["Api"]
@@ -28,7 +29,7 @@ __all__ = ["Api"]
 
 class Api(
     ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes, OtaRoutes,
-    DataRoutes, CallRoutes, UiRoutes,
+    DataRoutes, CallRoutes, UiRoutes, SessionRoutes,
 ):
     def resource(self) -> Any:
         # The busiest requests are answered before Klein (dashd.api.door).

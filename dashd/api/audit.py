@@ -48,4 +48,6 @@ def entry_for(request: Request, now: float) -> dict[str, Any] | None:
         "device_id": device_id,
         "status": request.code,
         "error": getattr(request, "dashd_error", None),
+        # What the route said of it (dashd.api.auditdetail), if anything.
+        "detail": getattr(request, "dashd_audit_detail", None),
     }

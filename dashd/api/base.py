@@ -248,8 +248,14 @@ class ApiBase:
         if key is not None:
             # Authenticated already, from its headers (an upload's gate).
             return key
-        key = await self.application.auth.api_key(bearer_secret(request),
-                                                  self.client_address(request))
+        secret = bearer_secret(request)
+        if secret is None and request.getCookie(b"dashd_session"):
+            # A dashboard session (dashd.api.session), with its CSRF header.
+            from dashd.api.session import session_key
+
+            key = await session_key(self, request)
+        else:
+            key = await self.application.auth.api_key(secret, self.client_address(request))
         # For the audit log, once the request is answered.
         request.dashd_key = key
         return key

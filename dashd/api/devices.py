@@ -7,6 +7,7 @@ from typing import Any
 
 from werkzeug.routing import BaseConverter
 
+from dashd.api import auditdetail
 from dashd.api.base import ApiBase, app, int_arg, object_body, text_arg
 from dashd.domain.model import UNSET
 
@@ -52,6 +53,7 @@ class DeviceRoutes(ApiBase):
         body = object_body(request, {"name", "shared_with"})
         device, token = await self.devices.register(
             key, body.get("name", UNSET), body.get("shared_with", UNSET))
+        auditdetail.note(request, {"name": [None, device.name]})
         view = self.view(key, device)
         view["token"] = token
         return self.json(request, view)
@@ -68,6 +70,10 @@ class DeviceRoutes(ApiBase):
     async def change_device(self, request: Any, device_id: str) -> bytes:
         key = await self.authenticate(request)
         body = object_body(request, {"name", "shared_with", "shadow"})
+        old_name = None
+        if "name" in body:  # for the audit log: "renamed X to Y"
+            old_name = (await self.devices.visible(key, device_id, live=True)).name
+        auditdetail.note(request, auditdetail.device_change(body, old_name))
         device = await self.devices.change(
             key, device_id, body.get("name", UNSET), body.get("shared_with", UNSET),
             body.get("shadow", UNSET))

@@ -18,7 +18,7 @@ from typing import Any
 
 from dashd.api.ota import AUTO_COMMIT_VALUES
 from dashd.app import calls as calls_app
-from dashd.app import records
+from dashd.app import ranges, records, sessions
 from dashd.app.devices import MAX_METHOD_LENGTH, MAX_PAGE
 from dashd.app.firmware import MAX_COMMIT_TIMEOUT
 from dashd.config import Config
@@ -178,7 +178,33 @@ def document(config: Config, version: str) -> dict[str, Any]:
              schema={"type": "string", "minLength": 1,
                      "maxLength": records.MAX_FILTER_LENGTH}),
     ]
-    data_ok = _ok("points, oldest first", {"type": "array", "items": _ref("DataPoint")})
+    range_time = ("seconds since the epoch (fractions allowed), negative: seconds before now, "
+                  "or an ISO 8601 time (UTC unless it says)")
+    list_style = {"style": "form", "explode": True}
+    range_params = [
+        dict(query, name="from", description="a time range instead of positions: its start, "
+             + range_time + ". With from, skip and filter are refused",
+             schema={"type": "string", "minLength": 1}),
+        dict(query, name="to", description="the range's end (excluded; default: now), "
+             + range_time, schema={"type": "string", "minLength": 1}),
+        dict(query, name="bucket", description="with from: the range in buckets this many "
+             "seconds wide (aligned on multiples of it since the epoch), each with the count "
+             "of its points and the min, max and avg of those that are numbers; at most %d "
+             "buckets. Without it, the raw points (at most limit, default %d)"
+             % (ranges.MAX_BUCKETS, ranges.DEFAULT_RANGE_LIMIT),
+             schema={"type": "integer", "minimum": 1}),
+        dict(query, name="key", description="with from: only these keys (dotted paths, each "
+             "covering its sub-keys; repeated or comma-separated). A restricted key reads only "
+             "the keys of its scope's read list, and by default all of those",
+             schema={"type": "array", "items": {"type": "string"}}, **list_style),
+    ]
+    range_devices = dict(query, name="device", description="with from: only these devices "
+                         "(repeated or comma-separated, at most %d; default: every device the "
+                         "key may see, if they are at most that many)" % ranges.MAX_DEVICES,
+                         schema={"type": "array", "items": {"type": "string"}}, **list_style)
+    data_ok = _ok("points, oldest first; with from, a DataRange",
+                  {"oneOf": [{"type": "array", "items": _ref("DataPoint")},
+                             _ref("DataRange")]})
     ota_params = [
         dict(query, name="mode", schema={"type": "string", "enum": ["push", "pull"]},
              description="push: OTA.Begin/Write/End; pull: OTA.Update with a one-time link"),
@@ -450,7 +476,7 @@ def document(config: Config, version: str) -> dict[str, Any]:
                 "get": {
                     "operationId": "getDeviceData",
                     "summary": "The device's stored data (the reported keys in tags.save)",
-                    "parameters": data_params,
+                    "parameters": data_params + range_params,
                     "responses": _responses(data_ok, "400", "403", "404"),
                 },
             },
@@ -458,16 +484,16 @@ def document(config: Config, version: str) -> dict[str, Any]:
                 "get": {
                     "operationId": "getDevicesData",
                     "summary": "The stored data of every device the key may see",
-                    "parameters": data_params,
-                    "responses": _responses(data_ok, "400", "403"),
+                    "parameters": data_params + range_params + [range_devices],
+                    "responses": _responses(data_ok, "400", "403", "404"),
                 },
             },
             "/data": {
                 "get": {
                     "operationId": "getData",
                     "summary": "The stored data of every device the key may see",
-                    "parameters": data_params,
-                    "responses": _responses(data_ok, "400", "403"),
+                    "parameters": data_params + range_params + [range_devices],
+                    "responses": _responses(data_ok, "400", "403", "404"),
                 },
             },
             "/logs": {
@@ -527,6 +553,13 @@ def document(config: Config, version: str) -> dict[str, Any]:
                                     "device_id": {"type": ["string", "null"]},
                                     "status": {"type": "integer"},
                                     "error": {"type": ["string", "null"]},
+                                    "detail": {
+                                        "type": ["object", "null"],
+                                        "description": "what the request changed, in names: "
+                                                       "name [old, new] (a rename or a new "
+                                                       "device), changed (the dotted shadow "
+                                                       "paths it touched, never their "
+                                                       "values), sharing (true)"},
                                 },
                             }},
                             "next": {"type": "integer"},
@@ -589,6 +622,53 @@ def document(config: Config, version: str) -> dict[str, Any]:
                     "responses": _responses(_ok("the key", _ref("WhoAmI"))),
                 },
             },
+            "/session": {
+                "post": {
+                    "operationId": "createSession",
+                    "summary": "Keep a browser signed in: a session of the calling key (sent in "
+                               "the Authorization header), as two SameSite=Strict cookies: "
+                               "dashd_session (HttpOnly) and dashd_csrf. A request with the "
+                               "session cookie and no Authorization header acts as the key, and "
+                               "must send the dashd_csrf token in the X-Dashd-CSRF header (else "
+                               "403). The session ends when it expires, on DELETE, or when the "
+                               "key is revoked",
+                    "requestBody": _body({
+                        "type": "object", "additionalProperties": False,
+                        "properties": {"hours": {
+                            "type": "number", "exclusiveMinimum": 0,
+                            "maximum": sessions.MAX_HOURS,
+                            "description": "how long (default %d; never beyond the key's "
+                                           "expiry)" % sessions.DEFAULT_HOURS}},
+                    }),
+                    "responses": _responses(_ok("the session (its cookies are set)", {
+                        "type": "object", "required": ["key_id", "expires", "csrf"],
+                        "properties": {"key_id": {"type": "string"},
+                                       "expires": {"type": "number"},
+                                       "csrf": {"type": "string",
+                                                "description": "the X-Dashd-CSRF token"}},
+                    }), "400", "403"),
+                },
+                "get": {
+                    "operationId": "getSession",
+                    "summary": "The session the dashd_session cookie names (with the "
+                               "X-Dashd-CSRF header)",
+                    "responses": _responses(_ok("the session", {
+                        "type": "object", "required": ["key_id", "expires"],
+                        "properties": {"key_id": {"type": "string"},
+                                       "expires": {"type": "number"}},
+                    }), "403"),
+                },
+                "delete": {
+                    "operationId": "endSession",
+                    "summary": "Sign out: end the session the cookie names (with its "
+                               "X-Dashd-CSRF header) and clear the cookies",
+                    "security": [],
+                    "responses": {"200": _ok("whether a session ended", {
+                        "type": "object", "required": ["ended"],
+                        "properties": {"ended": {"type": "boolean"}}}),
+                        "403": ERRORS["403"]},
+                },
+            },
             "/accounts": {
                 "get": {
                     "operationId": "listAccounts",
@@ -599,7 +679,8 @@ def document(config: Config, version: str) -> dict[str, Any]:
                 },
                 "post": {
                     "operationId": "createAccount",
-                    "summary": "Create an account; the reply holds its first admin key, once",
+                    "summary": "Create an account; the reply holds its first admin key, once. "
+                               "Account names are unique whatever their case (409)",
                     "requestBody": _body({
                         "type": "object", "additionalProperties": False,
                         "required": ["name"], "properties": {"name": NAME},
@@ -609,7 +690,7 @@ def document(config: Config, version: str) -> dict[str, Any]:
                             "type": "object", "required": ["admin_key"],
                             "properties": {"admin_key": _ref("CreatedKey")},
                         }],
-                    }), "400", "403", "413"),
+                    }), "400", "403", "409", "413"),
                 },
             },
             "/keys/{key_id}": {
@@ -854,6 +935,37 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "timestamp": {"type": "number"},
                         "key": {"type": "string"},
                         "value": {},
+                    },
+                },
+                "DataRange": {
+                    "type": "object",
+                    "description": "stored data over a time range, a series a device and key "
+                                   "(columns: the i-th of each list belong together)",
+                    "required": ["from", "to", "bucket", "series"],
+                    "properties": {
+                        "from": {"type": "number"},
+                        "to": {"type": "number"},
+                        "bucket": {"type": ["integer", "null"]},
+                        "next": {"type": ["number", "null"],
+                                 "description": "raw points: where to go on (as from), every "
+                                                "point before it given; null: no more"},
+                        "series": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["device_id", "key", "t"],
+                            "properties": {
+                                "device_id": {"type": "string"},
+                                "key": {"type": "string"},
+                                "t": {"type": "array", "items": {"type": "number"},
+                                      "description": "the points' times, or the buckets' "
+                                                     "starts"},
+                                "value": {"type": "array", "description": "raw points"},
+                                "count": {"type": "array", "items": {"type": "integer"}},
+                                "min": {"type": "array", "items": {"type": ["number", "null"]}},
+                                "max": {"type": "array", "items": {"type": ["number", "null"]}},
+                                "avg": {"type": "array", "items": {"type": ["number", "null"]},
+                                        "description": "null: no number in the bucket"},
+                            },
+                        }},
                     },
                 },
                 "LogEvent": {

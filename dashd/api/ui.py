@@ -30,6 +30,8 @@ CONTENT_TYPES = {
     ".css": b"text/css; charset=utf-8",
     ".js": b"text/javascript; charset=utf-8",
     ".svg": b"image/svg+xml",
+    ".png": b"image/png",
+    ".webmanifest": b"application/manifest+json",
 }
 
 CONTENT_SECURITY_POLICY = (
@@ -90,6 +92,9 @@ class UiRoutes(ApiBase):
         # Revalidate every time, so an upgraded dashd never serves stale code.
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"etag", asset.etag)
+        if asset is self.ui_assets.get("sw.js"):
+            # The service worker serves the whole dashboard (js/offline.js).
+            request.setHeader(b"service-worker-allowed", b"/")
         if request.getHeader(b"if-none-match") == asset.etag:
             request.setResponseCode(304)
             return b""

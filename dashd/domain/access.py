@@ -444,3 +444,11 @@ def parse_scope(value: Any) -> dict[str, Any]:
                                           field != "rpc")
                           for field in ("read", "write", "rpc")}
     return {"devices": out}
+
+
+def readable_keys(key: ApiKey, device_id: str) -> list[str] | None:
+    """The shadow keys (dotted paths) C{key} may read of a device it sees,
+    None: all of them (every kind but restricted)."""
+    if key.kind != RESTRICTED:
+        return None
+    return list(_acl(key, device_id).get("read", []))

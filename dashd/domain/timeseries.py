@@ -20,6 +20,7 @@ the report, so a point is durable exactly when the report is acknowledged.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dashd.domain.errors import Invalid
@@ -99,3 +100,40 @@ def data_points(data: Any) -> list[tuple[str, Any]]:
             and all(0 < len(k) <= MAX_KEY_LENGTH for k in data)):
         return list(data.items())
     return [(DATA_KEY, data)]
+
+
+# Per-minute summaries of stored points (the store's data_minutes table,
+# which time-range queries read instead of every point).
+
+MINUTE = 60
+
+
+def is_number(value: Any) -> bool:
+    """A value that counts in a bucket's min/max/avg: a finite JSON number
+    (not a boolean)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def minute_rows(points: list[tuple[str, Any]], now: float
+                ) -> list[tuple[str, int, int, int, float, float | None, float | None]]:
+    """What points stored at C{now} add to their minute's summary, a row a
+    key: C{(key, minute, points, numbers, sum, lowest, highest)}."""
+    minute = int(math.floor(now / MINUTE)) * MINUTE
+    rows: dict[str, list[Any]] = {}
+    for key, value in points:
+        row = rows.setdefault(key, [key, minute, 0, 0, 0.0, None, None])
+        row[2] += 1
+        if is_number(value):
+            number = float(value)
+            row[3] += 1
+            row[4] += number
+            row[5] = number if row[5] is None else min(row[5], number)
+            row[6] = number if row[6] is None else max(row[6], number)
+    return [tuple(r) for r in rows.values()]  # type: ignore[misc]
+
+
+def covers(entries: list[str], key: str) -> bool:
+    """Whether a list of dotted paths names C{key} or one of its parents
+    (C{"env"} covers C{"env.temp"})."""
+    return any(key == e or key.startswith(e + ".") for e in entries)

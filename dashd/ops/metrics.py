@@ -20,6 +20,10 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_data_lines_pulled_total`` | counter | lines of data pulled from mDash-library devices (``mDashStore``) and stored |
 | ``dashd_data_pulls_failed_total`` | counter | pulls of such data that stopped before the device had nothing left (the next one resumes) |
 | ``dashd_queued_calls_sent_total`` | counter | queued calls sent to devices (each attempt) |
+| ``dashd_data_range_queries_total`` | counter | time-range queries of stored data, by ``kind`` (buckets, raw) |
+| ``dashd_data_range_query_seconds_total`` | counter | seconds those queries took, in all |
+| ``dashd_sessions_created_total`` | counter | dashboard sessions minted |
+| ``dashd_sessions_ended_total`` | counter | dashboard sessions ended by signing out |
 | ``dashd_queued_calls_ended_total{state}`` | counter | queued calls that ended on this node: ``succeeded``, ``failed``, ``timed_out``, ``lost``, ``expired`` (cancelled ones are in the audit log) |
 | ``dashd_queued_calls_in_flight`` | gauge | queued calls sent and not answered yet |
 | ``dashd_queued_calls_devices_waiting`` | gauge | devices with queued calls waiting for room (``calls.sends_at_once``) |
@@ -195,6 +199,25 @@ class _Live:
             "Pulls of devices' stored data that stopped before the device had nothing left",
             value=self.puller.pulls_failed,
         )
+        # Time-range queries of stored data and dashboard sessions (issue 19).
+        from dashd.app.ranges import RangeStats
+        from dashd.app.sessions import SessionStats
+
+        ranges = CounterMetricFamily(
+            "dashd_data_range_queries", "Time-range queries of stored data, by kind",
+            labels=["kind"])
+        ranges.add_metric(["buckets"], RangeStats.buckets)
+        ranges.add_metric(["raw"], RangeStats.raw)
+        yield ranges
+        yield CounterMetricFamily(
+            "dashd_data_range_query_seconds", "Seconds the time-range queries took, in all",
+            value=RangeStats.seconds)
+        yield CounterMetricFamily(
+            "dashd_sessions_created", "Dashboard sessions minted (keep me signed in)",
+            value=SessionStats.created)
+        yield CounterMetricFamily(
+            "dashd_sessions_ended", "Dashboard sessions ended by signing out",
+            value=SessionStats.ended)
         delivery = self.delivery
         if delivery is not None:
             yield CounterMetricFamily(

@@ -33,6 +33,10 @@ class StoreUnreachable(StoreError):
     write may be tried again later)."""
 
 
+# Creating an account whose name another has (whatever the case).
+ACCOUNT_NAME_TAKEN = "an account named %r exists already: account names must be unique"
+
+
 class NotFound(errors.NotFound):
     """The device a write is for does not exist (any more)."""
 
@@ -198,6 +202,35 @@ class IStore(Interface):
         if it is None, oldest first: C{limit} of them from position C{skip}
         (negative: counted from the end), only those whose key or JSON value
         holds C{text} if given."""
+
+    # Dashboard sessions
+
+    def create_session(id_hash, csrf_hash, key_id, now, expires, prune=1000):
+        """Store a session (by the hashes of its cookie and CSRF token) of
+        key C{key_id} until C{expires}, dropping up to C{prune} expired
+        ones; fire with False if the key no longer exists."""
+
+    def get_session(id_hash):
+        """Fire with C{(key_id, csrf_hash, expires)}, or None."""
+
+    def delete_session(id_hash):
+        """End a session; fire with whether there was one."""
+
+    def delete_key_sessions(key_id):
+        """End every session of a key; fire with how many."""
+
+    def query_buckets(selection, start, end, bucket):
+        """Fire with the points of [start, end) of each device in buckets
+        of C{bucket} seconds, a series a device and key (see
+        L{dashd.store.ranges_sql.buckets}); C{selection}: C{(device_id,
+        keys)} pairs, C{keys} dotted paths that each cover their sub-keys
+        (None: all)."""
+
+    def query_range(selection, start, end, limit):
+        """Fire with C{(series, next)}: the first C{limit} raw points of
+        [start, end) over the devices, a series a device and key, and the
+        time to continue from (None: no more; see
+        L{dashd.store.ranges_sql.points})."""
 
     def prune_data(before, batch=10000):
         """Delete up to C{batch} points stored before time C{before}; fire

@@ -52,8 +52,10 @@ from zope.interface import implementer
 
 from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
-from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, StoreUnreachable, calls_sql,
-                         postgres_records, query_sql)
+from dashd.domain.errors import Conflict
+from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
+                         StoreUnreachable, calls_sql, postgres_records, query_sql, ranges_sql,
+                         sessions_sql)
 from dashd.store.postgres_records import json_param
 
 log = Logger()
@@ -69,6 +71,7 @@ Job = Callable[[Cursor], Any]
 # pg_advisory_xact_lock keys: migrations, and creating the first admin key.
 _MIGRATION_LOCK = 0x64617368  # "dash"
 _BOOTSTRAP_LOCK = 0x64617369
+_ACCOUNT_NAMES_LOCK = 0x6461736e  # account names are unique
 
 # Seconds between two jobs let through to a database found away (the others
 # fail at once meanwhile).
@@ -526,6 +529,11 @@ class PostgresStore:
 
     def create_account(self, account: Account, key: ApiKey, secret_hash: str) -> Deferred[Account]:
         def job(cur: Cursor) -> Account:
+            # Account names are unique (see the SQLite store); the lock makes
+            # the check and the insert one step across nodes.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_ACCOUNT_NAMES_LOCK,))
+            if _one(cur, "SELECT 1 FROM accounts WHERE lower(name) = lower(%s)", (account.name,)):
+                raise Conflict(ACCOUNT_NAME_TAKEN % account.name)
             _insert_account(cur, account)
             _insert_key(cur, key, secret_hash)
             return account
@@ -819,6 +827,33 @@ class PostgresStore:
     ) -> Deferred[list[dict[str, Any]]]:
         return self._run(
             lambda cur: postgres_records.query_points(cur, account_id, device_id, skip, limit, text))
+
+    # Dashboard sessions (the jobs are in sessions_sql.py)
+
+    def create_session(self, id_hash: str, csrf_hash: str, key_id: str, now: float,
+                       expires: float, prune: int = 1000) -> Deferred[bool]:
+        return self._run(lambda cur: sessions_sql.create(
+            calls_sql.Db(cur, "postgresql"), id_hash, csrf_hash, key_id, now, expires, prune))
+
+    def get_session(self, id_hash: str) -> Deferred[tuple[str, str, float] | None]:
+        return self._run(lambda cur: sessions_sql.get(calls_sql.Db(cur, "postgresql"), id_hash))
+
+    def delete_session(self, id_hash: str) -> Deferred[bool]:
+        return self._run(lambda cur: sessions_sql.delete(calls_sql.Db(cur, "postgresql"), id_hash))
+
+    def delete_key_sessions(self, key_id: str) -> Deferred[int]:
+        return self._run(lambda cur: sessions_sql.delete_for_key(
+            calls_sql.Db(cur, "postgresql"), key_id))
+
+    def query_buckets(self, selection: list[tuple[str, list[str] | None]], start: float,
+                      end: float, bucket: int) -> Deferred[list[dict[str, Any]]]:
+        return self._run(lambda cur: ranges_sql.buckets(
+            calls_sql.Db(cur, "postgresql"), selection, start, end, bucket))
+
+    def query_range(self, selection: list[tuple[str, list[str] | None]], start: float,
+                    end: float, limit: int) -> Deferred[tuple[list[dict[str, Any]], float | None]]:
+        return self._run(lambda cur: ranges_sql.points(
+            calls_sql.Db(cur, "postgresql"), selection, start, end, limit))
 
     def prune_data(self, before: float, batch: int = 10000) -> Deferred[int]:
         return self._run(lambda cur: postgres_records.prune_points(cur, before, batch))

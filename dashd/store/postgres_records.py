@@ -23,6 +23,8 @@ from psycopg.types.json import Json
 
 from dashd.domain import timeseries
 from dashd.jsontext import compact
+from dashd.store import ranges_sql
+from dashd.store.calls_sql import Db
 
 Cursor = psycopg.Cursor[Any]
 
@@ -93,6 +95,7 @@ def save_reported(cur: Cursor, device_id: str, account_id: str, tags: dict[str, 
             " VALUES (%s, %s, %s, %s, %s)",
             [(device_id, account_id, now, key, json_param(value)) for key, value in points],
         )
+        ranges_sql.add_minutes(Db(cur, "postgresql"), device_id, points, now)
     return len(points)
 
 
@@ -103,6 +106,7 @@ def append_points(cur: Cursor, device_id: str, account_id: str,
         " VALUES (%s, %s, %s, %s, %s)",
         [(device_id, account_id, now, key, json_param(value)) for key, value in points],
     )
+    ranges_sql.add_minutes(Db(cur, "postgresql"), device_id, points, now)
     return len(points)
 
 
@@ -166,6 +170,7 @@ def prune_points(cur: Cursor, before: float, batch: int) -> int:
         if t >= before:
             break
         last = row_id
+    ranges_sql.prune_minutes(Db(cur, "postgresql"), before, batch)
     if last is None:
         return 0
     cur.execute("DELETE FROM data_points WHERE id <= %s AND t < %s", (last, before))
@@ -256,10 +261,12 @@ def ota_statuses(cur: Cursor, states: tuple[str, ...]) -> list[dict[str, Any]]:
 
 def append_audit(cur: Cursor, entries: list[dict[str, Any]]) -> int:
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_AUDIT_LOCK,))
+    entries = [dict(e, detail=json_param(e["detail"]) if e.get("detail") is not None else None)
+               for e in entries]
     cur.executemany(
-        "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error)"
-        " VALUES (%(t)s, %(account_id)s, %(key_id)s, %(method)s, %(path)s, %(device_id)s,"
-        " %(status)s, %(error)s)",
+        "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error,"
+        " detail) VALUES (%(t)s, %(account_id)s, %(key_id)s, %(method)s, %(path)s,"
+        " %(device_id)s, %(status)s, %(error)s, %(detail)s)",
         entries,
     )
     # What a sharee did to a device goes to its owner's log too.
@@ -267,8 +274,8 @@ def append_audit(cur: Cursor, entries: list[dict[str, Any]]) -> int:
     if about_devices:
         cur.executemany(
             "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error,"
-            " key_account) SELECT %(t)s, d.account_id, %(key_id)s, %(method)s, %(path)s,"
-            " %(device_id)s, %(status)s, %(error)s, %(account_id)s FROM devices d"
+            " key_account, detail) SELECT %(t)s, d.account_id, %(key_id)s, %(method)s, %(path)s,"
+            " %(device_id)s, %(status)s, %(error)s, %(account_id)s, %(detail)s FROM devices d"
             " WHERE d.id = %(device_id)s AND d.account_id <> %(account_id)s AND EXISTS"
             " (SELECT 1 FROM device_shares s WHERE s.device_id = d.id"
             " AND s.account_id = %(account_id)s)",
@@ -280,7 +287,7 @@ def append_audit(cur: Cursor, entries: list[dict[str, Any]]) -> int:
 def query_audit(cur: Cursor, account_id: str, start: int,
                 limit: int) -> tuple[list[dict[str, Any]], int]:
     select = ("SELECT id, t, key_id, method, path, device_id, status, error,"
-              " coalesce(key_account, account_id) FROM audit")
+              " coalesce(key_account, account_id), detail FROM audit")
     if start >= 0:
         rows = _all(cur, select + " WHERE account_id = %s AND id >= %s ORDER BY id LIMIT %s",
                     (account_id, start, limit))
@@ -288,7 +295,8 @@ def query_audit(cur: Cursor, account_id: str, start: int,
         rows = _window(cur, select, "account_id = %s", [account_id], start, limit)
     entries = [
         {"offset": r[0], "timestamp": r[1], "key_id": r[2], "key_account": r[8],
-         "method": r[3], "path": r[4], "device_id": r[5], "status": r[6], "error": r[7]}
+         "method": r[3], "path": r[4], "device_id": r[5], "status": r[6], "error": r[7],
+         "detail": r[9]}
         for r in rows
     ]
     if entries:

@@ -48,8 +48,9 @@ from zope.interface import implementer
 from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
-from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, query_sql,
-                         sqlite_records)
+from dashd.domain.errors import Conflict
+from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
+                         calls_sql, query_sql, ranges_sql, sessions_sql, sqlite_records)
 
 log = Logger()
 
@@ -426,6 +427,11 @@ class SQLiteStore:
 
     def create_account(self, account: Account, key: ApiKey, secret_hash: str) -> Deferred[Account]:
         def job(conn: sqlite3.Connection) -> Account:
+            # Account names are unique (whatever their case), so people can
+            # tell them apart (accounts older than that rule may share one).
+            if conn.execute("SELECT 1 FROM accounts WHERE lower(name) = lower(?)",
+                            (account.name,)).fetchone():
+                raise Conflict(ACCOUNT_NAME_TAKEN % account.name)
             _insert_account(conn, account)
             _insert_key(conn, key, secret_hash)
             return account
@@ -742,6 +748,33 @@ class SQLiteStore:
         return self._read(
             lambda conn: sqlite_records.query_points(conn, account_id, device_id, skip, limit, text)
         )
+
+    # Dashboard sessions (the jobs are in sessions_sql.py)
+
+    def create_session(self, id_hash: str, csrf_hash: str, key_id: str, now: float,
+                       expires: float, prune: int = 1000) -> Deferred[bool]:
+        return self._submit(lambda conn: sessions_sql.create(
+            calls_sql.Db(conn, "sqlite"), id_hash, csrf_hash, key_id, now, expires, prune))
+
+    def get_session(self, id_hash: str) -> Deferred[tuple[str, str, float] | None]:
+        return self._read(lambda conn: sessions_sql.get(calls_sql.Db(conn, "sqlite"), id_hash))
+
+    def delete_session(self, id_hash: str) -> Deferred[bool]:
+        return self._submit(lambda conn: sessions_sql.delete(calls_sql.Db(conn, "sqlite"), id_hash))
+
+    def delete_key_sessions(self, key_id: str) -> Deferred[int]:
+        return self._submit(lambda conn: sessions_sql.delete_for_key(
+            calls_sql.Db(conn, "sqlite"), key_id))
+
+    def query_buckets(self, selection: list[tuple[str, list[str] | None]], start: float,
+                      end: float, bucket: int) -> Deferred[list[dict[str, Any]]]:
+        return self._read(lambda conn: ranges_sql.buckets(
+            calls_sql.Db(conn, "sqlite"), selection, start, end, bucket))
+
+    def query_range(self, selection: list[tuple[str, list[str] | None]], start: float,
+                    end: float, limit: int) -> Deferred[tuple[list[dict[str, Any]], float | None]]:
+        return self._read(lambda conn: ranges_sql.points(
+            calls_sql.Db(conn, "sqlite"), selection, start, end, limit))
 
     def prune_data(self, before: float, batch: int = 10000) -> Deferred[int]:
         return self._submit(lambda conn: sqlite_records.prune_points(conn, before, batch))

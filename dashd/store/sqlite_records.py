@@ -17,6 +17,8 @@ from typing import Any
 
 from dashd.domain import timeseries
 from dashd.jsontext import compact
+from dashd.store import ranges_sql
+from dashd.store.calls_sql import Db
 
 
 def _visible(conn: sqlite3.Connection, account_id: str, device_id: str | None) -> tuple[str, list[Any]]:
@@ -92,6 +94,7 @@ def save_reported(
             " VALUES (?, ?, ?, ?, ?)",
             [(device_id, account_id, now, key, compact(value)) for key, value in points],
         )
+        ranges_sql.add_minutes(Db(conn, "sqlite"), device_id, points, now)
     return len(points)
 
 
@@ -107,6 +110,7 @@ def append_points(
         "INSERT INTO data_points (device_id, account_id, t, key, value) VALUES (?, ?, ?, ?, ?)",
         [(device_id, account_id, now, key, compact(value)) for key, value in points],
     )
+    ranges_sql.add_minutes(Db(conn, "sqlite"), device_id, points, now)
     return len(points)
 
 
@@ -203,6 +207,7 @@ def prune_points(conn: sqlite3.Connection, before: float, batch: int) -> int:
         if t >= before:
             break
         last = row_id
+    ranges_sql.prune_minutes(Db(conn, "sqlite"), before, batch)
     if last is None:
         return 0
     cur = conn.execute("DELETE FROM data_points WHERE id <= ? AND t < ?", (last, before))
@@ -317,9 +322,12 @@ def ota_statuses(conn: sqlite3.Connection, states: tuple[str, ...]) -> list[dict
 
 
 def append_audit(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> int:
+    entries = [dict(e, detail=compact(e["detail"]) if e.get("detail") is not None else None)
+               for e in entries]
     conn.executemany(
-        "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error)"
-        " VALUES (:t, :account_id, :key_id, :method, :path, :device_id, :status, :error)",
+        "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error,"
+        " detail) VALUES (:t, :account_id, :key_id, :method, :path, :device_id, :status, :error,"
+        " :detail)",
         entries,
     )
     # What a sharee did to a device goes to its owner's log too.
@@ -327,8 +335,8 @@ def append_audit(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> int
     if about_devices:
         conn.executemany(
             "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error,"
-            " key_account) SELECT :t, d.account_id, :key_id, :method, :path, :device_id,"
-            " :status, :error, :account_id FROM devices d WHERE d.id = :device_id"
+            " key_account, detail) SELECT :t, d.account_id, :key_id, :method, :path, :device_id,"
+            " :status, :error, :account_id, :detail FROM devices d WHERE d.id = :device_id"
             " AND d.account_id <> :account_id AND EXISTS (SELECT 1 FROM device_shares s"
             " WHERE s.device_id = d.id AND s.account_id = :account_id)",
             about_devices,
@@ -342,7 +350,7 @@ def query_audit(
     """The account's entries from offset C{start} (negative: that many
     before the end), oldest first, and the offset to ask for next."""
     select = ("SELECT id, t, key_id, method, path, device_id, status, error,"
-              " coalesce(key_account, account_id) FROM audit")
+              " coalesce(key_account, account_id), detail FROM audit")
     if start >= 0:
         rows = conn.execute(
             select + " WHERE account_id = ? AND id >= ? ORDER BY id LIMIT ?",
@@ -352,7 +360,8 @@ def query_audit(
         rows = _window(conn, select, "account_id = ?", [account_id], start, limit)
     entries = [
         {"offset": r[0], "timestamp": r[1], "key_id": r[2], "key_account": r[8],
-         "method": r[3], "path": r[4], "device_id": r[5], "status": r[6], "error": r[7]}
+         "method": r[3], "path": r[4], "device_id": r[5], "status": r[6], "error": r[7],
+         "detail": json.loads(r[9]) if r[9] is not None else None}
         for r in rows
     ]
     if entries:

@@ -27,6 +27,9 @@ export async function api(method, path, body, options = {}) {
   const headers = {Accept: 'application/json'};
   if (key) headers.Authorization = `Bearer ${key}`;
   const init = {method, headers, cache: 'no-store', credentials: 'omit'};
+  if (!key && sessionMode) sessionCredentials(init, headers);
+  // (a reply whose cookies the browser is to keep: POST /session)
+  if (options.keepCookies) init.credentials = 'same-origin';
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -40,7 +43,7 @@ export async function api(method, path, body, options = {}) {
   const text = await response.text();
   if (!response.ok) {
     const error = apiError(response.status, text, response.statusText, response.headers.get('Retry-After'));
-    if (response.status === 401 && !options.key && unauthorized) unauthorized(error);
+    if (response.status === 401 && !options.key && !options.quiet && unauthorized) unauthorized(error);
     throw error;
   }
   let parsed = null;
@@ -77,6 +80,7 @@ export function upload(path, file, {onProgress} = {}) {
     xhr.open('POST', `/api/v2${path}`);
     xhr.setRequestHeader('Accept', 'application/json');
     if (currentKey) xhr.setRequestHeader('Authorization', `Bearer ${currentKey}`);
+    else if (sessionMode) xhr.setRequestHeader('X-Dashd-CSRF', csrfToken());
     if (onProgress) {
       xhr.upload.addEventListener('progress', (e) => {
         if (e.lengthComputable) onProgress(e.loaded, e.total);
@@ -129,3 +133,22 @@ export function describe(error) {
 }
 
 export const encode = encodeURIComponent;
+
+// "Keep me signed in on this browser": instead of a key, the session
+// cookie dashd set (HttpOnly: no script reads it) and its CSRF token, which
+// every request sends back in a header (dashd.app.sessions).
+let sessionMode = false;
+
+export function setSession(on) {
+  sessionMode = on;
+}
+
+export function csrfToken() {
+  const found = document.cookie.split(';').map((c) => c.trim()).find((c) => c.startsWith('dashd_csrf='));
+  return found ? decodeURIComponent(found.slice('dashd_csrf='.length)) : '';
+}
+
+function sessionCredentials(init, headers) {
+  init.credentials = 'same-origin';
+  headers['X-Dashd-CSRF'] = csrfToken();
+}

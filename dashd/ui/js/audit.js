@@ -7,6 +7,7 @@ import {api, describe, encode} from './api.js';
 import {announce, h, messageArea, replace, showMessage} from './dom.js';
 import {MAX_LIMIT, pageBack} from './pager.js';
 import {refusedPage} from './perms.js';
+import {auditFilters, describeEntry} from './auditwords.js';
 
 const PAGE = 50;
 
@@ -33,6 +34,7 @@ export function mount(main, ctx) {
 
   const keyNames = new Map();
   const devices = new Map();
+  const filters = auditFilters(tbody, keyNames, devices);
   // The oldest entry shown, how many are shown from it on, the offset to
   // ask for newer ones from.
   let boundary = null;
@@ -44,13 +46,16 @@ export function mount(main, ctx) {
     const keyName = keyNames.get(entry.key_id);
     const device = entry.device_id ? devices.get(entry.device_id) : null;
     const failed = entry.status >= 400;
-    return h('tr', {class: failed ? 'failed' : null, dataset: {offset: String(entry.offset)}},
+    const what = describeEntry(entry, device ? device.name : null);
+    return h('tr', {class: failed ? 'failed' : null,
+      dataset: {offset: String(entry.offset), device: entry.device_id || '', key: entry.key_id, action: what.action}},
       td('Time', when(entry.timestamp)),
       td('Key', keyName ? `${keyName} ` : '', h('code', {}, entry.key_id),
         entry.key_id === me.id ? h('span', {class: 'badge this'}, 'this key') : null,
         entry.key_account && entry.key_account !== me.account_id
           ? h('span', {class: 'badge'}, `account ${entry.key_account}`) : null),
-      td('Request', h('code', {}, `${entry.method} ${entry.path}`)),
+      td('Request', h('span', {class: 'audit-words'}, failed ? `tried: ${what.text}` : what.text), ' ',
+        h('code', {class: 'audit-request'}, `${entry.method} ${entry.path}`)),
       td('Device', entry.device_id
         ? (device ? h('a', {href: `#/devices/${encode(entry.device_id)}`}, device.name || entry.device_id) : h('code', {}, entry.device_id))
         : h('span', {class: 'muted'}, '—')),
@@ -76,6 +81,7 @@ export function mount(main, ctx) {
       for (const k of keys) keyNames.set(k.id, k.name);
       for (const d of list) devices.set(d.id, d);
       replace(tbody, first.items.slice().reverse().map(row));
+      filters.apply();
       boundary = first.items.length ? first.items[0].offset : null;
       shown = first.items.length;
       following = first.next;
@@ -92,6 +98,7 @@ export function mount(main, ctx) {
       const {items, all} = await pageBack(audit, boundary, shown, PAGE);
       if (!ctx.alive) return;
       tbody.append(...items.slice().reverse().map(row));
+      filters.apply();
       if (items.length) boundary = items[0].offset;
       shown += items.length;
       older.hidden = all;
@@ -112,6 +119,7 @@ export function mount(main, ctx) {
       const {items, next} = await audit(following, MAX_LIMIT);
       if (!ctx.alive) return;
       tbody.prepend(...items.slice().reverse().map(row));
+      filters.apply();
       if (boundary === null && items.length) boundary = items[0].offset;
       shown += items.length;
       following = next;
@@ -131,6 +139,7 @@ export function mount(main, ctx) {
       ' through the REST API (and so this dashboard), and those the accounts its devices are shared with made on them: which key, when, and how it ended. Reads are not listed.'),
     message,
     h('section', {class: 'card', 'aria-labelledby': 'audit-entries'}, h('h2', {id: 'audit-entries'}, 'Entries'),
+      filters.element,
       h('div', {class: 'actions left'}, newer),
       note,
       h('div', {class: 'table-wrap'}, table),

@@ -17,6 +17,8 @@ import {firmwarePart} from './firmware.js';
 import {timeEl} from './format.js';
 import {jsonEditor, mergePatch} from './jsonedit.js';
 import {dataPart} from './series.js';
+import {chartsPart} from './charts.js';
+import {deviceMenu} from './devicemenu.js';
 
 function section(title, ...children) {
   const id = uid('section');
@@ -27,7 +29,7 @@ function valueText(v) {
   return typeof v === 'string' ? v : JSON.stringify(v);
 }
 
-export function mount(main, ctx, {id}) {
+export function mount(main, ctx, {id, section: part = ''}) {
   const perms = ctx.perms;
   let device = null;
   const message = messageArea();
@@ -58,6 +60,7 @@ export function mount(main, ctx, {id}) {
     add(body,
       infoSection(),
       shadowSection(),
+      chartsSection(),
       perms.seesData ? dataSection() : null,
       rpcSection(),
       callsSection(),
@@ -67,6 +70,21 @@ export function mount(main, ctx, {id}) {
       perms.owns(device) ? dangerSection() : null,
     );
     if (device.online) parts.rpc?.listMethods();
+    menuPart(part);
+  }
+
+  // The section menu, and the parts' own addresses (#/devices/ID/rpc)
+
+  function menuPart(first) {
+    const note = h('p', {class: 'message warning', role: 'status', hidden: true});
+    const menu = deviceMenu(id, body, note);
+    body.before(menu.element, note);
+    menu.show(first);
+    ctx.reroute = (view, params) => {
+      if (params.id !== id || !ctx.alive) return false;
+      menu.show(params.section || '');
+      return true;
+    };
   }
 
   // Info
@@ -447,6 +465,13 @@ export function mount(main, ctx, {id}) {
       },
     });
     return section('Stored data', parts.data.element);
+  }
+
+  // Charts over time (every kind of key: a restricted one, of what it may read)
+
+  function chartsSection() {
+    parts.charts = chartsPart(ctx, id, () => device);
+    return section('Charts', parts.charts.element);
   }
 
   // Firmware

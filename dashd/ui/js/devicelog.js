@@ -71,6 +71,8 @@ export function logPart(ctx, deviceId) {
   const note = h('p', {class: 'hint log-note'});
 
   let paused = false;
+  // Lines that came while paused, shown on resuming.
+  let held = [];
   // The offset of the oldest stored event loaded, and how many stored
   // events there are from it on (loaded, and live since).
   let boundary = null;
@@ -150,7 +152,7 @@ export function logPart(ctx, deviceId) {
     let skip = overlap;
     const fresh = live.filter((e) => !(isStored(e.name) && skip-- > 0));
     prepend(events.map((e) => line(e.name, e.data, e.timestamp, e.offset)).filter(Boolean));
-    if (!paused) for (const e of fresh) append(line(e.name, e.data, e.when));
+    for (const e of fresh) showLive(line(e.name, e.data, e.when));
     if (events.length) boundary = events[0].offset;
     known = events.length + liveStored.length - overlap;
     complete = !failed && events.length < PAGE;
@@ -199,10 +201,26 @@ export function logPart(ctx, deviceId) {
     }
   });
 
+  function showLive(li) {
+    if (!li) return;
+    if (!paused) {
+      append(li);
+      return;
+    }
+    held.push(li);
+    pause.textContent = `Resume (${held.length} new)`;
+  }
+
   pause.addEventListener('click', () => {
     paused = !paused;
     pause.setAttribute('aria-pressed', String(paused));
     pause.textContent = paused ? 'Resume' : 'Pause';
+    if (!paused && held.length) {
+      const lines = held;
+      held = [];
+      for (const li of lines) append(li);
+      announce(`${lines.length} line${lines.length === 1 ? '' : 's'} that came while paused shown.`);
+    }
   });
   clear.addEventListener('click', () => list.replaceChildren());
 
@@ -214,7 +232,7 @@ export function logPart(ctx, deviceId) {
       return;
     }
     if (isStored(event.name)) known += 1;
-    if (!paused) append(line(live.name, live.data, live.when));
+    showLive(line(live.name, live.data, live.when));
   }
 
   older.hidden = true;

@@ -66,7 +66,7 @@ async function copy(text, input) {
 export function copyField(label, value, {multiline = false} = {}) {
   const id = uid('copy');
   const input = multiline
-    ? h('textarea', {id, class: 'code', readOnly: true, rows: 3, spellcheck: 'false'})
+    ? h('textarea', {id, class: 'code fit', readOnly: true, rows: 3, spellcheck: 'false'})
     : h('input', {id, class: 'code', type: 'text', readOnly: true, spellcheck: 'false', autocomplete: 'off'});
   input.value = value;
   const status = h('span', {class: 'copy-status', role: 'status'});
@@ -106,13 +106,20 @@ export function mosCommand(token) {
   return `mos config-set dash.enable=true dash.server=${deviceServerUrl()} dash.token=${token}`;
 }
 
+// What an mDash-library device (Arduino, ESP-IDF) needs: the token is its
+// password, and the URL points it here instead of mdash.net.
+export function mdashCode(token) {
+  return `mDashBegin("${token}");\nmDashSetURL("${deviceServerUrl()}");`;
+}
+
 export function tokenDialog({title, device, token}) {
   return secretDialog({
     title,
-    intro: `Device ${device.name ? `“${device.name}” ` : ''}(ID ${device.id}). Provision a Mongoose OS device with this command, or use the token as the password of an mDash-library device:`,
+    intro: `Device ${device.name ? `“${device.name}” ` : ''}(ID ${device.id}). A Mongoose OS device: run the provisioning command. A device with the mDash library (Arduino, ESP-IDF): the token is its device password, and mDashSetURL points it at this dashd instead of mdash.net.`,
     fields: [
       {label: 'Device token', value: token},
       {label: 'Provisioning command', value: mosCommand(token), multiline: true},
+      {label: 'mDash library (Arduino, ESP-IDF) sketch lines', value: mdashCode(token), multiline: true},
     ],
     note: 'The token is shown only this once: dashd keeps only a hash of it. If it is lost, give the device a new token from its page.',
   });

@@ -69,7 +69,10 @@ export function mount(main, ctx) {
   }
 
   function scopeRow() {
-    const device = h('select', {}, deviceList.map((d) => h('option', {value: d.id}, `${d.name || d.id} (${d.id})`)));
+    // No device chosen until the user chooses one: a key for the first
+    // device in the list, with no rights on it, is never what was meant.
+    const device = h('select', {required: true}, h('option', {value: ''}, 'Choose a device'),
+      deviceList.map((d) => h('option', {value: d.id}, `${d.name || d.id} (${d.id})`)));
     const read = h('input', {type: 'text', autocomplete: 'off', spellcheck: 'false'});
     const write = h('input', {type: 'text', autocomplete: 'off', spellcheck: 'false'});
     const rpc = h('input', {type: 'text', autocomplete: 'off', spellcheck: 'false'});
@@ -84,6 +87,8 @@ export function mount(main, ctx) {
     }}, 'Remove this device');
     row.append(removeButton);
     row.read = () => ({id: device.value, acl: {read: list(read.value), write: list(write.value), rpc: list(rpc.value)}});
+    row.device = device;
+    row.readInput = read;
     return row;
   }
   addScope.addEventListener('click', () => {
@@ -115,7 +120,23 @@ export function mount(main, ctx) {
       const devices = {};
       for (const row of scopeRows.children) {
         const {id, acl} = row.read();
-        if (id) devices[id] = acl;
+        if (!id) {
+          showMessage(formMessage, 'Choose the device for each row of the restricted key, or remove the row.', 'error');
+          row.device.focus();
+          return;
+        }
+        if (!acl.read.length && !acl.write.length && !acl.rpc.length) {
+          const chosen = row.device.selectedOptions[0].textContent;
+          showMessage(formMessage, `The key may do nothing with ${chosen}: list shadow keys it may read, desired keys it may change or methods it may call.`, 'error');
+          row.readInput.focus();
+          return;
+        }
+        devices[id] = acl;
+      }
+      if (!Object.keys(devices).length) {
+        showMessage(formMessage, 'A restricted key needs at least one device: add one.', 'error');
+        addScope.focus();
+        return;
       }
       body.scope = {devices};
     }
@@ -175,6 +196,13 @@ export function mount(main, ctx) {
     if (!ctx.alive) return;
     deviceNames.clear();
     for (const d of deviceList) deviceNames.set(d.id, d.name || d.id);
+    // Rows added before the list came: offer its devices (keeping a choice).
+    for (const row of scopeRows.children) {
+      const chosen = row.device.value;
+      replace(row.device, h('option', {value: ''}, 'Choose a device'),
+        deviceList.map((d) => h('option', {value: d.id}, `${d.name || d.id} (${d.id})`)));
+      row.device.value = deviceList.some((d) => d.id === chosen) ? chosen : '';
+    }
     // One wrapper a cell, so the phone layout (label | value) stays two columns.
     const td = (label, ...content) => h('td', {'data-label': label}, h('span', {class: 'cell'}, content));
     replace(tbody, keys.map((k) => h('tr', {dataset: {keyId: k.id}},

@@ -3,7 +3,7 @@
 // #/accounts), so that the server only ever serves "/" and the browser's
 // history works.
 
-import {api, describe, onUnauthorized, setKey} from './api.js';
+import {api, csrfToken, describe, onUnauthorized, setKey, setSession} from './api.js';
 import {announce, h, replace} from './dom.js';
 import {refreshTimes} from './format.js';
 import {Notifier} from './notify.js';
@@ -14,6 +14,8 @@ import * as device from './device.js';
 import * as keys from './keys.js';
 import * as audit from './audit.js';
 import * as accounts from './accounts.js';
+import * as logs from './logs.js';
+import {forgetState, startOffline} from './offline.js';
 
 const STORAGE = 'dashd.apiKey';
 
@@ -39,18 +41,40 @@ function setLiveState(state) {
   el.className = `live-state ${state}`;
 }
 
-async function signIn(key) {
+async function signIn(key, {keep = false} = {}) {
   // Throws ApiError (401 for a wrong key) for the sign-in page to show.
   const me = await api('GET', '/whoami', undefined, {key});
+  if (keep) {
+    // A session cookie instead of the key (dashd.app.sessions): every tab.
+    await api('POST', '/session', {}, {key, keepCookies: true});
+    return signedIn(me, null);
+  }
+  return signedIn(me, key);
+}
+
+function signedIn(me, key) {
   setKey(key);
+  setSession(key === null);
   app.key = key;
   app.me = me;
   app.notice = null;
   app.perms = permissions(me);
-  sessionStorage.setItem(STORAGE, key);
+  if (key !== null) sessionStorage.setItem(STORAGE, key);
   startStream();
   showSession();
   return me;
+}
+
+// A session this browser kept (another tab signed in with "keep me signed in").
+async function resumeSession() {
+  if (!csrfToken()) return;
+  setSession(true);
+  try {
+    signedIn(await api('GET', '/whoami', undefined, {quiet: true}), null);
+  } catch (error) {
+    setSession(false);
+    if (error.status === 401 || error.status === 403) app.notice = describe(error);
+  }
 }
 
 function startStream() {
@@ -69,6 +93,9 @@ function signOut(notice) {
   if (app.notifier) app.notifier.stop();
   app.notifier = null;
   sessionStorage.removeItem(STORAGE);
+  forgetState();
+  if (!app.key && app.me) api('DELETE', '/session', undefined, {quiet: true}).catch(() => {});
+  setSession(false);
   setKey(null);
   app.key = null;
   app.me = null;
@@ -87,6 +114,7 @@ function showSession() {
   document.getElementById('nav-keys-item').hidden = !(signedIn && app.perms.canManageKeys);
   document.getElementById('nav-audit-item').hidden = !(signedIn && app.perms.canReadAudit);
   document.getElementById('nav-accounts-item').hidden = !(signedIn && app.perms.canManageAccounts);
+  document.getElementById('nav-logs-item').hidden = !(signedIn && app.perms.seesLog);
   const who = document.getElementById('who');
   if (signedIn) {
     const name = app.me.name ? `${app.me.name} ` : '';
@@ -133,7 +161,10 @@ function parseRoute(hash) {
   if (path === '/audit') return {view: audit, params: {}};
   if (path === '/accounts') return {view: accounts, params: {}};
   if ((m = /^\/devices\/([^/]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1])}};
+  // A part of the device page (deep links: #/devices/ID/rpc).
+  if ((m = /^\/devices\/([^/]+)\/([a-z-]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1]), section: m[2]}};
   if (path === '/devices') return {view: devices, params: {}};
+  if (path === '/logs') return {view: logs, params: {}};
   return null;
 }
 
@@ -160,6 +191,11 @@ function route() {
     app.after = null;
     return;
   }
+  // The page shown may take the new address itself (another part of it).
+  if (app.view && app.view.reroute && app.view.reroute(target.view, target.params)) {
+    markCurrentNav();
+    return;
+  }
   if (app.view) app.view.destroy();
   const ctx = viewContext();
   app.view = ctx;
@@ -181,6 +217,7 @@ function route() {
 }
 
 async function boot() {
+  startOffline();
   onUnauthorized((error) => signOut(`You were signed out: ${error.message}.`));
   document.getElementById('sign-out').addEventListener('click', () => {
     signOut('You signed out. The key is no longer kept in this tab.');
@@ -200,6 +237,8 @@ async function boot() {
       if (error.status === 401) sessionStorage.removeItem(STORAGE);
       app.notice = describe(error);
     }
+  } else {
+    await resumeSession();
   }
   window.addEventListener('hashchange', route);
   route();

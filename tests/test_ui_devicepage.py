@@ -1,0 +1,139 @@
+"""
+The device page's section menu with deep links (#/devices/ID/rpc) and the
+compact device list at phone width (issue 19 item 4), in Chromium against
+a real dashd with simulated devices. Screenshots go to test-artifacts/ui/.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+from playwright.sync_api import Page, expect
+
+from browser import UI, BrowserThread, chromium_missing
+from support import Client, DashdProcess, connect_device, device_online
+from test_ui import PHONE, _ui, accessible, no_horizontal_overflow, row, section, sign_in
+
+ALL = ["Info", "Shadow", "Charts", "Stored data", "RPC console", "Queued calls",
+       "Firmware update", "Device log", "Sharing", "Token and deletion"]
+
+
+@pytest.fixture(scope="module")
+def browser_thread() -> Iterator[BrowserThread]:
+    missing = chromium_missing()
+    if missing:
+        pytest.fail(missing)
+    thread = BrowserThread()
+    thread.start_browser()
+    yield thread
+    thread.stop()
+
+
+def _page(browser_thread: BrowserThread, server: DashdProcess, request: Any,
+          viewport: dict[str, int] | None) -> Iterator[UI]:
+    page = _ui(browser_thread, server, request, viewport)
+    yield page
+    page.close()
+    problems = page.unexplained()
+    assert not problems, "the page went wrong:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def ui(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
+    yield from _page(browser_thread, server, request, None)
+
+
+@pytest.fixture
+def phone(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
+    yield from _page(browser_thread, server, request, PHONE)
+
+
+def shown(page: Page) -> list[str]:
+    return page.locator(".device-body > section:visible > h2").all_inner_texts()
+
+
+def menu(page: Page):
+    return page.get_by_role("navigation", name="Parts of this device page")
+
+
+@pytest_twisted.ensureDeferred
+async def test_parts_of_the_device_page_have_their_own_addresses(server, admin: Client, ui: UI):
+    device_id, token = await admin.register("menu-boiler")
+    sim = await connect_device(server, token)
+    await device_online(admin, device_id)
+    await ui.run(sign_in, admin.key)
+
+    def deep_link(page: Page) -> None:
+        # Pasted into a new tab's address bar: that part alone.
+        page.goto("/#/devices/%s/rpc" % device_id)
+        expect(page.get_by_role("heading", level=1, name="menu-boiler")).to_be_visible()
+        expect(section(page, "RPC console")).to_be_visible()
+        assert shown(page) == ["RPC console", "Queued calls"]
+        expect(menu(page).get_by_role("link", name="RPC")).to_have_attribute("aria-current", "location")
+        accessible(page)
+        height = page.evaluate("document.documentElement.scrollHeight")
+        assert height < 2000, height
+
+    await ui.run(deep_link)
+    await ui.shot("device-part-rpc")
+
+    def choose(page: Page) -> None:
+        # The sections are kept while hidden: nothing is loaded again.
+        page.evaluate("document.querySelector('.device-body').dataset.mark = 'same page'")
+        menu(page).get_by_role("link", name="Log").click()
+        expect(page).to_have_url("%s/#/devices/%s/log" % (server.url, device_id))
+        expect(section(page, "Device log")).to_be_visible()
+        assert shown(page) == ["Device log"]
+        menu(page).get_by_role("link", name="Overview").click()
+        assert shown(page) == ["Info", "Shadow"]
+        menu(page).get_by_role("link", name="Sharing and token").click()
+        assert shown(page) == ["Sharing", "Token and deletion"]
+        menu(page).get_by_role("link", name="All").click()
+        expect(page).to_have_url("%s/#/devices/%s" % (server.url, device_id))
+        assert shown(page) == ALL
+        # The browser's Back goes to the part before.
+        page.go_back()
+        assert shown(page) == ["Sharing", "Token and deletion"]
+        assert page.evaluate("document.querySelector('.device-body').dataset.mark") == "same page"
+        # An address that names no part of the page: all of it, and why.
+        page.goto("/#/devices/%s/nosuchpart" % device_id)
+        expect(page.get_by_text('This page has no part called "nosuchpart": showing all of it.')).to_be_visible()
+        assert shown(page) == ALL
+        accessible(page)
+
+    await ui.run(choose)
+    await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_phone_list_is_compact_and_parts_are_short(server, admin: Client, phone: UI):
+    ids = [(await admin.register("compact-%02d" % i))[0] for i in range(8)]
+    await phone.run(sign_in, admin.key)
+
+    def compact(page: Page) -> None:
+        expect(row(page, ids[0])).to_be_visible()
+        heights = [row(page, d).evaluate("r => r.getBoundingClientRect().height") for d in ids]
+        # At least six devices a screen (844 px): 1.5 before.
+        assert max(heights) < PHONE["height"] / 6, heights
+        expect(row(page, ids[0])).to_contain_text("compact-00")
+        expect(row(page, ids[0])).to_contain_text(ids[0])
+        expect(row(page, ids[0])).to_contain_text("Offline")
+        no_horizontal_overflow(page)
+        accessible(page)
+
+    await phone.run(compact)
+    await phone.shot("phone-devices-compact")
+
+    def part(page: Page) -> None:
+        page.goto("/#/devices/%s/rpc" % ids[0])
+        expect(section(page, "RPC console")).to_be_visible()
+        # The RPC console near the top, not 3,230 px down.
+        top = section(page, "RPC console").evaluate("s => s.getBoundingClientRect().top + window.scrollY")
+        assert top < 700, top
+        no_horizontal_overflow(page)
+        accessible(page)
+
+    await phone.run(part)
+    await phone.shot("phone-device-part-rpc")
