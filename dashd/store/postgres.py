@@ -222,9 +222,10 @@ class PostgresStore:
         self._running = 0
         self._closing = False
         self._healthy = True
-        # While the database is away: why, and when a job may try it again.
+        # While the database is away: why, and the store's own job that
+        # finds out whether it is back (no request ever waits for that).
         self._down_reason = ""
-        self._next_probe = 0.0
+        self._probe_call: Any = None
         self._stopped: Deferred[None] | None = None
         # Called on the reactor with the seconds each job took, from its
         # submission to its durable result (dashd.ops.metrics sets it).
@@ -325,6 +326,9 @@ class PostgresStore:
         if self._stopped is None:
             self._stopped = Deferred()
             self._closing = True
+            if self._probe_call is not None and self._probe_call.active():
+                self._probe_call.cancel()
+            self._probe_call = None
             self._maybe_stopped()
         return self._stopped
 
@@ -343,7 +347,8 @@ class PostgresStore:
 
     # Running jobs
 
-    def _run(self, job: Job, order: str | None = None, merge: bool = False) -> Deferred[Any]:
+    def _run(self, job: Job, order: str | None = None, merge: bool = False,
+             probe: bool = False) -> Deferred[Any]:
         """Run C{job} in a transaction on a store thread; fire with its result
         after the commit. Jobs with the same C{order} key (a device ID) run
         one after the other, in the order they were submitted, as they do on
@@ -359,14 +364,12 @@ class PostgresStore:
         devices rather than three per device."""
         if self._pool is None or self._closing or self._threads is None:
             return fail(StoreError("the store is closed"))
-        if not self._healthy:
+        if not self._healthy and not probe:
             # The database was away at the last try: fail at once rather than
-            # after store.timeout, but for one job a PROBE_INTERVAL, which
-            # finds out whether it is back.
-            now = self._reactor.seconds()
-            if now < self._next_probe:
-                return fail(DatabaseUnreachable(self._down_reason))
-            self._next_probe = now + PROBE_INTERVAL
+            # after store.timeout; the store's probe (L{_probe}) finds out
+            # when it is back. A request's job as the probe would make that
+            # request wait store.timeout.
+            return fail(DatabaseUnreachable(self._down_reason))
         if self._in_flight >= self._queue_size:
             return fail(StoreError("the store is overloaded; try again shortly"))
         self._in_flight += 1
@@ -461,14 +464,27 @@ class PostgresStore:
         """Say in the log, once, when the database goes away and comes back."""
         if isinstance(result, Failure) and result.check(DatabaseUnreachable):
             self._down_reason = result.getErrorMessage()
-            self._next_probe = self._reactor.seconds() + PROBE_INTERVAL
             if self._healthy:
                 self._healthy = False
                 log.warn("store {url}: {error}; requests get 503 until it is back",
                          url=redact(self.url), error=result.getErrorMessage())
+                self._schedule_probe()
         elif not self._healthy and not isinstance(result, (Failure, _Raised)):
             self._healthy = True
             log.info("store {url}: the database answers again", url=redact(self.url))
+
+    def _schedule_probe(self) -> None:
+        if self._probe_call is None and not self._healthy and not self._closing:
+            self._probe_call = self._reactor.callLater(PROBE_INTERVAL, self._probe)
+
+    def _probe(self) -> None:
+        """While the database is away: try it, once a PROBE_INTERVAL."""
+        self._probe_call = None
+        if self._healthy or self._closing or self._pool is None:
+            return
+        d = self._run(lambda cur: _one(cur, "SELECT 1"), probe=True)
+        d.addErrback(lambda _: None)  # _note_health has seen the outcome
+        d.addBoth(lambda _: self._schedule_probe())
 
     def _in_thread(self, pool: ConnectionPool[Any], jobs: list[Job]) -> list[Any]:
         """Run the jobs in one transaction; their results, or L{_Raised} for
