@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from dashd import __version__
 from dashd.api import Api
 from dashd.api.audit import entry_for
+from dashd.api.library import LIBRARY_UPLOAD_PATH
 from dashd.api.ota import UPLOAD_PATH
 from dashd.api.site import DashdSite, SpoolRule
 from dashd.app.application import Application, build_application
@@ -152,6 +153,10 @@ def build(config: Config, reactor: Any) -> DashdService:
             b"POST", UPLOAD_PATH,
             config["ota.max_bytes"] + MULTIPART_ALLOWANCE, firmware_dir,
             config["ota.upload_timeout"], gate=api.upload_gate,
+        ), SpoolRule(
+            b"POST", LIBRARY_UPLOAD_PATH,
+            config["ota.max_bytes"] + MULTIPART_ALLOWANCE, firmware_dir,
+            config["ota.upload_timeout"], gate=api.library_gate,
         )],
     )
 
@@ -196,6 +201,10 @@ def build(config: Config, reactor: Any) -> DashdService:
     sweeper = TimerService(config["calls.sweep_interval"], delivery.sweep)
     sweeper.clock = reactor
     sweeper.setServiceParent(service)
+    # Library uploads a restart cut off (the image is never listed).
+    library_sweeper = TimerService(PRUNE_INTERVAL, application.library.sweep)
+    library_sweeper.clock = reactor
+    library_sweeper.setServiceParent(service)
     if config["gc.full_collection_interval"] > 0:
         FreezeSurvivors(reactor, config["gc.full_collection_interval"]).setServiceParent(service)
     # Stops after the site has drained and before the store.

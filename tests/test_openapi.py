@@ -74,7 +74,7 @@ def test_schemathesis_finds_the_description_true(server: DashdProcess, tmp_path)
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
-    assert "Tested: 26" in output, output[-3000:]
+    assert "Tested: 31" in output, output[-3000:]
     assert "Authentication failed" not in output, output[-3000:]
     assert "No issues found" in output, output[-4000:]
 

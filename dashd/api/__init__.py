@@ -18,6 +18,7 @@ from dashd.api.data import DataRoutes
 from dashd.api.devices import DeviceRoutes
 from dashd.api.door import Door
 from dashd.api.keys import KeyRoutes
+from dashd.api.library import LibraryRoutes
 from dashd.api.ops import OpsRoutes
 from dashd.api.ota import OtaRoutes
 from dashd.api.rpc import RpcRoutes
@@ -28,7 +29,7 @@ __all__ = ["Api"]
 
 class Api(
     ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes, OtaRoutes,
-    DataRoutes, CallRoutes, UiRoutes,
+    DataRoutes, CallRoutes, UiRoutes, LibraryRoutes,
 ):
     def resource(self) -> Any:
         # The busiest requests are answered before Klein (dashd.api.door).

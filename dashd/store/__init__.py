@@ -185,6 +185,36 @@ class IStore(Interface):
         """Delete up to C{batch} calls that ended before C{before}; fire
         with how many."""
 
+    # The firmware library (dashd.app.library; the jobs are in firmware_sql.py)
+
+    def begin_firmware(image, per_account):
+        """Store the record of an image being uploaded (not complete yet).
+        @raise dashd.domain.errors.Busy: its account has C{per_account}."""
+
+    def put_firmware_chunk(firmware_id, n, data):
+        """Store chunk C{n} (bytes) of an image being uploaded."""
+
+    def complete_firmware(firmware_id):
+        """Mark the image complete; fire with its record."""
+
+    def get_firmware(firmware_id):
+        """Fire with a complete image's record (a dict) or None."""
+
+    def list_firmware(account_id):
+        """Fire with the complete images of the account (None: all), newest
+        first."""
+
+    def firmware_chunk(firmware_id, n):
+        """Fire with chunk C{n} of the image, or None past its end."""
+
+    def delete_firmware(firmware_id):
+        """Delete the image; fire with whether there was one.
+        @raise dashd.domain.errors.Conflict: a job that has not ended uses it."""
+
+    def drop_incomplete_firmware(before):
+        """Delete images whose upload began before C{before} and never
+        completed; fire with how many."""
+
     # Stored data, device events, OTA status
 
     def query_data(account_id, device_id, skip, limit, text):

@@ -48,7 +48,8 @@ from zope.interface import implementer
 from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
-from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, query_sql,
+from dashd.store import (IStore, LastAdminKey, NotFound, StoreError, calls_sql, firmware_sql,
+                         query_sql,
                          sqlite_records)
 
 log = Logger()
@@ -733,6 +734,32 @@ class SQLiteStore:
 
     def prune_calls(self, before: float, batch: int = 10000) -> Deferred[int]:
         return self._calls(calls_sql.prune, before, batch)
+
+    # The firmware library (the jobs are in firmware_sql.py)
+
+    def begin_firmware(self, image: dict[str, Any], per_account: int) -> Deferred[None]:
+        return self._calls(firmware_sql.begin, image, per_account)
+
+    def put_firmware_chunk(self, firmware_id: str, n: int, data: bytes) -> Deferred[None]:
+        return self._calls(firmware_sql.put_chunk, firmware_id, n, data)
+
+    def complete_firmware(self, firmware_id: str) -> Deferred[Any]:
+        return self._calls(firmware_sql.complete, firmware_id)
+
+    def get_firmware(self, firmware_id: str) -> Deferred[Any]:
+        return self._calls(firmware_sql.get, firmware_id)
+
+    def list_firmware(self, account_id: str | None) -> Deferred[Any]:
+        return self._calls(firmware_sql.list_for, account_id, read=True)
+
+    def firmware_chunk(self, firmware_id: str, n: int) -> Deferred[Any]:
+        return self._calls(firmware_sql.chunk, firmware_id, n, read=True)
+
+    def delete_firmware(self, firmware_id: str) -> Deferred[bool]:
+        return self._calls(firmware_sql.delete, firmware_id)
+
+    def drop_incomplete_firmware(self, before: float) -> Deferred[int]:
+        return self._calls(firmware_sql.drop_incomplete, before)
 
     # Stored data, device events, OTA status (the jobs are in sqlite_records.py)
 
