@@ -30,6 +30,7 @@ from dashd.app.datapull import DataPuller
 from dashd.app.firmware import OtaManager
 from dashd.app.fleet import Fleet
 from dashd.app.history import History
+from dashd.app.jobs import JobRunner
 from dashd.app.limits import FailureLimiter, TokenBucket
 from dashd.app.retention import DataRetention
 from dashd.app.tickets import ITicketStore, LocalTickets
@@ -40,6 +41,7 @@ from dashd.config import Config, with_backlog
 from dashd.ops.control import control_service
 from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, FIRMWARE_DIR
 from dashd.ops.gcfreeze import FreezeSurvivors
+from dashd.ops.jobs import JobCollector, JobService
 from dashd.ops.lifecycle import DrainService, Readiness
 from dashd.ops.metrics import Metrics
 from dashd.ops.services import DashdService, FleetService, OtaService, StoreService
@@ -201,6 +203,10 @@ def build(config: Config, reactor: Any) -> DashdService:
     sweeper = TimerService(config["calls.sweep_interval"], delivery.sweep)
     sweeper.clock = reactor
     sweeper.setServiceParent(service)
+    # Fleet jobs: each node steps those whose lease it holds (or takes).
+    job_runner = JobRunner(fleet, application.jobs, application.devices, audit.record)
+    JobService(job_runner, config["jobs.interval"], reactor).setServiceParent(service)
+    metrics.registry.register(JobCollector(job_runner))  # type: ignore[arg-type]
     # Library uploads a restart cut off (the image is never listed).
     library_sweeper = TimerService(PRUNE_INTERVAL, application.library.sweep)
     library_sweeper.clock = reactor

@@ -19,6 +19,7 @@ from dashd.app.calls import Calls
 from dashd.app.devices import Devices
 from dashd.app.firmware import Firmware, OtaManager
 from dashd.app.fleet import Fleet
+from dashd.app.jobs import Jobs
 from dashd.app.keys import Keys
 from dashd.app.library import FirmwareLibrary
 from dashd.app.records import Records
@@ -71,4 +72,5 @@ def build_application(fleet: Fleet, auth: Authenticator, ota: OtaManager | None 
         firmware=firmware,
         tickets=NotifyTickets(tickets, auth, clock) if tickets is not None else None,
         library=library,
+        jobs=Jobs(fleet, devices) if ota is not None else None,
     )

@@ -215,6 +215,71 @@ class IStore(Interface):
         """Delete images whose upload began before C{before} and never
         completed; fire with how many."""
 
+    # Fleet jobs (dashd.domain.jobs, dashd.app.jobs; the jobs are in jobs_sql.py,
+    # whose functions say what each does)
+
+    def create_job(job, executions):
+        """Store a job and its first executions; fire with the job."""
+
+    def add_job_executions(job_id, executions, now):
+        """Add executions for devices the job has none for; fire with how many."""
+
+    def get_job(job_id):
+        """Fire with the job (a dict) or None."""
+
+    def job_counts(job_id):
+        """Fire with the job's executions counted by state."""
+
+    def list_jobs(account_id, limit, before):
+        """Fire with jobs (of the account, None: all), newest first."""
+
+    def job_executions(job_id, states, limit, after):
+        """Fire with a page of the job's executions, in order."""
+
+    def set_job_state(job_id, from_states, state, now, reason=None):
+        """Compare-and-set the job's state; fire with the job as it is then."""
+
+    def lease_job(job_id, node, now, until):
+        """Take or renew the job's lease; fire with whether C{node} holds it."""
+
+    def release_job(job_id, node):
+        """Give up the job's lease."""
+
+    def active_jobs(limit=1000):
+        """Fire with the IDs of the jobs that need driving."""
+
+    def jobs_in_flight(job_id):
+        """Fire with how many executions of the job are out."""
+
+    def dispatch_job(job, limit, now, per_device, per_account):
+        """Queue the calls of the next executions of an RPC job, each linked
+        to its execution in the same transaction; fire with the calls."""
+
+    def take_job_executions(job_id, limit, now):
+        """Mark the next queued executions in progress; fire with their devices."""
+
+    def requeue_job_executions(job_id, now):
+        """Queue again the executions in progress that are not calls."""
+
+    def finish_job_execution(job_id, device_id, state, now, result=None, error=None,
+                             retries=0):
+        """End an execution in progress (not a call)."""
+
+    def sync_job(job_id, retries, now):
+        """Bring the job's executions up to their calls' states."""
+
+    def cancel_job(job_id, now, state="cancelled", reason=None):
+        """End the job and cancel what was not sent; fire with the job and
+        the calls cancelled."""
+
+    def retry_job(job_id, now):
+        """Queue the failed and timed-out executions again; fire with the job
+        and how many."""
+
+    def delete_job(job_id):
+        """Delete an ended job; fire with whether there was one.
+        @raise dashd.domain.errors.Conflict: it has not ended."""
+
     # Stored data, device events, OTA status
 
     def query_data(account_id, device_id, skip, limit, text):
