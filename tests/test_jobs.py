@@ -110,8 +110,10 @@ async def test_an_rpc_job_on_a_query_reaches_online_and_returning_devices(
         state = await sub.next(lambda e: mine("job.state")(e)
                                and e["data"]["state"] == "completed")
         assert state["data"]["progress"]["succeeded"] == 3
+        sub.cursor = 0
+        await sub.next(lambda e: mine("job.progress")(e)
+                       and e["data"]["progress"]["succeeded"] == 3)
         progress = sub.matching(mine("job.progress"))
-        assert progress and progress[-1]["data"]["progress"]["succeeded"] == 3
         succeeded = [p["data"]["progress"]["succeeded"] for p in progress]
         assert succeeded == sorted(succeeded)
         listed = (await admin.get("/api/v2/jobs")).body
@@ -252,3 +254,220 @@ async def test_a_shadow_job_skips_what_the_key_may_not_touch(server: DashdProces
     reply = await other.get("/api/v2/jobs/" + job["id"])
     assert (reply.status, reply.body["error"]["message"]) == (404, "no such job: " + job["id"])
     assert (await admin.get("/api/v2/jobs/" + job["id"])).status == 200
+
+
+async def online_fleet(server: DashdProcess, admin: Client, run: str, n: int,
+                       **options: Any) -> tuple[list[str], list[Any]]:
+    fleet = await tagged(admin, run, n)
+    sims = []
+    for device_id, token in fleet:
+        sims.append(await connect_device(server, token, **options))
+        await device_online(admin, device_id)
+    return [d for d, _ in fleet], sims
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_stops_what_was_not_sent_and_records_what_was(server: DashdProcess,
+                                                                   admin: Client):
+    ids, sims = await online_fleet(server, admin, "cancel1", 3)
+    try:
+        job = await create(admin, {
+            "name": "slow", "target": {"devices": ids}, "concurrency": 1,
+            "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 1.5}}})
+
+        async def one_in_progress():
+            found = await executions(admin, job["id"], "in_progress")
+            return found if found else None
+
+        running = await eventually(one_in_progress, 10)
+        assert list(running) == [ids[0]]
+        reply = await admin.post("/api/v2/jobs/%s/cancel" % job["id"])
+        assert reply.status == 200, reply
+        assert reply.body["state"] == "cancelled"
+        assert reply.body["reason"]["message"].startswith("cancelled by key ")
+        progress = reply.body["progress"]
+        assert (progress["cancelled"], progress["in_progress"]) == (2, 1)
+        # The one sent goes on, and its end is recorded.
+        async def recorded():
+            found = await executions(admin, job["id"])
+            return found if found[ids[0]]["state"] == "succeeded" else None
+
+        found = await eventually(recorded, 10)
+        assert found[ids[0]]["result"] == {"slept": 1.5}
+        assert [found[d]["state"] for d in ids[1:]] == ["cancelled", "cancelled"]
+        assert (await admin.get("/api/v2/jobs/" + job["id"])).body["state"] == "cancelled"
+        assert [s.methods.count("Sim.Sleep") for s in sims] == [1, 0, 0]
+        again = await admin.post("/api/v2/jobs/%s/cancel" % job["id"])
+        assert (again.status, again.body["error"]["message"]) == (
+            409, "job %s has ended (cancelled): there is nothing to cancel" % job["id"])
+        retry = await admin.post("/api/v2/jobs/%s/retry" % job["id"])
+        assert (retry.status, retry.body["error"]["message"]) == (
+            409, "job %s was cancelled: create a new job to try again" % job["id"])
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_abort_rule_halts_the_job_and_retry_reruns_the_failed(
+        server: DashdProcess, admin: Client):
+    ids, sims = await online_fleet(server, admin, "abort1", 4)
+    sub = await subscribe(server, admin.key)
+    try:
+        job = await create(admin, {
+            "name": "failing", "target": {"devices": ids}, "concurrency": 1,
+            "action": {"type": "rpc", "method": "Sim.Fail", "params": {"code": 7}},
+            "abort": [{"on": "failed", "percent": 50, "min_finished": 2}]})
+        aborted = await job_state(admin, job["id"], "aborted")
+        assert aborted["reason"]["message"] == (
+            "2 of 2 finished executions failed (100.0%, the rule's threshold is 50% once 2 "
+            "have finished)")
+        assert aborted["reason"]["rule"] == {"on": "failed", "percent": 50, "min_finished": 2}
+        assert (aborted["progress"]["failed"], aborted["progress"]["cancelled"]) == (2, 2)
+        found = await executions(admin, job["id"], "failed")
+        assert found[ids[0]]["error"] == {"code": 7, "message": "simulated failure"}
+        assert [s.methods.count("Sim.Fail") for s in sims] == [1, 1, 0, 0]
+        event = await sub.next(lambda e: e["name"] == "job.state" and e["id"] == job["id"]
+                               and e["data"]["state"] == "aborted")
+        assert event["data"]["reason"]["matching"] == 2
+
+        retried = await admin.post("/api/v2/jobs/%s/retry" % job["id"])
+        assert retried.status == 200, retried
+        assert retried.body["retried"] == 2 and retried.body["state"] == "running"
+        again = await job_state(admin, job["id"], "aborted")
+        assert again["progress"]["failed"] == 2
+        found = await executions(admin, job["id"], "failed")
+        assert found[ids[0]]["attempts"] == 2
+        assert [s.methods.count("Sim.Fail") for s in sims] == [2, 2, 0, 0]
+    finally:
+        sub.close()
+        for sim in sims:
+            await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_devices_offline_at_the_start_before_and_after_the_queued_timeout(
+        server: DashdProcess, admin: Client):
+    fleet = await tagged(admin, "offline1", 2)
+    ids = [d for d, _ in fleet]
+    sims = []
+    try:
+        job = await create(admin, {
+            "name": "late ones", "target": {"devices": ids},
+            "action": {"type": "rpc", "method": "Sim.Echo", "params": [1]},
+            "timeouts": {"queued": 3}})
+        # The first comes back in time.
+        sims.append(await connect_device(server, fleet[0][1]))
+
+        async def first_done():
+            found = await executions(admin, job["id"])
+            return found if found[ids[0]]["state"] == "succeeded" else None
+
+        await eventually(first_done, 10)
+        # The second only after its queued timeout: it never gets the call.
+        done = await job_state(admin, job["id"], "completed", 15)
+        assert (done["progress"]["succeeded"], done["progress"]["timed_out"]) == (1, 1)
+        found = await executions(admin, job["id"])
+        assert found[ids[1]]["error"] == {
+            "code": 504,
+            "message": "the device was not online to take it within the queued timeout"}
+        assert "in_progress" not in found[ids[1]]["times"]
+        sims.append(await connect_device(server, fleet[1][1]))
+        await device_online(admin, ids[1])
+        reply = await admin.post("/api/v2/devices/%s/rpc/Sim.Echo" % ids[1], {"after": 1})
+        assert reply.status == 200
+        assert sims[1].methods.count("Sim.Echo") == 1  # the check call only
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pause_and_resume_and_a_rate_limit(server: DashdProcess, admin: Client):
+    ids, sims = await online_fleet(server, admin, "rate1", 4)
+    try:
+        job = await create(admin, {
+            "name": "slowly", "target": {"devices": ids}, "rate": {"per_minute": 60},
+            "action": {"type": "rpc", "method": "Sim.Echo"}})
+
+        async def one_done():
+            found = await executions(admin, job["id"], "succeeded")
+            return found if found else None
+
+        await eventually(one_done, 10)
+        paused = await admin.post("/api/v2/jobs/%s/pause" % job["id"])
+        assert paused.status == 200 and paused.body["state"] == "paused"
+        sent = sum(s.methods.count("Sim.Echo") for s in sims)
+        # One a second: never all four at once.
+        assert 1 <= sent <= 3
+        again = await admin.post("/api/v2/jobs/%s/pause" % job["id"])
+        assert (again.status, again.body["error"]["message"]) == (
+            409, "job %s is paused: only a running or scheduled job may be paused" % job["id"])
+        resumed = await admin.post("/api/v2/jobs/%s/resume" % job["id"])
+        assert resumed.status == 200 and resumed.body["state"] == "running"
+        done = await job_state(admin, job["id"], "completed", 20)
+        assert done["progress"]["succeeded"] == 4
+        assert [s.methods.count("Sim.Echo") for s in sims] == [1, 1, 1, 1]
+        times = sorted(e["times"]["dispatched"]
+                       for e in (await executions(admin, job["id"])).values())
+        assert times[-1] - times[0] >= 2.0
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_continuous_job_takes_devices_that_match_later(server: DashdProcess,
+                                                               admin: Client):
+    ids, sims = await online_fleet(server, admin, "cont1", 1)
+    try:
+        job = await create(admin, {
+            "name": "joiners", "target": {"where": 'shadow.tags.run = "cont1"',
+                                          "continuous": True},
+            "action": {"type": "shadow", "tags": {"seen": True}}})
+        assert job["target"]["continuous"] is True
+        late = await tagged(admin, "cont1", 1)
+
+        async def both():
+            found = await executions(admin, job["id"], "succeeded")
+            return found if len(found) == 2 else None
+
+        found = await eventually(both, 20)
+        assert set(found) == {ids[0], late[0][0]}
+        assert (await admin.device(late[0][0]))["shadow"]["tags"]["seen"] is True
+        # It runs until cancelled.
+        assert (await admin.get("/api/v2/jobs/" + job["id"])).body["state"] == "running"
+        assert (await admin.post("/api/v2/jobs/%s/cancel" % job["id"])).status == 200
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restart_mid_job_sends_nothing_twice(own_server: DashdProcess):
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    ids, sims = await online_fleet(own_server, admin, "restart1", 5)
+    try:
+        job = await create(admin, {
+            "name": "across restarts", "target": {"devices": ids},
+            "rate": {"per_minute": 60}, "concurrency": 2,
+            "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 0.5}}})
+
+        async def some_done():
+            found = await executions(admin, job["id"], "succeeded")
+            return found if found else None
+
+        await eventually(some_done, 10)
+        own_server.kill9()
+        await own_server.start_async()
+        done = await job_state(admin, job["id"], "completed", 40)
+        assert done["progress"]["succeeded"] + done["progress"]["failed"] == 5
+        # Nothing sent twice: each device got the call once (one cut off by
+        # the kill is lost, and recorded failed, not sent again).
+        assert [s.methods.count("Sim.Sleep") for s in sims] == [1] * 5
+        for e in (await executions(admin, job["id"], "failed")).values():
+            assert e["error"]["message"].startswith("lost: ")
+    finally:
+        for sim in sims:
+            await sim.stop()

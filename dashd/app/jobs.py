@@ -238,7 +238,7 @@ class Jobs:
         self._control(by, job, "pause jobs")
         after = await self._store.set_job_state(job_id, (j.RUNNING, j.SCHEDULED), j.PAUSED,
                                                 self._fleet.now())
-        if after is None or after["state"] != j.PAUSED:
+        if after is None or not after["changed"]:
             raise Conflict("job %s is %s: only a running or scheduled job may be paused"
                            % (job_id, (after or job)["state"]))
         return await self.state_changed(after)
@@ -250,7 +250,7 @@ class Jobs:
         start = job["spec"].get("start_at")
         state = j.SCHEDULED if start is not None and start > now else j.RUNNING
         after = await self._store.set_job_state(job_id, (j.PAUSED,), state, now)
-        if after is None or after["state"] != state:
+        if after is None or not after["changed"]:
             raise Conflict("job %s is %s: only a paused job may be resumed"
                            % (job_id, (after or job)["state"]))
         self._wake()
@@ -263,7 +263,7 @@ class Jobs:
         ended already."""
         now = self._fleet.now()
         after, cancelled = await self._store.cancel_job(job["id"], now, state, reason)
-        if after is None or after["state"] != state or after["finished"] != now:
+        if after is None or not after["changed"]:
             return None
         for call in cancelled:
             device = await self._store.get_device(call.device_id)
@@ -438,7 +438,7 @@ class JobRunner:
         await self._store.sync_job(job_id, spec["retries"], now)
         if job["state"] == j.SCHEDULED and now >= (spec.get("start_at") or 0):
             after = await self._store.set_job_state(job_id, (j.SCHEDULED,), j.RUNNING, now)
-            if after is not None and after["state"] == j.RUNNING:
+            if after is not None and after["changed"]:
                 job = after
                 self._record(job, "started at its start_at")
                 await self._jobs.state_changed(job)
@@ -504,7 +504,7 @@ class JobRunner:
             if not counts.get(j.QUEUED) and not counts.get(j.IN_PROGRESS) \
                     and await self._store.jobs_in_flight(job_id) == 0:
                 after = await self._store.set_job_state(job_id, (j.RUNNING,), j.COMPLETED, now)
-                if after is not None and after["state"] == j.COMPLETED:
+                if after is not None and after["changed"]:
                     self._record(after, "completed")
                     await self._jobs.state_changed(after)
                     return after

@@ -41,7 +41,8 @@ def _job(db: Db, row: Any) -> dict[str, Any]:
 
 def _execution(db: Db, row: Any) -> dict[str, Any]:
     out = {"device_id": row[0], "seq": row[1], "state": row[2], "attempts": row[4],
-           "call_id": row[5], "times": db.load(row[6]) or {}, "updated": row[9]}
+           "call_id": row[5], "times": db.load(row[6]) or {}, "updated": row[9],
+           "dispatched": bool(row[8])}
     if row[3] is not None:
         out["reason"] = row[3]
     outcome = db.load(row[7]) if row[7] is not None else None
@@ -136,6 +137,8 @@ def set_state(db: Db, job_id: str, from_states: tuple[str, ...], state: str, now
     as it is then (the caller compares)."""
     job = _get(db, job_id, lock=True)
     if job is None or job["state"] not in from_states:
+        if job is not None:
+            job["changed"] = False
         return job
     finished = now if state in j.ENDED else None
     started = job["started"] if job["started"] is not None else (
@@ -143,7 +146,10 @@ def set_state(db: Db, job_id: str, from_states: tuple[str, ...], state: str, now
     db.execute("UPDATE jobs SET state = ?, reason = ?, updated = ?, finished = ?, started = ?"
                " WHERE id = ?", (state, db.json(reason) if reason is not None else None, now,
                                  finished, started, job_id))
-    return _get(db, job_id)
+    after = _get(db, job_id)
+    assert after is not None
+    after["changed"] = True
+    return after
 
 
 def lease(db: Db, job_id: str, node: str, now: float, until: float) -> bool:
@@ -337,7 +343,7 @@ def cancel(db: Db, job_id: str, now: float, state: str = j.CANCELLED,
     not sent are cancelled (their queued calls too); those sent go on and
     are recorded as they end. Fire with the job and the calls cancelled."""
     job = set_state(db, job_id, j.LIVE, state, now, reason)
-    if job is None or job["state"] != state or job["finished"] != now:
+    if job is None or not job["changed"]:
         return job, []
     cancelled = []
     rows = db.all("SELECT %s FROM job_executions WHERE job_id = ? AND state = 'queued'%s"
