@@ -56,7 +56,7 @@ FINAL = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, SKIPPED)
 ABORT_ON = ("failed", "timed_out", "any")
 
 ACTIONS = ("rpc", "shadow")
-MAX_DEVICE_LIST = 10000
+MAX_DEVICE_LIST = 1000
 MAX_CONCURRENCY = 10000
 DEFAULT_CONCURRENCY = 50
 MAX_RULES = 10
@@ -111,7 +111,7 @@ def parse_spec(body: Any, config: Any, now: float) -> dict[str, Any]:
     else:
         devices = target["devices"]
         if not isinstance(devices, list) or not devices \
-                or not all(isinstance(d, str) and 0 < len(d) <= 64 for d in devices):
+                or not all(isinstance(d, str) and 0 < len(d) <= 32 for d in devices):
             raise Invalid("target.devices must be a non-empty list of device IDs",
                           "target.devices")
         if len(devices) > MAX_DEVICE_LIST:
