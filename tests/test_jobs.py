@@ -471,3 +471,30 @@ async def test_a_restart_mid_job_sends_nothing_twice(own_server: DashdProcess):
     finally:
         for sim in sims:
             await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashctl_jobs(server: DashdProcess, admin: Client):
+    import json
+
+    from test_ctl import dashctl, error, ok
+
+    fleet = await tagged(admin, "ctl1", 2)
+    ids = [d for d, _ in fleet]
+    job = await create(admin, {"name": "from scripts", "target": {"devices": ids},
+                               "action": {"type": "rpc", "method": "Sim.Echo"}})
+    listed = ok(dashctl(server, "jobs", "list"))
+    assert job["id"] in listed and "from scripts" in listed
+    paused = json.loads(ok(dashctl(server, "--json", "jobs", "pause", job["id"])))
+    assert paused["state"] == "paused"
+    assert ok(dashctl(server, "jobs", "show", job["id"])) == \
+        "job %s (from scripts): paused, 2 devices: queued 2\n" % job["id"]
+    waiting = json.loads(ok(dashctl(server, "--json", "jobs", "executions", job["id"],
+                                    "--state", "queued")))
+    assert [e["device_id"] for e in waiting] == ids
+    assert "is paused: only a running or scheduled job may be paused" in error(
+        dashctl(server, "jobs", "pause", job["id"]))
+    assert "cancelled" in ok(dashctl(server, "jobs", "cancel", job["id"]))
+    assert ok(dashctl(server, "jobs", "delete", job["id"])) == "deleted job %s\n" % job["id"]
+    assert "no such job: jnope" in error(dashctl(server, "jobs", "show", "jnope"))
+    assert (await admin.get("/api/v2/jobs/" + job["id"])).status == 404
