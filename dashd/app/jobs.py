@@ -429,6 +429,7 @@ class JobRunner:
         if driven is None:
             # Taken over (or first seen): a shadow change cut off is applied again.
             driven = self._driven[job_id] = _Driven(now)
+            log.info("job {id}: driven by this node ({node})", id=job_id, node=node)
             await self._store.requeue_job_executions(job_id, now)
         job = await self._store.get_job(job_id)
         if job is None:
