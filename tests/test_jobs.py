@@ -498,3 +498,98 @@ async def test_dashctl_jobs(server: DashdProcess, admin: Client):
     assert ok(dashctl(server, "jobs", "delete", job["id"])) == "deleted job %s\n" % job["id"]
     assert "no such job: jnope" in error(dashctl(server, "jobs", "show", "jnope"))
     assert (await admin.get("/api/v2/jobs/" + job["id"])).status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_staged_rollout_waits_for_approval_and_pauses_on_its_error_threshold(
+        server: DashdProcess, admin: Client):
+    ids, sims = await online_fleet(server, admin, "stage1", 8)
+    # Devices 3 and 4 (the second phase's first two) fail the step.
+    for i, sim in enumerate(sims):
+        sim.handlers["Job.Step"] = sim.handlers["Sim.Fail"] if i in (2, 3) else \
+            sim.handlers["Sim.Echo"]
+    sub = await subscribe(server, admin.key)
+    try:
+        job = await create(admin, {
+            "name": "staged", "target": {"devices": ids},
+            "action": {"type": "rpc", "method": "Job.Step", "params": {"go": 1}},
+            "phases": [{"count": 2, "approval": True},
+                       {"count": 4, "error_threshold": 50, "success_threshold": 100},
+                       {"percent": 100}]})
+        assert job["stage"] == {"phase": 0, "since": job["created"]}
+
+        async def awaiting():
+            body = (await admin.get("/api/v2/jobs/" + job["id"])).body
+            return body if body.get("stage", {}).get("awaiting_approval") else None
+
+        waiting = await eventually(awaiting, 15)
+        assert waiting["state"] == "running" and waiting["progress"]["succeeded"] == 2
+        assert [s.methods.count("Job.Step") for s in sims] == [1, 1] + [0] * 6
+        approved = await admin.post("/api/v2/jobs/%s/approve" % job["id"])
+        assert approved.status == 200, approved
+        again = await admin.post("/api/v2/jobs/%s/approve" % job["id"])
+        assert (again.status, again.body["error"]["message"]) == (
+            409, "job %s is not waiting for an approval" % job["id"])
+
+        paused = await job_state(admin, job["id"], "paused", 15)
+        assert paused["reason"] == {
+            "message": "phase 2: 2 of its 2 devices failed or timed out (100.0%; its error "
+                       "threshold is 50%)", "phase": 2}
+        # The third phase sent nothing.
+        assert [s.methods.count("Job.Step") for s in sims] == [1, 1, 1, 1] + [0] * 4
+        await sub.next(lambda e: e["name"] == "job.state" and e["id"] == job["id"]
+                       and e["data"]["state"] == "paused")
+        # A person looks, and goes on: the paused phase is accepted.
+        resumed = await admin.post("/api/v2/jobs/%s/resume" % job["id"])
+        assert resumed.status == 200, resumed
+        done = await job_state(admin, job["id"], "completed", 20)
+        assert (done["progress"]["succeeded"], done["progress"]["failed"]) == (6, 2)
+        assert [s.methods.count("Job.Step") for s in sims] == [1] * 8
+    finally:
+        sub.close()
+        for sim in sims:
+            await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_firmware_job_updates_devices_from_the_library(server: DashdProcess,
+                                                               admin: Client, tmp_path):
+    from test_library import add_image
+    from test_ota import make_bin
+
+    image = await add_image(admin, make_bin(str(tmp_path / "job.bin"), 30_000),
+                            "application/octet-stream")
+    ids, sims = await online_fleet(server, admin, "fw1", 3)
+    try:
+        reply = await admin.post("/api/v2/jobs", {
+            "name": "bad image", "target": {"devices": ids},
+            "action": {"type": "firmware", "firmware": "fnosuchimage0"}})
+        assert (reply.status, reply.body["error"]["message"]) == (
+            400, "no such firmware: fnosuchimage0")
+        job = await create(admin, {
+            "name": "to 2.0", "target": {"devices": ids}, "concurrency": 2,
+            "action": {"type": "firmware", "firmware": image["id"]}})
+        assert job["action"]["sha256"] == image["sha256"]
+        done = await job_state(admin, job["id"], "completed", 60)
+        assert done["progress"]["succeeded"] == 3, done
+        for e in (await executions(admin, job["id"])).values():
+            assert e["result"]["state"] == "committed"
+        for device_id, sim in zip(ids, sims):
+            assert sim.ota_image_sha256 == image["sha256"]
+            assert (await admin.device(device_id))["ota"]["state"] == "committed"
+
+        # While a job that has not ended uses the image, it stays.
+        later = await create(admin, {
+            "name": "later", "target": {"devices": ids}, "start_at": 4102444800,
+            "action": {"type": "firmware", "firmware": image["id"]}})
+        assert later["state"] == "scheduled"
+        here = "/api/v2/firmware/images/" + image["id"]
+        refused = await admin.delete(here)
+        assert (refused.status, refused.body["error"]["message"]) == (
+            409, "firmware %s is used by job %s (scheduled): cancel the job, or wait until it "
+                 "has ended, before deleting it" % (image["id"], later["id"]))
+        assert (await admin.post("/api/v2/jobs/%s/cancel" % later["id"])).status == 200
+        assert (await admin.delete(here)).status == 200
+    finally:
+        for sim in sims:
+            await sim.stop()

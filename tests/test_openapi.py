@@ -38,7 +38,7 @@ warnings = false
 # A job's controls answer 404 to every job ID schemathesis makes up
 # (tests/test_jobs.py drives real ones).
 [[operations]]
-include-path-regex = "/jobs/[{]job_id[}]/(cancel|pause|resume|retry)"
+include-path-regex = "/jobs/[{]job_id[}]/(cancel|pause|resume|retry|approve)"
 warnings = false
 """
 
@@ -80,7 +80,7 @@ def test_schemathesis_finds_the_description_true(server: DashdProcess, tmp_path)
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
-    assert "Tested: 40" in output, output[-3000:]
+    assert "Tested: 41" in output, output[-3000:]
     assert "Authentication failed" not in output, output[-3000:]
     assert "No issues found" in output, output[-4000:]
 

@@ -6,7 +6,8 @@ Fleet jobs (L{dashd.app.jobs}):
 - ``GET /api/v2/jobs/:id``: one, with its progress counts;
   ``DELETE`` deletes one that has ended.
 - ``GET /api/v2/jobs/:id/executions?state=&limit=&cursor=``: its devices.
-- ``POST /api/v2/jobs/:id/pause``, ``/resume``, ``/cancel``, ``/retry``.
+- ``POST /api/v2/jobs/:id/pause``, ``/resume``, ``/cancel``, ``/retry``, ``/approve``
+  (a staged rollout's next phase).
 """
 
 from __future__ import annotations
@@ -88,3 +89,8 @@ class JobRoutes(ApiBase):
     async def retry_job(self, request: Any, job_id: str) -> bytes:
         key = await self.authenticate(request)
         return self.json(request, await self.application.jobs.retry(key, job_id))
+
+    @app.route("/api/v2/jobs/<job_id>/approve", methods=["POST"])
+    async def approve_job(self, request: Any, job_id: str) -> bytes:
+        key = await self.authenticate(request)
+        return self.json(request, await self.application.jobs.approve(key, job_id))

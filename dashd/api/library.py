@@ -55,6 +55,7 @@ class _ChunkProducer:
         self._library = library
         self._image = image
         self._n = 0
+        self._sent = 0
         self._reading = False
         self._stopped = False
         self.done: Deferred[None] = Deferred()
@@ -74,10 +75,15 @@ class _ChunkProducer:
             self._finish()
             return
         self._n += 1
+        self._sent += len(data)
         self._request.write(data)
+        if self._sent >= self._image["size"]:
+            self._finish()
 
     def _failed(self, failure: Any) -> None:
         self._reading = False
+        if self._stopped:
+            return
         log.info("firmware {id}: the download stopped: {error}", id=self._image["id"],
                  error=failure.getErrorMessage())
         self._stopped = True
@@ -87,14 +93,15 @@ class _ChunkProducer:
         self.done.callback(None)
 
     def _finish(self) -> None:
+        if self._stopped:
+            return
         self._stopped = True
         self._request.unregisterProducer()
         self.done.callback(None)
 
     def stopProducing(self) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self.done.callback(None)
+        # The client went away.
+        self._finish()
 
 
 class LibraryRoutes(ApiBase):

@@ -149,7 +149,32 @@ def _jobs(doc: dict[str, Any], config: Config, errors: Any) -> None:
             {"type": "object", "additionalProperties": False, "required": ["type"],
              "properties": {"type": {"const": "shadow"}, "desired": {"type": "object"},
                             "tags": {"type": "object"}}},
+            {"type": "object", "additionalProperties": False, "required": ["type", "firmware"],
+             "properties": {"type": {"const": "firmware"},
+                            "firmware": {"type": "string", "minLength": 1,
+                                         "description": "an image of the library"},
+                            "mode": {"enum": list(j.MODES)},
+                            "auto_commit": {"type": "boolean",
+                                            "description": "default true: a device succeeds "
+                                                           "once committed (false: once back "
+                                                           "with the new firmware)"},
+                            "commit_timeout": {"type": "integer", "minimum": 0,
+                                               "maximum": 30 * 86400},
+                            "sha256": {"type": "string", "readOnly": True}}},
         ]},
+        "phases": {
+            "type": "array", "minItems": 1, "maxItems": j.MAX_PHASES,
+            "description": "a staged rollout: each phase's cumulative size (percent of the "
+                           "devices, or a count), the share that must succeed to start the "
+                           "next (after wait seconds, and an approval if asked), the share "
+                           "failed or timed out that pauses the job",
+            "items": {"type": "object", "additionalProperties": False, "properties": {
+                "percent": {"type": "number", "exclusiveMinimum": 0, "maximum": 100},
+                "count": {"type": "integer", "minimum": 1},
+                "success_threshold": {"type": "number", "minimum": 0, "maximum": 100},
+                "error_threshold": {"type": "number", "minimum": 0, "maximum": 100},
+                "wait": {"type": "number", "minimum": 0, "maximum": 30 * 86400},
+                "approval": {"type": "boolean"}}}},
         "rate": {"oneOf": [
             {"type": "object", "additionalProperties": False, "required": ["per_minute"],
              "properties": {"per_minute": {"type": "number", "minimum": 1,
@@ -192,6 +217,8 @@ def _jobs(doc: dict[str, Any], config: Config, errors: Any) -> None:
         "reason": {"type": "object", "description": "why it ended (aborted: the rule, its "
                                                     "figures and a message)"},
         "retried": {"type": "integer", "description": "POST /retry: executions queued again"},
+        "stage": {"type": "object", "description": "a staged rollout: the phase it sends to "
+                                                   "(from 0), since when, awaiting_approval"},
     })
     job = {"type": "object", "required": ["id", "name", "state", "target", "action",
                                           "progress", "created"],
@@ -264,7 +291,8 @@ def _jobs(doc: dict[str, Any], config: Config, errors: Any) -> None:
             ("cancel", "End the job: executions not sent are cancelled (their queued calls "
                        "too); those in progress were sent and go on, their results "
                        "recorded"),
-            ("retry", "Queue the failed and timed-out executions again")):
+            ("retry", "Queue the failed and timed-out executions again"),
+            ("approve", "Start a staged rollout's next phase, which waits for an approval")):
         paths["/jobs/{job_id}/%s" % verb] = {
             "parameters": [job_id],
             "post": {"operationId": "%sJob" % verb, "summary": summary,

@@ -72,5 +72,5 @@ def build_application(fleet: Fleet, auth: Authenticator, ota: OtaManager | None 
         firmware=firmware,
         tickets=NotifyTickets(tickets, auth, clock) if tickets is not None else None,
         library=library,
-        jobs=Jobs(fleet, devices) if ota is not None else None,
+        jobs=Jobs(fleet, devices, library) if ota is not None else None,
     )

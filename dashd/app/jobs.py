@@ -90,6 +90,8 @@ def check_device(key: ApiKey, device: Any, spec: dict[str, Any]) -> str | None:
     try:
         if action["type"] == "rpc":
             access.check_rpc(key, device, action["method"])
+        elif action["type"] == "firmware":
+            access.require_owner(key, device, "update a device's firmware")
         else:
             access.check_shadow_update(key, device, shadow.parse_update(
                 _shadow_body(action), allow_tags=True))
@@ -101,8 +103,9 @@ def check_device(key: ApiKey, device: Any, spec: dict[str, Any]) -> str | None:
 class Jobs:
     """The use cases of fleet jobs."""
 
-    def __init__(self, fleet: Fleet, devices: Devices) -> None:
+    def __init__(self, fleet: Fleet, devices: Devices, library: Any = None) -> None:
         self._fleet = fleet
+        self.library = library
         self._store = fleet.store
         self._devices = devices
         self._config = fleet.config
@@ -179,13 +182,29 @@ class Jobs:
             node = query.parse(spec["target"]["where"]) if spec["target"]["where"] else None
             if node is not None:
                 query.check_access(node, by.kind == access.RESTRICTED)
+        firmware_id = None
+        if spec["action"]["type"] == "firmware":
+            firmware_id = spec["action"]["firmware"]
+            if self.library is None:  # pragma: no cover - dashctl's stopped store
+                raise Invalid("firmware jobs need a running dashd", "action")
+            try:
+                image = await self.library.get(by, firmware_id)
+            except (NotFound, Forbidden):
+                raise Invalid("no such firmware: %s" % firmware_id, "action.firmware") from None
+            spec["action"]["sha256"] = image["sha256"]
         executions = await self.resolve(by, spec)
+        phases = iter(j.assign_phases(sum(1 for e in executions if e[1] == j.QUEUED),
+                                      spec.get("phases")))
+        executions = [e + (next(phases) if e[1] == j.QUEUED else 0,) for e in executions]
         scheduled = spec.get("start_at") is not None and spec["start_at"] > now
         job = {"id": tokens.new_id("j"), "account_id": by.account_id, "key_id": by.id,
                "name": spec.pop("name"), "kind": spec["action"]["type"], "spec": spec,
                "state": j.SCHEDULED if scheduled else j.RUNNING, "created": now,
-               "started": None if scheduled else now}
+               "started": None if scheduled else now, "firmware_id": firmware_id}
         stored = await self._store.create_job(job, executions)
+        if spec.get("phases"):
+            stored["stage"] = {"phase": 0, "since": now}
+            await self._store.set_job_stage(stored["id"], stored["stage"], now)
         log.info("job {id} ({kind}, {n} devices) created by {by}", id=stored["id"],
                  kind=stored["kind"], n=len(executions), by=by.id)
         shown = await self.state_changed(stored)
@@ -253,8 +272,27 @@ class Jobs:
         if after is None or not after["changed"]:
             raise Conflict("job %s is %s: only a paused job may be resumed"
                            % (job_id, (after or job)["state"]))
+        stage = after.get("stage")
+        if stage is not None and stage.get("held"):
+            # A person looked at the phase that paused it and goes on.
+            stage = dict(stage, accepted=stage["phase"], held=None)
+            await self._store.set_job_stage(job_id, stage, now)
+            after["stage"] = stage
         self._wake()
         return await self.state_changed(after)
+
+    async def approve(self, by: ApiKey, job_id: str) -> dict[str, Any]:
+        """Let a staged rollout waiting for approval start its next phase."""
+        job = await self.get(by, job_id)
+        self._control(by, job, "approve phases")
+        stage = job.get("stage")
+        if job["state"] not in j.LIVE or not stage or not stage.get("awaiting_approval"):
+            raise Conflict("job %s is not waiting for an approval" % job_id)
+        stage = dict(stage, approved=stage["phase"], awaiting_approval=False)
+        await self._store.set_job_stage(job_id, stage, self._fleet.now())
+        job["stage"] = stage
+        self._wake()
+        return await self.state_changed(job)
 
     async def end(self, job: dict[str, Any], state: str, reason: Any = None
                   ) -> dict[str, Any] | None:
@@ -321,6 +359,8 @@ def view(job: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
     out.update({k: v for k, v in spec.items() if v is not None})
     if job["reason"] is not None:
         out["reason"] = job["reason"]
+    if job.get("stage"):
+        out["stage"] = {k: v for k, v in job["stage"].items() if v is not None}
     return out
 
 
@@ -347,6 +387,7 @@ class JobRunner:
         self._audit = audit
         self._router = fleet.router
         self._driven: dict[str, _Driven] = {}
+        self._library = jobs.library
         self._ticking = False
         self._again = False
         # Read by dashd.ops.metrics.
@@ -436,7 +477,10 @@ class JobRunner:
             self._driven.pop(job_id, None)
             return
         spec = job["spec"]
-        await self._store.sync_job(job_id, spec["retries"], now)
+        if job["kind"] == "rpc":
+            await self._store.sync_job(job_id, spec["retries"], now)
+        elif job["kind"] == "firmware":
+            await self._follow_firmware(job, now)
         if job["state"] == j.SCHEDULED and now >= (spec.get("start_at") or 0):
             after = await self._store.set_job_state(job_id, (j.SCHEDULED,), j.RUNNING, now)
             if after is not None and after["changed"]:
@@ -484,8 +528,21 @@ class JobRunner:
                 joined = []
                 log.info("job {id}: its target: {error}", id=job_id, error=e.message)
             if joined:
+                # Those that join later are in the last phase.
+                last = max(0, len(spec.get("phases") or ()) - 1)
+                joined = [e + (last,) for e in joined]
                 await self._store.add_job_executions(job_id, joined, now)
                 counts = await self._store.job_counts(job_id)
+        phase = None
+        if spec.get("phases"):
+            job, phase = await self._stage(job, now)
+            if job["state"] != j.RUNNING:
+                return job
+        if job["kind"] == "firmware":
+            before = now - spec["timeouts"]["queued"]
+            since = (job.get("stage") or {}).get("since", job["started"] or now)
+            if since <= before:
+                await self._store.expire_job_queued(job_id, phase, before, now)
         # Room: the concurrency, and the rate's tokens.
         in_flight = await self._store.jobs_in_flight(job_id)
         room = min(spec["concurrency"] - in_flight, MAX_STEP)
@@ -497,7 +554,7 @@ class JobRunner:
             room = min(room, int(driven.tokens))
         driven.last = now
         if room > 0 and counts.get(j.QUEUED, 0) > 0:
-            sent = await self._send(job, key, room, now)
+            sent = await self._send(job, key, room, now, phase)
             if rate is not None:
                 driven.tokens -= sent
         if not spec["target"].get("continuous"):
@@ -540,16 +597,30 @@ class JobRunner:
         await self._jobs.state_changed(after)
         return after
 
-    async def _send(self, job: dict[str, Any], key: ApiKey, room: int, now: float) -> int:
+    async def _send(self, job: dict[str, Any], key: ApiKey, room: int, now: float,
+                    phase: int | None) -> int:
         config = self._config
         if job["kind"] == "rpc":
             made = await self._store.dispatch_job(job, room, now,
                                                   config["calls.max_queued_per_device"],
-                                                  config["calls.max_queued_per_account"])
+                                                  config["calls.max_queued_per_account"],
+                                                  phase)
             for call in made:
                 self._router.calls_queued(call.device_id)
             return len(made)
-        taken = await self._store.take_job_executions(job["id"], room, now)
+        if job["kind"] == "firmware":
+            # Only to devices online now: the others wait (their queued timeout).
+            waiting = await self._store.queued_job_devices(job["id"], room * 4 + 16, phase)
+            online = [d for d in waiting if self._router.is_online(d)][:room]
+            taken = await self._store.take_job_executions(job["id"], room, now, phase, online)
+            results = await DeferredList(
+                [ensureDeferred(self._update(job, key, device_id)) for device_id in taken],
+                consumeErrors=True)
+            for ok, failure in results:
+                if not ok:
+                    log.failure("job {id}: starting a firmware update", failure, id=job["id"])
+            return len(taken)
+        taken = await self._store.take_job_executions(job["id"], room, now, phase)
         body = _shadow_body(job["spec"]["action"])
         results = await DeferredList([ensureDeferred(self._apply(job, key, device_id, body))
                                       for device_id in taken], consumeErrors=True)
@@ -573,6 +644,104 @@ class JobRunner:
             job["id"], device_id, j.SUCCEEDED, self._fleet.now(),
             {"shadow_version": device.shadow.get("version")}, None, retries)
 
+    async def _stage(self, job: dict[str, Any], now: float) -> tuple[dict[str, Any], int]:
+        """Where a staged rollout stands: pause it past a phase's error
+        threshold (or a phase that ended short of its success threshold),
+        start the next phase once one's success threshold is met (after its
+        wait, and its approval if it asks for one). Fire with the job and
+        the phase it may send to."""
+        spec = job["spec"]
+        stage = dict(job.get("stage") or {"phase": 0, "since": job["started"] or now})
+        number = stage["phase"]
+        counts = (await self._store.job_phase_counts(job["id"])).get(number, {})
+        verdict, why = j.phase_verdict(spec, number, counts)
+        if stage.get("accepted") == number and verdict in ("error", "short"):
+            verdict, why = "next", None
+        if verdict in ("error", "short"):
+            after = await self._store.set_job_state(job["id"], (j.RUNNING,), j.PAUSED, now,
+                                                    {"message": why, "phase": number + 1})
+            if after is not None and after["changed"]:
+                stage["held"] = True
+                await self._store.set_job_stage(job["id"], stage, now)
+                after["stage"] = stage
+                log.info("job {id} paused: {why}", id=job["id"], why=why)
+                self._record(after, why)
+                await self._jobs.state_changed(after)
+                return after, number
+            return job, number
+        if verdict != "next" or number >= len(spec["phases"]) - 1:
+            return job, number
+        phase = spec["phases"][number]
+        changed = False
+        if stage.get("reached") is None:
+            stage["reached"] = now
+            changed = True
+        if phase["approval"] and stage.get("approved") != number:
+            if not stage.get("awaiting_approval"):
+                stage["awaiting_approval"] = True
+                await self._store.set_job_stage(job["id"], stage, now)
+                job = dict(job, stage=stage)
+                await self._jobs.state_changed(job)
+            return job, number
+        if now - stage["reached"] >= phase["wait"]:
+            stage = {"phase": number + 1, "since": now}
+            await self._store.set_job_stage(job["id"], stage, now)
+            job = dict(job, stage=stage)
+            log.info("job {id}: phase {n} started", id=job["id"], n=number + 2)
+            await self._jobs.state_changed(job)
+            return job, number + 1
+        if changed:
+            await self._store.set_job_stage(job["id"], stage, now)
+            job = dict(job, stage=stage)
+        return job, number
+
+    async def _update(self, job: dict[str, Any], key: ApiKey, device_id: str) -> None:
+        """Start the firmware update of one device; record its ID on the
+        execution, which then follows its status."""
+        action = job["spec"]["action"]
+        now = self._fleet.now()
+        try:
+            status = await self._library.update_device(
+                key, device_id, action["firmware"], pull=action["mode"] == "pull",
+                auto_commit=action["auto_commit"],
+                commit_timeout=action.get("commit_timeout",
+                                          self._config["ota.commit_timeout"]))
+        except DomainError as e:
+            code = next((n for kind, n in _CODES if isinstance(e, kind)), 503)
+            await self._store.finish_job_ref(job["id"], device_id, None, j.FAILED, now, None,
+                                             {"code": code, "message": e.message},
+                                             job["spec"]["retries"])
+            return
+        await self._store.set_job_execution_ref(job["id"], device_id, status["id"])
+
+    async def _follow_firmware(self, job: dict[str, Any], now: float) -> None:
+        """End the firmware executions whose update has ended (from the
+        devices' stored update status, so whichever node drives)."""
+        auto_commit = job["spec"]["action"]["auto_commit"]
+        retries = job["spec"]["retries"]
+        for e in await self._store.job_executions_in_progress(job["id"]):
+            ref = e.get("call_id")
+            if not e.get("dispatched"):
+                continue  # being started (a requeue on takeover puts back one cut off)
+            status = await self._store.get_ota_status(e["device_id"]) or {}
+            if status.get("id") != ref:
+                await self._store.finish_job_ref(
+                    job["id"], e["device_id"], ref, j.FAILED, now, None,
+                    {"code": 409, "message": "another firmware update of the device replaced "
+                                             "this one"}, retries)
+                continue
+            state = status.get("state")
+            if state == "committed" or (state == "uncommitted" and not auto_commit):
+                await self._store.finish_job_ref(
+                    job["id"], e["device_id"], ref, j.SUCCEEDED, now,
+                    {"update": ref, "state": state, "fw_id": status.get("fw_id")}, None,
+                    retries)
+            elif state == "failed":
+                await self._store.finish_job_ref(
+                    job["id"], e["device_id"], ref, j.FAILED, now, None,
+                    {"code": 502, "message": status.get("reason", "the update failed"),
+                     "update": ref}, retries)
+
     def _record(self, job: dict[str, Any], what: str | None) -> None:
         if self._audit is None:
             return
@@ -580,5 +749,5 @@ class JobRunner:
                      "key_id": job["key_id"], "method": "JOB",
                      "path": "/api/v2/jobs/%s (%s)" % (job["id"], job["state"]),
                      "device_id": None, "status": 200,
-                     "error": what if job["state"] == j.ABORTED else None})
+                     "error": what if job["state"] in (j.ABORTED, j.PAUSED) else None})
 

@@ -55,7 +55,9 @@ FINAL = (SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, SKIPPED)
 # What an abort rule counts.
 ABORT_ON = ("failed", "timed_out", "any")
 
-ACTIONS = ("rpc", "shadow")
+ACTIONS = ("rpc", "shadow", "firmware")
+MAX_PHASES = 10
+MODES = ("push", "pull")
 MAX_DEVICE_LIST = 1000
 MAX_CONCURRENCY = 10000
 DEFAULT_CONCURRENCY = 50
@@ -63,7 +65,7 @@ MAX_RULES = 10
 MAX_METHOD_LENGTH = 256
 
 _FIELDS = {"name", "target", "action", "rate", "concurrency", "timeouts", "retries", "abort",
-           "start_at", "end_at"}
+           "start_at", "end_at", "phases"}
 
 
 def _number(value: Any, where: str, low: float, high: float, whole: bool = False) -> float:
@@ -135,6 +137,23 @@ def parse_spec(body: Any, config: Any, now: float) -> dict[str, Any]:
             raise Invalid("action.method must be a method name of 1 to %d characters"
                           % MAX_METHOD_LENGTH, "action.method")
         spec["action"] = {"type": "rpc", "method": method, "params": action.get("params")}
+    elif action["type"] == "firmware":
+        action = _object(action, "action", {"type", "firmware", "mode", "auto_commit",
+                                            "commit_timeout"})
+        if not isinstance(action.get("firmware"), str) or not action["firmware"]:
+            raise Invalid("action.firmware must be the ID of an image of the library "
+                          "(POST /firmware)", "action.firmware")
+        mode = action.get("mode", "push")
+        if mode not in MODES:
+            raise Invalid("action.mode must be push or pull", "action.mode")
+        auto_commit = action.get("auto_commit", True)
+        if not isinstance(auto_commit, bool):
+            raise Invalid("action.auto_commit must be true or false", "action.auto_commit")
+        spec["action"] = {"type": "firmware", "firmware": action["firmware"], "mode": mode,
+                          "auto_commit": auto_commit}
+        if action.get("commit_timeout") is not None:
+            spec["action"]["commit_timeout"] = int(_number(
+                action["commit_timeout"], "action.commit_timeout", 0, 30 * 86400, whole=True))
     else:
         action = _object(action, "action", {"type", "desired", "tags"})
         if "desired" not in action and "tags" not in action:
@@ -201,6 +220,9 @@ def parse_spec(body: Any, config: Any, now: float) -> dict[str, Any]:
             "min_finished": int(_number(rule.get("min_finished", 1), where + ".min_finished",
                                         1, 1e7, whole=True)),
         })
+    phases = body.get("phases")
+    if phases is not None:
+        spec["phases"] = _phases(phases)
     for name in ("start_at", "end_at"):
         if body.get(name) is not None:
             spec[name] = _number(body[name], name, 0, 1e11)
@@ -253,3 +275,87 @@ def progress(counts: dict[str, int]) -> dict[str, int]:
     out = {state: int(counts.get(state, 0)) for state in EXECUTION_STATES}
     out["total"] = sum(out.values())
     return out
+
+
+def _phases(value: Any) -> list[dict[str, Any]]:
+    """Staged rollout: each phase's cumulative size (percent of the
+    target's devices, or a count), the share of its devices that must
+    succeed before the next starts, the share that failed or timed out that
+    pauses the job, a wait and an approval before the next."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_PHASES:
+        raise Invalid("phases must be a list of 1 to %d phases" % MAX_PHASES, "phases")
+    out = []
+    last_percent = last_count = 0.0
+    for i, phase in enumerate(value):
+        where = "phases[%d]" % i
+        phase = _object(phase, where, {"percent", "count", "success_threshold",
+                                       "error_threshold", "wait", "approval"})
+        if ("percent" in phase) == ("count" in phase):
+            raise Invalid("%s must have either percent or count (of all the devices, "
+                          "counted from the first phase)" % where, where)
+        item: dict[str, Any] = {}
+        if "percent" in phase:
+            item["percent"] = _number(phase["percent"], where + ".percent", 0.001, 100)
+            if item["percent"] <= last_percent:
+                raise Invalid("%s.percent must be more than the phase before's" % where, where)
+            last_percent = item["percent"]
+        else:
+            item["count"] = int(_number(phase["count"], where + ".count", 1, 1e7, whole=True))
+            if item["count"] <= last_count:
+                raise Invalid("%s.count must be more than the phase before's" % where, where)
+            last_count = item["count"]
+        item["success_threshold"] = _number(phase.get("success_threshold", 100),
+                                            where + ".success_threshold", 0, 100)
+        if phase.get("error_threshold") is not None:
+            item["error_threshold"] = _number(phase["error_threshold"],
+                                              where + ".error_threshold", 0, 100)
+        item["wait"] = _number(phase.get("wait", 0), where + ".wait", 0, 30 * 86400)
+        approval = phase.get("approval", False)
+        if not isinstance(approval, bool):
+            raise Invalid("%s.approval must be true or false" % where, where)
+        item["approval"] = approval
+        out.append(item)
+    return out
+
+
+def assign_phases(count: int, phases: list[dict[str, Any]] | None) -> list[int]:
+    """The phase of each of C{count} devices in order (the last phase takes
+    all those beyond the phases' sizes)."""
+    if not phases:
+        return [0] * count
+    out = []
+    for i in range(count):
+        for number, phase in enumerate(phases):
+            size = phase["count"] if "count" in phase else -(-phase["percent"] * count // 100)
+            if i < size or number == len(phases) - 1:
+                out.append(number)
+                break
+    return out
+
+
+def phase_verdict(spec: dict[str, Any], number: int, counts: dict[str, int]
+                  ) -> tuple[str, str | None]:
+    """Where phase C{number} stands, from its executions' counts:
+    ("error", why) past its error threshold, ("next", None) its success
+    threshold met, ("short", why) all ended below it, ("wait", None)
+    otherwise."""
+    phase = spec["phases"][number]
+    total = sum(n for state, n in counts.items() if state != SKIPPED)
+    succeeded = counts.get(SUCCEEDED, 0)
+    bad = counts.get(FAILED, 0) + counts.get(TIMED_OUT, 0)
+    if total == 0:
+        return "next", None
+    if phase.get("error_threshold") is not None and bad \
+            and 100.0 * bad / total >= phase["error_threshold"]:
+        return "error", ("phase %d: %d of its %d devices failed or timed out (%.1f%%; its "
+                         "error threshold is %g%%)" % (number + 1, bad, total,
+                                                       100.0 * bad / total,
+                                                       phase["error_threshold"]))
+    if 100.0 * succeeded / total >= phase["success_threshold"]:
+        return "next", None
+    if not counts.get(QUEUED) and not counts.get(IN_PROGRESS):
+        return "short", ("phase %d ended with %d of its %d devices succeeded (%.1f%%), below "
+                         "its success threshold of %g%%" % (number + 1, succeeded, total,
+                                                            100.0 * succeeded / total,
+                                                            phase["success_threshold"]))
+    return "wait", None

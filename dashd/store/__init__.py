@@ -251,12 +251,34 @@ class IStore(Interface):
     def jobs_in_flight(job_id):
         """Fire with how many executions of the job are out."""
 
-    def dispatch_job(job, limit, now, per_device, per_account):
+    def dispatch_job(job, limit, now, per_device, per_account, phase=None):
         """Queue the calls of the next executions of an RPC job, each linked
         to its execution in the same transaction; fire with the calls."""
 
-    def take_job_executions(job_id, limit, now):
+    def take_job_executions(job_id, limit, now, phase=None, devices=None):
         """Mark the next queued executions in progress; fire with their devices."""
+
+    def queued_job_devices(job_id, limit, phase=None):
+        """Fire with the devices of the next queued executions."""
+
+    def set_job_execution_ref(job_id, device_id, ref):
+        """Record what an execution in progress started (a firmware update)."""
+
+    def job_executions_in_progress(job_id):
+        """Fire with the job's executions in progress."""
+
+    def finish_job_ref(job_id, device_id, ref, state, now, result=None, error=None,
+                       retries=0):
+        """End an execution in progress that follows C{ref}."""
+
+    def job_phase_counts(job_id):
+        """Fire with the executions counted by phase and state."""
+
+    def set_job_stage(job_id, stage, now):
+        """Record where a staged rollout is."""
+
+    def expire_job_queued(job_id, phase, before, now):
+        """Time out queued executions waiting since before C{before}."""
 
     def requeue_job_executions(job_id, now):
         """Queue again the executions in progress that are not calls."""

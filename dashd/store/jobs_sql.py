@@ -26,9 +26,10 @@ from dashd.store import calls_sql
 from dashd.store.calls_sql import Db
 
 _JOB = ("id, account_id, key_id, name, kind, firmware_id, spec, state, reason, created, "
-        "started, finished, updated, lease, lease_until, seq")
+        "started, finished, updated, lease, lease_until, seq, stage")
 _EXEC = "device_id, seq, state, reason, attempts, call_id, times, outcome, dispatched, updated"
 _LIVE = "('scheduled', 'running', 'paused')"
+_NO_LIMIT = 1 << 30
 
 
 def _job(db: Db, row: Any) -> dict[str, Any]:
@@ -36,7 +37,8 @@ def _job(db: Db, row: Any) -> dict[str, Any]:
             "kind": row[4], "firmware_id": row[5], "spec": db.load(row[6]), "state": row[7],
             "reason": db.load(row[8]) if row[8] is not None else None, "created": row[9],
             "started": row[10], "finished": row[11], "updated": row[12], "lease": row[13],
-            "lease_until": row[14], "seq": row[15]}
+            "lease_until": row[14], "seq": row[15],
+            "stage": db.load(row[16]) if row[16] is not None else None}
 
 
 def _execution(db: Db, row: Any) -> dict[str, Any]:
@@ -57,8 +59,9 @@ def _get(db: Db, job_id: str, lock: bool = False) -> dict[str, Any] | None:
     return _job(db, row) if row else None
 
 
-def create(db: Db, job: dict[str, Any], executions: list[tuple[str, str, str | None]]) -> dict:
-    """Store the job and its first executions (device ID, state, reason)."""
+def create(db: Db, job: dict[str, Any], executions: list[tuple[Any, ...]]) -> dict:
+    """Store the job and its first executions (device ID, state, reason[,
+    phase])."""
     db.execute("INSERT INTO jobs (id, account_id, key_id, name, kind, firmware_id, spec, state,"
                " reason, created, started, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (job["id"], job["account_id"], job["key_id"], job["name"], job["kind"],
@@ -70,8 +73,7 @@ def create(db: Db, job: dict[str, Any], executions: list[tuple[str, str, str | N
     return stored
 
 
-def add(db: Db, job_id: str, executions: list[tuple[str, str, str | None]],
-        now: float) -> int:
+def add(db: Db, job_id: str, executions: list[tuple[Any, ...]], now: float) -> int:
     """Add executions for devices the job does not have yet; fire with how
     many were added."""
     (top,) = db.one("SELECT coalesce(max(seq), 0) FROM job_executions WHERE job_id = ?",
@@ -79,16 +81,18 @@ def add(db: Db, job_id: str, executions: list[tuple[str, str, str | None]],
     have = {r[0] for r in db.all("SELECT device_id FROM job_executions WHERE job_id = ?",
                                  (job_id,))} if top else set()
     added = 0
-    for device_id, state, reason in executions:
+    for execution in executions:
+        device_id, state, reason = execution[:3]
+        phase = execution[3] if len(execution) > 3 else 0
         if device_id in have:
             continue
         have.add(device_id)
         top += 1
         added += 1
         times = {state: now}
-        db.execute("INSERT INTO job_executions (job_id, device_id, seq, state, reason, times,"
-                   " updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (job_id, device_id, top, state, reason, db.json(times), now))
+        db.execute("INSERT INTO job_executions (job_id, device_id, seq, phase, state, reason,"
+                   " times, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (job_id, device_id, top, phase, state, reason, db.json(times), now))
     return added
 
 
@@ -191,15 +195,15 @@ def in_flight(db: Db, job_id: str) -> int:
 
 
 def dispatch(db: Db, job: dict[str, Any], limit: int, now: float, per_device: int,
-             per_account: int) -> list[dict[str, Any]]:
+             per_account: int, phase: int | None = None) -> list[Call]:
     """Queue a call for each of the next C{limit} queued executions of an
     RPC job (in one transaction with the executions' link to it); fire
     with the calls (as L{Call}s) made."""
     spec = job["spec"]
     action = spec["action"]
     rows = db.all("SELECT %s FROM job_executions WHERE job_id = ? AND state = 'queued' AND"
-                  " dispatched = 0 ORDER BY seq LIMIT ?%s" % (_EXEC, db.lock),
-                  (job["id"], limit))
+                  " dispatched = 0 AND phase <= ? ORDER BY seq LIMIT ?%s" % (_EXEC, db.lock),
+                  (job["id"], _NO_LIMIT if phase is None else phase, limit))
     made = []
     for row in rows:
         e = _execution(db, row)
@@ -229,11 +233,32 @@ def dispatch(db: Db, job: dict[str, Any], limit: int, now: float, per_device: in
     return made
 
 
-def take(db: Db, job_id: str, limit: int, now: float) -> list[str]:
+def queued(db: Db, job_id: str, limit: int, phase: int | None = None) -> list[str]:
+    """The devices of the next C{limit} queued executions not sent."""
+    rows = db.all("SELECT device_id FROM job_executions WHERE job_id = ? AND state = 'queued'"
+                  " AND dispatched = 0 AND phase <= ? ORDER BY seq LIMIT ?",
+                  (job_id, _NO_LIMIT if phase is None else phase, limit))
+    return [r[0] for r in rows]
+
+
+def take(db: Db, job_id: str, limit: int, now: float, phase: int | None = None,
+         devices: list[str] | None = None) -> list[str]:
     """Mark the next C{limit} queued executions of a job applied here (a
-    shadow change) in progress; fire with their devices."""
-    rows = db.all("SELECT %s FROM job_executions WHERE job_id = ? AND state = 'queued' AND"
-                  " dispatched = 0 ORDER BY seq LIMIT ?%s" % (_EXEC, db.lock), (job_id, limit))
+    shadow change, a firmware update) in progress (only those of
+    C{devices} if given); fire with their devices."""
+    if devices is not None:
+        rows = []
+        for device_id in devices[:limit]:
+            row = db.one("SELECT %s FROM job_executions WHERE job_id = ? AND device_id = ? AND"
+                         " state = 'queued' AND dispatched = 0%s" % (_EXEC, db.lock),
+                         (job_id, device_id))
+            if row is not None:
+                rows.append(row)
+    else:
+        rows = db.all("SELECT %s FROM job_executions WHERE job_id = ? AND state = 'queued' AND"
+                      " dispatched = 0 AND phase <= ? ORDER BY seq LIMIT ?%s"
+                      % (_EXEC, db.lock), (job_id, _NO_LIMIT if phase is None else phase,
+                                           limit))
     out = []
     for row in rows:
         e = _execution(db, row)
@@ -399,3 +424,61 @@ def delete(db: Db, job_id: str) -> bool:
     db.execute("DELETE FROM job_executions WHERE job_id = ?", (job_id,))
     db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
     return True
+
+
+def set_ref(db: Db, job_id: str, device_id: str, ref: str) -> None:
+    """Record what an execution in progress here started (a firmware
+    update's ID): from then on it is followed, never started again."""
+    db.execute("UPDATE job_executions SET call_id = ?, dispatched = 1 WHERE job_id = ? AND"
+               " device_id = ? AND state = 'in_progress'", (ref, job_id, device_id))
+
+
+def in_progress(db: Db, job_id: str) -> list[dict[str, Any]]:
+    rows = db.all("SELECT %s FROM job_executions WHERE job_id = ? AND state = 'in_progress'"
+                  % _EXEC, (job_id,))
+    return [_execution(db, r) for r in rows]
+
+
+def finish_ref(db: Db, job_id: str, device_id: str, ref: str | None, state: str, now: float,
+               result: Any = None, error: dict[str, Any] | None = None,
+               retries: int = 0) -> dict[str, Any] | None:
+    """End an execution in progress that follows C{ref}."""
+    row = db.one("SELECT %s FROM job_executions WHERE job_id = ? AND device_id = ?%s"
+                 % (_EXEC, db.lock), (job_id, device_id))
+    if row is None:
+        return None
+    e = _execution(db, row)
+    if e["state"] != j.IN_PROGRESS or e.get("call_id") != ref:
+        return e
+    _end(e, state, now, result, error, retries)
+    _write_exec(db, job_id, e, now)
+    return e
+
+
+def phase_counts(db: Db, job_id: str) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {}
+    for phase, state, n in db.all("SELECT phase, state, count(*) FROM job_executions WHERE"
+                                  " job_id = ? GROUP BY phase, state", (job_id,)):
+        out.setdefault(int(phase), {})[state] = int(n)
+    return out
+
+
+def set_stage(db: Db, job_id: str, stage: dict[str, Any], now: float) -> None:
+    db.execute("UPDATE jobs SET stage = ?, updated = ? WHERE id = ?",
+               (db.json(stage), now, job_id))
+
+
+def expire_queued(db: Db, job_id: str, phase: int | None, before: float,
+                  now: float) -> int:
+    """Time out the queued executions not sent whose device was not online
+    to take them since C{before} (a firmware job)."""
+    rows = db.all("SELECT %s FROM job_executions WHERE job_id = ? AND state = 'queued' AND"
+                  " dispatched = 0 AND phase <= ? AND updated < ?%s" % (_EXEC, db.lock),
+                  (job_id, _NO_LIMIT if phase is None else phase, before))
+    for row in rows:
+        e = _execution(db, row)
+        _end(e, j.TIMED_OUT, now, None, {
+            "code": 504, "message": "the device was not online to take it within the "
+                                    "queued timeout"}, 0)
+        _write_exec(db, job_id, e, now)
+    return len(rows)

@@ -802,11 +802,39 @@ class SQLiteStore:
         return self._calls(jobs_sql.in_flight, job_id)
 
     def dispatch_job(self, job: dict[str, Any], limit: int, now: float, per_device: int,
-                     per_account: int) -> Deferred[Any]:
-        return self._calls(jobs_sql.dispatch, job, limit, now, per_device, per_account)
+                     per_account: int, phase: int | None = None) -> Deferred[Any]:
+        return self._calls(jobs_sql.dispatch, job, limit, now, per_device, per_account, phase)
 
-    def take_job_executions(self, job_id: str, limit: int, now: float) -> Deferred[Any]:
-        return self._calls(jobs_sql.take, job_id, limit, now)
+    def take_job_executions(self, job_id: str, limit: int, now: float,
+                            phase: int | None = None, devices: list[str] | None = None
+                            ) -> Deferred[Any]:
+        return self._calls(jobs_sql.take, job_id, limit, now, phase, devices)
+
+    def queued_job_devices(self, job_id: str, limit: int, phase: int | None = None
+                           ) -> Deferred[Any]:
+        return self._calls(jobs_sql.queued, job_id, limit, phase)
+
+    def set_job_execution_ref(self, job_id: str, device_id: str, ref: str) -> Deferred[None]:
+        return self._calls(jobs_sql.set_ref, job_id, device_id, ref)
+
+    def job_executions_in_progress(self, job_id: str) -> Deferred[Any]:
+        return self._calls(jobs_sql.in_progress, job_id)
+
+    def finish_job_ref(self, job_id: str, device_id: str, ref: str | None, state: str,
+                       now: float, result: Any = None, error: Any = None, retries: int = 0
+                       ) -> Deferred[Any]:
+        return self._calls(jobs_sql.finish_ref, job_id, device_id, ref, state, now, result,
+                           error, retries)
+
+    def job_phase_counts(self, job_id: str) -> Deferred[Any]:
+        return self._calls(jobs_sql.phase_counts, job_id, read=True)
+
+    def set_job_stage(self, job_id: str, stage: dict[str, Any], now: float) -> Deferred[None]:
+        return self._calls(jobs_sql.set_stage, job_id, stage, now)
+
+    def expire_job_queued(self, job_id: str, phase: int | None, before: float, now: float
+                          ) -> Deferred[int]:
+        return self._calls(jobs_sql.expire_queued, job_id, phase, before, now)
 
     def requeue_job_executions(self, job_id: str, now: float) -> Deferred[int]:
         return self._calls(jobs_sql.requeue_in_progress, job_id, now)

@@ -45,6 +45,7 @@ CREATE TABLE jobs (
     started     REAL,
     finished    REAL,
     updated     REAL NOT NULL,
+    stage       TEXT,                     -- a staged rollout: its phase (JSON)
     lease       TEXT,
     lease_until REAL
 );

@@ -45,6 +45,7 @@ CREATE TABLE jobs (
     started     DOUBLE PRECISION,
     finished    DOUBLE PRECISION,
     updated     DOUBLE PRECISION NOT NULL,
+    stage       JSON,                     -- a staged rollout: its phase (JSON)
     lease       TEXT,
     lease_until DOUBLE PRECISION
 );
