@@ -153,7 +153,24 @@ BAD_JOBS = [
                                                                       "method": "M"}},
      None),
     ({"name": "x", "target": {"devices": ["d1"]}, "action": {"type": "reboot"}},
-     "action.type must be one of rpc, shadow"),
+     "action.type must be one of rpc, shadow, firmware"),
+    ({"name": "x", "target": {"devices": ["d1"]}, "action": {"type": "firmware"}},
+     "action.firmware must be the ID of an image of the library (POST /firmware)"),
+    ({"name": "x", "target": {"devices": ["d1"]},
+      "action": {"type": "firmware", "firmware": "f1", "mode": "sideways"}},
+     "action.mode must be push or pull"),
+    ({"name": "x", "target": {"devices": ["d1"]}, "action": {"type": "rpc", "method": "M"},
+      "phases": []}, "phases must be a list of 1 to 10 phases"),
+    ({"name": "x", "target": {"devices": ["d1"]}, "action": {"type": "rpc", "method": "M"},
+      "phases": [{"percent": 10, "count": 5}]},
+     "phases[0] must have either percent or count (of all the devices, counted from the "
+     "first phase)"),
+    ({"name": "x", "target": {"devices": ["d1"]}, "action": {"type": "rpc", "method": "M"},
+      "phases": [{"percent": 50}, {"percent": 10}]},
+     "phases[1].percent must be more than the phase before's"),
+    ({"name": "x", "target": {"devices": ["d1"]}, "action": {"type": "rpc", "method": "M"},
+      "phases": [{"percent": 50, "error_threshold": 120}]},
+     "phases[0].error_threshold must be from 0 to 100"),
     ({"name": "x", "target": {"devices": ["d1"]}, "action": {"type": "rpc"}},
      "action.method must be a method name of 1 to 256 characters"),
     ({"name": "x", "target": {"devices": ["d1"]}, "action": {"type": "shadow"}},
@@ -182,7 +199,8 @@ BAD_JOBS = [
       "end_at": 1000}, "end_at must be after now and after start_at"),
     ({"name": "x", "target": {"devices": ["d1"]}, "action": {"type": "rpc", "method": "M"},
       "colour": "red"}, "unknown field(s) in the job: colour (allowed: abort, action, "
-                        "concurrency, end_at, name, rate, retries, start_at, target, timeouts)"),
+                        "concurrency, end_at, name, phases, rate, retries, start_at, target, "
+                        "timeouts)"),
 ]
 
 

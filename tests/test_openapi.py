@@ -35,10 +35,11 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "502", "503"
 include-operation-id = "countDevices"
 warnings = false
 
-# A job's controls answer 404 to every job ID schemathesis makes up
-# (tests/test_jobs.py drives real ones).
+# A job's routes answer 404 to every job ID schemathesis makes up, and a job
+# made up at random is mostly refused (a query, an image, rules that must
+# agree): tests/test_jobs.py drives real ones.
 [[operations]]
-include-path-regex = "/jobs/[{]job_id[}]/(cancel|pause|resume|retry|approve)"
+include-path-regex = "/jobs"
 warnings = false
 """
 
