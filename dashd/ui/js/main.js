@@ -14,6 +14,9 @@ import * as device from './device.js';
 import * as keys from './keys.js';
 import * as audit from './audit.js';
 import * as accounts from './accounts.js';
+import * as jobs from './jobs.js';
+import * as job from './job.js';
+import * as library from './library.js';
 
 const STORAGE = 'dashd.apiKey';
 
@@ -87,6 +90,7 @@ function showSession() {
   document.getElementById('nav-keys-item').hidden = !(signedIn && app.perms.canManageKeys);
   document.getElementById('nav-audit-item').hidden = !(signedIn && app.perms.canReadAudit);
   document.getElementById('nav-accounts-item').hidden = !(signedIn && app.perms.canManageAccounts);
+  document.getElementById('nav-firmware-item').hidden = !(signedIn && !app.perms.restricted);
   const who = document.getElementById('who');
   if (signedIn) {
     const name = app.me.name ? `${app.me.name} ` : '';
@@ -134,6 +138,9 @@ function parseRoute(hash) {
   if (path === '/accounts') return {view: accounts, params: {}};
   if ((m = /^\/devices\/([^/]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1])}};
   if (path === '/devices') return {view: devices, params: {}};
+  if ((m = /^\/jobs(?:\?firmware=([^&]+))?$/.exec(path))) return {view: jobs, params: {firmware: m[1] && decodeURIComponent(m[1])}};
+  if ((m = /^\/jobs\/([^/?]+)$/.exec(path))) return {view: job, params: {id: decodeURIComponent(m[1])}};
+  if (path === '/firmware') return {view: library, params: {}};
   return null;
 }
 
