@@ -611,3 +611,30 @@ async def test_a_firmware_job_updates_devices_from_the_library(server: DashdProc
     finally:
         for sim in sims:
             await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_queued_calls_limits_hold_for_jobs(own_server: DashdProcess):
+    own_server.configure({"calls": {"max_queued_per_device": 1, "max_queued_per_account": 3}})
+    await own_server.start_async()
+    admin = Client(own_server, own_server.admin_key)
+    ids = [(await admin.register("limit-%d" % i))[0] for i in range(5)]
+    # The first device (offline) has a call queued already: its limit.
+    reply = await admin.post("/api/v2/devices/%s/calls" % ids[0], {"method": "Sim.Echo"})
+    assert reply.status == 202, reply
+    job = await create(admin, {"name": "limits", "target": {"devices": ids},
+                               "action": {"type": "rpc", "method": "Sim.Echo"}})
+
+    async def settled():
+        found = await executions(admin, job["id"])
+        return found if sum(e["state"] == "failed" for e in found.values()) == 3 else None
+
+    found = await eventually(settled, 10)
+    assert found[ids[0]]["error"] == {"code": 429, "message": (
+        "device %s has 1 calls queued or under way, the most it may have "
+        "(calls.max_queued_per_device)" % ids[0])}
+    # The account may have 3: one queued by hand, two by the job.
+    assert [found[d]["state"] for d in ids[1:]] == ["queued", "queued", "failed", "failed"]
+    assert found[ids[3]]["error"]["message"] == (
+        "this account has 3 calls queued or under way, the most it may have "
+        "(calls.max_queued_per_account)")

@@ -68,7 +68,9 @@ log = Logger()
 # Seconds between two resolutions of a continuous target.
 REFRESH = 10.0
 # Executions sent in one step of one job at most (one store transaction).
-MAX_STEP = 2000
+MAX_STEP = 5000
+# Calls queued in one store transaction.
+BATCH = 250
 MAX_LIST = 500
 # The code an execution's error carries for the errors a shadow change may end in.
 _CODES = ((Forbidden, 403), (NotFound, 404), (Invalid, 400), (Conflict, 409),
@@ -601,13 +603,20 @@ class JobRunner:
                     phase: int | None) -> int:
         config = self._config
         if job["kind"] == "rpc":
-            made = await self._store.dispatch_job(job, room, now,
-                                                  config["calls.max_queued_per_device"],
-                                                  config["calls.max_queued_per_account"],
-                                                  phase)
-            for call in made:
-                self._router.calls_queued(call.device_id)
-            return len(made)
+            # In batches, each its own transaction: other writers get their
+            # turn in between (SQLite has one writer).
+            sent = 0
+            while sent < room:
+                want = min(BATCH, room - sent)
+                made = await self._store.dispatch_job(
+                    job, want, now, config["calls.max_queued_per_device"],
+                    config["calls.max_queued_per_account"], phase)
+                for call in made:
+                    self._router.calls_queued(call.device_id)
+                sent += len(made)
+                if len(made) < want:
+                    break
+            return sent
         if job["kind"] == "firmware":
             # Only to devices online now: the others wait (their queued timeout).
             waiting = await self._store.queued_job_devices(job["id"], room * 4 + 16, phase)

@@ -20,8 +20,7 @@ from dashd.domain import calls as c
 from dashd.domain import jobs as j
 from dashd.domain import tokens
 from dashd.domain.calls import Call
-from dashd.domain.errors import Busy, Conflict
-from dashd.store import NotFound
+from dashd.domain.errors import Conflict
 from dashd.store import calls_sql
 from dashd.store.calls_sql import Db
 
@@ -204,28 +203,52 @@ def dispatch(db: Db, job: dict[str, Any], limit: int, now: float, per_device: in
     rows = db.all("SELECT %s FROM job_executions WHERE job_id = ? AND state = 'queued' AND"
                   " dispatched = 0 AND phase <= ? ORDER BY seq LIMIT ?%s" % (_EXEC, db.lock),
                   (job["id"], _NO_LIMIT if phase is None else phase, limit))
-    made = []
+    made: list[Call] = []
+    if not rows:
+        return made
+    # The account's limit is checked once for the batch (as queueing that
+    # many calls one by one would), each device's for its call.
+    if db.pg:
+        db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", ("calls " + job["account_id"],))
+    (active,) = db.one("SELECT count(*) FROM calls WHERE account_id = ? AND state IN"
+                       " ('queued', 'sent')", (job["account_id"],))
+    params = db.json(action.get("params")) if action.get("params") is not None else None
     for row in rows:
         e = _execution(db, row)
         e.pop("result", None)
         e.pop("error", None)
-        call = Call(id=tokens.new_id("c"), device_id=e["device_id"],
-                    account_id=job["account_id"], key_id=job["key_id"],
-                    method=action["method"], params=action.get("params"), state=c.QUEUED,
-                    created=now, expires=now + spec["timeouts"]["queued"],
-                    timeout=spec["timeouts"]["running"], retries=0, times={c.QUEUED: now})
-        try:
-            call = calls_sql.create(db, call, per_device, per_account)
-        except NotFound:
+        device_id = e["device_id"]
+        why = None
+        if db.one("SELECT 1 FROM devices WHERE id = ?%s" % db.lock, (device_id,)) is None:
             e.update(state=j.SKIPPED, reason="not found: the device was deleted")
             e["times"][j.SKIPPED] = now
             _write_exec(db, job["id"], e, now)
             continue
-        except Busy as error:
-            e.update(state=j.FAILED, error={"code": 429, "message": error.message})
+        (queued,) = db.one("SELECT count(*) FROM calls WHERE device_id = ? AND state IN"
+                           " ('queued', 'sent')", (device_id,))
+        if queued >= per_device:
+            why = ("device %s has %d calls queued or under way, the most it may have "
+                   "(calls.max_queued_per_device)" % (device_id, queued))
+        elif active >= per_account:
+            why = ("this account has %d calls queued or under way, the most it may have "
+                   "(calls.max_queued_per_account)" % active)
+        if why is not None:
+            e.update(state=j.FAILED, error={"code": 429, "message": why})
             e["times"][j.FAILED] = now
             _write_exec(db, job["id"], e, now)
             continue
+        call = Call(id=tokens.new_id("c"), device_id=device_id,
+                    account_id=job["account_id"], key_id=job["key_id"],
+                    method=action["method"], params=action.get("params"), state=c.QUEUED,
+                    created=now, expires=now + spec["timeouts"]["queued"],
+                    timeout=spec["timeouts"]["running"], retries=0, times={c.QUEUED: now})
+        db.execute(
+            "INSERT INTO calls (id, device_id, account_id, key_id, method, params, state,"
+            " created, expires, timeout, retries, attempts, times) VALUES (?, ?, ?, ?, ?, ?, ?,"
+            " ?, ?, ?, ?, ?, ?)",
+            (call.id, device_id, call.account_id, call.key_id, call.method, params, call.state,
+             now, call.expires, call.timeout, 0, db.json([]), db.json(call.times)))
+        active += 1
         e.update(call_id=call.id, dispatched=True, attempts=e["attempts"] + 1)
         e["times"]["dispatched"] = now
         _write_exec(db, job["id"], e, now)
