@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from dashd import __version__
 from dashd.api import Api
 from dashd.api.audit import entry_for
+from dashd.api.library import LIBRARY_UPLOAD_PATH
 from dashd.api.ota import UPLOAD_PATH
 from dashd.api.site import DashdSite, SpoolRule
 from dashd.app.application import Application, build_application
@@ -29,6 +30,7 @@ from dashd.app.datapull import DataPuller
 from dashd.app.firmware import OtaManager
 from dashd.app.fleet import Fleet
 from dashd.app.history import History
+from dashd.app.jobs import JobRunner
 from dashd.app.limits import FailureLimiter, TokenBucket
 from dashd.app.retention import DataRetention
 from dashd.app.tickets import ITicketStore, LocalTickets
@@ -41,6 +43,7 @@ from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, FIRMWARE_DIR
 from dashd.ops.gcfreeze import FreezeSurvivors
 from dashd.ops.hangup import HangupService
 from dashd.ops.lbagent import AgentFactory
+from dashd.ops.jobs import JobCollector, JobService
 from dashd.ops.lifecycle import DrainService, Readiness
 from dashd.ops.metrics import CounterOf, Metrics
 from dashd.ops.services import DashdService, FleetService, OtaService, StoreService
@@ -178,6 +181,10 @@ def build(config: Config, reactor: Any) -> DashdService:
             b"POST", UPLOAD_PATH,
             config["ota.max_bytes"] + MULTIPART_ALLOWANCE, firmware_dir,
             config["ota.upload_timeout"], gate=api.upload_gate,
+        ), SpoolRule(
+            b"POST", LIBRARY_UPLOAD_PATH,
+            config["ota.max_bytes"] + MULTIPART_ALLOWANCE, firmware_dir,
+            config["ota.upload_timeout"], gate=api.library_gate,
         )],
     )
 
@@ -231,6 +238,14 @@ def build(config: Config, reactor: Any) -> DashdService:
     stall_probe.setServiceParent(service)
     # A stray SIGHUP must not end dashd without a drain (dashd.ops.hangup).
     HangupService(reactor).setServiceParent(service)
+    # Fleet jobs: each node steps those whose lease it holds (or takes).
+    job_runner = JobRunner(fleet, application.jobs, application.devices, audit.record)
+    JobService(job_runner, config["jobs.interval"], reactor).setServiceParent(service)
+    metrics.registry.register(JobCollector(job_runner))  # type: ignore[arg-type]
+    # Library uploads a restart cut off (the image is never listed).
+    library_sweeper = TimerService(PRUNE_INTERVAL, application.library.sweep)
+    library_sweeper.clock = reactor
+    library_sweeper.setServiceParent(service)
     if config["gc.full_collection_interval"] > 0:
         FreezeSurvivors(reactor, config["gc.full_collection_interval"],
                         lambda: len(fleet.router.sessions())).setServiceParent(service)

@@ -271,6 +271,18 @@ OPTIONS = [
            "\"https://dash.example.com\"; empty: the address the device itself reached "
            "dashd at (needed behind a TLS proxy, and in a cluster)",
            _url_or_empty),
+    Option("firmware.max_images_per_account", 100, int,
+           "Firmware images one account may keep in the library (POST /firmware); more "
+           "get 429", _positive),
+    Option("jobs.max_devices", 100000, int,
+           "Devices one job may act on; a target that selects more is refused (400)",
+           _positive),
+    Option("jobs.interval", 1.0, (int, float),
+           "Seconds between two steps of the jobs a node drives (sending to the next "
+           "devices, following the calls it sent)", _positive),
+    Option("jobs.lease_timeout", 10.0, (int, float),
+           "Seconds a node holds a job it drives without renewing its lease before "
+           "another node takes the job over (a cluster)", _positive),
     Option("data.retention_days", 90.0, (int, float),
            "Days stored data (tags.save) is kept; 0 keeps it forever", _not_negative),
     Option("data.pull_chunk_bytes", 1024, int,

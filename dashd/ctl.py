@@ -156,7 +156,8 @@ def console_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The console command (L{dashd.app.console}) the arguments ask for."""
     command = "%s %s" % (args.area, args.action)
     given = {name: getattr(args, name, None)
-             for name in ("account", "name", "expires_in", "key_id", "device_id", "shared_with")}
+             for name in ("account", "name", "expires_in", "key_id", "device_id", "shared_with",
+                          "job_id", "state")}
     return command, {k: v for k, v in given.items() if v is not None}
 
 
@@ -251,7 +252,42 @@ def _devices_text(devices: list[dict[str, Any]]) -> str:
     return _table(rows, ["ID", "NAME", "ACCOUNT", "LAST SEEN", "FIRMWARE"]) + "\n"
 
 
+def _job_text(job: dict[str, Any]) -> str:
+    progress = job["progress"]
+    counts = ", ".join("%s %d" % (state, n) for state, n in progress.items()
+                       if n and state != "total")
+    reason = job.get("reason") or {}
+    return "job %s (%s): %s, %d devices%s%s\n" % (
+        job["id"], job["name"], job["state"], progress["total"],
+        ": " + counts if counts else "",
+        " (%s)" % reason["message"] if reason.get("message") else "")
+
+
+def _jobs_text(jobs: list[dict[str, Any]]) -> str:
+    rows = [[j["id"], j["name"], j["state"], j["action"]["type"], str(j["progress"]["total"]),
+             str(j["progress"]["succeeded"]),
+             str(j["progress"]["failed"] + j["progress"]["timed_out"]), _when(j["created"])]
+            for j in jobs]
+    return _table(rows, ["ID", "NAME", "STATE", "ACTION", "DEVICES", "SUCCEEDED", "FAILED",
+                         "CREATED"]) + "\n"
+
+
+def _executions_text(executions: list[dict[str, Any]]) -> str:
+    rows = [[e["device_id"], e["state"], str(e["attempts"]),
+             e.get("reason") or (e.get("error") or {}).get("message") or ""]
+            for e in executions]
+    return _table(rows, ["DEVICE", "STATE", "ATTEMPTS", "WHY"]) + "\n"
+
+
 TEXT = {
+    "jobs list": _jobs_text,
+    "jobs show": _job_text,
+    "jobs executions": _executions_text,
+    "jobs pause": _job_text,
+    "jobs resume": _job_text,
+    "jobs cancel": _job_text,
+    "jobs retry": _job_text,
+    "jobs delete": lambda j: "deleted job %s\n" % j["id"],
     "keys list": _keys_text,
     "keys create": lambda k: ("created API key %s (account %s); its secret, shown this once:"
                               "\n%s\n" % (k["id"], k["account_id"], k["key"])),
@@ -535,6 +571,22 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("device_id")
     d = devices.add_parser("rotate-token", help="give a device a new token; prints it once")
     d.add_argument("device_id")
+
+    jobs = sub.add_parser("jobs", help="fleet jobs (of a running dashd)").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    jobs.add_parser("list", help="every job, newest first")
+    for action, what in (("show", "a job and its progress"),
+                         ("executions", "a job's devices and how each went"),
+                         ("pause", "stop sending (what was sent goes on)"),
+                         ("resume", "send again after a pause"),
+                         ("cancel", "end a job: what was not sent is cancelled, what was "
+                                    "sent finishes and is recorded"),
+                         ("retry", "queue a job's failed and timed-out devices again"),
+                         ("delete", "delete a job that has ended")):
+        j = jobs.add_parser(action, help=what)
+        j.add_argument("job_id")
+        if action == "executions":
+            j.add_argument("--state", help="only these states (comma-separated)")
 
     b = sub.add_parser("backup", help="copy the store to FILE while dashd runs")
     b.add_argument("file")

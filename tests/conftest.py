@@ -13,7 +13,7 @@ from support import Client, DashdProcess
 # README) the store is beside the point, and they run on SQLite only, to
 # keep the suite short.
 STORE_MODULES = {"test_access", "test_audit", "test_calls", "test_ctl", "test_device_channel",
-                 "test_device_data", "test_device_query", "test_end_to_end", "test_faults", "test_lifecycle", "test_ops", "test_ota",
+                 "test_device_data", "test_device_query", "test_end_to_end", "test_faults", "test_jobs", "test_library", "test_lifecycle", "test_ops", "test_ota",
                  "test_rest", "test_series", "test_store"}
 # Time-range queries of stored data and dashboard sessions (issue 19).
 STORE_MODULES |= {"test_data_ranges", "test_sessions", "test_audit_detail"}

@@ -55,6 +55,8 @@ FAST_CONFIG = {
     # Tests make many requests and many deliberate failures from one
     # address; the limits have tests of their own with their own servers.
     "limits": {"requests_per_second": 0, "failed_auth_per_minute": 0},
+    # Fleet jobs step often, and a dead node's jobs are taken over soon.
+    "jobs": {"interval": 0.25, "lease_timeout": 3.0},
 }
 
 

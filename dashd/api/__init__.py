@@ -17,7 +17,9 @@ from dashd.api.channels import ChannelRoutes
 from dashd.api.data import DataRoutes
 from dashd.api.devices import DeviceRoutes
 from dashd.api.door import Door
+from dashd.api.jobs import JobRoutes
 from dashd.api.keys import KeyRoutes
+from dashd.api.library import LibraryRoutes
 from dashd.api.ops import OpsRoutes
 from dashd.api.ota import OtaRoutes
 from dashd.api.rpc import RpcRoutes
@@ -29,7 +31,7 @@ __all__ = ["Api"]
 
 class Api(
     ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes, OtaRoutes,
-    DataRoutes, CallRoutes, UiRoutes, SessionRoutes,
+    DataRoutes, CallRoutes, UiRoutes, SessionRoutes, LibraryRoutes, JobRoutes,
 ):
     def resource(self) -> Any:
         # The busiest requests are answered before Klein (dashd.api.door).

@@ -1003,3 +1003,13 @@ def document(config: Config, version: str) -> dict[str, Any]:
             },
         },
     }
+
+
+# The firmware library and fleet jobs describe themselves (dashd.api.openapi_fleet).
+_document = document
+
+
+def document(config: Config, version: str) -> dict[str, Any]:  # noqa: F811
+    from dashd.api import openapi_fleet
+
+    return openapi_fleet.extend(_document(config, version), config)

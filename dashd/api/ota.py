@@ -33,7 +33,7 @@ from dashd.domain.errors import DomainError, Invalid, NotFound
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 AUTO_COMMIT_VALUES = _TRUE + _FALSE
-UPLOAD_ARGS = ("mode", "auto_commit", "commit_timeout", "filename", "access_token")
+UPLOAD_ARGS = ("mode", "auto_commit", "commit_timeout", "filename", "access_token", "firmware")
 
 
 def _arg(request: Any, name: str) -> str | None:
@@ -77,7 +77,7 @@ def _options(request: Any) -> tuple[str, bool, int | None]:
                      if a.decode("latin-1") not in UPLOAD_ARGS)
     if unknown:
         raise Invalid("unknown query argument(s): %s (allowed: mode, auto_commit, "
-                      "commit_timeout, filename)" % ", ".join(unknown))
+                      "commit_timeout, filename, firmware)" % ", ".join(unknown))
     mode = _arg(request, "mode") or "push"
     if mode not in ("push", "pull"):
         raise Invalid("mode must be push or pull", "mode")
@@ -117,6 +117,9 @@ class OtaRoutes(ApiBase):
                 raise NotFound("no such device: %s" % m.group(1).decode("latin-1"))
             _options(request)
             await self.firmware.prepare(key, device_id)
+            if _arg(request, "firmware") is not None:
+                # An image of the library: no body to take in.
+                return None
             release = self.firmware.upload_slot(key)
         except DomainError as e:
             code, headers, _ = status.answer(e)
@@ -135,6 +138,18 @@ class OtaRoutes(ApiBase):
         device = await self.firmware.prepare(key, device_id)
 
         upload = getattr(request, "upload", None)
+        firmware_id = _arg(request, "firmware")
+        if firmware_id is not None:
+            if upload is not None and upload.size:
+                raise Invalid("send either a file or ?firmware=ID (an image of the library), "
+                              "not both", "firmware")
+            status = await self.application.library.update_device(
+                key, device_id, firmware_id, pull=mode == "pull", auto_commit=auto_commit,
+                commit_timeout=commit_timeout)
+            request.setResponseCode(202)
+            request.setHeader(b"location",
+                              b"/api/v2/devices/%s/ota" % device_id.encode("ascii"))
+            return self.json(request, status)
         if upload is None:
             raise Invalid("the firmware upload was not received")  # pragma: no cover
         if upload.error is not None:

@@ -19,7 +19,9 @@ from dashd.app.calls import Calls
 from dashd.app.devices import Devices
 from dashd.app.firmware import Firmware, OtaManager
 from dashd.app.fleet import Fleet
+from dashd.app.jobs import Jobs
 from dashd.app.keys import Keys
+from dashd.app.library import FirmwareLibrary
 from dashd.app.records import Records
 from dashd.app.tickets import ITicketStore, NotifyTickets
 
@@ -38,6 +40,10 @@ class Application:
     firmware: Firmware | None = None
     # None where there is no notification stream (dashctl).
     tickets: NotifyTickets | None = None
+    # The firmware library and fleet jobs (None where nothing is sent to
+    # devices).
+    library: Any = None
+    jobs: Any = None
 
     def ping(self) -> Deferred[Any]:
         """Fire once the store has answered a trivial query."""
@@ -52,6 +58,8 @@ def build_application(fleet: Fleet, auth: Authenticator, ota: OtaManager | None 
     store, clock = fleet.store, fleet.clock
     accounts = Accounts(store, clock)
     devices = Devices(fleet, accounts)
+    firmware = Firmware(ota, devices) if ota is not None else None
+    library = FirmwareLibrary(ota, firmware) if ota is not None and firmware else None
     return Application(
         clock=clock,
         fleet=fleet,
@@ -61,6 +69,8 @@ def build_application(fleet: Fleet, auth: Authenticator, ota: OtaManager | None 
         devices=devices,
         records=Records(store, devices),
         calls=Calls(fleet, devices),
-        firmware=Firmware(ota, devices) if ota is not None else None,
+        firmware=firmware,
         tickets=NotifyTickets(tickets, auth, clock) if tickets is not None else None,
+        library=library,
+        jobs=Jobs(fleet, devices, library) if ota is not None else None,
     )

@@ -104,7 +104,46 @@ async def devices_rotate_token(app: Any, args: dict[str, Any]) -> Done:
     return Done({"id": device.id, "token": token}, device.account_id, device.id, device.id)
 
 
+def _jobs(app: Any) -> Any:
+    if app.jobs is None:
+        raise Invalid("jobs are driven by a running dashd: start it, then run this again")
+    return app.jobs
+
+
+async def jobs_list(app: Any, args: dict[str, Any]) -> Done:
+    found, _ = await _jobs(app).list(CONSOLE, 500)
+    return Done(found)
+
+
+async def jobs_show(app: Any, args: dict[str, Any]) -> Done:
+    jobs = _jobs(app)
+    return Done(await jobs.view(await jobs.get(CONSOLE, _text(args, "job_id") or "")))
+
+
+async def jobs_executions(app: Any, args: dict[str, Any]) -> Done:
+    state = _text(args, "state")
+    states = tuple(s.strip() for s in state.split(",")) if state else None
+    found, _ = await _jobs(app).executions(CONSOLE, _text(args, "job_id") or "", states, 500)
+    return Done(found)
+
+
+def _job_control(action: str) -> Callable[[Any, dict[str, Any]], Awaitable[Done]]:
+    async def control(app: Any, args: dict[str, Any]) -> Done:
+        job = await getattr(_jobs(app), action)(CONSOLE, _text(args, "job_id") or "")
+        return Done(job, job["account_id"], target=job["id"])
+
+    return control
+
+
 COMMANDS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Done]]] = {
+    "jobs list": jobs_list,
+    "jobs show": jobs_show,
+    "jobs executions": jobs_executions,
+    "jobs pause": _job_control("pause"),
+    "jobs resume": _job_control("resume"),
+    "jobs cancel": _job_control("cancel"),
+    "jobs retry": _job_control("retry"),
+    "jobs delete": _job_control("delete"),
     "keys list": keys_list,
     "keys create": keys_create,
     "keys revoke": keys_revoke,

@@ -194,6 +194,123 @@ class IStore(Interface):
         """Delete up to C{batch} calls that ended before C{before}; fire
         with how many."""
 
+    # The firmware library (dashd.app.library; the jobs are in firmware_sql.py)
+
+    def begin_firmware(image, per_account):
+        """Store the record of an image being uploaded (not complete yet).
+        @raise dashd.domain.errors.Busy: its account has C{per_account}."""
+
+    def put_firmware_chunk(firmware_id, n, data):
+        """Store chunk C{n} (bytes) of an image being uploaded."""
+
+    def complete_firmware(firmware_id):
+        """Mark the image complete; fire with its record."""
+
+    def get_firmware(firmware_id):
+        """Fire with a complete image's record (a dict) or None."""
+
+    def list_firmware(account_id):
+        """Fire with the complete images of the account (None: all), newest
+        first."""
+
+    def firmware_chunk(firmware_id, n):
+        """Fire with chunk C{n} of the image, or None past its end."""
+
+    def delete_firmware(firmware_id):
+        """Delete the image; fire with whether there was one.
+        @raise dashd.domain.errors.Conflict: a job that has not ended uses it."""
+
+    def drop_incomplete_firmware(before):
+        """Delete images whose upload began before C{before} and never
+        completed; fire with how many."""
+
+    # Fleet jobs (dashd.domain.jobs, dashd.app.jobs; the jobs are in jobs_sql.py,
+    # whose functions say what each does)
+
+    def create_job(job, executions):
+        """Store a job and its first executions; fire with the job."""
+
+    def add_job_executions(job_id, executions, now):
+        """Add executions for devices the job has none for; fire with how many."""
+
+    def get_job(job_id):
+        """Fire with the job (a dict) or None."""
+
+    def job_counts(job_id):
+        """Fire with the job's executions counted by state."""
+
+    def list_jobs(account_id, limit, before):
+        """Fire with jobs (of the account, None: all), newest first."""
+
+    def job_executions(job_id, states, limit, after):
+        """Fire with a page of the job's executions, in order."""
+
+    def set_job_state(job_id, from_states, state, now, reason=None):
+        """Compare-and-set the job's state; fire with the job as it is then."""
+
+    def lease_job(job_id, node, now, until):
+        """Take or renew the job's lease; fire with whether C{node} holds it."""
+
+    def release_job(job_id, node):
+        """Give up the job's lease."""
+
+    def active_jobs(limit=1000):
+        """Fire with the IDs of the jobs that need driving."""
+
+    def jobs_in_flight(job_id):
+        """Fire with how many executions of the job are out."""
+
+    def dispatch_job(job, limit, now, per_device, per_account, phase=None):
+        """Queue the calls of the next executions of an RPC job, each linked
+        to its execution in the same transaction; fire with the calls."""
+
+    def take_job_executions(job_id, limit, now, phase=None, devices=None):
+        """Mark the next queued executions in progress; fire with their devices."""
+
+    def queued_job_devices(job_id, limit, phase=None):
+        """Fire with the devices of the next queued executions."""
+
+    def set_job_execution_ref(job_id, device_id, ref):
+        """Record what an execution in progress started (a firmware update)."""
+
+    def job_executions_in_progress(job_id):
+        """Fire with the job's executions in progress."""
+
+    def finish_job_ref(job_id, device_id, ref, state, now, result=None, error=None,
+                       retries=0):
+        """End an execution in progress that follows C{ref}."""
+
+    def job_phase_counts(job_id):
+        """Fire with the executions counted by phase and state."""
+
+    def set_job_stage(job_id, stage, now):
+        """Record where a staged rollout is."""
+
+    def expire_job_queued(job_id, phase, before, now):
+        """Time out queued executions waiting since before C{before}."""
+
+    def requeue_job_executions(job_id, now):
+        """Queue again the executions in progress that are not calls."""
+
+    def finish_job_execution(job_id, device_id, state, now, result=None, error=None,
+                             retries=0):
+        """End an execution in progress (not a call)."""
+
+    def sync_job(job_id, retries, now):
+        """Bring the job's executions up to their calls' states."""
+
+    def cancel_job(job_id, now, state="cancelled", reason=None):
+        """End the job and cancel what was not sent; fire with the job and
+        the calls cancelled."""
+
+    def retry_job(job_id, now):
+        """Queue the failed and timed-out executions again; fire with the job
+        and how many."""
+
+    def delete_job(job_id):
+        """Delete an ended job; fire with whether there was one.
+        @raise dashd.domain.errors.Conflict: it has not ended."""
+
     # Stored data, device events, OTA status
 
     def query_data(account_id, device_id, skip, limit, text):

@@ -54,8 +54,8 @@ from dashd.domain import query, shadow
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.domain.errors import Conflict
 from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
-                         StoreUnreachable, calls_sql, postgres_records, query_sql, ranges_sql,
-                         sessions_sql)
+                         StoreUnreachable, calls_sql, firmware_sql, jobs_sql, postgres_records,
+                         query_sql, ranges_sql, sessions_sql)
 from dashd.store.postgres_records import json_param
 
 log = Logger()
@@ -835,6 +835,128 @@ class PostgresStore:
 
     def prune_calls(self, before: float, batch: int = 10000) -> Deferred[int]:
         return self._calls(calls_sql.prune, before, batch)
+
+    # The firmware library (the jobs are in firmware_sql.py)
+
+    def begin_firmware(self, image: dict[str, Any], per_account: int) -> Deferred[None]:
+        return self._calls(firmware_sql.begin, image, per_account)
+
+    def put_firmware_chunk(self, firmware_id: str, n: int, data: bytes) -> Deferred[None]:
+        return self._calls(firmware_sql.put_chunk, firmware_id, n, data)
+
+    def complete_firmware(self, firmware_id: str) -> Deferred[Any]:
+        return self._calls(firmware_sql.complete, firmware_id)
+
+    def get_firmware(self, firmware_id: str) -> Deferred[Any]:
+        return self._calls(firmware_sql.get, firmware_id)
+
+    def list_firmware(self, account_id: str | None) -> Deferred[Any]:
+        return self._calls(firmware_sql.list_for, account_id)
+
+    def firmware_chunk(self, firmware_id: str, n: int) -> Deferred[Any]:
+        return self._calls(firmware_sql.chunk, firmware_id, n)
+
+    def delete_firmware(self, firmware_id: str) -> Deferred[bool]:
+        return self._calls(firmware_sql.delete, firmware_id)
+
+    def drop_incomplete_firmware(self, before: float) -> Deferred[int]:
+        return self._calls(firmware_sql.drop_incomplete, before)
+
+    # Fleet jobs (the jobs are in jobs_sql.py)
+
+    def create_job(self, job: dict[str, Any], executions: list[Any]) -> Deferred[Any]:
+        return self._calls(jobs_sql.create, job, executions)
+
+    def add_job_executions(self, job_id: str, executions: list[Any], now: float
+                           ) -> Deferred[int]:
+        return self._calls(jobs_sql.add, job_id, executions, now)
+
+    def get_job(self, job_id: str) -> Deferred[Any]:
+        return self._calls(jobs_sql.get, job_id)
+
+    def job_counts(self, job_id: str) -> Deferred[Any]:
+        return self._calls(jobs_sql.counts, job_id)
+
+    def list_jobs(self, account_id: str | None, limit: int, before: int | None
+                  ) -> Deferred[Any]:
+        return self._calls(jobs_sql.list_for, account_id, limit, before)
+
+    def job_executions(self, job_id: str, states: tuple[str, ...] | None, limit: int,
+                       after: int | None) -> Deferred[Any]:
+        return self._calls(jobs_sql.executions, job_id, states, limit, after)
+
+    def set_job_state(self, job_id: str, from_states: tuple[str, ...], state: str, now: float,
+                      reason: Any = None) -> Deferred[Any]:
+        return self._calls(jobs_sql.set_state, job_id, from_states, state, now, reason)
+
+    def lease_job(self, job_id: str, node: str, now: float, until: float) -> Deferred[bool]:
+        return self._calls(jobs_sql.lease, job_id, node, now, until)
+
+    def release_job(self, job_id: str, node: str) -> Deferred[None]:
+        return self._calls(jobs_sql.release, job_id, node)
+
+    def active_jobs(self, limit: int = 1000) -> Deferred[Any]:
+        return self._calls(jobs_sql.active, limit)
+
+    def jobs_in_flight(self, job_id: str) -> Deferred[int]:
+        return self._calls(jobs_sql.in_flight, job_id)
+
+    def dispatch_job(self, job: dict[str, Any], limit: int, now: float, per_device: int,
+                     per_account: int, phase: int | None = None) -> Deferred[Any]:
+        return self._calls(jobs_sql.dispatch, job, limit, now, per_device, per_account, phase)
+
+    def take_job_executions(self, job_id: str, limit: int, now: float,
+                            phase: int | None = None, devices: list[str] | None = None
+                            ) -> Deferred[Any]:
+        return self._calls(jobs_sql.take, job_id, limit, now, phase, devices)
+
+    def queued_job_devices(self, job_id: str, limit: int, phase: int | None = None
+                           ) -> Deferred[Any]:
+        return self._calls(jobs_sql.queued, job_id, limit, phase)
+
+    def set_job_execution_ref(self, job_id: str, device_id: str, ref: str) -> Deferred[None]:
+        return self._calls(jobs_sql.set_ref, job_id, device_id, ref)
+
+    def job_executions_in_progress(self, job_id: str) -> Deferred[Any]:
+        return self._calls(jobs_sql.in_progress, job_id)
+
+    def finish_job_ref(self, job_id: str, device_id: str, ref: str | None, state: str,
+                       now: float, result: Any = None, error: Any = None, retries: int = 0
+                       ) -> Deferred[Any]:
+        return self._calls(jobs_sql.finish_ref, job_id, device_id, ref, state, now, result,
+                           error, retries)
+
+    def job_phase_counts(self, job_id: str) -> Deferred[Any]:
+        return self._calls(jobs_sql.phase_counts, job_id)
+
+    def set_job_stage(self, job_id: str, stage: dict[str, Any], now: float) -> Deferred[None]:
+        return self._calls(jobs_sql.set_stage, job_id, stage, now)
+
+    def expire_job_queued(self, job_id: str, phase: int | None, before: float, now: float
+                          ) -> Deferred[int]:
+        return self._calls(jobs_sql.expire_queued, job_id, phase, before, now)
+
+    def requeue_job_executions(self, job_id: str, now: float) -> Deferred[int]:
+        return self._calls(jobs_sql.requeue_in_progress, job_id, now)
+
+    def finish_job_execution(self, job_id: str, device_id: str, state: str, now: float,
+                             result: Any = None, error: Any = None, retries: int = 0
+                             ) -> Deferred[Any]:
+        return self._calls(jobs_sql.finish, job_id, device_id, state, now, result, error,
+                           retries)
+
+    def sync_job(self, job_id: str, retries: int, now: float) -> Deferred[int]:
+        return self._calls(jobs_sql.sync, job_id, retries, now)
+
+    def cancel_job(self, job_id: str, now: float, state: str = "cancelled",
+                   reason: Any = None) -> Deferred[Any]:
+        return self._calls(jobs_sql.cancel, job_id, now, state, reason)
+
+    def retry_job(self, job_id: str, now: float) -> Deferred[Any]:
+        return self._calls(jobs_sql.retry_failed, job_id, now)
+
+    def delete_job(self, job_id: str) -> Deferred[bool]:
+        return self._calls(jobs_sql.delete, job_id)
 
     # Stored data, device events, OTA status, audit (the jobs are in postgres_records.py)
 

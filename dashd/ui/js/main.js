@@ -16,6 +16,9 @@ import * as audit from './audit.js';
 import * as accounts from './accounts.js';
 import * as logs from './logs.js';
 import {forgetState, startOffline} from './offline.js';
+import * as jobs from './jobs.js';
+import * as job from './job.js';
+import * as library from './library.js';
 
 const STORAGE = 'dashd.apiKey';
 
@@ -115,6 +118,7 @@ function showSession() {
   document.getElementById('nav-audit-item').hidden = !(signedIn && app.perms.canReadAudit);
   document.getElementById('nav-accounts-item').hidden = !(signedIn && app.perms.canManageAccounts);
   document.getElementById('nav-logs-item').hidden = !(signedIn && app.perms.seesLog);
+  document.getElementById('nav-firmware-item').hidden = !(signedIn && !app.perms.restricted);
   const who = document.getElementById('who');
   if (signedIn) {
     const name = app.me.name ? `${app.me.name} ` : '';
@@ -165,6 +169,9 @@ function parseRoute(hash) {
   if ((m = /^\/devices\/([^/]+)\/([a-z-]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1]), section: m[2]}};
   if (path === '/devices') return {view: devices, params: {}};
   if (path === '/logs') return {view: logs, params: {}};
+  if ((m = /^\/jobs(?:\?firmware=([^&]+))?$/.exec(path))) return {view: jobs, params: {firmware: m[1] && decodeURIComponent(m[1])}};
+  if ((m = /^\/jobs\/([^/?]+)$/.exec(path))) return {view: job, params: {id: decodeURIComponent(m[1])}};
+  if (path === '/firmware') return {view: library, params: {}};
   return null;
 }
 

@@ -1,0 +1,238 @@
+"""
+Fleet jobs under load (issue 18's benchmark lines).
+
+    .venv/bin/python -m bench.jobs [--devices 10000] [--firmware-devices 1000]
+                                   [--image-kb 256] [--store-url URL]
+
+Starts dashd (``twistd -n dashd``, SQLite in a temporary directory unless
+``--store-url`` names a PostgreSQL database), registers the devices and
+runs them (``dashd.simulator``) in processes of their own, then:
+
+1. ``rpc``: an RPC job (``Sim.Echo``) on every device, no rate limit,
+   concurrency 10,000, while one REST client reads a device (``GET
+   /api/v2/devices/ID``) over and over: prints devices a second (from the
+   job's creation to its completion; target >= 1,000) and the GET latencies
+   (target: p99 <= 100 ms);
+2. ``firmware``: a firmware job pushing an image of ``--image-kb`` KB from
+   the library to ``--firmware-devices`` devices, concurrency 50: prints
+   devices a minute and dashd's RSS before and at its highest (which should
+   follow the concurrency, not the fleet);
+3. ``rollout``: a staged RPC job whose first phase (10 %) fails beyond its
+   error threshold: prints whether the job paused and how many devices of
+   the later phases got anything (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from bench.datapull import TWISTD, free_port, request, rss_kb
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PER_PROCESS = 2500
+
+
+def run_devices(url: str, tokens_file: str, first: int, count: int) -> None:
+    """A device process: devices [first, first + count) of the tokens file;
+    the first 10 % of all fail Job.Step (the rollout's first phase)."""
+    from twisted.internet import reactor
+
+    from dashd.simulator import SimulatedDevice
+
+    with open(tokens_file) as f:
+        tokens = [line.strip() for line in f if line.strip()]
+    failing = len(tokens) // 10
+    for i in range(first, min(len(tokens), first + count)):
+        device = SimulatedDevice(url, tokens[i], reactor, reconnect_delay=(1.0, 5.0))
+        device.handlers["Job.Step"] = device.handlers["Sim.Fail"] if i < failing else \
+            device.handlers["Sim.Echo"]
+        device.start()
+    reactor.run()
+
+
+def wait_for(base: str, key: str, job_id: str, states: tuple[str, ...], timeout: float
+             ) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = request("GET", base + "/api/v2/jobs/" + job_id, key)
+        job = json.loads(body)
+        if job["state"] in states or time.monotonic() > deadline:
+            return job
+        time.sleep(0.2)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.jobs",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=10000)
+    p.add_argument("--firmware-devices", type=int, default=1000)
+    p.add_argument("--image-kb", type=int, default=256)
+    p.add_argument("--store-url", default="", help="a PostgreSQL database instead of SQLite")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--devices-process", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.devices_process:
+        url, tokens, first, count = args.devices_process
+        run_devices(url, tokens, int(first), int(count))
+        return 0
+
+    work = tempfile.mkdtemp(prefix="dashd-jobs-")
+    port = free_port()
+    config = os.path.join(work, "dashd.toml")
+    with open(config, "w") as f:
+        f.write('listen = ["tcp:%d:interface=127.0.0.1:backlog=4096"]\ndata_dir = %s\n'
+                "[limits]\nrequests_per_second = 0\nfailed_auth_per_minute = 0\n"
+                "[calls]\nmax_queued_per_account = %d\n"
+                "[ota]\nmax_bytes = %d\n"
+                % (port, json.dumps(os.path.join(work, "data")), args.devices + 100,
+                   max(16777216, args.image_kb * 2048)))
+        if args.store_url:
+            f.write("[store]\nurl = %s\n" % json.dumps(args.store_url))
+    base = "http://127.0.0.1:%d" % port
+    log = open(os.path.join(work, "dashd.log"), "wb")
+    dashd = subprocess.Popen([TWISTD, "-n", "--pidfile=", "dashd", "--config", config],
+                             stdout=log, stderr=subprocess.STDOUT)
+    processes: list[subprocess.Popen] = []
+    try:
+        key_file = os.path.join(work, "data", "admin.key")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(key_file):
+            assert time.monotonic() < deadline, "dashd did not start (%s)" % work
+            time.sleep(0.1)
+        time.sleep(0.5)
+        with open(key_file) as f:
+            key = f.read().strip()
+        tokens, ids = [], []
+        for i in range(args.devices):
+            status, body = request("POST", base + "/api/v2/devices", key, {"name": "b%d" % i})
+            assert status == 200, body
+            reply = json.loads(body)
+            tokens.append(reply["token"])
+            ids.append(reply["id"])
+        tokens_file = os.path.join(work, "tokens")
+        with open(tokens_file, "w") as f:
+            f.write("\n".join(tokens) + "\n")
+        for first in range(0, args.devices, PER_PROCESS):
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "bench.jobs", "--devices-process",
+                 "ws://127.0.0.1:%d/api/v2/rpc" % port, tokens_file, str(first),
+                 str(PER_PROCESS)], cwd=ROOT))
+        deadline = time.monotonic() + 300
+        while True:
+            status, body = request("GET", base + "/api/v2/devices/count?where=online", key)
+            online = json.loads(body)["count"]
+            if online >= args.devices or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        print("%d devices online; dashd on %s, RSS %.1f MB" % (
+            online, "PostgreSQL" if args.store_url else "SQLite", rss_kb(dashd.pid) / 1024),
+            flush=True)
+
+        # 1. An RPC job on every device, no rate limit, with REST beside it.
+        latencies: list[float] = []
+        done = threading.Event()
+
+        def reader() -> None:
+            while not done.is_set():
+                t = time.monotonic()
+                request("GET", base + "/api/v2/devices/" + ids[-1], key)
+                latencies.append(time.monotonic() - t)
+
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        status, body = request("POST", base + "/api/v2/jobs", key, {
+            "name": "bench rpc", "target": {"where": "online"}, "concurrency": 10000,
+            "action": {"type": "rpc", "method": "Sim.Echo", "params": {"n": 1}}})
+        assert status == 201, body
+        job = wait_for(base, key, json.loads(body)["id"], ("completed", "aborted"),
+                       args.timeout)
+        took = time.monotonic() - started
+        done.set()
+        thread.join(30)
+        latencies.sort()
+
+        def pct(q: float) -> float:
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+        print("rpc job: %d of %d devices succeeded in %.1f s: %.0f devices/s (target >= 1,000)"
+              % (job["progress"]["succeeded"], job["progress"]["total"], took,
+                 job["progress"]["succeeded"] / took), flush=True)
+        if latencies:
+            print("  GET /api/v2/devices/ID meanwhile: %d requests, p50 %.1f ms, p99 %.1f ms, "
+                  "max %.1f ms (target: p99 <= 100 ms)"
+                  % (len(latencies), pct(0.5), pct(0.99), latencies[-1] * 1000), flush=True)
+
+        # 2. A firmware job from the library, concurrency 50.
+        image = os.path.join(work, "bench.bin")
+        with open(image, "wb") as f:
+            f.write(b"\xe9" + os.urandom(args.image_kb * 1024 - 1))
+        upload = subprocess.run(
+            ["curl", "-sS", "-H", "Authorization: Bearer " + key, "-F", "file=@" + image,
+             base + "/api/v2/firmware"], capture_output=True, text=True, timeout=120)
+        firmware = json.loads(upload.stdout)
+        before = rss_kb(dashd.pid)
+        highest = before
+        started = time.monotonic()
+        status, body = request("POST", base + "/api/v2/jobs", key, {
+            "name": "bench firmware", "target": {"devices": ids[:min(1000, args.firmware_devices)]}
+            if args.firmware_devices <= 1000 else {"where": "online"}, "concurrency": 50,
+            "action": {"type": "firmware", "firmware": firmware["id"]}})
+        assert status == 201, body
+        job_id = json.loads(body)["id"]
+        while True:
+            highest = max(highest, rss_kb(dashd.pid))
+            status, body = request("GET", base + "/api/v2/jobs/" + job_id, key)
+            job = json.loads(body)
+            ended = job["progress"]["succeeded"] + job["progress"]["failed"] \
+                + job["progress"]["timed_out"]
+            if job["state"] != "running" or ended >= args.firmware_devices \
+                    or time.monotonic() - started > args.timeout:
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - started
+        print("firmware job: %d KB image, %d devices succeeded, %d failed in %.1f s: "
+              "%.0f devices/min; dashd RSS %.1f MB before, %.1f MB at most"
+              % (args.image_kb, job["progress"]["succeeded"], job["progress"]["failed"], took,
+                 60 * job["progress"]["succeeded"] / took, before / 1024, highest / 1024),
+              flush=True)
+        request("POST", base + "/api/v2/jobs/%s/cancel" % job_id, key)
+
+        # 3. A rollout whose first phase fails beyond its error threshold.
+        status, body = request("POST", base + "/api/v2/jobs", key, {
+            "name": "bench rollout", "target": {"devices": ids[:1000]},
+            "action": {"type": "rpc", "method": "Job.Step"},
+            "phases": [{"percent": 10, "error_threshold": 20}, {"percent": 100}]})
+        assert status == 201, body
+        job = wait_for(base, key, json.loads(body)["id"], ("paused", "completed"), 300)
+        status, body = request("GET", base + "/api/v2/jobs/%s/executions?limit=500"
+                               % job["id"], key)
+        first_phase = -(-job["progress"]["total"] // 10)
+        later = [e for e in json.loads(body) if e["seq"] > first_phase]
+        touched = [e for e in later if e["attempts"] or e["state"] != "queued"]
+        print("rollout: %s (%s); devices of the second phase touched: %d of %d listed"
+              % (job["state"], (job.get("reason") or {}).get("message"), len(touched),
+                 len(later)), flush=True)
+        return 0
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+        dashd.terminate()
+        dashd.wait(30)
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
