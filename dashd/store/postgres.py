@@ -741,6 +741,12 @@ class PostgresStore:
     def prune_calls(self, before: float, batch: int = 10000) -> Deferred[int]:
         return self._calls(calls_sql.prune, before, batch)
 
+    # Alarm rules, alarms, webhooks (the jobs are in alarms_sql.py)
+
+    def alarms_job(self, job: Callable[..., Any], *args: Any, read: bool = False
+                   ) -> Deferred[Any]:
+        return self._run(lambda cur: job(calls_sql.Db(cur, "postgresql"), *args))
+
     # Stored data, device events, OTA status, audit (the jobs are in postgres_records.py)
 
     def query_data(
