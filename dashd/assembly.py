@@ -38,6 +38,7 @@ from dashd.channel.hub import IHub, LocalHub
 from dashd.channel.router import IRouter, LocalRouter
 from dashd.channel.websocket import DeviceFactory, NotifyFactory
 from dashd.config import Config, with_backlog
+from dashd.ops.alarm_metrics import AlarmMetrics
 from dashd.ops.alarms import AlarmService
 from dashd.ops.control import control_service
 from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, FIRMWARE_DIR
@@ -142,6 +143,7 @@ def build(config: Config, reactor: Any) -> DashdService:
     device_factory = DeviceFactory(config, reactor)
     notify_factory = NotifyFactory(config, reactor)
     metrics = Metrics(fleet, store, device_factory, puller, delivery)
+    metrics.registry.register(AlarmMetrics(alarm_engine, webhooks))  # type: ignore[arg-type]
     readiness = Readiness()
     api = Api(application, config, reactor, device_factory=device_factory,
               notify_factory=notify_factory, metrics=metrics, readiness=readiness)

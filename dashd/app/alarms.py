@@ -663,7 +663,7 @@ class AlarmEngine:
         if self._audit is not None and key is None:
             # What a person did is in the audit log as their request.
             self._audit({"t": self.clock.seconds(), "account_id": alarm.account_id,
-                         "key_id": None, "method": "ALARM",
+                         "key_id": "alarms", "method": "ALARM",
                          "path": "%s %s (%s)" % (name, alarm.id, rule.name if rule else
                                                  alarm.rule_id),
                          "device_id": alarm.device_id, "status": 200, "error": None})

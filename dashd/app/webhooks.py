@@ -225,6 +225,11 @@ class _Endpoint:
     last: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LAST_DELIVERIES))
 
 
+def _timed_out(result: Any, timeout: float) -> Failure:
+    # Whatever the cancelled request failed with (the Agent wraps it).
+    return Failure(defer.TimeoutError("no answer within %g s" % timeout))
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     mac = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body,
                    hashlib.sha256)
@@ -388,7 +393,7 @@ class WebhookDispatcher:
             return done.addCallback(lambda _: int(response.code))
 
         d.addCallback(answered)
-        d.addTimeout(timeout, self._reactor)
+        d.addTimeout(timeout, self._reactor, onTimeoutCancel=_timed_out)
         endpoint.request = d
         d.addBoth(self._ended, endpoint, delivery, started)
 
@@ -406,7 +411,11 @@ class WebhookDispatcher:
             elif result.check(net_error.ConnectError, net_error.DNSLookupError):
                 error = "could not connect: %s" % result.getErrorMessage()
             else:
-                error = result.getErrorMessage() or result.type.__name__
+                reasons = getattr(result.value, "reasons", None)
+                if reasons:
+                    error = "; ".join(r.getErrorMessage() or r.type.__name__ for r in reasons)
+                else:
+                    error = result.getErrorMessage() or result.type.__name__
         elif not 200 <= result < 300:
             error = "answered %d" % result
         endpoint.last.append({"id": delivery.id, "kind": delivery.kind, "t": now,
