@@ -34,6 +34,11 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "502", "503"
 [[operations]]
 include-operation-id = "countDevices"
 warnings = false
+# Alarms exist only once a device trips a rule: every ID schemathesis makes
+# up is answered 404 (tests/test_alarms_e2e.py acknowledges and clears real ones).
+[[operations]]
+include-operation-id = ["getAlarm", "acknowledgeAlarm", "clearAlarm"]
+warnings = false
 """
 
 
@@ -74,7 +79,7 @@ def test_schemathesis_finds_the_description_true(server: DashdProcess, tmp_path)
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
-    assert "Tested: 26" in output, output[-3000:]
+    assert "Tested: 42" in output, output[-3000:]
     assert "Authentication failed" not in output, output[-3000:]
     assert "No issues found" in output, output[-4000:]
 

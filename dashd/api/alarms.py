@@ -48,7 +48,7 @@ class AlarmRoutes(ApiBase):
         key = await self.authenticate(request)
         body = object_body(request, _RULE_FIELDS)
         rule = await self.application.alarms.put_rule(key, None, body,
-                                                      body.pop("account_id", None))
+                                                      body.pop("account_id", UNSET))
         request.setResponseCode(201)
         return self.json(request, rule_view(rule))
 

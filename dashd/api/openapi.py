@@ -891,3 +891,15 @@ def document(config: Config, version: str) -> dict[str, Any]:
             },
         },
     }
+
+
+# Alarms and webhooks describe themselves (dashd.api.openapi_alarms).
+_document_before_alarms = document
+
+
+def document(config: Config, version: str) -> dict[str, Any]:  # noqa: F811
+    from dashd.api.openapi_alarms import add
+
+    doc = _document_before_alarms(config, version)
+    add(doc, config)
+    return doc

@@ -718,10 +718,15 @@ class Alarms:
         return await self._own_rule(by, rule_id)
 
     async def put_rule(self, by: ApiKey, rule_id: str | None, body: dict[str, Any],
-                       account_id: str | None = None) -> Rule:
+                       account_id: Any = UNSET) -> Rule:
         """Create (C{rule_id} None) or change a rule from what the client
         sent (a change takes only the fields given)."""
         self._may_manage(by)
+        if account_id is not UNSET:
+            if not isinstance(account_id, str) or not account_id:
+                raise Invalid("account_id must be an account ID", "account_id")
+            if not access.is_console(by) and account_id != by.account_id:
+                raise Forbidden("only dashctl makes rules for other accounts")
         now = self._fleet.now()
         old = await self._own_rule(by, rule_id) if rule_id is not None else None
         if old is None:
@@ -740,7 +745,7 @@ class Alarms:
             raise Invalid("enabled must be true or false", "enabled")
         webhooks = a.parse_webhooks(body["webhooks"]) if "webhooks" in body else (
             old.webhooks if old else ())
-        owner = old.account_id if old else (by.account_id if account_id is None or not
+        owner = old.account_id if old else (by.account_id if account_id is UNSET or not
                                             access.is_console(by) else account_id)
         for hook_id in webhooks:
             hook = await self._store.get_webhook(hook_id)

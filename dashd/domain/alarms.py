@@ -189,7 +189,7 @@ def parse_condition(value: Any) -> dict[str, Any]:
             raise Invalid("condition.pattern is not a regular expression: %s" % e,
                           "condition.pattern") from None
         out["pattern"] = pattern
-        if value.get("clear_after") is not None:
+        if "clear_after" in value:
             out["clear_after"] = _seconds(value["clear_after"], "condition.clear_after", 1.0)
     elif kind == "call_failures":
         rate = _number(value.get("rate"), "condition.rate")
@@ -233,8 +233,6 @@ def parse_where(value: Any) -> tuple[str | None, Any]:
 
 
 def parse_webhooks(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
     if not isinstance(value, list) or len(value) > MAX_WEBHOOKS or not all(
             isinstance(v, str) and v for v in value):
         raise Invalid("webhooks must be a list of at most %d webhook IDs" % MAX_WEBHOOKS,
