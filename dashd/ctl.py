@@ -156,13 +156,15 @@ def console_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The console command (L{dashd.app.console}) the arguments ask for."""
     command = "%s %s" % (args.area, args.action)
     given = {name: getattr(args, name, None)
-             for name in ("account", "name", "expires_in", "key_id", "device_id", "shared_with")}
+             for name in ("account", "name", "expires_in", "key_id", "device_id", "shared_with",
+                          "alarm_id", "state", "severity", "device", "note")}
     return command, {k: v for k, v in given.items() if v is not None}
 
 
 # What the console's argument names are on the command line.
 OPTIONS = {"name": "--name", "expires_in": "--expires-in", "shared_with": "--shared-with",
-           "account": "--account"}
+           "account": "--account", "state": "--state", "severity": "--severity",
+           "device": "--device", "note": "--note"}
 
 
 def refusal(error: dict[str, Any]) -> str:
@@ -251,7 +253,16 @@ def _devices_text(devices: list[dict[str, Any]]) -> str:
     return _table(rows, ["ID", "NAME", "ACCOUNT", "LAST SEEN", "FIRMWARE"]) + "\n"
 
 
+def _alarms_text(alarms: list[dict[str, Any]]) -> str:
+    rows = [[a["id"], a["severity"], a["state"] + (" acked" if a["acknowledged"] else ""),
+             a["device_id"], _when(a["raised"]), a["message"][:60]] for a in alarms]
+    return _table(rows, ["ID", "SEVERITY", "STATE", "DEVICE", "RAISED", "MESSAGE"]) + "\n"
+
+
 TEXT = {
+    "alarms list": _alarms_text,
+    "alarms acknowledge": lambda a: "acknowledged alarm %s (%s)\n" % (a["id"], a["message"]),
+    "alarms clear": lambda a: "cleared alarm %s (%s)\n" % (a["id"], a["message"]),
     "keys list": _keys_text,
     "keys create": lambda k: ("created API key %s (account %s); its secret, shown this once:"
                               "\n%s\n" % (k["id"], k["account_id"], k["key"])),
@@ -535,6 +546,19 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("device_id")
     d = devices.add_parser("rotate-token", help="give a device a new token; prints it once")
     d.add_argument("device_id")
+
+    alarms = sub.add_parser("alarms", help="alarms").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    a = alarms.add_parser("list", help="alarms, newest first (500 at most)")
+    a.add_argument("--state", choices=["active", "cleared"], help="only active or cleared")
+    a.add_argument("--severity", help="only these severities, comma-separated")
+    a.add_argument("--device", help="only this device's")
+    a.add_argument("--account", help="only this account's")
+    a = alarms.add_parser("acknowledge", help="acknowledge an alarm")
+    a.add_argument("alarm_id")
+    a.add_argument("--note", help="what is being done about it")
+    a = alarms.add_parser("clear", help="clear an alarm by hand")
+    a.add_argument("alarm_id")
 
     b = sub.add_parser("backup", help="copy the store to FILE while dashd runs")
     b.add_argument("file")

@@ -284,3 +284,39 @@ async def test_bad_requests(dashd):
                                                   "condition": {"kind": "ota_failed"}})
     assert reply.status == 403, reply
     assert (await ro.get("/api/v2/alarms")).status == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashctl_lists_acknowledges_and_clears(dashd):
+    from test_ctl import dashctl, ok
+
+    admin = Client(dashd, dashd.admin_key)
+    device_id, token = await admin.register("ctl")
+    rule = (await admin.post("/api/v2/alarm-rules", {
+        "name": "ctl hot", "where": 'id = "%s"' % device_id, "severity": "warning",
+        "condition": {"kind": "threshold", "key": "t", "above": 1}})).body
+    device = await connect_device(dashd, token)
+    try:
+        await device.report({"t": 5})
+
+        async def raised() -> Any:
+            found = (await admin.get("/api/v2/alarms?state=active&device=" + device_id)).body
+            return found[0] if found else None
+
+        alarm = await eventually(raised)
+        listed = json.loads(ok(dashctl(dashd, "--json", "alarms", "list", "--state", "active",
+                                       "--device", device_id)))
+        assert [a["id"] for a in listed] == [alarm["id"]]
+        text = ok(dashctl(dashd, "alarms", "list", "--device", device_id))
+        assert alarm["id"] in text and "warning" in text
+        out = ok(dashctl(dashd, "alarms", "acknowledge", alarm["id"], "--note", "seen"))
+        assert "acknowledged alarm %s" % alarm["id"] in out
+        ok(dashctl(dashd, "alarms", "clear", alarm["id"]))
+        got = (await admin.get("/api/v2/alarms/" + alarm["id"])).body
+        assert got["state"] == "cleared" and got["note"] == "seen"
+        assert got["cleared_by"] == "console"
+        bad = dashctl(dashd, "alarms", "list", "--severity", "loud")
+        assert bad.returncode == 1 and "--severity must be one of" in bad.stderr
+    finally:
+        await device.stop()
+        await admin.delete("/api/v2/alarm-rules/" + rule["id"])
