@@ -196,7 +196,8 @@ def build(config: Config, reactor: Any) -> DashdService:
     # After the fleet, so it stops first: transfers under way are marked
     # failed while the store is still open.
     OtaService(ota).setServiceParent(service)
-    AlarmService(alarm_engine, webhooks, reactor).setServiceParent(service)
+    AlarmService(alarm_engine, webhooks, reactor, config["alarms.refresh_interval"]
+                 ).setServiceParent(service)
     for retention in (
         DataRetention(store, reactor, config["data.retention_days"]),
         DataRetention(store, reactor, config["audit.retention_days"],

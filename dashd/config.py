@@ -174,6 +174,9 @@ OPTIONS = [
            _not_negative),
     Option("alarms.max_rules_per_account", 200, int,
            "Alarm rules one account may have", _positive),
+    Option("alarms.refresh_interval", 10.0, (int, float),
+           "Seconds between two readings of the alarm rules, webhooks and counts of active "
+           "alarms from the store (what other nodes of a cluster changed)", _positive),
     Option("webhooks.allow_http", False, bool,
            "Whether webhooks may be plain http:// URLs (otherwise only https://, with the "
            "receiver's certificate verified)"),

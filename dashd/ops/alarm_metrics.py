@@ -26,6 +26,8 @@ class AlarmMetrics:
         for severity, count in sorted(self.engine.active.items()):
             active.add_metric([severity], count)
         yield active
+        yield GaugeMetricFamily("dashd_alarm_rules", "Alarm rules this node knows of",
+                                value=len(self.engine.rules()))
         yield CounterMetricFamily("dashd_alarms_raised", "Alarms this node raised",
                                   value=self.engine.raised)
         yield CounterMetricFamily("dashd_alarms_cleared", "Alarms this node cleared",
