@@ -82,7 +82,14 @@ class AlarmRoutes(ApiBase):
             int_arg(request, "limit", 50), text_arg(request, "cursor"))
         if following is not None:
             request.setHeader(b"X-Next-Cursor", following.encode("ascii"))
-        return self.json(request, [alarm_view(a) for a in found])
+        names = await self.application.alarms.rule_names(key)
+        return self.json(request, [self._alarm_view(a, names) for a in found])
+
+    def _alarm_view(self, alarm: Any, names: dict[str, str]) -> dict[str, Any]:
+        view = alarm_view(alarm)
+        if alarm.rule_id in names:
+            view["rule"] = names[alarm.rule_id]
+        return view
 
     @app.route("/api/v2/alarms/count", methods=["GET"])
     async def count_alarms(self, request: Any) -> bytes:
@@ -93,7 +100,9 @@ class AlarmRoutes(ApiBase):
     @app.route("/api/v2/alarms/<alarm_id>", methods=["GET"])
     async def get_alarm(self, request: Any, alarm_id: str) -> bytes:
         key = await self.authenticate(request)
-        return self.json(request, alarm_view(await self.application.alarms.get(key, alarm_id)))
+        alarm = await self.application.alarms.get(key, alarm_id)
+        return self.json(request, self._alarm_view(
+            alarm, await self.application.alarms.rule_names(key)))
 
     @app.route("/api/v2/alarms/<alarm_id>/acknowledge", methods=["POST"])
     async def acknowledge_alarm(self, request: Any, alarm_id: str) -> bytes:

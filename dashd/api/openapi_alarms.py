@@ -119,6 +119,7 @@ def schemas() -> dict[str, Any]:
                 "state": {"type": "string", "enum": list(a.STATES)},
                 "acknowledged": {"type": "boolean"}, "raised": NUMBER,
                 "message": {"type": "string"},
+                "rule": {"type": "string", "description": "the rule's name"},
                 "details": {"type": "object", "description": "the value, line or rate that "
                                                              "raised or cleared it"},
                 "cleared": {"type": ["number", "null"]},

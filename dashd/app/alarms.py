@@ -436,7 +436,7 @@ class AlarmEngine:
             state.since.pop(rule.id, None)
             self._cancel(state, rule.id, "for")
             return
-        message = "%s is %s, %s %s" % (cond["key"], value, "above" if above else "below",
+        message = "%s is %s, %s %g" % (cond["key"], value, "above" if above else "below",
                                        limit)
         if cond["for"] <= 0:
             self._decide(state, compiled, True, details, message)
@@ -810,6 +810,14 @@ class Alarms:
         found, following = await self._store.list_alarms(
             account, devices, state, severities, device_id, acknowledged, limit, before)
         return found, (str(following) if following is not None else None)
+
+    async def rule_names(self, by: ApiKey) -> dict[str, str]:
+        """The names of the rules whose alarms C{by} sees (by rule ID)."""
+        if self._engine is not None:
+            return {r.id: r.name for r in self._engine.rules()
+                    if access.is_console(by) or r.account_id == by.account_id}
+        rules = await self._store.list_rules(None if access.is_console(by) else by.account_id)
+        return {r.id: r.name for r in rules}
 
     async def _visible_alarm(self, by: ApiKey, alarm_id: str) -> tuple[Alarm, Device]:
         alarm = await self._store.get_alarm(alarm_id)

@@ -14,6 +14,10 @@ import * as device from './device.js';
 import * as keys from './keys.js';
 import * as audit from './audit.js';
 import * as accounts from './accounts.js';
+import * as alarms from './alarms.js';
+import * as webhooks from './webhooks.js';
+import {startAlarmBar, stopAlarmBar} from './alarmbar.js';
+import {decorate} from './alarmdecor.js';
 
 const STORAGE = 'dashd.apiKey';
 
@@ -61,6 +65,7 @@ function startStream() {
     // A stream that keeps failing may mean the key expired: ask dashd.
     onLost: () => { api('GET', '/whoami').catch(() => {}); },
   }).start();
+  startAlarmBar(app.notifier);
 }
 
 function signOut(notice) {
@@ -68,6 +73,7 @@ function signOut(notice) {
   app.view = null;
   if (app.notifier) app.notifier.stop();
   app.notifier = null;
+  stopAlarmBar();
   sessionStorage.removeItem(STORAGE);
   setKey(null);
   app.key = null;
@@ -87,6 +93,7 @@ function showSession() {
   document.getElementById('nav-keys-item').hidden = !(signedIn && app.perms.canManageKeys);
   document.getElementById('nav-audit-item').hidden = !(signedIn && app.perms.canReadAudit);
   document.getElementById('nav-accounts-item').hidden = !(signedIn && app.perms.canManageAccounts);
+  document.getElementById('nav-webhooks-item').hidden = !(signedIn && app.perms.admin);
   const who = document.getElementById('who');
   if (signedIn) {
     const name = app.me.name ? `${app.me.name} ` : '';
@@ -132,6 +139,8 @@ function parseRoute(hash) {
   if (path === '/keys') return {view: keys, params: {}};
   if (path === '/audit') return {view: audit, params: {}};
   if (path === '/accounts') return {view: accounts, params: {}};
+  if (path === '/alarms') return {view: alarms, params: {}};
+  if (path === '/webhooks') return {view: webhooks, params: {}};
   if ((m = /^\/devices\/([^/]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1])}};
   if (path === '/devices') return {view: devices, params: {}};
   return null;
@@ -172,6 +181,7 @@ function route() {
   if (target.view !== signin) app.after = null;
   const title = target.view.mount(main, ctx, target.params, {notice, signIn, next});
   document.title = `${title} · dashd`;
+  decorate(main, ctx, {name: target.view === device ? 'device' : target.view === devices ? 'devices' : '', params: target.params});
   // Move focus to the new page's heading, so keyboard and screen-reader
   // users start there.
   const heading = main.querySelector('h1');
