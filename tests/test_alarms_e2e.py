@@ -320,3 +320,64 @@ async def test_dashctl_lists_acknowledges_and_clears(dashd):
     finally:
         await device.stop()
         await admin.delete("/api/v2/alarm-rules/" + rule["id"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_is_verified(dashd, receiver, tmp_path):
+    """An https receiver whose certificate no trusted authority signed gets
+    nothing: the delivery fails (and is retried), it is not sent anyway."""
+    from twisted.internet import ssl
+
+    from certs import make_server_cert
+
+    recv, _ = receiver
+    cert = make_server_cert(str(tmp_path), ["127.0.0.1"])
+    with open(cert.cert, "rb") as f:
+        chain = f.read()
+    with open(cert.key, "rb") as f:
+        key = f.read()
+    options = ssl.PrivateCertificate.loadPEM(chain + b"\n" + key).options()
+    tls_port = reactor.listenSSL(0, web_server.Site(recv), options, interface="127.0.0.1")
+    try:
+        admin = Client(dashd, dashd.admin_key)
+        path = "/%d/tls" % dashd.port
+        hook = (await admin.post("/api/v2/webhooks", {
+            "url": "https://127.0.0.1:%d%s" % (tls_port.getHost().port, path)})).body
+        assert (await admin.post("/api/v2/webhooks/%s/test" % hook["id"])).status == 202
+
+        async def failed() -> Any:
+            view = (await admin.get("/api/v2/webhooks/" + hook["id"])).body
+            return view["deliveries"]["last"]
+
+        last = await eventually(failed)
+        assert last[0]["status"] is None and "certificate" in last[0]["error"].lower(), last
+        assert recv.got(path) == []
+        await admin.delete("/api/v2/webhooks/" + hook["id"])
+    finally:
+        await tls_port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_that_resolves_to_a_private_address_is_refused():
+    """Checked where dashd connects (a name may resolve to anything)."""
+    from twisted.web.client import URI
+
+    from dashd.app.webhooks import GuardedEndpoints, Refused
+
+    endpoints = GuardedEndpoints(reactor, [], 1.0)
+    endpoint = endpoints.endpointForURI(URI.fromBytes(b"http://localhost:9/"))
+    try:
+        await endpoint.connect(None)
+    except Refused as e:
+        assert "localhost resolves to" in str(e) and "127.0.0.1" in str(e)
+    else:
+        raise AssertionError("connected to localhost")
+    allowed = GuardedEndpoints(reactor, ["127.0.0.0/8", "::1/128"], 1.0)
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.internet.protocol import Factory, Protocol
+
+    try:
+        await allowed.endpointForURI(URI.fromBytes(b"http://localhost:9/")).connect(
+            Factory.forProtocol(Protocol))
+    except ConnectionRefusedError:
+        pass  # allowed: it went as far as connecting (nothing listens on port 9)
