@@ -18,7 +18,7 @@ from twisted.internet import reactor
 from twisted.web import resource, server as web_server
 
 import backends
-from support import Client, DashdProcess, connect_device, eventually, subscribe
+from support import Client, DashdProcess, connect_device, eventually, subscribe, within
 
 CONFIG = {
     "webhooks": {"allow_http": True, "allowed_networks": ["127.0.0.0/8"], "timeout": 1.0,
@@ -381,3 +381,48 @@ async def test_a_name_that_resolves_to_a_private_address_is_refused():
             Factory.forProtocol(Protocol))
     except ConnectionRefusedError:
         pass  # allowed: it went as far as connecting (nothing listens on port 9)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restart_neither_re_raises_nor_loses(own_server):
+    own_server.start()
+    admin = Client(own_server, own_server.admin_key)
+    device_id, token = await admin.register("restart")
+    for body in ({"name": "hot", "severity": "major",
+                  "condition": {"kind": "threshold", "key": "t", "above": 30, "clear": 25}},
+                 {"name": "gone", "severity": "minor",
+                  "condition": {"kind": "offline", "seconds": 2}}):
+        assert (await admin.post("/api/v2/alarm-rules", body)).status == 201
+    device = await connect_device(own_server, token, reconnect_delay=(0.2, 0.5))
+    await device.report({"t": 35})
+    alarm = await eventually(lambda: _active(admin, device_id))
+    own_server.stop()
+    await within(device.wait_closed(), 10)
+    own_server.start()
+    await within(device.wait_open(), 15)
+    sub = await subscribe(own_server, own_server.admin_key)
+    try:
+        await device.report({"t": 36})  # still high: the alarm it had stands
+        await device.report({"t": 20})
+        cleared = await sub.next(lambda e: e["name"] == "alarm.cleared")
+        assert cleared["data"]["id"] == alarm["id"]
+        sub.never(lambda e: e["name"] == "alarm.raised", "a raise after the restart")
+        # Gone while dashd was down: found when it is back.
+        await device.stop()
+        own_server.stop()
+        own_server.start()
+        sub.close()
+        sub = await subscribe(own_server, own_server.admin_key)
+        raised = await sub.next(lambda e: e["name"] == "alarm.raised", seconds=15)
+        assert raised["id"] == device_id and "offline" in raised["data"]["message"]
+        every = (await admin.get("/api/v2/alarms?device=" + device_id)).body
+        assert [(a["rule"], a["state"]) for a in every] == [("gone", "active"),
+                                                              ("hot", "cleared")]
+    finally:
+        sub.close()
+        await device.stop()
+
+
+async def _active(admin: Client, device_id: str) -> Any:
+    found = (await admin.get("/api/v2/alarms?state=active&device=" + device_id)).body
+    return found[0] if found else None
