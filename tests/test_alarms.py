@@ -438,3 +438,14 @@ def test_evaluation_agrees_with_the_store(world: AlarmWorld) -> None:
         sizes.append(len(by_store))
     # The queries tell the devices apart (neither all nor none, mostly).
     assert sum(1 for n in sizes if 0 < n < len(specs)) >= len(QUERIES) - 4, list(zip(QUERIES, sizes))
+
+
+def test_a_stale_rule_made_after_the_device_connected(world: AlarmWorld) -> None:
+    fake = world.connect()
+    world.report(fake, temp=20)
+    world.rule({"kind": "stale", "key": "temp", "seconds": 30})
+    world.settle()
+    world.clock.advance(31)
+    world.settle()
+    [alarm] = world.active()
+    assert alarm.device_id == fake.device_id

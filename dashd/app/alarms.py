@@ -206,7 +206,8 @@ class AlarmEngine:
 
     def _sweep(self, compiled: _Compiled) -> None:
         """Offline and stale rules: find the covered devices that are offline
-        (their timers would otherwise start only when they are next heard of)."""
+        (and, for stale, those held here), whose timers would otherwise start
+        only when they are next heard of."""
         rule = compiled.rule
         if not rule.enabled or rule.kind not in ("offline", "stale") or not self.started:
             return
@@ -217,8 +218,11 @@ class AlarmEngine:
 
         def found(devices: list[Device]) -> None:
             for device in devices:
-                if self.fleet.router.is_online(device.id):
+                if rule.kind == "offline" and self.fleet.router.is_online(device.id):
                     continue
+                if rule.kind == "stale" and self.fleet.router.is_online(device.id) and \
+                        self.fleet.router.device(device.id) is None:
+                    continue  # held by another node, which looks after it
                 self._with_device(device.id, lambda s, dev=device: self._swept(s, dev,
                                                                                compiled),
                                   device)
@@ -312,6 +316,8 @@ class AlarmEngine:
         """Drop what is kept of a device not held here with nothing pending."""
         if state.held or state.ops or any(t.active() for t in state.timers.values()):
             return
+        if self.fleet.router.device(state.device.id) is not None:
+            return  # held here (connected before a rule concerned it)
         if any(state.want.values()) and self.fleet.router.is_online(state.device.id):
             return
         if state.calls:
@@ -346,6 +352,10 @@ class AlarmEngine:
     # What the fleet tells
 
     def device_connected(self, device: Device, pull: Any = None) -> None:
+        if device.id not in self._devices and not self._concerns(device.account_id,
+                                                                  device.shared_with):
+            return
+
         def connected(state: _DeviceState) -> None:
             state.device = device
             state.held = True
@@ -359,8 +369,15 @@ class AlarmEngine:
         if state is not None:
             state.device = replace(state.device, info=dict(info))
 
+    def _concerns(self, account_id: str, shared_with: tuple[str, ...]) -> bool:
+        """Whether any rule may cover a device of C{account_id}."""
+        if self._by_account.get(account_id):
+            return True
+        return any(self._by_account.get(a) for a in shared_with)
+
     def device_event(self, event: Any) -> None:
-        if not self._rules and not self._devices:
+        if event.device_id not in self._devices and not self._concerns(
+                event.account_id, event.shared_with):
             return
         name = event.name
         if name == "shadow.update":
