@@ -256,6 +256,9 @@ class AlarmEngine:
             return
         waiting = self._loading.get(device_id)
         if waiting is None:
+            if device is None:
+                # Held here: its connection's record (no store read).
+                device = self.fleet.router.device(device_id)
             self._loading[device_id] = waiting = []
             self._pending[device_id] = device
             if self._load_call is None or not self._load_call.active():
