@@ -39,6 +39,10 @@ class Receiver(resource.Resource):
         self.script: dict[str, list[int]] = {}
         self.hang: set[str] = set()
         self.hanging: list[Any] = []
+        # Paths answered 200 with a body that never ends; closed: those
+        # whose connection the client dropped.
+        self.drip: set[str] = set()
+        self.dropped: list[str] = []
 
     def render_POST(self, request: Any) -> Any:
         path = request.path.decode()
@@ -49,6 +53,15 @@ class Receiver(resource.Resource):
             {"t": time.time(), "headers": headers, "body": body, "json": json.loads(body)})
         if path in self.hang:
             self.hanging.append(request)
+            return web_server.NOT_DONE_YET
+        if path in self.drip:
+            def drip() -> None:
+                if not request.finished and not request._disconnected:
+                    request.write(b"x" * 1024)
+                    reactor.callLater(0.05, drip)
+
+            request.notifyFinish().addErrback(lambda _: self.dropped.append(path))
+            drip()
             return web_server.NOT_DONE_YET
         codes = self.script.get(path, [])
         request.setResponseCode(codes.pop(0) if codes else 200)
@@ -388,11 +401,9 @@ async def test_a_restart_neither_re_raises_nor_loses(own_server):
     own_server.start()
     admin = Client(own_server, own_server.admin_key)
     device_id, token = await admin.register("restart")
-    for body in ({"name": "hot", "severity": "major",
-                  "condition": {"kind": "threshold", "key": "t", "above": 30, "clear": 25}},
-                 {"name": "gone", "severity": "minor",
-                  "condition": {"kind": "offline", "seconds": 2}}):
-        assert (await admin.post("/api/v2/alarm-rules", body)).status == 201
+    assert (await admin.post("/api/v2/alarm-rules", {
+        "name": "hot", "severity": "major",
+        "condition": {"kind": "threshold", "key": "t", "above": 30, "clear": 25}})).status == 201
     device = await connect_device(own_server, token, reconnect_delay=(0.2, 0.5))
     await device.report({"t": 35})
     alarm = await eventually(lambda: _active(admin, device_id))
@@ -408,6 +419,9 @@ async def test_a_restart_neither_re_raises_nor_loses(own_server):
         assert cleared["data"]["id"] == alarm["id"]
         sub.never(lambda e: e["name"] == "alarm.raised", "a raise after the restart")
         # Gone while dashd was down: found when it is back.
+        assert (await admin.post("/api/v2/alarm-rules", {
+            "name": "gone", "severity": "minor",
+            "condition": {"kind": "offline", "seconds": 2}})).status == 201
         await device.stop()
         own_server.stop()
         own_server.start()
@@ -426,3 +440,21 @@ async def test_a_restart_neither_re_raises_nor_loses(own_server):
 async def _active(admin: Client, device_id: str) -> Any:
     found = (await admin.get("/api/v2/alarms?state=active&device=" + device_id)).body
     return found[0] if found else None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_that_never_ends_is_cut_at_the_timeout(dashd, receiver):
+    recv, port = receiver
+    admin = Client(dashd, dashd.admin_key)
+    path = "/%d/drip" % dashd.port
+    recv.drip.add(path)
+    hook = await _hook(admin, port, path)
+    assert (await admin.post("/api/v2/webhooks/%s/test" % hook["id"])).status == 202
+    await eventually(lambda: path in recv.dropped, seconds=10)
+
+    async def timed_out() -> Any:
+        view = (await admin.get("/api/v2/webhooks/" + hook["id"])).body
+        return [d for d in view["deliveries"]["last"] if d["error"] == "no answer within 1 s"]
+
+    await eventually(timed_out)
+    await admin.delete("/api/v2/webhooks/" + hook["id"])

@@ -388,8 +388,12 @@ class WebhookDispatcher:
                                 FileBodyProducer(BytesIO(delivery.body)))
 
         def answered(response: Any) -> defer.Deferred[int]:
-            done: defer.Deferred[None] = defer.Deferred()
-            response.deliverBody(_Discard(done))
+            # Cancelled (the timeout) while the body still streams: the
+            # connection is dropped.
+            done: defer.Deferred[None] = defer.Deferred(
+                lambda _: reader.transport.stopProducing() if reader.transport else None)
+            reader = _Discard(done)
+            response.deliverBody(reader)
             return done.addCallback(lambda _: int(response.code))
 
         d.addCallback(answered)
