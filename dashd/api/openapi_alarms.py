@@ -225,7 +225,8 @@ def paths(config: Config) -> dict[str, Any]:
                     dict(q, name="state", schema={"type": "string", "enum": list(a.STATES)}),
                     dict(q, name="severity", description="severities, comma-separated",
                          schema={"type": "string"}),
-                    dict(q, name="device", description="a device's only",
+                    dict(q, name="device", description="a device's only (none for a device "
+                         "the key does not see)",
                          schema={"type": "string", "minLength": 1}),
                     dict(q, name="acknowledged", schema={"type": "string",
                                                          "enum": ["true", "false"]}),
@@ -239,7 +240,7 @@ def paths(config: Config) -> dict[str, Any]:
                     "description": "alarms",
                     "headers": {"X-Next-Cursor": {"schema": {"type": "string"}}},
                     "content": {JSON: {"schema": {"type": "array", "items": _ref("Alarm")}}},
-                }, "400", "404"),
+                }, "400"),
             },
         },
         "/alarms/count": {

@@ -313,7 +313,12 @@ class AlarmEngine:
                     log.failure("alarms of device {id}", id=device_id)
             self._maybe_forget(state)
 
-        return d.addCallback(got)
+        def failed(failure: Failure) -> None:
+            # What waited is dropped with the device's load (next time anew).
+            self._loading.pop(device_id, None)
+            log.failure("reading device {id} for its alarm rules", failure, id=device_id)
+
+        return d.addCallbacks(got, failed)
 
     def _maybe_forget(self, state: _DeviceState) -> None:
         """Drop what is kept of a device not held here with nothing pending."""
@@ -807,6 +812,8 @@ class Alarms:
     async def list(self, by: ApiKey, state: str | None, severity: str | None,
                    device_id: str | None, acknowledged: bool | None, limit: int,
                    cursor: str | None) -> tuple[list[Alarm], str | None]:
+        if device_id is not None and not device_id:
+            raise Invalid("device must be a device ID", "device")
         if state is not None and state not in a.STATES:
             raise Invalid("state must be one of %s" % ", ".join(a.STATES), "state")
         severities = None
@@ -825,8 +832,6 @@ class Alarms:
             account = None
         elif by.kind == access.RESTRICTED:
             devices = list((by.scope or {}).get("devices", {}))
-        if device_id is not None:
-            await self._devices.visible(by, device_id)
         found, following = await self._store.list_alarms(
             account, devices, state, severities, device_id, acknowledged, limit, before)
         return found, (str(following) if following is not None else None)
