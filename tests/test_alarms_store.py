@@ -139,3 +139,41 @@ async def test_alarms_go_with_their_device(stores):  # noqa: F811
     _, created = await s.raise_alarm(_alarm(device))
     assert not created
     assert await s.count_active() == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_evaluation_in_memory_agrees_with_each_store(stores):  # noqa: F811
+    """The query a rule selects devices with means on a device in memory
+    what it means in each store's SQL."""
+    from dashd.domain import query as q
+    from dashd.domain import shadow
+    from dashd.domain.query_eval import evaluate
+    from test_alarms import QUERIES
+
+    one, _ = stores
+    first = await _device(one)
+    specs = [
+        ({"site": "berlin", "floor": 1}, {"temp": 25, "on": True, "mode": "auto"}, "1.9.0"),
+        ({"site": "paris", "floor": "1"}, {"on": False, "name": "ü"}, "1.10.2"),
+        ({}, {"temp": 19.5, "mode": "manual"}, None),
+        ({"site": "berlin"}, {"temp": "25"}, "2.0-rc1"),
+    ]
+    ids = []
+    for i, (tags, reported, version) in enumerate(specs):
+        device = first if i == 0 else Device(tokens.new_id("d"), first.account_id,
+                                             "dev-%d" % i, 3.0 + i)
+        if i:
+            await one.create_device(device, tokens.new_id("t"))
+        await one.update_shadow(device.id, shadow.ShadowUpdate(
+            patches={"tags": tags, "reported": reported}), 10.0 + i)
+        if version is not None:
+            await one.record_info(device.id, {"fw_version": version}, None, 20.0 + i)
+        ids.append(device.id)
+    online = (ids[0], ids[2])
+    devices = [await one.get_device(i) for i in ids]
+    for text in QUERIES + ['shadow.reported.name > "z"', 'name < "dev-2"']:
+        node = q.parse(text)
+        selection = q.Selection(where=node, account_id=first.account_id, online=online)
+        by_store = {d.id for d in await one.select_devices(selection)}
+        in_memory = {d.id for d in devices if evaluate(node, d, d.id in online)}
+        assert in_memory == by_store, text
