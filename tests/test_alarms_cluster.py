@@ -36,11 +36,11 @@ async def test_raised_once_by_the_node_holding_the_device(tmp_path):
     recv = Receiver()
     port = reactor.listenTCP(0, web_server.Site(recv), interface="127.0.0.1")
     cluster = TestCluster(str(tmp_path), nodes=2, config=CONFIG)
-    cluster.start()
     node0, node1 = cluster.nodes
     devices: list[Any] = []
     sub = None
     try:
+        cluster.start()
         a0, a1 = Client(node0, cluster.admin_key), Client(node1, cluster.admin_key)
         hook = (await a1.post("/api/v2/webhooks", {
             "url": "http://127.0.0.1:%d/cluster" % port.getHost().port})).body
