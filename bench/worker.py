@@ -314,6 +314,59 @@ class Worker:
         reactor.callLater(c.get("warmup", 1.0) + c["duration"], stop)
         return d
 
+    # Reports at a fixed rate, and one device tripping a threshold (bench.alarms)
+
+    def _report(self, proto: LeanDevice, temp: int) -> None:
+        proto.next_id += 1
+        proto.send_text(
+            ('{"id":%d,"method":"Dash.Shadow.Update","params":{"state":{"reported":'
+             '{"temp":%d}}},"src":%s}' % (proto.next_id, temp, proto._src_json)).encode())
+
+    def cmd_rate(self, c: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """The first N devices each report {"temp": 20..29} every
+        C{interval} seconds, spread evenly (open loop), for C{duration}."""
+        devices = [s.proto for s in self.slots[: c["count"]] if s.proto is not None and s.proto.is_open]
+        tick = 0.02
+        per_tick = len(devices) * tick / c.get("interval", 1.0)
+        state = {"carry": 0.0, "pos": 0, "sent": 0}
+        self.shadow_acked = self.shadow_errors = 0
+
+        def step() -> None:
+            state["carry"] += per_tick
+            n = int(state["carry"])
+            state["carry"] -= n
+            for _ in range(n):
+                proto = devices[state["pos"] % len(devices)]
+                state["pos"] += 1
+                if proto.is_open:
+                    self._report(proto, 20 + state["pos"] % 10)
+                    state["sent"] += 1
+
+        loop = LoopingCall(step)
+        loop.start(tick)
+        d: Deferred[dict[str, Any]] = Deferred()
+        started = now()
+
+        def stop() -> None:
+            loop.stop()
+            seconds = now() - started
+            reactor.callLater(2.0, lambda: d.callback({
+                "devices": len(devices), "sent": state["sent"], "acked": self.shadow_acked,
+                "errors": self.shadow_errors, "seconds": seconds}))
+
+        reactor.callLater(c["duration"], stop)
+        return d
+
+    def cmd_trip(self, c: dict[str, Any]) -> dict[str, Any]:
+        """Device at C{position} reports C{temp} now: when (time.time())."""
+        proto = self.slots[c["position"]].proto
+        if proto is None or not proto.is_open:
+            return {"device_id": None}
+        self._report(proto, c["temp"])
+        import time
+
+        return {"device_id": proto.device_id, "t": time.time()}
+
     # Notification fan-out
 
     def subscriber_opened(self, sub: CountingSubscriber) -> None:

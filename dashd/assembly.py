@@ -22,6 +22,7 @@ from dashd.api.audit import entry_for
 from dashd.api.library import LIBRARY_UPLOAD_PATH
 from dashd.api.ota import UPLOAD_PATH
 from dashd.api.site import DashdSite, SpoolRule
+from dashd.app.alarms import AlarmEngine
 from dashd.app.application import Application, build_application
 from dashd.app.audit import AuditLog
 from dashd.app.auth import Authenticator
@@ -34,10 +35,13 @@ from dashd.app.jobs import JobRunner
 from dashd.app.limits import FailureLimiter, TokenBucket
 from dashd.app.retention import DataRetention
 from dashd.app.tickets import ITicketStore, LocalTickets
+from dashd.app.webhooks import WebhookDispatcher
 from dashd.channel.hub import IHub, LocalHub
 from dashd.channel.router import IRouter, LocalRouter
 from dashd.channel.websocket import DeviceFactory, NotifyFactory
 from dashd.config import Config, ConfigError, with_backlog
+from dashd.ops.alarm_metrics import AlarmMetrics
+from dashd.ops.alarms import AlarmService
 from dashd.ops.control import control_service
 from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, FIRMWARE_DIR
 from dashd.ops.gcfreeze import FreezeSurvivors
@@ -50,6 +54,7 @@ from dashd.ops.services import DashdService, FleetService, OtaService, StoreServ
 from dashd.ops.stallprobe import StallProbe
 from dashd.ops.systemd import NotifyService
 from dashd.store import IStore
+from dashd.store.alarms_sql import AlarmStore
 
 log = Logger()
 
@@ -147,9 +152,12 @@ def build(config: Config, reactor: Any) -> DashdService:
         from dashd.cluster.tickets import RedisTickets
 
         tickets = RedisTickets(cluster.bus, config["cluster.namespace"])
-    application = build_application(fleet, auth, ota, tickets)
     history = History(store, reactor, config["logs.max_per_device"])
     audit = AuditLog(store, reactor)
+    alarm_store = AlarmStore(store)
+    alarm_engine = AlarmEngine(fleet, alarm_store, reactor, audit.record)
+    webhooks = WebhookDispatcher(alarm_store, reactor, config)
+    application = build_application(fleet, auth, ota, tickets, alarm_engine, webhooks)
     delivery = CallDelivery(fleet, reactor, audit.record)
 
     device_factory = DeviceFactory(config, reactor)
@@ -159,6 +167,7 @@ def build(config: Config, reactor: Any) -> DashdService:
     metrics.registry.register(CounterOf(  # type: ignore[arg-type]
         "dashd_audit_entries_lost", "Audit entries given up (their count is also logged)",
         lambda: audit.lost_total))
+    metrics.registry.register(AlarmMetrics(alarm_engine, webhooks))  # type: ignore[arg-type]
     readiness = Readiness()
     if cluster is not None:
         from dashd.cluster.metrics import ClusterCollector
@@ -203,6 +212,12 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet.ready_observers.append(delivery.device_ready)
     fleet.event_observers.append(delivery.device_event)
     router.queue_observers.append(delivery.calls_queued)
+    fleet.event_observers.append(alarm_engine.device_event)
+    fleet.connect_observers.append(alarm_engine.device_connected)
+    fleet.info_observers.append(alarm_engine.device_info)
+    fleet.call_result_observers.append(alarm_engine.call_result)
+    fleet.event_observers.append(webhooks.device_event)
+    alarm_engine.observers.append(webhooks.alarm_event)
     if hasattr(store, "latency_observer"):
         store.latency_observer = metrics.observe_store_job
     site.request_observers.append(metrics.observe_request)
@@ -220,6 +235,8 @@ def build(config: Config, reactor: Any) -> DashdService:
     # After the fleet, so it stops first: transfers under way are marked
     # failed while the store is still open.
     OtaService(ota).setServiceParent(service)
+    AlarmService(alarm_engine, webhooks, reactor, config["alarms.refresh_interval"]
+                 ).setServiceParent(service)
     for retention in (
         DataRetention(store, reactor, config["data.retention_days"]),
         DataRetention(store, reactor, config["audit.retention_days"],

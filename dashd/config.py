@@ -173,6 +173,34 @@ OPTIONS = [
     Option("calls.retention_days", 7.0, (int, float),
            "Days ended queued calls are kept for GET /calls/:id; 0 keeps them forever",
            _not_negative),
+    Option("alarms.max_rules_per_account", 200, int,
+           "Alarm rules one account may have", _positive),
+    Option("alarms.refresh_interval", 10.0, (int, float),
+           "Seconds between two readings of the alarm rules, webhooks and counts of active "
+           "alarms from the store (what other nodes of a cluster changed)", _positive),
+    Option("webhooks.allow_http", False, bool,
+           "Whether webhooks may be plain http:// URLs (otherwise only https://, with the "
+           "receiver's certificate verified)"),
+    Option("webhooks.allowed_networks", [], list,
+           "Private, loopback and link-local networks webhooks may nevertheless be sent to, "
+           "e.g. [\"10.1.2.0/24\"]; other such addresses are refused, so that dashd is no "
+           "way into the internal network", _networks),
+    Option("webhooks.timeout", 10.0, (int, float),
+           "Seconds a webhook receiver has to answer a delivery; then it counts as failed "
+           "and is retried", _positive),
+    Option("webhooks.max_attempts", 8, int,
+           "Attempts at a delivery (the first and its retries, with exponential backoff) "
+           "before it is given up", _positive),
+    Option("webhooks.retry_delay", 1.0, (int, float),
+           "Seconds before the first retry of a delivery; each next one waits twice as "
+           "long (at most webhooks.max_retry_delay)", _positive),
+    Option("webhooks.max_retry_delay", 300.0, (int, float),
+           "Longest wait between two attempts at a delivery, in seconds", _positive),
+    Option("webhooks.backlog", 1000, int,
+           "Deliveries waiting per webhook; beyond it the oldest are dropped (counted and "
+           "shown in GET /webhooks/:id)", _positive),
+    Option("webhooks.max_per_account", 20, int,
+           "Webhooks one account may have", _positive),
     Option("http.max_body_bytes", 1048576, int,
            "Largest REST request body; larger ones get 413", _positive),
     Option("http.idle_timeout", 60.0, (int, float),

@@ -157,13 +157,14 @@ def console_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     command = "%s %s" % (args.area, args.action)
     given = {name: getattr(args, name, None)
              for name in ("account", "name", "expires_in", "key_id", "device_id", "shared_with",
-                          "job_id", "state")}
+                          "job_id", "state", "alarm_id", "severity", "device", "note")}
     return command, {k: v for k, v in given.items() if v is not None}
 
 
 # What the console's argument names are on the command line.
 OPTIONS = {"name": "--name", "expires_in": "--expires-in", "shared_with": "--shared-with",
-           "account": "--account"}
+           "account": "--account", "state": "--state", "severity": "--severity",
+           "device": "--device", "note": "--note"}
 
 
 def refusal(error: dict[str, Any]) -> str:
@@ -279,6 +280,12 @@ def _executions_text(executions: list[dict[str, Any]]) -> str:
     return _table(rows, ["DEVICE", "STATE", "ATTEMPTS", "WHY"]) + "\n"
 
 
+def _alarms_text(alarms: list[dict[str, Any]]) -> str:
+    rows = [[a["id"], a["severity"], a["state"] + (" acked" if a["acknowledged"] else ""),
+             a["device_id"], _when(a["raised"]), a["message"][:60]] for a in alarms]
+    return _table(rows, ["ID", "SEVERITY", "STATE", "DEVICE", "RAISED", "MESSAGE"]) + "\n"
+
+
 TEXT = {
     "jobs list": _jobs_text,
     "jobs show": _job_text,
@@ -288,6 +295,9 @@ TEXT = {
     "jobs cancel": _job_text,
     "jobs retry": _job_text,
     "jobs delete": lambda j: "deleted job %s\n" % j["id"],
+    "alarms list": _alarms_text,
+    "alarms acknowledge": lambda a: "acknowledged alarm %s (%s)\n" % (a["id"], a["message"]),
+    "alarms clear": lambda a: "cleared alarm %s (%s)\n" % (a["id"], a["message"]),
     "keys list": _keys_text,
     "keys create": lambda k: ("created API key %s (account %s); its secret, shown this once:"
                               "\n%s\n" % (k["id"], k["account_id"], k["key"])),
@@ -587,6 +597,19 @@ def parser() -> argparse.ArgumentParser:
         j.add_argument("job_id")
         if action == "executions":
             j.add_argument("--state", help="only these states (comma-separated)")
+
+    alarms = sub.add_parser("alarms", help="alarms").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    a = alarms.add_parser("list", help="alarms, newest first (500 at most)")
+    a.add_argument("--state", choices=["active", "cleared"], help="only active or cleared")
+    a.add_argument("--severity", help="only these severities, comma-separated")
+    a.add_argument("--device", help="only this device's")
+    a.add_argument("--account", help="only this account's")
+    a = alarms.add_parser("acknowledge", help="acknowledge an alarm")
+    a.add_argument("alarm_id")
+    a.add_argument("--note", help="what is being done about it")
+    a = alarms.add_parser("clear", help="clear an alarm by hand")
+    a.add_argument("alarm_id")
 
     b = sub.add_parser("backup", help="copy the store to FILE while dashd runs")
     b.add_argument("file")

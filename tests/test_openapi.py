@@ -48,6 +48,12 @@ warnings = false
 [[operations]]
 include-path-regex = "/jobs"
 warnings = false
+
+# Alarms exist only once a device trips a rule: every ID schemathesis makes
+# up is answered 404 (tests/test_alarms_e2e.py acknowledges and clears real ones).
+[[operations]]
+include-operation-id = ["getAlarm", "acknowledgeAlarm", "clearAlarm"]
+warnings = false
 """
 
 
@@ -88,7 +94,7 @@ def test_schemathesis_finds_the_description_true(server: DashdProcess, tmp_path)
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
-    assert "Tested: 44" in output, output[-3000:]
+    assert "Tested: 60" in output, output[-3000:]
     assert "Authentication failed" not in output, output[-3000:]
     assert "No issues found" in output, output[-4000:]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from dashd.api.accounts import AccountRoutes
+from dashd.api.alarms import AlarmRoutes
 from dashd.api.calls import CallRoutes
 from dashd.api.channels import ChannelRoutes
 from dashd.api.data import DataRoutes
@@ -31,7 +32,7 @@ __all__ = ["Api"]
 
 class Api(
     ChannelRoutes, DeviceRoutes, RpcRoutes, KeyRoutes, AccountRoutes, OpsRoutes, OtaRoutes,
-    DataRoutes, CallRoutes, UiRoutes, SessionRoutes, LibraryRoutes, JobRoutes,
+    DataRoutes, CallRoutes, UiRoutes, SessionRoutes, LibraryRoutes, JobRoutes, AlarmRoutes,
 ):
     def resource(self) -> Any:
         # The busiest requests are answered before Klein (dashd.api.door).

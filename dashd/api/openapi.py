@@ -1005,11 +1005,15 @@ def document(config: Config, version: str) -> dict[str, Any]:
     }
 
 
-# The firmware library and fleet jobs describe themselves (dashd.api.openapi_fleet).
+# The firmware library and fleet jobs (dashd.api.openapi_fleet), alarms and
+# webhooks (dashd.api.openapi_alarms) describe themselves.
 _document = document
 
 
 def document(config: Config, version: str) -> dict[str, Any]:  # noqa: F811
     from dashd.api import openapi_fleet
+    from dashd.api.openapi_alarms import add
 
-    return openapi_fleet.extend(_document(config, version), config)
+    doc = openapi_fleet.extend(_document(config, version), config)
+    add(doc, config)
+    return doc

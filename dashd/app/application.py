@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from dashd.app.accounts import Accounts
+from dashd.app.alarms import Alarms
 from dashd.app.auth import Authenticator
 from dashd.app.calls import Calls
 from dashd.app.devices import Devices
@@ -24,6 +25,8 @@ from dashd.app.keys import Keys
 from dashd.app.library import FirmwareLibrary
 from dashd.app.records import Records
 from dashd.app.tickets import ITicketStore, NotifyTickets
+from dashd.app.webhooks import Webhooks
+from dashd.store.alarms_sql import AlarmStore
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class Application:
     # devices).
     library: Any = None
     jobs: Any = None
+    # Alarm rules and alarms, webhooks (dashd.app.alarms, dashd.app.webhooks).
+    alarms: Any = None
+    webhooks: Any = None
 
     def ping(self) -> Deferred[Any]:
         """Fire once the store has answered a trivial query."""
@@ -51,7 +57,8 @@ class Application:
 
 
 def build_application(fleet: Fleet, auth: Authenticator, ota: OtaManager | None = None,
-                      tickets: ITicketStore | None = None) -> Application:
+                      tickets: ITicketStore | None = None, alarm_engine: Any = None,
+                      webhook_dispatcher: Any = None) -> Application:
     """The use cases over C{fleet}; C{ota}: the firmware updates' manager
     (None where nothing is sent to devices); C{tickets}: where notification
     tickets are kept (None where there is no notification stream)."""
@@ -73,4 +80,7 @@ def build_application(fleet: Fleet, auth: Authenticator, ota: OtaManager | None 
         tickets=NotifyTickets(tickets, auth, clock) if tickets is not None else None,
         library=library,
         jobs=Jobs(fleet, devices, library) if ota is not None else None,
+        alarms=Alarms(fleet, devices, alarm_engine, AlarmStore(store),
+                      fleet.config["alarms.max_rules_per_account"]),
+        webhooks=Webhooks(AlarmStore(store), webhook_dispatcher, clock, fleet.config),
     )

@@ -135,6 +135,30 @@ def _job_control(action: str) -> Callable[[Any, dict[str, Any]], Awaitable[Done]
     return control
 
 
+def _alarm_view(alarm: Any) -> dict[str, Any]:
+    from dashd.domain.alarms import alarm_view
+
+    return alarm_view(alarm)
+
+
+async def alarms_list(app: Any, args: dict[str, Any]) -> Done:
+    found, _ = await app.alarms.list(CONSOLE, _text(args, "state"), _text(args, "severity"),
+                                     _text(args, "device"), None, 500, None)
+    account = _text(args, "account")
+    return Done([_alarm_view(a) for a in found if account is None or a.account_id == account])
+
+
+async def alarms_acknowledge(app: Any, args: dict[str, Any]) -> Done:
+    alarm = await app.alarms.acknowledge(CONSOLE, _text(args, "alarm_id") or "",
+                                         _text(args, "note"))
+    return Done(_alarm_view(alarm), alarm.account_id, alarm.device_id, alarm.id)
+
+
+async def alarms_clear(app: Any, args: dict[str, Any]) -> Done:
+    alarm = await app.alarms.clear(CONSOLE, _text(args, "alarm_id") or "")
+    return Done(_alarm_view(alarm), alarm.account_id, alarm.device_id, alarm.id)
+
+
 COMMANDS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Done]]] = {
     "jobs list": jobs_list,
     "jobs show": jobs_show,
@@ -144,6 +168,9 @@ COMMANDS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Done]]] = {
     "jobs cancel": _job_control("cancel"),
     "jobs retry": _job_control("retry"),
     "jobs delete": _job_control("delete"),
+    "alarms list": alarms_list,
+    "alarms acknowledge": alarms_acknowledge,
+    "alarms clear": alarms_clear,
     "keys list": keys_list,
     "keys create": keys_create,
     "keys revoke": keys_revoke,

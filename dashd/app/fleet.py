@@ -17,6 +17,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dashd.channel.hub import IHub
 from dashd.channel.router import IRouter
@@ -62,6 +63,9 @@ class Fleet:
         # Each is given the Deferred of every call() (dashd.ops.metrics counts
         # them by outcome); an observer adds callbacks that pass the result on.
         self.call_observers: list[Callable[[Deferred[Any]], None]] = []
+        # Each is told how every call() ended: (device, method, None or the
+        # Failure) (dashd.app.alarms' call failure rates).
+        self.call_result_observers: list[Callable[[Device, str, Any], None]] = []
         # Frames the device sessions dropped for being over their device's
         # rate limit (read by dashd.ops.metrics).
         self.frames_limited = 0
@@ -169,4 +173,15 @@ class Fleet:
             d = self.router.call(device.id, method, params, timeout, announce=True)
         for observer in self.call_observers:
             observer(d)
+        if self.call_result_observers:
+            d.addBoth(self._call_ended, device, method)
         return d
+
+    def _call_ended(self, result: Any, device: Device, method: str) -> Any:
+        failure = result if isinstance(result, Failure) else None
+        for observer in self.call_result_observers:
+            try:
+                observer(device, method, failure)
+            except Exception:
+                log.failure("call result observer {observer}", observer=observer)
+        return result

@@ -35,6 +35,11 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_reactor_lag_seconds`` | histogram | how much later than asked a timer run every 50 ms ran: each is how long the reactor stood still (L{dashd.ops.stallprobe}) |
 | ``dashd_reactor_lag_max_seconds`` | gauge | the longest the reactor stood still since dashd started |
 | ``dashd_gc_frozen_objects`` | gauge | objects frozen after surviving a full collection (L{dashd.ops.gcfreeze}): later collections do not walk them |
+| ``dashd_alarms_active{severity}`` | gauge | active alarms by severity, all accounts (L{dashd.ops.alarm_metrics}; re-read from the store every 10 s) |
+| ``dashd_alarms_raised_total``, ``dashd_alarms_cleared_total`` | counter | alarms this node raised, cleared |
+| ``dashd_alarm_rules`` | gauge | alarm rules this node knows of (read from the store every ``alarms.refresh_interval``) |
+| ``dashd_webhook_deliveries_total``, ``dashd_webhook_deliveries_dropped_total`` | counter | webhook deliveries answered with 2xx; dropped from a full backlog |
+| ``dashd_webhook_backlog`` | gauge | webhook deliveries waiting or under way |
 | ``process_*`` | | open file descriptors and their limit, memory, CPU (prometheus_client) |
 """
 

@@ -409,3 +409,9 @@ class IStore(Interface):
 
     def ping():
         """Fire once the store has answered a trivial query (health checks)."""
+
+    # Alarm rules, alarms and webhooks
+
+    def alarms_job(job, *args, read=False):
+        """Run C{job(db, *args)} of L{dashd.store.alarms_sql} in a
+        transaction (C{read}: it only reads); fire with its result."""

@@ -958,6 +958,12 @@ class PostgresStore:
     def delete_job(self, job_id: str) -> Deferred[bool]:
         return self._calls(jobs_sql.delete, job_id)
 
+    # Alarm rules, alarms, webhooks (the jobs are in alarms_sql.py)
+
+    def alarms_job(self, job: Callable[..., Any], *args: Any, read: bool = False
+                   ) -> Deferred[Any]:
+        return self._run(lambda cur: job(calls_sql.Db(cur, "postgresql"), *args))
+
     # Stored data, device events, OTA status, audit (the jobs are in postgres_records.py)
 
     def query_data(

@@ -863,6 +863,15 @@ class SQLiteStore:
     def delete_job(self, job_id: str) -> Deferred[bool]:
         return self._calls(jobs_sql.delete, job_id)
 
+    # Alarm rules, alarms, webhooks (the jobs are in alarms_sql.py)
+
+    def alarms_job(self, job: Callable[..., Any], *args: Any, read: bool = False
+                   ) -> Deferred[Any]:
+        def run(conn: sqlite3.Connection) -> Any:
+            return job(calls_sql.Db(conn, "sqlite"), *args)
+
+        return self._read(run) if read else self._submit(run)
+
     # Stored data, device events, OTA status (the jobs are in sqlite_records.py)
 
     def query_data(

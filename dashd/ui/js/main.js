@@ -19,6 +19,10 @@ import {forgetState, startOffline} from './offline.js';
 import * as jobs from './jobs.js';
 import * as job from './job.js';
 import * as library from './library.js';
+import * as alarms from './alarms.js';
+import * as webhooks from './webhooks.js';
+import {startAlarmBar, stopAlarmBar} from './alarmbar.js';
+import {decorate} from './alarmdecor.js';
 
 const STORAGE = 'dashd.apiKey';
 
@@ -88,6 +92,7 @@ function startStream() {
     // A stream that keeps failing may mean the key expired: ask dashd.
     onLost: () => { api('GET', '/whoami').catch(() => {}); },
   }).start();
+  startAlarmBar(app.notifier);
 }
 
 function signOut(notice) {
@@ -95,6 +100,7 @@ function signOut(notice) {
   app.view = null;
   if (app.notifier) app.notifier.stop();
   app.notifier = null;
+  stopAlarmBar();
   sessionStorage.removeItem(STORAGE);
   forgetState();
   if (!app.key && app.me) api('DELETE', '/session', undefined, {quiet: true}).catch(() => {});
@@ -119,6 +125,7 @@ function showSession() {
   document.getElementById('nav-accounts-item').hidden = !(signedIn && app.perms.canManageAccounts);
   document.getElementById('nav-logs-item').hidden = !(signedIn && app.perms.seesLog);
   document.getElementById('nav-firmware-item').hidden = !(signedIn && !app.perms.restricted);
+  document.getElementById('nav-webhooks-item').hidden = !(signedIn && app.perms.admin);
   const who = document.getElementById('who');
   if (signedIn) {
     const name = app.me.name ? `${app.me.name} ` : '';
@@ -164,6 +171,8 @@ function parseRoute(hash) {
   if (path === '/keys') return {view: keys, params: {}};
   if (path === '/audit') return {view: audit, params: {}};
   if (path === '/accounts') return {view: accounts, params: {}};
+  if (path === '/alarms') return {view: alarms, params: {}};
+  if (path === '/webhooks') return {view: webhooks, params: {}};
   if ((m = /^\/devices\/([^/]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1])}};
   // A part of the device page (deep links: #/devices/ID/rpc).
   if ((m = /^\/devices\/([^/]+)\/([a-z-]+)$/.exec(path))) return {view: device, params: {id: decodeURIComponent(m[1]), section: m[2]}};
@@ -215,6 +224,7 @@ function route() {
   if (target.view !== signin) app.after = null;
   const title = target.view.mount(main, ctx, target.params, {notice, signIn, next});
   document.title = `${title} · dashd`;
+  decorate(main, ctx, {name: target.view === device ? 'device' : target.view === devices ? 'devices' : '', params: target.params});
   // Move focus to the new page's heading, so keyboard and screen-reader
   // users start there.
   const heading = main.querySelector('h1');
