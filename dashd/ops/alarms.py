@@ -14,9 +14,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dashd.app.alarms import AlarmEngine
 from dashd.app.webhooks import WebhookDispatcher
+from dashd.domain.errors import DomainError
 
 log = Logger()
 
@@ -54,8 +56,16 @@ class AlarmService(Service):
             await self.dispatcher.reload()
             await self.engine.reload()
 
-        return ensureDeferred(refresh()).addErrback(
-            lambda f: log.failure("re-reading alarm rules and webhooks", f))
+        return ensureDeferred(refresh()).addErrback(self._refresh_failed)
+
+    def _refresh_failed(self, failure: Failure) -> None:
+        if failure.check(DomainError):
+            # The store is away or behind (a database outage): what was read
+            # before stays in force; the next refresh tries again.
+            log.info("alarms: the store did not answer: {error}",
+                     error=failure.getErrorMessage())
+            return
+        log.failure("re-reading alarm rules and webhooks", failure)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
