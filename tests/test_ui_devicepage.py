@@ -6,6 +6,7 @@ a real dashd with simulated devices. Screenshots go to test-artifacts/ui/.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -54,6 +55,16 @@ def shown(page: Page) -> list[str]:
     return page.locator(".device-body > section:visible > h2").all_inner_texts()
 
 
+def showing(page: Page, expected: list[str], seconds: float = 5.0) -> None:
+    """The page shows the sections C{expected}, once it has followed the
+    address it was given (a click changes the hash; the page follows on
+    its hashchange event, a moment later)."""
+    deadline = time.monotonic() + seconds
+    while shown(page) != expected and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert shown(page) == expected
+
+
 def menu(page: Page):
     return page.get_by_role("navigation", name="Parts of this device page")
 
@@ -70,7 +81,7 @@ async def test_parts_of_the_device_page_have_their_own_addresses(server, admin: 
         page.goto("/#/devices/%s/rpc" % device_id)
         expect(page.get_by_role("heading", level=1, name="menu-boiler")).to_be_visible()
         expect(section(page, "RPC console")).to_be_visible()
-        assert shown(page) == ["RPC console", "Queued calls"]
+        showing(page, ["RPC console", "Queued calls"])
         expect(menu(page).get_by_role("link", name="RPC")).to_have_attribute("aria-current", "location")
         accessible(page)
         height = page.evaluate("document.documentElement.scrollHeight")
@@ -85,22 +96,22 @@ async def test_parts_of_the_device_page_have_their_own_addresses(server, admin: 
         menu(page).get_by_role("link", name="Log").click()
         expect(page).to_have_url("%s/#/devices/%s/log" % (server.url, device_id))
         expect(section(page, "Device log")).to_be_visible()
-        assert shown(page) == ["Device log"]
+        showing(page, ["Device log"])
         menu(page).get_by_role("link", name="Overview").click()
-        assert shown(page) == ["Info", "Shadow"]
+        showing(page, ["Info", "Shadow"])
         menu(page).get_by_role("link", name="Sharing and token").click()
-        assert shown(page) == ["Sharing", "Token and deletion"]
+        showing(page, ["Sharing", "Token and deletion"])
         menu(page).get_by_role("link", name="All").click()
         expect(page).to_have_url("%s/#/devices/%s" % (server.url, device_id))
-        assert shown(page) == ALL
+        showing(page, ALL)
         # The browser's Back goes to the part before.
         page.go_back()
-        assert shown(page) == ["Sharing", "Token and deletion"]
+        showing(page, ["Sharing", "Token and deletion"])
         assert page.evaluate("document.querySelector('.device-body').dataset.mark") == "same page"
         # An address that names no part of the page: all of it, and why.
         page.goto("/#/devices/%s/nosuchpart" % device_id)
         expect(page.get_by_text('This page has no part called "nosuchpart": showing all of it.')).to_be_visible()
-        assert shown(page) == ALL
+        showing(page, ALL)
         accessible(page)
 
     await ui.run(choose)
