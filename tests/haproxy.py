@@ -61,11 +61,15 @@ class HAProxy:
         self.proc = subprocess.Popen(["haproxy", "-db", "-f", self.path], stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
+        # Started once it listens and its stats socket is there (HAProxy
+        # makes the socket a moment after it binds the port; a test asking
+        # it too soon got "no such file").
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+                listening = s.connect_ex(("127.0.0.1", self.port)) == 0
+            if listening and os.path.exists(self.stats):
+                return
             time.sleep(0.05)
         raise RuntimeError("haproxy did not start: %s" % open(self.log_path).read())
 
