@@ -238,6 +238,8 @@ def test_stopping_hands_over_what_waits_and_failures_count_every_entry():
     assert audit.pending == 0
     [warning] = [e for e in events if e["log_namespace"] == "dashd.app.audit"]
     assert (warning["count"], warning["why"]) == (2, "disk full")
+    # dashd_audit_entries_lost_total counts every entry of the batch too.
+    assert audit.lost_total == 2
 
 
 class _AwayStore(_RecordingStore):

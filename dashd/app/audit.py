@@ -96,7 +96,9 @@ class AuditLog(Service):
                     self._retry = self.clock.callLater(RETRY_INTERVAL, self._send_again)
                 return
             self.pending -= len(batch)
+            # _lose counts one; the rest of the batch went with it.
             self._lost += len(batch) - 1
+            self.lost_total += len(batch) - 1
             self._lose(result.getErrorMessage())
             return
         self.pending -= len(batch)
