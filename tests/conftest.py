@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -78,3 +78,50 @@ def own_server(request, tmp_path) -> Iterator[DashdProcess]:
 @pytest.fixture
 def admin(server: DashdProcess) -> Client:
     return Client(server, server.admin_key)
+
+
+# Browser pages for the dashboard's tests (tests/test_ui_*.py; test_ui.py
+# has its own of the same): one Chromium a module, a page a test, and a
+# test fails if its page went wrong in a way it did not explain.
+
+
+@pytest.fixture(scope="module")
+def browser_thread() -> Iterator[Any]:
+    from browser import BrowserThread, chromium_missing
+
+    missing = chromium_missing()
+    if missing:
+        pytest.fail(missing)
+    thread = BrowserThread()
+    thread.start_browser()
+    yield thread
+    thread.stop()
+
+
+def _page(browser_thread: Any, server: DashdProcess, request: Any,
+          viewport: dict[str, int] | None) -> Iterator[Any]:
+    from test_ui import _ui
+
+    page = _ui(browser_thread, server, request, viewport)
+    yield page
+    page.close()
+    problems = page.unexplained()
+    assert not problems, "the page went wrong:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def ui(browser_thread: Any, server: DashdProcess, request: Any) -> Iterator[Any]:
+    yield from _page(browser_thread, server, request, None)
+
+
+@pytest.fixture
+def phone(browser_thread: Any, server: DashdProcess, request: Any) -> Iterator[Any]:
+    from test_ui import PHONE
+
+    yield from _page(browser_thread, server, request, PHONE)
+
+
+@pytest.fixture
+def own_ui(browser_thread: Any, own_server: DashdProcess, request: Any) -> Iterator[Any]:
+    """A page on the test's own dashd (which the test starts)."""
+    yield from _page(browser_thread, own_server, request, None)

@@ -10,48 +10,16 @@ test-artifacts/ui/.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 import pytest_twisted
 from playwright.sync_api import Page, expect
 
-from browser import UI, BrowserThread, chromium_missing
-from support import Client, DashdProcess, connect_device, device_online, within
+from browser import UI
+from support import Client, connect_device, device_online, within
 from test_ui import (
-    PHONE, _ui, accessible, new_key, no_horizontal_overflow, open_device, section, sign_in,
+    PHONE, accessible, new_key, no_horizontal_overflow, open_device, section, sign_in,
 )
-
-
-@pytest.fixture(scope="module")
-def browser_thread() -> Iterator[BrowserThread]:
-    missing = chromium_missing()
-    if missing:
-        pytest.fail(missing)
-    thread = BrowserThread()
-    thread.start_browser()
-    yield thread
-    thread.stop()
-
-
-def _page(browser_thread: BrowserThread, server: DashdProcess, request: Any,
-          viewport: dict[str, int] | None) -> Iterator[UI]:
-    page = _ui(browser_thread, server, request, viewport)
-    yield page
-    page.close()
-    problems = page.unexplained()
-    assert not problems, "the page went wrong:\n" + "\n".join(problems)
-
-
-@pytest.fixture
-def ui(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
-    yield from _page(browser_thread, server, request, None)
-
-
-@pytest.fixture
-def phone(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
-    yield from _page(browser_thread, server, request, PHONE)
 
 
 def charts(page: Page):

@@ -7,48 +7,16 @@ a real dashd with simulated devices. Screenshots go to test-artifacts/ui/.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
 
-import pytest
 import pytest_twisted
 from playwright.sync_api import Page, expect
 
-from browser import UI, BrowserThread, chromium_missing
-from support import Client, DashdProcess, connect_device, device_online
-from test_ui import PHONE, _ui, accessible, no_horizontal_overflow, row, section, sign_in
+from browser import UI
+from support import Client, connect_device, device_online
+from test_ui import PHONE, accessible, no_horizontal_overflow, row, section, sign_in
 
 ALL = ["Info", "Shadow", "Charts", "Stored data", "RPC console", "Queued calls",
        "Firmware update", "Device log", "Sharing", "Token and deletion"]
-
-
-@pytest.fixture(scope="module")
-def browser_thread() -> Iterator[BrowserThread]:
-    missing = chromium_missing()
-    if missing:
-        pytest.fail(missing)
-    thread = BrowserThread()
-    thread.start_browser()
-    yield thread
-    thread.stop()
-
-
-def _page(browser_thread: BrowserThread, server: DashdProcess, request: Any,
-          viewport: dict[str, int] | None) -> Iterator[UI]:
-    page = _ui(browser_thread, server, request, viewport)
-    yield page
-    page.close()
-    problems = page.unexplained()
-    assert not problems, "the page went wrong:\n" + "\n".join(problems)
-
-
-@pytest.fixture
-def ui(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
-    yield from _page(browser_thread, server, request, None)
-
-
-@pytest.fixture
-def phone(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
-    yield from _page(browser_thread, server, request, PHONE)
 
 
 def shown(page: Page) -> list[str]:

@@ -12,35 +12,14 @@ from __future__ import annotations
 import json
 import re
 import struct
-from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
 from playwright.sync_api import Page, expect
 
-from browser import UI, BrowserThread, chromium_missing
+from browser import UI
 from support import Client, DashdProcess, connect_device, device_online
-from test_ui import _ui, accessible, row, sign_in
-
-
-@pytest.fixture(scope="module")
-def browser_thread() -> Iterator[BrowserThread]:
-    missing = chromium_missing()
-    if missing:
-        pytest.fail(missing)
-    thread = BrowserThread()
-    thread.start_browser()
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture
-def own_ui(browser_thread: BrowserThread, own_server: DashdProcess, request: Any) -> Iterator[UI]:
-    page = _ui(browser_thread, own_server, request, None)
-    yield page
-    page.close()
-    problems = page.unexplained()
-    assert not problems, "the page went wrong:\n" + "\n".join(problems)
+from test_ui import accessible, row, sign_in
 
 
 @pytest_twisted.ensureDeferred

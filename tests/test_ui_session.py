@@ -8,45 +8,13 @@ itself is kept nowhere), and signing out in one tab ends it in all.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
 
-import pytest
 import pytest_twisted
 from playwright.sync_api import Page, expect
 
-from browser import UI, BrowserThread, chromium_missing
-from support import Client, DashdProcess
-from test_ui import PHONE, _ui, accessible, no_horizontal_overflow, open_device, sign_out
-
-
-@pytest.fixture(scope="module")
-def browser_thread() -> Iterator[BrowserThread]:
-    missing = chromium_missing()
-    if missing:
-        pytest.fail(missing)
-    thread = BrowserThread()
-    thread.start_browser()
-    yield thread
-    thread.stop()
-
-
-def _page(browser_thread: BrowserThread, server: DashdProcess, request: Any,
-          viewport: dict[str, int] | None) -> Iterator[UI]:
-    page = _ui(browser_thread, server, request, viewport)
-    yield page
-    page.close()
-    problems = page.unexplained()
-    assert not problems, "the page went wrong:\n" + "\n".join(problems)
-
-
-@pytest.fixture
-def ui(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
-    yield from _page(browser_thread, server, request, None)
-
-
-@pytest.fixture
-def phone(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
-    yield from _page(browser_thread, server, request, PHONE)
+from browser import UI
+from support import Client
+from test_ui import accessible, no_horizontal_overflow, open_device, sign_out
 
 
 def sign_in_form(page: Page, key: str, keep: bool) -> None:
