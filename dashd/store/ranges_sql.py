@@ -154,6 +154,14 @@ def buckets(db: Db, selection: list[tuple[str, list[str] | None]], start: float,
     """
     if db.pg:
         return _buckets_pg(db, selection, start, end, bucket)
+    return buckets_each(db, selection, start, end, bucket)
+
+
+def buckets_each(db: Db, selection: list[tuple[str, list[str] | None]], start: float,
+                 end: float, bucket: int) -> list[dict[str, Any]]:
+    """L{buckets} a device at a time: a statement for the device's keys
+    and one for each part of the range (SQLite's, where a statement costs
+    no round trip; bench.data_ranges compares it on PostgreSQL)."""
     out: list[dict[str, Any]] = []
     for device_id, keys in selection:
         wanted = _keys(db, device_id, keys)
@@ -226,25 +234,47 @@ WITH RECURSIVE sel(n, d, w) AS (
         SELECT 1 FROM sel WHERE sel.d = f.d AND (sel.w IS NULL OR f.key = sel.w
             OR starts_with(f.key, sel.w || '.')))
 ), cells AS (
-    SELECT k.n, k.d, k.key, m.minute / %(bucket)s AS b, sum(m.n_all) AS n_all,
-        sum(m.n_num) AS n_num, sum(m.total) AS total, min(m.lo) AS lo, max(m.hi) AS hi
-    FROM keys k JOIN data_minutes m ON m.device_id = k.d AND m.key = k.key
-        AND m.minute >= %(first)s AND m.minute < %(last)s
-    GROUP BY k.n, k.d, k.key, b
+    SELECT k.n, k.d, k.key, x.* FROM keys k CROSS JOIN LATERAL (
+        SELECT m.minute / %(bucket)s AS b, sum(m.n_all)::bigint AS n_all,
+            sum(m.n_num)::bigint AS n_num,
+            sum(m.total) AS total, min(m.lo) AS lo, max(m.hi) AS hi
+        FROM data_minutes m WHERE m.device_id = k.d AND m.key = k.key
+            AND m.minute >= %(first)s AND m.minute < %(last)s
+        GROUP BY 1) x
     UNION ALL
-    SELECT k.n, k.d, k.key, floor(p.t / %(bucket)s)::bigint AS b, count(*),
-        count(v.num),
-        sum(v.num), min(v.num), max(v.num)
-    FROM keys k JOIN data_points p ON p.device_id = k.d AND p.key = k.key
-        AND ((p.t >= %(start)s AND p.t < %(points_end)s)
-             OR (p.t >= %(points_again)s AND p.t < %(end)s))
-    CROSS JOIN LATERAL (SELECT CASE WHEN json_typeof(p.value) = 'number'
-        THEN (p.value::text)::float8 END AS num) v
-    GROUP BY k.n, k.d, k.key, b
+    SELECT k.n, k.d, k.key, x.* FROM keys k CROSS JOIN LATERAL (
+        SELECT floor(p.t / %(bucket)s)::bigint AS b, count(*), count(v.num), sum(v.num),
+            min(v.num), max(v.num)
+        FROM data_points p CROSS JOIN LATERAL (SELECT CASE WHEN json_typeof(p.value) = 'number'
+            THEN (p.value::text)::float8 END AS num) v
+        WHERE p.device_id = k.d AND p.t >= %(start)s AND p.t < %(points_end)s AND p.key = k.key
+        GROUP BY 1) x
+    UNION ALL
+    SELECT k.n, k.d, k.key, x.* FROM keys k CROSS JOIN LATERAL (
+        SELECT floor(p.t / %(bucket)s)::bigint AS b, count(*), count(v.num), sum(v.num),
+            min(v.num), max(v.num)
+        FROM data_points p CROSS JOIN LATERAL (SELECT CASE WHEN json_typeof(p.value) = 'number'
+            THEN (p.value::text)::float8 END AS num) v
+        WHERE p.device_id = k.d AND p.t >= %(points_again)s AND p.t < %(end)s AND p.key = k.key
+        GROUP BY 1) x
 )
-SELECT d, key, b, sum(n_all), sum(n_num), sum(total), min(lo), max(hi)
+SELECT d, key, b, sum(n_all)::bigint, sum(n_num)::bigint, sum(total), min(lo), max(hi)
 FROM cells GROUP BY n, d, key, b ORDER BY n, key COLLATE "C", b
 """
+
+
+def buckets_pg_params(devices: list[str], wanted: list[str | None], start: float, end: float,
+                      bucket: int) -> dict[str, Any]:
+    """The parameters of L{_BUCKETS_PG}: the selection as two arrays (a
+    device and one of its keys a row; None: all its keys)."""
+    first, last = _whole_minutes(start, end, bucket)
+    if first < last:
+        points_end, points_again = float(first), float(last)
+    else:
+        points_end, points_again = end, end
+    return {"devices": devices, "wanted": wanted, "max_keys": MAX_KEYS, "bucket": bucket,
+            "first": first, "last": last, "start": start, "end": end,
+            "points_end": points_end, "points_again": points_again}
 
 
 def _buckets_pg(db: Db, selection: list[tuple[str, list[str] | None]], start: float,
@@ -262,15 +292,8 @@ def _buckets_pg(db: Db, selection: list[tuple[str, list[str] | None]], start: fl
                 wanted.append(key)
     if not devices:
         return []
-    first, last = _whole_minutes(start, end, bucket)
-    if first < last:
-        points_end, points_again = float(first), float(last)
-    else:
-        points_end, points_again = end, end
-    db.handle.execute(_BUCKETS_PG.encode("utf-8"), {
-        "devices": devices, "wanted": wanted, "max_keys": MAX_KEYS, "bucket": bucket,
-        "first": first, "last": last, "start": start, "end": end,
-        "points_end": points_end, "points_again": points_again})
+    db.handle.execute(_BUCKETS_PG.encode("utf-8"),
+                      buckets_pg_params(devices, wanted, start, end, bucket))
     out: list[dict[str, Any]] = []
     series: dict[str, Any] | None = None
     for device_id, key, b, n_all, n_num, total, lo, hi in db.handle.fetchall():
