@@ -136,9 +136,58 @@ def queries(devices: list[str], days: int) -> list[tuple[str, str, Any]]:
     ]
 
 
-async def measure(store: Any, devices: list[str], days: int, runs: int) -> list[Any]:
+def each_device(store: Any) -> Any:
+    """The chart's query on PostgreSQL as it was before it became one
+    statement: two statements a device and one a key (a round trip each),
+    for a side-by-side figure."""
+    from dashd.store import ranges_sql
+    from dashd.store.calls_sql import Db
+
+    def query(*args: Any) -> Any:
+        return store._run(lambda cur: ranges_sql.buckets_each(Db(cur, "postgresql"), *args))
+
+    return query
+
+
+async def compare(store: Any, devices: list[str], days: int, runs: int) -> list[Any]:
+    """PostgreSQL: the chart's query in one statement and a device at a
+    time, taken in turns (so that the machine's load and the database's
+    caches weigh on both alike), after a round of each untimed; and the
+    one statement's own time in the database (EXPLAIN ANALYZE)."""
+    from dashd.store import ranges_sql
+
+    what, _, args = queries(devices, days)[0]
+    before = each_device(store)
+    await store.query_buckets(*args)
+    await before(*args)
+    times: dict[str, list[float]] = {"one": [], "each": []}
+    for _ in range(runs):
+        for name, query in (("one", store.query_buckets), ("each", before)):
+            started = time.perf_counter()
+            await query(*args)
+            times[name].append((time.perf_counter() - started) * 1000)
+    selection, start, end, bucket = args
+    params = ranges_sql.buckets_pg_params([d for d, _ in selection], [None] * len(selection),
+                                          start, end, bucket)
+
+    def explain(cur: Any) -> str:
+        cur.execute(("EXPLAIN (ANALYZE, TIMING OFF) " + ranges_sql._BUCKETS_PG).encode(), params)
+        return [r[0] for r in cur.fetchall()][-1]
+
+    print("  the chart's one statement in the database: %s" % await store._run(explain))
+    return [(what.replace("(the chart)", "one statement (now), in turns"),
+             statistics.median(times["one"]), max(times["one"]), 0, 0),
+            (what.replace("(the chart)", "a device at a time (before), in turns"),
+             statistics.median(times["each"]), max(times["each"]), 0, 0)]
+
+
+async def measure(store: Any, devices: list[str], days: int, runs: int,
+                  kind_of_store: str = "sqlite") -> list[Any]:
     out = []
-    for what, kind, args in queries(devices, days):
+    listed = queries(devices, days)
+    if kind_of_store == "postgresql":
+        out += await compare(store, devices, days, runs)
+    for what, kind, args in listed:
         times = []
         size = 0
         cells = 0
@@ -196,7 +245,7 @@ def run_store(kind: str, args: Any) -> None:
             store = make(reactor)
             store.start()
             try:
-                results = await measure(store, devices, args.days, args.runs)
+                results = await measure(store, devices, args.days, args.runs, kind)
             finally:
                 await store.stop()
             print("\n%s: %d points (filled in %.0f s)" % (kind, n, filled))

@@ -4,6 +4,8 @@
     dashctl config                     the effective configuration
     dashctl keys list|create|revoke    API keys
     dashctl devices list|register|delete|rotate-token
+    dashctl sessions list|revoke       the dashboard's sign-in sessions
+    dashctl data range                 stored data of a time range (buckets)
     dashctl backup FILE                an online copy of the store
     dashctl restore FILE               put a copy back (dashd stopped)
 
@@ -157,14 +159,17 @@ def console_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     command = "%s %s" % (args.area, args.action)
     given = {name: getattr(args, name, None)
              for name in ("account", "name", "expires_in", "key_id", "device_id", "shared_with",
-                          "job_id", "state", "alarm_id", "severity", "device", "note")}
+                          "job_id", "state", "alarm_id", "severity", "device", "note",
+                          "session_id", "key", "start", "end", "bucket", "limit")}
     return command, {k: v for k, v in given.items() if v is not None}
 
 
 # What the console's argument names are on the command line.
 OPTIONS = {"name": "--name", "expires_in": "--expires-in", "shared_with": "--shared-with",
            "account": "--account", "state": "--state", "severity": "--severity",
-           "device": "--device", "note": "--note"}
+           "device": "--device", "note": "--note",
+           "from": "--from", "to": "--to", "bucket": "--bucket", "limit": "--limit",
+           "key": "--key"}
 
 
 def refusal(error: dict[str, Any]) -> str:
@@ -286,7 +291,54 @@ def _alarms_text(alarms: list[dict[str, Any]]) -> str:
     return _table(rows, ["ID", "SEVERITY", "STATE", "DEVICE", "RAISED", "MESSAGE"]) + "\n"
 
 
+def _sessions_text(sessions: list[dict[str, Any]]) -> str:
+    rows = [[s["id"], s["key_id"], s["key_name"] or "-", s["account_id"], _when(s["created"]),
+             _when(s["expires"])] for s in sessions]
+    return _table(rows, ["ID", "KEY", "KEY NAME", "ACCOUNT", "SIGNED IN", "EXPIRES"]) + "\n"
+
+
+def _ended_text(sessions: list[dict[str, Any]]) -> str:
+    if not sessions:
+        return "no session ended (the key had none)\n"
+    return "".join("ended session %s of key %s: its browser is signed out\n"
+                   % (s["id"], s["key_id"]) for s in sessions)
+
+
+def _number_text(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "%.6g" % v
+    return json.dumps(v)
+
+
+def _range_text(answer: dict[str, Any]) -> str:
+    series = answer["series"]
+    head = "from %s to %s" % (_when(answer["from"]), _when(answer["to"]))
+    if answer["bucket"] is not None:
+        rows = [[s["device_id"], s["key"], _when(t), str(n), _number_text(lo),
+                 _number_text(hi), _number_text(avg)]
+                for s in series
+                for t, n, lo, hi, avg in zip(s["t"], s["count"], s["min"], s["max"], s["avg"])]
+        text = "%s, in buckets of %d s: %d series\n" % (head, answer["bucket"], len(series))
+        if rows:
+            text += _table(rows, ["DEVICE", "KEY", "BUCKET", "COUNT", "MIN", "MAX", "AVG"]) + "\n"
+        return text
+    points = sorted(((t, s["device_id"], s["key"], v) for s in series
+                     for t, v in zip(s["t"], s["value"])), key=lambda p: p[0])
+    text = "%s: %d points\n" % (head, len(points))
+    if points:
+        rows = [[d, k, _when(t), json.dumps(v)] for t, d, k, v in points]
+        text += _table(rows, ["DEVICE", "KEY", "TIME", "VALUE"]) + "\n"
+    if answer.get("next") is not None:
+        text += "more: --from %r\n" % answer["next"]
+    return text
+
+
 TEXT = {
+    "sessions list": _sessions_text,
+    "sessions revoke": _ended_text,
+    "data range": _range_text,
     "jobs list": _jobs_text,
     "jobs show": _job_text,
     "jobs executions": _executions_text,
@@ -543,12 +595,48 @@ def restore(data_dir: str, source: str, out: Any, as_json: bool = False) -> None
 
 # Command line
 
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def seconds_arg(text: str) -> float:
+    """A duration: seconds, or a number and a unit (90s, 15m, 1h, 7d, 1w)."""
+    text = text.strip()
+    try:
+        if text and text[-1] in UNITS:
+            return float(text[:-1]) * UNITS[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds, nor one such as 15m, "
+                                         "1h or 7d" % text)
+
+
+def time_arg(text: str) -> float:
+    """A time: seconds since the epoch, a local ISO date and time, or a
+    duration before now (negative: -1h), as the data API takes it."""
+    import datetime
+
+    text = text.strip()
+    if text.startswith("-"):
+        return -seconds_arg(text[1:])
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "%r is not a time: give seconds since the epoch, a date and time such as "
+            "2026-11-29T08:00, or a time before now such as -1h" % text)
+
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dashctl",
-        description="Administer a dashd: keys, devices, backups, configuration. Works on "
-                    "dashd's data directory; run it as the user dashd runs as.",
+        description="Administer a dashd: keys, devices, sessions, data, backups, "
+                    "configuration. Works on dashd's data directory; run it as the user "
+                    "dashd runs as.",
     )
     p.add_argument("--config", "-c", help="dashd's configuration file [default: "
                    "$DASHD_CONFIG, else %s if it exists]" % DEFAULT_CONFIG)
@@ -611,6 +699,36 @@ def parser() -> argparse.ArgumentParser:
     a = alarms.add_parser("clear", help="clear an alarm by hand")
     a.add_argument("alarm_id")
 
+    sessions = sub.add_parser("sessions", help="the dashboard's sign-in sessions (\"keep me "
+                              "signed in\")").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    s = sessions.add_parser("list", help="sessions that have not ended, newest first (never "
+                            "their secrets)")
+    s.add_argument("--key", dest="key_id", help="only this API key's")
+    s.add_argument("--account", help="only this account's")
+    s = sessions.add_parser("revoke", help="end a session (its browser is signed out), or "
+                            "every session of a key")
+    s.add_argument("session_id", nargs="?", help="the session's ID, as sessions list shows it")
+    s.add_argument("--key", dest="key_id", help="end every session of this API key")
+
+    data = sub.add_parser("data", help="stored data").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    r = data.add_parser("range", help="the stored data of a time range: in buckets with each "
+                        "one's count, min, max and average (--bucket), or the raw points")
+    r.add_argument("--device", help="device IDs, comma-separated [default: every device, "
+                   "at most 50]")
+    r.add_argument("--key", help="keys, comma-separated dotted paths (env covers env.temp) "
+                   "[default: all]")
+    r.add_argument("--from", dest="start", type=time_arg, metavar="TIME",
+                   help="where the range starts: seconds since the epoch, a local date and time "
+                        "(2026-11-29T08:00), or a time before now (-90s, -15m, -1h, -7d) "
+                        "[default: -1h]")
+    r.add_argument("--to", dest="end", type=time_arg, metavar="TIME",
+                   help="where it ends, as --from [default: now]")
+    r.add_argument("--bucket", type=seconds_arg, metavar="SECONDS",
+                   help="bucket width: seconds, or 30s, 5m, 1h, 1d [default: raw points]")
+    r.add_argument("--limit", type=int, help="raw points, at most (1 to 5000) [default: 1000]")
+
     b = sub.add_parser("backup", help="copy the store to FILE while dashd runs")
     b.add_argument("file")
     r = sub.add_parser("restore", help="replace the store with a backup (dashd stopped)")
@@ -618,9 +736,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _joined(argv: list[str]) -> list[str]:
+    """C{--from -1h} as C{--from=-1h}: argparse takes a value that starts
+    with a dash and is not a plain number for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--from", "--to") and arg.startswith("-"):
+            out[-1] = "%s=%s" % (out[-1], arg)
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None, out: Any = None) -> int:
     out = out or sys.stdout
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_joined(sys.argv[1:] if argv is None else argv))
     try:
         config, source = load_config(args)
         if args.area == "config":

@@ -47,6 +47,8 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
 # How long a step may take before the test fails (Playwright's own waits
 # are shorter and say what they waited for).
 STEP_SECONDS = 60
+# The phone width of the tests (an iPhone 12-15's viewport).
+PHONE = {"width": 390, "height": 844}
 WAIT_MS = 10_000
 
 _FAILED_RESOURCE = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
@@ -267,6 +269,16 @@ class UI:
 def artifact_name(nodeid: str) -> str:
     name = nodeid.split("::")[-1]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def open_ui(thread: BrowserThread, base_url: str, nodeid: str,
+            viewport: dict[str, int] | None) -> UI:
+    """A new page for the test C{nodeid}, at C{viewport} (None: desktop)."""
+    ui = UI(thread, base_url, artifact_name(nodeid))
+    if viewport:
+        ui.viewport = viewport
+    ui.open()
+    return ui
 
 
 def chromium_missing() -> str | None:

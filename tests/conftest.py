@@ -80,8 +80,7 @@ def admin(server: DashdProcess) -> Client:
     return Client(server, server.admin_key)
 
 
-# Browser pages for the dashboard's tests (tests/test_ui_*.py; test_ui.py
-# has its own of the same): one Chromium a module, a page a test, and a
+# Browser pages for the dashboard's tests (tests/test_ui*.py): one Chromium a module, a page a test, and a
 # test fails if its page went wrong in a way it did not explain.
 
 
@@ -100,9 +99,9 @@ def browser_thread() -> Iterator[Any]:
 
 def _page(browser_thread: Any, server: DashdProcess, request: Any,
           viewport: dict[str, int] | None) -> Iterator[Any]:
-    from test_ui import _ui
+    from browser import open_ui
 
-    page = _ui(browser_thread, server, request, viewport)
+    page = open_ui(browser_thread, server.url, request.node.nodeid, viewport)
     yield page
     page.close()
     problems = page.unexplained()
@@ -116,7 +115,7 @@ def ui(browser_thread: Any, server: DashdProcess, request: Any) -> Iterator[Any]
 
 @pytest.fixture
 def phone(browser_thread: Any, server: DashdProcess, request: Any) -> Iterator[Any]:
-    from test_ui import PHONE
+    from browser import PHONE
 
     yield from _page(browser_thread, server, request, PHONE)
 

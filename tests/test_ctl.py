@@ -395,3 +395,113 @@ def test_control_socket_answers_bad_requests_and_carries_on(server: DashdProcess
     assert too_long == {"error": {"kind": "Invalid", "message": "the request is over 65536 bytes"}}
     [listed] = ask(b'{"command": "keys list"}\n')
     assert server.admin_key.split(".")[0] in [k["id"] for k in listed["result"]]
+
+
+# Sessions and data ranges (issue 19)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_list_and_revoke_while_dashd_runs(server: DashdProcess, admin: Client):
+    from test_sessions import browser, mint, new_key
+
+    key_id, key = await new_key(admin, name="ctl-sessions")
+    owner = Client(server, key)
+    _, first, first_csrf = await mint(owner)
+    _, second, second_csrf = await mint(owner)
+    listed = json.loads(ok(dashctl(server, "--json", "sessions", "list", "--key", key_id)))
+    assert len(listed) == 2 and {s["key_id"] for s in listed} == {key_id}
+    assert all(s["key_name"] == "ctl-sessions" and s["expires"] > time.time() for s in listed)
+    text = ok(dashctl(server, "sessions", "list"))
+    assert "SIGNED IN" in text and listed[0]["id"] in text
+    # Never a secret, nor the hash dashd checks them against.
+    for secret in (first, second, first_csrf, second_csrf):
+        assert secret not in text and tokens_hash(secret) not in text
+    client, headers = browser(server, first, first_csrf)
+    assert (await client.get("/api/v2/whoami", headers=headers)).status == 200
+    mine = [s for s in listed if s["id"] == tokens_hash(first)[:16]]
+    assert len(mine) == 1
+    text = ok(dashctl(server, "sessions", "revoke", mine[0]["id"]))
+    assert text == "ended session %s of key %s: its browser is signed out\n" % (mine[0]["id"],
+                                                                                 key_id)
+    # At once (not when this node's cache of sessions would look again).
+    assert (await client.get("/api/v2/whoami", headers=headers)).status == 401
+    other, other_headers = browser(server, second, second_csrf)
+    assert (await other.get("/api/v2/whoami", headers=other_headers)).status == 200
+    assert "no such session: %s" % mine[0]["id"] in error(
+        dashctl(server, "sessions", "revoke", mine[0]["id"]))
+    assert "16 hex digits" in error(dashctl(server, "sessions", "revoke", "abc"))
+    assert "name a session" in error(dashctl(server, "sessions", "revoke"))
+    # Every session of a key.
+    ended = json.loads(ok(dashctl(server, "--json", "sessions", "revoke", "--key", key_id)))
+    assert [s["id"] for s in ended] == [tokens_hash(second)[:16]]
+    assert (await other.get("/api/v2/whoami", headers=other_headers)).status == 401
+    assert json.loads(ok(dashctl(server, "--json", "sessions", "list", "--key", key_id))) == []
+    assert ok(dashctl(server, "sessions", "revoke", "--key", key_id)) == (
+        "no session ended (the key had none)\n")
+
+    async def audited() -> bool:
+        entries = (await admin.get("/api/v2/audit?start=-50&limit=50")).body["entries"]
+        return any(e["path"] == "sessions revoke " + mine[0]["id"] and e["key_id"] == "dashctl"
+                   for e in entries)
+
+    await eventually(audited)
+
+
+def tokens_hash(secret: str) -> str:
+    from dashd.domain import tokens
+
+    return tokens.hash_secret(secret)
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_range_in_buckets_and_raw_points(server: DashdProcess, admin: Client):
+    device_id, token = await admin.register("ctl-ranges")
+    reply = await admin.post("/api/v2/devices/" + device_id,
+                             {"shadow": {"tags": {"save": ["temp", "env.hum"]}}})
+    assert reply.status == 200, reply
+    sim = await connect_device(server, token)
+    await device_online(admin, device_id)
+    for i in range(6):
+        await within(sim.report({"temp": 20 + i, "env": {"hum": 40 + i}, "door": "open"}))
+    await sim.stop()
+
+    async def stored() -> bool:
+        reply = await admin.get("/api/v2/devices/%s/data?limit=100" % device_id)
+        return len(reply.body) == 12
+
+    await eventually(stored)
+    answer = json.loads(ok(dashctl(server, "--json", "data", "range", "--device", device_id,
+                                   "--from", "-1h", "--bucket", "1h")))
+    assert answer["bucket"] == 3600 and abs(answer["to"] - time.time()) < 30
+    assert abs(answer["to"] - answer["from"] - 3600) < 1e-6
+    series = {s["key"]: s for s in answer["series"]}
+    assert sorted(series) == ["env.hum", "temp"]
+    assert sum(series["temp"]["count"]) == 6
+    assert min(series["temp"]["min"]) == 20 and max(series["temp"]["max"]) == 25
+    # As GET /api/v2/data answers.
+    reply = await admin.get("/api/v2/data?from=%r&to=%r&bucket=3600&device=%s"
+                            % (answer["from"], answer["to"], device_id))
+    assert reply.status == 200 and reply.body["series"] == answer["series"], reply
+    text = ok(dashctl(server, "data", "range", "--device", device_id, "--key", "env",
+                      "--bucket", "3600"))
+    assert "in buckets of 3600 s: 1 series" in text
+    assert "DEVICE" in text and "env.hum" in text and "temp" not in text.split("\n", 1)[1]
+    # Raw points, time order, and where to go on.
+    text = ok(dashctl(server, "data", "range", "--device", device_id, "--key", "temp",
+                      "--limit", "4"))
+    lines = text.splitlines()
+    assert lines[0].endswith(": 4 points") and lines[1].split() == ["DEVICE", "KEY", "TIME",
+                                                                      "VALUE"]
+    assert [line.split()[-1] for line in lines[2:6]] == ["20", "21", "22", "23"]
+    assert lines[6].startswith("more: --from ")
+    rest = json.loads(ok(dashctl(server, "--json", "data", "range", "--device", device_id,
+                                 "--key", "temp", "--from", lines[6].split()[-1])))
+    assert [v for s in rest["series"] for v in s["value"]] == [24, 25]
+    # Refusals name the option.
+    assert "--bucket must be a whole number" in error(dashctl(
+        server, "data", "range", "--device", device_id, "--bucket", "1.5"))
+    assert "--from must be before to" in error(dashctl(
+        server, "data", "range", "--device", device_id, "--from", "-1h", "--to", "-2h"))
+    assert "no such device" in error(dashctl(server, "data", "range", "--device", "nosuch"))
+    result = dashctl(server, "data", "range", "--from", "yesterday")
+    assert result.returncode == 2 and "'yesterday' is not a time" in result.stderr

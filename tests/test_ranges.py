@@ -16,7 +16,8 @@ import sqlite3
 import pytest
 import pytest_twisted
 
-from dashd.domain import shadow, timeseries
+from dashd.domain import shadow, timeseries, tokens
+from dashd.domain.model import Device
 from dashd.store import ranges_sql
 from dashd.store.calls_sql import Db
 from dashd.store.sqlite import migrate
@@ -184,3 +185,66 @@ def test_minute_rows_keep_numbers_apart_from_the_rest():
     rows = timeseries.minute_rows([("a", 1), ("a", 2.5), ("a", "3"), ("b", False),
                                    ("b", float("inf")), ("a", -1)], 125.5)
     assert rows == [("a", 120, 4, 3, 2.5, -1.0, 2.5), ("b", 120, 2, 0, 0.0, None, None)]
+
+
+class _Counting:
+    """A cursor that counts the statements sent through it."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+        self.statements = 0
+
+    def execute(self, *args, **kwargs):
+        self.statements += 1
+        return self.cursor.execute(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.cursor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_buckets_of_several_devices_and_keys_in_one_statement_on_postgresql(store):
+    """The chart of a week of ten devices was two statements a device and
+    one more a key on PostgreSQL (a round trip each): one now, with the
+    same answer, in the selection's order of devices and keys' order."""
+    from dashd.store.postgres import PostgresStore
+
+    if not isinstance(store, PostgresStore):
+        pytest.skip("the statements counted are PostgreSQL's")
+    one, two = await _devices(store)
+    three = Device(tokens.new_id("d"), "a", "three", 2.0)
+    await store.create_device(three, "v" * 64)
+    stored: dict = {one.id: [], two.id: [], three.id: []}
+    rng = random.Random(7)
+    t = 60000.0 + 0.5
+    for i in range(300):
+        t += rng.choice([1, 3, 17, 59])
+        for device in (one, two, three):
+            # "env" covers env.hum and env.co2, not environment.
+            points = [("temp", round(rng.uniform(0, 30), 2)), ("env.hum", rng.randint(0, 99)),
+                      ("env.co2", rng.randint(400, 900)), ("mode", "ok"), ("environment", 1)]
+            await store.append_points(device.id, "a", points, t)
+            stored[device.id] += [(t, k, v) for k, v in points]
+    selection = [(three.id, ["temp"]), (one.id, None), (two.id, ["env"])]
+    for start, end, bucket in [(60000.0, t + 1, 600), (60031.5, t - 100.25, 60),
+                               (60100.0, 61000.0, 7)]:
+        counting = []
+
+        def job(cur):
+            c = _Counting(cur)
+            counting.append(c)
+            return ranges_sql.buckets(Db(c, "postgresql"), selection, start, end, bucket)
+
+        series = await store._run(job)
+        assert counting[0].statements == 1
+        assert series == await store.query_buckets(selection, start, end, bucket)
+        # Devices in the selection's order, each one's keys in order.
+        order = [(s["device_id"], s["key"]) for s in series]
+        assert order == [(three.id, "temp")] + [(one.id, k) for k in sorted(
+            {"temp", "env.hum", "env.co2", "mode", "environment"})] + [
+            (two.id, "env.co2"), (two.id, "env.hum")]
+        for device_id, keys in selection:
+            points = [p for p in stored[device_id]
+                      if keys is None or timeseries.covers(keys, p[1])]
+            _same(_got([s for s in series if s["device_id"] == device_id]),
+                  _expected(points, start, end, bucket))

@@ -17,7 +17,7 @@ import json
 import random
 import re
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -25,7 +25,7 @@ from playwright.sync_api import Page, expect
 from twisted.internet import task
 from twisted.internet.defer import ensureDeferred
 
-from browser import UI, BrowserThread, artifact_name, chromium_missing
+from browser import PHONE, UI, BrowserThread, open_ui
 from support import (
     SECRETS,
     Client,
@@ -37,54 +37,7 @@ from support import (
 )
 from test_ota import make_bin, make_zip, ota_state
 
-PHONE = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="module")
-def browser_thread() -> Iterator[BrowserThread]:
-    missing = chromium_missing()
-    if missing:
-        pytest.fail(missing)
-    thread = BrowserThread()
-    thread.start_browser()
-    yield thread
-    thread.stop()
-
-
-def _ui(thread: BrowserThread, server: DashdProcess, request: Any, viewport: dict[str, int] | None):
-    ui = UI(thread, server.url, artifact_name(request.node.nodeid))
-    if viewport:
-        ui.viewport = viewport
-    ui.open()
-    return ui
-
-
-@pytest.fixture
-def ui(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
-    page = _ui(browser_thread, server, request, None)
-    yield page
-    page.close()
-    problems = page.unexplained()
-    assert not problems, "the page went wrong:\n" + "\n".join(problems)
-
-
-@pytest.fixture
-def own_ui(browser_thread: BrowserThread, own_server: DashdProcess, request: Any) -> Iterator[UI]:
-    """A page on the test's own dashd (which the test starts)."""
-    page = _ui(browser_thread, own_server, request, None)
-    yield page
-    page.close()
-    problems = page.unexplained()
-    assert not problems, "the page went wrong:\n" + "\n".join(problems)
-
-
-@pytest.fixture
-def phone(browser_thread: BrowserThread, server: DashdProcess, request: Any) -> Iterator[UI]:
-    page = _ui(browser_thread, server, request, PHONE)
-    yield page
-    page.close()
-    problems = page.unexplained()
-    assert not problems, "the page went wrong:\n" + "\n".join(problems)
+# The page fixtures (browser_thread, ui, phone, own_ui) are conftest.py's.
 
 
 # Steps (run in the browser thread)
@@ -112,8 +65,9 @@ def row(page: Page, device_id: str) -> Any:
     return page.locator("tr[data-device-id='%s']" % device_id)
 
 
-def open_device(page: Page, device_id: str, name: str) -> None:
-    page.goto("/#/devices/" + device_id)
+def open_device(page: Page, device_id: str, name: str, part: str = "all") -> None:
+    """The device's page, at its part C{part} (all: the whole page)."""
+    page.goto("/#/devices/%s/%s" % (device_id, part))
     expect(page.get_by_role("heading", level=1, name=name)).to_be_visible()
 
 
@@ -961,7 +915,7 @@ async def test_device_log_pages_back_through_the_stored_history(
     lines keep coming."""
     keeper = DashdProcess(str(tmp_path), {"logs": {"max_per_device": 400}})
     await keeper.start_async()
-    ui = _ui(browser_thread, keeper, request, None)
+    ui = open_ui(browser_thread, keeper.url, request.node.nodeid, None)
     try:
         admin = Client(keeper, keeper.admin_key)
         device_id, token = await admin.register("log-history")
@@ -1385,10 +1339,13 @@ async def test_stored_data_plots_and_table(server, admin: Client, ui: UI):
         temp = box.get_by_role("img", name=re.compile("^Plot of temp"))
         expect(temp).to_be_visible()
         # What it shows is said in words too.
-        label = temp.evaluate("el => el.querySelector('desc').textContent")
-        assert label.startswith("temp: 5 points from ") and label.endswith(
+        label = temp.get_attribute("aria-label")
+        assert label.startswith("Plot of temp. temp: 5 points from ") and label.endswith(
             "lowest 20, highest 22, last 22."), label
-        expect(temp.locator("circle")).to_have_count(5)
+        # Drawn by the same charting as the charts over time (uPlot), not
+        # a plot of its own.
+        expect(temp.locator(".uplot canvas")).to_have_count(1)
+        expect(page.locator("svg.plot")).to_have_count(0)
         expect(box.get_by_role("img", name=re.compile("^Plot of env.hum"))).to_be_visible()
         expect(box.locator("figcaption")).to_have_text(["env.hum — 5 points, last 44", "temp — 5 points, last 22"])
         # Values that are not numbers are listed, not plotted.
@@ -1474,7 +1431,11 @@ async def test_stored_data_plots_and_table(server, admin: Client, ui: UI):
         page.set_viewport_size(PHONE)
         plot = stored(page).get_by_role("img", name=re.compile("^Plot of temp"))
         # Drawn again for the narrow width.
-        expect(plot).to_have_attribute("width", re.compile(r"^[1-3]\d\d$"))
+        expect(plot.locator(".uplot")).to_have_count(1)
+        deadline = time.monotonic() + 5
+        while plot.locator(".uplot").evaluate("e => e.getBoundingClientRect().width") > PHONE["width"]:
+            assert time.monotonic() < deadline, "the plot was not drawn again at phone width"
+            page.wait_for_timeout(50)
         no_horizontal_overflow(page)
         accessible(page)
 
@@ -2083,7 +2044,7 @@ async def test_busy_device_says_when_to_try_again(tmp_path, browser_thread: Brow
     429 and when to try again."""
     busy = DashdProcess(str(tmp_path), {"device": {"max_calls_in_flight": 1}})
     await busy.start_async()
-    ui = _ui(browser_thread, busy, request, None)
+    ui = open_ui(browser_thread, busy.url, request.node.nodeid, None)
     try:
         admin = Client(busy, busy.admin_key)
         device_id, token = await admin.register("busy-bee")

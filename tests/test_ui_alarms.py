@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from browser import UI
 from support import Client, connect_device, eventually
-from test_ui import accessible, browser_thread, dialog, open_device, row, sign_in, ui  # noqa: F401
+from test_ui import accessible, dialog, open_device, row, sign_in
 
 
 async def _active(admin: Client, device_id: str) -> Any:
@@ -23,7 +23,7 @@ async def _active(admin: Client, device_id: str) -> Any:
 
 
 @pytest_twisted.ensureDeferred
-async def test_alarms_in_view_acknowledged_and_cleared(server, admin: Client, ui: UI):  # noqa: F811
+async def test_alarms_in_view_acknowledged_and_cleared(server, admin: Client, ui: UI):
     device_id, token = await admin.register("ui-freezer")
     rule = (await admin.post("/api/v2/alarm-rules", {
         "name": "ui freezer warm", "where": 'name = "ui-freezer"', "severity": "critical",
@@ -90,7 +90,7 @@ async def test_alarms_in_view_acknowledged_and_cleared(server, admin: Client, ui
 
 
 @pytest_twisted.ensureDeferred
-async def test_rule_editor_previews_matched_devices(server, admin: Client, ui: UI):  # noqa: F811
+async def test_rule_editor_previews_matched_devices(server, admin: Client, ui: UI):
     for name in ("ui-rule-a", "ui-rule-b", "ui-other"):
         await admin.register(name)
     await ui.run(sign_in, admin.key)
@@ -130,7 +130,7 @@ async def test_rule_editor_previews_matched_devices(server, admin: Client, ui: U
 
 
 @pytest_twisted.ensureDeferred
-async def test_webhooks_page_sends_a_test_event(own_server, browser_thread, request):  # noqa: F811
+async def test_webhooks_page_sends_a_test_event(own_server, browser_thread, request):
     from twisted.internet import reactor
     from twisted.web import server as web_server
 

@@ -70,7 +70,7 @@ async def test_parts_of_the_device_page_have_their_own_addresses(server, admin: 
         menu(page).get_by_role("link", name="Sharing and token").click()
         showing(page, ["Sharing", "Token and deletion"])
         menu(page).get_by_role("link", name="All").click()
-        expect(page).to_have_url("%s/#/devices/%s" % (server.url, device_id))
+        expect(page).to_have_url("%s/#/devices/%s/all" % (server.url, device_id))
         showing(page, ALL)
         # The browser's Back goes to the part before.
         page.go_back()
@@ -83,6 +83,23 @@ async def test_parts_of_the_device_page_have_their_own_addresses(server, admin: 
         accessible(page)
 
     await ui.run(choose)
+
+    def opens_on_the_overview(page: Page) -> None:
+        # The device's own address (a click in the list, a link elsewhere)
+        # opens on the first part, not the whole 4,600 px page.
+        page.goto("/#/devices")
+        row(page, device_id).get_by_role("link", name="menu-boiler").click()
+        expect(page).to_have_url("%s/#/devices/%s" % (server.url, device_id))
+        showing(page, ["Info", "Shadow"])
+        expect(menu(page).get_by_role("link", name="Overview")).to_have_attribute("aria-current", "location")
+        expect(menu(page).get_by_role("link", name="All")).not_to_have_attribute("aria-current", "location")
+        # The menu's links in the order of the page, All last.
+        links = menu(page).get_by_role("link").all_inner_texts()
+        assert links == ["Overview", "Charts", "RPC", "Firmware", "Log", "Sharing and token", "All"], links
+        accessible(page)
+
+    await ui.run(opens_on_the_overview)
+    await ui.shot("device-opens-on-overview")
     await sim.stop()
 
 

@@ -14,7 +14,7 @@ from playwright.sync_api import Page, expect
 
 from support import Client, connect_device, device_online
 from test_ota import make_bin
-from test_ui import accessible, browser_thread, sign_in, ui  # noqa: F401 (fixtures)
+from test_ui import accessible, sign_in
 
 
 async def _tagged_fleet(server, admin: Client, run: str, n: int) -> list:
@@ -30,7 +30,7 @@ async def _tagged_fleet(server, admin: Client, run: str, n: int) -> list:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_job_from_a_query_with_live_progress(server, admin: Client, ui):  # noqa: F811
+async def test_a_job_from_a_query_with_live_progress(server, admin: Client, ui):
     sims = await _tagged_fleet(server, admin, "uijob", 3)
     # The half-typed query's count is refused, and said so.
     ui.allow(400, "/api/v2/devices/count")
@@ -75,7 +75,7 @@ async def test_a_job_from_a_query_with_live_progress(server, admin: Client, ui):
 
 @pytest_twisted.ensureDeferred
 async def test_an_image_of_the_library_rolled_out_from_the_firmware_page(
-        server, admin: Client, ui, tmp_path):  # noqa: F811
+        server, admin: Client, ui, tmp_path):
     sims = await _tagged_fleet(server, admin, "uifw", 2)
     fw = make_bin(str(tmp_path / "rollout.bin"), 20_000)
     await ui.run(sign_in, admin.key)

@@ -159,7 +159,62 @@ async def alarms_clear(app: Any, args: dict[str, Any]) -> Done:
     return Done(_alarm_view(alarm), alarm.account_id, alarm.device_id, alarm.id)
 
 
+async def sessions_list(app: Any, args: dict[str, Any]) -> Done:
+    from dashd.app import sessions
+
+    return Done(await sessions.listed(app.fleet.store, app.clock.seconds(),
+                                      _text(args, "key_id"), _text(args, "account")))
+
+
+async def sessions_revoke(app: Any, args: dict[str, Any]) -> Done:
+    from dashd.app import sessions
+
+    ended = await sessions.revoke(app.fleet.store, app.clock.seconds(),
+                                  _text(args, "session_id"), _text(args, "key_id"))
+    accounts = {s["account_id"] for s in ended}
+    return Done(ended, accounts.pop() if len(accounts) == 1 else None,
+                target=_text(args, "session_id") or _text(args, "key_id") or "")
+
+
+def _number(args: dict[str, Any], name: str) -> float | None:
+    value = args.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Invalid("%s must be a number" % name, name)
+    return float(value)
+
+
+def _names(args: dict[str, Any], name: str) -> list[str] | None:
+    value = _text(args, name)
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+async def data_range(app: Any, args: dict[str, Any]) -> Done:
+    """The stored data of a time range, as GET /api/v2/data?from=&to= (in
+    buckets, or raw points), of every account's devices."""
+    from dashd.app.ranges import DEFAULT_RANGE_LIMIT, DataRanges
+
+    start = _number(args, "start")
+    bucket = _number(args, "bucket")
+    if bucket is not None and bucket != int(bucket):
+        raise Invalid("bucket must be a whole number of seconds, at least 1", "bucket")
+    limit = _number(args, "limit")
+    ranges = DataRanges(app.fleet.store, app.devices, app.clock)
+    result = await ranges.query(
+        CONSOLE, _names(args, "device"), _names(args, "key"),
+        -3600.0 if start is None else start, _number(args, "end"),
+        None if bucket is None else int(bucket),
+        DEFAULT_RANGE_LIMIT if limit is None else int(limit))
+    return Done(result)
+
+
 COMMANDS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Done]]] = {
+    "sessions list": sessions_list,
+    "sessions revoke": sessions_revoke,
+    "data range": data_range,
     "jobs list": jobs_list,
     "jobs show": jobs_show,
     "jobs executions": jobs_executions,

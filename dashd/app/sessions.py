@@ -19,21 +19,23 @@ Each request with the cookie acts as the key the session was minted from,
 with that key's rights, rate and audit entries. A session ends when it
 expires (``hours``, default L{DEFAULT_HOURS}, at most L{MAX_HOURS}, never
 after the key expires), when the user signs out (``DELETE
-/api/v2/session``), or when its key is revoked (deleting the key deletes
-its sessions). Only hashes of the two secrets are stored, in the store's
+/api/v2/session``), when its key is revoked (deleting the key deletes
+its sessions), or when an operator ends it (``dashctl sessions
+revoke``). Only hashes of the two secrets are stored, in the store's
 ``sessions`` table, so every node of a cluster knows every session.
 """
 
 from __future__ import annotations
 
 import secrets
+import weakref
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
 from dashd.app.auth import Authenticator
 from dashd.domain import tokens
-from dashd.domain.errors import Forbidden, Invalid, Unauthenticated
+from dashd.domain.errors import Forbidden, Invalid, NotFound, Unauthenticated
 from dashd.domain.model import ApiKey
 from dashd.store import IStore
 
@@ -61,6 +63,63 @@ class SessionStats:
     ended = 0
 
 
+# Every Sessions of the process, whose caches a revocation by dashctl
+# (through the control socket) empties of the sessions it ends.
+_LIVE: weakref.WeakSet[Sessions] = weakref.WeakSet()
+# A session's ID as dashctl shows it: this many hex digits of its hash.
+SHOWN_ID = 16
+MAX_LISTED = 1000
+
+
+def session_view(found: dict[str, Any]) -> dict[str, Any]:
+    """A session as dashctl shows it: never its secrets, a prefix of the
+    hash of its cookie as its ID."""
+    return {"id": found["id_hash"][:SHOWN_ID], "key_id": found["key_id"],
+            "key_name": found["key_name"], "account_id": found["account_id"],
+            "created": found["created"], "expires": found["expires"]}
+
+
+def forget(id_hashes: list[str]) -> None:
+    """Drop ended sessions from the caches of this process (the other
+    nodes of a cluster trust theirs up to L{CACHE_SECONDS})."""
+    for sessions in list(_LIVE):
+        for id_hash in id_hashes:
+            sessions._cache.pop(id_hash, None)
+
+
+async def listed(store: IStore, now: float, key_id: str | None = None,
+                 account_id: str | None = None) -> list[dict[str, Any]]:
+    """The sessions that have not ended (of one key or account), newest
+    first, as L{session_view}s."""
+    return [session_view(s) for s in await store.list_sessions(now, key_id, account_id,
+                                                                MAX_LISTED)]
+
+
+async def revoke(store: IStore, now: float, session_id: str | None = None,
+                 key_id: str | None = None) -> list[dict[str, Any]]:
+    """End one session (C{session_id}: its ID as L{session_view} shows it)
+    or every session of C{key_id}; the ones ended, as L{session_view}s.
+    @raise NotFound: no such session.
+    @raise Invalid: neither or both given."""
+    if (session_id is None) == (key_id is None):
+        raise Invalid("name a session, or a key whose sessions all end (--key)", "session_id")
+    found = await store.list_sessions(now, key_id, None, MAX_LISTED)
+    if session_id is not None:
+        if len(session_id) != SHOWN_ID:
+            raise Invalid("a session's ID is %d hex digits, as dashctl sessions list shows it"
+                          % SHOWN_ID, "session_id")
+        found = [s for s in found if s["id_hash"][:SHOWN_ID] == session_id.lower()]
+        if not found:
+            raise NotFound("no such session: %s (it may have ended)" % session_id)
+    ended = []
+    for session in found:
+        if await store.delete_session(session["id_hash"]):
+            ended.append(session)
+    forget([s["id_hash"] for s in ended])
+    SessionStats.ended += len(ended)
+    return [session_view(s) for s in ended]
+
+
 class Sessions:
     def __init__(self, store: IStore, auth: Authenticator, clock: IReactorTime) -> None:
         self._store = store
@@ -68,6 +127,7 @@ class Sessions:
         self._clock = clock
         # id_hash -> (key_id, csrf_hash, expires, trusted until)
         self._cache: dict[str, tuple[str, str, float, float]] = {}
+        _LIVE.add(self)
 
     async def create(self, by: ApiKey, hours: Any = DEFAULT_HOURS) -> dict[str, Any]:
         """A new session of C{by}: C{{"session", "csrf", "expires"}}

@@ -336,6 +336,11 @@ class IStore(Interface):
     def delete_key_sessions(key_id):
         """End every session of a key; fire with how many."""
 
+    def list_sessions(now, key_id=None, account_id=None, limit=1000):
+        """Fire with the sessions that have not expired by C{now}, newest
+        first, of one key or account if given: C{{"id_hash", "key_id",
+        "key_name", "account_id", "created", "expires"}}."""
+
     def query_buckets(selection, start, end, bucket):
         """Fire with the points of [start, end) of each device in buckets
         of C{bucket} seconds, a series a device and key (see

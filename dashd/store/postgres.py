@@ -989,6 +989,11 @@ class PostgresStore:
         return self._run(lambda cur: sessions_sql.delete_for_key(
             calls_sql.Db(cur, "postgresql"), key_id))
 
+    def list_sessions(self, now: float, key_id: str | None = None, account_id: str | None = None,
+                      limit: int = 1000) -> Deferred[list[dict[str, Any]]]:
+        return self._run(lambda cur: sessions_sql.listed(
+            calls_sql.Db(cur, "postgresql"), now, key_id, account_id, limit))
+
     def query_buckets(self, selection: list[tuple[str, list[str] | None]], start: float,
                       end: float, bucket: int) -> Deferred[list[dict[str, Any]]]:
         return self._run(lambda cur: ranges_sql.buckets(

@@ -152,6 +152,16 @@ def buckets(db: Db, selection: list[tuple[str, list[str] | None]], start: float,
     each a list over the buckets that hold points (C{t} their starts;
     C{min}, C{max}, C{avg} over the numbers, None where none is).
     """
+    if db.pg:
+        return _buckets_pg(db, selection, start, end, bucket)
+    return buckets_each(db, selection, start, end, bucket)
+
+
+def buckets_each(db: Db, selection: list[tuple[str, list[str] | None]], start: float,
+                 end: float, bucket: int) -> list[dict[str, Any]]:
+    """L{buckets} a device at a time: a statement for the device's keys
+    and one for each part of the range (SQLite's, where a statement costs
+    no round trip; bench.data_ranges compares it on PostgreSQL)."""
     out: list[dict[str, Any]] = []
     for device_id, keys in selection:
         wanted = _keys(db, device_id, keys)
@@ -183,6 +193,120 @@ def buckets(db: Db, selection: list[tuple[str, list[str] | None]], start: float,
                 series["max"].append(hi)
                 series["avg"].append(total / n_num if n_num else None)
             out.append(series)
+    return out
+
+
+def _whole_minutes(start: float, end: float, bucket: int) -> tuple[int, int]:
+    """The whole minutes [first, last) of [start, end) that a query in
+    buckets of C{bucket} seconds reads from the summaries (first == last:
+    none, every point is read)."""
+    if bucket % MINUTE:
+        return 0, 0
+    first = -(-int(start) // MINUTE) * MINUTE  # the first whole minute
+    if first < start:
+        first += MINUTE
+    last = int(end // MINUTE) * MINUTE  # where the last whole minute ends
+    return (first, last) if first < last else (0, 0)
+
+
+# The buckets of every device and key of a selection in one statement (one
+# round trip, however many devices): the devices' keys found by a skip scan
+# of data_minutes' primary key (one probe a key, as device_keys), those the
+# selection names kept, then the summaries of the whole minutes and the raw
+# points of the partial minutes at the ends, aggregated into the buckets.
+_BUCKETS_PG = """
+WITH RECURSIVE sel(n, d, w) AS (
+    SELECT s.n, s.d, s.w FROM unnest(%(devices)s::text[], %(wanted)s::text[])
+        WITH ORDINALITY AS s(d, w, n)
+), devs AS (
+    SELECT min(n) AS n, d FROM sel GROUP BY d
+), found(n, d, key, depth) AS (
+    SELECT devs.n, devs.d,
+        (SELECT min(m.key) FROM data_minutes m WHERE m.device_id = devs.d), 1
+    FROM devs
+    UNION ALL
+    SELECT found.n, found.d,
+        (SELECT min(m.key) FROM data_minutes m WHERE m.device_id = found.d AND m.key > found.key),
+        found.depth + 1
+    FROM found WHERE found.key IS NOT NULL AND found.depth < %(max_keys)s
+), keys AS (
+    SELECT f.n, f.d, f.key FROM found f WHERE f.key IS NOT NULL AND EXISTS (
+        SELECT 1 FROM sel WHERE sel.d = f.d AND (sel.w IS NULL OR f.key = sel.w
+            OR starts_with(f.key, sel.w || '.')))
+), cells AS (
+    SELECT k.n, k.d, k.key, x.* FROM keys k CROSS JOIN LATERAL (
+        SELECT m.minute / %(bucket)s AS b, sum(m.n_all)::bigint AS n_all,
+            sum(m.n_num)::bigint AS n_num,
+            sum(m.total) AS total, min(m.lo) AS lo, max(m.hi) AS hi
+        FROM data_minutes m WHERE m.device_id = k.d AND m.key = k.key
+            AND m.minute >= %(first)s AND m.minute < %(last)s
+        GROUP BY 1) x
+    UNION ALL
+    SELECT k.n, k.d, k.key, x.* FROM keys k CROSS JOIN LATERAL (
+        SELECT floor(p.t / %(bucket)s)::bigint AS b, count(*), count(v.num), sum(v.num),
+            min(v.num), max(v.num)
+        FROM data_points p CROSS JOIN LATERAL (SELECT CASE WHEN json_typeof(p.value) = 'number'
+            THEN (p.value::text)::float8 END AS num) v
+        WHERE p.device_id = k.d AND p.t >= %(start)s AND p.t < %(points_end)s AND p.key = k.key
+        GROUP BY 1) x
+    UNION ALL
+    SELECT k.n, k.d, k.key, x.* FROM keys k CROSS JOIN LATERAL (
+        SELECT floor(p.t / %(bucket)s)::bigint AS b, count(*), count(v.num), sum(v.num),
+            min(v.num), max(v.num)
+        FROM data_points p CROSS JOIN LATERAL (SELECT CASE WHEN json_typeof(p.value) = 'number'
+            THEN (p.value::text)::float8 END AS num) v
+        WHERE p.device_id = k.d AND p.t >= %(points_again)s AND p.t < %(end)s AND p.key = k.key
+        GROUP BY 1) x
+)
+SELECT d, key, b, sum(n_all)::bigint, sum(n_num)::bigint, sum(total), min(lo), max(hi)
+FROM cells GROUP BY n, d, key, b ORDER BY n, key COLLATE "C", b
+"""
+
+
+def buckets_pg_params(devices: list[str], wanted: list[str | None], start: float, end: float,
+                      bucket: int) -> dict[str, Any]:
+    """The parameters of L{_BUCKETS_PG}: the selection as two arrays (a
+    device and one of its keys a row; None: all its keys)."""
+    first, last = _whole_minutes(start, end, bucket)
+    if first < last:
+        points_end, points_again = float(first), float(last)
+    else:
+        points_end, points_again = end, end
+    return {"devices": devices, "wanted": wanted, "max_keys": MAX_KEYS, "bucket": bucket,
+            "first": first, "last": last, "start": start, "end": end,
+            "points_end": points_end, "points_again": points_again}
+
+
+def _buckets_pg(db: Db, selection: list[tuple[str, list[str] | None]], start: float,
+                end: float, bucket: int) -> list[dict[str, Any]]:
+    """L{buckets} on PostgreSQL, in one query."""
+    devices: list[str] = []
+    wanted: list[str | None] = []
+    for device_id, keys in selection:
+        if keys is None:
+            devices.append(device_id)
+            wanted.append(None)
+        else:
+            for key in keys:
+                devices.append(device_id)
+                wanted.append(key)
+    if not devices:
+        return []
+    db.handle.execute(_BUCKETS_PG.encode("utf-8"),
+                      buckets_pg_params(devices, wanted, start, end, bucket))
+    out: list[dict[str, Any]] = []
+    series: dict[str, Any] | None = None
+    for device_id, key, b, n_all, n_num, total, lo, hi in db.handle.fetchall():
+        if series is None or series["device_id"] != device_id or series["key"] != key:
+            series = {"device_id": device_id, "key": key, "t": [], "count": [], "min": [],
+                      "max": [], "avg": []}
+            out.append(series)
+        n_num = int(n_num or 0)
+        series["t"].append(int(b) * bucket)
+        series["count"].append(int(n_all))
+        series["min"].append(lo)
+        series["max"].append(hi)
+        series["avg"].append(float(total or 0.0) / n_num if n_num else None)
     return out
 
 

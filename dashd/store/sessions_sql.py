@@ -41,3 +41,24 @@ def delete(db: Db, id_hash: str) -> bool:
 
 def delete_for_key(db: Db, key_id: str) -> int:
     return db.execute("DELETE FROM sessions WHERE key_id = ?", (key_id,)).rowcount
+
+
+def listed(db: Db, now: float, key_id: str | None, account_id: str | None,
+           limit: int) -> list[dict[str, Any]]:
+    """The sessions that have not expired, newest first (at most C{limit}),
+    of one key or account if given: C{{"id_hash", "key_id", "key_name",
+    "account_id", "created", "expires"}}."""
+    where = ["s.expires > ?"]
+    params: list[Any] = [now]
+    if key_id is not None:
+        where.append("s.key_id = ?")
+        params.append(key_id)
+    if account_id is not None:
+        where.append("k.account_id = ?")
+        params.append(account_id)
+    rows = db.all(
+        "SELECT s.id_hash, s.key_id, k.name, k.account_id, s.created, s.expires"
+        " FROM sessions s JOIN api_keys k ON k.id = s.key_id WHERE %s"
+        " ORDER BY s.created DESC, s.id_hash LIMIT ?" % " AND ".join(where), params + [limit])
+    return [{"id_hash": r[0], "key_id": r[1], "key_name": r[2], "account_id": r[3],
+             "created": float(r[4]), "expires": float(r[5])} for r in rows]

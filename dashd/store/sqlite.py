@@ -898,6 +898,11 @@ class SQLiteStore:
         return self._submit(lambda conn: sessions_sql.delete_for_key(
             calls_sql.Db(conn, "sqlite"), key_id))
 
+    def list_sessions(self, now: float, key_id: str | None = None, account_id: str | None = None,
+                      limit: int = 1000) -> Deferred[list[dict[str, Any]]]:
+        return self._read(lambda conn: sessions_sql.listed(
+            calls_sql.Db(conn, "sqlite"), now, key_id, account_id, limit))
+
     def query_buckets(self, selection: list[tuple[str, list[str] | None]], start: float,
                       end: float, bucket: int) -> Deferred[list[dict[str, Any]]]:
         return self._read(lambda conn: ranges_sql.buckets(

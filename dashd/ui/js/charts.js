@@ -4,7 +4,8 @@
 // bucket's count, min, max and avg computed by dashd) and drawn with uPlot
 // (shipped inside dashd under /ui/vendor/uplot, MIT). Drag across the chart
 // to zoom in (dashd is asked again, in finer buckets); "Zoom out" goes back.
-// Restricted keys see the keys their scope lets them read.
+// Restricted keys see the keys their scope lets them read. The stored
+// points under "Stored data" are drawn with the same (pointsChart).
 
 import uPlot from '../vendor/uplot/uPlot.esm.js';
 import {api, describe, encode} from './api.js';
@@ -63,6 +64,41 @@ function duration(seconds) {
   if (seconds % 3600 === 0) return `${seconds / 3600} h`;
   if (seconds % 60 === 0) return `${seconds / 60} min`;
   return `${seconds} s`;
+}
+
+// A number as people read it: no float noise, no exponent for the usual
+// sizes of sensor values.
+export function formatNumber(v) {
+  return number(v);
+}
+
+// A chart of one key's stored points (the device page's "Stored data"),
+// drawn with the same uPlot as the charts over time: an image whose name
+// says what it shows (the page offers the points as a table too).
+// points: [{timestamp, value}] in time order, values finite numbers.
+// Returns {element, destroy()}.
+export function pointsChart(key, points, width, height = 220) {
+  loadStyles();
+  const values = points.map((p) => p.value);
+  const first = points[0].timestamp;
+  const lastPoint = points[points.length - 1];
+  const n = points.length;
+  const description = `${key}: ${n} point${n === 1 ? '' : 's'} from ${when(first)} to ${when(lastPoint.timestamp)}; `
+    + `lowest ${number(Math.min(...values))}, highest ${number(Math.max(...values))}, last ${number(lastPoint.value)}.`;
+  const element = h('div', {class: 'chart-plot points-plot', role: 'img', 'aria-label': `Plot of ${key}. ${description}`});
+  // One point alone: a minute either side, so that it is seen.
+  const scale = first === lastPoint.timestamp ? {min: first - 60, max: first + 60} : {};
+  const plot = new uPlot({
+    width: Math.max(200, width),
+    height,
+    series: [{}, {label: key, stroke: COLORS[0], width: 2,
+      points: {show: n <= 200, size: 6}, value: (u, v) => (v === null ? '–' : number(v))}],
+    legend: {show: false},
+    cursor: {drag: {x: false, y: false}},
+    scales: {x: {time: true, ...scale}},
+    axes: [{}, {size: width < 480 ? 44 : 60}],
+  }, [points.map((p) => p.timestamp), values], element);
+  return {element, destroy: () => plot.destroy()};
 }
 
 // getDevice(): the device the page shows.
@@ -220,6 +256,8 @@ export function chartsPart(ctx, deviceId, getDevice) {
     const bucket = last.bucket;
     const range = `${when(last.from)} to ${when(last.to)}`;
     empty.hidden = shown.length > 0;
+    // No blank 200 px box above the words that say why.
+    plotBox.hidden = !shown.length;
     if (!all.length) empty.textContent = `No stored data from ${range}.`;
     else if (!numeric.length) empty.textContent = 'None of the stored values in this range is a number: nothing to plot.';
     else empty.textContent = 'Every key is hidden: choose one under Keys.';

@@ -1,12 +1,14 @@
 // The device page's section menu: links to its parts, each with its own
-// address (#/devices/ID/rpc), that show that part alone; "All" shows the
-// whole page. The sections stay on the page while hidden (the log and the
+// address (#/devices/ID/rpc), that show that part alone; "All"
+// (#/devices/ID/all) shows the whole page. The device's own address opens
+// on its first part, the overview. The sections stay on the page while hidden (the log and the
 // live updates go on), so choosing one is instant and loses nothing.
 
 import {encode} from './api.js';
 import {h, replace} from './dom.js';
 
 // [address, menu label, the titles of its sections]
+export const ALL = 'all';
 export const PARTS = [
   ['overview', 'Overview', ['Info', 'Shadow']],
   ['charts', 'Charts', ['Charts', 'Stored data']],
@@ -29,20 +31,22 @@ export function deviceMenu(deviceId, body, note) {
   const base = `#/devices/${encode(deviceId)}`;
   const links = new Map();
   const list = h('ul', {},
-    h('li', {}, link('', 'All')),
-    parts.map(([part, label]) => h('li', {}, link(part, label))));
+    parts.map(([part, label]) => h('li', {}, link(part, label))),
+    h('li', {}, link(ALL, 'All')));
   const element = h('nav', {class: 'device-menu', 'aria-label': 'Parts of this device page'}, list);
 
   function link(part, label) {
-    const a = h('a', {href: part ? `${base}/${part}` : base}, label);
+    const a = h('a', {href: `${base}/${part}`}, label);
     links.set(part, a);
     return a;
   }
 
+  // part: an address's last step; '' (the device's own address): the first.
   function show(part) {
-    const known = part === '' || parts.some(([p]) => p === part);
-    const chosen = known ? part : '';
-    const titles = chosen ? parts.find(([p]) => p === chosen)[2] : null;
+    const wanted = part || (parts.length ? parts[0][0] : ALL);
+    const known = wanted === ALL || parts.some(([p]) => p === wanted);
+    const chosen = known ? wanted : ALL;
+    const titles = chosen === ALL ? null : parts.find(([p]) => p === chosen)[2];
     for (const section of sections) {
       section.hidden = titles !== null && !titles.includes(titleOf(section));
     }

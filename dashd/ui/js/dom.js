@@ -94,3 +94,46 @@ export function clearMessage(area) {
 export function pretty(value) {
   return JSON.stringify(value, null, 2);
 }
+
+// Tables too wide for the screen scroll sideways in their .table-wrap; one
+// that does is made a focusable, named region, so that the keyboard can
+// scroll it too (WCAG 2.1.1; axe's scrollable-region-focusable). Watches
+// every .table-wrap that appears under root, and the size of it and its
+// table.
+export function keyboardScroll(root) {
+  const name = (wrap) => {
+    const table = wrap.querySelector('table');
+    const caption = table && table.querySelector('caption');
+    const label = (table && table.getAttribute('aria-label')) || (caption && caption.textContent) || 'Table';
+    return `${label} (scrolls sideways)`;
+  };
+  const check = (wrap) => {
+    const scrolls = wrap.scrollWidth > wrap.clientWidth + 1;
+    if (scrolls && !wrap.hasAttribute('tabindex')) {
+      wrap.setAttribute('tabindex', '0');
+      wrap.setAttribute('role', 'region');
+      wrap.setAttribute('aria-label', name(wrap));
+    } else if (!scrolls && wrap.hasAttribute('tabindex')) {
+      for (const a of ['tabindex', 'role', 'aria-label']) wrap.removeAttribute(a);
+    }
+  };
+  const sizes = new ResizeObserver((entries) => {
+    for (const entry of entries) {
+      const wrap = entry.target.closest('.table-wrap');
+      if (wrap) check(wrap);
+    }
+  });
+  const watched = new WeakSet();
+  const watch = () => {
+    for (const wrap of root.querySelectorAll('.table-wrap')) {
+      if (watched.has(wrap)) continue;
+      watched.add(wrap);
+      sizes.observe(wrap);
+      const table = wrap.querySelector('table');
+      if (table) sizes.observe(table);
+      check(wrap);
+    }
+  };
+  new MutationObserver(watch).observe(root, {childList: true, subtree: true});
+  watch();
+}

@@ -4,7 +4,7 @@
 // history works.
 
 import {api, csrfToken, describe, onUnauthorized, setKey, setSession} from './api.js';
-import {announce, h, replace} from './dom.js';
+import {announce, h, keyboardScroll, replace} from './dom.js';
 import {refreshTimes} from './format.js';
 import {Notifier} from './notify.js';
 import {permissions} from './perms.js';
@@ -246,6 +246,7 @@ async function boot() {
     (main.querySelector('h1') || main).focus();
   });
   window.setInterval(() => refreshTimes(document.body), 30000);
+  keyboardScroll(document.getElementById('main'));
   const stored = sessionStorage.getItem(STORAGE);
   if (stored) {
     try {

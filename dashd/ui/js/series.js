@@ -2,12 +2,12 @@
 // reported keys dashd saves (tags.save in the shadow's tags; admins of the
 // owning account add and remove them here), then the points stored for
 // them (GET /devices/:id/data with filter, limit and skip): a plot for
-// each numeric key, the other values listed, or every point in a table.
+// each numeric key (uPlot, as the charts over time), the other values listed, or every point in a table.
 // Showing the latest points, the view follows what the device reports.
 
 import {api, describe, encode} from './api.js';
 import {announce, clearMessage, field, h, messageArea, replace, showMessage, uid} from './dom.js';
-import {formatNumber, lineChart} from './plot.js';
+import {formatNumber, pointsChart} from './charts.js';
 
 const MAX_LIMIT = 5000;
 const DEFAULT_LIMIT = 200;
@@ -215,11 +215,19 @@ export function dataPart(ctx, deviceId, device, {canChangeSaved, setDevice}) {
     }
   }
 
+  // The uPlot charts shown, ended before they are drawn again.
+  let plots = [];
+  function dropPlots() {
+    for (const plot of plots) plot.destroy();
+    plots = [];
+  }
+
   function render() {
     if (!asked) return;
     const keys = [...new Set(points.map((p) => p.key))].sort();
     if (!points.length) {
       summary.textContent = asked.filter ? 'No stored points match the filter.' : 'No points are stored for this device.';
+      dropPlots();
       results.replaceChildren();
       return;
     }
@@ -227,10 +235,12 @@ export function dataPart(ctx, deviceId, device, {canChangeSaved, setDevice}) {
     const last = new Date(points[points.length - 1].timestamp * 1000).toLocaleString();
     summary.textContent = `${points.length} point${points.length === 1 ? '' : 's'} of ${keys.length} key${keys.length === 1 ? '' : 's'}, from ${first} to ${last}${asked.skip === null ? ' (the latest)' : ''}.`;
     if (asTable.checked) {
+      dropPlots();
       replace(results, pointsTable(points, 'Stored points, oldest first'));
       return;
     }
     const width = Math.max(240, (results.clientWidth || 640) - 2);
+    dropPlots();
     const figures = [];
     const other = [];
     for (const key of keys) {
@@ -238,9 +248,11 @@ export function dataPart(ctx, deviceId, device, {canChangeSaved, setDevice}) {
       const numeric = series.filter((p) => isNumber(p.value));
       other.push(...series.filter((p) => !isNumber(p.value)));
       if (!numeric.length) continue;
+      const plot = pointsChart(key, numeric, width);
+      plots.push(plot);
       figures.push(h('figure', {class: 'plot-figure'},
         h('figcaption', {}, h('code', {}, key), ` — ${numeric.length} point${numeric.length === 1 ? '' : 's'}, last ${formatNumber(numeric[numeric.length - 1].value)}`),
-        lineChart(key, numeric, width)));
+        plot.element));
     }
     other.sort((a, b) => a.timestamp - b.timestamp);
     replace(results,
@@ -290,6 +302,7 @@ export function dataPart(ctx, deviceId, device, {canChangeSaved, setDevice}) {
   });
   resized.observe(results);
   ctx.onDestroy(() => {
+    dropPlots();
     resized.disconnect();
     window.clearTimeout(resizeTimer);
   });
