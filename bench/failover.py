@@ -2,7 +2,7 @@
 Failover: how long after a node's death its devices are usable through the
 other node.
 
-    .venv/bin/python bench/failover.py [--devices 1000] [--node-timeout 2]
+    .venv/bin/python bench/failover.py [--devices 1000] [--node-timeout 2] [--profile]
 
 Starts two dashd nodes (``twistd -n dashd``) on a fresh PostgreSQL database
 and Redis namespace (as bench/cluster.py does), connects simulated devices
@@ -15,7 +15,9 @@ and measures, from the kill:
 - usable: a ``Sim.Echo`` through B's REST API answers for every device.
 
 The issue's target: usable in under 5 s with 10,000 devices. Everything
-(client, nodes, PostgreSQL, Redis) runs on this machine.
+(client, nodes, PostgreSQL, Redis) runs on this machine. ``--profile``
+records node B with py-spy from the kill until every device is usable, and
+prints where its samples fell (bench/profile.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from twisted.web.client import HTTPConnectionPool
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.cluster import Node  # noqa: E402
+from bench.profile import Recording, summarise  # noqa: E402
 from dashd.simulator import SimulatedDevice  # noqa: E402
 
 
@@ -98,6 +101,10 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         for sim in sims:
             sim.url = ws_b  # where it redials
         reconnected = [sim.wait_closed() for sim in sims]
+        recording = None
+        if args.profile:
+            assert b.proc is not None
+            recording = Recording(b.proc.pid, os.path.join(directory, "profile-b.txt"))
         killed = time.monotonic()
         assert a.proc is not None
         a.proc.send_signal(signal.SIGKILL)
@@ -121,6 +128,9 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         await defer.gatherResults(
             [limit.run(lambda d=d: Deferred.fromCoroutine(usable(d))) for d, _ in devices])
         done = time.monotonic() - killed
+        if recording is not None:
+            recording.stop()
+            print(summarise(recording.path, 40))
         print("failover of %d devices (node_timeout %g s), from node A's SIGKILL:"
               % (args.devices, args.node_timeout))
         print("  all reconnected to B  %6.2f s" % connected)
@@ -148,6 +158,8 @@ def main() -> None:
     parser.add_argument("--node-timeout", type=float, default=2.0)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--profile", action="store_true",
+                        help="record node B with py-spy during the failover")
     args = parser.parse_args()
     task.react(lambda reactor: Deferred.fromCoroutine(run(reactor, args)))
 

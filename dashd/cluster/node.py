@@ -362,6 +362,37 @@ class Cluster:
         sent.addCallbacks(delivered, not_sent)
         return d
 
+    def remote_device(self, device_id: str) -> Deferred[Device | None]:
+        """The record of a device held by another node, as its connection
+        there holds it (for calls while the database is away: the
+        connection authenticated the device, and record changes reach it);
+        None if no live node holds it."""
+        holder = self.presence.holder(device_id)
+        if holder is None or holder.node == self.node_id or len(self._calls) >= MAX_REMOTE_CALLS:
+            return succeed(None)
+        call_id = "%s.%d" % (self.node_id, next(self._call_ids))
+        d: Deferred[Any] = Deferred(lambda _: self._forget_call(call_id))
+        timer = self.clock.callLater(CALL_GRACE, self._call_timed_out, call_id, CALL_GRACE)
+        self._calls[call_id] = _RemoteCall(d, timer, holder.node, device_id, "(its record)")
+        sent = self.bus.publish(self.keys.inbox(holder.node), encode(
+            {"t": "rec", "o": self.node_id, "r": call_id, "id": device_id}))
+        sent.addCallbacks(lambda receivers: None if receivers else self._fail_call(
+            call_id, Offline("node %s is not listening" % holder.node)),
+            lambda f: self._fail_call(call_id, Offline(f.getErrorMessage())))
+        d.addCallback(lambda value: device_from(value) if isinstance(value, dict) else None)
+        d.addErrback(lambda f: None if f.check(Offline, TimedOut) else f)
+        return d
+
+    def _serve_record(self, message: dict[str, Any]) -> None:
+        """Another node asks for the record of a device held here."""
+        session = self.local_session(str(message["id"]))
+        reply: dict[str, Any] = {"t": "res", "r": message["r"]}
+        if session is None or session.closing:
+            reply["e"] = to_wire(Offline("device %s is offline" % message["id"]))
+        else:
+            reply["v"] = asdict(session.device)
+        self.bus.publish_nowait(self.keys.inbox(str(message["o"])), encode(reply))
+
     def _forget_call(self, call_id: str) -> None:
         call = self._calls.pop(call_id, None)
         if call is not None and call.timer.active():
@@ -519,6 +550,9 @@ class Cluster:
             return
         if kind == "res":
             self._answered(message)
+            return
+        if kind == "rec":
+            self._serve_record(message)
             return
         if origin == self.node_id:
             return  # our own broadcast: already done here
@@ -828,6 +862,9 @@ class ClusterRouter:
     def call(self, device_id: str, method: str, params: Any, timeout: float,
              announce: bool = False) -> Deferred[Any]:
         return self._cluster.call(device_id, method, params, timeout, announce)
+
+    def remote_device(self, device_id: str) -> Deferred[Device | None]:
+        return self._cluster.remote_device(device_id)
 
     def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:
         self._cluster.desired_changed(device_id, document)
