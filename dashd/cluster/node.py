@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+import redis
 from twisted.application.service import Service
 from twisted.internet.defer import (
     Deferred,
@@ -172,6 +173,8 @@ class Cluster:
         )
         self._scripts = {"attach": ATTACH, "detach": DETACH, "reap": REAP}
         self._script_objects: dict[str, Any] = {}
+        # Presence scripts asked in this reactor turn (see _presence_write).
+        self._presence_batch: list[tuple[str, list[str], list[Any], Deferred[Any]]] = []
 
     def service(self) -> Service:
         return ClusterService(self)
@@ -190,6 +193,45 @@ class Cluster:
             return script(keys=keys, args=args, client=client)
 
         return self.bus.call(run)
+
+    def _presence_write(self, name: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        """Run a presence script (attach, detach) with the others asked in
+        the same reactor turn: one pipeline, one round trip to Redis for
+        all (a node taking over a dead node's thousands of devices made
+        one round trip each, in line with its heartbeat)."""
+        d: Deferred[Any] = Deferred()
+        if not self._presence_batch:
+            self.clock.callLater(0, self._presence_flush)
+        self._presence_batch.append((name, keys, args, d))
+        return d
+
+    def _presence_flush(self) -> None:
+        batch, self._presence_batch = self._presence_batch, []
+        sources = {name: self._scripts[name] for name, _, _, _ in batch}
+
+        def run(client: Any) -> Any:
+            for name, source in sources.items():
+                if name not in self._script_objects:
+                    self._script_objects[name] = client.register_script(source)
+            pipe = client.pipeline(transaction=False)
+            for name, keys, args, _ in batch:
+                self._script_objects[name](keys=keys, args=args, client=pipe)
+            return pipe.execute(raise_on_error=False)
+
+        def ran(results: list[Any]) -> None:
+            for (_, _, _, d), result in zip(batch, results):
+                if isinstance(result, redis.RedisError):
+                    d.errback(BusUnavailable("Redis: %s" % result))
+                elif isinstance(result, Exception):
+                    d.errback(result)
+                else:
+                    d.callback(result)
+
+        def failed(failure: Failure) -> None:
+            for _, _, _, d in batch:
+                d.errback(failure)
+
+        self.bus.call(run).addCallbacks(ran, failed)
 
     def _broadcast(self, message: dict[str, Any]) -> None:
         message["o"] = self.node_id
@@ -210,7 +252,7 @@ class Cluster:
 
     def _claim(self, entry: _Local, mode: str) -> None:
         device_id = entry.session.device_id
-        d = self._script(
+        d = self._presence_write(
             "attach",
             [self.keys.presence, self.keys.devices(self.node_id), self.keys.seq],
             [device_id, self.node_id, entry.conn, repr(entry.since),
@@ -252,7 +294,7 @@ class Cluster:
         if entry is None or entry.session is not session:
             return False
         del self._local[device_id]
-        d = self._script(
+        d = self._presence_write(
             "detach",
             [self.keys.presence, self.keys.devices(self.node_id), self.keys.seq],
             [device_id, entry.conn, self.keys.broadcast, self.node_id],

@@ -736,11 +736,13 @@ class PostgresStore:
             result = None
             if shadow_update is not None:
                 result = self._apply_shadow(cur, device, shadow_update, now)
-            cur.execute("UPDATE devices SET info = %s, last_seen = %s WHERE id = %s",
-                        (json_param(info), now, device_id))
+            # The record as written, in the same round trip.
+            row = _one(cur, "UPDATE devices SET info = %%s, last_seen = %%s WHERE id = %%s"
+                            " RETURNING %s" % _ONE_DEVICE_COLUMNS,
+                       (json_param(info), now, device_id))
             if _firmware(info) != _firmware(device.info):
                 _write_facts(cur, device_id, info, None)
-            return _get_device(cur, device_id), result
+            return _device(cur, row, _shares_column(row[7])), result
 
         return self._run(job, order=device_id, merge=True)
 
@@ -748,11 +750,14 @@ class PostgresStore:
         self, device_id: str, now: float
     ) -> Deferred[tuple[Device, dict[str, Any] | None] | None]:
         def job(cur: Cursor) -> tuple[Device, dict[str, Any] | None] | None:
-            cur.execute("UPDATE devices SET last_seen = %s WHERE id = %s", (now, device_id))
-            device = _get_device(cur, device_id)
-            if device is None:
+            # One round trip (a reconnect storm makes thousands of these).
+            if "\x00" in device_id:
                 return None
-            return device, postgres_records.data_pull(cur, device_id)
+            row = _one(cur, _CONNECTED, (now, device_id))
+            if row is None:
+                return None
+            pull = {"file": row[8][0], "stored": row[8][1]} if row[8] is not None else None
+            return _device(cur, row, _shares_column(row[7])), pull
 
         return self._run(job, order=device_id, merge=True)
 
@@ -1184,6 +1189,11 @@ _Q_DEVICE_COLUMNS = ", ".join("d." + c for c in _DEVICE_COLUMNS.split(", "))
 _ONE_DEVICE_COLUMNS = _DEVICE_COLUMNS + (
     ", (SELECT json_agg(json_build_array(s.account_id, s.scope) ORDER BY s.seq)"
     " FROM device_shares s WHERE s.device_id = devices.id)")
+
+# A device connects: its last_seen, its record and its data pull record.
+_CONNECTED = ("UPDATE devices SET last_seen = %%s WHERE id = %%s RETURNING %s,"
+              " (SELECT json_build_array(p.file, p.stored) FROM data_pulls p"
+              " WHERE p.device_id = devices.id)" % _ONE_DEVICE_COLUMNS)
 
 _NO_SHARES: tuple[tuple[str, ...], dict[str, Any]] = ((), {})
 
