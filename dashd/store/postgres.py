@@ -220,6 +220,7 @@ class PostgresStore:
         # Batches waiting for a store thread, and transactions running.
         self._ready: deque[_Ready] = deque()
         self._running = 0
+        self._pump_soon = False
         self._closing = False
         self._healthy = True
         # While the database is away: why, and the store's own job that
@@ -395,8 +396,20 @@ class PostgresStore:
     def _dispatch(self, batch: list[tuple[Job, Deferred[Any]]], order: str | None,
                   merge: bool = False) -> None:
         """Queue a batch (one order key's jobs, or one job) for a store
-        thread; at most pool_size transactions run at once."""
+        thread; at most pool_size transactions run at once. A short device
+        job (C{merge}) while others run waits for the end of the reactor
+        turn, so that those of the devices handled in the same turn (a
+        reconnect storm) share a transaction."""
         self._ready.append(_Ready(batch, order, merge))
+        if merge and self._running:
+            if not self._pump_soon:
+                self._pump_soon = True
+                self._reactor.callLater(0, self._pump_now)
+            return
+        self._pump()
+
+    def _pump_now(self) -> None:
+        self._pump_soon = False
         self._pump()
 
     def _pump(self) -> None:
