@@ -167,6 +167,9 @@ def build(config: Config, reactor: Any) -> DashdService:
     metrics.registry.register(CounterOf(  # type: ignore[arg-type]
         "dashd_audit_entries_lost", "Audit entries given up (their count is also logged)",
         lambda: audit.lost_total))
+    metrics.registry.register(CounterOf(  # type: ignore[arg-type]
+        "dashd_history_events_lost", "Device history events given up (a database away only "
+        "delays them; their count is also logged)", lambda: history.lost_total))
     metrics.registry.register(AlarmMetrics(alarm_engine, webhooks))  # type: ignore[arg-type]
     readiness = Readiness()
     if cluster is not None:

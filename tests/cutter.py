@@ -23,6 +23,9 @@ class Cutter:
         self._sockets: set[socket.socket] = set()
         self.is_cut = False
         self._closed = False
+        # Cleared while the link is held (see hold).
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True, name="cutter").start()
 
     def url(self, scheme_and_rest: str) -> str:
@@ -41,8 +44,17 @@ class Cutter:
         with self._lock:
             self.is_cut = False
 
+    def hold(self) -> None:
+        """Relay nothing more, either way, until L{release}: the bytes wait
+        (a slow link), the connections stay open."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
     def close(self) -> None:
         self._closed = True
+        self._flowing.set()
         self.cut()
         _close(self._listener)
 
@@ -74,6 +86,7 @@ class Cutter:
                 data = source.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

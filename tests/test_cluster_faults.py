@@ -9,6 +9,7 @@ machine's shared servers.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -265,6 +266,14 @@ async def test_postgresql_away_gives_clear_errors_and_the_cluster_recovers(tmp_p
             assert getattr(e, "code", None) is not None, e
             assert "unreachable" in str(e)
         assert sim.online
+        # B never read the device's record for a call (it answered 503 then):
+        # A, whose connection holds the device, tells it the record.
+        reply = await within(b.post(rpc(device_id, "Sim.Echo"), {"via": "b"}), 10)
+        assert (reply.status, reply.body) == (200, {"via": "b"}), reply
+        # The device's log lines meanwhile wait for the database, in order.
+        outage_started = time.time()
+        for i in range(5):
+            sim.notify("Dash.Log", {"msg": "during the outage %d" % i})
 
         pg.start()
 
@@ -281,6 +290,18 @@ async def test_postgresql_away_gives_clear_errors_and_the_cluster_recovers(tmp_p
         assert "lost" not in view["shadow"]["state"]["reported"]
         reply = await b.get(rpc(device_id, "Sys.GetInfo"))
         assert reply.status == 200
+
+        async def stored_lines() -> Any:
+            reply = await b.post("/api/v2/logs", {"start": 0, "device_id": device_id,
+                                                  "limit": 1000})
+            lines = [e for e in reply.body["events"] if e["name"] == "rpc.out.Log"]
+            return lines if len(lines) == 5 else None
+        lines = await eventually(stored_lines, seconds=10, interval=0.3)
+        assert [e["data"]["msg"] for e in lines] == ["during the outage %d" % i
+                                                     for i in range(5)]
+        assert all(outage_started - 1 < e["timestamp"] < time.time() for e in lines)
+        metrics = (await Client(b_node, None).get("/metrics", key=None)).raw.decode()
+        assert "\ndashd_history_events_lost_total 0.0\n" in metrics
         for node in cluster.nodes:
             log = node.log()
             assert "the database is unreachable" in log and "the database answers again" in log

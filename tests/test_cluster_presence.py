@@ -5,17 +5,27 @@ cluster.node_timeout behind HAProxy as shipped is taken for dead (its
 devices said offline, in their history too), its devices reconnect to the
 other node, and when it wakes it says nothing of the connections it closes
 then (fencing): their history ends "online" and calls to them work.
+
+B's Redis link goes through a proxy held (nothing relayed) from the pause
+until a moment after B wakes: B then sees its connections closed before it
+hears that A took the devices (as a node waking from a long pause may: the
+others' messages arrive later, or over a new subscription). Without the
+fencing (a closed connection said offline at once) B stores and publishes
+"offline" for devices held by A, and this test fails; without the hold, B
+heard of A's connections first and the test passed either way.
 """
 
 from __future__ import annotations
 
 import signal
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_twisted
 
 import backends
 from cluster_support import NODE_TIMEOUT, TestCluster
+from cutter import Cutter
 from haproxy import HAProxy
 from twisted.internet import reactor
 
@@ -46,8 +56,12 @@ async def test_a_paused_node_does_not_say_offline_devices_now_elsewhere(tmp_path
     for node in cluster.nodes:
         agents.append(backends.free_port())
         node.configure({"lb": {"agent_listen": ["tcp:%d:interface=127.0.0.1" % agents[-1]]}})
-    cluster.start()
     a_node, b_node = cluster.nodes
+    redis = urlsplit(backends.REDIS_URL)
+    cutter = Cutter(redis.port or 6379)
+    b_node.configure({"cluster": {"redis_url": redis._replace(
+        netloc="127.0.0.1:%d" % cutter.port).geturl()}})
+    cluster.start()
     lb = HAProxy(str(tmp_path), [(n.port, p) for n, p in zip(cluster.nodes, agents)])
     lb.start()
     lb_url = "ws://127.0.0.1:%d/api/v2/rpc" % lb.port
@@ -77,6 +91,7 @@ async def test_a_paused_node_does_not_say_offline_devices_now_elsewhere(tmp_path
 
         b_node.proc.send_signal(signal.SIGSTOP)
         paused = True
+        cutter.hold()  # what Redis tells B waits (see the module's docstring)
         # A takes B for dead: the devices are offline (said once, by A, and
         # stored), then HAProxy cuts B's connections and they come to A.
         ids = {device_id for device_id, _ in devices}
@@ -92,6 +107,10 @@ async def test_a_paused_node_does_not_say_offline_devices_now_elsewhere(tmp_path
 
         b_node.proc.send_signal(signal.SIGCONT)
         paused = False
+        # B sees its connections closed; Redis' answers reach it 0.6 s later
+        # (within its Redis timeout, cluster.node_timeout / 2).
+        await sleep(0.6)
+        cutter.release()
         # B wakes, finds its connections gone, resyncs; give it the time.
         await sleep(2 * NODE_TIMEOUT + 1)
         for device_id, _ in devices:
@@ -116,6 +135,7 @@ async def test_a_paused_node_does_not_say_offline_devices_now_elsewhere(tmp_path
     finally:
         if paused:
             b_node.proc.send_signal(signal.SIGCONT)
+        cutter.close()
         for sim in sims:
             await sim.stop()
         lb.stop()

@@ -61,14 +61,17 @@ class Devices:
         if device is None:
             try:
                 device = await self._store.get_device(device_id)
-            except StoreUnreachable:
+            except StoreUnreachable as unreachable:
                 # The database is away: a call to a device connected to
                 # another node goes on with the record read last (a change
-                # of its sharing needs the database too).
+                # of its sharing needs the database too), or with the one
+                # its connection holds there.
                 device = self._recent.get(device_id) if live and self.online(device_id) \
                     else None
+                if device is None and live and self.online(device_id):
+                    device = await self._fleet.router.remote_device(device_id)
                 if device is None:
-                    raise
+                    raise unreachable
             else:
                 if live and device is not None:
                     self._recent[device_id] = device

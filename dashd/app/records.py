@@ -51,14 +51,24 @@ class Records:
     async def logs(self, by: ApiKey, device_id: str | None, start: int = 0,
                    limit: int = DEFAULT_LOGS_LIMIT) -> tuple[list[dict[str, Any]], int]:
         """Stored log lines and notifications from offset C{start}; fire
-        with them and the offset of the following page."""
+        with them and the offset of the following page.
+
+        Offsets are the order the events were stored in (so that a reader
+        following with the next offset misses none, those stored late
+        included); a page lists its events in the order they happened
+        (their timestamps, each taken where it happened): events of several
+        nodes, or kept while the database was away, are stored later than
+        they happened."""
         if by.kind == access.RESTRICTED:
             raise Forbidden("restricted keys may not read device logs")
         _check_range("start", start, -MAX_OFFSET, MAX_OFFSET)
         _check_range("limit", limit, 1, MAX_LOGS_LIMIT)
         if device_id is not None:
             await self._devices.visible(by, device_id)
-        return await self._store.query_events(by.account_id, device_id, start, limit)
+        events, following = await self._store.query_events(by.account_id, device_id, start,
+                                                           limit)
+        events.sort(key=lambda e: (e["timestamp"], e["offset"]))
+        return events, following
 
     async def audit(self, by: ApiKey, start: int = 0,
                     limit: int = DEFAULT_AUDIT_LIMIT) -> tuple[list[dict[str, Any]], int]:

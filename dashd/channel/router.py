@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import Attribute, Interface, implementer
 
 from dashd.domain import tokens
@@ -105,6 +105,10 @@ class IRouter(Interface):
     def local_session(device_id):
         """The session holding the device on this node, or None."""
 
+    def remote_device(device_id):
+        """A Deferred firing with the record of the device as the node
+        holding it has it, or None (held nowhere else, or not answering)."""
+
 
 @implementer(IRouter)
 class LocalRouter:
@@ -178,3 +182,6 @@ class LocalRouter:
 
     def local_session(self, device_id: str) -> Any:
         return self._sessions.get(device_id)
+
+    def remote_device(self, device_id: str) -> Deferred[Device | None]:
+        return succeed(None)  # no other node

@@ -52,7 +52,10 @@ L{dashd.domain.errors.to_wire} writes it: ``{"kind", "message", ...}``,
 device's own ``code``, ``TimedOut``, ``Busy``), its answer. A call whose request
 no node receives (PUBLISH counts none) fails at once as offline, one whose
 node dies fails when the node is found dead, and every call has a timer of
-its timeout plus L{dashd.cluster.node.CALL_GRACE}.
+its timeout plus L{dashd.cluster.node.CALL_GRACE}. ``rec`` (``r``, ``id``):
+the record of device ``id`` as NODE's connection holds it (asked while the
+database is away, by a node that never read it), answered by ``res`` with
+``v`` the record.
 
 ``at`` and ``dt`` are published by the presence scripts, see
 L{dashd.cluster.presence}, with the keys they keep.

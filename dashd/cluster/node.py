@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+import redis
 from twisted.application.service import Service
 from twisted.internet.defer import (
     Deferred,
@@ -172,6 +173,8 @@ class Cluster:
         )
         self._scripts = {"attach": ATTACH, "detach": DETACH, "reap": REAP}
         self._script_objects: dict[str, Any] = {}
+        # Presence scripts asked in this reactor turn (see _presence_write).
+        self._presence_batch: list[tuple[str, list[str], list[Any], Deferred[Any]]] = []
 
     def service(self) -> Service:
         return ClusterService(self)
@@ -190,6 +193,45 @@ class Cluster:
             return script(keys=keys, args=args, client=client)
 
         return self.bus.call(run)
+
+    def _presence_write(self, name: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        """Run a presence script (attach, detach) with the others asked in
+        the same reactor turn: one pipeline, one round trip to Redis for
+        all (a node taking over a dead node's thousands of devices made
+        one round trip each, in line with its heartbeat)."""
+        d: Deferred[Any] = Deferred()
+        if not self._presence_batch:
+            self.clock.callLater(0, self._presence_flush)
+        self._presence_batch.append((name, keys, args, d))
+        return d
+
+    def _presence_flush(self) -> None:
+        batch, self._presence_batch = self._presence_batch, []
+        sources = {name: self._scripts[name] for name, _, _, _ in batch}
+
+        def run(client: Any) -> Any:
+            for name, source in sources.items():
+                if name not in self._script_objects:
+                    self._script_objects[name] = client.register_script(source)
+            pipe = client.pipeline(transaction=False)
+            for name, keys, args, _ in batch:
+                self._script_objects[name](keys=keys, args=args, client=pipe)
+            return pipe.execute(raise_on_error=False)
+
+        def ran(results: list[Any]) -> None:
+            for (_, _, _, d), result in zip(batch, results):
+                if isinstance(result, redis.RedisError):
+                    d.errback(BusUnavailable("Redis: %s" % result))
+                elif isinstance(result, Exception):
+                    d.errback(result)
+                else:
+                    d.callback(result)
+
+        def failed(failure: Failure) -> None:
+            for _, _, _, d in batch:
+                d.errback(failure)
+
+        self.bus.call(run).addCallbacks(ran, failed)
 
     def _broadcast(self, message: dict[str, Any]) -> None:
         message["o"] = self.node_id
@@ -210,7 +252,7 @@ class Cluster:
 
     def _claim(self, entry: _Local, mode: str) -> None:
         device_id = entry.session.device_id
-        d = self._script(
+        d = self._presence_write(
             "attach",
             [self.keys.presence, self.keys.devices(self.node_id), self.keys.seq],
             [device_id, self.node_id, entry.conn, repr(entry.since),
@@ -252,7 +294,7 @@ class Cluster:
         if entry is None or entry.session is not session:
             return False
         del self._local[device_id]
-        d = self._script(
+        d = self._presence_write(
             "detach",
             [self.keys.presence, self.keys.devices(self.node_id), self.keys.seq],
             [device_id, entry.conn, self.keys.broadcast, self.node_id],
@@ -361,6 +403,37 @@ class Cluster:
 
         sent.addCallbacks(delivered, not_sent)
         return d
+
+    def remote_device(self, device_id: str) -> Deferred[Device | None]:
+        """The record of a device held by another node, as its connection
+        there holds it (for calls while the database is away: the
+        connection authenticated the device, and record changes reach it);
+        None if no live node holds it."""
+        holder = self.presence.holder(device_id)
+        if holder is None or holder.node == self.node_id or len(self._calls) >= MAX_REMOTE_CALLS:
+            return succeed(None)
+        call_id = "%s.%d" % (self.node_id, next(self._call_ids))
+        d: Deferred[Any] = Deferred(lambda _: self._forget_call(call_id))
+        timer = self.clock.callLater(CALL_GRACE, self._call_timed_out, call_id, CALL_GRACE)
+        self._calls[call_id] = _RemoteCall(d, timer, holder.node, device_id, "(its record)")
+        sent = self.bus.publish(self.keys.inbox(holder.node), encode(
+            {"t": "rec", "o": self.node_id, "r": call_id, "id": device_id}))
+        sent.addCallbacks(lambda receivers: None if receivers else self._fail_call(
+            call_id, Offline("node %s is not listening" % holder.node)),
+            lambda f: self._fail_call(call_id, Offline(f.getErrorMessage())))
+        d.addCallback(lambda value: device_from(value) if isinstance(value, dict) else None)
+        d.addErrback(lambda f: None if f.check(Offline, TimedOut) else f)
+        return d
+
+    def _serve_record(self, message: dict[str, Any]) -> None:
+        """Another node asks for the record of a device held here."""
+        session = self.local_session(str(message["id"]))
+        reply: dict[str, Any] = {"t": "res", "r": message["r"]}
+        if session is None or session.closing:
+            reply["e"] = to_wire(Offline("device %s is offline" % message["id"]))
+        else:
+            reply["v"] = asdict(session.device)
+        self.bus.publish_nowait(self.keys.inbox(str(message["o"])), encode(reply))
 
     def _forget_call(self, call_id: str) -> None:
         call = self._calls.pop(call_id, None)
@@ -519,6 +592,9 @@ class Cluster:
             return
         if kind == "res":
             self._answered(message)
+            return
+        if kind == "rec":
+            self._serve_record(message)
             return
         if origin == self.node_id:
             return  # our own broadcast: already done here
@@ -828,6 +904,9 @@ class ClusterRouter:
     def call(self, device_id: str, method: str, params: Any, timeout: float,
              announce: bool = False) -> Deferred[Any]:
         return self._cluster.call(device_id, method, params, timeout, announce)
+
+    def remote_device(self, device_id: str) -> Deferred[Device | None]:
+        return self._cluster.remote_device(device_id)
 
     def desired_changed(self, device_id: str, document: dict[str, Any]) -> None:
         self._cluster.desired_changed(device_id, document)

@@ -31,6 +31,7 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_store_queue_depth`` | gauge | store jobs waiting for the writer thread |
 | ``dashd_http_requests_total{code}`` | counter | REST requests answered, by status |
 | ``dashd_audit_entries_lost_total`` | counter | audit entries given up (L{dashd.app.audit}: a database away only delays them) |
+| ``dashd_history_events_lost_total`` | counter | device history events (``POST /logs``) given up (L{dashd.app.history}: a database away only delays them, up to its bounds) |
 | ``dashd_gc_full_collection_seconds`` | histogram | full collections of Python's cycle collector: each walks every object dashd holds while the reactor stands still, the longest pauses a large fleet sees (docs/performance.md) |
 | ``dashd_reactor_lag_seconds`` | histogram | how much later than asked a timer run every 50 ms ran: each is how long the reactor stood still (L{dashd.ops.stallprobe}) |
 | ``dashd_reactor_lag_max_seconds`` | gauge | the longest the reactor stood still since dashd started |

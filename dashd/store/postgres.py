@@ -220,6 +220,7 @@ class PostgresStore:
         # Batches waiting for a store thread, and transactions running.
         self._ready: deque[_Ready] = deque()
         self._running = 0
+        self._pump_soon = False
         self._closing = False
         self._healthy = True
         # While the database is away: why, and the store's own job that
@@ -395,8 +396,20 @@ class PostgresStore:
     def _dispatch(self, batch: list[tuple[Job, Deferred[Any]]], order: str | None,
                   merge: bool = False) -> None:
         """Queue a batch (one order key's jobs, or one job) for a store
-        thread; at most pool_size transactions run at once."""
+        thread; at most pool_size transactions run at once. A short device
+        job (C{merge}) while others run waits for the end of the reactor
+        turn, so that those of the devices handled in the same turn (a
+        reconnect storm) share a transaction."""
         self._ready.append(_Ready(batch, order, merge))
+        if merge and self._running:
+            if not self._pump_soon:
+                self._pump_soon = True
+                self._reactor.callLater(0, self._pump_now)
+            return
+        self._pump()
+
+    def _pump_now(self) -> None:
+        self._pump_soon = False
         self._pump()
 
     def _pump(self) -> None:
@@ -736,11 +749,13 @@ class PostgresStore:
             result = None
             if shadow_update is not None:
                 result = self._apply_shadow(cur, device, shadow_update, now)
-            cur.execute("UPDATE devices SET info = %s, last_seen = %s WHERE id = %s",
-                        (json_param(info), now, device_id))
+            # The record as written, in the same round trip.
+            row = _one(cur, "UPDATE devices SET info = %%s, last_seen = %%s WHERE id = %%s"
+                            " RETURNING %s" % _ONE_DEVICE_COLUMNS,
+                       (json_param(info), now, device_id))
             if _firmware(info) != _firmware(device.info):
                 _write_facts(cur, device_id, info, None)
-            return _get_device(cur, device_id), result
+            return _device(cur, row, _shares_column(row[7])), result
 
         return self._run(job, order=device_id, merge=True)
 
@@ -748,11 +763,14 @@ class PostgresStore:
         self, device_id: str, now: float
     ) -> Deferred[tuple[Device, dict[str, Any] | None] | None]:
         def job(cur: Cursor) -> tuple[Device, dict[str, Any] | None] | None:
-            cur.execute("UPDATE devices SET last_seen = %s WHERE id = %s", (now, device_id))
-            device = _get_device(cur, device_id)
-            if device is None:
+            # One round trip (a reconnect storm makes thousands of these).
+            if "\x00" in device_id:
                 return None
-            return device, postgres_records.data_pull(cur, device_id)
+            row = _one(cur, _CONNECTED, (now, device_id))
+            if row is None:
+                return None
+            pull = {"file": row[8][0], "stored": row[8][1]} if row[8] is not None else None
+            return _device(cur, row, _shares_column(row[7])), pull
 
         return self._run(job, order=device_id, merge=True)
 
@@ -1189,6 +1207,11 @@ _Q_DEVICE_COLUMNS = ", ".join("d." + c for c in _DEVICE_COLUMNS.split(", "))
 _ONE_DEVICE_COLUMNS = _DEVICE_COLUMNS + (
     ", (SELECT json_agg(json_build_array(s.account_id, s.scope) ORDER BY s.seq)"
     " FROM device_shares s WHERE s.device_id = devices.id)")
+
+# A device connects: its last_seen, its record and its data pull record.
+_CONNECTED = ("UPDATE devices SET last_seen = %%s WHERE id = %%s RETURNING %s,"
+              " (SELECT json_build_array(p.file, p.stored) FROM data_pulls p"
+              " WHERE p.device_id = devices.id)" % _ONE_DEVICE_COLUMNS)
 
 _NO_SHARES: tuple[tuple[str, ...], dict[str, Any]] = ((), {})
 
