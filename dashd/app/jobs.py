@@ -41,8 +41,12 @@ the next driver, which gives the same shadow.
 
 Cancel: executions not sent yet are ``cancelled`` (their queued calls
 too); those in progress were sent and are not recalled (an RPC cannot be
-taken back): they finish, and their result is recorded. Pause stops
-sending; those in progress finish likewise.
+taken back): they finish, and their result is recorded. Cancel with
+force also cancels those in progress (their later ends are not recorded:
+the store follows only executions in progress) and stops the firmware
+transfers under way (L{dashd.app.firmware.OtaManager.stop_job}, on every
+node: the job.state event says ``force``). Pause stops sending; those in
+progress finish likewise.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from dashd.domain.errors import (Conflict, DomainError, Forbidden, Invalid, NotF
                                  TooLarge)
 from dashd.domain.events import Event
 from dashd.domain.model import ApiKey
+from dashd.store.jobs_sql import JobStore
 
 log = Logger()
 
@@ -109,6 +114,7 @@ class Jobs:
         self._fleet = fleet
         self.library = library
         self._store = fleet.store
+        self._more = JobStore(fleet.store)
         self._devices = devices
         self._config = fleet.config
         # The runner of this node, woken when a job changes (set by the builder).
@@ -311,15 +317,42 @@ class Jobs:
                 self._fleet.publish(device, "call.status", c.view(call))
         return after
 
-    async def cancel(self, by: ApiKey, job_id: str) -> dict[str, Any]:
+    async def cancel(self, by: ApiKey, job_id: str, force: bool = False) -> dict[str, Any]:
         job = await self.get(by, job_id)
         self._control(by, job, "cancel jobs")
+        if force:
+            return await self._force_cancel(by, job)
         after = await self.end(job, j.CANCELLED, {"message": "cancelled by key %s" % by.id})
         if after is None:
             latest = await self._store.get_job(job_id)
             raise Conflict("job %s has ended (%s): there is nothing to cancel"
                            % (job_id, (latest or job)["state"]))
         log.info("job {id} cancelled by {by}", id=job_id, by=by.id)
+        return await self.state_changed(after)
+
+    async def _force_cancel(self, by: ApiKey, job: dict[str, Any]) -> dict[str, Any]:
+        """Cancel with force (see L{jobs_sql.force_cancel}); then stop what
+        can be stopped: a firmware transfer under way (on whichever node
+        drives it: the others hear of it from the job.state event)."""
+        now = self._fleet.now()
+        reason = {"message": "cancelled by key %s" % by.id, "force": True}
+        after, calls, stopped = await self._more.force_cancel_job(job["id"], now, reason)
+        if after is None:
+            raise NotFound("no such job: %s" % job["id"])
+        if not after["changed"] and not stopped:
+            raise Conflict("job %s has ended (%s) and has nothing in progress: there is "
+                           "nothing to cancel" % (job["id"], after["state"]))
+        for call in calls:
+            device = await self._store.get_device(call.device_id)
+            if device is not None:
+                self._fleet.publish(device, "call.status", c.view(call))
+        if stopped and after["kind"] == "firmware" and self.library is not None:
+            self.library.stop_job_updates(job["id"], "the job was cancelled with force")
+        log.info("job {id} cancelled with force by {by}: {n} executions in progress "
+                 "cancelled", id=job["id"], by=by.id, n=len(stopped))
+        if not after["changed"]:
+            # Already ended: tell the nodes (a transfer to stop) all the same.
+            after = dict(after, reason=dict(after.get("reason") or {}, force=True))
         return await self.state_changed(after)
 
     async def retry(self, by: ApiKey, job_id: str) -> dict[str, Any]:
@@ -501,6 +534,7 @@ class JobRunner:
                     self.ended[state] = self.ended.get(state, 0) + grown
             driven.counts = counts
             self._jobs.publish(job, "job.progress", {"id": job["id"], "state": job["state"],
+                                                     "key_id": job["key_id"],
                                                      "progress": j.progress(counts)})
         if job["state"] in j.ENDED and not counts.get(j.IN_PROGRESS) \
                 and await self._store.jobs_in_flight(job_id) == 0:
@@ -714,7 +748,8 @@ class JobRunner:
                 key, device_id, action["firmware"], pull=action["mode"] == "pull",
                 auto_commit=action["auto_commit"],
                 commit_timeout=action.get("commit_timeout",
-                                          self._config["ota.commit_timeout"]))
+                                          self._config["ota.commit_timeout"]),
+                job_id=job["id"])
         except DomainError as e:
             code = next((n for kind, n in _CODES if isinstance(e, kind)), 503)
             await self._store.finish_job_ref(job["id"], device_id, None, j.FAILED, now, None,

@@ -190,7 +190,8 @@ class FirmwareLibrary:
         return path
 
     async def update_device(self, by: ApiKey, device_id: str, firmware_id: str, pull: bool,
-                            auto_commit: bool, commit_timeout: int) -> dict[str, Any]:
+                            auto_commit: bool, commit_timeout: int,
+                            job_id: str | None = None) -> dict[str, Any]:
         """Send image C{firmware_id} to the device (as C{POST
         /devices/:id/ota} sends an upload); fire with the update's status."""
         device = await self._firmware.prepare(by, device_id)
@@ -207,10 +208,15 @@ class FirmwareLibrary:
             return self._ota.start_update(
                 device, path, image["size"], image["name"], image["kind"], image["manifest"],
                 pull_base_url=pull_base_url, auto_commit=auto_commit,
-                commit_timeout=commit_timeout)
+                commit_timeout=commit_timeout, job_id=job_id)
         except BaseException:
             _delete(path)
             raise
+
+    def stop_job_updates(self, job_id: str, reason: str) -> int:
+        """Stop the transfers of job C{job_id} under way here (see
+        L{OtaManager.stop_job}); return how many."""
+        return self._ota.stop_job(job_id, reason)
 
     def sweep(self) -> Any:
         """Delete what uploads cut off by a restart left in the store."""

@@ -411,6 +411,40 @@ def cancel(db: Db, job_id: str, now: float, state: str = j.CANCELLED,
     return job, cancelled
 
 
+def force_cancel(db: Db, job_id: str, now: float, reason: Any = None
+                 ) -> tuple[dict[str, Any] | None, list[Call], list[dict[str, Any]]]:
+    """Cancel with force: end the job if it is live (cancelled, with
+    C{reason}), cancel what was not sent, and mark ``cancelled`` every
+    execution in progress too (or sent, its end not seen yet): from then
+    on nothing the device reports for it is recorded (its call, its
+    firmware update's status). Allowed on a job that has ended with
+    executions still in progress. Fire with the job (``changed``: it
+    ended now), the queued calls cancelled and the executions cancelled in
+    progress (as they were: ``call_id`` says what was under way)."""
+    job, cancelled = cancel(db, job_id, now, j.CANCELLED, reason)
+    if job is None:
+        return None, [], []
+    rows = db.all("SELECT %s FROM job_executions WHERE job_id = ? AND (state = 'in_progress'"
+                  " OR dispatched = 1)%s" % (_EXEC, db.lock), (job_id,))
+    stopped = []
+    for row in rows:
+        e = _execution(db, row)
+        before = dict(e)
+        if e.get("call_id") and e.get("dispatched") and job["kind"] == "rpc":
+            call = calls_sql.cancel(db, e["call_id"], now)
+            if call is not None and call.state == c.CANCELLED:
+                cancelled.append(call)  # not sent after all
+        e.pop("result", None)
+        e.pop("error", None)
+        e.update(state=j.CANCELLED, dispatched=False,
+                 reason="cancelled in progress (force): what the device reports for it "
+                        "is not recorded")
+        e["times"][j.CANCELLED] = now
+        _write_exec(db, job_id, e, now)
+        stopped.append(before)
+    return job, cancelled, stopped
+
+
 def retry_failed(db: Db, job_id: str, now: float) -> tuple[dict[str, Any] | None, int]:
     """Queue the failed and timed-out executions again (the job runs again
     if it had ended); fire with the job and how many."""
@@ -505,3 +539,17 @@ def expire_queued(db: Db, job_id: str, phase: int | None, before: float,
                                     "queued timeout"}, 0)
         _write_exec(db, job_id, e, now)
     return len(rows)
+
+
+class JobStore:
+    """The jobs above added since the store's own job methods, on a store
+    with C{alarms_job} (which runs any C{job(db, *args)} in a transaction)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def _run(self, job: Any, *args: Any, read: bool = False) -> Any:
+        return self._store.alarms_job(job, *args, read=read)
+
+    def force_cancel_job(self, job_id: str, now: float, reason: Any = None) -> Any:
+        return self._run(force_cancel, job_id, now, reason)
