@@ -34,6 +34,7 @@ from dashd.app.history import History
 from dashd.app.jobs import JobRunner
 from dashd.app.limits import FailureLimiter, TokenBucket
 from dashd.app.retention import DataRetention
+from dashd.store.jobs_sql import JobStore
 from dashd.app.tickets import ITicketStore, LocalTickets
 from dashd.app.webhooks import WebhookDispatcher
 from dashd.channel.hub import IHub, LocalHub
@@ -243,6 +244,8 @@ def build(config: Config, reactor: Any) -> DashdService:
                       store.prune_audit, "audit entries"),
         DataRetention(store, reactor, config["calls.retention_days"],
                       store.prune_calls, "ended queued calls"),
+        DataRetention(store, reactor, config["jobs.retention_days"],
+                      JobStore(store).prune_jobs, "jobs ended and their executions"),
     ):
         pruner = TimerService(PRUNE_INTERVAL, retention.tick)
         pruner.clock = reactor

@@ -541,6 +541,27 @@ def expire_queued(db: Db, job_id: str, phase: int | None, before: float,
     return len(rows)
 
 
+def prune(db: Db, before: float, batch: int) -> int:
+    """Delete up to C{batch} executions of the jobs that ended before
+    C{before} (none of whose calls is still out), and those jobs once
+    they have none left; fire with how many rows (executions and jobs)."""
+    rows = db.all("SELECT id FROM jobs WHERE state IN ('completed', 'cancelled', 'aborted')"
+                  " AND finished < ? AND NOT EXISTS (SELECT 1 FROM job_executions e WHERE"
+                  " e.job_id = jobs.id AND e.dispatched = 1) ORDER BY finished LIMIT 100",
+                  (before,))
+    deleted = 0
+    for (job_id,) in rows:
+        if deleted >= batch:
+            break
+        cur = db.execute("DELETE FROM job_executions WHERE job_id = ? AND seq IN (SELECT seq"
+                         " FROM job_executions WHERE job_id = ? ORDER BY seq LIMIT ?)",
+                         (job_id, job_id, batch - deleted))
+        deleted += int(cur.rowcount)
+        if deleted < batch:
+            deleted += int(db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount)
+    return deleted
+
+
 class JobStore:
     """The jobs above added since the store's own job methods, on a store
     with C{alarms_job} (which runs any C{job(db, *args)} in a transaction)."""
@@ -553,3 +574,6 @@ class JobStore:
 
     def force_cancel_job(self, job_id: str, now: float, reason: Any = None) -> Any:
         return self._run(force_cancel, job_id, now, reason)
+
+    def prune_jobs(self, before: float, batch: int = 10000) -> Any:
+        return self._run(prune, before, batch)
