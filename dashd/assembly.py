@@ -260,6 +260,11 @@ def build(config: Config, reactor: Any) -> DashdService:
     HangupService(reactor).setServiceParent(service)
     # Fleet jobs: each node steps those whose lease it holds (or takes).
     job_runner = JobRunner(fleet, application.jobs, application.devices, audit.record)
+    # Devices that come to match continuous targets join as events say so.
+    fleet.event_observers.append(job_runner.device_event)
+    fleet.info_observers.append(job_runner.device_info)
+    if cluster is not None:
+        cluster.hub.remote_observers.append(job_runner.remote_event)
     JobService(job_runner, config["jobs.interval"], reactor).setServiceParent(service)
     metrics.registry.register(JobCollector(job_runner))  # type: ignore[arg-type]
     # Library uploads a restart cut off (the image is never listed).

@@ -444,13 +444,17 @@ async def test_a_continuous_job_takes_devices_that_match_later(server: DashdProc
                                           "continuous": True},
             "action": {"type": "shadow", "tags": {"seen": True}}})
         assert job["target"]["continuous"] is True
+        # Joins as its change is heard of: not at a poll of the whole query
+        # (which came every 10 s).
         late = await tagged(admin, "cont1", 1)
+        other = await tagged(admin, "cont1-not", 1)
 
         async def both():
             found = await executions(admin, job["id"], "succeeded")
             return found if len(found) == 2 else None
 
-        found = await eventually(both, 20)
+        found = await eventually(both, 6)
+        assert other[0][0] not in await executions(admin, job["id"])
         assert set(found) == {ids[0], late[0][0]}
         assert (await admin.device(late[0][0]))["shadow"]["tags"]["seen"] is True
         # It runs until cancelled.

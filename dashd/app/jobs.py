@@ -6,9 +6,12 @@ Creating a job checks its whole spec and resolves its target before
 anything is stored: a device the key may not see is ``skipped`` (``not
 found``), one it may not act on (the method, the shadow keys, per the
 key's kind, scope and the device's sharing) ``skipped`` (``forbidden:
-WHY``): neither is ever touched. A continuous target is resolved again
-every L{REFRESH} seconds while the job runs; devices that match later join
-(with the same checks).
+WHY``): neither is ever touched. A continuous target is resolved whole
+when a node starts driving the job (and every L{REFRESH} seconds as a
+backstop); meanwhile the devices that events say changed (L{JOINING}: on
+any node, the cluster's hub relays them; and the info a device gives the
+node holding it) are looked at, only those, at the next step: those that
+match now join (with the same checks).
 
 Driving. Every ``jobs.interval`` each node steps the jobs that need it,
 each job by one node at a time: the one holding its lease in the store
@@ -70,8 +73,15 @@ from dashd.store.jobs_sql import JobStore
 
 log = Logger()
 
-# Seconds between two resolutions of a continuous target.
-REFRESH = 10.0
+# Seconds between two full resolutions of a continuous target (a backstop:
+# devices join as events say they changed, see JobRunner.device_event).
+REFRESH = 600.0
+# The events after which a device may have come to match a continuous
+# target: it is looked at (alone) at the next step.
+JOINING = ("device.created", "device.updated", "online", "shadow.update")
+# Devices a continuous job keeps to look at before its next step; more, and
+# the next step resolves the whole target instead.
+MAX_CANDIDATES = 10000
 # Executions sent in one step of one job at most (one store transaction).
 MAX_STEP = 5000
 # Calls queued in one store transaction.
@@ -173,6 +183,25 @@ class Jobs:
                 continue
             why = check_device(key, device, spec)
             out.append((device_id, j.SKIPPED if why else j.QUEUED, why))
+        return out
+
+    async def resolve_some(self, key: ApiKey, spec: dict[str, Any], device_ids: set[str]
+                           ) -> list[tuple[str, str, str | None]]:
+        """The executions of a query target's devices among C{device_ids}
+        (the devices that may have come to match): one store query over
+        those devices only."""
+        selection = self._devices.selection(key, spec["target"]["where"] or None)
+        ids = sorted(device_ids)
+        if selection.devices is not None:  # a restricted key's scope
+            ids = [d for d in ids if d in selection.devices]
+        if not ids:
+            return []
+        found = await self._store.select_devices(replace(selection, devices=tuple(ids),
+                                                         limit=None))
+        out: list[tuple[str, str, str | None]] = []
+        for device in found:
+            why = check_device(key, device, spec)
+            out.append((device.id, j.SKIPPED if why else j.QUEUED, why))
         return out
 
     # Use cases
@@ -407,6 +436,13 @@ class _Driven:
         self.last = now
         self.refreshed = now
         self.counts: dict[str, int] | None = None
+        # A continuous target: its devices (None: resolve it whole at the
+        # next step), the devices to look at, and whether there were more
+        # than MAX_CANDIDATES.
+        self.continuous = False
+        self.members: set[str] | None = None
+        self.candidates: set[str] = set()
+        self.overflow = False
 
 
 class JobRunner:
@@ -448,6 +484,31 @@ class JobRunner:
             for state, n in (driven.counts or {}).items():
                 out[state] = out.get(state, 0) + n
         return out
+
+    # Devices that may join continuous targets
+
+    def device_event(self, event: Any) -> None:
+        """A fleet event observer (and a cluster hub remote observer, with
+        the node): a device that changed may match a continuous target."""
+        if event.name in JOINING:
+            self._candidate(event.device_id)
+
+    def remote_event(self, event: Any, node: str) -> None:
+        self.device_event(event)
+
+    def device_info(self, device: Any, info: Any) -> None:
+        """A fleet info observer: what a device says of itself changed."""
+        self._candidate(device.id)
+
+    def _candidate(self, device_id: str) -> None:
+        for driven in self._driven.values():
+            if not driven.continuous or (driven.members is not None
+                                         and device_id in driven.members):
+                continue
+            if len(driven.candidates) >= MAX_CANDIDATES:
+                driven.overflow = True
+            else:
+                driven.candidates.add(device_id)
 
     # The steps
 
@@ -555,14 +616,33 @@ class JobRunner:
         fired = j.rule_fired(spec, counts)
         if fired is not None:
             return await self._end(job, j.ABORTED, fired)
-        if spec["target"].get("continuous") and now - driven.refreshed >= REFRESH:
-            driven.refreshed = now
-            have = {e["device_id"] for e in await self._all_executions(job_id)}
+        if spec["target"].get("continuous"):
+            driven.continuous = True
+            joined = []
             try:
-                joined = await self._jobs.resolve(key, spec, skip=have)
+                if driven.members is None or driven.overflow \
+                        or now - driven.refreshed >= REFRESH:
+                    # Whole: taken over, too many changed, or the backstop.
+                    driven.refreshed = now
+                    driven.candidates, driven.overflow = set(), False
+                    have = {e["device_id"] for e in await self._all_executions(job_id)}
+                    driven.members = have
+                    joined = await self._jobs.resolve(key, spec, skip=have)
+                elif driven.candidates:
+                    # Only the devices that changed since the last step.
+                    look, driven.candidates = driven.candidates, set()
+                    joined = await self._jobs.resolve_some(key, spec,
+                                                           look - driven.members)
+                    room = self._config["jobs.max_devices"] - len(driven.members)
+                    if len(joined) > room:
+                        log.info("job {id}: its target selects more than {most} devices "
+                                 "(jobs.max_devices): no more join", id=job_id,
+                                 most=self._config["jobs.max_devices"])
+                        joined = joined[:max(0, room)]
             except Invalid as e:
-                joined = []
                 log.info("job {id}: its target: {error}", id=job_id, error=e.message)
+            if driven.members is not None:
+                driven.members.update(e[0] for e in joined)
             if joined:
                 # Those that join later are in the last phase.
                 last = max(0, len(spec.get("phases") or ()) - 1)

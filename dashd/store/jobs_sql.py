@@ -77,13 +77,18 @@ def add(db: Db, job_id: str, executions: list[tuple[Any, ...]], now: float) -> i
     many were added."""
     (top,) = db.one("SELECT coalesce(max(seq), 0) FROM job_executions WHERE job_id = ?",
                     (job_id,))
+    # A few (devices that joined a continuous target): each looked up by
+    # the key; many: the job's devices read once.
+    few = len(executions) <= 1000
     have = {r[0] for r in db.all("SELECT device_id FROM job_executions WHERE job_id = ?",
-                                 (job_id,))} if top else set()
+                                 (job_id,))} if top and not few else set()
     added = 0
     for execution in executions:
         device_id, state, reason = execution[:3]
         phase = execution[3] if len(execution) > 3 else 0
-        if device_id in have:
+        if device_id in have or (top and few and db.one(
+                "SELECT 1 FROM job_executions WHERE job_id = ? AND device_id = ?",
+                (job_id, device_id)) is not None):
             continue
         have.add(device_id)
         top += 1
