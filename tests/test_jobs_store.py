@@ -64,3 +64,42 @@ async def test_jobs_ended_long_ago_are_deleted_in_batches(stores):  # noqa: F811
     assert await retention.run() == 3
     assert await store.get_job(out) is None
     assert await store.get_job(recent) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_firmware_execution_starts_only_under_the_lease_it_was_taken_with(
+        stores):  # noqa: F811
+    store, other = stores
+    mine, theirs = JobStore(store), JobStore(other)
+    device = await _device(store)
+    job_id = await _job(store, device, 3, None)
+    a, b, c = ("%s-%d" % (device.id, i) for i in range(3))
+    token = await mine.lease_job(job_id, "n1", 10.0, 20.0)
+    assert token is not None
+    assert await mine.lease_job(job_id, "n1", 15.0, 25.0) == token  # renewed: same epoch
+    assert await theirs.lease_job(job_id, "n2", 16.0, 26.0) is None  # held
+    started = await mine.start_job_executions(job_id, "n1", token, 17.0, [a])
+    assert [d for d, _ in started] == [a]
+    ((_, ref),) = started
+    (e,) = [x for x in await store.job_executions(job_id, None, 10, None) if x["device_id"] == a]
+    assert (e["state"], e["call_id"], e["dispatched"], e["attempts"]) == (
+        "in_progress", ref, True, 1)
+    # n1 stalls; its lease lapses and n2 takes the job over: a new epoch.
+    taken = await theirs.lease_job(job_id, "n2", 30.0, 40.0)
+    assert taken is not None and taken != token
+    # n1, back, can start nothing under its old token (nor a lapsed lease).
+    assert await mine.start_job_executions(job_id, "n1", token, 31.0, [b]) == []
+    assert await mine.start_job_executions(job_id, "n2", taken, 41.0, [b]) == []
+    assert [d for d, _ in await theirs.start_job_executions(job_id, "n2", taken, 32.0,
+                                                            [b, a])] == [b]
+    # n1 taking the lease back after n2 is also a new epoch.
+    again = await mine.lease_job(job_id, "n1", 50.0, 60.0)
+    assert again not in (None, token, taken)
+    # An update recorded but never started is put back once (its attempt undone).
+    assert not await mine.requeue_unstarted(job_id, a, "o-other", 51.0)
+    assert await mine.requeue_unstarted(job_id, a, ref, 51.0)
+    assert not await mine.requeue_unstarted(job_id, a, ref, 52.0)
+    (e,) = [x for x in await store.job_executions(job_id, None, 10, None) if x["device_id"] == a]
+    assert (e["state"], e["dispatched"], e["attempts"]) == ("queued", False, 0)
+    assert "dispatched" not in e["times"]
+    assert c not in [d for d, _ in started]

@@ -414,6 +414,7 @@ class OtaManager:
         auto_commit: bool,
         commit_timeout: int,
         job_id: str | None = None,
+        update_id: str | None = None,
     ) -> dict[str, Any]:
         """
         Start sending the file at C{path} (which the manager now owns) to
@@ -432,7 +433,7 @@ class OtaManager:
         now = self.fleet.now()
         pull = pull_base_url is not None
         status: dict[str, Any] = {
-            "id": tokens.new_id("o"),
+            "id": update_id or tokens.new_id("o"),
             "device_id": device.id,
             "mode": "pull" if pull else "push",
             "state": "downloading" if pull else "uploading",

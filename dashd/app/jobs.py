@@ -436,6 +436,9 @@ class _Driven:
         self.last = now
         self.refreshed = now
         self.counts: dict[str, int] | None = None
+        # The lease: its token (epoch) and until when it holds.
+        self.token = 0
+        self.until = now
         # A continuous target: its devices (None: resolve it whole at the
         # next step), the devices to look at, and whether there were more
         # than MAX_CANDIDATES.
@@ -458,6 +461,9 @@ class JobRunner:
         self._audit = audit
         self._router = fleet.router
         self._driven: dict[str, _Driven] = {}
+        self._more = JobStore(fleet.store)
+        # The firmware updates this node is starting (their IDs).
+        self._starting: set[str] = set()
         self._library = jobs.library
         self._ticking = False
         self._again = False
@@ -558,16 +564,20 @@ class JobRunner:
     async def _step(self, job_id: str) -> None:
         now = self._fleet.now()
         node = self._router.node_id
-        if not await self._store.lease_job(job_id, node, now,
-                                           now + self._config["jobs.lease_timeout"]):
+        until = now + self._config["jobs.lease_timeout"]
+        token = await self._more.lease_job(job_id, node, now, until)
+        if token is None:
             self._driven.pop(job_id, None)
             return
         driven = self._driven.get(job_id)
-        if driven is None:
-            # Taken over (or first seen): a shadow change cut off is applied again.
+        if driven is None or driven.token != token:
+            # Taken over (or first seen, or its lease had lapsed): a shadow
+            # change cut off is applied again.
             driven = self._driven[job_id] = _Driven(now)
+            driven.token = token
             log.info("job {id}: driven by this node ({node})", id=job_id, node=node)
             await self._store.requeue_job_executions(job_id, now)
+        driven.until = until
         job = await self._store.get_job(job_id)
         if job is None:
             self._driven.pop(job_id, None)
@@ -670,7 +680,7 @@ class JobRunner:
             room = min(room, int(driven.tokens))
         driven.last = now
         if room > 0 and counts.get(j.QUEUED, 0) > 0:
-            sent = await self._send(job, key, room, now, phase)
+            sent = await self._send(job, key, room, now, phase, driven)
             if rate is not None:
                 driven.tokens -= sent
         if not spec["target"].get("continuous"):
@@ -714,7 +724,7 @@ class JobRunner:
         return after
 
     async def _send(self, job: dict[str, Any], key: ApiKey, room: int, now: float,
-                    phase: int | None) -> int:
+                    phase: int | None, driven: _Driven) -> int:
         config = self._config
         if job["kind"] == "rpc":
             # In batches, each its own transaction: other writers get their
@@ -735,14 +745,20 @@ class JobRunner:
             # Only to devices online now: the others wait (their queued timeout).
             waiting = await self._store.queued_job_devices(job["id"], room * 4 + 16, phase)
             online = [d for d in waiting if self._router.is_online(d)][:room]
-            taken = await self._store.take_job_executions(job["id"], room, now, phase, online)
+            if not self._fresh(driven):
+                return 0
+            # Fenced: only while this node holds the lease (its token), and
+            # each update's ID is recorded before it starts.
+            started = await self._more.start_job_executions(
+                job["id"], self._router.node_id, driven.token, now, online)
+            self._starting.update(ref for _, ref in started)
             results = await DeferredList(
-                [ensureDeferred(self._update(job, key, device_id)) for device_id in taken],
-                consumeErrors=True)
+                [ensureDeferred(self._update(job, key, device_id, ref, driven))
+                 for device_id, ref in started], consumeErrors=True)
             for ok, failure in results:
                 if not ok:
                     log.failure("job {id}: starting a firmware update", failure, id=job["id"])
-            return len(taken)
+            return len(started)
         taken = await self._store.take_job_executions(job["id"], room, now, phase)
         body = _shadow_body(job["spec"]["action"])
         results = await DeferredList([ensureDeferred(self._apply(job, key, device_id, body))
@@ -818,9 +834,24 @@ class JobRunner:
             job = dict(job, stage=stage)
         return job, number
 
-    async def _update(self, job: dict[str, Any], key: ApiKey, device_id: str) -> None:
-        """Start the firmware update of one device; record its ID on the
-        execution, which then follows its status."""
+    def _fresh(self, driven: _Driven) -> bool:
+        """This node still holds the job's lease, with a margin: another
+        node may take it over only once it has lapsed."""
+        margin = min(2.0, self._config["jobs.lease_timeout"] / 4)
+        return self._fleet.now() < driven.until - margin
+
+    async def _update(self, job: dict[str, Any], key: ApiKey, device_id: str, ref: str,
+                      driven: _Driven) -> None:
+        """Start the firmware update C{ref} of one device (recorded on its
+        execution, which follows its status), unless the node lost the
+        lease meanwhile (then whichever node drives next puts it back)."""
+        try:
+            await self._start_update(job, key, device_id, ref, driven)
+        finally:
+            self._starting.discard(ref)
+
+    async def _start_update(self, job: dict[str, Any], key: ApiKey, device_id: str,
+                            ref: str, driven: _Driven) -> None:
         action = job["spec"]["action"]
         now = self._fleet.now()
         try:
@@ -829,26 +860,42 @@ class JobRunner:
                 auto_commit=action["auto_commit"],
                 commit_timeout=action.get("commit_timeout",
                                           self._config["ota.commit_timeout"]),
-                job_id=job["id"])
+                job_id=job["id"], update_id=ref, fence=lambda: self._fresh(driven))
         except DomainError as e:
             code = next((n for kind, n in _CODES if isinstance(e, kind)), 503)
-            await self._store.finish_job_ref(job["id"], device_id, None, j.FAILED, now, None,
+            await self._store.finish_job_ref(job["id"], device_id, ref, j.FAILED, now, None,
                                              {"code": code, "message": e.message},
                                              job["spec"]["retries"])
             return
-        await self._store.set_job_execution_ref(job["id"], device_id, status["id"])
+        if status is None:
+            log.info("job {id}: device {device}: not started: this node lost the job's lease",
+                     id=job["id"], device=device_id)
 
     async def _follow_firmware(self, job: dict[str, Any], now: float) -> None:
         """End the firmware executions whose update has ended (from the
         devices' stored update status, so whichever node drives)."""
         auto_commit = job["spec"]["action"]["auto_commit"]
         retries = job["spec"]["retries"]
+        grace = self._config["jobs.lease_timeout"]
         for e in await self._store.job_executions_in_progress(job["id"]):
             ref = e.get("call_id")
-            if not e.get("dispatched"):
-                continue  # being started (a requeue on takeover puts back one cut off)
+            if not e.get("dispatched") or ref in self._starting:
+                continue  # being started here
             status = await self._store.get_ota_status(e["device_id"]) or {}
             if status.get("id") != ref:
+                since = e["times"].get("dispatched", e["times"].get(j.IN_PROGRESS, now))
+                if now - since < grace:
+                    continue  # its node may be starting it (its status not stored yet)
+                if not status.get("id") or (status.get("started") or 0) < since:
+                    # Never started: its node lost the lease, or died, before
+                    # it did (a node starts an update only while it holds the
+                    # lease, and the lease lapsed before this node drove).
+                    if await self._more.requeue_unstarted(job["id"], e["device_id"], ref,
+                                                          now):
+                        log.info("job {id}: device {device}: update {ref} was never "
+                                 "started: queued again", id=job["id"],
+                                 device=e["device_id"], ref=ref)
+                    continue
                 await self._store.finish_job_ref(
                     job["id"], e["device_id"], ref, j.FAILED, now, None,
                     {"code": 409, "message": "another firmware update of the device replaced "

@@ -567,6 +567,76 @@ def prune(db: Db, before: float, batch: int) -> int:
     return deleted
 
 
+def lease_fenced(db: Db, job_id: str, node: str, now: float, until: float) -> int | None:
+    """Take or renew the job's lease for C{node} (as L{lease}); fire with
+    the lease's token (its epoch: one more whenever the lease changes hands
+    or had lapsed), or None if another node holds it."""
+    cur = db.execute("UPDATE jobs SET lease_token = CASE WHEN lease = ? AND lease_until >= ?"
+                     " THEN lease_token ELSE lease_token + 1 END, lease = ?, lease_until = ?"
+                     " WHERE id = ? AND (lease = ? OR lease IS NULL OR lease_until < ?)",
+                     (node, now, node, until, job_id, node, now))
+    if int(cur.rowcount) == 0:
+        return None
+    (token,) = db.one("SELECT lease_token FROM jobs WHERE id = ?", (job_id,))
+    return int(token)
+
+
+def _holds(db: Db, job_id: str, node: str, token: int, now: float) -> bool:
+    row = db.one("SELECT lease, lease_token, lease_until FROM jobs WHERE id = ?%s" % db.lock,
+                 (job_id,))
+    return row is not None and row[0] == node and int(row[1]) == token \
+        and row[2] is not None and row[2] >= now
+
+
+def start_fenced(db: Db, job_id: str, node: str, token: int, now: float,
+                 devices: list[str]) -> list[tuple[str, str]]:
+    """Mark the queued executions of C{devices} in progress and record on
+    each the ID of the firmware update about to start (``dispatched``:
+    followed from then on, never started again), only if C{node} still
+    holds the job's lease with C{token}. Fire with (device ID, update ID)
+    for each (none if the lease was lost)."""
+    if not devices or not _holds(db, job_id, node, token, now):
+        return []
+    out = []
+    for device_id in devices:
+        row = db.one("SELECT %s FROM job_executions WHERE job_id = ? AND device_id = ? AND"
+                     " state = 'queued' AND dispatched = 0%s" % (_EXEC, db.lock),
+                     (job_id, device_id))
+        if row is None:
+            continue
+        e = _execution(db, row)
+        e.pop("result", None)
+        e.pop("error", None)
+        ref = tokens.new_id("o")
+        e.update(state=j.IN_PROGRESS, attempts=e["attempts"] + 1, call_id=ref, dispatched=True)
+        e["times"][j.IN_PROGRESS] = now
+        e["times"]["dispatched"] = now
+        _write_exec(db, job_id, e, now)
+        out.append((device_id, ref))
+    return out
+
+
+def requeue_unstarted(db: Db, job_id: str, device_id: str, ref: str, now: float) -> bool:
+    """Put back in the queue an execution whose firmware update C{ref} was
+    never started (its node lost the lease or died before it did): the
+    attempt is undone. Fire with whether it was."""
+    row = db.one("SELECT %s FROM job_executions WHERE job_id = ? AND device_id = ?%s"
+                 % (_EXEC, db.lock), (job_id, device_id))
+    if row is None:
+        return False
+    e = _execution(db, row)
+    if e["state"] != j.IN_PROGRESS or e.get("call_id") != ref or not e.get("dispatched"):
+        return False
+    e.pop("result", None)
+    e.pop("error", None)
+    e.update(state=j.QUEUED, attempts=max(0, e["attempts"] - 1), call_id=None,
+             dispatched=False)
+    e["times"].pop(j.IN_PROGRESS, None)
+    e["times"].pop("dispatched", None)
+    _write_exec(db, job_id, e, now)
+    return True
+
+
 class JobStore:
     """The jobs above added since the store's own job methods, on a store
     with C{alarms_job} (which runs any C{job(db, *args)} in a transaction)."""
@@ -582,3 +652,13 @@ class JobStore:
 
     def prune_jobs(self, before: float, batch: int = 10000) -> Any:
         return self._run(prune, before, batch)
+
+    def lease_job(self, job_id: str, node: str, now: float, until: float) -> Any:
+        return self._run(lease_fenced, job_id, node, now, until)
+
+    def start_job_executions(self, job_id: str, node: str, token: int, now: float,
+                             devices: list[str]) -> Any:
+        return self._run(start_fenced, job_id, node, token, now, devices)
+
+    def requeue_unstarted(self, job_id: str, device_id: str, ref: str, now: float) -> Any:
+        return self._run(requeue_unstarted, job_id, device_id, ref, now)
