@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 
-from bench.datapull import TWISTD, free_port, request, rss_kb
+from bench.datapull import TWISTD, free_port, metric, request, rss_kb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -136,7 +136,11 @@ def main() -> int:
                  str(PER_PROCESS)], cwd=ROOT))
         deadline = time.monotonic() + 300
         while True:
-            status, body = request("GET", base + "/api/v2/devices/count?where=online", key)
+            try:
+                status, body = request("GET", base + "/api/v2/devices/count?where=online",
+                                       key)
+            except OSError:  # dashd busy with the devices connecting: ask again
+                continue
             online = json.loads(body)["count"]
             if online >= args.devices or time.monotonic() > deadline:
                 break
@@ -175,6 +179,7 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float) -> None:
             latencies.append(time.monotonic() - t)
 
     thread = threading.Thread(target=reader, daemon=True)
+    jobs_before = metric(base, "dashd_store_job_duration_seconds_count")
     thread.start()
     started = time.monotonic()
     status, body = request("POST", base + "/api/v2/jobs", key, {
@@ -186,6 +191,7 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float) -> None:
     took = time.monotonic() - started
     done.set()
     thread.join(30)
+    store_jobs = metric(base, "dashd_store_job_duration_seconds_count") - jobs_before
     latencies.sort()
 
     def pct(q: float) -> float:
@@ -194,6 +200,8 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float) -> None:
     print("rpc job: %d of %d devices succeeded in %.1f s: %.0f devices/s (target >= 1,000)"
           % (job["progress"]["succeeded"], job["progress"]["total"], took,
              job["progress"]["succeeded"] / took), flush=True)
+    print("  store jobs meanwhile: %d, %.2f an execution (the GETs' included)"
+          % (store_jobs, store_jobs / max(1, job["progress"]["total"])), flush=True)
     if latencies:
         print("  GET /api/v2/devices/ID meanwhile: %d requests, p50 %.1f ms, p99 %.1f ms, "
               "max %.1f ms (target: p99 <= 100 ms)"

@@ -355,7 +355,9 @@ def sync(db: Db, job_id: str, retries: int, now: float) -> int:
     rows = db.all("SELECT e.device_id, e.seq, e.state, e.reason, e.attempts, e.call_id,"
                   " e.times, e.outcome, e.dispatched, e.updated, k.state, k.sent, k.outcome,"
                   " k.id FROM job_executions e LEFT JOIN calls k ON k.id = e.call_id"
-                  " WHERE e.job_id = ? AND e.dispatched = 1", (job_id,))
+                  " WHERE e.job_id = ? AND e.dispatched = 1 AND (k.id IS NULL OR k.state NOT"
+                  " IN ('queued', 'sent') OR (k.state = 'sent' AND e.state = 'queued'))",
+                  (job_id,))
     changed = 0
     for row in rows:
         e = _execution(db, row[:10])
