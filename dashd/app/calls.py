@@ -76,6 +76,8 @@ DEFAULT_LIST = 50
 SENT_GRACE = 30.0
 # Seconds before a device whose calls were refused as busy is tried again.
 BUSY_RETRY = 1.0
+# Seconds the end of a call waits for others, to be stored with them.
+END_WAIT = 0.01
 # The status the audit log records for the end of a queued call.
 AUDIT_STATUS = {c.SUCCEEDED: 200, c.FAILED: 502, c.TIMED_OUT: 504, c.LOST: 503,
                 c.EXPIRED: 410}
@@ -225,18 +227,19 @@ class _Gather:
     """Store jobs of one kind (a claim, an end) asked for in the same
     reactor turn, run as one store job: one transaction and one trip to the
     store's thread for all of them (L{calls_sql.each}), at most C{most} a
-    batch. Each caller gets its own result, or its own failure. On a store
+    batch; C{wait}: seconds the first waits for others to join it. Each caller gets its own result, or its own failure. On a store
     without C{alarms_job} (which runs any such job), each runs alone."""
 
     def __init__(self, clock: IReactorTime, store: Any, job: Callable[..., Any],
                  alone: Callable[..., Deferred[Any]], key: Callable[[tuple[Any, ...]], str],
-                 most: int = 250) -> None:
+                 most: int = 250, wait: float = 0.0) -> None:
         self._clock = clock
         self._store = store
         self._job = job
         self._alone = alone
         self._key = key
         self._most = most
+        self._wait = wait
         self._pending: list[tuple[tuple[Any, ...], Deferred[Any]]] = []
         self._later: Any = None
         self.batches = 0
@@ -249,7 +252,7 @@ class _Gather:
         if len(self._pending) >= self._most:
             self._flush()
         elif self._later is None:
-            self._later = self._clock.callLater(0, self._flush)
+            self._later = self._clock.callLater(self._wait, self._flush)
         return d
 
     def _flush(self) -> None:
@@ -326,8 +329,10 @@ class CallDelivery:
         # Claims and ends of a reactor turn go to the store together.
         self._claim = _Gather(clock, self._store, calls_sql.claim, self._store.claim_calls,
                               lambda args: args[0])
+        # The answers of many devices come in turns of their own: an end
+        # waits END_WAIT for others (its call.status event as long).
         self._end_call = _Gather(clock, self._store, calls_sql.end, self._store.end_call,
-                                 lambda args: args[0])
+                                 lambda args: args[0], wait=END_WAIT)
         # Read by dashd.ops.metrics and the tests.
         self.sent = 0
         self.ended: dict[str, int] = {}
