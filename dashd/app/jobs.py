@@ -375,8 +375,11 @@ class Jobs:
             device = await self._store.get_device(call.device_id)
             if device is not None:
                 self._fleet.publish(device, "call.status", c.view(call))
-        if stopped and after["kind"] == "firmware" and self.library is not None:
-            self.library.stop_job_updates(job["id"], "the job was cancelled with force")
+        if after["kind"] == "firmware":
+            if self.runner is not None:
+                self.runner.stopped(job["id"])
+            if stopped and self.library is not None:
+                self.library.stop_job_updates(job["id"], "the job was cancelled with force")
         log.info("job {id} cancelled with force by {by}: {n} executions in progress "
                  "cancelled", id=job["id"], by=by.id, n=len(stopped))
         if not after["changed"]:
@@ -439,6 +442,8 @@ class _Driven:
         # The lease: its token (epoch) and until when it holds.
         self.token = 0
         self.until = now
+        # Cancelled with force: start nothing more.
+        self.stopped = False
         # A continuous target: its devices (None: resolve it whole at the
         # next step), the devices to look at, and whether there were more
         # than MAX_CANDIDATES.
@@ -495,9 +500,20 @@ class JobRunner:
 
     def device_event(self, event: Any) -> None:
         """A fleet event observer (and a cluster hub remote observer, with
-        the node): a device that changed may match a continuous target."""
+        the node): a device that changed may match a continuous target; a
+        job cancelled with force on another node starts nothing more."""
         if event.name in JOINING:
             self._candidate(event.device_id)
+        elif event.name == "job.state" and isinstance(event.data, dict) \
+                and (event.data.get("reason") or {}).get("force"):
+            self.stopped(event.device_id)
+
+    def stopped(self, job_id: str) -> None:
+        """The job was cancelled with force: the firmware updates this node
+        is about to start do not start."""
+        driven = self._driven.get(job_id)
+        if driven is not None:
+            driven.stopped = True
 
     def remote_event(self, event: Any, node: str) -> None:
         self.device_event(event)
@@ -860,7 +876,8 @@ class JobRunner:
                 auto_commit=action["auto_commit"],
                 commit_timeout=action.get("commit_timeout",
                                           self._config["ota.commit_timeout"]),
-                job_id=job["id"], update_id=ref, fence=lambda: self._fresh(driven))
+                job_id=job["id"], update_id=ref,
+                fence=lambda: self._fresh(driven) and not driven.stopped)
         except DomainError as e:
             code = next((n for kind, n in _CODES if isinstance(e, kind)), 503)
             await self._store.finish_job_ref(job["id"], device_id, ref, j.FAILED, now, None,
@@ -868,8 +885,8 @@ class JobRunner:
                                              job["spec"]["retries"])
             return
         if status is None:
-            log.info("job {id}: device {device}: not started: this node lost the job's lease",
-                     id=job["id"], device=device_id)
+            log.info("job {id}: device {device}: not started: the job was cancelled with "
+                     "force, or this node lost its lease", id=job["id"], device=device_id)
 
     async def _follow_firmware(self, job: dict[str, Any], now: float) -> None:
         """End the firmware executions whose update has ended (from the
