@@ -315,3 +315,4 @@ def _jobs(doc: dict[str, Any], config: Config, errors: Any) -> None:
         parameters=[{"name": "force", "in": "query", "required": False,
                      "description": "also cancel the executions in progress",
                      "schema": {"enum": ["true", "false"]}}])
+    paths["/jobs/{job_id}/cancel"]["post"]["responses"].update(errors("400"))
