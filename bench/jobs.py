@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 
-from bench.datapull import TWISTD, free_port, request, rss_kb
+from bench.datapull import TWISTD, free_port, metric, request, rss_kb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -78,6 +78,10 @@ def main() -> int:
     p.add_argument("--image-kb", type=int, default=256)
     p.add_argument("--store-url", default="", help="a PostgreSQL database instead of SQLite")
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--parts", default="rpc,firmware,rollout",
+                   help="which of rpc, firmware, rollout to run (comma-separated)")
+    p.add_argument("--profile", default="",
+                   help="write a cProfile of dashd (twistd --profile) to this file")
     p.add_argument("--devices-process", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.devices_process:
@@ -99,7 +103,11 @@ def main() -> int:
             f.write("[store]\nurl = %s\n" % json.dumps(args.store_url))
     base = "http://127.0.0.1:%d" % port
     log = open(os.path.join(work, "dashd.log"), "wb")
-    dashd = subprocess.Popen([TWISTD, "-n", "--pidfile=", "dashd", "--config", config],
+    profile = ["--profile=" + os.path.abspath(args.profile), "--profiler=cprofile",
+               "--savestats"] if args.profile else []
+    parts = set(args.parts.split(","))
+    dashd = subprocess.Popen([TWISTD, "-n", "--pidfile="] + profile
+                             + ["dashd", "--config", config],
                              stdout=log, stderr=subprocess.STDOUT)
     processes: list[subprocess.Popen] = []
     try:
@@ -128,7 +136,11 @@ def main() -> int:
                  str(PER_PROCESS)], cwd=ROOT))
         deadline = time.monotonic() + 300
         while True:
-            status, body = request("GET", base + "/api/v2/devices/count?where=online", key)
+            try:
+                status, body = request("GET", base + "/api/v2/devices/count?where=online",
+                                       key)
+            except OSError:  # dashd busy with the devices connecting: ask again
+                continue
             online = json.loads(body)["count"]
             if online >= args.devices or time.monotonic() > deadline:
                 break
@@ -137,91 +149,12 @@ def main() -> int:
             online, "PostgreSQL" if args.store_url else "SQLite", rss_kb(dashd.pid) / 1024),
             flush=True)
 
-        # 1. An RPC job on every device, no rate limit, with REST beside it.
-        latencies: list[float] = []
-        done = threading.Event()
-
-        def reader() -> None:
-            while not done.is_set():
-                t = time.monotonic()
-                request("GET", base + "/api/v2/devices/" + ids[-1], key)
-                latencies.append(time.monotonic() - t)
-
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
-        started = time.monotonic()
-        status, body = request("POST", base + "/api/v2/jobs", key, {
-            "name": "bench rpc", "target": {"where": "online"}, "concurrency": 10000,
-            "action": {"type": "rpc", "method": "Sim.Echo", "params": {"n": 1}}})
-        assert status == 201, body
-        job = wait_for(base, key, json.loads(body)["id"], ("completed", "aborted"),
-                       args.timeout)
-        took = time.monotonic() - started
-        done.set()
-        thread.join(30)
-        latencies.sort()
-
-        def pct(q: float) -> float:
-            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-
-        print("rpc job: %d of %d devices succeeded in %.1f s: %.0f devices/s (target >= 1,000)"
-              % (job["progress"]["succeeded"], job["progress"]["total"], took,
-                 job["progress"]["succeeded"] / took), flush=True)
-        if latencies:
-            print("  GET /api/v2/devices/ID meanwhile: %d requests, p50 %.1f ms, p99 %.1f ms, "
-                  "max %.1f ms (target: p99 <= 100 ms)"
-                  % (len(latencies), pct(0.5), pct(0.99), latencies[-1] * 1000), flush=True)
-
-        # 2. A firmware job from the library, concurrency 50.
-        image = os.path.join(work, "bench.bin")
-        with open(image, "wb") as f:
-            f.write(b"\xe9" + os.urandom(args.image_kb * 1024 - 1))
-        upload = subprocess.run(
-            ["curl", "-sS", "-H", "Authorization: Bearer " + key, "-F", "file=@" + image,
-             base + "/api/v2/firmware"], capture_output=True, text=True, timeout=120)
-        firmware = json.loads(upload.stdout)
-        before = rss_kb(dashd.pid)
-        highest = before
-        started = time.monotonic()
-        status, body = request("POST", base + "/api/v2/jobs", key, {
-            "name": "bench firmware", "target": {"devices": ids[:min(1000, args.firmware_devices)]}
-            if args.firmware_devices <= 1000 else {"where": "online"}, "concurrency": 50,
-            "action": {"type": "firmware", "firmware": firmware["id"]}})
-        assert status == 201, body
-        job_id = json.loads(body)["id"]
-        while True:
-            highest = max(highest, rss_kb(dashd.pid))
-            status, body = request("GET", base + "/api/v2/jobs/" + job_id, key)
-            job = json.loads(body)
-            ended = job["progress"]["succeeded"] + job["progress"]["failed"] \
-                + job["progress"]["timed_out"]
-            if job["state"] != "running" or ended >= args.firmware_devices \
-                    or time.monotonic() - started > args.timeout:
-                break
-            time.sleep(0.5)
-        took = time.monotonic() - started
-        print("firmware job: %d KB image, %d devices succeeded, %d failed in %.1f s: "
-              "%.0f devices/min; dashd RSS %.1f MB before, %.1f MB at most"
-              % (args.image_kb, job["progress"]["succeeded"], job["progress"]["failed"], took,
-                 60 * job["progress"]["succeeded"] / took, before / 1024, highest / 1024),
-              flush=True)
-        request("POST", base + "/api/v2/jobs/%s/cancel" % job_id, key)
-
-        # 3. A rollout whose first phase fails beyond its error threshold.
-        status, body = request("POST", base + "/api/v2/jobs", key, {
-            "name": "bench rollout", "target": {"devices": ids[:1000]},
-            "action": {"type": "rpc", "method": "Job.Step"},
-            "phases": [{"percent": 10, "error_threshold": 20}, {"percent": 100}]})
-        assert status == 201, body
-        job = wait_for(base, key, json.loads(body)["id"], ("paused", "completed"), 300)
-        status, body = request("GET", base + "/api/v2/jobs/%s/executions?limit=500"
-                               % job["id"], key)
-        first_phase = -(-job["progress"]["total"] // 10)
-        later = [e for e in json.loads(body) if e["seq"] > first_phase]
-        touched = [e for e in later if e["attempts"] or e["state"] != "queued"]
-        print("rollout: %s (%s); devices of the second phase touched: %d of %d listed"
-              % (job["state"], (job.get("reason") or {}).get("message"), len(touched),
-                 len(later)), flush=True)
+        if "rpc" in parts:
+            rpc_job(base, key, ids, args.timeout)
+        if "firmware" in parts:
+            firmware_job(base, key, ids, work, dashd.pid, args)
+        if "rollout" in parts:
+            rollout(base, key, ids)
         return 0
     finally:
         for process in processes:
@@ -232,6 +165,114 @@ def main() -> int:
         dashd.wait(30)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def rpc_job(base: str, key: str, ids: list[str], timeout: float) -> None:
+    """1. An RPC job on every device, no rate limit, with REST beside it."""
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            t = time.monotonic()
+            request("GET", base + "/api/v2/devices/" + ids[-1], key)
+            latencies.append(time.monotonic() - t)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    # Once the devices' connections are settled (their info stored): the
+    # store jobs counted are the job's.
+    jobs_before = metric(base, "dashd_store_job_duration_seconds_count")
+    for _ in range(60):
+        time.sleep(1)
+        count = metric(base, "dashd_store_job_duration_seconds_count")
+        if count - jobs_before < 20:
+            break
+        jobs_before = count
+    jobs_before = metric(base, "dashd_store_job_duration_seconds_count")
+    thread.start()
+    started = time.monotonic()
+    status, body = request("POST", base + "/api/v2/jobs", key, {
+        "name": "bench rpc", "target": {"where": "online"}, "concurrency": 10000,
+        "action": {"type": "rpc", "method": "Sim.Echo", "params": {"n": 1}}})
+    assert status == 201, body
+    job = wait_for(base, key, json.loads(body)["id"], ("completed", "aborted"),
+                   timeout)
+    took = time.monotonic() - started
+    done.set()
+    thread.join(30)
+    store_jobs = metric(base, "dashd_store_job_duration_seconds_count") - jobs_before
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    print("rpc job: %d of %d devices succeeded in %.1f s: %.0f devices/s (target >= 1,000)"
+          % (job["progress"]["succeeded"], job["progress"]["total"], took,
+             job["progress"]["succeeded"] / took), flush=True)
+    print("  store jobs meanwhile: %d, %.2f an execution (with those of %d GETs)"
+          % (store_jobs, store_jobs / max(1, job["progress"]["total"]), len(latencies)),
+          flush=True)
+    if latencies:
+        print("  GET /api/v2/devices/ID meanwhile: %d requests, p50 %.1f ms, p99 %.1f ms, "
+              "max %.1f ms (target: p99 <= 100 ms)"
+              % (len(latencies), pct(0.5), pct(0.99), latencies[-1] * 1000), flush=True)
+
+
+
+def firmware_job(base: str, key: str, ids: list[str], work: str, pid: int,
+                 args: argparse.Namespace) -> None:
+    """2. A firmware job from the library, concurrency 50."""
+    image = os.path.join(work, "bench.bin")
+    with open(image, "wb") as f:
+        f.write(b"\xe9" + os.urandom(args.image_kb * 1024 - 1))
+    upload = subprocess.run(
+        ["curl", "-sS", "-H", "Authorization: Bearer " + key, "-F", "file=@" + image,
+         base + "/api/v2/firmware"], capture_output=True, text=True, timeout=120)
+    firmware = json.loads(upload.stdout)
+    before = rss_kb(pid)
+    highest = before
+    started = time.monotonic()
+    status, body = request("POST", base + "/api/v2/jobs", key, {
+        "name": "bench firmware", "target": {"devices": ids[:min(1000, args.firmware_devices)]}
+        if args.firmware_devices <= 1000 else {"where": "online"}, "concurrency": 50,
+        "action": {"type": "firmware", "firmware": firmware["id"]}})
+    assert status == 201, body
+    job_id = json.loads(body)["id"]
+    while True:
+        highest = max(highest, rss_kb(pid))
+        status, body = request("GET", base + "/api/v2/jobs/" + job_id, key)
+        job = json.loads(body)
+        ended = job["progress"]["succeeded"] + job["progress"]["failed"] \
+            + job["progress"]["timed_out"]
+        if job["state"] != "running" or ended >= args.firmware_devices \
+                or time.monotonic() - started > args.timeout:
+            break
+        time.sleep(0.5)
+    took = time.monotonic() - started
+    print("firmware job: %d KB image, %d devices succeeded, %d failed in %.1f s: "
+          "%.0f devices/min; dashd RSS %.1f MB before, %.1f MB at most"
+          % (args.image_kb, job["progress"]["succeeded"], job["progress"]["failed"], took,
+             60 * job["progress"]["succeeded"] / took, before / 1024, highest / 1024),
+          flush=True)
+    request("POST", base + "/api/v2/jobs/%s/cancel" % job_id, key)
+
+
+def rollout(base: str, key: str, ids: list[str]) -> None:
+    """3. A rollout whose first phase fails beyond its error threshold."""
+    status, body = request("POST", base + "/api/v2/jobs", key, {
+        "name": "bench rollout", "target": {"devices": ids[:1000]},
+        "action": {"type": "rpc", "method": "Job.Step"},
+        "phases": [{"percent": 10, "error_threshold": 20}, {"percent": 100}]})
+    assert status == 201, body
+    job = wait_for(base, key, json.loads(body)["id"], ("paused", "completed"), 300)
+    status, body = request("GET", base + "/api/v2/jobs/%s/executions?limit=500"
+                           % job["id"], key)
+    first_phase = -(-job["progress"]["total"] // 10)
+    later = [e for e in json.loads(body) if e["seq"] > first_phase]
+    touched = [e for e in later if e["attempts"] or e["state"] != "queued"]
+    print("rollout: %s (%s); devices of the second phase touched: %d of %d listed"
+          % (job["state"], (job.get("reason") or {}).get("message"), len(touched),
+             len(later)), flush=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from dashd.app.history import History
 from dashd.app.jobs import JobRunner
 from dashd.app.limits import FailureLimiter, TokenBucket
 from dashd.app.retention import DataRetention
+from dashd.store.jobs_sql import JobStore
 from dashd.app.tickets import ITicketStore, LocalTickets
 from dashd.app.webhooks import WebhookDispatcher
 from dashd.channel.hub import IHub, LocalHub
@@ -246,6 +247,8 @@ def build(config: Config, reactor: Any) -> DashdService:
                       store.prune_audit, "audit entries"),
         DataRetention(store, reactor, config["calls.retention_days"],
                       store.prune_calls, "ended queued calls"),
+        DataRetention(store, reactor, config["jobs.retention_days"],
+                      JobStore(store).prune_jobs, "jobs ended and their executions"),
     ):
         pruner = TimerService(PRUNE_INTERVAL, retention.tick)
         pruner.clock = reactor
@@ -260,6 +263,11 @@ def build(config: Config, reactor: Any) -> DashdService:
     HangupService(reactor).setServiceParent(service)
     # Fleet jobs: each node steps those whose lease it holds (or takes).
     job_runner = JobRunner(fleet, application.jobs, application.devices, audit.record)
+    # Devices that come to match continuous targets join as events say so.
+    fleet.event_observers.append(job_runner.device_event)
+    fleet.info_observers.append(job_runner.device_info)
+    if cluster is not None:
+        cluster.hub.remote_observers.append(job_runner.remote_event)
     JobService(job_runner, config["jobs.interval"], reactor).setServiceParent(service)
     metrics.registry.register(JobCollector(job_runner))  # type: ignore[arg-type]
     # Library uploads a restart cut off (the image is never listed).

@@ -311,6 +311,9 @@ OPTIONS = [
     Option("jobs.lease_timeout", 10.0, (int, float),
            "Seconds a node holds a job it drives without renewing its lease before "
            "another node takes the job over (a cluster)", _positive),
+    Option("jobs.retention_days", 90.0, (int, float),
+           "Days a job is kept once it has ended (with its executions); 0 keeps jobs "
+           "forever", _not_negative),
     Option("data.retention_days", 90.0, (int, float),
            "Days stored data (tags.save) is kept; 0 keeps it forever", _not_negative),
     Option("data.pull_chunk_bytes", 1024, int,

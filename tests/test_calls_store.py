@@ -137,3 +137,31 @@ async def test_limits_and_a_missing_device(stores):
         await store.create_call(_call(gone), 5, 5)
     await store.delete_device(device.id)
     assert await store.list_calls(device.id, None, 10, None) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_and_ends_gathered_in_one_store_job_each_get_their_own_outcome(stores):
+    from dashd.store import calls_sql
+
+    store, _ = stores
+    devices = [await _device(store)]
+    for i in range(2):
+        devices.append(Device(tokens.new_id("d"), devices[0].account_id, "dev%d" % i, 2.0))
+        await store.create_device(devices[-1], tokens.new_id("t"))
+    made = [await store.create_call(_call(d), 100, 100) for d in devices]
+    claimed = await store.alarms_job(calls_sql.each, calls_sql.claim, [
+        (d.id, "n/%d" % i, 20.0, 1) for i, d in enumerate(devices)] + [(devices[0].id, "n/9",
+                                                                       20.0, 1)])
+    assert [[x.id for x in taken] for taken, _ in claimed] == [[m.id] for m in made] + [[]]
+    # One end of the batch cannot be stored (its result is not JSON): it
+    # alone is refused, the others are stored.
+    ended = await store.alarms_job(calls_sql.each, calls_sql.end, [
+        (made[0].id, 1, "n/0", c.SUCCEEDED, 21.0, {"ok": 1}, None),
+        (made[1].id, 1, "n/1", c.SUCCEEDED, 21.0, {"bad": object()}, None),
+        (made[2].id, 1, "n/wrong", c.SUCCEEDED, 21.0, None, None)])
+    assert ended[0].state == c.SUCCEEDED and ended[0].result == {"ok": 1}
+    assert isinstance(ended[1], calls_sql.Refused)
+    assert ended[2] is None  # not its claim
+    assert (await store.get_call(made[0].id)).state == c.SUCCEEDED
+    assert (await store.get_call(made[1].id)).state == c.SENT
+    assert (await store.get_call(made[2].id)).state == c.SENT

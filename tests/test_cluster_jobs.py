@@ -80,3 +80,46 @@ async def test_the_other_node_takes_a_job_over_when_its_driver_dies(tmp_path):
             await sim.stop()
         problems = cluster.stop()
     assert not problems, "%s\n%s" % (problems, cluster.logs())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_continuous_job_takes_devices_changed_through_either_node(tmp_path):
+    cluster = TestCluster(str(tmp_path))
+    cluster.start()
+    nodes = cluster.nodes
+    clients = [Client(n, cluster.admin_key) for n in nodes]
+    try:
+        reply = await clients[0].post("/api/v2/jobs", {
+            "name": "joiners", "target": {"where": 'shadow.tags.run = "ccj"',
+                                          "continuous": True},
+            "action": {"type": "shadow", "tags": {"seen": True}}})
+        assert reply.status == 201, reply
+        job_id = reply.body["id"]
+
+        async def driven():
+            return [i for i, n in enumerate(nodes)
+                    if "job %s: driven by this node" % job_id in n.log()] or None
+
+        (driver,) = await eventually(driven, 10)
+        # A device tagged through each node joins as its change is heard of
+        # (the job's whole query is read only every 10 minutes).
+        joined = []
+        for client in (clients[1 - driver], clients[driver]):
+            device_id, _ = await client.register()
+            reply = await client.post("/api/v2/devices/" + device_id,
+                                      {"shadow": {"tags": {"run": "ccj"}}})
+            assert reply.status == 200, reply
+            joined.append(device_id)
+
+        async def both():
+            found = (await clients[0].get("/api/v2/jobs/%s/executions?state=succeeded"
+                                          % job_id)).body
+            return found if len(found) == 2 else None
+
+        found = await eventually(both, 8)
+        assert sorted(e["device_id"] for e in found) == sorted(joined)
+        assert (await clients[1].device(joined[0]))["shadow"]["tags"]["seen"] is True
+        assert (await clients[1].post("/api/v2/jobs/%s/cancel" % job_id)).status == 200
+    finally:
+        problems = cluster.stop()
+    assert not problems, "%s\n%s" % (problems, cluster.logs())

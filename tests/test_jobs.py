@@ -444,13 +444,17 @@ async def test_a_continuous_job_takes_devices_that_match_later(server: DashdProc
                                           "continuous": True},
             "action": {"type": "shadow", "tags": {"seen": True}}})
         assert job["target"]["continuous"] is True
+        # Joins as its change is heard of: not at a poll of the whole query
+        # (which came every 10 s).
         late = await tagged(admin, "cont1", 1)
+        other = await tagged(admin, "cont1-not", 1)
 
         async def both():
             found = await executions(admin, job["id"], "succeeded")
             return found if len(found) == 2 else None
 
-        found = await eventually(both, 20)
+        found = await eventually(both, 6)
+        assert other[0][0] not in await executions(admin, job["id"])
         assert set(found) == {ids[0], late[0][0]}
         assert (await admin.device(late[0][0]))["shadow"]["tags"]["seen"] is True
         # It runs until cancelled.
@@ -638,3 +642,137 @@ async def test_the_queued_calls_limits_hold_for_jobs(own_server: DashdProcess):
     assert found[ids[3]]["error"]["message"] == (
         "this account has 3 calls queued or under way, the most it may have "
         "(calls.max_queued_per_account)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restricted_key_hears_of_the_jobs_it_created_only(server: DashdProcess,
+                                                                  admin: Client):
+    fleet = await tagged(admin, "notify1", 2)
+    ids = [d for d, _ in fleet]
+    scope = {"devices": {d: {"read": ["*"], "write": ["interval"]} for d in ids}}
+    creator = await _key(admin, kind="restricted", name="job creator", scope=scope)
+    neighbour = await _key(admin, kind="restricted", name="same devices", scope=scope)
+    created = await admin.post("/api/v2/accounts", {"name": "notify other"})
+    SECRETS.add(created.body["admin_key"]["key"])
+    stranger = created.body["admin_key"]["key"]
+    subs = [await subscribe(server, k) for k in (creator.key, neighbour.key, stranger,
+                                                 admin.key)]
+    try:
+        job = await create(creator, {
+            "name": "interval 30", "target": {"devices": ids},
+            "action": {"type": "shadow", "desired": {"interval": 30}}})
+        mine = lambda name: lambda e: e["name"] == name and e["id"] == job["id"]  # noqa: E731
+        for sub in (subs[0], subs[3]):
+            await sub.next(lambda e: mine("job.state")(e) and e["data"]["state"] == "completed")
+            sub.cursor = 0
+            progress = await sub.next(lambda e: mine("job.progress")(e)
+                                      and e["data"]["progress"]["succeeded"] == 2)
+            assert progress["data"]["key_id"] == job["key_id"]
+        # A change published after the job's events reaches the others: the
+        # job's had reached them before, had they been sent.
+        reply = await admin.post("/api/v2/devices/" + ids[0],
+                                 {"shadow": {"state": {"desired": {"marker": 1}}}})
+        assert reply.status == 200
+        await subs[1].next(lambda e: e["name"] == "shadow.update" and e["id"] == ids[0])
+        assert not [e for e in subs[1].received if e["name"].startswith("job.")]
+        # The other account sees neither the job nor the device.
+        await subs[3].next(lambda e: e["name"] == "shadow.update" and e["id"] == ids[0])
+        assert not [e for e in subs[2].received if e["name"].startswith("job.")]
+    finally:
+        for sub in subs:
+            sub.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_with_force_cancels_what_is_in_progress_and_ignores_its_end(
+        server: DashdProcess, admin: Client):
+    ids, sims = await online_fleet(server, admin, "force1", 3)
+    try:
+        job = await create(admin, {
+            "name": "slow", "target": {"devices": ids}, "concurrency": 1,
+            "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 1.5}}})
+
+        async def one_in_progress():
+            found = await executions(admin, job["id"], "in_progress")
+            return found if found else None
+
+        running = await eventually(one_in_progress, 10)
+        assert list(running) == [ids[0]]
+        call_id = running[ids[0]]["call_id"]
+        reply = await admin.post("/api/v2/jobs/%s/cancel?force=maybe" % job["id"])
+        assert (reply.status, reply.body["error"]["message"]) == (
+            400, "force must be true or false")
+        reply = await admin.post("/api/v2/jobs/%s/cancel?force=true" % job["id"])
+        assert reply.status == 200, reply
+        assert reply.body["state"] == "cancelled"
+        assert reply.body["reason"]["force"] is True
+        progress = reply.body["progress"]
+        assert (progress["cancelled"], progress["in_progress"]) == (3, 0)
+        found = await executions(admin, job["id"])
+        assert found[ids[0]]["reason"] == ("cancelled in progress (force): what the device "
+                                           "reports for it is not recorded")
+        # The device answers later: its call records it, the job does not.
+        await eventually(lambda: sims[0].methods.count("Sim.Sleep") == 1 or None, 5)
+        async def call_ended():
+            r = await admin.get("/api/v2/calls/" + call_id)
+            return r.body if r.body["state"] == "succeeded" else None
+
+        ended = await eventually(call_ended, 10)
+        assert ended["result"] == {"slept": 1.5}
+        # (a step of the job since: jobs.interval)
+        from support import sleep
+        await sleep(1.5)
+        after = await executions(admin, job["id"])
+        assert [after[d]["state"] for d in ids] == ["cancelled"] * 3
+        assert "result" not in after[ids[0]]
+        done = (await admin.get("/api/v2/jobs/" + job["id"])).body
+        assert done["progress"]["succeeded"] == 0 and done["progress"]["cancelled"] == 3
+        assert [s.methods.count("Sim.Sleep") for s in sims] == [1, 0, 0]
+        again = await admin.post("/api/v2/jobs/%s/cancel?force=true" % job["id"])
+        assert (again.status, again.body["error"]["message"]) == (
+            409, "job %s has ended (cancelled) and has nothing in progress: there is nothing "
+                 "to cancel" % job["id"])
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_with_force_stops_a_firmware_transfer(server: DashdProcess,
+                                                           admin: Client, tmp_path):
+    from test_library import add_image
+    from test_ota import make_bin
+
+    image = await add_image(admin, make_bin(str(tmp_path / "force.bin"), 60_000),
+                            "application/octet-stream")
+    ids, sims = await online_fleet(server, admin, "force2", 1, ota_write_delay=0.3)
+    try:
+        job = await create(admin, {
+            "name": "slow image", "target": {"devices": ids},
+            "action": {"type": "firmware", "firmware": image["id"]}})
+
+        async def writing():
+            return True if sims[0].methods.count("OTA.Write") >= 1 else None
+
+        await eventually(writing, 20)
+        reply = await admin.post("/api/v2/jobs/%s/cancel?force=true" % job["id"])
+        assert reply.status == 200, reply
+        assert reply.body["progress"]["cancelled"] == 1
+
+        async def stopped():
+            ota = (await admin.device(ids[0]))["ota"]
+            return ota if ota["state"] == "failed" else None
+
+        ota = await eventually(stopped, 10)
+        assert ota["reason"] == "the job was cancelled with force"
+        assert ota["job"] == job["id"]
+        writes = sims[0].methods.count("OTA.Write")
+        from support import sleep
+        await sleep(1.0)
+        assert sims[0].methods.count("OTA.Write") <= writes + 1
+        assert "OTA.End" not in sims[0].methods
+        found = await executions(admin, job["id"])
+        assert found[ids[0]]["state"] == "cancelled"
+    finally:
+        for sim in sims:
+            await sim.stop()

@@ -83,7 +83,11 @@ class JobRoutes(ApiBase):
     @app.route("/api/v2/jobs/<job_id>/cancel", methods=["POST"])
     async def cancel_job(self, request: Any, job_id: str) -> bytes:
         key = await self.authenticate(request)
-        return self.json(request, await self.application.jobs.cancel(key, job_id))
+        force = text_arg(request, "force")
+        if force not in (None, "true", "false"):
+            raise Invalid("force must be true or false", "force")
+        return self.json(request, await self.application.jobs.cancel(key, job_id,
+                                                                     force=force == "true"))
 
     @app.route("/api/v2/jobs/<job_id>/retry", methods=["POST"])
     async def retry_job(self, request: Any, job_id: str) -> bytes:

@@ -919,6 +919,7 @@ def document(config: Config, version: str) -> dict[str, Any]:
                         "updated": {"type": "number"},
                         "reason": {"type": "string"},
                         "note": {"type": "string"},
+                        "job": {"type": "string", "description": "the fleet job it is for"},
                         "device_state": {
                             "type": "object",
                             "description": "what the device last said of its own update "

@@ -299,3 +299,20 @@ def _jobs(doc: dict[str, Any], config: Config, errors: Any) -> None:
                      "responses": dict({"200": _ok("the job", _ref("Job"))},
                                        **errors("403", "404", "409"))},
         }
+    paths["/jobs/{job_id}/cancel"]["post"].update(
+        description=(
+            "Without force: executions not sent are cancelled (their queued calls too); "
+            "those in progress go on and their results are recorded. With force=true "
+            "(also on a job that has ended with executions in progress): those in progress "
+            "are cancelled too, with a reason, and what their devices report for them is "
+            "not recorded on the job. Per action: rpc: a call not sent yet is cancelled; "
+            "one the device has is not recalled (its answer stays on the call, GET "
+            "/calls/:id); shadow: the change is applied at once, nothing to stop; firmware: "
+            "a push transfer under way is stopped (no more chunks, never OTA.End, so the "
+            "device keeps its firmware), a pull's download link is revoked (a download "
+            "begun may finish), an update past its transfer (rebooting, uncommitted) "
+            "goes on outside the job."),
+        parameters=[{"name": "force", "in": "query", "required": False,
+                     "description": "also cancel the executions in progress",
+                     "schema": {"enum": ["true", "false"]}}])
+    paths["/jobs/{job_id}/cancel"]["post"]["responses"].update(errors("400"))

@@ -65,6 +65,7 @@ from dashd.domain.errors import (
 from dashd.domain.model import UNSET, ApiKey, Device
 from dashd.jsontext import compact
 from dashd.store import NotFound as NoSuchRecord
+from dashd.store import calls_sql
 
 log = Logger()
 
@@ -75,6 +76,8 @@ DEFAULT_LIST = 50
 SENT_GRACE = 30.0
 # Seconds before a device whose calls were refused as busy is tried again.
 BUSY_RETRY = 1.0
+# Seconds the end of a call waits for others, to be stored with them.
+END_WAIT = 0.01
 # The status the audit log records for the end of a queued call.
 AUDIT_STATUS = {c.SUCCEEDED: 200, c.FAILED: 502, c.TIMED_OUT: 504, c.LOST: 503,
                 c.EXPIRED: 410}
@@ -220,6 +223,65 @@ def _may_call(by: ApiKey, device: Device, method: str) -> bool:
     return True
 
 
+class _Gather:
+    """Store jobs of one kind (a claim, an end) asked for in the same
+    reactor turn, run as one store job: one transaction and one trip to the
+    store's thread for all of them (L{calls_sql.each}), at most C{most} a
+    batch; C{wait}: seconds the first waits for others to join it. Each caller gets its own result, or its own failure. On a store
+    without C{alarms_job} (which runs any such job), each runs alone."""
+
+    def __init__(self, clock: IReactorTime, store: Any, job: Callable[..., Any],
+                 alone: Callable[..., Deferred[Any]], key: Callable[[tuple[Any, ...]], str],
+                 most: int = 250, wait: float = 0.0) -> None:
+        self._clock = clock
+        self._store = store
+        self._job = job
+        self._alone = alone
+        self._key = key
+        self._most = most
+        self._wait = wait
+        self._pending: list[tuple[tuple[Any, ...], Deferred[Any]]] = []
+        self._later: Any = None
+        self.batches = 0
+
+    def __call__(self, *args: Any) -> Deferred[Any]:
+        if not hasattr(self._store, "alarms_job"):
+            return self._alone(*args)
+        d: Deferred[Any] = Deferred()
+        self._pending.append((args, d))
+        if len(self._pending) >= self._most:
+            self._flush()
+        elif self._later is None:
+            self._later = self._clock.callLater(self._wait, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        if self._later is not None and self._later.active():
+            self._later.cancel()
+        self._later = None
+        items, self._pending = self._pending, []
+        if not items:
+            return
+        # Rows locked in one order (by device, by call) whoever batches them:
+        # two nodes' batches cannot deadlock; a device's own keep their order.
+        items.sort(key=lambda item: self._key(item[0]))
+        self.batches += 1
+        done = self._store.alarms_job(calls_sql.each, self._job, [a for a, _ in items])
+
+        def ran(results: list[Any]) -> None:
+            for (_, d), result in zip(items, results):
+                if isinstance(result, calls_sql.Refused):
+                    d.errback(Failure(result.error))
+                else:
+                    d.callback(result)
+
+        def failed(failure: Failure) -> None:
+            for _, d in items:
+                d.errback(failure)
+
+        done.addCallbacks(ran, failed)
+
+
 @dataclass(eq=False)
 class _Pump:
     """The delivery of one device's queued calls through one connection."""
@@ -264,6 +326,13 @@ class CallDelivery:
         self._serial = itertools.count(1)
         self._sweeping = False
         self._since = clock.seconds()
+        # Claims and ends of a reactor turn go to the store together.
+        self._claim = _Gather(clock, self._store, calls_sql.claim, self._store.claim_calls,
+                              lambda args: args[0])
+        # The answers of many devices come in turns of their own: an end
+        # waits END_WAIT for others (its call.status event as long).
+        self._end_call = _Gather(clock, self._store, calls_sql.end, self._store.end_call,
+                                 lambda args: args[0], wait=END_WAIT)
         # Read by dashd.ops.metrics and the tests.
         self.sent = 0
         self.ended: dict[str, int] = {}
@@ -344,7 +413,7 @@ class CallDelivery:
         pump.again = False
         pump.in_flight += wanted
         self._in_flight += wanted
-        d = self._store.claim_calls(pump.device_id, pump.claim, self._fleet.now(), wanted)
+        d = self._claim(pump.device_id, pump.claim, self._fleet.now(), wanted)
 
         def claimed(outcome: tuple[list[Call], list[Call]]) -> None:
             taken, expired = outcome
@@ -467,8 +536,8 @@ class CallDelivery:
 
     def _end(self, pump: _Pump, call: Call, attempt: int, state: str, result: Any,
              error: dict[str, Any] | None) -> None:
-        d = self._store.end_call(call.id, attempt, pump.claim, state, self._fleet.now(),
-                                 result, error)
+        d = self._end_call(call.id, attempt, pump.claim, state, self._fleet.now(), result,
+                           error)
 
         def ended(after: Call | None) -> None:
             if after is not None:

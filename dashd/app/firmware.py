@@ -413,10 +413,13 @@ class OtaManager:
         pull_base_url: str | None,
         auto_commit: bool,
         commit_timeout: int,
+        job_id: str | None = None,
+        update_id: str | None = None,
     ) -> dict[str, Any]:
         """
         Start sending the file at C{path} (which the manager now owns) to
-        the device; C{pull_base_url} chooses pull mode. Return the status.
+        the device; C{pull_base_url} chooses pull mode; C{job_id}: the fleet
+        job it is for (in its status). Return the status.
 
         @raise Conflict: an update of the device is under way.
         @raise Offline: the device is not connected.
@@ -430,7 +433,7 @@ class OtaManager:
         now = self.fleet.now()
         pull = pull_base_url is not None
         status: dict[str, Any] = {
-            "id": tokens.new_id("o"),
+            "id": update_id or tokens.new_id("o"),
             "device_id": device.id,
             "mode": "pull" if pull else "push",
             "state": "downloading" if pull else "uploading",
@@ -446,6 +449,8 @@ class OtaManager:
         }
         if manifest is not None:
             status["manifest"] = manifest
+        if job_id is not None:
+            status["job"] = job_id
         if pull:
             status["commit_timeout"] = commit_timeout
         update = _Update(device, status, path)
@@ -645,6 +650,10 @@ class OtaManager:
         OTA.Commit), even if the driving node died meanwhile; and so that
         ``POST .../ota/commit`` works through any node."""
         status = event.data
+        if event.name == "job.state" and isinstance(status, dict) \
+                and (status.get("reason") or {}).get("force"):
+            self.stop_job(event.device_id, "the job was cancelled with force")
+            return
         if event.name != "ota.status" or not isinstance(status, dict):
             return
         state, update_id = status.get("state"), status.get("id")
@@ -677,6 +686,20 @@ class OtaManager:
             self._arm_reboot_timer(update)
         else:
             update.reconnected = True
+
+    def stop_job(self, job_id: str, reason: str) -> int:
+        """Stop the transfers of fleet job C{job_id} driven here (cancelled
+        with force): a push sends no more chunks and never OTA.End, so the
+        device does not switch to the new firmware; a pull's download link
+        is revoked (a download the device has begun may still finish). An
+        update past its transfer (rebooting, uncommitted) is not stopped.
+        Return how many were stopped."""
+        stopped = [u for u in self._updates.values()
+                   if u.status.get("job") == job_id and u.state in TRANSFERRING
+                   and u.driver is None]
+        for update in stopped:
+            self._fail(update, reason)
+        return len(stopped)
 
     def _drop(self, update: _Update) -> None:
         if update.timer is not None and update.timer.active():

@@ -6,9 +6,12 @@ Creating a job checks its whole spec and resolves its target before
 anything is stored: a device the key may not see is ``skipped`` (``not
 found``), one it may not act on (the method, the shadow keys, per the
 key's kind, scope and the device's sharing) ``skipped`` (``forbidden:
-WHY``): neither is ever touched. A continuous target is resolved again
-every L{REFRESH} seconds while the job runs; devices that match later join
-(with the same checks).
+WHY``): neither is ever touched. A continuous target is resolved whole
+when a node starts driving the job (and every L{REFRESH} seconds as a
+backstop); meanwhile the devices that events say changed (L{JOINING}: on
+any node, the cluster's hub relays them; and the info a device gives the
+node holding it) are looked at, only those, at the next step: those that
+match now join (with the same checks).
 
 Driving. Every ``jobs.interval`` each node steps the jobs that need it,
 each job by one node at a time: the one holding its lease in the store
@@ -41,8 +44,12 @@ the next driver, which gives the same shadow.
 
 Cancel: executions not sent yet are ``cancelled`` (their queued calls
 too); those in progress were sent and are not recalled (an RPC cannot be
-taken back): they finish, and their result is recorded. Pause stops
-sending; those in progress finish likewise.
+taken back): they finish, and their result is recorded. Cancel with
+force also cancels those in progress (their later ends are not recorded:
+the store follows only executions in progress) and stops the firmware
+transfers under way (L{dashd.app.firmware.OtaManager.stop_job}, on every
+node: the job.state event says ``force``). Pause stops sending; those in
+progress finish likewise.
 """
 
 from __future__ import annotations
@@ -62,11 +69,19 @@ from dashd.domain.errors import (Conflict, DomainError, Forbidden, Invalid, NotF
                                  TooLarge)
 from dashd.domain.events import Event
 from dashd.domain.model import ApiKey
+from dashd.store.jobs_sql import JobStore
 
 log = Logger()
 
-# Seconds between two resolutions of a continuous target.
-REFRESH = 10.0
+# Seconds between two full resolutions of a continuous target (a backstop:
+# devices join as events say they changed, see JobRunner.device_event).
+REFRESH = 600.0
+# The events after which a device may have come to match a continuous
+# target: it is looked at (alone) at the next step.
+JOINING = ("device.created", "device.updated", "online", "shadow.update")
+# Devices a continuous job keeps to look at before its next step; more, and
+# the next step resolves the whole target instead.
+MAX_CANDIDATES = 10000
 # Executions sent in one step of one job at most (one store transaction).
 MAX_STEP = 5000
 # Calls queued in one store transaction.
@@ -109,6 +124,7 @@ class Jobs:
         self._fleet = fleet
         self.library = library
         self._store = fleet.store
+        self._more = JobStore(fleet.store)
         self._devices = devices
         self._config = fleet.config
         # The runner of this node, woken when a job changes (set by the builder).
@@ -167,6 +183,25 @@ class Jobs:
                 continue
             why = check_device(key, device, spec)
             out.append((device_id, j.SKIPPED if why else j.QUEUED, why))
+        return out
+
+    async def resolve_some(self, key: ApiKey, spec: dict[str, Any], device_ids: set[str]
+                           ) -> list[tuple[str, str, str | None]]:
+        """The executions of a query target's devices among C{device_ids}
+        (the devices that may have come to match): one store query over
+        those devices only."""
+        selection = self._devices.selection(key, spec["target"]["where"] or None)
+        ids = sorted(device_ids)
+        if selection.devices is not None:  # a restricted key's scope
+            ids = [d for d in ids if d in selection.devices]
+        if not ids:
+            return []
+        found = await self._store.select_devices(replace(selection, devices=tuple(ids),
+                                                         limit=None))
+        out: list[tuple[str, str, str | None]] = []
+        for device in found:
+            why = check_device(key, device, spec)
+            out.append((device.id, j.SKIPPED if why else j.QUEUED, why))
         return out
 
     # Use cases
@@ -311,15 +346,45 @@ class Jobs:
                 self._fleet.publish(device, "call.status", c.view(call))
         return after
 
-    async def cancel(self, by: ApiKey, job_id: str) -> dict[str, Any]:
+    async def cancel(self, by: ApiKey, job_id: str, force: bool = False) -> dict[str, Any]:
         job = await self.get(by, job_id)
         self._control(by, job, "cancel jobs")
+        if force:
+            return await self._force_cancel(by, job)
         after = await self.end(job, j.CANCELLED, {"message": "cancelled by key %s" % by.id})
         if after is None:
             latest = await self._store.get_job(job_id)
             raise Conflict("job %s has ended (%s): there is nothing to cancel"
                            % (job_id, (latest or job)["state"]))
         log.info("job {id} cancelled by {by}", id=job_id, by=by.id)
+        return await self.state_changed(after)
+
+    async def _force_cancel(self, by: ApiKey, job: dict[str, Any]) -> dict[str, Any]:
+        """Cancel with force (see L{jobs_sql.force_cancel}); then stop what
+        can be stopped: a firmware transfer under way (on whichever node
+        drives it: the others hear of it from the job.state event)."""
+        now = self._fleet.now()
+        reason = {"message": "cancelled by key %s" % by.id, "force": True}
+        after, calls, stopped = await self._more.force_cancel_job(job["id"], now, reason)
+        if after is None:
+            raise NotFound("no such job: %s" % job["id"])
+        if not after["changed"] and not stopped:
+            raise Conflict("job %s has ended (%s) and has nothing in progress: there is "
+                           "nothing to cancel" % (job["id"], after["state"]))
+        for call in calls:
+            device = await self._store.get_device(call.device_id)
+            if device is not None:
+                self._fleet.publish(device, "call.status", c.view(call))
+        if after["kind"] == "firmware":
+            if self.runner is not None:
+                self.runner.stopped(job["id"])
+            if stopped and self.library is not None:
+                self.library.stop_job_updates(job["id"], "the job was cancelled with force")
+        log.info("job {id} cancelled with force by {by}: {n} executions in progress "
+                 "cancelled", id=job["id"], by=by.id, n=len(stopped))
+        if not after["changed"]:
+            # Already ended: tell the nodes (a transfer to stop) all the same.
+            after = dict(after, reason=dict(after.get("reason") or {}, force=True))
         return await self.state_changed(after)
 
     async def retry(self, by: ApiKey, job_id: str) -> dict[str, Any]:
@@ -374,6 +439,18 @@ class _Driven:
         self.last = now
         self.refreshed = now
         self.counts: dict[str, int] | None = None
+        # The lease: its token (epoch) and until when it holds.
+        self.token = 0
+        self.until = now
+        # Cancelled with force: start nothing more.
+        self.stopped = False
+        # A continuous target: its devices (None: resolve it whole at the
+        # next step), the devices to look at, and whether there were more
+        # than MAX_CANDIDATES.
+        self.continuous = False
+        self.members: set[str] | None = None
+        self.candidates: set[str] = set()
+        self.overflow = False
 
 
 class JobRunner:
@@ -389,6 +466,9 @@ class JobRunner:
         self._audit = audit
         self._router = fleet.router
         self._driven: dict[str, _Driven] = {}
+        self._more = JobStore(fleet.store)
+        # The firmware updates this node is starting (their IDs).
+        self._starting: set[str] = set()
         self._library = jobs.library
         self._ticking = False
         self._again = False
@@ -415,6 +495,42 @@ class JobRunner:
             for state, n in (driven.counts or {}).items():
                 out[state] = out.get(state, 0) + n
         return out
+
+    # Devices that may join continuous targets
+
+    def device_event(self, event: Any) -> None:
+        """A fleet event observer (and a cluster hub remote observer, with
+        the node): a device that changed may match a continuous target; a
+        job cancelled with force on another node starts nothing more."""
+        if event.name in JOINING:
+            self._candidate(event.device_id)
+        elif event.name == "job.state" and isinstance(event.data, dict) \
+                and (event.data.get("reason") or {}).get("force"):
+            self.stopped(event.device_id)
+
+    def stopped(self, job_id: str) -> None:
+        """The job was cancelled with force: the firmware updates this node
+        is about to start do not start."""
+        driven = self._driven.get(job_id)
+        if driven is not None:
+            driven.stopped = True
+
+    def remote_event(self, event: Any, node: str) -> None:
+        self.device_event(event)
+
+    def device_info(self, device: Any, info: Any) -> None:
+        """A fleet info observer: what a device says of itself changed."""
+        self._candidate(device.id)
+
+    def _candidate(self, device_id: str) -> None:
+        for driven in self._driven.values():
+            if not driven.continuous or (driven.members is not None
+                                         and device_id in driven.members):
+                continue
+            if len(driven.candidates) >= MAX_CANDIDATES:
+                driven.overflow = True
+            else:
+                driven.candidates.add(device_id)
 
     # The steps
 
@@ -464,16 +580,20 @@ class JobRunner:
     async def _step(self, job_id: str) -> None:
         now = self._fleet.now()
         node = self._router.node_id
-        if not await self._store.lease_job(job_id, node, now,
-                                           now + self._config["jobs.lease_timeout"]):
+        until = now + self._config["jobs.lease_timeout"]
+        token = await self._more.lease_job(job_id, node, now, until)
+        if token is None:
             self._driven.pop(job_id, None)
             return
         driven = self._driven.get(job_id)
-        if driven is None:
-            # Taken over (or first seen): a shadow change cut off is applied again.
+        if driven is None or driven.token != token:
+            # Taken over (or first seen, or its lease had lapsed): a shadow
+            # change cut off is applied again.
             driven = self._driven[job_id] = _Driven(now)
+            driven.token = token
             log.info("job {id}: driven by this node ({node})", id=job_id, node=node)
             await self._store.requeue_job_executions(job_id, now)
+        driven.until = until
         job = await self._store.get_job(job_id)
         if job is None:
             self._driven.pop(job_id, None)
@@ -501,6 +621,7 @@ class JobRunner:
                     self.ended[state] = self.ended.get(state, 0) + grown
             driven.counts = counts
             self._jobs.publish(job, "job.progress", {"id": job["id"], "state": job["state"],
+                                                     "key_id": job["key_id"],
                                                      "progress": j.progress(counts)})
         if job["state"] in j.ENDED and not counts.get(j.IN_PROGRESS) \
                 and await self._store.jobs_in_flight(job_id) == 0:
@@ -521,14 +642,33 @@ class JobRunner:
         fired = j.rule_fired(spec, counts)
         if fired is not None:
             return await self._end(job, j.ABORTED, fired)
-        if spec["target"].get("continuous") and now - driven.refreshed >= REFRESH:
-            driven.refreshed = now
-            have = {e["device_id"] for e in await self._all_executions(job_id)}
+        if spec["target"].get("continuous"):
+            driven.continuous = True
+            joined = []
             try:
-                joined = await self._jobs.resolve(key, spec, skip=have)
+                if driven.members is None or driven.overflow \
+                        or now - driven.refreshed >= REFRESH:
+                    # Whole: taken over, too many changed, or the backstop.
+                    driven.refreshed = now
+                    driven.candidates, driven.overflow = set(), False
+                    have = {e["device_id"] for e in await self._all_executions(job_id)}
+                    driven.members = have
+                    joined = await self._jobs.resolve(key, spec, skip=have)
+                elif driven.candidates:
+                    # Only the devices that changed since the last step.
+                    look, driven.candidates = driven.candidates, set()
+                    joined = await self._jobs.resolve_some(key, spec,
+                                                           look - driven.members)
+                    room = self._config["jobs.max_devices"] - len(driven.members)
+                    if len(joined) > room:
+                        log.info("job {id}: its target selects more than {most} devices "
+                                 "(jobs.max_devices): no more join", id=job_id,
+                                 most=self._config["jobs.max_devices"])
+                        joined = joined[:max(0, room)]
             except Invalid as e:
-                joined = []
                 log.info("job {id}: its target: {error}", id=job_id, error=e.message)
+            if driven.members is not None:
+                driven.members.update(e[0] for e in joined)
             if joined:
                 # Those that join later are in the last phase.
                 last = max(0, len(spec.get("phases") or ()) - 1)
@@ -556,7 +696,7 @@ class JobRunner:
             room = min(room, int(driven.tokens))
         driven.last = now
         if room > 0 and counts.get(j.QUEUED, 0) > 0:
-            sent = await self._send(job, key, room, now, phase)
+            sent = await self._send(job, key, room, now, phase, driven)
             if rate is not None:
                 driven.tokens -= sent
         if not spec["target"].get("continuous"):
@@ -600,7 +740,7 @@ class JobRunner:
         return after
 
     async def _send(self, job: dict[str, Any], key: ApiKey, room: int, now: float,
-                    phase: int | None) -> int:
+                    phase: int | None, driven: _Driven) -> int:
         config = self._config
         if job["kind"] == "rpc":
             # In batches, each its own transaction: other writers get their
@@ -621,14 +761,20 @@ class JobRunner:
             # Only to devices online now: the others wait (their queued timeout).
             waiting = await self._store.queued_job_devices(job["id"], room * 4 + 16, phase)
             online = [d for d in waiting if self._router.is_online(d)][:room]
-            taken = await self._store.take_job_executions(job["id"], room, now, phase, online)
+            if not self._fresh(driven):
+                return 0
+            # Fenced: only while this node holds the lease (its token), and
+            # each update's ID is recorded before it starts.
+            started = await self._more.start_job_executions(
+                job["id"], self._router.node_id, driven.token, now, online)
+            self._starting.update(ref for _, ref in started)
             results = await DeferredList(
-                [ensureDeferred(self._update(job, key, device_id)) for device_id in taken],
-                consumeErrors=True)
+                [ensureDeferred(self._update(job, key, device_id, ref, driven))
+                 for device_id, ref in started], consumeErrors=True)
             for ok, failure in results:
                 if not ok:
                     log.failure("job {id}: starting a firmware update", failure, id=job["id"])
-            return len(taken)
+            return len(started)
         taken = await self._store.take_job_executions(job["id"], room, now, phase)
         body = _shadow_body(job["spec"]["action"])
         results = await DeferredList([ensureDeferred(self._apply(job, key, device_id, body))
@@ -704,9 +850,24 @@ class JobRunner:
             job = dict(job, stage=stage)
         return job, number
 
-    async def _update(self, job: dict[str, Any], key: ApiKey, device_id: str) -> None:
-        """Start the firmware update of one device; record its ID on the
-        execution, which then follows its status."""
+    def _fresh(self, driven: _Driven) -> bool:
+        """This node still holds the job's lease, with a margin: another
+        node may take it over only once it has lapsed."""
+        margin = min(2.0, self._config["jobs.lease_timeout"] / 4)
+        return self._fleet.now() < driven.until - margin
+
+    async def _update(self, job: dict[str, Any], key: ApiKey, device_id: str, ref: str,
+                      driven: _Driven) -> None:
+        """Start the firmware update C{ref} of one device (recorded on its
+        execution, which follows its status), unless the node lost the
+        lease meanwhile (then whichever node drives next puts it back)."""
+        try:
+            await self._start_update(job, key, device_id, ref, driven)
+        finally:
+            self._starting.discard(ref)
+
+    async def _start_update(self, job: dict[str, Any], key: ApiKey, device_id: str,
+                            ref: str, driven: _Driven) -> None:
         action = job["spec"]["action"]
         now = self._fleet.now()
         try:
@@ -714,26 +875,44 @@ class JobRunner:
                 key, device_id, action["firmware"], pull=action["mode"] == "pull",
                 auto_commit=action["auto_commit"],
                 commit_timeout=action.get("commit_timeout",
-                                          self._config["ota.commit_timeout"]))
+                                          self._config["ota.commit_timeout"]),
+                job_id=job["id"], update_id=ref,
+                fence=lambda: self._fresh(driven) and not driven.stopped)
         except DomainError as e:
             code = next((n for kind, n in _CODES if isinstance(e, kind)), 503)
-            await self._store.finish_job_ref(job["id"], device_id, None, j.FAILED, now, None,
+            await self._store.finish_job_ref(job["id"], device_id, ref, j.FAILED, now, None,
                                              {"code": code, "message": e.message},
                                              job["spec"]["retries"])
             return
-        await self._store.set_job_execution_ref(job["id"], device_id, status["id"])
+        if status is None:
+            log.info("job {id}: device {device}: not started: the job was cancelled with "
+                     "force, or this node lost its lease", id=job["id"], device=device_id)
 
     async def _follow_firmware(self, job: dict[str, Any], now: float) -> None:
         """End the firmware executions whose update has ended (from the
         devices' stored update status, so whichever node drives)."""
         auto_commit = job["spec"]["action"]["auto_commit"]
         retries = job["spec"]["retries"]
+        grace = self._config["jobs.lease_timeout"]
         for e in await self._store.job_executions_in_progress(job["id"]):
             ref = e.get("call_id")
-            if not e.get("dispatched"):
-                continue  # being started (a requeue on takeover puts back one cut off)
+            if not e.get("dispatched") or ref in self._starting:
+                continue  # being started here
             status = await self._store.get_ota_status(e["device_id"]) or {}
             if status.get("id") != ref:
+                since = e["times"].get("dispatched", e["times"].get(j.IN_PROGRESS, now))
+                if now - since < grace:
+                    continue  # its node may be starting it (its status not stored yet)
+                if not status.get("id") or (status.get("started") or 0) < since:
+                    # Never started: its node lost the lease, or died, before
+                    # it did (a node starts an update only while it holds the
+                    # lease, and the lease lapsed before this node drove).
+                    if await self._more.requeue_unstarted(job["id"], e["device_id"], ref,
+                                                          now):
+                        log.info("job {id}: device {device}: update {ref} was never "
+                                 "started: queued again", id=job["id"],
+                                 device=e["device_id"], ref=ref)
+                    continue
                 await self._store.finish_job_ref(
                     job["id"], e["device_id"], ref, j.FAILED, now, None,
                     {"code": 409, "message": "another firmware update of the device replaced "

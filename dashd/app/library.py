@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -190,9 +190,16 @@ class FirmwareLibrary:
         return path
 
     async def update_device(self, by: ApiKey, device_id: str, firmware_id: str, pull: bool,
-                            auto_commit: bool, commit_timeout: int) -> dict[str, Any]:
+                            auto_commit: bool, commit_timeout: int,
+                            job_id: str | None = None, update_id: str | None = None,
+                            fence: Callable[[], bool] | None = None
+                            ) -> dict[str, Any] | None:
         """Send image C{firmware_id} to the device (as C{POST
-        /devices/:id/ota} sends an upload); fire with the update's status."""
+        /devices/:id/ota} sends an upload); fire with the update's status.
+        A fleet job gives its C{job_id}, the C{update_id} it recorded, and
+        a C{fence}, asked last thing before the update starts: if it says
+        False (the node lost the job's lease) nothing starts, and this
+        fires with None."""
         device = await self._firmware.prepare(by, device_id)
         try:
             image = await self.get(by, firmware_id)
@@ -203,14 +210,22 @@ class FirmwareLibrary:
                           % (firmware_id, device_id), "firmware")
         pull_base_url = self._ota.pull_base_url(device.id) if pull else None
         path = await self.copy_out(image)
+        if fence is not None and not fence():
+            _delete(path)
+            return None
         try:
             return self._ota.start_update(
                 device, path, image["size"], image["name"], image["kind"], image["manifest"],
                 pull_base_url=pull_base_url, auto_commit=auto_commit,
-                commit_timeout=commit_timeout)
+                commit_timeout=commit_timeout, job_id=job_id, update_id=update_id)
         except BaseException:
             _delete(path)
             raise
+
+    def stop_job_updates(self, job_id: str, reason: str) -> int:
+        """Stop the transfers of job C{job_id} under way here (see
+        L{OtaManager.stop_job}); return how many."""
+        return self._ota.stop_job(job_id, reason)
 
     def sweep(self) -> Any:
         """Delete what uploads cut off by a restart left in the store."""

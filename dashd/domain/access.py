@@ -335,6 +335,8 @@ def device_view_for(key: ApiKey, view: dict[str, Any]) -> dict[str, Any]:
 
 def event_payload(key: ApiKey, event: Event) -> str | None:
     """What a subscriber with this key receives of C{event}, or None."""
+    if event.name in JOB_EVENTS:
+        return job_event_payload(key, event)
     if not can_see(key, event.device_id, event.account_id, event.shared_with):
         return None
     if key.kind != RESTRICTED:
@@ -349,6 +351,27 @@ def event_payload(key: ApiKey, event: Event) -> str | None:
     elif event.name == "online":
         data = None  # not the addresses of the connections
     return compact({"name": event.name, "id": event.device_id, "data": data})
+
+
+# The notifications of fleet jobs (their ID in place of a device's).
+JOB_EVENTS = ("job.state", "job.progress")
+
+
+def job_event_payload(key: ApiKey, event: Event) -> str | None:
+    """A job's notification goes to the keys that may see the job (as
+    C{GET /jobs/:id}): every key of its account but a restricted one, and a
+    restricted key for the jobs it created (the creator's ID is in the
+    data). Devices shared with an account do not bring it the jobs of the
+    owner's account: those are the owner's. A job's notifications carry
+    counts, never a device's data."""
+    if key.kind == CONSOLE_KIND:
+        return event.payload
+    if event.account_id != key.account_id:
+        return None
+    if key.kind == RESTRICTED and (
+            not isinstance(event.data, dict) or event.data.get("key_id") != key.id):
+        return None
+    return event.payload
 
 
 # Reading what a caller gives

@@ -245,3 +245,31 @@ def prune(db: Db, before: float, batch: int) -> int:
     cur = db.execute("DELETE FROM calls WHERE seq IN (SELECT seq FROM calls WHERE finished < ?"
                      " LIMIT ?)", (before, batch))
     return int(cur.rowcount)
+
+
+class Refused:
+    """What L{each} gives for a job of its batch that raised (the others
+    went on)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def each(db: Db, job: Any, items: list[tuple[Any, ...]]) -> list[Any]:
+    """Run C{job(db, *args)} for each of C{items} in one transaction (a
+    batch of claims or ends gathered in a reactor turn: one trip to the
+    store), each in a savepoint: one that raises is undone alone and gives
+    a L{Refused}. Fire with the results, in order."""
+    out: list[Any] = []
+    for args in items:
+        db.execute("SAVEPOINT one")
+        try:
+            result = job(db, *args)
+        except Exception as e:
+            db.execute("ROLLBACK TO SAVEPOINT one")
+            db.execute("RELEASE SAVEPOINT one")
+            out.append(Refused(e))
+            continue
+        db.execute("RELEASE SAVEPOINT one")
+        out.append(result)
+    return out

@@ -77,13 +77,18 @@ def add(db: Db, job_id: str, executions: list[tuple[Any, ...]], now: float) -> i
     many were added."""
     (top,) = db.one("SELECT coalesce(max(seq), 0) FROM job_executions WHERE job_id = ?",
                     (job_id,))
+    # A few (devices that joined a continuous target): each looked up by
+    # the key; many: the job's devices read once.
+    few = len(executions) <= 1000
     have = {r[0] for r in db.all("SELECT device_id FROM job_executions WHERE job_id = ?",
-                                 (job_id,))} if top else set()
+                                 (job_id,))} if top and not few else set()
     added = 0
     for execution in executions:
         device_id, state, reason = execution[:3]
         phase = execution[3] if len(execution) > 3 else 0
-        if device_id in have:
+        if device_id in have or (top and few and db.one(
+                "SELECT 1 FROM job_executions WHERE job_id = ? AND device_id = ?",
+                (job_id, device_id)) is not None):
             continue
         have.add(device_id)
         top += 1
@@ -350,7 +355,9 @@ def sync(db: Db, job_id: str, retries: int, now: float) -> int:
     rows = db.all("SELECT e.device_id, e.seq, e.state, e.reason, e.attempts, e.call_id,"
                   " e.times, e.outcome, e.dispatched, e.updated, k.state, k.sent, k.outcome,"
                   " k.id FROM job_executions e LEFT JOIN calls k ON k.id = e.call_id"
-                  " WHERE e.job_id = ? AND e.dispatched = 1", (job_id,))
+                  " WHERE e.job_id = ? AND e.dispatched = 1 AND (k.id IS NULL OR k.state NOT"
+                  " IN ('queued', 'sent') OR (k.state = 'sent' AND e.state = 'queued'))",
+                  (job_id,))
     changed = 0
     for row in rows:
         e = _execution(db, row[:10])
@@ -409,6 +416,40 @@ def cancel(db: Db, job_id: str, now: float, state: str = j.CANCELLED,
         e["times"][j.CANCELLED] = now
         _write_exec(db, job_id, e, now)
     return job, cancelled
+
+
+def force_cancel(db: Db, job_id: str, now: float, reason: Any = None
+                 ) -> tuple[dict[str, Any] | None, list[Call], list[dict[str, Any]]]:
+    """Cancel with force: end the job if it is live (cancelled, with
+    C{reason}), cancel what was not sent, and mark ``cancelled`` every
+    execution in progress too (or sent, its end not seen yet): from then
+    on nothing the device reports for it is recorded (its call, its
+    firmware update's status). Allowed on a job that has ended with
+    executions still in progress. Fire with the job (``changed``: it
+    ended now), the queued calls cancelled and the executions cancelled in
+    progress (as they were: ``call_id`` says what was under way)."""
+    job, cancelled = cancel(db, job_id, now, j.CANCELLED, reason)
+    if job is None:
+        return None, [], []
+    rows = db.all("SELECT %s FROM job_executions WHERE job_id = ? AND (state = 'in_progress'"
+                  " OR dispatched = 1)%s" % (_EXEC, db.lock), (job_id,))
+    stopped = []
+    for row in rows:
+        e = _execution(db, row)
+        before = dict(e)
+        if e.get("call_id") and e.get("dispatched") and job["kind"] == "rpc":
+            call = calls_sql.cancel(db, e["call_id"], now)
+            if call is not None and call.state == c.CANCELLED:
+                cancelled.append(call)  # not sent after all
+        e.pop("result", None)
+        e.pop("error", None)
+        e.update(state=j.CANCELLED, dispatched=False,
+                 reason="cancelled in progress (force): what the device reports for it "
+                        "is not recorded")
+        e["times"][j.CANCELLED] = now
+        _write_exec(db, job_id, e, now)
+        stopped.append(before)
+    return job, cancelled, stopped
 
 
 def retry_failed(db: Db, job_id: str, now: float) -> tuple[dict[str, Any] | None, int]:
@@ -505,3 +546,121 @@ def expire_queued(db: Db, job_id: str, phase: int | None, before: float,
                                     "queued timeout"}, 0)
         _write_exec(db, job_id, e, now)
     return len(rows)
+
+
+def prune(db: Db, before: float, batch: int) -> int:
+    """Delete up to C{batch} executions of the jobs that ended before
+    C{before} (none of whose calls is still out), and those jobs once
+    they have none left; fire with how many rows (executions and jobs)."""
+    rows = db.all("SELECT id FROM jobs WHERE state IN ('completed', 'cancelled', 'aborted')"
+                  " AND finished < ? AND NOT EXISTS (SELECT 1 FROM job_executions e WHERE"
+                  " e.job_id = jobs.id AND e.dispatched = 1) ORDER BY finished LIMIT 100",
+                  (before,))
+    deleted = 0
+    for (job_id,) in rows:
+        if deleted >= batch:
+            break
+        cur = db.execute("DELETE FROM job_executions WHERE job_id = ? AND seq IN (SELECT seq"
+                         " FROM job_executions WHERE job_id = ? ORDER BY seq LIMIT ?)",
+                         (job_id, job_id, batch - deleted))
+        deleted += int(cur.rowcount)
+        if deleted < batch:
+            deleted += int(db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount)
+    return deleted
+
+
+def lease_fenced(db: Db, job_id: str, node: str, now: float, until: float) -> int | None:
+    """Take or renew the job's lease for C{node} (as L{lease}); fire with
+    the lease's token (its epoch: one more whenever the lease changes hands
+    or had lapsed), or None if another node holds it."""
+    cur = db.execute("UPDATE jobs SET lease_token = CASE WHEN lease = ? AND lease_until >= ?"
+                     " THEN lease_token ELSE lease_token + 1 END, lease = ?, lease_until = ?"
+                     " WHERE id = ? AND (lease = ? OR lease IS NULL OR lease_until < ?)",
+                     (node, now, node, until, job_id, node, now))
+    if int(cur.rowcount) == 0:
+        return None
+    (token,) = db.one("SELECT lease_token FROM jobs WHERE id = ?", (job_id,))
+    return int(token)
+
+
+def _holds(db: Db, job_id: str, node: str, token: int, now: float) -> bool:
+    row = db.one("SELECT lease, lease_token, lease_until FROM jobs WHERE id = ?%s" % db.lock,
+                 (job_id,))
+    return row is not None and row[0] == node and int(row[1]) == token \
+        and row[2] is not None and row[2] >= now
+
+
+def start_fenced(db: Db, job_id: str, node: str, token: int, now: float,
+                 devices: list[str]) -> list[tuple[str, str]]:
+    """Mark the queued executions of C{devices} in progress and record on
+    each the ID of the firmware update about to start (``dispatched``:
+    followed from then on, never started again), only if C{node} still
+    holds the job's lease with C{token}. Fire with (device ID, update ID)
+    for each (none if the lease was lost)."""
+    if not devices or not _holds(db, job_id, node, token, now):
+        return []
+    out = []
+    for device_id in devices:
+        row = db.one("SELECT %s FROM job_executions WHERE job_id = ? AND device_id = ? AND"
+                     " state = 'queued' AND dispatched = 0%s" % (_EXEC, db.lock),
+                     (job_id, device_id))
+        if row is None:
+            continue
+        e = _execution(db, row)
+        e.pop("result", None)
+        e.pop("error", None)
+        ref = tokens.new_id("o")
+        e.update(state=j.IN_PROGRESS, attempts=e["attempts"] + 1, call_id=ref, dispatched=True)
+        e["times"][j.IN_PROGRESS] = now
+        e["times"]["dispatched"] = now
+        _write_exec(db, job_id, e, now)
+        out.append((device_id, ref))
+    return out
+
+
+def requeue_unstarted(db: Db, job_id: str, device_id: str, ref: str, now: float) -> bool:
+    """Put back in the queue an execution whose firmware update C{ref} was
+    never started (its node lost the lease or died before it did): the
+    attempt is undone. Fire with whether it was."""
+    row = db.one("SELECT %s FROM job_executions WHERE job_id = ? AND device_id = ?%s"
+                 % (_EXEC, db.lock), (job_id, device_id))
+    if row is None:
+        return False
+    e = _execution(db, row)
+    if e["state"] != j.IN_PROGRESS or e.get("call_id") != ref or not e.get("dispatched"):
+        return False
+    e.pop("result", None)
+    e.pop("error", None)
+    e.update(state=j.QUEUED, attempts=max(0, e["attempts"] - 1), call_id=None,
+             dispatched=False)
+    e["times"].pop(j.IN_PROGRESS, None)
+    e["times"].pop("dispatched", None)
+    _write_exec(db, job_id, e, now)
+    return True
+
+
+class JobStore:
+    """The jobs above added since the store's own job methods, on a store
+    with C{alarms_job} (which runs any C{job(db, *args)} in a transaction)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def _run(self, job: Any, *args: Any, read: bool = False) -> Any:
+        return self._store.alarms_job(job, *args, read=read)
+
+    def force_cancel_job(self, job_id: str, now: float, reason: Any = None) -> Any:
+        return self._run(force_cancel, job_id, now, reason)
+
+    def prune_jobs(self, before: float, batch: int = 10000) -> Any:
+        return self._run(prune, before, batch)
+
+    def lease_job(self, job_id: str, node: str, now: float, until: float) -> Any:
+        return self._run(lease_fenced, job_id, node, now, until)
+
+    def start_job_executions(self, job_id: str, node: str, token: int, now: float,
+                             devices: list[str]) -> Any:
+        return self._run(start_fenced, job_id, node, token, now, devices)
+
+    def requeue_unstarted(self, job_id: str, device_id: str, ref: str, now: float) -> Any:
+        return self._run(requeue_unstarted, job_id, device_id, ref, now)

@@ -1,0 +1,105 @@
+"""
+The store jobs of fleet jobs added to dashd.store.jobs_sql.JobStore, on
+both stores: the retention of jobs that ended, in batches.
+"""
+
+from __future__ import annotations
+
+import pytest_twisted
+
+from dashd.app.retention import DataRetention
+from dashd.domain import tokens
+from dashd.store.jobs_sql import JobStore
+
+from test_calls_store import _device, stores  # noqa: F401 (the fixture)
+
+
+async def _job(store, device, n: int, state: str | None, finished: float = 0.0) -> str:
+    job = {"id": tokens.new_id("j"), "account_id": device.account_id, "key_id": "k1",
+           "name": "j", "kind": "shadow", "spec": {"action": {"type": "shadow"}},
+           "state": "running", "created": 1.0, "started": 1.0, "firmware_id": None}
+    await store.create_job(job, [("%s-%d" % (device.id, i), "queued", None)
+                                 for i in range(n)])
+    if state is not None:
+        after = await store.set_job_state(job["id"], ("running",), state, finished)
+        assert after["changed"]
+    return job["id"]
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def seconds(self) -> float:
+        return self.now
+
+
+@pytest_twisted.ensureDeferred
+async def test_jobs_ended_long_ago_are_deleted_in_batches(stores):  # noqa: F811
+    store, _ = stores
+    more = JobStore(store)
+    device = await _device(store)
+    old = await _job(store, device, 5, "completed", 50.0)
+    aborted = await _job(store, device, 1, "aborted", 60.0)
+    # Ended long ago, but a call of it is still out: kept until it ends.
+    out = await _job(store, device, 2, "cancelled", 50.0)
+    assert await store.take_job_executions(out, 1, 2.0) == ["%s-0" % device.id]
+    await store.set_job_execution_ref(out, "%s-0" % device.id, "o1")
+    running = await _job(store, device, 2, None)
+    recent = await _job(store, device, 2, "completed", 500.0)
+    assert await more.prune_jobs(100.0, 3) == 3
+    assert len(await store.job_executions(old, None, 10, None)) == 2
+    assert (await store.get_job(old))["state"] == "completed"
+    assert await more.prune_jobs(100.0, 3) == 3  # the last 2 and the job
+    assert await store.get_job(old) is None
+    assert await more.prune_jobs(100.0, 3) == 2  # the aborted one and its execution
+    assert await store.get_job(aborted) is None
+    assert await more.prune_jobs(100.0, 3) == 0
+    for kept in (out, running, recent):
+        assert await store.get_job(kept) is not None
+    assert len(await store.job_executions(out, None, 10, None)) == 2
+    # As the retention runs it: every batch until one is short.
+    await store.finish_job_ref(out, "%s-0" % device.id, "o1", "succeeded", 70.0)
+    retention = DataRetention(store, _Clock(100.0 + 86400.0), 1.0, more.prune_jobs, "jobs")
+    assert await retention.run() == 3
+    assert await store.get_job(out) is None
+    assert await store.get_job(recent) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_firmware_execution_starts_only_under_the_lease_it_was_taken_with(
+        stores):  # noqa: F811
+    store, other = stores
+    mine, theirs = JobStore(store), JobStore(other)
+    device = await _device(store)
+    job_id = await _job(store, device, 3, None)
+    a, b, c = ("%s-%d" % (device.id, i) for i in range(3))
+    token = await mine.lease_job(job_id, "n1", 10.0, 20.0)
+    assert token is not None
+    assert await mine.lease_job(job_id, "n1", 15.0, 25.0) == token  # renewed: same epoch
+    assert await theirs.lease_job(job_id, "n2", 16.0, 26.0) is None  # held
+    started = await mine.start_job_executions(job_id, "n1", token, 17.0, [a])
+    assert [d for d, _ in started] == [a]
+    ((_, ref),) = started
+    (e,) = [x for x in await store.job_executions(job_id, None, 10, None) if x["device_id"] == a]
+    assert (e["state"], e["call_id"], e["dispatched"], e["attempts"]) == (
+        "in_progress", ref, True, 1)
+    # n1 stalls; its lease lapses and n2 takes the job over: a new epoch.
+    taken = await theirs.lease_job(job_id, "n2", 30.0, 40.0)
+    assert taken is not None and taken != token
+    # n1, back, can start nothing under its old token (nor a lapsed lease).
+    assert await mine.start_job_executions(job_id, "n1", token, 31.0, [b]) == []
+    assert await mine.start_job_executions(job_id, "n2", taken, 41.0, [b]) == []
+    assert [d for d, _ in await theirs.start_job_executions(job_id, "n2", taken, 32.0,
+                                                            [b, a])] == [b]
+    # n1 taking the lease back after n2 is also a new epoch.
+    again = await mine.lease_job(job_id, "n1", 50.0, 60.0)
+    assert again not in (None, token, taken)
+    # An update recorded but never started is put back once (its attempt undone).
+    assert not await mine.requeue_unstarted(job_id, a, "o-other", 51.0)
+    assert await mine.requeue_unstarted(job_id, a, ref, 51.0)
+    assert not await mine.requeue_unstarted(job_id, a, ref, 52.0)
+    (e,) = [x for x in await store.job_executions(job_id, None, 10, None) if x["device_id"] == a]
+    assert (e["state"], e["dispatched"], e["attempts"]) == ("queued", False, 0)
+    assert "dispatched" not in e["times"]
+    assert c not in [d for d, _ in started]
