@@ -160,7 +160,7 @@ def console_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     given = {name: getattr(args, name, None)
              for name in ("account", "name", "expires_in", "key_id", "device_id", "shared_with",
                           "job_id", "state", "alarm_id", "severity", "device", "note",
-                          "session_id", "key", "start", "end", "bucket", "limit")}
+                          "session_id", "key", "start", "end", "bucket", "limit", "force")}
     return command, {k: v for k, v in given.items() if v is not None}
 
 
@@ -685,6 +685,10 @@ def parser() -> argparse.ArgumentParser:
         j.add_argument("job_id")
         if action == "executions":
             j.add_argument("--state", help="only these states (comma-separated)")
+        if action == "cancel":
+            j.add_argument("--force", action="store_true", default=None,
+                           help="cancel the devices in progress too: what they report "
+                                "later is ignored, firmware transfers under way are stopped")
 
     alarms = sub.add_parser("alarms", help="alarms").add_subparsers(
         dest="action", required=True, metavar="ACTION")

@@ -738,6 +738,32 @@ async def test_cancel_with_force_cancels_what_is_in_progress_and_ignores_its_end
 
 
 @pytest_twisted.ensureDeferred
+async def test_dashctl_jobs_cancel_force_cancels_what_is_in_progress(
+        server: DashdProcess, admin: Client):
+    import json
+
+    from test_ctl import dashctl, ok
+
+    ids, sims = await online_fleet(server, admin, "force3", 2)
+    try:
+        job = await create(admin, {
+            "name": "slow from scripts", "target": {"devices": ids}, "concurrency": 1,
+            "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 1.5}}})
+
+        async def one_in_progress():
+            found = await executions(admin, job["id"], "in_progress")
+            return found if found else None
+
+        await eventually(one_in_progress, 10)
+        after = json.loads(ok(dashctl(server, "--json", "jobs", "cancel", "--force", job["id"])))
+        assert after["state"] == "cancelled" and after["reason"]["force"] is True
+        assert (after["progress"]["cancelled"], after["progress"]["in_progress"]) == (2, 0)
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_cancel_with_force_stops_a_firmware_transfer(server: DashdProcess,
                                                            admin: Client, tmp_path):
     from test_library import add_image

@@ -108,3 +108,32 @@ async def test_an_image_of_the_library_rolled_out_from_the_firmware_page(
     assert all(s.ota_committed for s in sims)
     for sim in sims:
         await sim.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_cancelled_with_force_from_its_page(server, admin: Client, ui):
+    sims = await _tagged_fleet(server, admin, "uiforce", 2)
+    reply = await admin.post("/api/v2/jobs", {
+        "name": "ui slow", "target": {"where": 'shadow.tags.run = "uiforce"'},
+        "concurrency": 1,
+        "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 3}}})
+    assert reply.status in (200, 201), reply
+    job_id = reply.body["id"]
+    await ui.run(sign_in, admin.key)
+
+    def cancel(page: Page) -> None:
+        page.goto("/#/jobs/%s" % job_id)
+        expect(page.get_by_role("heading", level=1, name="Job ui slow")).to_be_visible()
+        page.get_by_role("button", name="Cancel with force").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("what they report later is not recorded")
+        dialog.get_by_role("button", name="Cancel with force").click()
+        expect(page.get_by_role("progressbar", name="Cancelled: 2 of 2")).to_be_visible(timeout=10_000)
+        expect(page.get_by_role("button", name="Cancel with force")).to_have_count(0)
+        accessible(page)
+
+    await ui.run(cancel)
+    done = (await admin.get("/api/v2/jobs/" + job_id)).body
+    assert done["state"] == "cancelled" and done["reason"]["force"] is True
+    for sim in sims:
+        await sim.stop()

@@ -211,6 +211,13 @@ async def data_range(app: Any, args: dict[str, Any]) -> Done:
     return Done(result)
 
 
+async def jobs_cancel(app: Any, args: dict[str, Any]) -> Done:
+    # force: the executions in progress are cancelled too (see JobService.cancel).
+    job = await _jobs(app).cancel(CONSOLE, _text(args, "job_id") or "",
+                                  force=args.get("force") is True)
+    return Done(job, job["account_id"], target=job["id"])
+
+
 COMMANDS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Done]]] = {
     "sessions list": sessions_list,
     "sessions revoke": sessions_revoke,
@@ -220,7 +227,7 @@ COMMANDS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[Done]]] = {
     "jobs executions": jobs_executions,
     "jobs pause": _job_control("pause"),
     "jobs resume": _job_control("resume"),
-    "jobs cancel": _job_control("cancel"),
+    "jobs cancel": jobs_cancel,
     "jobs retry": _job_control("retry"),
     "jobs delete": _job_control("delete"),
     "alarms list": alarms_list,

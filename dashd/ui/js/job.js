@@ -42,6 +42,14 @@ export function mount(main, ctx, params) {
       });
       if (!ok) return;
     }
+    if (verb === 'force') {
+      const ok = await confirmDialog({
+        title: `Cancel ${job.name} with force?`,
+        body: 'Devices not sent to yet are cancelled, and so are those in progress: what they report later is not recorded, and a firmware transfer under way is stopped (the device keeps its firmware). A call already sent cannot be recalled.',
+        confirmLabel: 'Cancel with force',
+      });
+      if (!ok) return;
+    }
     if (verb === 'delete') {
       try {
         await api('DELETE', `/jobs/${encode(id)}`);
@@ -53,7 +61,8 @@ export function mount(main, ctx, params) {
       return;
     }
     try {
-      const after = await api('POST', `/jobs/${encode(id)}/${verb}`);
+      const path = verb === 'force' ? 'cancel?force=true' : verb;
+      const after = await api('POST', `/jobs/${encode(id)}/${path}`);
       showJob(after);
       showMessage(message, `${label}: the job is ${after.state}.`, 'success');
       announce(`Job ${after.state}`);
@@ -90,6 +99,7 @@ export function mount(main, ctx, params) {
       if (job.stage && job.stage.awaiting_approval && live) buttons.push(button('approve', 'Approve the next phase', 'primary'));
       if ((job.progress.failed || job.progress.timed_out) && job.state !== 'cancelled') buttons.push(button('retry', 'Retry the failed'));
       if (live) buttons.push(button('cancel', 'Cancel job', 'danger'));
+      if (job.progress.in_progress) buttons.push(button('force', 'Cancel with force', 'danger'));
       else buttons.push(button('delete', 'Delete job', 'danger'));
     }
     replace(controls, buttons);
