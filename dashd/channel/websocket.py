@@ -23,7 +23,7 @@ from typing import Any
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.logger import Logger
@@ -190,6 +190,94 @@ def forget_handshake(proto: WebSocketServerProtocol) -> None:
         setattr(proto, name, None)
 
 
+class _NoSendQueue(deque):  # type: ignore[type-arg]
+    """
+    The send queue every open device connection shares: Autobahn queues
+    only sends made with C{sync=True} or a C{chopsize} (and what follows one
+    while it is queued), which dashd never makes; a connection's own empty
+    deque is 0.7 KB. Anything put here would be a bug: it says so.
+    """
+
+    def append(self, item: Any) -> None:
+        raise RuntimeError("dashd sends no synchronous or chopped WebSocket frames")
+
+    appendleft = extend = extendleft = append  # type: ignore[assignment]
+
+
+_NO_SEND_QUEUE = _NoSendQueue()
+
+# What an idle open connection of Autobahn's holds at these values: class
+# attributes of the device protocol, so that the instance need not (see
+# compact()). Immutable values only.
+_QUIET: dict[str, Any] = {name: None for name in _HANDSHAKE_ATTRIBUTES}
+_QUIET.update(
+    _perMessageCompress=None, trackedTimings=None, utf8validator=None, current_frame=None,
+    _transport_details=None, autoPingPending=None, autoPingPendingSent=None,
+    autoPingTimeoutCall=None, autoPingPendingSeq=0, openHandshakeTimeoutCall=None,
+    closeHandshakeTimeoutCall=None, localCloseCode=None, localCloseReason=None,
+    remoteCloseCode=None, remoteCloseReason=None, wasNotCleanReason=None,
+    closedByMe=False, failedByMe=False, droppedByMe=False, wasClean=False,
+    wasServerConnectionDropTimeout=False, wasOpenHandshakeTimeout=False,
+    wasCloseHandshakeTimeout=False, wasServingFlashSocketPolicyFile=False,
+    wasMaxFramePayloadSizeExceeded=False, wasMaxMessagePayloadSizeExceeded=False,
+    inside_message=False, triggered=False, data=b"", send_state=0,
+    websocket_protocol_in_use=None, websocket_version=13, base_url=None, device=None,
+    _errors=0, send_queue=_NO_SEND_QUEUE, _recompact=False,
+)
+
+# Autobahn's state of the last message and frame read: set afresh as each
+# one begins, not read between them, so dropped between them.
+_SCRATCH = (
+    "_isMessageCompressed", "current_frame_masker", "frame_length", "frame_data",
+    "message_data", "message_data_total_length", "message_is_binary",
+    "utf8validateIncomingCurrentMessage", "control_frame_data",
+)
+_QUIET.update(dict.fromkeys(_SCRATCH))
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or (type(a) is type(b) and a == b)
+
+
+def compact(proto: WebSocketServerProtocol) -> None:
+    """
+    Shrink an open device connection's Autobahn state to what differs from
+    an idle connection's (about 4 KB less a device, docs/performance.md):
+
+    - the traffic counters, which Autobahn updates on every frame and
+      nobody reads per connection, are the factory's, for all connections;
+    - no UTF-8 validator (the device channel does not use Autobahn's) and
+      no send queue of its own (see L{_NoSendQueue});
+    - the transport details (read while the connection opens) are dropped;
+    - every attribute at its idle value (L{_QUIET}, class attributes of the
+      protocol) leaves the instance's dictionary, which is rebuilt: a
+      dictionary never shrinks by deleting, and 80 keys take 3.3 KB where
+      20 take 0.6 KB. Autobahn setting one again later puts it back.
+    """
+    proto.trafficStats = proto.factory.traffic_stats  # type: ignore[attr-defined]
+    proto.utf8validator = None
+    proto._transport_details = None
+    if not proto.send_queue:
+        proto.send_queue = _NO_SEND_QUEUE
+    factory = proto.factory
+    if factory.valid_events is None:
+        factory.valid_events = proto._valid_events
+    proto._valid_events = factory.valid_events
+    drop_quiet(proto)
+
+
+def drop_quiet(proto: WebSocketServerProtocol) -> None:
+    """Rebuild the instance's dictionary without what is at its idle value
+    (L{_QUIET}) and, between frames, without the last frame's state."""
+    quiet = type(proto)._quiet
+    items = proto.__dict__.items()
+    if proto.current_frame is None and not proto.inside_message:
+        proto.__dict__ = {k: v for k, v in items
+                          if k not in quiet or (k not in _SCRATCH and not _same(v, quiet[k]))}
+    else:
+        proto.__dict__ = {k: v for k, v in items if k not in quiet or not _same(v, quiet[k])}
+
+
 class ChannelProtocol(WebSocketServerProtocol):
     """What the device and notification channels share."""
 
@@ -229,6 +317,9 @@ def _accept_subprotocol(request: Any) -> str | None:
 
 @implementer(IPushProducer)
 class DeviceProtocol(ChannelProtocol):
+    _quiet = _QUIET
+    send_queue = _NO_SEND_QUEUE
+
     # Set by Handover before the connection is made; the device record is
     # handed to the session when the connection opens (the session keeps it
     # and the newer versions it learns).
@@ -258,10 +349,21 @@ class DeviceProtocol(ChannelProtocol):
                 device, self.fleet, self._send_text, self._close, peer=self.peer,
                 base_url=self.base_url,
             )
+            self.base_url = None
             self.session.opened()
+            compact(self)
         except Exception:
             log.failure("device {id}: opening the session", id=device.id)
             close_connection(self, closecodes.INTERNAL_ERROR, "internal error")
+
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)
+        # Reading frames puts Autobahn's per-frame state back: the factory
+        # drops it again within a second (not per message: a device that
+        # talks a lot is compacted once a second at most).
+        if not self._recompact and self.session is not None:
+            self._recompact = True
+            self.factory.compact_later(self)
 
     def _send_text(self, text: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -323,7 +425,14 @@ class DeviceProtocol(ChannelProtocol):
                 log.failure("device {id}: closing the session", id=session.device_id)
 
 
+for _name, _value in _QUIET.items():
+    setattr(DeviceProtocol, _name, _value)
+
+
 class DeviceFactory(WebSocketServerFactory):
+    # How long after a device's frames its connection is compacted.
+    COMPACT_DELAY = 1.0
+
     protocol = DeviceProtocol
 
     def __init__(self, config: Config, reactor: Any) -> None:
@@ -334,6 +443,12 @@ class DeviceFactory(WebSocketServerFactory):
         self.frames_received = 0
         self.frames_invalid = 0
         self.frames_sent = 0
+        # What compact() gives every open device connection instead of its
+        # own: traffic totals over all of them, the events list.
+        self.traffic_stats = TrafficStats()
+        self.valid_events: list[str] | None = None
+        self._to_compact: list[DeviceProtocol] = []
+        self._compact_call: Any = None
         self.setProtocolOptions(
             autoPingInterval=config["device.ping_interval"],
             autoPingTimeout=config["device.ping_timeout"],
@@ -351,6 +466,23 @@ class DeviceFactory(WebSocketServerFactory):
             failByDrop=False,
         )
         shared_options(self)
+
+    def compact_later(self, proto: DeviceProtocol) -> None:
+        self._to_compact.append(proto)
+        if self._compact_call is None:
+            self._compact_call = self.reactor.callLater(self.COMPACT_DELAY, self._compact)
+
+    def _compact(self) -> None:
+        self._compact_call = None
+        protos, self._to_compact = self._to_compact, []
+        for proto in protos:
+            if proto.state != WebSocketProtocol.STATE_OPEN or proto.session is None:
+                continue  # closing or closed: nothing to keep small
+            if proto.current_frame is not None:
+                self.compact_later(proto)  # in the middle of a frame: later
+                continue
+            proto._recompact = False
+            drop_quiet(proto)
 
 
 @implementer(IPushProducer)
