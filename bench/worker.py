@@ -69,9 +69,9 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 # The TLS client options of every connection this worker makes, once a
-# command asked for TLS (--tls): the benchmark's CA trusted, nothing else
-# checked (the load generator's CPU is not what is measured), OpenSSL's
-# buffers released while a connection is idle (Twisted's default).
+# command asked for TLS (--tls): the server's certificate not checked (the
+# load generator's CPU is not what is measured), OpenSSL's buffers released
+# while a connection is idle (Twisted's default).
 _tls: Any = None
 
 
@@ -79,6 +79,13 @@ def use_tls(c: dict[str, Any]) -> None:
     global _tls
     if c.get("tls") and _tls is None:
         _tls = ssl.CertificateOptions(verify=False)
+        # Key exchange as devices do it (mbedTLS on an ESP32: X25519 or
+        # P-256), not OpenSSL's default hybrid X25519MLKEM768 first, whose
+        # key share the server keeps for the connection's life (6 KB).
+        from OpenSSL.SSL import _lib  # pyOpenSSL has no wrapper for it
+
+        if not _lib.SSL_CTX_set1_curves_list(_tls.getContext()._context, b"X25519:P-256"):
+            raise RuntimeError("cannot limit TLS groups to X25519, P-256")
 
 
 def connect(host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None) -> None:

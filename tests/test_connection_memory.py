@@ -15,7 +15,7 @@ import sys
 
 import pytest_twisted
 
-from dashd.channel.websocket import _NO_SEND_QUEUE, DeviceProtocol
+from dashd.channel.websocket import _NO_SEND_QUEUE, DeviceProtocol, unread_bytes
 from support import Client, connect_device, device_online, eventually
 from test_garbage import InProcessDashd
 
@@ -61,6 +61,19 @@ async def test_an_open_device_connection_keeps_little_and_still_works(tmp_path):
         reply = await admin.post("/api/v2/devices/%s/rpc/Sim.Echo" % ids[0], {"n": 1})
         assert (reply.status, reply.body) == (200, {"n": 1})
         assert protos[0].trafficStats.incomingWebSocketMessages >= before + 3
+        # What the device sent and dashd has not read yet (the info
+        # request waits for it: dashd.channel.session).
+        assert [unread_bytes(p.transport) for p in protos] == [0, 0]
+        for proto in protos:
+            proto.transport.pauseProducing()
+        for device in devices:
+            device.notify("Bench.Tick", {"n": 1})
+        await eventually(lambda: all(unread_bytes(p.transport) > 0 for p in protos))
+        assert all(p._unread() for p in protos)
+        for proto in protos:
+            proto.transport.resumeProducing()
+        await eventually(lambda: not any(p._unread() for p in protos))
+
         # A keep-alive ping, answered: the frames read since are forgotten.
         for proto in protos:
             proto._sendAutoPing()

@@ -13,10 +13,14 @@ subscriber that does not read.
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import pprint
 import random
 import re
+import socket
+import sys
+import termios
 from collections import deque
 from typing import Any
 
@@ -278,6 +282,25 @@ def drop_quiet(proto: WebSocketServerProtocol) -> None:
         proto.__dict__ = {k: v for k, v in items if k not in quiet or not _same(v, quiet[k])}
 
 
+def unread_bytes(transport: Any) -> int:
+    """Bytes waiting in the kernel to be read from the socket under
+    C{transport} (through TLS and HTTP channel wrappers); 0 if unknown."""
+    for _ in range(4):
+        if transport is None:
+            return 0
+        handle = getattr(transport, "getHandle", None)
+        if handle is not None:
+            try:
+                sock = handle()
+                if isinstance(sock, socket.socket):
+                    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+                    return int.from_bytes(buf, sys.byteorder)
+            except (OSError, AttributeError):
+                return 0
+        transport = getattr(transport, "transport", None)
+    return 0
+
+
 class ChannelProtocol(WebSocketServerProtocol):
     """What the device and notification channels share."""
 
@@ -347,7 +370,7 @@ class DeviceProtocol(ChannelProtocol):
             self._errors = 0
             self.session = DeviceSession(
                 device, self.fleet, self._send_text, self._close, peer=self.peer,
-                base_url=self.base_url,
+                base_url=self.base_url, unread=self._unread,
             )
             self.base_url = None
             self.session.opened()
@@ -364,6 +387,10 @@ class DeviceProtocol(ChannelProtocol):
         if not self._recompact and self.session is not None:
             self._recompact = True
             self.factory.compact_later(self)
+
+    def _unread(self) -> bool:
+        """Whether the device's socket holds bytes dashd has not read."""
+        return unread_bytes(self.transport) > 0
 
     def _send_text(self, text: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
