@@ -226,17 +226,9 @@ _QUIET.update(
     wasMaxFramePayloadSizeExceeded=False, wasMaxMessagePayloadSizeExceeded=False,
     inside_message=False, triggered=False, data=b"", send_state=0,
     websocket_protocol_in_use=None, websocket_version=13, base_url=None, device=None,
-    _errors=0, send_queue=_NO_SEND_QUEUE, _recompact=False,
+    _errors=0, send_queue=_NO_SEND_QUEUE,
 )
 
-# Autobahn's state of the last message and frame read: set afresh as each
-# one begins, not read between them, so dropped between them.
-_SCRATCH = (
-    "_isMessageCompressed", "current_frame_masker", "frame_length", "frame_data",
-    "message_data", "message_data_total_length", "message_is_binary",
-    "utf8validateIncomingCurrentMessage", "control_frame_data",
-)
-_QUIET.update(dict.fromkeys(_SCRATCH))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -255,8 +247,9 @@ def compact(proto: WebSocketServerProtocol) -> None:
     - the transport details (read while the connection opens) are dropped;
     - every attribute at its idle value (L{_QUIET}, class attributes of the
       protocol) leaves the instance's dictionary, which is rebuilt: a
-      dictionary never shrinks by deleting, and 80 keys take 3.3 KB where
-      20 take 0.6 KB. Autobahn setting one again later puts it back.
+      dictionary never shrinks by deleting, and 73 keys take 3.3 KB where
+      up to 42 take 0.8 KB. Autobahn setting one again later puts it back
+      (reading a message sets about 15: 30 or so on an idle connection).
     """
     proto.trafficStats = proto.factory.traffic_stats  # type: ignore[attr-defined]
     proto.utf8validator = None
@@ -267,19 +260,10 @@ def compact(proto: WebSocketServerProtocol) -> None:
     if factory.valid_events is None:
         factory.valid_events = proto._valid_events
     proto._valid_events = factory.valid_events
-    drop_quiet(proto)
-
-
-def drop_quiet(proto: WebSocketServerProtocol) -> None:
-    """Rebuild the instance's dictionary without what is at its idle value
-    (L{_QUIET}) and, between frames, without the last frame's state."""
     quiet = type(proto)._quiet
-    items = proto.__dict__.items()
-    if proto.current_frame is None and not proto.inside_message:
-        proto.__dict__ = {k: v for k, v in items
-                          if k not in quiet or (k not in _SCRATCH and not _same(v, quiet[k]))}
-    else:
-        proto.__dict__ = {k: v for k, v in items if k not in quiet or not _same(v, quiet[k])}
+    proto.__dict__ = {
+        k: v for k, v in proto.__dict__.items() if k not in quiet or not _same(v, quiet[k])
+    }
 
 
 def unread_bytes(transport: Any) -> int:
@@ -379,15 +363,6 @@ class DeviceProtocol(ChannelProtocol):
             log.failure("device {id}: opening the session", id=device.id)
             close_connection(self, closecodes.INTERNAL_ERROR, "internal error")
 
-    def dataReceived(self, data: bytes) -> None:
-        self._dataReceived(data)
-        # Reading frames puts Autobahn's per-frame state back: the factory
-        # drops it again within a second (not per message: a device that
-        # talks a lot is compacted once a second at most).
-        if not self._recompact and self.session is not None:
-            self._recompact = True
-            self.factory.compact_later(self)
-
     def _unread(self) -> bool:
         """Whether the device's socket holds bytes dashd has not read."""
         return unread_bytes(self.transport) > 0
@@ -457,8 +432,6 @@ for _name, _value in _QUIET.items():
 
 
 class DeviceFactory(WebSocketServerFactory):
-    # How long after a device's frames its connection is compacted.
-    COMPACT_DELAY = 1.0
 
     protocol = DeviceProtocol
 
@@ -474,8 +447,6 @@ class DeviceFactory(WebSocketServerFactory):
         # own: traffic totals over all of them, the events list.
         self.traffic_stats = TrafficStats()
         self.valid_events: list[str] | None = None
-        self._to_compact: list[DeviceProtocol] = []
-        self._compact_call: Any = None
         self.setProtocolOptions(
             autoPingInterval=config["device.ping_interval"],
             autoPingTimeout=config["device.ping_timeout"],
@@ -493,23 +464,6 @@ class DeviceFactory(WebSocketServerFactory):
             failByDrop=False,
         )
         shared_options(self)
-
-    def compact_later(self, proto: DeviceProtocol) -> None:
-        self._to_compact.append(proto)
-        if self._compact_call is None:
-            self._compact_call = self.reactor.callLater(self.COMPACT_DELAY, self._compact)
-
-    def _compact(self) -> None:
-        self._compact_call = None
-        protos, self._to_compact = self._to_compact, []
-        for proto in protos:
-            if proto.state != WebSocketProtocol.STATE_OPEN or proto.session is None:
-                continue  # closing or closed: nothing to keep small
-            if proto.current_frame is not None:
-                self.compact_later(proto)  # in the middle of a frame: later
-                continue
-            proto._recompact = False
-            drop_quiet(proto)
 
 
 @implementer(IPushProducer)
