@@ -51,7 +51,6 @@ from dashd.ops.jobs import JobCollector, JobService
 from dashd.ops.lifecycle import DrainService, Readiness
 from dashd.ops.metrics import CounterOf, Metrics
 from dashd.ops.services import DashdService, FleetService, OtaService, StoreService
-from dashd.ops.pollcap import cap_events_per_turn
 from dashd.ops.stallprobe import StallProbe
 from dashd.ops.systemd import NotifyService
 from dashd.store import IStore
@@ -164,7 +163,6 @@ def build(config: Config, reactor: Any) -> DashdService:
     device_factory = DeviceFactory(config, reactor)
     notify_factory = NotifyFactory(config, reactor)
     stall_probe = StallProbe(reactor)
-    cap_events_per_turn(reactor)  # no turn of the reactor runs for seconds
     metrics = Metrics(fleet, store, device_factory, puller, delivery, stall_probe)
     metrics.registry.register(CounterOf(  # type: ignore[arg-type]
         "dashd_audit_entries_lost", "Audit entries given up (their count is also logged)",
