@@ -230,7 +230,6 @@ _QUIET.update(
 )
 
 
-
 def _same(a: Any, b: Any) -> bool:
     return a is b or (type(a) is type(b) and a == b)
 
