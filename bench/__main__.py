@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import ssl
 import urllib.request
 from typing import Any
 
@@ -91,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "--twistd-option=--profile=dashd.prof --twistd-option=--profiler=cprofile "
                    "--twistd-option=--savestats: call counts of the whole run, in dashd's work "
                    "directory, read with pstats")
+    p.add_argument("--tls", action="store_true",
+                   help="both servers listen with TLS (ssl: endpoints, a certificate made for "
+                   "the run); devices, wrk and the HTTP clients connect with TLS")
     p.add_argument("--tests", default=",".join(TESTS),
                    help="which tests to run (the storm always runs: it connects the devices "
                    "the others use) [%s]" % ",".join(TESTS))
@@ -269,6 +273,15 @@ class Server:
         self.log_path = os.path.join(directory, "%s.log" % kind)
         log = open(self.log_path, "wb")
         endpoint = "tcp:%d:interface=127.0.0.1:backlog=%d" % (self.port, args.backlog)
+        self.scheme = "http"
+        self._ssl: ssl.SSLContext | None = None
+        if args.tls:
+            # Twisted's ssl: endpoint for both servers, with its defaults.
+            cert = tls_cert(directory)
+            endpoint = "ssl:%d:interface=127.0.0.1:backlog=%d:privateKey=%s:certKey=%s" % (
+                self.port, args.backlog, cert.key, cert.cert)
+            self.scheme = "https"
+            self._ssl = ssl.create_default_context(cafile=cert.ca)
         if kind == "dashd":
             config = os.path.join(directory, "dashd.toml")
             lines = ['listen = ["%s"]' % endpoint, 'data_dir = "%s"' % os.path.join(directory, "data")]
@@ -287,8 +300,7 @@ class Server:
                 f.write("\n".join(lines) + "\n")
             argv = [TWISTD, "-n", "--pidfile="] + args.twistd_option + ["dashd", "--config", config]
         else:
-            argv = [sys.executable, "-m", "bench.baseline", "--port", str(self.port),
-                    "--backlog", str(args.backlog)]
+            argv = [sys.executable, "-m", "bench.baseline", "--endpoint", endpoint]
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT if kind != "dashd" else directory,
             preexec_fn=raise_nofile,
@@ -308,16 +320,16 @@ class Server:
         return self.proc.pid
 
     def get(self, path: str, timeout: float = 120) -> Any:
-        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path))
+        req = urllib.request.Request("%s://127.0.0.1:%d%s" % (self.scheme, self.port, path))
         if self.key:
             req.add_header("Authorization", "Bearer " + self.key)
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=self._ssl) as r:
             return json.loads(r.read())
 
     def _metric(self, name: str) -> float:
         """One unlabelled sample of dashd's /metrics."""
-        req = urllib.request.Request("http://127.0.0.1:%d/metrics" % self.port)
-        with urllib.request.urlopen(req, timeout=60) as r:
+        req = urllib.request.Request("%s://127.0.0.1:%d/metrics" % (self.scheme, self.port))
+        with urllib.request.urlopen(req, timeout=60, context=self._ssl) as r:
             text = r.read().decode()
         m = re.search(r"^%s (\S+)$" % re.escape(name), text, re.M)
         if m is None:
@@ -338,8 +350,8 @@ class Server:
         baseline."""
         if self.kind != "dashd":
             return None
-        req = urllib.request.Request("http://127.0.0.1:%d/metrics" % self.port)
-        with urllib.request.urlopen(req, timeout=60) as r:
+        req = urllib.request.Request("%s://127.0.0.1:%d/metrics" % (self.scheme, self.port))
+        with urllib.request.urlopen(req, timeout=60, context=self._ssl) as r:
             text = r.read().decode()
         return {m.group(1): float(m.group(2)) for m in re.finditer(
             r'^dashd_reactor_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
@@ -375,6 +387,16 @@ class Server:
         }
 
 
+def tls_cert(directory: str) -> Any:
+    """A CA and a certificate for 127.0.0.1, made for this run (--tls)."""
+    sys.path.insert(0, ROOT)
+    from tests.certs import make_server_cert
+
+    where = os.path.join(directory, "tls")
+    os.makedirs(where, exist_ok=True)
+    return make_server_cert(where, ["127.0.0.1"])
+
+
 # The measurements
 
 
@@ -402,7 +424,7 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
     res: dict[str, Any] = {"kind": kind}
     devices_w = [WorkerProcess("%s-dev%d" % (kind, i), directory) for i in range(args.workers)]
     http_w = WorkerProcess("%s-http" % kind, directory)
-    host = {"host": "127.0.0.1", "port": server.port}
+    host = {"host": "127.0.0.1", "port": server.port, "tls": args.tls}
     pids = [w.proc.pid for w in devices_w + [http_w]]
     try:
         time.sleep(1.0)
@@ -548,7 +570,7 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
         spread = os.path.join(directory, "spread.lua")
         wrk.write_script(one, ids[:1], "Sys.GetInfo", server.key)
         wrk.write_script(spread, ids[: args.storm], "Sys.GetInfo", server.key)
-        url = "http://127.0.0.1:%d" % server.port
+        url = "%s://127.0.0.1:%d" % (server.scheme, server.port)
         for test, script, conns, what in (
             ("rpc_one", one, 32, "to one device"),
             ("rpc_spread", spread, 64, "spread over %d devices" % args.storm),
@@ -723,7 +745,8 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
                  "shadow devices %d%s" % (rounds, args.capacity, args.storm, args.duration,
                                           args.rate, args.shadow_devices,
                                           "; medians of rounds" if rounds > 1 else ""))
-    lines.append("spread and steady RPC go over the %d storm devices" % args.storm)
+    lines.append("spread and steady RPC go over the %d storm devices%s"
+                 % (args.storm, "; TLS (--tls)" if args.tls else ""))
     lines.append("")
     lines.append("%-38s %12s %12s %8s   %s" % ("", "baseline", "dashd", "ratio", "target (dashd)"))
     for label, path, unit, _, target in ROWS:

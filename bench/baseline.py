@@ -14,6 +14,7 @@ the same URLs as dashd so that the same load runs against both.
 - ``GET /stats``: how many devices are connected.
 
     python -m bench.baseline --port 8081 [--backlog 4096]
+    python -m bench.baseline --endpoint ssl:8443:privateKey=key.pem:certKey=cert.pem
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from klein import Klein
 from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.defer import Deferred
 from twisted.web.server import Site
 
@@ -133,14 +135,20 @@ def stats(request: Any) -> bytes:
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.baseline")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=int)
+    p.add_argument("--endpoint", help="a Twisted endpoint to listen on instead (e.g. ssl:...)")
     p.add_argument("--interface", default="127.0.0.1")
     p.add_argument("--backlog", type=int, default=50)
     args = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    reactor.listenTCP(args.port, Site(app.resource()), backlog=args.backlog,
-                      interface=args.interface)
+    if args.endpoint:
+        serverFromString(reactor, args.endpoint).listen(Site(app.resource()))
+    elif args.port:
+        reactor.listenTCP(args.port, Site(app.resource()), backlog=args.backlog,
+                          interface=args.interface)
+    else:
+        p.error("--port or --endpoint")
     reactor.run()
 
 

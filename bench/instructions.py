@@ -3,7 +3,7 @@ Instructions dashd executes per REST RPC call, counted by valgrind's
 callgrind: the same figure whatever else the machine is doing, so two
 versions can be compared on a busy, shared machine where timings swing.
 
-    .venv/bin/python -m bench.instructions [--calls 500] [--targets baseline,dashd]
+    .venv/bin/python -m bench.instructions [--calls 500] [--targets baseline,dashd] [--tls]
 
 Starts each server (the baseline bridge of L{bench.baseline}, then dashd)
 under ``valgrind --tool=callgrind`` with counting off, connects one
@@ -11,8 +11,10 @@ simulated device (in this process, not counted), makes ``--calls`` warm-up
 calls, then counts the instructions of the server's process during
 ``--calls`` more (one at a time, ``GET .../rpc/Sys.GetInfo``) and prints
 the count per call, and dashd's as a ratio of the baseline's: the CPU a
-call costs, compared in a way that holds on a busy machine. Needs valgrind
-(Debian's package).
+call costs, compared in a way that holds on a busy machine. With C{--tls}
+both servers listen with TLS (a certificate made for the run) and the
+device and the HTTP client connect with it. Needs valgrind (Debian's
+package).
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def post(url: str, key: str, body: dict) -> dict:
+def post(url: str, key: str, body: dict, context=None) -> dict:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Authorization": "Bearer " + key,
                                           "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as reply:
+    with urllib.request.urlopen(req, timeout=60, context=context) as reply:
         return json.loads(reply.read())
 
 
@@ -54,33 +56,53 @@ def control(pid: int, *args: str) -> str:
                           text=True, timeout=120).stdout
 
 
-async def calls(reactor, base: str, key: str, device_id: str, n: int) -> None:
+TLS: dict = {}
+
+
+def tls_cert(work: str):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.certs import make_server_cert
+
+    return make_server_cert(work, ["127.0.0.1"])
+
+
+async def calls(reactor, base: str, key: str, device_id: str, n: int, agent=None) -> None:
     import treq
 
     url = "%s/api/v2/devices/%s/rpc/Sys.GetInfo" % (base, device_id)
+    extra = {"agent": agent} if agent is not None else {"persistent": True}
     for _ in range(n):
-        reply = await treq.get(url, headers={"Authorization": ["Bearer " + key]},
-                               persistent=True)
+        reply = await treq.get(url, headers={"Authorization": ["Bearer " + key]}, **extra)
         await reply.content()
         assert reply.code == 200, reply.code
 
 
-def start(target: str, work: str, port: int) -> tuple[subprocess.Popen, str, str, str]:
+def start(target: str, work: str, port: int, cert=None) -> tuple[subprocess.Popen, str, str, str]:
     """Start C{target} under callgrind with counting off; return the
     process, its API key (none for the baseline), a device's token and ID."""
     out = os.path.join(work, "callgrind.out")
     log = open(os.path.join(work, "server.log"), "wb")
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                 "--callgrind-out-file=" + out]
+    endpoint = "tcp:%d:interface=127.0.0.1" % port
     base = "http://127.0.0.1:%d" % port
+    context = None
+    if cert is not None:
+        import ssl
+
+        endpoint = "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s" % (
+            port, cert.key, cert.cert)
+        base = "https://127.0.0.1:%d" % port
+        context = ssl.create_default_context(cafile=cert.ca)
     if target == "baseline":
-        server = subprocess.Popen(valgrind + [PYTHON, "-m", "bench.baseline", "--port", str(port)],
+        server = subprocess.Popen(valgrind + [PYTHON, "-m", "bench.baseline", "--endpoint",
+                                              endpoint],
                                   stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while True:
             assert server.poll() is None and time.monotonic() < deadline, "baseline did not start"
             try:
-                urllib.request.urlopen(base + "/stats", timeout=5).read()
+                urllib.request.urlopen(base + "/stats", timeout=5, context=context).read()
                 break
             except OSError:
                 time.sleep(0.5)
@@ -88,11 +110,11 @@ def start(target: str, work: str, port: int) -> tuple[subprocess.Popen, str, str
         return server, "", "bench1-x", "bench1"
     config = os.path.join(work, "dashd.toml")
     with open(config, "w") as f:
-        f.write('listen = ["tcp:%d:interface=127.0.0.1"]\ndata_dir = %s\n'
+        f.write('listen = ["%s"]\ndata_dir = %s\n'
                 "[limits]\nrequests_per_second = 0\nfailed_auth_per_minute = 0\n"
                 "[device]\nping_interval = 0\n"
                 "[gc]\nfull_collection_interval = 0\n"
-                % (port, json.dumps(os.path.join(work, "data"))))
+                % (endpoint, json.dumps(os.path.join(work, "data"))))
     server = subprocess.Popen(valgrind + [PYTHON, TWISTD, "-n", "--pidfile=", "dashd",
                                           "--config", config],
                               stdout=log, stderr=subprocess.STDOUT)
@@ -104,27 +126,40 @@ def start(target: str, work: str, port: int) -> tuple[subprocess.Popen, str, str
     time.sleep(2)
     with open(key_file) as f:
         key = f.read().strip()
-    device = post(base + "/api/v2/devices", key, {})
+    device = post(base + "/api/v2/devices", key, {}, context)
     return server, key, device["token"], device["id"]
 
 
-def count(target: str, n: int) -> int:
+def count(target: str, n: int, tls: bool = False) -> int:
     """Instructions C{target}'s process executes per REST RPC call."""
     work = tempfile.mkdtemp(prefix="dashd-instructions-")
     port = free_port()
-    server, key, token, device_id = start(target, work, port)
+    cert = tls_cert(work) if tls else None
+    server, key, token, device_id = start(target, work, port, cert)
     try:
         async def run(reactor):
             from dashd.simulator import SimulatedDevice
 
-            sim = SimulatedDevice("ws://127.0.0.1:%d/api/v2/rpc" % port, token, reactor)
+            scheme, options, agent = "", None, None
+            if cert is not None:
+                from twisted.internet import ssl
+                from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+                with open(cert.ca) as f:
+                    ca = ssl.Certificate.loadPEM(f.read())
+                options = ssl.optionsForClientTLS("127.0.0.1", trustRoot=ca)
+                agent = Agent(reactor, BrowserLikePolicyForHTTPS(trustRoot=ca),
+                              pool=HTTPConnectionPool(reactor, persistent=True))
+                scheme = "s"
+            sim = SimulatedDevice("ws%s://127.0.0.1:%d/api/v2/rpc" % (scheme, port), token, reactor,
+                                  tls_options=options)
             sim.start()
             await sim.wait_open()
             await task.deferLater(reactor, 2, lambda: None)
-            base = "http://127.0.0.1:%d" % port
-            await defer.ensureDeferred(calls(reactor, base, key, device_id, n))
+            base = "http%s://127.0.0.1:%d" % (scheme, port)
+            await defer.ensureDeferred(calls(reactor, base, key, device_id, n, agent))
             control(server.pid, "--instr=on")
-            await defer.ensureDeferred(calls(reactor, base, key, device_id, n))
+            await defer.ensureDeferred(calls(reactor, base, key, device_id, n, agent))
             control(server.pid, "--instr=off")
             control(server.pid, "--dump")
             await sim.stop()
@@ -154,20 +189,21 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=500)
     p.add_argument("--targets", default="baseline,dashd",
                    help="which servers to count, in order (default: baseline,dashd)")
+    p.add_argument("--tls", action="store_true", help="both servers on TLS")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(count(args.one, args.calls))
+        print(count(args.one, args.calls, args.tls))
         return 0
     figures = {}
     for target in args.targets.split(","):
         # A reactor cannot be restarted: each count runs in a process of its own.
         out = subprocess.run([PYTHON, "-m", "bench.instructions", "--one", target,
-                              "--calls", str(args.calls)],
+                              "--calls", str(args.calls)] + (["--tls"] if args.tls else []),
                              capture_output=True, text=True, check=True)
         figures[target] = int(out.stdout.split()[-1])
-        print("%-8s %12d instructions a REST RPC call (%d calls counted)"
-              % (target, figures[target], args.calls), flush=True)
+        print("%-8s %12d instructions a REST RPC call (%d calls counted%s)"
+              % (target, figures[target], args.calls, ", TLS" if args.tls else ""), flush=True)
     if "baseline" in figures and "dashd" in figures:
         print("dashd / baseline: %.2f" % (figures["dashd"] / figures["baseline"]))
     return 0

@@ -35,7 +35,7 @@ import resource
 import sys
 from typing import Any
 
-from twisted.internet import protocol, reactor, stdio
+from twisted.internet import protocol, reactor, ssl, stdio
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.protocols.basic import LineReceiver
@@ -66,6 +66,34 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
         "max": values[-1],
         "n": len(values),
     }
+
+
+# The TLS client options of every connection this worker makes, once a
+# command asked for TLS (--tls): the server's certificate not checked (the
+# load generator's CPU is not what is measured), OpenSSL's buffers released
+# while a connection is idle (Twisted's default).
+_tls: Any = None
+
+
+def use_tls(c: dict[str, Any]) -> None:
+    global _tls
+    if c.get("tls") and _tls is None:
+        _tls = ssl.CertificateOptions(verify=False)
+        # Key exchange as devices do it (mbedTLS on an ESP32: X25519 or
+        # P-256), not OpenSSL's default hybrid X25519MLKEM768 first, whose
+        # key share the server keeps for the connection's life (6 KB).
+        from OpenSSL.SSL import _lib  # pyOpenSSL has no wrapper for it
+
+        if not _lib.SSL_CTX_set1_curves_list(_tls.getContext()._context, b"X25519:P-256"):
+            raise RuntimeError("cannot limit TLS groups to X25519, P-256")
+
+
+def connect(host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None) -> None:
+    """connectTCP, or connectSSL once a command asked for TLS."""
+    if _tls is not None:
+        reactor.connectSSL(host, port, factory, _tls, timeout=timeout, bindAddress=bindAddress)
+    else:
+        reactor.connectTCP(host, port, factory, timeout=timeout, bindAddress=bindAddress)
 
 
 class _Factory(protocol.ClientFactory):
@@ -132,7 +160,7 @@ class Worker:
         )
         slot.proto = proto
         bind = (slot.bind, 0) if slot.bind else None
-        reactor.connectTCP(
+        connect(
             self.host,
             self.port,
             _Factory(lambda: proto, lambda reason: self._failed(slot, proto, reason)),
@@ -411,7 +439,7 @@ class Worker:
             sub = CountingSubscriber(self)
             sub.handshake = handshake
             self.subscribers.append(sub)
-            reactor.connectTCP(
+            connect(
                 c["host"], c["port"], _Factory(lambda sub=sub: sub, lambda r: None), timeout=30
             )
         publishers = [
@@ -599,7 +627,7 @@ class HttpPool:
             self.connecting -= 1
             self.conns.discard(conn)
 
-        reactor.connectTCP(self.host, self.port, _Factory(lambda: conn, failed), timeout=30)
+        connect(self.host, self.port, _Factory(lambda: conn, failed), timeout=30)
 
     def submit(self, raw: bytes, callback: Any) -> None:
         if self.free:
@@ -649,6 +677,7 @@ class Control(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         command = json.loads(line)
         name = command["cmd"]
+        use_tls(command)
         if name == "quit":
             reactor.stop()
             return

@@ -40,6 +40,53 @@ def test_sys_getinfo_comes_after_info_request_delay(world):
     assert len(fake.calls("Sys.GetInfo")) == 1
 
 
+def test_sys_getinfo_waits_while_the_device_s_input_is_unread(world):
+    # A connect storm: the device's heartbeat waits in its socket, unread,
+    # past info_request_delay. dashd asks for the info only once nothing
+    # from the device is waiting to be read (or after MAX_INFO_WAITS delays).
+    from clocked import FakeDevice
+    from dashd.channel.session import DeviceSession
+
+    delay = world.config["device.info_request_delay"]
+    device, _ = world.register()
+    waiting = {"bytes": True}
+    fake = FakeDevice(world, device)
+    fake.session = DeviceSession(device, world.fleet, fake._send, fake._close, peer="test",
+                                 unread=lambda: waiting["bytes"])
+    fake.open()
+    for _ in range(3):
+        world.clock.advance(delay)
+    assert fake.calls("Sys.GetInfo") == []
+    # Read: it was the heartbeat.
+    waiting["bytes"] = False
+    fake.request("Dash.Heartbeat", {"fw_id": "fw-1", "fw_version": "1"})
+    for _ in range(3):
+        world.clock.advance(delay)
+    assert fake.calls("Sys.GetInfo") == []
+
+    # Unread input that never turns into a heartbeat: asked all the same,
+    # after at most MAX_INFO_WAITS more delays.
+    other, _ = world.register()
+    fake = FakeDevice(world, other)
+    fake.session = DeviceSession(other, world.fleet, fake._send, fake._close, peer="test",
+                                 unread=lambda: True)
+    fake.open()
+    for _ in range(DeviceSession.MAX_INFO_WAITS):
+        world.clock.advance(delay)
+    assert fake.calls("Sys.GetInfo") == []
+    world.clock.advance(delay)
+    assert len(fake.calls("Sys.GetInfo")) == 1
+
+    # Nothing unread: asked after the delay, as always.
+    third, _ = world.register()
+    fake = FakeDevice(world, third)
+    fake.session = DeviceSession(third, world.fleet, fake._send, fake._close, peer="test",
+                                 unread=lambda: False)
+    fake.open()
+    world.clock.advance(delay)
+    assert len(fake.calls("Sys.GetInfo")) == 1
+
+
 def test_a_device_that_sends_heartbeat_is_not_asked_for_its_info(world):
     fake = world.connect(answer_info=True)
     world.clock.advance(world.config["device.info_request_delay"] * 10)

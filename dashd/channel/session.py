@@ -68,8 +68,12 @@ class DeviceSession:
         "_clock", "src", "_next_id", "_pending", "_info_call", "_heard_info", "_ready",
         "_delta_unsupported", "_closed", "closing", "_ended_by", "_stall_timer", "_dropped",
         "_rate", "_burst", "_tokens", "_refilled", "_window_start", "_window_drops",
-        "_unlogged_drops", "_warned_at", "_store_calls",
+        "_unlogged_drops", "_warned_at", "_store_calls", "_unread", "_info_waits",
     )
+
+    # How many times the info request waits for input already received
+    # but not read yet (see _request_info).
+    MAX_INFO_WAITS = 10
 
     def __init__(
         self,
@@ -79,6 +83,7 @@ class DeviceSession:
         close: Callable[[int, str], None],
         peer: str = "",
         base_url: str | None = None,
+        unread: Callable[[], bool] | None = None,
     ) -> None:
         self.device = device
         # The HTTP address the device itself reached dashd at (its handshake's
@@ -120,6 +125,9 @@ class DeviceSession:
         self._unlogged_drops = 0
         self._warned_at: float | None = None
         self._store_calls = 0
+        # Whether the device has sent what dashd has not read yet.
+        self._unread = unread
+        self._info_waits = 0
 
     # Life cycle
 
@@ -523,6 +531,17 @@ class DeviceSession:
     def _request_info(self) -> None:
         self._info_call = None
         if self._heard_info or self._closed:
+            return
+        if (self._unread is not None and self._info_waits < self.MAX_INFO_WAITS
+                and self._unread()):
+            # The device has sent something dashd has not read yet, as in a
+            # connect storm, when dashd reads thousands of new connections
+            # behind: most likely its heartbeat, with the info. Asking now
+            # would add a call to every such device exactly when dashd is
+            # furthest behind; wait for it to be read first.
+            self._info_waits += 1
+            self._info_call = self._clock.callLater(
+                self._config["device.info_request_delay"], self._request_info)
             return
         d = self.call("Sys.GetInfo", None, self._config["rpc.default_timeout"])
 

@@ -13,17 +13,21 @@ subscriber that does not read.
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import pprint
 import random
 import re
+import socket
+import sys
+import termios
 from collections import deque
 from typing import Any
 
 import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.logger import Logger
@@ -190,6 +194,96 @@ def forget_handshake(proto: WebSocketServerProtocol) -> None:
         setattr(proto, name, None)
 
 
+class _NoSendQueue(deque):  # type: ignore[type-arg]
+    """
+    The send queue every open device connection shares: Autobahn queues
+    only sends made with C{sync=True} or a C{chopsize} (and what follows one
+    while it is queued), which dashd never makes; a connection's own empty
+    deque is 0.7 KB. Anything put here would be a bug: it says so.
+    """
+
+    def append(self, item: Any) -> None:
+        raise RuntimeError("dashd sends no synchronous or chopped WebSocket frames")
+
+    appendleft = extend = extendleft = append  # type: ignore[assignment]
+
+
+_NO_SEND_QUEUE = _NoSendQueue()
+
+# What an idle open connection of Autobahn's holds at these values: class
+# attributes of the device protocol, so that the instance need not (see
+# compact()). Immutable values only.
+_QUIET: dict[str, Any] = {name: None for name in _HANDSHAKE_ATTRIBUTES}
+_QUIET.update(
+    _perMessageCompress=None, trackedTimings=None, utf8validator=None, current_frame=None,
+    _transport_details=None, autoPingPending=None, autoPingPendingSent=None,
+    autoPingTimeoutCall=None, autoPingPendingSeq=0, openHandshakeTimeoutCall=None,
+    closeHandshakeTimeoutCall=None, localCloseCode=None, localCloseReason=None,
+    remoteCloseCode=None, remoteCloseReason=None, wasNotCleanReason=None,
+    closedByMe=False, failedByMe=False, droppedByMe=False, wasClean=False,
+    wasServerConnectionDropTimeout=False, wasOpenHandshakeTimeout=False,
+    wasCloseHandshakeTimeout=False, wasServingFlashSocketPolicyFile=False,
+    wasMaxFramePayloadSizeExceeded=False, wasMaxMessagePayloadSizeExceeded=False,
+    inside_message=False, triggered=False, data=b"", send_state=0,
+    websocket_protocol_in_use=None, websocket_version=13, base_url=None, device=None,
+    _errors=0, send_queue=_NO_SEND_QUEUE,
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b or (type(a) is type(b) and a == b)
+
+
+def compact(proto: WebSocketServerProtocol) -> None:
+    """
+    Shrink an open device connection's Autobahn state to what differs from
+    an idle connection's (about 4 KB less a device, docs/performance.md):
+
+    - the traffic counters, which Autobahn updates on every frame and
+      nobody reads per connection, are the factory's, for all connections;
+    - no UTF-8 validator (the device channel does not use Autobahn's) and
+      no send queue of its own (see L{_NoSendQueue});
+    - the transport details (read while the connection opens) are dropped;
+    - every attribute at its idle value (L{_QUIET}, class attributes of the
+      protocol) leaves the instance's dictionary, which is rebuilt: a
+      dictionary never shrinks by deleting, and 73 keys take 3.3 KB where
+      up to 42 take 0.8 KB. Autobahn setting one again later puts it back
+      (reading a message sets about 15: 30 or so on an idle connection).
+    """
+    proto.trafficStats = proto.factory.traffic_stats  # type: ignore[attr-defined]
+    proto.utf8validator = None
+    proto._transport_details = None
+    if not proto.send_queue:
+        proto.send_queue = _NO_SEND_QUEUE
+    factory = proto.factory
+    if factory.valid_events is None:
+        factory.valid_events = proto._valid_events
+    proto._valid_events = factory.valid_events
+    quiet = type(proto)._quiet
+    proto.__dict__ = {
+        k: v for k, v in proto.__dict__.items() if k not in quiet or not _same(v, quiet[k])
+    }
+
+
+def unread_bytes(transport: Any) -> int:
+    """Bytes waiting in the kernel to be read from the socket under
+    C{transport} (through TLS and HTTP channel wrappers); 0 if unknown."""
+    for _ in range(4):
+        if transport is None:
+            return 0
+        handle = getattr(transport, "getHandle", None)
+        if handle is not None:
+            try:
+                sock = handle()
+                if isinstance(sock, socket.socket):
+                    buf = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+                    return int.from_bytes(buf, sys.byteorder)
+            except (OSError, AttributeError):
+                return 0
+        transport = getattr(transport, "transport", None)
+    return 0
+
+
 class ChannelProtocol(WebSocketServerProtocol):
     """What the device and notification channels share."""
 
@@ -229,6 +323,9 @@ def _accept_subprotocol(request: Any) -> str | None:
 
 @implementer(IPushProducer)
 class DeviceProtocol(ChannelProtocol):
+    _quiet = _QUIET
+    send_queue = _NO_SEND_QUEUE
+
     # Set by Handover before the connection is made; the device record is
     # handed to the session when the connection opens (the session keeps it
     # and the newer versions it learns).
@@ -256,12 +353,18 @@ class DeviceProtocol(ChannelProtocol):
             self._errors = 0
             self.session = DeviceSession(
                 device, self.fleet, self._send_text, self._close, peer=self.peer,
-                base_url=self.base_url,
+                base_url=self.base_url, unread=self._unread,
             )
+            self.base_url = None
             self.session.opened()
+            compact(self)
         except Exception:
             log.failure("device {id}: opening the session", id=device.id)
             close_connection(self, closecodes.INTERNAL_ERROR, "internal error")
+
+    def _unread(self) -> bool:
+        """Whether the device's socket holds bytes dashd has not read."""
+        return unread_bytes(self.transport) > 0
 
     def _send_text(self, text: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -323,7 +426,12 @@ class DeviceProtocol(ChannelProtocol):
                 log.failure("device {id}: closing the session", id=session.device_id)
 
 
+for _name, _value in _QUIET.items():
+    setattr(DeviceProtocol, _name, _value)
+
+
 class DeviceFactory(WebSocketServerFactory):
+
     protocol = DeviceProtocol
 
     def __init__(self, config: Config, reactor: Any) -> None:
@@ -334,6 +442,10 @@ class DeviceFactory(WebSocketServerFactory):
         self.frames_received = 0
         self.frames_invalid = 0
         self.frames_sent = 0
+        # What compact() gives every open device connection instead of its
+        # own: traffic totals over all of them, the events list.
+        self.traffic_stats = TrafficStats()
+        self.valid_events: list[str] | None = None
         self.setProtocolOptions(
             autoPingInterval=config["device.ping_interval"],
             autoPingTimeout=config["device.ping_timeout"],

@@ -41,8 +41,8 @@ log = Logger()
 
 # Devices connected since the last freeze that make the next one, and how
 # often that is looked at (seconds).
-GROWTH = 1000
-GROWTH_CHECK = 0.5
+GROWTH = 500
+GROWTH_CHECK = 0.25
 
 
 class FreezeSurvivors(Service):
