@@ -163,6 +163,20 @@ async def test_an_alarm_from_report_to_webhook_and_back(dashd, receiver):
         assert kinds == ["alarm.raised", "alarm.acknowledged", "alarm.cleared"]
         for d in recv.got("/%d/alarms" % dashd.port):
             verify(hook["secret"], d)
+
+        # In the device's history too, in order, with the note.
+        async def in_history() -> list[dict[str, Any]]:
+            reply = await admin.post("/api/v2/logs", {"start": 0, "device_id": device_id,
+                                                      "limit": 1000})
+            assert reply.status == 200, reply
+            found = [e for e in reply.body["events"] if e["name"].startswith("alarm.")]
+            return found if len(found) == 3 else []
+
+        stored = await eventually(in_history)
+        assert [e["name"] for e in stored] == ["alarm.raised", "alarm.acknowledged",
+                                               "alarm.cleared"]
+        assert {e["data"]["id"] for e in stored} == {alarm["id"]}
+        assert stored[1]["data"]["note"] == "door was open"
         # Raised once while it held.
         sub.never(lambda e: e["name"] == "alarm.raised" and e["id"] == device_id and
                   e["data"]["id"] != alarm["id"], "a second alarm")
@@ -458,3 +472,37 @@ async def test_a_body_that_never_ends_is_cut_at_the_timeout(dashd, receiver):
 
     await eventually(timed_out)
     await admin.delete("/api/v2/webhooks/" + hook["id"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_state_and_progress_are_webhook_events(dashd, receiver):
+    recv, port = receiver
+    admin = Client(dashd, dashd.admin_key)
+    path = "/%d/jobs" % dashd.port
+    hook = await _hook(admin, port, path, events=["job.state", "job.progress"])
+    # Another endpoint of the account that did not choose them hears nothing.
+    other = await _hook(admin, port, path + "-not", events=["alarm.raised"])
+    device_id, _ = await admin.register("job webhook")
+    reply = await admin.post("/api/v2/jobs", {
+        "name": "interval 30", "target": {"devices": [device_id]},
+        "action": {"type": "shadow", "desired": {"interval": 30}}})
+    assert reply.status == 201, reply
+    job_id = reply.body["id"]
+
+    def states() -> list[str]:
+        return [d["json"]["data"]["data"]["state"] for d in recv.got(path)
+                if d["json"]["kind"] == "job.state" and d["json"]["data"]["job_id"] == job_id]
+
+    await eventually(lambda: "completed" in states(), seconds=20)
+    mine = [d for d in recv.got(path) if d["json"]["data"]["job_id"] == job_id]
+    for d in mine:
+        verify(hook["secret"], d)
+        assert d["headers"]["x-dashd-event"] == d["json"]["kind"]
+    progress = [d["json"]["data"]["data"] for d in mine if d["json"]["kind"] == "job.progress"]
+    assert progress and progress[-1]["progress"]["succeeded"] == 1, progress
+    assert recv.got(path + "-not") == []
+    # Only the kinds a webhook may choose.
+    bad = await admin.post("/api/v2/webhooks/" + hook["id"], {"events": ["job.nothing"]})
+    assert bad.status == 400, bad
+    await admin.delete("/api/v2/webhooks/" + hook["id"])
+    await admin.delete("/api/v2/webhooks/" + other["id"])
