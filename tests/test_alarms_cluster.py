@@ -111,14 +111,15 @@ async def test_a_dead_nodes_devices_offline_rules_run_on_a_survivor(tmp_path):
             "name": "pump gone", "severity": "critical", "where": 'name = "pump"',
             "condition": {"kind": "offline", "seconds": 1}})
         assert reply.status == 201, reply
-        reply = await a0.post("/api/v2/alarm-rules", {
-            "name": "pump silent", "severity": "minor", "where": 'name = "pump"',
-            "condition": {"kind": "stale", "key": "flow", "seconds": 4}})
-        assert reply.status == 201, reply
         sub = await subscribe(node0, cluster.admin_key)
         device = await connect_device(node1, token)
         await device_online(a0, device_id)
         await device.report({"flow": 3})
+        # Made once the device is on node 1 (node 0 leaves it to node 1).
+        reply = await a0.post("/api/v2/alarm-rules", {
+            "name": "pump silent", "severity": "minor", "where": 'name = "pump"',
+            "condition": {"kind": "stale", "key": "flow", "seconds": 4}})
+        assert reply.status == 201, reply
         await sleep(1.5)
         node1.kill9()
         killed = time.monotonic()

@@ -189,9 +189,14 @@ class AlarmEngine:
                     self._decide(state, compiled, False, {"reason": "the rule no longer "
                                                                     "covers the device"})
                 continue
-            if rule.kind == "stale":
+            if rule.kind == "stale" and not self._elsewhere(state.device.id):
                 self._stale_check(state, compiled, state.device.shadow)
         self._sweep(compiled)
+
+    def _elsewhere(self, device_id: str) -> bool:
+        """Held by another node, which evaluates its rules."""
+        return self.fleet.router.is_online(device_id) and \
+            self.fleet.router.device(device_id) is None
 
     def _covers(self, compiled: _Compiled, state: _DeviceState) -> bool:
         rule, device = compiled.rule, state.device
@@ -225,8 +230,7 @@ class AlarmEngine:
             for device in devices:
                 if rule.kind == "offline" and self.fleet.router.is_online(device.id):
                     continue
-                if rule.kind == "stale" and self.fleet.router.is_online(device.id) and \
-                        self.fleet.router.device(device.id) is None:
+                if rule.kind == "stale" and self._elsewhere(device.id):
                     continue  # held by another node, which looks after it
                 self._with_device(device.id, lambda s, dev=device: self._swept(s, dev,
                                                                                compiled),
@@ -513,6 +517,8 @@ class AlarmEngine:
         def got(device: Device | None) -> None:
             if device is None or self._rules.get(rule_id) is not compiled:
                 return
+            if self._elsewhere(device_id):
+                return  # that node's timer runs (and here one starts if it dies)
             state.device = replace(state.device, shadow=device.shadow)
             if self._covers(compiled, state):
                 self._stale_check(state, compiled, device.shadow)
