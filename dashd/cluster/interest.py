@@ -13,11 +13,16 @@ on ``P:all`` (``{"t": "in", "v": ...}``) when it changes: at once when it
 grows, L{LINGER} seconds later when it shrinks (a subscriber that
 reconnects causes no churn).
 
-An event goes to every node (one broadcast) when some live node's interest
-is unknown (it has not told it yet, or runs an older dashd), when every
-other node wants it, and for the kinds in L{EVERY_NODE}: ``ota.status``,
-which every node keeps to finish firmware updates whichever node drove them
-(L{dashd.app.firmware.OtaManager.remote_event}).
+An event goes to every node (one broadcast) when some node heard from has
+no known interest (it has not told it yet, or runs an older dashd), when
+every other node wants it, and for the kinds in L{EVERY_NODE}:
+``ota.status``, which every node keeps to finish firmware updates whichever
+node drove them (L{dashd.app.firmware.OtaManager.remote_event}). A node
+with a known interest gets what it wants even while it seems silent (a busy
+node reads heartbeats late; a message to a dead node's channel costs
+little); what a node wanted is forgotten when it is found gone, and each
+node tells its interest again every L{RETELL} seconds, so that a node taken
+for dead by mistake is soon routed to again rather than sent everything.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dashd.jsontext import compact
 log = Logger()
 
 LINGER = 2.0
+RETELL = 10.0
 EVERY_NODE = frozenset({"ota.status"})
 ALL = "*"
 
@@ -48,6 +54,7 @@ class Interest:
         # What this node told (ALL or a frozenset).
         self.mine: Any = frozenset()
         self._linger: IDelayedCall | None = None
+        self._retell: IDelayedCall | None = None
         # Events sent to some nodes only, to none, to all (for the metrics).
         self.routed = 0
         self.skipped = 0
@@ -130,12 +137,27 @@ class Interest:
                 self.heard(node, value)
             if self.enabled:
                 self._tell(self.local())
+                if self._retell is None or not self._retell.active():
+                    self._retell = self._cluster.clock.callLater(RETELL, self._again)
 
         d = self._cluster.bus.call(load)
         d.addCallback(loaded)
         d.addErrback(lambda f: log.info("cluster: interest not read now: {error}",
                                         error=f.getErrorMessage()))
         return d
+
+    def _again(self) -> None:
+        self._retell = None
+        if self._cluster._stopped:
+            return
+        if self._cluster.bus.connected:
+            self._tell(self.mine)
+        self._retell = self._cluster.clock.callLater(RETELL, self._again)
+
+    def stop(self) -> None:
+        for call in (self._linger, self._retell):
+            if call is not None and call.active():
+                call.cancel()
 
     # Routing
 
@@ -145,22 +167,18 @@ class Interest:
         if not self.enabled or name in EVERY_NODE:
             self.broadcast += 1
             return None
-        presence = self._cluster.presence
         me = self._cluster.node_id
-        others = 0
-        targets = []
-        for node in list(presence.heard):
-            if node == me or not presence.alive(node):
-                continue
-            others += 1
-            value = self.known.get(node)
-            if value is None:
+        known = self.known
+        for node in self._cluster.presence.heard:
+            if node not in known and node != me:
                 self.broadcast += 1
                 return None  # not known yet: it gets everything
+        targets = []
+        for node, value in known.items():
             if value == ALL or account_id in value or (
                     shared_with and not value.isdisjoint(shared_with)):
                 targets.append(node)
-        if targets and len(targets) == others:
+        if targets and len(targets) == len(known):
             self.broadcast += 1
             return None  # all of them: one message
         if targets:

@@ -718,6 +718,7 @@ class Cluster:
 
     def _node_gone(self, node: str, why: str) -> None:
         self.presence.heard.pop(node, None)
+        self.interest.forget(node)
         for call_id, call in list(self._calls.items()):
             if call.node == node:
                 self._fail_call(call_id, Offline(
@@ -780,6 +781,7 @@ class Cluster:
     @inlineCallbacks
     def stop(self) -> Any:
         self._stopped = True
+        self.interest.stop()
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         for call_id in list(self._calls):
