@@ -30,16 +30,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from dashd.domain.access import CONSOLE_KIND
 from dashd.jsontext import compact
 
+
+def encode(message: dict[str, Any]) -> bytes:
+    return compact(message).encode("utf-8")
+
 log = Logger()
 
 LINGER = 2.0
 RETELL = 10.0
+# A new subscriber's stream opens once Redis took the node's grown interest,
+# or after this many seconds (Redis slow or away) whatever.
+READY_WAIT = 1.0
+# Seconds a new subscriber's account counts before its stream is open.
+PENDING = 3.0
 EVERY_NODE = frozenset({"ota.status"})
 ALL = "*"
 
@@ -55,6 +65,8 @@ class Interest:
         self.mine: Any = frozenset()
         self._linger: IDelayedCall | None = None
         self._retell: IDelayedCall | None = None
+        # Accounts (or ALL) of subscribers whose stream is opening.
+        self._pending: dict[str, int] = {}
         # Events sent to some nodes only, to none, to all (for the metrics).
         self.routed = 0
         self.skipped = 0
@@ -63,7 +75,9 @@ class Interest:
     # This node's
 
     def local(self) -> Any:
-        accounts = set()
+        if ALL in self._pending:
+            return ALL
+        accounts = set(self._pending)
         for subscriber in self._cluster.hub.subscribers():
             key = subscriber.key
             if key.kind == CONSOLE_KIND:
@@ -71,19 +85,59 @@ class Interest:
             accounts.add(key.account_id)
         return frozenset(accounts)
 
-    def subscribers_changed(self) -> None:
+    def ready_for(self, key: Any) -> Any:
+        """A subscriber with C{key} is about to open a stream here: None if
+        the other nodes already send what it may see, else a Deferred that
+        fires once Redis has taken this node's grown interest (so that an
+        event published elsewhere right after the stream opens comes here),
+        or after L{READY_WAIT} seconds."""
         if not self.enabled:
-            return
+            return None
+        want = ALL if key.kind == CONSOLE_KIND else key.account_id
+        if self.mine == ALL or (want != ALL and want in self.mine):
+            return None
+        self._pending[want] = self._pending.get(want, 0) + 1
+        self._cluster.clock.callLater(PENDING, self._opened, want)
+        told = self.subscribers_changed()
+        if told is None:
+            return None
+        waited: Any = Deferred()
+        timer = self._cluster.clock.callLater(READY_WAIT, lambda: waited.called or
+                                              waited.callback(None))
+
+        def done(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not waited.called:
+                waited.callback(None)
+
+        told.addBoth(done)
+        return waited
+
+    def _opened(self, want: str) -> None:
+        left = self._pending.get(want, 0) - 1
+        if left > 0:
+            self._pending[want] = left
+        else:
+            self._pending.pop(want, None)
+        self.subscribers_changed()
+
+    def subscribers_changed(self) -> Any:
+        """Fire (a Deferred, if the interest grew and was told) once Redis
+        took it."""
+        if not self.enabled:
+            return None
         now = self.local()
         if now == self.mine:
             if self._linger is not None and self._linger.active():
                 self._linger.cancel()
-            return
+            return None
         grown = now == ALL or (self.mine != ALL and not now <= self.mine)
         if grown:
-            self._tell(now)
-        elif self._linger is None or not self._linger.active():
+            return self._tell(now)
+        if self._linger is None or not self._linger.active():
             self._linger = self._cluster.clock.callLater(LINGER, self._shrink)
+        return None
 
     def _shrink(self) -> None:
         self._linger = None
@@ -91,18 +145,21 @@ class Interest:
         if now != self.mine:
             self._tell(now)
 
-    def _tell(self, value: Any) -> None:
+    def _tell(self, value: Any) -> Any:
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self.mine = value
         wire = ALL if value == ALL else sorted(value)
         data = compact(wire)
-        node_id = self._cluster.node_id
+        cluster = self._cluster
         # In order on the command thread: stored, then told.
-        self._cluster.bus.call(lambda c: c.hset(self.key, node_id, data)).addErrback(
+        cluster.bus.call(lambda c: c.hset(self.key, cluster.node_id, data)).addErrback(
             lambda f: log.info("cluster: interest not stored now: {error}",
                                error=f.getErrorMessage()))
-        self._cluster._broadcast({"t": "in", "v": wire})
+        told = cluster.bus.publish(cluster.keys.broadcast,
+                                   encode({"t": "in", "v": wire, "o": cluster.node_id}))
+        told.addErrback(lambda f: None)  # the others read it at their resync
+        return told
 
     # The others'
 

@@ -901,6 +901,10 @@ class ClusterHub(LocalHub):
         LocalHub.unsubscribe(self, subscriber)
         self._cluster.interest.subscribers_changed()
 
+    def ready_for(self, key: Any) -> Deferred[None] | None:
+        """Before a subscriber's stream opens: see L{Interest.ready_for}."""
+        return self._cluster.interest.ready_for(key)
+
     def deliver_here(self, event: Event) -> None:
         LocalHub.publish(self, event)
 
