@@ -12,7 +12,15 @@ node A, then calls ``Sim.Echo`` on them through REST:
   call crosses Redis to A and back);
 - throughput: C{--concurrency} calls in flight, spread over the devices.
 
-Prints both, and the cross-node / same-node ratios. Everything runs on this
+Prints both, and the cross-node / same-node ratios.
+
+``--fanout`` measures the notifications instead, on three nodes: devices
+on A send notifications (``Heartbeat``, published and not stored) as fast
+as they can, one subscriber (a key of the devices' account) listens on C,
+none on B. Run twice, with ``cluster.route_events`` false (every event to
+every node, as before) and true (only to nodes with an interested
+subscriber): events per second received on C, and the CPU each node spent
+per 1,000 events (from /proc). Prints a ``bench.cluster`` line. Everything runs on this
 machine (client, both nodes, PostgreSQL, Redis), so the absolute numbers
 say more about the machine than about dashd; the ratios are the point.
 Removes its database, its Redis keys and its temporary directory at the end.
@@ -37,6 +45,11 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import redis
 import treq
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.web.client import HTTPConnectionPool
@@ -55,7 +68,8 @@ def free_port() -> int:
 
 
 class Node:
-    def __init__(self, directory: str, store_url: str, redis_url: str, namespace: str) -> None:
+    def __init__(self, directory: str, store_url: str, redis_url: str, namespace: str,
+                 extra: str = "") -> None:
         os.makedirs(directory)
         self.directory = directory
         self.port = free_port()
@@ -65,13 +79,13 @@ class Node:
                 'listen = ["tcp:%d:interface=127.0.0.1"]\n'
                 'data_dir = %s\n'
                 "[http]\naccess_log = false\n"
-                "[device]\nmax_calls_in_flight = 1000\n"
+                "[device]\nmax_calls_in_flight = 1000\nframes_per_second = 0\n"
                 # One key makes every call here: lift its rate limit.
                 "[limits]\nrequests_per_second = 1000000.0\nburst = 1000000\n"
                 "[store]\nurl = %s\n"
-                "[cluster]\nredis_url = %s\nnamespace = %s\n"
+                "[cluster]\nredis_url = %s\nnamespace = %s\n%s"
                 % (self.port, json.dumps(os.path.join(directory, "data")),
-                   json.dumps(store_url), json.dumps(redis_url), json.dumps(namespace))
+                   json.dumps(store_url), json.dumps(redis_url), json.dumps(namespace), extra)
             )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -98,6 +112,126 @@ class Node:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(20)
+
+
+def cpu_seconds(node: Node) -> float:
+    assert node.proc is not None
+    with open("/proc/%d/stat" % node.proc.pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Counter(WebSocketClientProtocol):
+    def onOpen(self) -> None:
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if b'"rpc.out.Heartbeat"' in payload:
+            self.factory.count += 1
+            if self.factory.count >= self.factory.expect and not self.factory.done.called:
+                self.factory.done.callback(time.perf_counter())
+
+
+async def fanout_round(reactor: Any, args: argparse.Namespace, route: bool) -> dict[str, Any]:
+    directory = tempfile.mkdtemp(prefix="dashd-bench-fanout-")
+    name = "dashd_bench_%s" % secrets.token_hex(4)
+    namespace = "dashdbench-%s" % secrets.token_hex(4)
+    with psycopg.connect(args.postgres, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE %s" % name)
+    store_url = urlunsplit(urlsplit(args.postgres)._replace(path="/" + name))
+    extra = "route_events = %s\n" % ("true" if route else "false")
+    nodes = [Node(os.path.join(directory, n), store_url, args.redis, namespace, extra)
+             for n in "abc"]
+    a, b, c = nodes
+    sims: list[SimulatedDevice] = []
+    counter = None
+    try:
+        a.start(wait_key=True)
+        b.start(wait_key=False)
+        c.start(wait_key=False)
+        with open(os.path.join(a.directory, "data", "admin.key")) as f:
+            console = f.read().strip()
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        response = await treq.post(a.url + "/api/v2/accounts", json={"name": "fanout"},
+                                   headers={"Authorization": ["Bearer " + console]}, pool=pool)
+        key = (await response.json())["admin_key"]["key"]
+        for i in range(args.devices):
+            response = await treq.post(a.url + "/api/v2/devices", json={"name": "fan-%d" % i},
+                                       headers={"Authorization": ["Bearer " + key]}, pool=pool)
+            device = await response.json()
+            sim = SimulatedDevice(a.url.replace("http", "ws") + "/api/v2/rpc", device["token"],
+                                  reactor)
+            sims.append(sim.start())
+        await defer.gatherResults([s.wait_open() for s in sims])
+        total = args.events * len(sims)
+        factory = WebSocketClientFactory(c.url.replace("http", "ws") + "/api/v2/notify",
+                                         headers={"Authorization": "Bearer " + key})
+        factory.protocol = _Counter
+        factory.opened, factory.done = Deferred(), Deferred()
+        factory.count, factory.expect = 0, total
+        connectWS(factory)
+        counter = await factory.opened
+        await task.deferLater(reactor, 3.0)  # interest told, nodes settled
+        before = [cpu_seconds(n) for n in nodes]
+        started = time.perf_counter()
+        per_tick = max(1, args.events // 200)
+        for k in range(0, args.events, per_tick):
+            for sim in sims:
+                for j in range(k, min(k + per_tick, args.events)):
+                    sim.notify("Heartbeat", {"n": j})
+            await task.deferLater(reactor, 0)
+        try:
+            ended = await defer.Deferred.fromCoroutine(_wait(reactor, factory.done, 120))
+        except defer.TimeoutError:
+            ended = time.perf_counter()
+        after = [cpu_seconds(n) for n in nodes]
+        received = factory.count
+        await pool.closeCachedConnections()
+        return {"route": route, "events": total, "received": received,
+                "rate": received / (ended - started),
+                "cpu_ms_per_1000": [round(1e6 * (y - x) / max(1, total), 1)
+                                    for x, y in zip(before, after)]}
+    finally:
+        if counter is not None:
+            counter.sendClose(1000)
+        for sim in sims:
+            await sim.stop()
+        for node in nodes:
+            node.stop()
+        with psycopg.connect(args.postgres, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+        client = redis.Redis.from_url(args.redis)
+        for k in client.scan_iter(match=namespace + ":*"):
+            client.delete(k)
+        client.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _wait(reactor: Any, d: Deferred[Any], seconds: float) -> Any:
+    d.addTimeout(seconds, reactor)
+    return await d
+
+
+async def fanout(reactor: Any, args: argparse.Namespace) -> None:
+    results: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for _ in range(args.rounds):
+        for route in (False, True):
+            r = await fanout_round(reactor, args, route)
+            results[route].append(r)
+            print("%-9s events %6d received on C %6d  %8.0f events/s  CPU ms per 1000 "
+                  "events A %s B %s C %s" % ("routed" if route else "broadcast", r["events"],
+                                             r["received"], r["rate"],
+                                             *r["cpu_ms_per_1000"]), flush=True)
+    best = {k: max(v, key=lambda r: r["rate"]) for k, v in results.items()}
+    before, after = best[False], best[True]
+    print("bench.cluster fanout nodes=3 devices=%d events=%d: %.0f -> %.0f events/s "
+          "(%.2fx); node B (no subscriber) CPU per 1000 events %.1f -> %.1f ms, "
+          "node C %.1f -> %.1f ms, node A %.1f -> %.1f ms" % (
+              args.devices, before["events"], before["rate"], after["rate"],
+              after["rate"] / before["rate"], before["cpu_ms_per_1000"][1],
+              after["cpu_ms_per_1000"][1], before["cpu_ms_per_1000"][2],
+              after["cpu_ms_per_1000"][2], before["cpu_ms_per_1000"][0],
+              after["cpu_ms_per_1000"][0]))
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -195,6 +329,9 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
               (statistics.median(cross_t) / statistics.median(same_t)))
         print("cross/same throughput ratio (concurrency %d): %.2f" %
               (args.concurrency, cross_r / same_r))
+        print("bench.cluster rpc: cross/same p50 latency %.2f, throughput %.2f (%d devices, "
+              "concurrency %d)" % (statistics.median(cross_t) / statistics.median(same_t),
+                                   cross_r / same_r, args.devices, args.concurrency))
         await pool.closeCachedConnections()
     finally:
         for sim in sims:
@@ -219,8 +356,14 @@ def main() -> None:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test",
                         help="a PostgreSQL database to connect to and create the bench's in")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--fanout", action="store_true",
+                        help="measure notifications fanned out over three nodes instead")
+    parser.add_argument("--events", type=int, default=2000,
+                        help="notifications each device sends (--fanout)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --fanout")
     args = parser.parse_args()
-    task.react(lambda reactor: Deferred.fromCoroutine(run(reactor, args)))
+    job = fanout if args.fanout else run
+    task.react(lambda reactor: Deferred.fromCoroutine(job(reactor, args)))
 
 
 if __name__ == "__main__":

@@ -222,6 +222,7 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet.call_result_observers.append(alarm_engine.call_result)
     fleet.event_observers.append(webhooks.device_event)
     alarm_engine.observers.append(webhooks.alarm_event)
+    application.jobs.observers.append(webhooks.job_event)
     if hasattr(store, "latency_observer"):
         store.latency_observer = metrics.observe_store_job
     site.request_observers.append(metrics.observe_request)
@@ -239,8 +240,17 @@ def build(config: Config, reactor: Any) -> DashdService:
     # After the fleet, so it stops first: transfers under way are marked
     # failed while the store is still open.
     OtaService(ota).setServiceParent(service)
-    AlarmService(alarm_engine, webhooks, reactor, config["alarms.refresh_interval"]
-                 ).setServiceParent(service)
+    alarm_service = AlarmService(alarm_engine, webhooks, reactor,
+                                 config["alarms.refresh_interval"])
+    alarm_service.setServiceParent(service)
+    if cluster is not None:
+        # Rules and webhooks changed here apply on the other nodes at once,
+        # and what each delivers is seen from every node.
+        _share_alarm_changes(cluster, application, alarm_service, alarm_engine)
+        from dashd.app.webhooks import SharedStats
+
+        webhooks.shared = SharedStats(cluster.bus, config["cluster.namespace"],
+                                      cluster.node_id, cluster.node_alive)
     for retention in (
         DataRetention(store, reactor, config["data.retention_days"]),
         DataRetention(store, reactor, config["audit.retention_days"],
@@ -310,3 +320,19 @@ def build(config: Config, reactor: Any) -> DashdService:
         on_ready=serving,
     ).setServiceParent(service)
     return service
+
+
+def _share_alarm_changes(cluster: Any, application: Any, service: Any, engine: Any) -> None:
+    def changed(alarm: Any) -> None:
+        cluster.tell("alarms", None if alarm is None else
+                     {"rule": alarm.rule_id, "device": alarm.device_id})
+
+    def heard(data: Any) -> None:
+        if isinstance(data, dict):  # an alarm cleared by hand over there
+            engine.forget_ids(str(data.get("rule")), str(data.get("device")))
+        service.refresh_soon()
+
+    application.alarms.changed = changed
+    application.webhooks.changed = changed
+    cluster.app_handlers["alarms"] = heard
+

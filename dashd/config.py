@@ -348,6 +348,10 @@ OPTIONS = [
     Option("cluster.node_timeout", 5.0, (int, float),
            "Seconds without a sign of life from a node before the others take it for dead "
            "(its devices show offline and may reconnect elsewhere)", _positive),
+    Option("cluster.route_events", True, bool,
+           "Send each notification only to the nodes with a subscriber that may see it "
+           "(each node publishes the accounts its subscribers belong to); false sends every "
+           "notification to every node"),
     Option("lb.agent_listen", [], list,
            "Endpoints (e.g. [\"tcp:8089\"]) answering HAProxy's agent-check with \"up ready\" "
            "or \"drain\" (take no new devices, keep those connected); see etc/haproxy.cfg",

@@ -123,14 +123,14 @@ class AlarmRoutes(ApiBase):
 
     # Webhooks
 
-    def _hook_view(self, hook: dict[str, Any], secret: bool = False) -> dict[str, Any]:
-        return webhook_view(hook, self.application.webhooks.stats(hook["id"]), secret)
+    async def _hook_view(self, hook: dict[str, Any], secret: bool = False) -> dict[str, Any]:
+        return webhook_view(hook, await self.application.webhooks.stats(hook["id"]), secret)
 
     @app.route("/api/v2/webhooks", methods=["GET"])
     async def list_webhooks(self, request: Any) -> bytes:
         key = await self.authenticate(request)
         hooks = await self.application.webhooks.list(key)
-        return self.json(request, [self._hook_view(h) for h in hooks])
+        return self.json(request, [await self._hook_view(h) for h in hooks])
 
     @app.route("/api/v2/webhooks", methods=["POST"])
     async def create_webhook(self, request: Any) -> bytes:
@@ -139,12 +139,12 @@ class AlarmRoutes(ApiBase):
         hook = await self.application.webhooks.put(key, None, body)
         request.setResponseCode(201)
         # The secret is shown here, and when rotated, only.
-        return self.json(request, self._hook_view(hook, secret=True))
+        return self.json(request, await self._hook_view(hook, secret=True))
 
     @app.route("/api/v2/webhooks/<hook_id>", methods=["GET"])
     async def get_webhook(self, request: Any, hook_id: str) -> bytes:
         key = await self.authenticate(request)
-        return self.json(request, self._hook_view(await self.application.webhooks.get(
+        return self.json(request, await self._hook_view(await self.application.webhooks.get(
             key, hook_id)))
 
     @app.route("/api/v2/webhooks/<hook_id>", methods=["POST"])
@@ -152,8 +152,8 @@ class AlarmRoutes(ApiBase):
         key = await self.authenticate(request)
         body = object_body(request, _HOOK_FIELDS)
         hook = await self.application.webhooks.put(key, hook_id, body)
-        return self.json(request, self._hook_view(hook, secret=body.get("rotate_secret") is
-                                                  True))
+        return self.json(request, await self._hook_view(hook, secret=body.get("rotate_secret")
+                                                        is True))
 
     @app.route("/api/v2/webhooks/<hook_id>", methods=["DELETE"])
     async def delete_webhook(self, request: Any, hook_id: str) -> bytes:

@@ -143,9 +143,12 @@ def schemas() -> dict[str, Any]:
                         "secret is rotated, only"},
                 deliveries={
                     "type": "object",
-                    "description": "this node's deliveries: waiting, dropped from a full "
-                                   "backlog, delivered, given up, and the last ones",
+                    "description": "its deliveries (in a cluster, every node's): waiting, "
+                                   "dropped from a full backlog, delivered, given up, and "
+                                   "the last ones, newest first",
                     "properties": {
+                        "partial": {"type": "boolean", "description": "present (true) when "
+                                    "only this node's could be read (Redis away)"},
                         "backlog": {"type": "integer"}, "dropped": {"type": "integer"},
                         "delivered": {"type": "integer"}, "failed": {"type": "integer"},
                         "last": {"type": "array", "items": {

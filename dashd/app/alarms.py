@@ -123,6 +123,11 @@ class AlarmEngine:
         for rule in rules.values():
             known = self._rules.get(rule.id)
             if known is None or known.rule != rule:
+                if known is not None and (known.rule.condition != rule.condition or
+                                          known.rule.severity != rule.severity):
+                    # As where it was changed: what the old one raised was
+                    # cleared there, and the condition starts afresh.
+                    self.rule_changed(None, rule.id)
                 self.rule_changed(rule, rule.id)
         counts = {s: 0 for s in a.SEVERITIES}
         counts.update(await self.store.count_active())
@@ -184,9 +189,14 @@ class AlarmEngine:
                     self._decide(state, compiled, False, {"reason": "the rule no longer "
                                                                     "covers the device"})
                 continue
-            if rule.kind == "stale":
+            if rule.kind == "stale" and not self._elsewhere(state.device.id):
                 self._stale_check(state, compiled, state.device.shadow)
         self._sweep(compiled)
+
+    def _elsewhere(self, device_id: str) -> bool:
+        """Held by another node, which evaluates its rules."""
+        return self.fleet.router.is_online(device_id) and \
+            self.fleet.router.device(device_id) is None
 
     def _covers(self, compiled: _Compiled, state: _DeviceState) -> bool:
         rule, device = compiled.rule, state.device
@@ -220,8 +230,7 @@ class AlarmEngine:
             for device in devices:
                 if rule.kind == "offline" and self.fleet.router.is_online(device.id):
                     continue
-                if rule.kind == "stale" and self.fleet.router.is_online(device.id) and \
-                        self.fleet.router.device(device.id) is None:
+                if rule.kind == "stale" and self._elsewhere(device.id):
                     continue  # held by another node, which looks after it
                 self._with_device(device.id, lambda s, dev=device: self._swept(s, dev,
                                                                                compiled),
@@ -508,6 +517,8 @@ class AlarmEngine:
         def got(device: Device | None) -> None:
             if device is None or self._rules.get(rule_id) is not compiled:
                 return
+            if self._elsewhere(device_id):
+                return  # that node's timer runs (and here one starts if it dies)
             state.device = replace(state.device, shadow=device.shadow)
             if self._covers(compiled, state):
                 self._stale_check(state, compiled, device.shadow)
@@ -533,6 +544,12 @@ class AlarmEngine:
                 continue
             self._timer(state, rule.id, "offline", now + rule.condition["seconds"],
                         lambda r=rule.id: self._offline_due(state.device.id, r))
+        for compiled in self._covering(state, "stale"):
+            # Said offline here for a node that died holding it: its stale
+            # timers died with that node (those of a device held here run on).
+            if (compiled.rule.id, "stale") not in state.timers and \
+                    not state.want.get(compiled.rule.id):
+                self._stale_check(state, compiled, state.device.shadow)
         for rule_id in list(state.since):
             self._cancel(state, rule_id, "for")
             state.since.pop(rule_id, None)
@@ -695,10 +712,14 @@ class AlarmEngine:
 
     def forget(self, alarm: Alarm) -> None:
         """An alarm was cleared by hand: the condition is looked at afresh."""
-        state = self._devices.get(alarm.device_id)
+        self.forget_ids(alarm.rule_id, alarm.device_id)
+
+    def forget_ids(self, rule_id: str, device_id: str) -> None:
+        """L{forget} by IDs (an alarm cleared by hand on another node)."""
+        state = self._devices.get(device_id)
         if state is not None:
-            state.want.pop(alarm.rule_id, None)
-            state.since.pop(alarm.rule_id, None)
+            state.want.pop(rule_id, None)
+            state.since.pop(rule_id, None)
 
 
 async def _all(waits: list[Deferred[Any]]) -> None:
@@ -716,6 +737,10 @@ class Alarms:
         self._engine = engine
         self._store = store
         self._max_rules = max_rules
+        # Told when rules changed here (in a cluster, the other nodes hear
+        # of it: dashd.assembly), and when an alarm was cleared by hand
+        # (alarm): the node evaluating its device looks at it afresh.
+        self.changed: Callable[[Alarm | None], None] | None = None
 
     @property
     def engine(self) -> AlarmEngine | None:
@@ -796,7 +821,15 @@ class Alarms:
                         await self._announce_change("alarm.cleared", cleared, rule, None)
                 self._engine.rule_changed(None, rule.id)
             self._engine.rule_changed(rule, rule.id)
+        self._tell(None)
         return rule
+
+    def _tell(self, alarm: Alarm | None) -> None:
+        if self.changed is not None:
+            try:
+                self.changed(alarm)
+            except Exception:
+                log.failure("telling the cluster of an alarm change")
 
     async def delete_rule(self, by: ApiKey, rule_id: str) -> None:
         self._may_manage(by)
@@ -804,6 +837,7 @@ class Alarms:
         cleared = await self._store.delete_rule(rule_id, self._fleet.now(), "rule deleted")
         if self._engine is not None:
             self._engine.rule_changed(None, rule_id)
+        self._tell(None)
         for alarm in cleared:
             await self._announce_change("alarm.cleared", alarm, rule, None)
 
@@ -880,6 +914,7 @@ class Alarms:
         if changed:
             if self._engine is not None:
                 self._engine.forget(alarm)
+            self._tell(alarm)
             await self._announce_change("alarm.cleared", alarm, None, by)
         return alarm
 

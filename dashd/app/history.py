@@ -33,7 +33,8 @@ from dashd.store import IStore, StoreUnreachable
 log = Logger()
 
 NOT_STORED = ("rpc.out.Heartbeat",)
-STORED_NAMES = ("online", "offline", "ota.status")
+STORED_NAMES = ("online", "offline", "ota.status", "alarm.raised", "alarm.cleared",
+                "alarm.acknowledged")
 
 # Events handed to the store and not yet written. A fleet that floods faster
 # than the disk keeps up loses events beyond these (with a warning) rather

@@ -129,11 +129,19 @@ class Jobs:
         self._config = fleet.config
         # The runner of this node, woken when a job changes (set by the builder).
         self.runner: Any = None
+        # Who else hears of job.state and job.progress (dashd.app.webhooks),
+        # on the node that published them: (job, name, data).
+        self.observers: list[Any] = []
 
     # Publishing
 
     def publish(self, job: dict[str, Any], name: str, data: Any) -> None:
         self._fleet.hub.publish(Event(name, job["id"], data, job["account_id"]))
+        for observer in self.observers:
+            try:
+                observer(job, name, data)
+            except Exception:
+                log.failure("job observer {observer}", observer=observer)
 
     async def view(self, job: dict[str, Any], counts: dict[str, int] | None = None
                    ) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """
 Outbound webhooks: HTTP endpoints that are told of chosen kinds of events
-(alarms, devices coming and going, firmware status) as signed JSON POSTs.
+(alarms, devices coming and going, firmware status, fleet jobs' state and
+progress) as signed JSON POSTs.
 
 What a receiver gets (documented in the README, "Webhooks")::
 
@@ -33,8 +34,11 @@ one connected to, so a name that resolves differently later gains
 nothing).
 
 In a cluster each node delivers the events that happened on it (a device's
-on the node holding it); what GET /webhooks/:id shows of deliveries is that
-node's.
+on the node holding it). Each node keeps its figures of each endpoint in
+Redis too (L{SharedStats}: a hash per endpoint, a field per node, written
+at most every C{SHARE_EVERY} seconds), and what GET /webhooks/:id shows is
+the cluster's: counts summed over the nodes, the backlogs of the nodes
+alive, and the last deliveries of all, newest first.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import secrets
 import socket
 from collections import deque
@@ -75,11 +80,18 @@ from dashd.store.alarms_sql import AlarmStore, OverLimit
 log = Logger()
 
 EVENT_KINDS = ("alarm.raised", "alarm.cleared", "alarm.acknowledged", "device.online",
-               "device.offline", "ota.status")
+               "device.offline", "ota.status", "job.state", "job.progress")
+# Fleet job events webhooks may be told of (dashd.app.jobs: each published
+# once, by the node that changed the job).
+_JOB_EVENTS = ("job.state", "job.progress")
 # Fleet events webhooks may be told of, by the kind they are sent as.
 _DEVICE_EVENTS = {"online": "device.online", "offline": "device.offline",
                   "ota.status": "ota.status"}
 LAST_DELIVERIES = 20
+# Seconds between two writes of a node's delivery figures to Redis.
+SHARE_EVERY = 0.1
+# Figures of an endpoint no node wrote for this long are forgotten.
+SHARE_TTL = 30 * 24 * 3600
 MAX_URL = 2000
 MAX_NAME = 200
 
@@ -236,6 +248,64 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "v1=" + mac.hexdigest()
 
 
+def _merge(figures: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"backlog": 0, "dropped": 0, "delivered": 0, "failed": 0}
+    last: list[dict[str, Any]] = []
+    for f in figures:
+        for k in out:
+            out[k] += int(f.get(k, 0))
+        last.extend(f.get("last", ()))
+    last.sort(key=lambda d: d.get("t", 0), reverse=True)
+    out["last"] = last[:LAST_DELIVERIES]
+    return out
+
+
+class SharedStats:
+    """The nodes' delivery figures in Redis: ``P:webhook:HOOK``, a hash of
+    node ID -> that node's figures (JSON), through the cluster's bus."""
+
+    def __init__(self, bus: Any, namespace: str, node_id: str, alive: Any) -> None:
+        self._bus = bus
+        self._prefix = "%s:webhook:" % namespace
+        self.node_id = node_id
+        self._alive = alive
+
+    def write(self, figures: dict[str, dict[str, Any]]) -> defer.Deferred[Any]:
+        values = {self._prefix + hook_id: compact(f) for hook_id, f in figures.items()}
+
+        def run(client: Any) -> Any:
+            pipe = client.pipeline(transaction=False)
+            for key, value in values.items():
+                pipe.hset(key, self.node_id, value)
+                pipe.expire(key, SHARE_TTL)
+            return pipe.execute()
+
+        return self._bus.call(run)
+
+    def read(self, hook_id: str, mine: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        key = self._prefix + hook_id
+
+        def merged(raw: dict[bytes, bytes]) -> dict[str, Any]:
+            figures = [mine]
+            for node, value in raw.items():
+                node_id = node.decode()
+                if node_id == self.node_id:
+                    continue  # this node's own are fresher in memory
+                try:
+                    f = json.loads(value)
+                except ValueError:
+                    continue
+                if not self._alive(node_id):
+                    f["backlog"] = 0  # what a dead node held is lost
+                figures.append(f)
+            return _merge(figures)
+
+        return self._bus.call(lambda client: client.hgetall(key)).addCallback(merged)
+
+    def forget(self, hook_id: str) -> defer.Deferred[Any]:
+        return self._bus.call(lambda client: client.delete(self._prefix + hook_id))
+
+
 class WebhookDispatcher:
     def __init__(self, store: AlarmStore, reactor: Any, config: Config,
                  engine_rule: Any = None) -> None:
@@ -252,6 +322,10 @@ class WebhookDispatcher:
         self._stopped = False
         self.sent = 0
         self.dropped = 0
+        # In a cluster (set by dashd.assembly): where the figures are shared.
+        self.shared: SharedStats | None = None
+        self._dirty: set[str] = set()
+        self._share_call: IDelayedCall | None = None
 
     # Life cycle
 
@@ -271,6 +345,8 @@ class WebhookDispatcher:
 
     def stop(self) -> defer.Deferred[Any]:
         self._stopped = True
+        if self._share_call is not None and self._share_call.active():
+            self._share_call.cancel()
         for endpoint in self._hooks.values():
             if endpoint.retry is not None and endpoint.retry.active():
                 endpoint.retry.cancel()
@@ -286,6 +362,7 @@ class WebhookDispatcher:
             endpoint.hook = hook
 
     def remove(self, hook_id: str) -> None:
+        self._dirty.discard(hook_id)
         endpoint = self._hooks.pop(hook_id, None)
         if endpoint is not None:
             if endpoint.retry is not None and endpoint.retry.active():
@@ -300,6 +377,38 @@ class WebhookDispatcher:
         return {"backlog": len(endpoint.backlog) + (1 if endpoint.in_flight else 0),
                 "dropped": endpoint.dropped, "delivered": endpoint.delivered,
                 "failed": endpoint.failed, "last": list(reversed(endpoint.last))}
+
+    def stats_all(self, hook_id: str) -> defer.Deferred[dict[str, Any]]:
+        """The endpoint's figures over the cluster (this node's alone if
+        not in one, or if Redis does not answer)."""
+        mine = self.stats(hook_id)
+        if self.shared is None:
+            return defer.succeed(mine)
+
+        def alone(failure: Failure) -> dict[str, Any]:
+            log.info("webhook {id}: the other nodes' figures are not readable now: {error}",
+                     id=hook_id, error=failure.getErrorMessage())
+            return dict(mine, partial=True)
+
+        return self.shared.read(hook_id, mine).addErrback(alone)
+
+    def _changed(self, endpoint: _Endpoint) -> None:
+        """Its figures changed: share them soon (in a cluster)."""
+        if self.shared is None or self._stopped:
+            return
+        self._dirty.add(endpoint.hook["id"])
+        if self._share_call is None or not self._share_call.active():
+            self._share_call = self._reactor.callLater(SHARE_EVERY, self._share)
+
+    def _share(self) -> None:
+        self._share_call = None
+        dirty, self._dirty = self._dirty, set()
+        figures = {hook_id: self.stats(hook_id) for hook_id in dirty if hook_id in self._hooks}
+        if not figures or self.shared is None:
+            return
+        self.shared.write(figures).addErrback(
+            lambda f: log.info("webhooks: delivery figures not shared now: {error}",
+                               error=f.getErrorMessage()))
 
     def backlog(self) -> int:
         return sum(len(e.backlog) + (1 if e.in_flight else 0) for e in self._hooks.values())
@@ -317,6 +426,15 @@ class WebhookDispatcher:
             hook = endpoint.hook
             if hook["account_id"] == event.account_id and kind in hook["events"]:
                 self.enqueue(endpoint, kind, data)
+
+    def job_event(self, job: dict[str, Any], name: str, data: Any) -> None:
+        if name not in _JOB_EVENTS or not self._hooks:
+            return
+        body = {"job_id": job["id"], "data": data}
+        for endpoint in list(self._hooks.values()):
+            hook = endpoint.hook
+            if hook["account_id"] == job["account_id"] and name in hook["events"]:
+                self.enqueue(endpoint, name, body)
 
     def alarm_event(self, name: str, rule: Rule | None, alarm: Alarm) -> None:
         if not self._hooks:
@@ -355,6 +473,7 @@ class WebhookDispatcher:
                                   "error": "dropped: the backlog is full"})
         endpoint.backlog.append(Delivery(delivery_id, kind, body, now))
         self._pump(endpoint)
+        self._changed(endpoint)
         return delivery_id
 
     # Sending
@@ -425,6 +544,7 @@ class WebhookDispatcher:
         endpoint.last.append({"id": delivery.id, "kind": delivery.kind, "t": now,
                               "attempt": delivery.attempts, "status": status, "error": error,
                               "ms": round((now - started) * 1000, 1)})
+        self._changed(endpoint)
         if self._stopped or self._hooks.get(endpoint.hook["id"]) is not endpoint:
             endpoint.in_flight = None
             return
@@ -467,13 +587,25 @@ class Webhooks:
         self._dispatcher = dispatcher
         self._clock = clock
         self._config = config
+        # Told when a webhook was made, changed or deleted here (in a
+        # cluster, the other nodes hear of it: dashd.assembly).
+        self.changed: Any = None
+
+    def _tell(self) -> None:
+        if self.changed is not None:
+            try:
+                self.changed(None)
+            except Exception:
+                log.failure("telling the cluster of a webhook change")
 
     @property
     def dispatcher(self) -> WebhookDispatcher | None:
         return self._dispatcher
 
-    def stats(self, hook_id: str) -> dict[str, Any] | None:
-        return self._dispatcher.stats(hook_id) if self._dispatcher is not None else None
+    async def stats(self, hook_id: str) -> dict[str, Any] | None:
+        if self._dispatcher is None:
+            return None
+        return await self._dispatcher.stats_all(hook_id)
 
     async def _own(self, by: ApiKey, hook_id: str) -> dict[str, Any]:
         access.require_admin(by, "manage webhooks")
@@ -526,6 +658,7 @@ class Webhooks:
             raise Busy(str(e)) from None
         if self._dispatcher is not None:
             self._dispatcher.put(hook)
+        self._tell()
         return hook
 
     async def delete(self, by: ApiKey, hook_id: str) -> None:
@@ -533,6 +666,9 @@ class Webhooks:
         await self._store.delete_webhook(hook_id)
         if self._dispatcher is not None:
             self._dispatcher.remove(hook_id)
+            if self._dispatcher.shared is not None:
+                self._dispatcher.shared.forget(hook_id).addErrback(lambda f: None)
+        self._tell()
 
     async def test(self, by: ApiKey, hook_id: str) -> str:
         hook = await self._own(by, hook_id)

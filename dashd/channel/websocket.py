@@ -471,8 +471,14 @@ class NotifyProtocol(ChannelProtocol):
     key: ApiKey
     hub: IHub
 
-    def onConnect(self, request: Any) -> str | None:
-        return _accept_subprotocol(request)
+    def onConnect(self, request: Any) -> Any:
+        protocol = _accept_subprotocol(request)
+        # In a cluster: open once the other nodes send what this key may see.
+        ready = getattr(self.hub, "ready_for", None)
+        waiting = ready(self.key) if ready is not None else None
+        if waiting is None:
+            return protocol
+        return waiting.addBoth(lambda _: protocol)
 
     def onOpen(self) -> None:
         self._paused = False

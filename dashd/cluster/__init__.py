@@ -41,6 +41,16 @@ On ``P:all``:
                                                 the one holding the device
                                                 takes them from the store
                                                 (L{dashd.app.calls})
+``in``      ``v``                               the sender's interest: ``"*"``
+                                                or the accounts of its
+                                                subscribers; ``ev`` goes only
+                                                to nodes that want it, on
+                                                their own channels
+                                                (L{dashd.cluster.interest})
+``ap``      ``k``, ``d``                        news of another part (kind,
+                                                data), e.g. ``alarms``: alarm
+                                                rules or webhooks changed
+                                                (L{dashd.ops.alarms})
 ==========  ==================================  ================================
 
 On ``P:to:NODE``: ``call`` (``r`` the call's ID, ``id``, ``m`` method, ``p``

@@ -31,6 +31,7 @@ from zope.interface import implementer
 from dashd.channel.hub import IHub, LocalHub
 from dashd.channel.router import IRouter
 from dashd.cluster.bus import BusUnavailable, RedisBus, redact
+from dashd.cluster.interest import Interest
 from dashd.cluster.presence import ATTACH, DETACH, REAP, Presence, parse_holder
 from dashd.config import Config
 from dashd.domain import tokens
@@ -150,6 +151,9 @@ class Cluster:
         # dashd.assembly sets the fleet's publish, which stores it in the
         # devices' history too.
         self.announce: Callable[[Device, str, Any], None] | None = None
+        # Other parts' own news for the other nodes (``ap`` messages, see
+        # L{tell}): what to do with each kind heard from another node.
+        self.app_handlers: dict[str, Callable[[Any], None]] = {}
         # For the metrics (dashd.cluster.metrics).
         self.calls_sent = 0
         self.calls_served = 0
@@ -172,6 +176,8 @@ class Cluster:
             stale_after=self.timeout,
         )
         self._scripts = {"attach": ATTACH, "detach": DETACH, "reap": REAP}
+        # Which nodes want which events (dashd.cluster.interest).
+        self.interest = Interest(self, bool(config["cluster.route_events"]))
         self._script_objects: dict[str, Any] = {}
         # Presence scripts asked in this reactor turn (see _presence_write).
         self._presence_batch: list[tuple[str, list[str], list[Any], Deferred[Any]]] = []
@@ -232,6 +238,11 @@ class Cluster:
                 d.errback(failure)
 
         self.bus.call(run).addCallbacks(ran, failed)
+
+    def tell(self, kind: str, data: Any = None) -> None:
+        """Tell the other nodes news of another part of dashd (a live
+        notice: lost if Redis is away, so its receiver also polls)."""
+        self._broadcast({"t": "ap", "k": kind, "d": data})
 
     def _broadcast(self, message: dict[str, Any]) -> None:
         message["o"] = self.node_id
@@ -626,6 +637,12 @@ class Cluster:
             session = self.local_session(str(message["id"]))
             if session is not None:
                 session.disconnect(int(message["code"]), str(message["reason"]))
+        elif kind == "in":
+            self.interest.heard(str(origin), message.get("v"))
+        elif kind == "ap":
+            handler = self.app_handlers.get(str(message.get("k")))
+            if handler is not None:
+                handler(message.get("d"))
         elif kind == "rv":
             key_id = str(message["key"])
             self.auth.forget(key_id)
@@ -724,6 +741,7 @@ class Cluster:
                              [device_id, holder.conn, self.keys.broadcast, self.node_id]
                              ).addErrback(lambda f: None)
         self._check_subscribers()
+        self.interest.resync()
         log.info("cluster node {node}: {n} devices online in the cluster, {here} here",
                  node=self.node_id, n=self.online_count(), here=len(self._local))
 
@@ -776,6 +794,7 @@ class Cluster:
 
     def _node_gone(self, node: str, why: str) -> None:
         self.presence.heard.pop(node, None)
+        self.interest.forget(node)
         for call_id, call in list(self._calls.items()):
             if call.node == node:
                 self._fail_call(call_id, Offline(
@@ -838,6 +857,7 @@ class Cluster:
     @inlineCallbacks
     def stop(self) -> Any:
         self._stopped = True
+        self.interest.stop()
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         for call_id in list(self._calls):
@@ -938,9 +958,31 @@ class ClusterHub(LocalHub):
 
     def publish(self, event: Event) -> None:
         LocalHub.publish(self, event)
-        self._cluster._broadcast({"t": "ev", "n": event.name, "id": event.device_id,
-                                  "d": event.data, "a": event.account_id,
-                                  "s": list(event.shared_with)})
+        cluster = self._cluster
+        message = {"t": "ev", "n": event.name, "id": event.device_id, "d": event.data,
+                   "a": event.account_id, "s": list(event.shared_with)}
+        targets = cluster.interest.route(event.name, event.account_id, event.shared_with)
+        if targets is None:
+            cluster._broadcast(message)
+            return
+        if targets:
+            # Only the nodes with a subscriber that may see it.
+            message["o"] = cluster.node_id
+            data = encode(message)
+            for node in targets:
+                cluster.bus.publish_nowait(cluster.keys.inbox(node), data)
+
+    def subscribe(self, subscriber: Any) -> None:
+        LocalHub.subscribe(self, subscriber)
+        self._cluster.interest.subscribers_changed()
+
+    def unsubscribe(self, subscriber: Any) -> None:
+        LocalHub.unsubscribe(self, subscriber)
+        self._cluster.interest.subscribers_changed()
+
+    def ready_for(self, key: Any) -> Deferred[None] | None:
+        """Before a subscriber's stream opens: see L{Interest.ready_for}."""
+        return self._cluster.interest.ready_for(key)
 
     def deliver_here(self, event: Event) -> None:
         LocalHub.publish(self, event)

@@ -2,7 +2,9 @@
 The service that runs alarms and webhooks (L{dashd.app.alarms},
 L{dashd.app.webhooks}): starts the engine and the dispatcher once the store
 is open, re-reads rules, webhooks and the counts of active alarms every
-C{REFRESH_INTERVAL} seconds (what other nodes of a cluster changed), and
+C{REFRESH_INTERVAL} seconds (what other nodes of a cluster changed; they
+also say so over the cluster bus, L{AlarmService.refresh_soon}, so that the
+change applies here within moments and the poll is a safety net), and
 stops both (timers cancelled, requests under way abandoned).
 """
 
@@ -34,6 +36,9 @@ class AlarmService(Service):
         self.interval = interval
         self._loop: LoopingCall | None = None
         self._started: Deferred[Any] | None = None
+        # refresh_soon: a refresh under way, and whether another is asked for.
+        self._refreshing = False
+        self._again = False
 
     def startService(self) -> None:
         super().startService()
@@ -57,6 +62,24 @@ class AlarmService(Service):
             await self.engine.reload()
 
         return ensureDeferred(refresh()).addErrback(self._refresh_failed)
+
+    def refresh_soon(self, _: Any = None) -> None:
+        """Another node changed rules or webhooks (it said so over the cluster
+        bus): refresh now, once for any number of changes told meanwhile."""
+        if not self.running or self._started is None or not self._started.called:
+            return  # the start reads everything anyway
+        if self._refreshing:
+            self._again = True
+            return
+        self._refreshing = True
+        self._again = False
+
+        def done(_: Any) -> None:
+            self._refreshing = False
+            if self._again:
+                self.refresh_soon()
+
+        self.refresh().addBoth(done)
 
     def _refresh_failed(self, failure: Failure) -> None:
         if failure.check(DomainError):

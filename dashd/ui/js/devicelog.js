@@ -17,7 +17,8 @@ const LOG_LIMIT = 1000;
 // Which events dashd stores (dashd.app.history.stored).
 export function isStored(name) {
   if (name === 'rpc.out.Heartbeat') return false;
-  return name === 'online' || name === 'offline' || name === 'ota.status' || name.startsWith('rpc.out.');
+  return name === 'online' || name === 'offline' || name === 'ota.status' || name.startsWith('rpc.out.') ||
+    name === 'alarm.raised' || name === 'alarm.cleared' || name === 'alarm.acknowledged';
 }
 
 function json(data) {
@@ -50,6 +51,14 @@ export function describeEvent(name, data) {
     if (data.state === 'failed' && data.reason) text += ` (${data.reason})`;
     if (data.state === 'uncommitted' || data.state === 'committed') text += ` (fw_id ${data.fw_id})`;
     return {kind: 'firmware', text};
+  }
+  if (name.startsWith('alarm.') && data && typeof data === 'object') {
+    const what = {'alarm.raised': 'raised', 'alarm.cleared': 'cleared', 'alarm.acknowledged': 'acknowledged'}[name];
+    if (!what) return null;
+    let text = `alarm ${what}: ${data.rule || data.rule_id || ''} (${data.severity})`;
+    if (name === 'alarm.raised' && data.message) text += ` ${data.message}`;
+    if (name === 'alarm.acknowledged' && data.note) text += ` note: ${data.note}`;
+    return {kind: 'alarm', text};
   }
   return null;
 }

@@ -9,7 +9,7 @@ import {confirmDialog, secretDialog} from './dialogs.js';
 import {timeEl} from './format.js';
 import {refusedPage} from './perms.js';
 
-const KINDS = ['alarm.raised', 'alarm.cleared', 'alarm.acknowledged', 'device.online', 'device.offline', 'ota.status'];
+const KINDS = ['alarm.raised', 'alarm.cleared', 'alarm.acknowledged', 'device.online', 'device.offline', 'ota.status', 'job.state', 'job.progress'];
 
 function deliveries(hook) {
   const d = hook.deliveries || {backlog: 0, dropped: 0, delivered: 0, failed: 0, last: []};
