@@ -278,6 +278,10 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet.info_observers.append(job_runner.device_info)
     if cluster is not None:
         cluster.hub.remote_observers.append(job_runner.remote_event)
+        # Events are routed to nodes that want them: a node driving a job
+        # wants its account's (continuous targets, cancels from elsewhere).
+        cluster.interest.sources.append(job_runner.accounts)
+        job_runner.on_accounts_changed = cluster.interest.subscribers_changed
     JobService(job_runner, config["jobs.interval"], reactor).setServiceParent(service)
     metrics.registry.register(JobCollector(job_runner))  # type: ignore[arg-type]
     # Library uploads a restart cut off (the image is never listed).

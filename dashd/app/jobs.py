@@ -456,6 +456,8 @@ class _Driven:
         # next step), the devices to look at, and whether there were more
         # than MAX_CANDIDATES.
         self.continuous = False
+        # The job's account (the cluster routes its devices' events here).
+        self.account: str | None = None
         self.members: set[str] | None = None
         self.candidates: set[str] = set()
         self.overflow = False
@@ -473,6 +475,8 @@ class JobRunner:
         self._config = fleet.config
         self._audit = audit
         self._router = fleet.router
+        # Called when accounts() may have changed (the cluster's interest).
+        self.on_accounts_changed: Callable[[], Any] | None = None
         self._driven: dict[str, _Driven] = {}
         self._more = JobStore(fleet.store)
         # The firmware updates this node is starting (their IDs).
@@ -575,6 +579,17 @@ class JobRunner:
                 await self._step(job_id)
             except DomainError as e:
                 log.info("job {id}: step failed: {error}", id=job_id, error=e.message)
+        self._accounts_changed()
+
+    def accounts(self) -> set[str]:
+        """The accounts of the jobs driven here: in a cluster, their
+        devices' events (joining continuous targets) and their jobs' events
+        (a cancel with force) must come here (L{dashd.cluster.interest})."""
+        return {d.account for d in self._driven.values() if d.account is not None}
+
+    def _accounts_changed(self) -> None:
+        if self.on_accounts_changed is not None:
+            self.on_accounts_changed()
 
     async def stop(self) -> None:
         """Give up the leases held (another node may take the jobs at once)."""
@@ -606,6 +621,9 @@ class JobRunner:
         if job is None:
             self._driven.pop(job_id, None)
             return
+        if driven.account != job["account_id"]:
+            driven.account = job["account_id"]
+            self._accounts_changed()
         spec = job["spec"]
         if job["kind"] == "rpc":
             await self._store.sync_job(job_id, spec["retries"], now)

@@ -67,6 +67,12 @@ class Interest:
         self._retell: IDelayedCall | None = None
         # Accounts (or ALL) of subscribers whose stream is opening.
         self._pending: dict[str, int] = {}
+        # Other parts of this node that want events of some accounts
+        # whether or not a subscriber is here: callables returning those
+        # accounts (the jobs driven here, whose continuous targets and
+        # cancels follow device and job events from every node); they call
+        # L{subscribers_changed} when what they return changes.
+        self.sources: list[Any] = []
         # Events sent to some nodes only, to none, to all (for the metrics).
         self.routed = 0
         self.skipped = 0
@@ -78,6 +84,8 @@ class Interest:
         if ALL in self._pending:
             return ALL
         accounts = set(self._pending)
+        for source in self.sources:
+            accounts.update(source())
         for subscriber in self._cluster.hub.subscribers():
             key = subscriber.key
             if key.kind == CONSOLE_KIND:
