@@ -162,21 +162,24 @@ def test_a_write_by_another_connection_is_seen(inline):
 
 
 def test_a_report_whose_job_is_rolled_back_is_not_kept(inline, monkeypatch):
-    _, device = account_and_device(inline)
-    run(inline.update_shadow(device.id, report(n=1), 3.0))
+    account, device = account_and_device(inline)
+    run(inline.update_shadow(device.id, shadow.ShadowUpdate({"tags": {"save": ["n"]}}), 2.0))
+    run(inline.update_shadow(device.id, report(n=1), 3.0, save_data=True))
+    assert len(run(inline.query_data(account.id, device.id, 0, 10, None))) == 1
 
     def fail(*args, **kwargs):
         raise sqlite3.OperationalError("disk on fire")
 
-    # The device's row is written, then the job fails: its savepoint is
-    # rolled back, so what it wrote must not be kept either.
+    # The device's row is written, then its data point fails: the job's
+    # own savepoint is rolled back, and nothing of it may be kept either.
     monkeypatch.setattr(sqlite_records, "save_reported", fail)
     with pytest.raises(Exception, match="disk on fire"):
         run(inline.update_shadow(device.id, report(n=2), 4.0, save_data=True))
     monkeypatch.undo()
-    assert run(inline.get_device(device.id)).shadow["version"] == 1
-    stored, result = run(inline.update_shadow(device.id, report(n=3), 5.0))
-    assert result.document["version"] == 2
+    assert run(inline.get_device(device.id)).shadow["version"] == 2
+    stored, result = run(inline.update_shadow(device.id, report(n=3), 5.0, save_data=True))
+    assert result.document["version"] == 3
+    assert len(run(inline.query_data(account.id, device.id, 0, 10, None))) == 2
     assert run(inline.get_device(device.id)).shadow == stored.shadow
 
 

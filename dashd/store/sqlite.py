@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dashd.domain import query, shadow
+from dashd.domain import query, shadow, timeseries
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
 from dashd.domain.errors import Conflict
@@ -382,6 +382,26 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
             cache.begin(conn)
             for job, d in batch:
+                # A job marked atomic leaves nothing written when it fails
+                # (it writes with one statement, or takes a savepoint of
+                # its own): the device reports, most of what comes here,
+                # spare two statements each.
+                if getattr(job, "atomic", False):
+                    try:
+                        result = job(conn)
+                    except sqlite3.Error as e:
+                        if not conn.in_transaction:
+                            raise
+                        log.error("store job failed: {error}", error=str(e))
+                        cache.job_undone()
+                        results.append((d, Failure(StoreError("the store cannot write: %s" % e))))
+                    except Exception as e:
+                        cache.job_undone()
+                        results.append((d, Failure(e)))
+                    else:
+                        cache.job_done()
+                        results.append((d, result))
+                    continue
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job(conn)
@@ -607,20 +627,47 @@ class SQLiteStore:
                 device = _get_device(conn, device_id)
                 if device is None:
                     raise NotFound(device_id)
-            result = self._apply_shadow(conn, device, update, now)
-            if save_data and update.patches.get("reported"):
-                # In the same transaction: a point is durable exactly when
-                # the report is acknowledged.
-                sqlite_records.save_reported(
-                    conn, device_id, device.account_id, result.document["tags"],
-                    update.patches["reported"], now,
-                )
+            max_bytes, max_depth = self.shadow_limits
+            # Whatever the update is refused for is raised here, before
+            # anything is written.
+            result = shadow.apply_update(device.shadow, update, now, max_bytes, max_depth)
+            document = result.document
+            tags = document.get("tags") or {}
+            facts = result.stamped and tags != (device.shadow.get("tags") or {})
+            reported = update.patches.get("reported") if save_data else None
+            save = bool(reported) and bool(timeseries.saved_keys(tags))
+            # Atomic on its own (see L{_run_batch}): one statement is, and
+            # more take a savepoint of their own.
+            several = facts or save
+            if several:
+                conn.execute("SAVEPOINT shadow")
+            try:
+                if result.stamped:
+                    conn.execute("UPDATE devices SET shadow = ? WHERE id = ?",
+                                 (compact(document), device_id))
+                if facts:
+                    _write_facts(conn, device_id, None, tags)
+                if save:
+                    # In the same transaction: a point is durable exactly
+                    # when the report is acknowledged.
+                    sqlite_records.save_reported(conn, device_id, device.account_id, tags,
+                                                 reported, now)
+            except BaseException:
+                if several:
+                    conn.execute("ROLLBACK TO shadow")
+                    conn.execute("RELEASE shadow")
+                raise
+            if several:
+                conn.execute("RELEASE shadow")
             if result.stamped:
-                device = _replace_shadow(device, result.document)
+                device = Device(device.id, device.account_id, device.name, device.created,
+                                device.shared_with, device.last_seen, device.info, document,
+                                device.share_scopes)
             # What the row holds now (its UPDATE dropped what was kept).
             cache.put(device)
             return device, result
 
+        job.atomic = True  # type: ignore[attr-defined]
         return self._submit(job)
 
     def _apply_shadow(
