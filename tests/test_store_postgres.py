@@ -282,3 +282,35 @@ async def test_devices_short_jobs_waiting_together_share_a_commit(database):
         assert after not in ids  # d0's second job ran after its first committed
     finally:
         await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_different_devices_reports_waiting_together_share_a_commit(database):
+    """Device reports (shadow updates) are such short jobs too: a thousand
+    devices reporting at once cost a commit per group, not one each."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        migrate(conn)
+        conn.execute("ALTER TABLE data_points ADD COLUMN tx bigint DEFAULT txid_current()")
+    store = PostgresStore(database, reactor, pool_size=1)
+    store.start()
+    try:
+        account = Account(tokens.new_id("a"), "acme", 1.0)
+        await store.bootstrap_admin_key(
+            ApiKey(tokens.new_id("k"), account.id, "admin", "admin", 1.0), "h" * 64, account)
+        devices = [Device(tokens.new_id("d"), account.id, "d%d" % i, 2.0) for i in range(20)]
+        for device in devices:
+            await store.create_device(device, tokens.new_id("t"))
+            await store.update_shadow(device.id, shadow.ShadowUpdate({"tags": {"save": ["i"]}}),
+                                      3.0)
+        busy = store._run(lambda cur: cur.execute("SELECT pg_sleep(0.3)"))
+        reports = [store.update_shadow(d.id, shadow.ShadowUpdate({"reported": {"i": 1}}), 4.0,
+                                       save_data=True) for d in devices]
+        await busy
+        versions = [result.document["version"] for _, result in await gatherResults(reports)]
+        assert versions == [2] * len(devices)
+        with psycopg.connect(database, autocommit=True) as conn:
+            rows, transactions = conn.execute(
+                "SELECT count(*), count(DISTINCT tx) FROM data_points").fetchone()
+        assert (rows, transactions) == (len(devices), 1)
+    finally:
+        await store.stop()

@@ -428,6 +428,9 @@ class PostgresStore:
                         kept.append(ready)
                 kept.extend(self._ready)
                 self._ready = kept
+                # Rows locked in one order by every group of this node (a
+                # device's jobs are never in two groups at once).
+                group.sort(key=_order_key)
             self._running += 1
             self._start(group)
 
@@ -718,7 +721,9 @@ class PostgresStore:
                                         now)
             return replace(device, shadow=result.document), result
 
-        return self._run(job, order=device_id)
+        # A device's report: a short job on its row, so different devices'
+        # reports waiting together share a commit (as on SQLite).
+        return self._run(job, order=device_id, merge=True)
 
     def _apply_shadow(
         self, cur: Cursor, device: Device, update: shadow.ShadowUpdate, now: float
@@ -1093,6 +1098,10 @@ class PostgresStore:
 # Helpers for jobs (run on a store thread, never on the reactor)
 
 _BATCH_SIZE = 100
+
+
+def _order_key(ready: "_Ready") -> str:
+    return ready.order or ""
 
 
 @dataclass

@@ -45,7 +45,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dashd.domain import query, shadow
+from dashd.domain import query, shadow, timeseries
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
 from dashd.domain.errors import Conflict
@@ -191,9 +191,13 @@ class SQLiteStore:
         queue_size: int = 50000,
         batch_size: int = 1000,
         shadow_limits: tuple[int, int] = (shadow.DEFAULT_MAX_BYTES, shadow.DEFAULT_MAX_DEPTH),
+        cache_size: int = 20000,
     ) -> None:
         self.path = path
         self.shadow_limits = shadow_limits
+        # The write-through cache of devices whose shadow this store wrote
+        # (see L{_DeviceCache}): the writer thread's only.
+        self._cache = _DeviceCache(cache_size)
         self._reactor = reactor
         self._synchronous = synchronous
         self._queue: queue.Queue[Any] = queue.Queue(queue_size)
@@ -259,6 +263,7 @@ class SQLiteStore:
                 before=before,
                 after=after,
             )
+        self._cache.attach(conn)
         reader = connect(self.path, self._synchronous)
         reader.execute("PRAGMA query_only = ON")
         return conn, reader
@@ -363,6 +368,7 @@ class SQLiteStore:
         try:
             return self._run_batch(conn, batch)
         except Exception:
+            self._cache.clear()
             log.failure("store batch failed")
             failure = Failure(StoreError("the store failed"))
             return [(d, failure) for _, d in batch]
@@ -371,9 +377,31 @@ class SQLiteStore:
         self, conn: sqlite3.Connection, batch: list[tuple[Job, Deferred[Any]]]
     ) -> list[tuple[Deferred[Any], Any]]:
         results: list[tuple[Deferred[Any], Any]] = []
+        cache = self._cache
         try:
             conn.execute("BEGIN IMMEDIATE")
+            cache.begin(conn)
             for job, d in batch:
+                # A job marked atomic leaves nothing written when it fails
+                # (it writes with one statement, or takes a savepoint of
+                # its own): the device reports, most of what comes here,
+                # spare two statements each.
+                if getattr(job, "atomic", False):
+                    try:
+                        result = job(conn)
+                    except sqlite3.Error as e:
+                        if not conn.in_transaction:
+                            raise
+                        log.error("store job failed: {error}", error=str(e))
+                        cache.job_undone()
+                        results.append((d, Failure(StoreError("the store cannot write: %s" % e))))
+                    except Exception as e:
+                        cache.job_undone()
+                        results.append((d, Failure(e)))
+                    else:
+                        cache.job_done()
+                        results.append((d, result))
+                    continue
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job(conn)
@@ -385,17 +413,21 @@ class SQLiteStore:
                     log.error("store job failed: {error}", error=str(e))
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    cache.job_undone()
                     results.append((d, Failure(StoreError("the store cannot write: %s" % e))))
                 except Exception as e:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    cache.job_undone()
                     results.append((d, Failure(e)))
                 else:
                     conn.execute("RELEASE job")
+                    cache.job_done()
                     results.append((d, result))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             # Nothing of this batch is durable; say so to every caller.
+            cache.clear()
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
@@ -587,20 +619,55 @@ class SQLiteStore:
     def update_shadow(
         self, device_id: str, update: shadow.ShadowUpdate, now: float, save_data: bool = False
     ) -> Deferred[tuple[Device, shadow.UpdateResult]]:
-        def job(conn: sqlite3.Connection) -> tuple[Device, shadow.UpdateResult]:
-            device = _get_device(conn, device_id)
-            if device is None:
-                raise NotFound(device_id)
-            result = self._apply_shadow(conn, device, update, now)
-            if save_data and update.patches.get("reported"):
-                # In the same transaction: a point is durable exactly when
-                # the report is acknowledged.
-                sqlite_records.save_reported(
-                    conn, device_id, device.account_id, result.document["tags"],
-                    update.patches["reported"], now,
-                )
-            return _replace_shadow(device, result.document), result
+        cache = self._cache
 
+        def job(conn: sqlite3.Connection) -> tuple[Device, shadow.UpdateResult]:
+            device = cache.get(device_id)
+            if device is None:
+                device = _get_device(conn, device_id)
+                if device is None:
+                    raise NotFound(device_id)
+            max_bytes, max_depth = self.shadow_limits
+            # Whatever the update is refused for is raised here, before
+            # anything is written.
+            result = shadow.apply_update(device.shadow, update, now, max_bytes, max_depth)
+            document = result.document
+            tags = document.get("tags") or {}
+            facts = result.stamped and tags != (device.shadow.get("tags") or {})
+            reported = update.patches.get("reported") if save_data else None
+            save = bool(reported) and bool(timeseries.saved_keys(tags))
+            # Atomic on its own (see L{_run_batch}): one statement is, and
+            # more take a savepoint of their own.
+            several = facts or save
+            if several:
+                conn.execute("SAVEPOINT shadow")
+            try:
+                if result.stamped:
+                    conn.execute("UPDATE devices SET shadow = ? WHERE id = ?",
+                                 (compact(document), device_id))
+                if facts:
+                    _write_facts(conn, device_id, None, tags)
+                if save:
+                    # In the same transaction: a point is durable exactly
+                    # when the report is acknowledged.
+                    sqlite_records.save_reported(conn, device_id, device.account_id, tags,
+                                                 reported, now)
+            except BaseException:
+                if several:
+                    conn.execute("ROLLBACK TO shadow")
+                    conn.execute("RELEASE shadow")
+                raise
+            if several:
+                conn.execute("RELEASE shadow")
+            if result.stamped:
+                device = Device(device.id, device.account_id, device.name, device.created,
+                                device.shared_with, device.last_seen, device.info, document,
+                                device.share_scopes)
+            # What the row holds now (its UPDATE dropped what was kept).
+            cache.put(device)
+            return device, result
+
+        job.atomic = True  # type: ignore[attr-defined]
         return self._submit(job)
 
     def _apply_shadow(
@@ -629,10 +696,14 @@ class SQLiteStore:
         shadow_update: shadow.ShadowUpdate | None,
         now: float,
     ) -> Deferred[tuple[Device, shadow.UpdateResult | None]]:
+        cache = self._cache
+
         def job(conn: sqlite3.Connection) -> tuple[Device, shadow.UpdateResult | None]:
-            device = _get_device(conn, device_id)
+            cached = device = cache.get(device_id)
             if device is None:
-                raise NotFound(device_id)
+                device = _get_device(conn, device_id)
+                if device is None:
+                    raise NotFound(device_id)
             result = None
             if shadow_update is not None:
                 result = self._apply_shadow(conn, device, shadow_update, now)
@@ -644,7 +715,12 @@ class SQLiteStore:
                 _write_facts(conn, device_id, info, None)
             # What was read plus what was written, without reading it again.
             shadow_doc = device.shadow if result is None else result.document
-            return replace(device, info=info, last_seen=now, shadow=shadow_doc), result
+            device = replace(device, info=info, last_seen=now, shadow=shadow_doc)
+            if cached is not None:
+                # Kept up to date, not added: only devices whose shadow is
+                # written are kept (an idle fleet costs no memory here).
+                cache.put(device)
+            return device, result
 
         return self._submit(job)
 
@@ -971,6 +1047,98 @@ class SQLiteStore:
 
     def ping(self) -> Deferred[bool]:
         return self._submit(lambda conn: conn.execute("SELECT 1").fetchone() == (1,))
+
+
+class _DeviceCache:
+    """
+    The devices whose shadow the writer thread wrote last, as their rows
+    hold them (L{Device}s, shadow and info parsed), so that a device's next
+    report neither reads its row and sharing list nor parses them again.
+    The writer thread's only, like its connection.
+
+    Kept right by the database itself rather than by every writer:
+    temporary triggers on the writer's connection drop a device whenever
+    any statement of that connection updates or deletes its row or changes
+    its sharing (whatever job ran it, cascades from a deleted account
+    included); the few jobs that keep a device put it back after their own
+    write. A write by another connection (another process on the file)
+    changes C{PRAGMA data_version}, which each batch checks first: then
+    nothing kept is trusted. What a job kept is dropped again if the job
+    fails (its savepoint rolled back), everything if the batch fails.
+
+    Bounded: beyond C{size} devices the one written longest ago goes. The
+    documents kept are shared with the L{Device}s handed to the reactor,
+    which never changes them in place (nothing in dashd does).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._devices: dict[str, Device] = {}
+        self._kept: list[str] = []  # by the running job
+        self._data_version: int | None = None
+
+    def attach(self, conn: sqlite3.Connection) -> None:
+        """Watch the writer connection's writes to devices and their shares."""
+        self.clear()
+        conn.create_function("dashd_device_written", 1, self._drop, deterministic=False)
+        for name, event, table, row in (
+            ("dashd_cache_device_update", "UPDATE", "devices", "old.id"),
+            ("dashd_cache_device_delete", "DELETE", "devices", "old.id"),
+            ("dashd_cache_share_insert", "INSERT", "device_shares", "new.device_id"),
+            ("dashd_cache_share_update", "UPDATE", "device_shares", "old.device_id"),
+            ("dashd_cache_share_delete", "DELETE", "device_shares", "old.device_id"),
+        ):
+            conn.execute(
+                "CREATE TEMP TRIGGER IF NOT EXISTS %s AFTER %s ON main.%s"
+                " BEGIN SELECT dashd_device_written(%s); END" % (name, event, table, row))
+        self._data_version = None
+
+    def _drop(self, device_id: Any) -> None:
+        self._devices.pop(device_id, None)
+
+    def begin(self, conn: sqlite3.Connection) -> None:
+        """A batch's transaction began (the write lock held): forget all if
+        another connection committed since the last batch."""
+        self._kept.clear()
+        if not self._devices and self._data_version is not None:
+            return
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        if version != self._data_version:
+            self._devices.clear()
+            self._data_version = version
+
+    def get(self, device_id: str) -> Device | None:
+        return self._devices.get(device_id)
+
+    def put(self, device: Device) -> None:
+        """Keep C{device} as the running job wrote it."""
+        devices = self._devices
+        devices.pop(device.id, None)  # to the end: the most recently written
+        if self.size <= 0:
+            return
+        if len(devices) >= self.size:
+            del devices[next(iter(devices))]
+        devices[device.id] = device
+        self._kept.append(device.id)
+
+    def job_done(self) -> None:
+        self._kept.clear()
+
+    def job_undone(self) -> None:
+        for device_id in self._kept:
+            self._devices.pop(device_id, None)
+        self._kept.clear()
+
+    def clear(self) -> None:
+        self._devices.clear()
+        self._kept.clear()
+        self._data_version = None
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._devices
 
 
 class InlineSQLiteStore(SQLiteStore):

@@ -1,0 +1,121 @@
+"""
+Instructions a server executes per device shadow update, counted by
+valgrind's callgrind (all its threads: dashd's store writer too), the
+baseline bridge and dashd side by side, as L{bench.instructions} does for
+RPC calls: a figure that holds on a busy, shared machine.
+
+    .venv/bin/python -m bench.shadow_instructions [--updates 2000] [--devices 20]
+
+``--devices`` simulated devices (in this process, not counted) each send
+``Dash.Shadow.Update`` (``{"temp": 20..29, "seq": N}`` reported), one
+outstanding each, as the benchmark's shadow test does; a warm-up of
+``--updates``, then ``--updates`` more counted. dashd acknowledges an update
+once it is durable, so several devices' updates share a commit as under
+load. Kernel work (fsync, the socket calls) is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from twisted.internet import defer, task
+
+from bench.instructions import PYTHON, control, free_port, post, start
+
+
+async def updates(devices: list, n: int) -> None:
+    """C{n} updates in all, one outstanding per device."""
+    left = [n]
+
+    async def loop(sim) -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            seq = left[0]
+            await sim.report({"temp": 20 + seq % 10, "seq": seq})
+
+    await defer.gatherResults([defer.ensureDeferred(loop(s)) for s in devices],
+                              consumeErrors=True)
+
+
+def count(target: str, n: int, k: int) -> int:
+    work = tempfile.mkdtemp(prefix="dashd-shadow-instructions-")
+    port = free_port()
+    server, key, token, device_id = start(target, work, port)
+    base = "http://127.0.0.1:%d" % port
+    if target == "baseline":
+        tokens = ["bench%d-x" % i for i in range(1, k + 1)]
+    else:
+        tokens = [token] + [post(base + "/api/v2/devices", key, {})["token"]
+                            for _ in range(k - 1)]
+    try:
+        async def run(reactor):
+            from dashd.simulator import SimulatedDevice
+
+            sims = [SimulatedDevice("ws://127.0.0.1:%d/api/v2/rpc" % port, t, reactor)
+                    for t in tokens]
+            for s in sims:
+                s.start()
+            for s in sims:
+                await s.wait_open()
+            await task.deferLater(reactor, 2, lambda: None)
+            await updates(sims, n)
+            control(server.pid, "--instr=on")
+            await updates(sims, n)
+            control(server.pid, "--instr=off")
+            control(server.pid, "--dump")
+            for s in sims:
+                await s.stop()
+
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit as e:
+        if e.code:
+            raise
+    finally:
+        server.terminate()
+        server.wait(120)
+    total = 0
+    for name in os.listdir(work):
+        if name.startswith("callgrind.out"):
+            with open(os.path.join(work, name)) as f:
+                for line in f:
+                    m = re.match(r"^(?:summary|totals): (\d+)", line)
+                    if m:
+                        total = max(total, int(m.group(1)))
+    shutil.rmtree(work, ignore_errors=True)
+    return total // n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.shadow_instructions")
+    p.add_argument("--updates", type=int, default=2000)
+    p.add_argument("--devices", type=int, default=20)
+    p.add_argument("--targets", default="baseline,dashd")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        print(count(args.one, args.updates, args.devices))
+        return 0
+    figures = {}
+    for target in args.targets.split(","):
+        out = subprocess.run([PYTHON, "-m", "bench.shadow_instructions", "--one", target,
+                              "--updates", str(args.updates), "--devices", str(args.devices)],
+                             capture_output=True, text=True)
+        if out.returncode:
+            sys.stderr.write(out.stderr)
+            return 1
+        figures[target] = int(out.stdout.split()[-1])
+        print("%-8s %12d instructions a shadow update (%d counted, %d devices)"
+              % (target, figures[target], args.updates, args.devices), flush=True)
+    if "baseline" in figures and "dashd" in figures:
+        print("dashd / baseline: %.2f" % (figures["dashd"] / figures["baseline"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
