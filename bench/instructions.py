@@ -130,6 +130,21 @@ def start(target: str, work: str, port: int, cert=None) -> tuple[subprocess.Pope
     return server, key, device["token"], device["id"]
 
 
+def callgrind_total(work: str) -> int:
+    """The instructions callgrind counted (its dump's total, all threads)
+    in C{work}, which is then removed."""
+    total = 0
+    for name in os.listdir(work):
+        if name.startswith("callgrind.out"):
+            with open(os.path.join(work, name)) as f:
+                for line in f:
+                    m = re.match(r"^(?:summary|totals): (\d+)", line)
+                    if m:
+                        total = max(total, int(m.group(1)))
+    shutil.rmtree(work, ignore_errors=True)
+    return total
+
+
 def count(target: str, n: int, tls: bool = False) -> int:
     """Instructions C{target}'s process executes per REST RPC call."""
     work = tempfile.mkdtemp(prefix="dashd-instructions-")
@@ -172,16 +187,7 @@ def count(target: str, n: int, tls: bool = False) -> int:
     finally:
         server.terminate()
         server.wait(120)
-    total = 0
-    for name in os.listdir(work):
-        if name.startswith("callgrind.out"):
-            with open(os.path.join(work, name)) as f:
-                for line in f:
-                    m = re.match(r"^(?:summary|totals): (\d+)", line)
-                    if m:
-                        total = max(total, int(m.group(1)))
-    shutil.rmtree(work, ignore_errors=True)
-    return total // n
+    return callgrind_total(work) // n
 
 
 def main() -> int:

@@ -17,16 +17,13 @@ load. Kernel work (fsync, the socket calls) is not counted.
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
 
 from twisted.internet import defer, task
 
-from bench.instructions import PYTHON, control, free_port, post, start
+from bench.instructions import PYTHON, callgrind_total, control, free_port, post, start
 
 
 async def updates(devices: list, n: int) -> None:
@@ -79,16 +76,7 @@ def count(target: str, n: int, k: int) -> int:
     finally:
         server.terminate()
         server.wait(120)
-    total = 0
-    for name in os.listdir(work):
-        if name.startswith("callgrind.out"):
-            with open(os.path.join(work, name)) as f:
-                for line in f:
-                    m = re.match(r"^(?:summary|totals): (\d+)", line)
-                    if m:
-                        total = max(total, int(m.group(1)))
-    shutil.rmtree(work, ignore_errors=True)
-    return total // n
+    return callgrind_total(work) // n
 
 
 def main() -> int:
