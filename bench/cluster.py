@@ -114,6 +114,18 @@ class Node:
             self.proc.wait(20)
 
 
+def drop_cluster(args: argparse.Namespace, name: str, namespace: str, directory: str) -> None:
+    """Remove what a run made: its PostgreSQL database, its Redis keys and
+    its directory."""
+    with psycopg.connect(args.postgres, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
+    client = redis.Redis.from_url(args.redis)
+    for k in client.scan_iter(match=namespace + ":*"):
+        client.delete(k)
+    client.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def cpu_seconds(node: Node) -> float:
     assert node.proc is not None
     with open("/proc/%d/stat" % node.proc.pid) as f:
@@ -198,13 +210,7 @@ async def fanout_round(reactor: Any, args: argparse.Namespace, route: bool) -> d
             await sim.stop()
         for node in nodes:
             node.stop()
-        with psycopg.connect(args.postgres, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-        client = redis.Redis.from_url(args.redis)
-        for k in client.scan_iter(match=namespace + ":*"):
-            client.delete(k)
-        client.close()
-        shutil.rmtree(directory, ignore_errors=True)
+        drop_cluster(args, name, namespace, directory)
 
 
 async def _wait(reactor: Any, d: Deferred[Any], seconds: float) -> Any:
@@ -338,13 +344,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             await sim.stop()
         b.stop()
         a.stop()
-        with psycopg.connect(args.postgres, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-        client = redis.Redis.from_url(args.redis)
-        for k in client.scan_iter(match=namespace + ":*"):
-            client.delete(k)
-        client.close()
-        shutil.rmtree(directory, ignore_errors=True)
+        drop_cluster(args, name, namespace, directory)
 
 
 def main() -> None:

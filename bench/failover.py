@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
 import signal
 import sys
 import tempfile
@@ -40,7 +39,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-import redis
 import treq
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred, DeferredSemaphore
@@ -48,7 +46,7 @@ from twisted.web.client import HTTPConnectionPool
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench.cluster import Node  # noqa: E402
+from bench.cluster import Node, drop_cluster  # noqa: E402
 from bench.profile import Recording, summarise  # noqa: E402
 from dashd.simulator import SimulatedDevice  # noqa: E402
 
@@ -184,13 +182,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
             await sim.stop()
         b.stop()
         a.stop()
-        with psycopg.connect(args.postgres, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS %s WITH (FORCE)" % name)
-        client = redis.Redis.from_url(args.redis)
-        for k in client.scan_iter(match=namespace + ":*"):
-            client.delete(k)
-        client.close()
-        shutil.rmtree(directory, ignore_errors=True)
+        drop_cluster(args, name, namespace, directory)
 
 
 def _commits(url: str, database: str) -> int:
