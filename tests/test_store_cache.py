@@ -183,17 +183,25 @@ def test_a_report_whose_job_is_rolled_back_is_not_kept(inline, monkeypatch):
     assert run(inline.get_device(device.id)).shadow == stored.shadow
 
 
+def update_job(store, device_id, update, now):
+    """The store job update_shadow would submit, not run."""
+    jobs = []
+    real_submit = store._submit
+    store._submit = lambda job: jobs.append(job) or Deferred()
+    try:
+        store.update_shadow(device_id, update, now)
+    finally:
+        store._submit = real_submit
+    return jobs[0]
+
+
 def test_what_a_job_kept_goes_when_the_job_fails_after(inline):
     """A job that kept a device and then failed (here a shadow update
     followed, in the same job, by an error): its savepoint is rolled back,
     and what it kept is dropped with it."""
     _, device = account_and_device(inline)
     run(inline.update_shadow(device.id, report(n=1), 3.0))
-    jobs = []
-    real_submit = inline._submit
-    inline._submit = lambda job: jobs.append(job) or Deferred()
-    inline.update_shadow(device.id, report(n=2), 4.0)
-    inline._submit = real_submit
+    jobs = [update_job(inline, device.id, report(n=2), 4.0)]
 
     def update_then_fail(conn):
         jobs[0](conn)
@@ -211,11 +219,7 @@ def test_a_failed_batch_keeps_nothing(inline):
     they kept goes with it."""
     _, device = account_and_device(inline)
     run(inline.update_shadow(device.id, report(n=1), 3.0))
-    jobs = []
-    real_submit = inline._submit
-    inline._submit = lambda job: jobs.append(job) or Deferred()
-    inline.update_shadow(device.id, report(n=2), 4.0)
-    inline._submit = real_submit
+    jobs = [update_job(inline, device.id, report(n=2), 4.0)]
 
     def lose_the_transaction(conn):
         conn.execute("ROLLBACK")
