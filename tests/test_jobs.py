@@ -56,6 +56,14 @@ async def executions(admin: Client, job_id: str, state: str | None = None) -> di
     return {e["device_id"]: e for e in reply.body}
 
 
+async def some_in(admin: Client, job_id: str, state: str, seconds: float = 10) -> dict[str, dict]:
+    """Once some of the job's executions are in C{state}: those."""
+    async def found():
+        return await executions(admin, job_id, state) or None
+
+    return await eventually(found, seconds)
+
+
 async def create(admin: Client, body: dict) -> dict:
     reply = await admin.post("/api/v2/jobs", body)
     assert reply.status == 201, reply
@@ -293,11 +301,7 @@ async def test_cancel_stops_what_was_not_sent_and_records_what_was(server: Dashd
             "name": "slow", "target": {"devices": ids}, "concurrency": 1,
             "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 1.5}}})
 
-        async def one_in_progress():
-            found = await executions(admin, job["id"], "in_progress")
-            return found if found else None
-
-        running = await eventually(one_in_progress, 10)
+        running = await some_in(admin, job["id"], "in_progress")
         assert list(running) == [ids[0]]
         reply = await admin.post("/api/v2/jobs/%s/cancel" % job["id"])
         assert reply.status == 200, reply
@@ -408,11 +412,7 @@ async def test_pause_and_resume_and_a_rate_limit(server: DashdProcess, admin: Cl
             "name": "slowly", "target": {"devices": ids}, "rate": {"per_minute": 60},
             "action": {"type": "rpc", "method": "Sim.Echo"}})
 
-        async def one_done():
-            found = await executions(admin, job["id"], "succeeded")
-            return found if found else None
-
-        await eventually(one_done, 10)
+        await some_in(admin, job["id"], "succeeded")
         paused = await admin.post("/api/v2/jobs/%s/pause" % job["id"])
         assert paused.status == 200 and paused.body["state"] == "paused"
         sent = sum(s.methods.count("Sim.Echo") for s in sims)
@@ -476,11 +476,7 @@ async def test_a_restart_mid_job_sends_nothing_twice(own_server: DashdProcess):
             "rate": {"per_minute": 60}, "concurrency": 2,
             "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 0.5}}})
 
-        async def some_done():
-            found = await executions(admin, job["id"], "succeeded")
-            return found if found else None
-
-        await eventually(some_done, 10)
+        await some_in(admin, job["id"], "succeeded")
         own_server.kill9()
         await own_server.start_async()
         done = await job_state(admin, job["id"], "completed", 40)
@@ -692,11 +688,7 @@ async def test_cancel_with_force_cancels_what_is_in_progress_and_ignores_its_end
             "name": "slow", "target": {"devices": ids}, "concurrency": 1,
             "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 1.5}}})
 
-        async def one_in_progress():
-            found = await executions(admin, job["id"], "in_progress")
-            return found if found else None
-
-        running = await eventually(one_in_progress, 10)
+        running = await some_in(admin, job["id"], "in_progress")
         assert list(running) == [ids[0]]
         call_id = running[ids[0]]["call_id"]
         reply = await admin.post("/api/v2/jobs/%s/cancel?force=maybe" % job["id"])
@@ -750,11 +742,7 @@ async def test_dashctl_jobs_cancel_force_cancels_what_is_in_progress(
             "name": "slow from scripts", "target": {"devices": ids}, "concurrency": 1,
             "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 1.5}}})
 
-        async def one_in_progress():
-            found = await executions(admin, job["id"], "in_progress")
-            return found if found else None
-
-        await eventually(one_in_progress, 10)
+        await some_in(admin, job["id"], "in_progress")
         after = json.loads(ok(dashctl(server, "--json", "jobs", "cancel", "--force", job["id"])))
         assert after["state"] == "cancelled" and after["reason"]["force"] is True
         assert (after["progress"]["cancelled"], after["progress"]["in_progress"]) == (2, 0)
