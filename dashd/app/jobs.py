@@ -477,6 +477,7 @@ class JobRunner:
         self._router = fleet.router
         # Called when accounts() may have changed (the cluster's interest).
         self.on_accounts_changed: Callable[[], Any] | None = None
+        self._told_accounts: set[str] = set()
         self._driven: dict[str, _Driven] = {}
         self._more = JobStore(fleet.store)
         # The firmware updates this node is starting (their IDs).
@@ -588,7 +589,13 @@ class JobRunner:
         return {d.account for d in self._driven.values() if d.account is not None}
 
     def _accounts_changed(self) -> None:
-        if self.on_accounts_changed is not None:
+        # Told only when the set changed: the cluster's interest looks at
+        # every subscriber of the node to recompute.
+        if self.on_accounts_changed is None:
+            return
+        now = self.accounts()
+        if now != self._told_accounts:
+            self._told_accounts = now
             self.on_accounts_changed()
 
     async def stop(self) -> None:
