@@ -91,6 +91,9 @@ async def test_readyz_is_503_while_starting_and_while_the_store_is_stuck(own_ser
         assert starting.headers.getRawHeaders("retry-after") == ["5"]
         await eventually(ready)
 
+        # dashd may be writing at this moment (a CI run met its lock):
+        # wait for that write, then hold the lock.
+        locker.execute("PRAGMA busy_timeout = 5000")
         locker.execute("BEGIN IMMEDIATE")
         try:
             stuck = await client.get("/readyz", key=None)
