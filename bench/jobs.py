@@ -6,7 +6,7 @@ Fleet jobs under load (issue 18's benchmark lines).
 
 Starts dashd (``twistd -n dashd``, SQLite in a temporary directory unless
 ``--store-url`` names a PostgreSQL database), registers the devices and
-runs them (``dashd.simulator``) in processes of their own, then:
+runs them in processes of their own, then:
 
 1. ``rpc``: an RPC job (``Sim.Echo``) on every device, no rate limit,
    concurrency 10,000, while one REST client reads a device (``GET
@@ -20,6 +20,13 @@ runs them (``dashd.simulator``) in processes of their own, then:
 3. ``rollout``: a staged RPC job whose first phase (10 %) fails beyond its
    error threshold: prints whether the job paused and how many devices of
    the later phases got anything (must be 0).
+
+The devices are ``bench.worker`` processes of lean devices (``bench.lean``:
+a bare protocol each, echoing every call's params), so that the load
+generator costs a small part of what dashd does and dashd has its core;
+only the devices of the firmware part, which must take an update, are
+``dashd.simulator`` devices (a full client each). The first tenth of all
+devices fail ``Job.Step`` (the rollout's first phase).
 """
 
 from __future__ import annotations
@@ -28,22 +35,26 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from bench.__main__ import WorkerProcess, call_all, cpu_seconds
 from bench.datapull import TWISTD, free_port, metric, request, rss_kb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-PER_PROCESS = 2500
+PER_PROCESS = 2500  # full simulated devices a process
+LEAN_PER_PROCESS = 5000  # lean devices a bench.worker process
 
 
 def run_devices(url: str, tokens_file: str, first: int, count: int) -> None:
-    """A device process: devices [first, first + count) of the tokens file;
-    the first 10 % of all fail Job.Step (the rollout's first phase)."""
+    """A process of full simulated devices (those the firmware part updates):
+    devices [first, first + count) of the tokens file; the first 10 % of all
+    fail Job.Step (the rollout's first phase)."""
     from twisted.internet import reactor
 
     from dashd.simulator import SimulatedDevice
@@ -82,6 +93,9 @@ def main() -> int:
                    help="which of rpc, firmware, rollout to run (comma-separated)")
     p.add_argument("--profile", default="",
                    help="write a cProfile of dashd (twistd --profile) to this file")
+    p.add_argument("--py-spy", default="",
+                   help="sample dashd with py-spy during the rpc job into this file "
+                        "(collapsed stacks; py-spy must be installed)")
     p.add_argument("--devices-process", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.devices_process:
@@ -110,6 +124,7 @@ def main() -> int:
                              + ["dashd", "--config", config],
                              stdout=log, stderr=subprocess.STDOUT)
     processes: list[subprocess.Popen] = []
+    workers: list[WorkerProcess] = []
     try:
         key_file = os.path.join(work, "data", "admin.key")
         deadline = time.monotonic() + 30
@@ -129,11 +144,26 @@ def main() -> int:
         tokens_file = os.path.join(work, "tokens")
         with open(tokens_file, "w") as f:
             f.write("\n".join(tokens) + "\n")
-        for first in range(0, args.devices, PER_PROCESS):
+        full = min(args.devices, args.firmware_devices) if "firmware" in parts else 0
+        for first in range(0, full, PER_PROCESS):
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.jobs", "--devices-process",
                  "ws://127.0.0.1:%d/api/v2/rpc" % port, tokens_file, str(first),
-                 str(PER_PROCESS)], cwd=ROOT))
+                 str(min(PER_PROCESS, full - first))], cwd=ROOT))
+        failing = args.devices // 10
+        chunks = [(a, min(args.devices, a + LEAN_PER_PROCESS))
+                  for a in range(full, args.devices, LEAN_PER_PROCESS)]
+        workers.extend(WorkerProcess("jobs-dev%d" % i, work) for i in range(len(chunks)))
+        answers = call_all(workers, [
+            {"cmd": "connect", "host": "127.0.0.1", "port": port, "tokens": tokens[a:b],
+             "binds": ["127.0.0.%d" % (2 + i)], "timeout": 300,
+             "fail_methods": ["Job.Step"], "fail_count": max(0, min(b, failing) - a)}
+            for i, (a, b) in enumerate(chunks)], timeout=330)
+        print("lean devices: %d connected with info in %.1f s (%d retries)" % (
+            sum(a["acked"] for a in answers),
+            max((a["ended"] for a in answers), default=0)
+            - min((a["started"] for a in answers), default=0),
+            sum(a["retries"] for a in answers)), flush=True)
         deadline = time.monotonic() + 300
         while True:
             try:
@@ -150,7 +180,7 @@ def main() -> int:
             flush=True)
 
         if "rpc" in parts:
-            rpc_job(base, key, ids, args.timeout)
+            rpc_job(base, key, ids, args.timeout, dashd.pid, args.py_spy)
         if "firmware" in parts:
             firmware_job(base, key, ids, work, dashd.pid, args)
         if "rollout" in parts:
@@ -161,13 +191,16 @@ def main() -> int:
             process.terminate()
         for process in processes:
             process.wait(30)
+        for worker in workers:
+            worker.stop()
         dashd.terminate()
         dashd.wait(30)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def rpc_job(base: str, key: str, ids: list[str], timeout: float) -> None:
+def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
+            spy: str = "") -> None:
     """1. An RPC job on every device, no rate limit, with REST beside it."""
     latencies: list[float] = []
     done = threading.Event()
@@ -190,6 +223,11 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float) -> None:
         jobs_before = count
     jobs_before = metric(base, "dashd_store_job_duration_seconds_count")
     thread.start()
+    sampler = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid", str(pid),
+         "--format", "raw", "--nonblocking", "--rate", "200", "-o", spy],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if spy else None
+    cpu = cpu_seconds(pid)
     started = time.monotonic()
     status, body = request("POST", base + "/api/v2/jobs", key, {
         "name": "bench rpc", "target": {"where": "online"}, "concurrency": 10000,
@@ -198,6 +236,10 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float) -> None:
     job = wait_for(base, key, json.loads(body)["id"], ("completed", "aborted"),
                    timeout)
     took = time.monotonic() - started
+    cpu = cpu_seconds(pid) - cpu
+    if sampler is not None:
+        sampler.send_signal(signal.SIGINT)
+        sampler.wait(60)
     done.set()
     thread.join(30)
     store_jobs = metric(base, "dashd_store_job_duration_seconds_count") - jobs_before
@@ -209,6 +251,8 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float) -> None:
     print("rpc job: %d of %d devices succeeded in %.1f s: %.0f devices/s (target >= 1,000)"
           % (job["progress"]["succeeded"], job["progress"]["total"], took,
              job["progress"]["succeeded"] / took), flush=True)
+    print("  dashd CPU meanwhile: %.2f s, %.0f us an execution (with the GETs'), %.0f%% of a core"
+          % (cpu, 1e6 * cpu / max(1, job["progress"]["total"]), 100 * cpu / took), flush=True)
     print("  store jobs meanwhile: %d, %.2f an execution (with those of %d GETs)"
           % (store_jobs, store_jobs / max(1, job["progress"]["total"]), len(latencies)),
           flush=True)

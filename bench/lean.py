@@ -186,6 +186,8 @@ class LeanDevice(WSClient):
         self.shadow_acked = 0
         self.info_acked = False
         self.slot: Any = None
+        # Methods this device answers with an error (a job's failing phase).
+        self.fail_methods: frozenset[str] = frozenset()
 
     def opened(self) -> None:
         self.owner.device_opened(self)
@@ -210,6 +212,12 @@ class LeanDevice(WSClient):
         if method is not None:
             call_id = frame.get("id")
             if call_id is None:
+                return
+            if method in self.fail_methods:
+                self.send_text(
+                    ('{"id":%s,"error":{"code":-1,"message":"failed as asked"},"src":%s}'
+                     % (json.dumps(call_id), self._src_json)).encode()
+                )
                 return
             if method == "Sys.GetInfo":
                 result = INFO_JSON

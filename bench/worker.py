@@ -111,7 +111,8 @@ class _Factory(protocol.ClientFactory):
 class Slot:
     """One simulated device across its connection attempts."""
 
-    __slots__ = ("index", "token", "bind", "proto", "started", "acked_at", "wanted", "attempts")
+    __slots__ = ("index", "token", "bind", "proto", "started", "acked_at", "wanted", "attempts",
+                 "fail_methods")
 
     def __init__(self, index: int, token: str, bind: str | None) -> None:
         self.index = index
@@ -122,6 +123,7 @@ class Slot:
         self.acked_at: float | None = None
         self.wanted = False
         self.attempts = 0
+        self.fail_methods: frozenset[str] = frozenset()
 
 
 class Worker:
@@ -155,6 +157,7 @@ class Worker:
         slot.attempts += 1
         proto = LeanDevice(slot.index, slot.token, self)
         proto.slot = slot
+        proto.fail_methods = slot.fail_methods
         proto.handshake = ws_handshake(
             "%s:%d" % (self.host, self.port), self.handshake_path, slot.token, "dash.mongoose-os.com"
         )
@@ -220,6 +223,11 @@ class Worker:
         new = [
             Slot(first + i, token, binds[i % len(binds)]) for i, token in enumerate(c["tokens"])
         ]
+        # The first fail_count devices of this command answer fail_methods
+        # with an error.
+        failing = frozenset(c.get("fail_methods", ()))
+        for slot in new[: c.get("fail_count", 0)]:
+            slot.fail_methods = failing
         self.slots.extend(new)
         self._pending_ack += len(new)
         self.retries = 0
