@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from bench.__main__ import WorkerProcess, call_all, cpu_seconds
 from bench.datapull import TWISTD, free_port, metric, request, rss_kb
@@ -70,12 +73,37 @@ def run_devices(url: str, tokens_file: str, first: int, count: int) -> None:
     reactor.run()
 
 
-def wait_for(base: str, key: str, job_id: str, states: tuple[str, ...], timeout: float
-             ) -> dict:
-    deadline = time.monotonic() + timeout
+def lags(base: str) -> dict[str, float]:
+    """dashd's reactor lag histogram (L{dashd.ops.stallprobe}): bucket -> count."""
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^dashd_reactor_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
+
+
+def stalls(before: dict[str, float], after: dict[str, float]) -> str:
+    """How many probe ticks came over 100 ms late between two readings, and
+    the bucket of the latest."""
+    total = after.get("+Inf", 0) - before.get("+Inf", 0)
+    bounds = sorted((float(b), b) for b in after if b != "+Inf")
+    under = {b: after[b] - before.get(b, 0) for _, b in bounds}
+    over_100 = total - next((under[b] for v, b in bounds if v >= 0.1), total)
+    worst = next((b for v, b in bounds if under[b] >= total), "+Inf")
+    return "%d probe ticks, %d of them over 100 ms late, the latest <= %s s" % (
+        total, over_100, worst)
+
+
+def wait_for(base: str, key: str, job_id: str, states: tuple[str, ...], timeout: float,
+             timeline: list | None = None) -> dict:
+    """Poll the job until it is in one of C{states}; append (seconds,
+    progress) to C{timeline} at each look."""
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
         status, body = request("GET", base + "/api/v2/jobs/" + job_id, key)
         job = json.loads(body)
+        if timeline is not None:
+            timeline.append((time.monotonic() - started, job["progress"]))
         if job["state"] in states or time.monotonic() > deadline:
             return job
         time.sleep(0.2)
@@ -134,13 +162,16 @@ def main() -> int:
         time.sleep(0.5)
         with open(key_file) as f:
             key = f.read().strip()
-        tokens, ids = [], []
-        for i in range(args.devices):
+        def register(i: int) -> tuple[str, str]:
             status, body = request("POST", base + "/api/v2/devices", key, {"name": "b%d" % i})
             assert status == 200, body
             reply = json.loads(body)
-            tokens.append(reply["token"])
-            ids.append(reply["id"])
+            return reply["token"], reply["id"]
+
+        with ThreadPoolExecutor(8) as pool:
+            registered = list(pool.map(register, range(args.devices)))
+        tokens = [t for t, _ in registered]
+        ids = [i for _, i in registered]
         tokens_file = os.path.join(work, "tokens")
         with open(tokens_file, "w") as f:
             f.write("\n".join(tokens) + "\n")
@@ -228,15 +259,18 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
          "--format", "raw", "--nonblocking", "--rate", "200", "-o", spy],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if spy else None
     cpu = cpu_seconds(pid)
+    lag = lags(base)
     started = time.monotonic()
     status, body = request("POST", base + "/api/v2/jobs", key, {
         "name": "bench rpc", "target": {"where": "online"}, "concurrency": 10000,
         "action": {"type": "rpc", "method": "Sim.Echo", "params": {"n": 1}}})
     assert status == 201, body
+    timeline: list = []
     job = wait_for(base, key, json.loads(body)["id"], ("completed", "aborted"),
-                   timeout)
+                   timeout, timeline)
     took = time.monotonic() - started
     cpu = cpu_seconds(pid) - cpu
+    lag = stalls(lag, lags(base))
     if sampler is not None:
         sampler.send_signal(signal.SIGINT)
         sampler.wait(60)
@@ -253,9 +287,18 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
              job["progress"]["succeeded"] / took), flush=True)
     print("  dashd CPU meanwhile: %.2f s, %.0f us an execution (with the GETs'), %.0f%% of a core"
           % (cpu, 1e6 * cpu / max(1, job["progress"]["total"]), 100 * cpu / took), flush=True)
+    print("  reactor meanwhile: %s" % lag, flush=True)
     print("  store jobs meanwhile: %d, %.2f an execution (with those of %d GETs)"
           % (store_jobs, store_jobs / max(1, job["progress"]["total"]), len(latencies)),
           flush=True)
+    # About one line a second: when executions were sent, and ended.
+    shown = -1.0
+    for t, progress in timeline:
+        if t - shown >= 1 or t == timeline[-1][0]:
+            shown = t
+            print("  at %5.1f s: %s" % (t, " ".join(
+                "%s %d" % (k, v) for k, v in sorted(progress.items()) if v and k != "total")),
+                flush=True)
     if latencies:
         print("  GET /api/v2/devices/ID meanwhile: %d requests, p50 %.1f ms, p99 %.1f ms, "
               "max %.1f ms (target: p99 <= 100 ms)"

@@ -27,9 +27,21 @@ _DEVICE_TOKEN = re.compile(r"^(d[a-z0-9]{%d})-([0-9a-f]{64})$" % _ID_LENGTH)
 _API_KEY = re.compile(r"^(k[a-z0-9]{%d})\.([A-Za-z0-9_-]{43})$" % _ID_LENGTH)
 
 
+_ID_SPACE = len(_ID_ALPHABET) ** _ID_LENGTH  # about 2^62
+
+
 def new_id(prefix: str) -> str:
     """A random identifier such as ``d3k9x0a7mq2zt``; not a secret."""
-    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
+    # One read of the system's random source (not one per character: a job
+    # makes thousands of call IDs in one transaction); 64 bits reduced to
+    # the ID's ~62 (the modulo makes some IDs a little likelier than
+    # others: no matter for an identifier, which is not a secret).
+    n = int.from_bytes(secrets.token_bytes(8), "big") % _ID_SPACE
+    chars = []
+    for _ in range(_ID_LENGTH):
+        n, digit = divmod(n, len(_ID_ALPHABET))
+        chars.append(_ID_ALPHABET[digit])
+    return prefix + "".join(chars)
 
 
 def new_device_token(device_id: str) -> str:
