@@ -218,19 +218,27 @@ def dispatch(db: Db, job: dict[str, Any], limit: int, now: float, per_device: in
     (active,) = db.one("SELECT count(*) FROM calls WHERE account_id = ? AND state IN"
                        " ('queued', 'sent')", (job["account_id"],))
     params = db.json(action.get("params")) if action.get("params") is not None else None
-    for row in rows:
-        e = _execution(db, row)
+    executions = [_execution(db, row) for row in rows]
+    # The batch's devices read in two statements, not two a device (locked
+    # in ID order on PostgreSQL, as other writers lock them).
+    ids = sorted({e["device_id"] for e in executions})
+    marks = ", ".join("?" * len(ids))
+    present = {r[0] for r in db.all("SELECT id FROM devices WHERE id IN (%s) ORDER BY id%s"
+                                    % (marks, db.lock), ids)}
+    busy = {r[0]: int(r[1]) for r in db.all(
+        "SELECT device_id, count(*) FROM calls WHERE device_id IN (%s) AND state IN"
+        " ('queued', 'sent') GROUP BY device_id" % marks, ids)}
+    for e in executions:
         e.pop("result", None)
         e.pop("error", None)
         device_id = e["device_id"]
         why = None
-        if db.one("SELECT 1 FROM devices WHERE id = ?%s" % db.lock, (device_id,)) is None:
+        if device_id not in present:
             e.update(state=j.SKIPPED, reason="not found: the device was deleted")
             e["times"][j.SKIPPED] = now
             _write_exec(db, job["id"], e, now)
             continue
-        (queued,) = db.one("SELECT count(*) FROM calls WHERE device_id = ? AND state IN"
-                           " ('queued', 'sent')", (device_id,))
+        queued = busy.get(device_id, 0)
         if queued >= per_device:
             why = ("device %s has %d calls queued or under way, the most it may have "
                    "(calls.max_queued_per_device)" % (device_id, queued))
@@ -242,6 +250,7 @@ def dispatch(db: Db, job: dict[str, Any], limit: int, now: float, per_device: in
             e["times"][j.FAILED] = now
             _write_exec(db, job["id"], e, now)
             continue
+        busy[device_id] = queued + 1
         call = Call(id=tokens.new_id("c"), device_id=device_id,
                     account_id=job["account_id"], key_id=job["key_id"],
                     method=action["method"], params=action.get("params"), state=c.QUEUED,
