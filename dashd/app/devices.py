@@ -60,8 +60,7 @@ class Devices:
         device = self._fleet.router.device(device_id) if live else None
         if device is None:
             try:
-                # As last committed: a view waits for no fleet job's writes.
-                device = await self._store.read_device(device_id)
+                device = await self._store.get_device(device_id)
             except StoreUnreachable as unreachable:
                 # The database is away: a call to a device connected to
                 # another node goes on with the record read last (a change
@@ -152,7 +151,7 @@ class Devices:
         device = await self.visible(by, device_id)
         ota = None
         if by.kind != access.RESTRICTED:
-            ota = await self._store.read_ota_status(device_id)
+            ota = await self._store.get_ota_status(device_id)
         return device, ota
 
     async def register(self, by: ApiKey, name: Any = UNSET, shared_with: Any = UNSET,

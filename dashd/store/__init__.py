@@ -94,12 +94,6 @@ class IStore(Interface):
     def get_device(device_id):
         """Fire with the L{Device} or None."""
 
-    def read_device(device_id):
-        """Fire with the L{Device} or None as last committed (so with every
-        acknowledged write), without waiting for writes asked before it and
-        not yet done: for a view of the record (REST), not for a device's
-        own read of its shadow after its update."""
-
     def device_credentials(device_id):
         """Fire with C{(Device, token_hash)}, or None if there is no such device."""
 
@@ -400,9 +394,6 @@ class IStore(Interface):
 
     def get_ota_status(device_id):
         """Fire with the device's last OTA status document, or None."""
-
-    def read_ota_status(device_id):
-        """L{get_ota_status} as last committed (see L{read_device})."""
 
     def ota_statuses(states):
         """Fire with the OTA status documents whose state is in C{states}."""

@@ -657,9 +657,6 @@ class PostgresStore:
     def get_device(self, device_id: str) -> Deferred[Device | None]:
         return self._run(lambda cur: _get_device(cur, device_id), order=device_id)
 
-    # Reads run on the pool's connections side by side already.
-    read_device = get_device
-
     def device_credentials(self, device_id: str) -> Deferred[tuple[Device, str] | None]:
         def job(cur: Cursor) -> tuple[Device, str] | None:
             if "\x00" in device_id:
@@ -1076,8 +1073,6 @@ class PostgresStore:
 
     def get_ota_status(self, device_id: str) -> Deferred[dict[str, Any] | None]:
         return self._run(lambda cur: postgres_records.get_ota_status(cur, device_id), order=device_id)
-
-    read_ota_status = get_ota_status
 
     def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
         return self._run(lambda cur: postgres_records.ota_statuses(cur, states))

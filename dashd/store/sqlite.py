@@ -39,7 +39,7 @@ from dataclasses import replace
 from importlib import resources
 from typing import Any, Callable, TypeVar
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -206,11 +206,9 @@ class SQLiteStore:
         self._stopped: Deferred[None] | None = None
         # Long reads (stored data, history) run on a reader thread of their
         # own, so that a query over millions of rows never holds up writes
-        # (WAL lets it read the last commit meanwhile). A REST view of one
-        # record reads on another (L{read_device}), so that it waits neither
-        # for the writer's queue (a fleet job's batches) nor for long reads.
-        self._reader: _Reader | None = None
-        self._point_reader: _Reader | None = None
+        # (WAL lets it read the last commit meanwhile).
+        self._read_queue: queue.Queue[Any] = queue.Queue(1000)
+        self._reader: threading.Thread | None = None
         # Called on the reactor with the seconds each job took, from its
         # submission to its durable result (dashd.ops.metrics sets it).
         self.latency_observer: Callable[[float], None] | None = None
@@ -227,22 +225,19 @@ class SQLiteStore:
     def start(self) -> None:
         if self._thread is not None:
             return
-        conn = self._open()
+        conn, reader = self._open()
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="dashd-sqlite", daemon=True
         )
         self._thread.start()
-        self._reader = _Reader(self._reader_connection(), self._reactor, "dashd-sqlite-reader")
-        self._point_reader = _Reader(self._reader_connection(), self._reactor,
-                                     "dashd-sqlite-point-reader")
+        self._reader = threading.Thread(
+            target=self._run_reader, args=(reader,), name="dashd-sqlite-reader", daemon=True
+        )
+        self._reader.start()
 
-    def _reader_connection(self) -> sqlite3.Connection:
-        reader = connect(self.path, self._synchronous)
-        reader.execute("PRAGMA query_only = ON")
-        return reader
-
-    def _open(self) -> sqlite3.Connection:
-        """The writer's connection (schema brought up to date)."""
+    def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """The writer's connection (schema brought up to date) and the
+        reader's (read-only)."""
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
         # Owner-only, like admin.key, whatever the umask or the data
@@ -269,7 +264,9 @@ class SQLiteStore:
                 after=after,
             )
         self._cache.attach(conn)
-        return conn
+        reader = connect(self.path, self._synchronous)
+        reader.execute("PRAGMA query_only = ON")
+        return conn, reader
 
     def stop(self) -> Deferred[None]:
         if self._thread is None:
@@ -278,9 +275,7 @@ class SQLiteStore:
             return succeed(None)
         if self._stopped is None:
             self._stopped = Deferred()
-            for reader in (self._reader, self._point_reader):
-                if reader is not None:
-                    reader.stop()
+            self._read_queue.put(_STOP)
             self._queue.put(_STOP)
         return self._stopped
 
@@ -334,20 +329,34 @@ class SQLiteStore:
             conn.close()
             self._reactor.callFromThread(self._stopped_now)
 
-    def _read(self, job: Job, reader: _Reader | None = None) -> Deferred[Any]:
-        """Run a read-only job on a reader thread (the long reads' unless
-        told): it sees the last commit, so every acknowledged write."""
-        reader = reader or self._reader
-        if reader is None or self._stopped is not None:
-            return fail(StoreError("the store is closed"))
-        return reader.submit(job)
+    def _read(self, job: Job) -> Deferred[Any]:
+        """Run a read-only job on the reader thread."""
+        d: Deferred[Any] = Deferred()
+        if self._reader is None or self._stopped is not None:
+            d.errback(StoreError("the store is closed"))
+            return d
+        try:
+            self._read_queue.put_nowait((job, d))
+        except queue.Full:
+            d.errback(StoreError("the store is overloaded; try again shortly"))
+        return d
+
+    def _run_reader(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                item = self._read_queue.get()
+                if item is _STOP:
+                    break
+                job, d = item
+                self._reactor.callFromThread(_deliver, [(d, _read_job(conn, job))])
+        finally:
+            conn.close()
 
     def _stopped_now(self) -> None:
-        for reader in (self._reader, self._point_reader):
-            if reader is not None:
-                # It had its stop first; it is done with its last read by
-                # now or soon (a daemon thread; its connection only reads).
-                reader.join(5)
+        if self._reader is not None:
+            # It had its stop first; it is done with its last read by now or
+            # soon (a daemon thread; its connection only reads).
+            self._reader.join(5)
         if self._stopped is not None:
             self._stopped.callback(None)
 
@@ -559,9 +568,6 @@ class SQLiteStore:
 
     def get_device(self, device_id: str) -> Deferred[Device | None]:
         return self._submit(lambda conn: _get_device(conn, device_id))
-
-    def read_device(self, device_id: str) -> Deferred[Device | None]:
-        return self._read(lambda conn: _get_device(conn, device_id), self._point_reader)
 
     def device_credentials(self, device_id: str) -> Deferred[tuple[Device, str] | None]:
         def job(conn: sqlite3.Connection) -> tuple[Device, str] | None:
@@ -1024,10 +1030,6 @@ class SQLiteStore:
     def get_ota_status(self, device_id: str) -> Deferred[dict[str, Any] | None]:
         return self._submit(lambda conn: sqlite_records.get_ota_status(conn, device_id))
 
-    def read_ota_status(self, device_id: str) -> Deferred[dict[str, Any] | None]:
-        return self._read(lambda conn: sqlite_records.get_ota_status(conn, device_id),
-                          self._point_reader)
-
     def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
         return self._submit(lambda conn: sqlite_records.ota_statuses(conn, states))
     def append_audit(self, entries: list[dict[str, Any]]) -> Deferred[int]:
@@ -1193,43 +1195,6 @@ class InlineSQLiteStore(SQLiteStore):
             return d
         _deliver([(d, _read_job(self._reading, job))])
         return d
-
-
-class _Reader:
-    """A thread of read-only jobs on its own connection, with a bounded
-    queue (full: the job fails with "overloaded" at once)."""
-
-    def __init__(self, conn: sqlite3.Connection, reactor: Any, name: str,
-                 size: int = 1000) -> None:
-        self._reactor = reactor
-        self._queue: queue.Queue[Any] = queue.Queue(size)
-        self._thread = threading.Thread(target=self._run, args=(conn,), name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, job: Job) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        try:
-            self._queue.put_nowait((job, d))
-        except queue.Full:
-            d.errback(StoreError("the store is overloaded; try again shortly"))
-        return d
-
-    def stop(self) -> None:
-        self._queue.put(_STOP)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def _run(self, conn: sqlite3.Connection) -> None:
-        try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    break
-                job, d = item
-                self._reactor.callFromThread(_deliver, [(d, _read_job(conn, job))])
-        finally:
-            conn.close()
 
 
 def _read_job(conn: sqlite3.Connection, job: Job) -> Any:
