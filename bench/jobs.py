@@ -73,24 +73,30 @@ def run_devices(url: str, tokens_file: str, first: int, count: int) -> None:
     reactor.run()
 
 
-def lags(base: str) -> dict[str, float]:
-    """dashd's reactor lag histogram (L{dashd.ops.stallprobe}): bucket -> count."""
+def histograms(base: str) -> dict[str, dict[str, float]]:
+    """dashd's reactor lag (L{dashd.ops.stallprobe}) and store job duration
+    histograms: name -> bucket -> count."""
     with urllib.request.urlopen(base + "/metrics", timeout=30) as reply:
         text = reply.read().decode()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(
-        r'^dashd_reactor_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
+    out: dict[str, dict[str, float]] = {}
+    for name in ("dashd_reactor_lag_seconds", "dashd_store_job_duration_seconds"):
+        out[name] = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^%s_bucket\{le="([^"]+)"\} (\S+)$' % name, text, re.M)}
+    return out
 
 
-def stalls(before: dict[str, float], after: dict[str, float]) -> str:
-    """How many probe ticks came over 100 ms late between two readings, and
-    the bucket of the latest."""
+def over(before: dict[str, float], after: dict[str, float], limit: float) -> str:
+    """Of what a histogram counted between two readings: how many, how many
+    over C{limit} seconds, and the bucket that holds the 99th percentile and
+    the largest."""
     total = after.get("+Inf", 0) - before.get("+Inf", 0)
     bounds = sorted((float(b), b) for b in after if b != "+Inf")
     under = {b: after[b] - before.get(b, 0) for _, b in bounds}
-    over_100 = total - next((under[b] for v, b in bounds if v >= 0.1), total)
+    beyond = total - next((under[b] for v, b in bounds if v >= limit), total)
+    p99 = next((b for v, b in bounds if under[b] >= 0.99 * total), "+Inf")
     worst = next((b for v, b in bounds if under[b] >= total), "+Inf")
-    return "%d probe ticks, %d of them over 100 ms late, the latest <= %s s" % (
-        total, over_100, worst)
+    return "%d, %d over %g s, p99 <= %s s, the largest <= %s s" % (
+        total, beyond, limit, p99, worst)
 
 
 def wait_for(base: str, key: str, job_id: str, states: tuple[str, ...], timeout: float,
@@ -259,7 +265,7 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
          "--format", "raw", "--nonblocking", "--rate", "200", "-o", spy],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if spy else None
     cpu = cpu_seconds(pid)
-    lag = lags(base)
+    seen = histograms(base)
     started = time.monotonic()
     status, body = request("POST", base + "/api/v2/jobs", key, {
         "name": "bench rpc", "target": {"where": "online"}, "concurrency": 10000,
@@ -270,7 +276,9 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
                    timeout, timeline)
     took = time.monotonic() - started
     cpu = cpu_seconds(pid) - cpu
-    lag = stalls(lag, lags(base))
+    now_seen = histograms(base)
+    lag, store = (over(seen[name], now_seen[name], 0.1) for name in (
+        "dashd_reactor_lag_seconds", "dashd_store_job_duration_seconds"))
     if sampler is not None:
         sampler.send_signal(signal.SIGINT)
         sampler.wait(60)
@@ -287,7 +295,8 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
              job["progress"]["succeeded"] / took), flush=True)
     print("  dashd CPU meanwhile: %.2f s, %.0f us an execution (with the GETs'), %.0f%% of a core"
           % (cpu, 1e6 * cpu / max(1, job["progress"]["total"]), 100 * cpu / took), flush=True)
-    print("  reactor meanwhile: %s" % lag, flush=True)
+    print("  reactor lag probe ticks meanwhile: %s" % lag, flush=True)
+    print("  store jobs' durations (queued to done): %s" % store, flush=True)
     print("  store jobs meanwhile: %d, %.2f an execution (with those of %d GETs)"
           % (store_jobs, store_jobs / max(1, job["progress"]["total"]), len(latencies)),
           flush=True)

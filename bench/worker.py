@@ -11,7 +11,9 @@ Commands (``{"cmd": NAME, ...}``), each answered by one line when done:
   answer comes when every one has had its ``Dash.Heartbeat`` acknowledged
   (dashd acknowledges only once the info is on disk), with the time each
   took; refused or dropped connections are retried after about a second,
-  like firmware would.
+  like firmware would. ``fail_methods`` / ``fail_count``: the first N
+  devices of the command answer those methods with an error (a job's
+  failing phase).
 - ``close``: close devices (by position) cleanly.
 - ``shadow``: the first N devices send ``Dash.Shadow.Update`` in a closed
   loop, one outstanding each; counts the acknowledgements.
