@@ -148,11 +148,11 @@ class Devices:
     async def get(self, by: ApiKey, device_id: str) -> tuple[Device, dict[str, Any] | None]:
         """The device and the status of its last firmware update (None for
         restricted keys, which may not read it)."""
-        device = await self.visible(by, device_id)
-        ota = None
-        if by.kind != access.RESTRICTED:
-            ota = await self._store.get_ota_status(device_id)
-        return device, ota
+        device, ota = await self._store.get_device_view(device_id)
+        # A device the key may not see is answered exactly like a missing one.
+        if device is None or not access.sees(by, device):
+            raise NotFound("no such device: %s" % device_id)
+        return device, ota if by.kind != access.RESTRICTED else None
 
     async def register(self, by: ApiKey, name: Any = UNSET, shared_with: Any = UNSET,
                        account_id: str | None = None) -> tuple[Device, str]:

@@ -94,6 +94,11 @@ class IStore(Interface):
     def get_device(device_id):
         """Fire with the L{Device} or None."""
 
+    def get_device_view(device_id):
+        """Fire with the L{Device} (or None) and its last OTA status
+        document (or None): a REST view's reads as one store job, so that
+        it waits for the writer once, not twice."""
+
     def device_credentials(device_id):
         """Fire with C{(Device, token_hash)}, or None if there is no such device."""
 

@@ -657,6 +657,15 @@ class PostgresStore:
     def get_device(self, device_id: str) -> Deferred[Device | None]:
         return self._run(lambda cur: _get_device(cur, device_id), order=device_id)
 
+    def get_device_view(self, device_id: str) -> Deferred[tuple[Device | None, Any]]:
+        def job(cur: Any) -> tuple[Device | None, Any]:
+            device = _get_device(cur, device_id)
+            if device is None:
+                return None, None
+            return device, postgres_records.get_ota_status(cur, device_id)
+
+        return self._run(job, order=device_id)
+
     def device_credentials(self, device_id: str) -> Deferred[tuple[Device, str] | None]:
         def job(cur: Cursor) -> tuple[Device, str] | None:
             if "\x00" in device_id:

@@ -569,6 +569,15 @@ class SQLiteStore:
     def get_device(self, device_id: str) -> Deferred[Device | None]:
         return self._submit(lambda conn: _get_device(conn, device_id))
 
+    def get_device_view(self, device_id: str) -> Deferred[tuple[Device | None, Any]]:
+        def job(conn: sqlite3.Connection) -> tuple[Device | None, Any]:
+            device = _get_device(conn, device_id)
+            if device is None:
+                return None, None
+            return device, sqlite_records.get_ota_status(conn, device_id)
+
+        return self._submit(job)
+
     def device_credentials(self, device_id: str) -> Deferred[tuple[Device, str] | None]:
         def job(conn: sqlite3.Connection) -> tuple[Device, str] | None:
             row = conn.execute(
