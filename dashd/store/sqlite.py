@@ -200,7 +200,15 @@ class SQLiteStore:
         self._cache = _DeviceCache(cache_size)
         self._reactor = reactor
         self._synchronous = synchronous
-        self._queue: queue.Queue[Any] = queue.Queue(queue_size)
+        # The writer's jobs: a SimpleQueue (C, one short lock) rather than a
+        # Queue (a Condition in Python, its lock taken and a wake-up tried
+        # on every put) since most jobs are device reports, one per put.
+        # Bounded by counting: jobs handed over (the reactor's count) less
+        # jobs taken (the writer's), each count written by one thread only.
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue_size = queue_size
+        self._handed = 0
+        self._taken = 0
         self._batch_size = batch_size
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
@@ -218,7 +226,7 @@ class SQLiteStore:
         return self._thread is not None and self._stopped is None
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._handed - self._taken
 
     # Life cycle
 
@@ -286,11 +294,11 @@ class SQLiteStore:
         if self._thread is None or self._stopped is not None:
             d.errback(StoreError("the store is closed"))
             return d
-        try:
-            self._queue.put_nowait((job, d))
-        except queue.Full:
+        if self._handed - self._taken >= self._queue_size:
             d.errback(StoreError("the store is overloaded; try again shortly"))
             return d
+        self._handed += 1
+        self._queue.put((job, d))
         self._observe(d)
         return d
 
@@ -306,22 +314,24 @@ class SQLiteStore:
             d.addBoth(observe)
 
     def _run(self, conn: sqlite3.Connection) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
         try:
             while True:
-                item = self._queue.get()
+                item = get()
                 if item is _STOP:
                     break
                 batch = [item]
                 stop_after = False
                 while len(batch) < self._batch_size:
                     try:
-                        nxt = self._queue.get_nowait()
+                        nxt = get_nowait()
                     except queue.Empty:
                         break
                     if nxt is _STOP:
                         stop_after = True
                         break
                     batch.append(nxt)
+                self._taken += len(batch)
                 self._reactor.callFromThread(_deliver, self._write(conn, batch))
                 if stop_after:
                     break
