@@ -654,7 +654,7 @@ class SQLiteStore:
             try:
                 if result.stamped:
                     conn.execute("UPDATE devices SET shadow = ? WHERE id = ?",
-                                 (compact(document), device_id))
+                                 (shadow.encoded(result), device_id))
                 if facts:
                     _write_facts(conn, device_id, None, tags)
                 if save:
@@ -692,7 +692,7 @@ class SQLiteStore:
         if result.stamped:
             conn.execute(
                 "UPDATE devices SET shadow = ? WHERE id = ?",
-                (compact(result.document), device.id),
+                (shadow.encoded(result), device.id),
             )
             tags = result.document.get("tags") or {}
             if tags != (device.shadow.get("tags") or {}):
