@@ -209,6 +209,11 @@ class SQLiteStore:
         self._queue_size = queue_size
         self._handed = 0
         self._taken = 0
+        # The jobs of this reactor turn, handed over together once it ends
+        # (L{_hand_over}): one put and at most one wake-up of the writer a
+        # turn, whose batch then holds the whole turn's jobs.
+        self._turn: list[tuple[Job, Deferred[Any]]] = []
+        self._turn_call: Any = None
         self._batch_size = batch_size
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
@@ -284,6 +289,7 @@ class SQLiteStore:
         if self._stopped is None:
             self._stopped = Deferred()
             self._read_queue.put(_STOP)
+            self._hand_over()
             self._queue.put(_STOP)
         return self._stopped
 
@@ -298,9 +304,21 @@ class SQLiteStore:
             d.errback(StoreError("the store is overloaded; try again shortly"))
             return d
         self._handed += 1
-        self._queue.put((job, d))
+        turn = self._turn
+        turn.append((job, d))
+        if len(turn) == 1:
+            self._turn_call = self._reactor.callLater(0, self._hand_over)  # type: ignore[attr-defined]
         self._observe(d)
         return d
+
+    def _hand_over(self) -> None:
+        """Give the writer thread the jobs of the turn that ended."""
+        call, self._turn_call = self._turn_call, None
+        if call is not None and call.active():
+            call.cancel()
+        turn, self._turn = self._turn, []
+        if turn:
+            self._queue.put(turn)
 
     def _observe(self, d: Deferred[Any]) -> None:
         observer = self.latency_observer
@@ -315,26 +333,35 @@ class SQLiteStore:
 
     def _run(self, conn: sqlite3.Connection) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
+        size = self._batch_size
+        # Jobs taken from the queue (lists of a reactor turn's jobs) and
+        # not run yet: a batch is at most C{size} of them.
+        waiting: list[tuple[Job, Deferred[Any]]] = []
+        stop = False
         try:
             while True:
-                item = get()
-                if item is _STOP:
-                    break
-                batch = [item]
-                stop_after = False
-                while len(batch) < self._batch_size:
+                if not waiting:
+                    if stop:
+                        break
+                    item = get()
+                    if item is _STOP:
+                        break
+                    waiting = item
+                while len(waiting) < size and not stop:
                     try:
-                        nxt = get_nowait()
+                        item = get_nowait()
                     except queue.Empty:
                         break
-                    if nxt is _STOP:
-                        stop_after = True
-                        break
-                    batch.append(nxt)
+                    if item is _STOP:
+                        stop = True
+                    else:
+                        waiting += item
+                if len(waiting) > size:
+                    batch, waiting = waiting[:size], waiting[size:]
+                else:
+                    batch, waiting = waiting, []
                 self._taken += len(batch)
                 self._reactor.callFromThread(_deliver, self._write(conn, batch))
-                if stop_after:
-                    break
         finally:
             conn.close()
             self._reactor.callFromThread(self._stopped_now)
