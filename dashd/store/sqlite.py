@@ -35,6 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 from importlib import resources
 from typing import Any, Callable, TypeVar
@@ -222,9 +223,13 @@ class SQLiteStore:
         # (WAL lets it read the last commit meanwhile).
         self._read_queue: queue.Queue[Any] = queue.Queue(1000)
         self._reader: threading.Thread | None = None
-        # Called on the reactor with the seconds each job took, from its
-        # submission to its durable result (dashd.ops.metrics sets it).
-        self.latency_observer: Callable[[float], None] | None = None
+        # Called on the reactor with the seconds each job of a batch took,
+        # from its submission to its durable result, as a list (one call a
+        # batch; dashd.ops.metrics sets it).
+        self.latencies_observer: Callable[[list[float]], None] | None = None
+        # When each job handed over and not delivered yet was submitted:
+        # the writer delivers them in that order.
+        self._started: deque[float] = deque()
 
     @property
     def is_open(self) -> bool:
@@ -308,7 +313,7 @@ class SQLiteStore:
         turn.append((job, d))
         if len(turn) == 1:
             self._turn_call = self._reactor.callLater(0, self._hand_over)  # type: ignore[attr-defined]
-        self._observe(d)
+        self._started.append(time.monotonic())
         return d
 
     def _hand_over(self) -> None:
@@ -320,16 +325,18 @@ class SQLiteStore:
         if turn:
             self._queue.put(turn)
 
-    def _observe(self, d: Deferred[Any]) -> None:
-        observer = self.latency_observer
-        if observer is not None:
-            started = time.monotonic()
-
-            def observe(result: Any) -> Any:
-                observer(time.monotonic() - started)
-                return result
-
-            d.addBoth(observe)
+    def _delivered(self, results: list[tuple[Deferred[Any], Any]]) -> None:
+        """A batch written (on the reactor): the latencies of its jobs
+        told, then their Deferreds fired."""
+        started = self._started
+        observer = self.latencies_observer
+        if observer is None:
+            for _ in results:
+                started.popleft()
+        else:
+            now = time.monotonic()
+            observer([now - started.popleft() for _ in results])
+        _deliver(results)
 
     def _run(self, conn: sqlite3.Connection) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
@@ -361,7 +368,7 @@ class SQLiteStore:
                 else:
                     batch, waiting = waiting, []
                 self._taken += len(batch)
-                self._reactor.callFromThread(_deliver, self._write(conn, batch))
+                self._reactor.callFromThread(self._delivered, self._write(conn, batch))
         finally:
             conn.close()
             self._reactor.callFromThread(self._stopped_now)
@@ -1221,8 +1228,8 @@ class InlineSQLiteStore(SQLiteStore):
         if self._conn is None:
             d.errback(StoreError("the store is closed"))
             return d
-        self._observe(d)
-        _deliver(self._write(self._conn, [(job, d)]))
+        self._started.append(time.monotonic())
+        self._delivered(self._write(self._conn, [(job, d)]))
         return d
 
     def _read(self, job: Job) -> Deferred[Any]:
