@@ -166,8 +166,10 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
         elif isinstance(value, dict):
             old = result.get(key)
             result[key] = merge_patch(old if isinstance(old, dict) else {}, value)
-        else:
+        elif isinstance(value, list):
             result[key] = copy.deepcopy(value)
+        else:
+            result[key] = value  # a string, number, bool: nothing to copy
     return result
 
 
