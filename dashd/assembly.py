@@ -223,7 +223,9 @@ def build(config: Config, reactor: Any) -> DashdService:
     fleet.event_observers.append(webhooks.device_event)
     alarm_engine.observers.append(webhooks.alarm_event)
     application.jobs.observers.append(webhooks.job_event)
-    if hasattr(store, "latency_observer"):
+    if hasattr(store, "latencies_observer"):
+        store.latencies_observer = metrics.observe_store_jobs
+    elif hasattr(store, "latency_observer"):
         store.latency_observer = metrics.observe_store_job
     site.request_observers.append(metrics.observe_request)
     site.request_observers.append(

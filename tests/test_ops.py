@@ -33,6 +33,29 @@ async def test_health_and_readiness(server: DashdProcess, admin: Client):
     assert (ready.status, ready.body) == (200, {"status": "ready"})
 
 
+def test_a_batch_of_store_latencies_counts_as_each_observed_alone():
+    """dashd.ops.metrics.Metrics.observe_store_jobs (the SQLite store tells
+    a batch's latencies at once) leaves the histogram as observing each
+    one does, bounds included."""
+    from dashd.ops import metrics
+
+    seconds = [0.0001, 0.0005, 0.00051, 0.001, 0.003, 0.0025, 0.2, 7.0, 0.0005, 100.0]
+    one = metrics.Metrics(None, None, None, None)
+    many = metrics.Metrics(None, None, None, None)
+    for s in seconds:
+        one.observe_store_job(s)
+    many.observe_store_jobs(seconds[:1])
+    many.observe_store_jobs(seconds[1:])
+
+    def samples(m):
+        return {(s.name, s.labels.get("le")): s.value
+                for family in m.store_seconds.collect() for s in family.samples}
+
+    assert samples(many).keys() == samples(one).keys()
+    for name, value in samples(one).items():
+        assert samples(many)[name] == pytest.approx(value), name
+
+
 def test_full_collections_are_timed(monkeypatch):
     """dashd.ops.metrics.FullCollections, fed the cycle collector's callbacks
     with a fake perf_counter: only full collections (generation 2) count,

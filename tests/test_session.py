@@ -8,12 +8,15 @@ test_limits.py.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from twisted.internet.defer import ensureDeferred as ensure
 
 from clocked import World, done, failure_of, pending
 from dashd.channel import closecodes, frames
 from dashd.domain.errors import Busy, Offline, Stalled, TimedOut
+from dashd.domain.events import Event
 
 
 @pytest.fixture
@@ -121,6 +124,31 @@ def test_a_call_times_out_after_its_timeout_and_a_late_answer_is_ignored(world):
     fake.answer(fake.calls("Sim.Echo")[0], [1])
     assert done(d) == [1]
     assert world.clock.getDelayedCalls() == []
+
+
+def test_a_report_s_shadow_update_event_has_its_view_made_only_when_read(world, monkeypatch):
+    from dashd.domain import shadow
+
+    device, _ = world.register()
+    done(world.app.devices.change(world.admin, device.id,
+                                  shadow_update={"state": {"desired": {"led": "on"}}}))
+    fake = world.connect(device)
+    views = []
+    real_view = shadow.view
+    monkeypatch.setattr(shadow, "view", lambda *a, **k: views.append(1) or real_view(*a, **k))
+    reply = fake.request("Dash.Shadow.Update", {"state": {"reported": {"led": "off", "t": 1}}})
+    assert reply["result"] == {"version": 3}
+    (event,) = world.named("shadow.update", device.id)[-1:]
+    assert views == []  # nothing read the event's data yet
+    stored = done(world.store.get_device(device.id))
+    assert event.data == real_view(stored.shadow)
+    assert event.data["state"]["delta"] == {"led": "on"}
+    assert views == [1]
+    assert event.data is event.data  # made once
+    assert event.payload == json.dumps(
+        {"name": "shadow.update", "id": device.id, "data": event.data},
+        separators=(",", ":"), ensure_ascii=False)
+    assert event == Event("shadow.update", device.id, event.data, device.account_id, ())
 
 
 def test_shadow_delta_on_connect(world):

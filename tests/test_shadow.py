@@ -152,3 +152,23 @@ def test_bad_section_versions_are_refused(versions, message):
     with pytest.raises(shadow.InvalidShadowUpdate, match=re.escape(message)):
         shadow.parse_update({"state": {"desired": {"a": 1}}, "versions": versions},
                             allow_tags=True)
+
+
+def test_the_document_s_text_is_encoded_once_and_is_its_compact_json():
+    from dashd.jsontext import compact
+
+    d = doc(desired={"led": "on"}, reported={"t": 1}, tags={"site": "Zürich"})
+    for update, now in [
+        (ShadowUpdate(patches={"reported": {"t": 2.5, "name": "é \u2028 \"q\""}}), 1000.25),
+        (ShadowUpdate(patches={"desired": None}), 1001.0),
+        (ShadowUpdate(patches={"tags": {"site": None, "n": [1, 2.0, None, True]}}), 1002),
+        (ShadowUpdate(patches={"reported": {"t": 3}}, stamp=False), 1003.5),
+    ]:
+        result = shadow.apply_update(d, update, now)
+        assert result.changed and result.text == compact(result.document)
+        assert shadow.encoded(result) == result.text
+        d = result.document
+    # Only the times of a report move: nothing was encoded.
+    result = shadow.apply_update(d, ShadowUpdate(patches={"reported": {"t": 3}}), 1004.0)
+    assert not result.changed and result.stamped and result.text is None
+    assert shadow.encoded(result) == compact(result.document)

@@ -265,6 +265,23 @@ async def test_many_writes_are_grouped(traced):
     assert stored.shadow["version"] == 2500 and stored.shadow["state"]["reported"] == {"i": 2499}
 
 
+@pytest_twisted.ensureDeferred
+async def test_the_jobs_of_one_reactor_turn_are_one_batch(traced):
+    """The jobs submitted in one reactor turn reach the idle writer
+    together, once the turn ends: one transaction, one commit (not a
+    wake-up of the writer, and maybe a commit, each)."""
+    store = traced.store
+    _, _, device = await _account_and_device(store)
+    before = traced.commits()
+    ds = [store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"i": i}}), 4.0)
+          for i in range(20)]
+    assert store.queue_depth() == 20
+    results = await gatherResults(ds)
+    assert [r[1].document["version"] for r in results] == list(range(1, 21))
+    assert traced.commits() - before == 1
+    assert store.queue_depth() == 0
+
+
 @pytest.mark.parametrize("backend", STORES)
 @pytest_twisted.ensureDeferred
 async def test_closed_store_fails_clearly(tmp_path, backend):

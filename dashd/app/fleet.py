@@ -12,6 +12,7 @@ it.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail
@@ -24,7 +25,7 @@ from dashd.channel.router import IRouter
 from dashd.config import Config
 from dashd.domain import shadow, timeseries
 from dashd.domain.errors import Offline
-from dashd.domain.events import Event
+from dashd.domain.events import Event, LazyEvent
 from dashd.domain.model import Device
 from dashd.store import IStore
 
@@ -74,7 +75,9 @@ class Fleet:
         return self.clock.seconds()
 
     def publish(self, device: Device, name: str, data: Any) -> None:
-        event = Event(name, device.id, data, device.account_id, device.shared_with)
+        self._publish(Event(name, device.id, data, device.account_id, device.shared_with))
+
+    def _publish(self, event: Event) -> None:
         self.hub.publish(event)
         for observer in self.event_observers:
             try:
@@ -156,7 +159,10 @@ class Fleet:
         """Tell subscribers, and the device if its desired state changed."""
         if not result.changed:
             return
-        self.publish(device, "shadow.update", shadow.view(result.document))
+        # The shadow's view (with its delta) is made only if a subscriber,
+        # an observer or another node reads the event's data.
+        self._publish(LazyEvent("shadow.update", device.id, partial(shadow.view, result.document),
+                                device.account_id, device.shared_with))
         if result.desired_changed:
             self.router.desired_changed(device.id, result.document)
 

@@ -413,16 +413,14 @@ class DeviceSession:
         """Reply once the store has acknowledged, or with the error."""
         self._store_calls += 1
 
-        def done(value: Any) -> Any:
-            self._store_calls -= 1
-            return value
-
-        d.addBoth(done)
-
+        # One step of the chain each way, the count of calls waiting for
+        # the store taken down first.
         def ok(value: Any) -> None:
+            self._store_calls -= 1
             self.reply(frame, result(value))
 
         def failed(failure: Failure) -> None:
+            self._store_calls -= 1
             if failure.check(shadow.VersionConflict):
                 self.reply_error(frame.id, frames.CONFLICT, failure.getErrorMessage(), frame.src)
             elif failure.check(shadow.ShadowTooLarge):

@@ -959,9 +959,11 @@ class ClusterHub(LocalHub):
     def publish(self, event: Event) -> None:
         LocalHub.publish(self, event)
         cluster = self._cluster
+        targets = cluster.interest.route(event.name, event.account_id, event.shared_with)
+        if targets is not None and not targets:
+            return  # no other node wants it (its data is not even made)
         message = {"t": "ev", "n": event.name, "id": event.device_id, "d": event.data,
                    "a": event.account_id, "s": list(event.shared_with)}
-        targets = cluster.interest.route(event.name, event.account_id, event.shared_with)
         if targets is None:
             cluster._broadcast(message)
             return

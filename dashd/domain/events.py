@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 from dashd.jsontext import compact
 
@@ -40,3 +40,35 @@ class Event:
         """The event as JSON, encoded on first use (most events have no
         subscriber to see them)."""
         return compact({"name": self.name, "id": self.device_id, "data": self.data})
+
+
+class LazyEvent(Event):
+    """
+    An L{Event} whose data is made on first use, by C{make()}: a
+    C{shadow.update}'s data is the whole shadow with its delta, and most
+    reports have no subscriber, observer or other node that reads it.
+    C{make} must give the same data whenever it is called (it reads
+    documents nothing changes in place).
+    """
+
+    def __init__(self, name: str, device_id: str, make: Callable[[], Any], account_id: str,
+                 shared_with: tuple[str, ...] = ()) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "device_id", device_id)
+        object.__setattr__(self, "_make", make)
+        object.__setattr__(self, "account_id", account_id)
+        object.__setattr__(self, "shared_with", shared_with)
+
+    @cached_property
+    def data(self) -> Any:  # type: ignore[override]
+        return self._make()  # type: ignore[attr-defined]
+
+    def __eq__(self, other: object) -> bool:
+        # Equal to the plain event it stands for, as to another lazy one.
+        if not isinstance(other, Event):
+            return NotImplemented
+        return ((self.name, self.device_id, self.data, self.account_id, self.shared_with)
+                == (other.name, other.device_id, other.data, other.account_id,
+                    other.shared_with))
+
+    __hash__ = Event.__hash__

@@ -107,6 +107,16 @@ class UpdateResult:
     # Whether the stored document must be written (a change, or only the
     # times of a report).
     stamped: bool = False
+    # The document as compact JSON (dashd.jsontext.compact), when applying
+    # the update made it anyway (see L{encoded}).
+    text: str | None = None
+
+
+def encoded(result: UpdateResult) -> str:
+    """C{result}'s document as the store writes it (compact JSON), encoded
+    once: the size check of a change has encoded most of it already."""
+    text = result.text
+    return compact(result.document) if text is None else text
 
 
 def empty() -> dict[str, Any]:
@@ -156,8 +166,10 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
         elif isinstance(value, dict):
             old = result.get(key)
             result[key] = merge_patch(old if isinstance(old, dict) else {}, value)
-        else:
+        elif isinstance(value, list):
             result[key] = copy.deepcopy(value)
+        else:
+            result[key] = value  # a string, number, bool: nothing to copy
     return result
 
 
@@ -258,14 +270,20 @@ def apply_update(
         # (stored, not announced: nothing a client compares with changed).
         return UpdateResult(new if stamped else doc, changed=False, desired_changed=False,
                             stamped=stamped)
-    size = len(compact({"state": new["state"], "tags": new["tags"]}).encode("utf-8"))
+    head = compact({"state": new["state"], "tags": new["tags"]})
+    size = len(head) if head.isascii() else len(head.encode("utf-8"))
     if size > max_bytes:
         raise ShadowTooLarge(
             "the shadow would be %d bytes, more than the limit of %d" % (size, max_bytes)
         )
     new["version"] = doc["version"] + 1
     new["timestamp"] = now
-    return UpdateResult(new, changed=True, desired_changed="desired" in changed, stamped=True)
+    # The whole document's text is the head's and the rest's (the keys in
+    # the order of C{new}): state and tags are encoded once.
+    tail = compact({"version": new["version"], "timestamp": now, "sections": new["sections"],
+                    "metadata": new["metadata"]})
+    return UpdateResult(new, changed=True, desired_changed="desired" in changed, stamped=True,
+                        text=head[:-1] + "," + tail[1:])
 
 
 def view(doc: dict[str, Any], include_tags: bool = True) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from dashd.domain.errors import Conflict
 from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
                          StoreUnreachable, calls_sql, firmware_sql, jobs_sql, postgres_records,
                          query_sql, ranges_sql, sessions_sql)
-from dashd.store.postgres_records import json_param
+from dashd.store.postgres_records import json_param, json_text_param
 
 log = Logger()
 
@@ -743,7 +743,7 @@ class PostgresStore:
         result = shadow.apply_update(device.shadow, update, now, max_bytes, max_depth)
         if result.stamped:
             cur.execute("UPDATE devices SET shadow = %s WHERE id = %s",
-                        (json_param(result.document), device.id))
+                        (json_text_param(shadow.encoded(result)), device.id))
             tags = result.document.get("tags") or {}
             if tags != (device.shadow.get("tags") or {}):
                 _write_facts(cur, device.id, None, tags)

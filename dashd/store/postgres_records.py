@@ -38,6 +38,15 @@ def json_param(value: Any) -> Json:
     return Json(value, dumps=compact)
 
 
+def _as_is(text: str) -> str:
+    return text
+
+
+def json_text_param(text: str) -> Json:
+    """A JSON parameter already encoded as L{json_param} would encode it."""
+    return Json(text, dumps=_as_is)
+
+
 def _all(cur: Cursor, sql: str, params: Any = ()) -> list[Any]:
     cur.execute(sql.encode("utf-8"), params)
     return cur.fetchall()

@@ -35,6 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 from importlib import resources
 from typing import Any, Callable, TypeVar
@@ -200,7 +201,20 @@ class SQLiteStore:
         self._cache = _DeviceCache(cache_size)
         self._reactor = reactor
         self._synchronous = synchronous
-        self._queue: queue.Queue[Any] = queue.Queue(queue_size)
+        # The writer's jobs: a SimpleQueue (C, one short lock) rather than a
+        # Queue (a Condition in Python, its lock taken and a wake-up tried
+        # on every put) since most jobs are device reports, one per put.
+        # Bounded by counting: jobs handed over (the reactor's count) less
+        # jobs taken (the writer's), each count written by one thread only.
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue_size = queue_size
+        self._handed = 0
+        self._taken = 0
+        # The jobs of this reactor turn, handed over together once it ends
+        # (L{_hand_over}): one put and at most one wake-up of the writer a
+        # turn, whose batch then holds the whole turn's jobs.
+        self._turn: list[tuple[Job, Deferred[Any]]] = []
+        self._turn_call: Any = None
         self._batch_size = batch_size
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
@@ -209,16 +223,20 @@ class SQLiteStore:
         # (WAL lets it read the last commit meanwhile).
         self._read_queue: queue.Queue[Any] = queue.Queue(1000)
         self._reader: threading.Thread | None = None
-        # Called on the reactor with the seconds each job took, from its
-        # submission to its durable result (dashd.ops.metrics sets it).
-        self.latency_observer: Callable[[float], None] | None = None
+        # Called on the reactor with the seconds each job of a batch took,
+        # from its submission to its durable result, as a list (one call a
+        # batch; dashd.ops.metrics sets it).
+        self.latencies_observer: Callable[[list[float]], None] | None = None
+        # When each job handed over and not delivered yet was submitted:
+        # the writer delivers them in that order.
+        self._started: deque[float] = deque()
 
     @property
     def is_open(self) -> bool:
         return self._thread is not None and self._stopped is None
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._handed - self._taken
 
     # Life cycle
 
@@ -276,6 +294,7 @@ class SQLiteStore:
         if self._stopped is None:
             self._stopped = Deferred()
             self._read_queue.put(_STOP)
+            self._hand_over()
             self._queue.put(_STOP)
         return self._stopped
 
@@ -286,45 +305,70 @@ class SQLiteStore:
         if self._thread is None or self._stopped is not None:
             d.errback(StoreError("the store is closed"))
             return d
-        try:
-            self._queue.put_nowait((job, d))
-        except queue.Full:
+        if self._handed - self._taken >= self._queue_size:
             d.errback(StoreError("the store is overloaded; try again shortly"))
             return d
-        self._observe(d)
+        self._handed += 1
+        turn = self._turn
+        turn.append((job, d))
+        if len(turn) == 1:
+            self._turn_call = self._reactor.callLater(0, self._hand_over)  # type: ignore[attr-defined]
+        self._started.append(time.monotonic())
         return d
 
-    def _observe(self, d: Deferred[Any]) -> None:
-        observer = self.latency_observer
-        if observer is not None:
-            started = time.monotonic()
+    def _hand_over(self) -> None:
+        """Give the writer thread the jobs of the turn that ended."""
+        call, self._turn_call = self._turn_call, None
+        if call is not None and call.active():
+            call.cancel()
+        turn, self._turn = self._turn, []
+        if turn:
+            self._queue.put(turn)
 
-            def observe(result: Any) -> Any:
-                observer(time.monotonic() - started)
-                return result
-
-            d.addBoth(observe)
+    def _delivered(self, results: list[tuple[Deferred[Any], Any]]) -> None:
+        """A batch written (on the reactor): the latencies of its jobs
+        told, then their Deferreds fired."""
+        started = self._started
+        observer = self.latencies_observer
+        if observer is None:
+            for _ in results:
+                started.popleft()
+        else:
+            now = time.monotonic()
+            observer([now - started.popleft() for _ in results])
+        _deliver(results)
 
     def _run(self, conn: sqlite3.Connection) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        size = self._batch_size
+        # Jobs taken from the queue (lists of a reactor turn's jobs) and
+        # not run yet: a batch is at most C{size} of them.
+        waiting: list[tuple[Job, Deferred[Any]]] = []
+        stop = False
         try:
             while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    break
-                batch = [item]
-                stop_after = False
-                while len(batch) < self._batch_size:
+                if not waiting:
+                    if stop:
+                        break
+                    item = get()
+                    if item is _STOP:
+                        break
+                    waiting = item
+                while len(waiting) < size and not stop:
                     try:
-                        nxt = self._queue.get_nowait()
+                        item = get_nowait()
                     except queue.Empty:
                         break
-                    if nxt is _STOP:
-                        stop_after = True
-                        break
-                    batch.append(nxt)
-                self._reactor.callFromThread(_deliver, self._write(conn, batch))
-                if stop_after:
-                    break
+                    if item is _STOP:
+                        stop = True
+                    else:
+                        waiting += item
+                if len(waiting) > size:
+                    batch, waiting = waiting[:size], waiting[size:]
+                else:
+                    batch, waiting = waiting, []
+                self._taken += len(batch)
+                self._reactor.callFromThread(self._delivered, self._write(conn, batch))
         finally:
             conn.close()
             self._reactor.callFromThread(self._stopped_now)
@@ -653,7 +697,7 @@ class SQLiteStore:
             try:
                 if result.stamped:
                     conn.execute("UPDATE devices SET shadow = ? WHERE id = ?",
-                                 (compact(document), device_id))
+                                 (shadow.encoded(result), device_id))
                 if facts:
                     _write_facts(conn, device_id, None, tags)
                 if save:
@@ -691,7 +735,7 @@ class SQLiteStore:
         if result.stamped:
             conn.execute(
                 "UPDATE devices SET shadow = ? WHERE id = ?",
-                (compact(result.document), device.id),
+                (shadow.encoded(result), device.id),
             )
             tags = result.document.get("tags") or {}
             if tags != (device.shadow.get("tags") or {}):
@@ -1193,8 +1237,8 @@ class InlineSQLiteStore(SQLiteStore):
         if self._conn is None:
             d.errback(StoreError("the store is closed"))
             return d
-        self._observe(d)
-        _deliver(self._write(self._conn, [(job, d)]))
+        self._started.append(time.monotonic())
+        self._delivered(self._write(self._conn, [(job, d)]))
         return d
 
     def _read(self, job: Job) -> Deferred[Any]:
