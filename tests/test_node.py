@@ -120,6 +120,11 @@ class FakeBus:
     def publish_nowait(self, channel: bytes, message: bytes) -> None:
         self.published.append((channel, json.loads(message)))
 
+    def publish_unheard(self, channel: bytes, message: bytes, unheard: Any) -> None:
+        self.published.append((channel, json.loads(message)))
+        if not self.receivers:
+            unheard(None)
+
     def call(self, fn: Any) -> Deferred[Any]:
         try:
             return succeed(fn(self.redis))

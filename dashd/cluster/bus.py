@@ -159,6 +159,20 @@ class RedisBus:
                 log.warn("cluster bus: {n} messages dropped, Redis is not keeping up",
                          n=self._dropped)
 
+    def publish_unheard(self, channel: bytes, message: bytes,
+                        unheard: Callable[[Failure | None], None]) -> None:
+        """Publish a message someone must hear (a call for another node):
+        C{unheard} is called, on the reactor, with None if no subscriber got
+        it, or with the failure if it could not be sent; when it was heard,
+        nothing wakes the reactor."""
+        if self._stopping.is_set():
+            unheard(Failure(BusUnavailable("the cluster bus is stopped")))
+        elif not self._take():
+            unheard(Failure(BusUnavailable(
+                "the cluster bus is overloaded (Redis is not keeping up)")))
+        else:
+            self._add((_PUBLISH, channel, message, _Unheard(unheard)))
+
     def call(self, fn: Callable[[redis.Redis], Any]) -> Deferred[Any]:
         """Run C{fn(client)} on the command thread, after what is queued."""
         return self._submit((_CALL, fn))
@@ -212,8 +226,10 @@ class RedisBus:
                         break
                 with self._backlog_lock:
                     self._backlog -= len(batch)
-                results = self._run_batch(client, batch)
-                if any(d is not None for d, _ in results):
+                results = [(d, result) for d, result in self._run_batch(client, batch)
+                           if d is not None and (not isinstance(d, _Unheard)
+                                                 or isinstance(result, Failure) or not result)]
+                if results:
                     self._reactor.callFromThread(_deliver, results)
         finally:
             client.close()
@@ -303,11 +319,24 @@ class RedisBus:
                     pass
 
 
-def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
+class _Unheard:
+    """What to call when a message of L{RedisBus.publish_unheard} was not
+    heard."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Failure | None], None]) -> None:
+        self.fn = fn
+
+
+def _deliver(results: list[tuple[Any, Any]]) -> None:
     for d, result in results:
-        if d is None:
-            continue  # a live notification: nothing waits for it
-        if isinstance(result, Failure):
+        if isinstance(d, _Unheard):
+            try:
+                d.fn(result if isinstance(result, Failure) else None)
+            except Exception:
+                log.failure("cluster bus: a message not heard")
+        elif isinstance(result, Failure):
             d.errback(result)
         else:
             d.callback(result)

@@ -460,20 +460,19 @@ class Cluster:
         if announce:
             request["a"] = 1  # the holder tells subscribers once it sent it
         self.calls_sent += 1
-        sent = self.bus.publish(self.keys.inbox(holder.node), encode(request))
 
-        def delivered(receivers: int) -> None:
-            if not receivers:
+        def unheard(failure: Failure | None) -> None:
+            if failure is None:
                 self._fail_call(call_id, Offline(
                     "device %s is offline (its node %s is not listening)"
                     % (device_id, holder.node)))
+            else:
+                self._fail_call(call_id, Offline(
+                    "device %s is held by node %s, which cannot be reached now: %s"
+                    % (device_id, holder.node, failure.getErrorMessage())))
 
-        def not_sent(failure: Failure) -> None:
-            self._fail_call(call_id, Offline(
-                "device %s is held by node %s, which cannot be reached now: %s"
-                % (device_id, holder.node, failure.getErrorMessage())))
-
-        sent.addCallbacks(delivered, not_sent)
+        # Heard (the usual case): nothing more until the answer.
+        self.bus.publish_unheard(self.keys.inbox(holder.node), encode(request), unheard)
         return d
 
     def remote_device(self, device_id: str) -> Deferred[Device | None]:
