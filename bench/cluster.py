@@ -12,7 +12,12 @@ node A, then calls ``Sim.Echo`` on them through REST:
   call crosses Redis to A and back);
 - throughput: C{--concurrency} calls in flight, spread over the devices.
 
-Prints both, and the cross-node / same-node ratios.
+Prints both, and the cross-node / same-node ratios; and, load-independent,
+the CPU time (utime+stime from /proc) each node spent per call of the
+throughput runs, and Redis' own count of commands and of reads from its
+clients' sockets (round trips) per call. Those counts are Redis-wide: on a
+Redis others use too, pass C{--private-redis} (a redis-server of this run,
+on a free port). C{--rounds} alternates same- and cross-node runs.
 
 ``--fanout`` measures the notifications instead, on three nodes: devices
 on A send notifications (``Heartbeat``, published and not stored) as fast
@@ -124,6 +129,44 @@ def drop_cluster(args: argparse.Namespace, name: str, namespace: str, directory:
         client.delete(k)
     client.close()
     shutil.rmtree(directory, ignore_errors=True)
+
+
+class PrivateRedis:
+    """A redis-server of this run alone (no persistence), on a free port."""
+
+    def __init__(self, directory: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", directory],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port).ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("redis-server did not start")
+                time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return "redis://127.0.0.1:%d/0" % self.port
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def redis_counts(url: str) -> tuple[int, int]:
+    """Redis' commands processed and reads from client sockets so far."""
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("stats")
+    finally:
+        client.close()
+    return int(stats["total_commands_processed"]), int(stats.get("total_reads_processed", 0))
 
 
 def cpu_seconds(node: Node) -> float:
@@ -264,23 +307,36 @@ async def latency(pool: Any, node: Node, key: str, devices: list[str], n: int) -
 
 
 async def throughput(pool: Any, node: Node, key: str, devices: list[str], n: int,
-                     concurrency: int) -> float:
+                     concurrency: int, nodes: list[Node], redis_url: str) -> dict[str, Any]:
+    """Calls per second; CPU µs per call of each of C{nodes}; Redis
+    commands and reads (round trips) per call."""
     counter = iter(range(n))
 
     async def worker() -> None:
         for i in counter:
             await call(pool, node, key, devices[i % len(devices)], i)
 
+    cpu = [cpu_seconds(x) for x in nodes]
+    commands, reads = redis_counts(redis_url)
     started = time.perf_counter()
     await defer.gatherResults([Deferred.fromCoroutine(worker()) for _ in range(concurrency)],
                               consumeErrors=True)
-    return n / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    cpu_after = [cpu_seconds(x) for x in nodes]
+    commands_after, reads_after = redis_counts(redis_url)
+    return {"rate": n / elapsed,
+            "cpu_us": [1e6 * (y - x) / n for x, y in zip(cpu, cpu_after)],
+            "commands": (commands_after - commands - 1) / n,  # less our own INFO
+            "reads": (reads_after - reads - 1) / n}
 
 
 async def run(reactor: Any, args: argparse.Namespace) -> None:
     directory = tempfile.mkdtemp(prefix="dashd-bench-cluster-")
     name = "dashd_bench_%s" % secrets.token_hex(4)
     namespace = "dashdbench-%s" % secrets.token_hex(4)
+    private = PrivateRedis(directory) if args.private_redis else None
+    if private is not None:
+        args.redis = private.url
     with psycopg.connect(args.postgres, autocommit=True) as conn:
         conn.execute("CREATE DATABASE %s" % name)
     store_url = urlunsplit(urlsplit(args.postgres)._replace(path="/" + name))
@@ -317,27 +373,43 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         await latency(pool, a, key, devices, 50)
         await latency(pool, b, key, devices, 50)
 
-        results = {}
-        for label, node in (("same-node (via A)", a), ("cross-node (via B)", b)):
-            times = await latency(pool, node, key, devices, args.calls // 4)
-            rate = await throughput(pool, node, key, devices, args.calls, args.concurrency)
-            results[label] = (times, rate)
-
         print("cluster RPC benchmark: %d devices on node A, Sim.Echo through REST"
               % args.devices)
-        print("%-20s %9s %9s %9s %12s" % ("", "p50 ms", "p90 ms", "p99 ms", "calls/s"))
-        for label, (times, rate) in results.items():
-            print("%-20s %9.2f %9.2f %9.2f %12.0f" % (
-                label, 1000 * statistics.median(times), 1000 * percentile(times, 90),
-                1000 * percentile(times, 99), rate))
-        (same_t, same_r), (cross_t, cross_r) = results.values()
-        print("cross/same latency ratio (p50): %.2f" %
-              (statistics.median(cross_t) / statistics.median(same_t)))
-        print("cross/same throughput ratio (concurrency %d): %.2f" %
-              (args.concurrency, cross_r / same_r))
+        print("%-20s %9s %9s %9s %12s %16s %14s %12s" % (
+            "", "p50 ms", "p90 ms", "p99 ms", "calls/s", "CPU µs/call A/B", "Redis cmd/call",
+            "round trips"))
+        rows: dict[str, list[tuple[list[float], dict[str, Any]]]] = {}
+        for _ in range(args.rounds):
+            for label, node in (("same-node (via A)", a), ("cross-node (via B)", b)):
+                load = os.getloadavg()[0]
+                times = await latency(pool, node, key, devices, args.calls // 4)
+                r = await throughput(pool, node, key, devices, args.calls, args.concurrency,
+                                     [a, b], args.redis)
+                r["load"] = load
+                rows.setdefault(label, []).append((times, r))
+                print("%-20s %9.2f %9.2f %9.2f %12.0f %16s %14.2f %12.2f   (load %.2f)" % (
+                    label, 1000 * statistics.median(times), 1000 * percentile(times, 90),
+                    1000 * percentile(times, 99), r["rate"],
+                    "%.0f / %.0f" % tuple(r["cpu_us"]), r["commands"], r["reads"], load),
+                    flush=True)
+        same, cross = rows["same-node (via A)"], rows["cross-node (via B)"]
+        for k, ((same_t, same_r), (cross_t, cross_r)) in enumerate(zip(same, cross)):
+            print("round %d: cross/same p50 latency %.2f, throughput %.2f (concurrency %d); "
+                  "CPU per call A+B %.0f µs cross against %.0f same (%.2fx)" % (
+                      k + 1, statistics.median(cross_t) / statistics.median(same_t),
+                      cross_r["rate"] / same_r["rate"], args.concurrency,
+                      sum(cross_r["cpu_us"]), sum(same_r["cpu_us"]),
+                      sum(cross_r["cpu_us"]) / sum(same_r["cpu_us"])))
+        # The best round of each (the least disturbed by the machine's others).
+        same_t, same_r = max(same, key=lambda x: x[1]["rate"])
+        cross_t, cross_r = max(cross, key=lambda x: x[1]["rate"])
         print("bench.cluster rpc: cross/same p50 latency %.2f, throughput %.2f (%d devices, "
-              "concurrency %d)" % (statistics.median(cross_t) / statistics.median(same_t),
-                                   cross_r / same_r, args.devices, args.concurrency))
+              "concurrency %d, load %.2f); CPU µs per call cross A %.0f B %.0f, same A %.0f; "
+              "Redis commands / round trips per cross call %.2f / %.2f" % (
+                  statistics.median(cross_t) / statistics.median(same_t),
+                  cross_r["rate"] / same_r["rate"], args.devices, args.concurrency,
+                  os.getloadavg()[0], cross_r["cpu_us"][0], cross_r["cpu_us"][1],
+                  same_r["cpu_us"][0], cross_r["commands"], cross_r["reads"]))
         await pool.closeCachedConnections()
     finally:
         for sim in sims:
@@ -345,6 +417,8 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
         b.stop()
         a.stop()
         drop_cluster(args, name, namespace, directory)
+        if private is not None:
+            private.stop()
 
 
 def main() -> None:
@@ -360,8 +434,14 @@ def main() -> None:
                         help="measure notifications fanned out over three nodes instead")
     parser.add_argument("--events", type=int, default=2000,
                         help="notifications each device sends (--fanout)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of --fanout")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds (default 1, or 2 with --fanout)")
+    parser.add_argument("--private-redis", action="store_true",
+                        help="run a redis-server of this run (so that Redis' counts are "
+                             "this run's alone)")
     args = parser.parse_args()
+    if args.rounds is None:
+        args.rounds = 2 if args.fanout else 1
     job = fanout if args.fanout else run
     task.react(lambda reactor: Deferred.fromCoroutine(job(reactor, args)))
 

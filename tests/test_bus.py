@@ -54,6 +54,32 @@ async def test_publish_subscribe_and_commands_in_order():
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_message_someone_must_hear_tells_only_when_nobody_did():
+    backends.check_redis()
+    ns = backends.redis_namespace().encode()
+    received: list = []
+    states: list = []
+    bus = make_bus(backends.REDIS_URL, [ns + b":a"], received, states)
+    bus.start()
+    try:
+        await eventually(lambda: states == ["up"])
+        unheard: list = []
+        bus.publish_unheard(ns + b":a", b"heard", unheard.append)
+        bus.publish_unheard(ns + b":nobody", b"lost", unheard.append)
+        await eventually(lambda: unheard)
+        await eventually(lambda: received)
+        # Behind a command queued after them: both publishes have run.
+        await within(bus.call(lambda c: c.ping()))
+        assert unheard == [None]
+        assert [data for _, data in received] == [b"heard"]
+    finally:
+        await within(bus.stop())
+    late: list = []
+    bus.publish_unheard(ns + b":a", b"late", late.append)
+    assert len(late) == 1 and late[0].check(BusUnavailable)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_missing_redis_fails_fast_and_clearly():
     port = backends.free_port()  # nothing listens there
     received: list = []
@@ -66,6 +92,10 @@ async def test_a_missing_redis_fails_fast_and_clearly():
             await within(bus.publish(b"x", b"y"), 5)
         with pytest.raises(BusUnavailable):
             await within(bus.call(lambda c: c.get("k")), 5)
+        unheard: list = []
+        bus.publish_unheard(b"x", b"y", unheard.append)
+        await eventually(lambda: unheard, 5)
+        assert unheard[0].check(BusUnavailable)
         assert time.monotonic() - started < 4
         # Live notifications are dropped, never queued without bound.
         for _ in range(100):

@@ -481,3 +481,48 @@ async def test_stored_data_is_pulled_by_the_node_holding_the_device(cluster, a, 
 
 async def check_len(read, n: int) -> bool:
     return len(await read()) >= n
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_through_another_node_sees_a_change_of_sharing_made_anywhere(
+        cluster, a, b):
+    """The node a call comes through keeps the record of a device held
+    elsewhere (no store read a call): a change of its sharing, made on
+    either node, reaches the calls at once."""
+    reply = await a.post("/api/v2/accounts", {"name": "sharer"})
+    assert reply.status in (200, 201), reply
+    owner_key = reply.body["admin_key"]["key"]
+    reply = await a.post("/api/v2/accounts", {"name": "shared-to"})
+    assert reply.status in (200, 201), reply
+    guest_key, guest_id = reply.body["admin_key"]["key"], reply.body["id"]
+    SECRETS.update((owner_key, guest_key))
+    owner = Client(cluster.nodes[0], owner_key)
+    guest_b = Client(cluster.nodes[1], guest_key)
+    device_id, token = await owner.register("shared-held-by-a")
+    sim = await connect_device(cluster.nodes[0], token)
+    try:
+        await device_online(Client(cluster.nodes[1], owner_key), device_id)
+        assert (await guest_b.post(rpc(device_id, "Sim.Echo"), {"i": 0})).status == 404
+        for where, node in (("the holding node", 0), ("the calling node", 1)):
+            changer = Client(cluster.nodes[node], owner_key)
+            reply = await changer.post("/api/v2/devices/" + device_id, {"shared_with": guest_id})
+            assert reply.status == 200, reply
+            # Calls through B read the record, and keep it.
+            await eventually(lambda: _status(guest_b, device_id, 200), 5)
+            for i in range(3):
+                echo = await guest_b.post(rpc(device_id, "Sim.Echo"), {"i": i})
+                assert (echo.status, echo.body) == (200, {"i": i}), where
+            reply = await changer.post("/api/v2/devices/" + device_id, {"shared_with": ""})
+            assert reply.status == 200, reply
+            if node == 1:
+                # Made on B itself: at once.
+                assert (await guest_b.post(rpc(device_id, "Sim.Echo"), {})).status == 404
+            else:
+                # Made on A: once B hears of it.
+                await eventually(lambda: _status(guest_b, device_id, 404), 5)
+    finally:
+        await sim.stop()
+
+
+async def _status(client: Client, device_id: str, status: int) -> bool:
+    return (await client.post(rpc(device_id, "Sim.Echo"), {})).status == status

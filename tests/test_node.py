@@ -120,6 +120,11 @@ class FakeBus:
     def publish_nowait(self, channel: bytes, message: bytes) -> None:
         self.published.append((channel, json.loads(message)))
 
+    def publish_unheard(self, channel: bytes, message: bytes, unheard: Any) -> None:
+        self.published.append((channel, json.loads(message)))
+        if not self.receivers:
+            unheard(None)
+
     def call(self, fn: Any) -> Deferred[Any]:
         try:
             return succeed(fn(self.redis))
@@ -377,3 +382,79 @@ def test_the_node_a_rest_call_came_to_does_not_announce_a_call_it_passes_on(worl
     assert not [e for e in events if e.name.startswith("rpc.in.")]
     node.bus.hear({"t": "res", "r": call_sent(node)["r"], "v": {"n": 1}})
     assert done(d) == {"n": 1}
+
+
+# Records of devices held elsewhere, kept for calls through this node.
+
+
+def record_read(node, device: Any) -> None:
+    """A call through this node read the device's record from the store."""
+    node.router.remember(device, node.router.record_mark())
+
+
+def test_the_record_of_a_device_held_elsewhere_is_kept_until_it_changes(world, node):
+    device, _ = world.register()
+    assert node.router.record(device.id) is None
+    held_by(node, device.id)
+    record_read(node, device)
+    assert node.router.record(device.id) == device
+    # A change of the record (made on any node) drops it.
+    node.bus.hear({"t": "dc", "o": "nother", "device": {**device.__dict__,
+                                                       "shared_with": []}})
+    assert node.router.record(device.id) is None
+    record_read(node, device)
+    assert node.router.record(device.id) == device
+    node.bus.hear({"t": "dx", "o": "nother", "id": device.id, "code": 4001, "reason": "x"})
+    assert node.router.record(device.id) is None
+
+
+def test_a_record_read_before_a_change_heard_meanwhile_is_not_kept(world, node):
+    device, _ = world.register()
+    held_by(node, device.id)
+    mark = node.router.record_mark()
+    # The change arrives while the store read is in flight.
+    node.bus.hear({"t": "dc", "o": "nother", "device": {**device.__dict__,
+                                                       "shared_with": []}})
+    node.router.remember(device, mark)
+    assert node.router.record(device.id) is None
+    # A change made here counts too.
+    mark = node.router.record_mark()
+    node.router.device_changed(device)
+    node.router.remember(device, mark)
+    assert node.router.record(device.id) is None
+
+
+def test_a_kept_record_goes_with_its_connection_its_node_or_redis(world, node):
+    device, _ = world.register()
+    held_by(node, device.id)
+    record_read(node, device)
+    # Another connection of the device (here on a third node).
+    node.bus.hear({"t": "hb", "o": "third"})
+    node.bus.hear({"t": "at", "id": device.id, "n": "third", "c": "third.1", "s": 2})
+    assert node.router.record(device.id) is None
+    record_read(node, device)
+    assert node.router.record(device.id) == device
+    # Its node says goodbye.
+    node.bus.hear({"t": "bye", "o": "third"})
+    assert node.router.record(device.id) is None
+    # Redis lost: changes may have been missed.
+    held_by(node, device.id, seq=3)
+    record_read(node, device)
+    assert node.router.record(device.id) == device
+    node.bus.connected = False
+    node._disconnected("gone")
+    assert node.router.record(device.id) is None
+    record_read(node, device)
+    assert node.router.record(device.id) is None
+    # Back: the resync starts afresh.
+    node.bus.connected = True
+    node._connected()
+    held_by(node, device.id, seq=4)
+    record_read(node, device)
+    assert node.router.record(device.id) == device
+
+
+def test_no_record_is_kept_of_a_device_offline_or_held_here(world, node):
+    device, _ = world.register()
+    record_read(node, device)  # offline
+    assert node.router.record(device.id) is None

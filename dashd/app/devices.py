@@ -55,10 +55,14 @@ class Devices:
         """
         The device, if C{by} may see it. C{live}: the caller needs only who
         may see it (not its shadow), so an online device's record may come
-        from its connection instead of a store read.
+        from its connection instead of a store read (or, in a cluster, be
+        the record read lately of a device held by another node, kept until
+        it changes: L{dashd.cluster.node.Cluster.remember}).
         """
-        device = self._fleet.router.device(device_id) if live else None
+        router = self._fleet.router
+        device = router.record(device_id) if live else None
         if device is None:
+            mark = router.record_mark()
             try:
                 device = await self._store.get_device(device_id)
             except StoreUnreachable as unreachable:
@@ -74,6 +78,9 @@ class Devices:
                     raise unreachable
             else:
                 if live and device is not None:
+                    # Held by another node: the cluster's router keeps it
+                    # until it changes (no store read for the next calls).
+                    router.remember(device, mark)
                     self._recent[device_id] = device
                     self._recent.move_to_end(device_id)
                     if len(self._recent) > RECENT_DEVICES:

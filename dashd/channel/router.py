@@ -77,6 +77,19 @@ class IRouter(Interface):
         through device_changed), or None: lets a caller that needs only who
         may see the device skip a store read."""
 
+    def record_mark():
+        """A mark to take before reading a device's record from the store,
+        for L{remember}."""
+
+    def remember(device, mark):
+        """The record of an online device, read from the store after
+        C{mark}: a router that can tell when it changes may keep it for
+        L{record} (a cluster keeps those of devices held elsewhere)."""
+
+    def record(device_id):
+        """The record of an online device known to be current here without
+        a store read (L{device}'s, or one L{remember} kept), or None."""
+
     def online_count():
         """How many devices hold a live connection."""
 
@@ -154,6 +167,15 @@ class LocalRouter:
         if session is None or session.closing:
             return None
         return session.device
+
+    def record_mark(self) -> int:
+        return 0
+
+    def remember(self, device: Device, mark: int) -> None:
+        pass  # every device online is held here
+
+    def record(self, device_id: str) -> Device | None:
+        return self.device(device_id)
 
     def call(self, device_id: str, method: str, params: Any, timeout: float,
              announce: bool = False) -> Deferred[Any]:

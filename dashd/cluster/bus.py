@@ -3,12 +3,16 @@ The nodes' bus: one Redis, reached through redis-py on two threads of
 its own, never from the reactor thread.
 
 - The I{command thread} runs, in the order they were submitted, the
-  commands the node sends (publishes, presence scripts, heartbeats). It
-  takes every job that is waiting and sends consecutive publishes in one
-  pipeline, one round trip for many messages. Its queue is bounded: when
-  Redis is slow or gone, publishes beyond it are dropped (they are live
-  notifications and calls, never something acknowledged) and commands fail
-  at once with L{BusUnavailable}.
+  commands the node sends (publishes, presence scripts, heartbeats). The
+  jobs of one reactor turn are handed to it together, at the end of the
+  turn (one wake-up of the thread, not one a message), and it takes every
+  job that is waiting and sends consecutive publishes in one pipeline, one
+  round trip for many messages; it wakes the reactor with the results only
+  when something waits for them (a live notification's publish has no
+  result to give). Its backlog is bounded: when Redis is slow or gone,
+  publishes beyond it are dropped (they are live notifications and calls,
+  never something acknowledged) and commands fail at once with
+  L{BusUnavailable}.
 - The I{reader thread} holds the subscription (the broadcast channel and
   the node's own channel) and hands what arrives to the reactor in batches.
   When the connection breaks, or stays silent longer than C{stale_after}
@@ -80,8 +84,16 @@ class RedisBus:
         self._on_disconnected = on_disconnected
         self._timeout = timeout
         self._stale_after = stale_after
-        self._queue: queue.Queue[Any] = queue.Queue(queue_size)
+        # Lists of jobs, one a reactor turn (or of batch_size jobs).
+        self._queue: queue.Queue[list[Any]] = queue.Queue()
+        self._queue_size = queue_size
         self._batch_size = batch_size
+        # Jobs submitted in this reactor turn (reactor thread only)...
+        self._turn: list[Any] = []
+        # ...and jobs submitted that the command thread has not taken yet
+        # (both threads, under the lock): at most queue_size.
+        self._backlog = 0
+        self._backlog_lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._dropped = 0
@@ -114,6 +126,7 @@ class RedisBus:
     def stop(self) -> Deferred[None]:
         """Take no more work; send what is queued (each command bounded by the
         timeout), then stop both threads."""
+        self._hand_over()
         self._stopping.set()
         d: Deferred[None] = Deferred()
 
@@ -136,15 +149,29 @@ class RedisBus:
         the bus cannot take it now."""
         if self._stopping.is_set():
             return
-        try:
-            self._queue.put_nowait((_PUBLISH, channel, message, None))
-        except queue.Full:
+        if self._take():
+            self._add((_PUBLISH, channel, message, None))
+        else:
             self._dropped += 1
             now = time.monotonic()
             if now - self._drop_logged > 10:
                 self._drop_logged = now
                 log.warn("cluster bus: {n} messages dropped, Redis is not keeping up",
                          n=self._dropped)
+
+    def publish_unheard(self, channel: bytes, message: bytes,
+                        unheard: Callable[[Failure | None], None]) -> None:
+        """Publish a message someone must hear (a call for another node):
+        C{unheard} is called, on the reactor, with None if no subscriber got
+        it, or with the failure if it could not be sent; when it was heard,
+        nothing wakes the reactor."""
+        if self._stopping.is_set():
+            unheard(Failure(BusUnavailable("the cluster bus is stopped")))
+        elif not self._take():
+            unheard(Failure(BusUnavailable(
+                "the cluster bus is overloaded (Redis is not keeping up)")))
+        else:
+            self._add((_PUBLISH, channel, message, _Unheard(unheard)))
 
     def call(self, fn: Callable[[redis.Redis], Any]) -> Deferred[Any]:
         """Run C{fn(client)} on the command thread, after what is queued."""
@@ -153,12 +180,32 @@ class RedisBus:
     def _submit(self, job: tuple[Any, ...]) -> Deferred[Any]:
         if self._stopping.is_set():
             return fail(BusUnavailable("the cluster bus is stopped"))
-        d: Deferred[Any] = Deferred()
-        try:
-            self._queue.put_nowait(job + (d,))
-        except queue.Full:
+        if not self._take():
             return fail(BusUnavailable("the cluster bus is overloaded (Redis is not keeping up)"))
+        d: Deferred[Any] = Deferred()
+        self._add(job + (d,))
         return d
+
+    def _take(self) -> bool:
+        """Count one more job in the backlog, if there is room."""
+        with self._backlog_lock:
+            if self._backlog >= self._queue_size:
+                return False
+            self._backlog += 1
+            return True
+
+    def _add(self, job: tuple[Any, ...]) -> None:
+        if not self._turn:
+            self._reactor.callLater(0, self._hand_over)
+        self._turn.append(job)
+        if len(self._turn) >= self._batch_size:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the command thread the jobs of this turn."""
+        if self._turn:
+            jobs, self._turn = self._turn, []
+            self._queue.put_nowait(jobs)
 
     # The command thread
 
@@ -167,19 +214,23 @@ class RedisBus:
         try:
             while True:
                 try:
-                    item = self._queue.get(timeout=0.2)
+                    batch = self._queue.get(timeout=0.2)
                 except queue.Empty:
                     if self._stopping.is_set():
                         return  # stopping, and everything queued is sent
                     continue
-                batch = [item]
                 while len(batch) < self._batch_size:
                     try:
-                        batch.append(self._queue.get_nowait())
+                        batch.extend(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                results = self._run_batch(client, batch)
-                self._reactor.callFromThread(_deliver, results)
+                with self._backlog_lock:
+                    self._backlog -= len(batch)
+                results = [(d, result) for d, result in self._run_batch(client, batch)
+                           if d is not None and (not isinstance(d, _Unheard)
+                                                 or isinstance(result, Failure) or not result)]
+                if results:
+                    self._reactor.callFromThread(_deliver, results)
         finally:
             client.close()
 
@@ -268,11 +319,24 @@ class RedisBus:
                     pass
 
 
-def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
+class _Unheard:
+    """What to call when a message of L{RedisBus.publish_unheard} was not
+    heard."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Failure | None], None]) -> None:
+        self.fn = fn
+
+
+def _deliver(results: list[tuple[Any, Any]]) -> None:
     for d, result in results:
-        if d is None:
-            continue  # a live notification: nothing waits for it
-        if isinstance(result, Failure):
+        if isinstance(d, _Unheard):
+            try:
+                d.fn(result if isinstance(result, Failure) else None)
+            except Exception:
+                log.failure("cluster bus: a message not heard")
+        elif isinstance(result, Failure):
             d.errback(result)
         else:
             d.callback(result)

@@ -57,6 +57,9 @@ CALL_GRACE = 2.0
 MAX_REMOTE_CALLS = 10000
 # Devices of a dead node whose offline events are published at once.
 REAP_CONCURRENCY = 8
+# Records of devices held by other nodes kept for calls through this one
+# (see Cluster.remember); changes noted to judge reads in flight.
+MAX_RECORDS = 10000
 
 
 
@@ -179,6 +182,16 @@ class Cluster:
         # Which nodes want which events (dashd.cluster.interest).
         self.interest = Interest(self, bool(config["cluster.route_events"]))
         self._script_objects: dict[str, Any] = {}
+        # The records of devices held by other nodes that calls through here
+        # read (who may see and call them), with the connection holding the
+        # device then; a change of the record (dc), a new connection, or a
+        # loss of Redis (changes may have been missed) drops one. Changes
+        # are numbered, so that a record read before a change heard of
+        # meanwhile is not kept (see remember).
+        self._records: dict[str, tuple[str, Device]] = {}
+        self._record_marks = itertools.count(1)
+        self._record_changed: dict[str, int] = {}
+        self._record_floor = 0
         # Presence scripts asked in this reactor turn (see _presence_write).
         self._presence_batch: list[tuple[str, list[str], list[Any], Deferred[Any]]] = []
 
@@ -378,6 +391,54 @@ class Cluster:
         entry = self._local.get(device_id)
         return entry.session if entry is not None else None
 
+    # Records of devices held elsewhere, for calls through this node
+
+    def record_mark(self) -> int:
+        return next(self._record_marks)
+
+    def remember(self, device: Device, mark: int) -> None:
+        """Keep the record of a device another node holds, read from the
+        store after C{mark}, unless a change of it was heard of since (or
+        Redis was lost): it is then as current as the record the holding
+        node's connection keeps, which the changes reach the same way."""
+        device_id = device.id
+        if (device_id in self._local or mark <= self._record_floor
+                or self._record_changed.get(device_id, 0) > mark or not self.bus.connected):
+            return
+        holder = self.presence.holder(device_id)
+        if holder is None or holder.node == self.node_id:
+            return
+        if len(self._records) >= MAX_RECORDS and device_id not in self._records:
+            del self._records[next(iter(self._records))]
+        self._records[device_id] = (holder.conn, device)
+
+    def record(self, device_id: str) -> Device | None:
+        """The current record of an online device, without a store read:
+        its session's here, or the one kept of a device held elsewhere
+        while the same connection holds it."""
+        session = self.local_session(device_id)
+        if session is not None:
+            return None if session.closing else session.device
+        kept = self._records.get(device_id)
+        if kept is None:
+            return None
+        holder = self.presence.holder(device_id)
+        if holder is None or holder.conn != kept[0] or not self.bus.connected:
+            del self._records[device_id]
+            return None
+        return kept[1]
+
+    def _record_changes(self, device_id: str) -> None:
+        self._records.pop(device_id, None)
+        if len(self._record_changed) >= MAX_RECORDS:
+            self._forget_records()
+        self._record_changed[device_id] = next(self._record_marks)
+
+    def _forget_records(self) -> None:
+        self._records.clear()
+        self._record_changed.clear()
+        self._record_floor = next(self._record_marks)
+
     # Calls to devices, wherever they are
 
     def call(self, device_id: str, method: str, params: Any, timeout: float,
@@ -399,20 +460,19 @@ class Cluster:
         if announce:
             request["a"] = 1  # the holder tells subscribers once it sent it
         self.calls_sent += 1
-        sent = self.bus.publish(self.keys.inbox(holder.node), encode(request))
 
-        def delivered(receivers: int) -> None:
-            if not receivers:
+        def unheard(failure: Failure | None) -> None:
+            if failure is None:
                 self._fail_call(call_id, Offline(
                     "device %s is offline (its node %s is not listening)"
                     % (device_id, holder.node)))
+            else:
+                self._fail_call(call_id, Offline(
+                    "device %s is held by node %s, which cannot be reached now: %s"
+                    % (device_id, holder.node, failure.getErrorMessage())))
 
-        def not_sent(failure: Failure) -> None:
-            self._fail_call(call_id, Offline(
-                "device %s is held by node %s, which cannot be reached now: %s"
-                % (device_id, holder.node, failure.getErrorMessage())))
-
-        sent.addCallbacks(delivered, not_sent)
+        # Heard (the usual case): nothing more until the answer.
+        self.bus.publish_unheard(self.keys.inbox(holder.node), encode(request), unheard)
         return d
 
     def remote_device(self, device_id: str) -> Deferred[Device | None]:
@@ -556,12 +616,14 @@ class Cluster:
         self._broadcast({"t": "ds", "id": device_id, "doc": document})
 
     def device_changed(self, device: Device) -> None:
+        self._record_changes(device.id)
         session = self.local_session(device.id)
         if session is not None:
             session.device_changed(device)
         self._broadcast({"t": "dc", "device": asdict(device)})
 
     def disconnect(self, device_id: str, code: int, reason: str) -> None:
+        self._record_changes(device_id)
         session = self.local_session(device_id)
         if session is not None:
             session.disconnect(code, reason)
@@ -630,10 +692,12 @@ class Cluster:
             self._calls_queued_here(str(message["id"]))
         elif kind == "dc":
             device = device_from(message["device"])
+            self._record_changes(device.id)
             session = self.local_session(device.id)
             if session is not None:
                 session.device_changed(device)
         elif kind == "dx":
+            self._record_changes(str(message["id"]))
             session = self.local_session(str(message["id"]))
             if session is not None:
                 session.disconnect(int(message["code"]), str(message["reason"]))
@@ -652,6 +716,7 @@ class Cluster:
         device_id, node, conn, seq = (str(message["id"]), str(message["n"]),
                                       str(message["c"]), int(message["s"]))
         self.presence.apply(kind, device_id, node, conn, seq)
+        self._records.pop(device_id, None)
         if kind != "at" or node == self.node_id:
             return
         entry = self._local.get(device_id)
@@ -669,10 +734,12 @@ class Cluster:
         log.info("cluster node {node}: subscribed to Redis at {url}", node=self.node_id,
                  url=redact(self.config["cluster.redis_url"]))
         self._bus_down_logged = False
+        self._forget_records()
         self._resync()
 
     def _disconnected(self, why: str) -> None:
         self.redis_losses += 1
+        self._forget_records()
         log.warn("cluster node {node}: lost Redis ({why}); devices held elsewhere show "
                  "offline until it is back", node=self.node_id, why=why)
 
@@ -912,6 +979,15 @@ class ClusterRouter:
 
     def online_ids(self) -> list[str]:
         return self._cluster.online_ids()
+
+    def record_mark(self) -> int:
+        return self._cluster.record_mark()
+
+    def remember(self, device: Device, mark: int) -> None:
+        self._cluster.remember(device, mark)
+
+    def record(self, device_id: str) -> Device | None:
+        return self._cluster.record(device_id)
 
     def device(self, device_id: str) -> Device | None:
         # Only a session held here is known to be current (device_changed
