@@ -57,6 +57,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -271,6 +272,9 @@ def run(args: argparse.Namespace) -> None:
                                              Counter())) or "none"))
         if recording is not None:
             print(summarise(recording.path, 40))
+            kept = os.path.abspath(args.profile_file or "failover-profile-b-%d.txt" % n)
+            shutil.copyfile(recording.path, kept)
+            print("(the raw profile: %s; python -m bench.profile FILE)" % kept)
     finally:
         if attaches is not None:
             attaches.stop()
@@ -306,7 +310,10 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--twistd", help="the nodes' twistd (another tree's venv) [this one's]")
     parser.add_argument("--profile", action="store_true",
-                        help="record node B with py-spy from the kill until all are usable")
+                        help="record node B with py-spy from the kill until all are usable "
+                        "(DASHD_PROFILE_GIL=1: only samples holding the GIL, i.e. B's CPU)")
+    parser.add_argument("--profile-file", help="where to keep the raw profile "
+                        "[failover-profile-b-DEVICES.txt]")
     args = parser.parse_args()
     args.redial = tuple(float(x) for x in args.redial.split(","))
     if args.devices / args.workers > 19000:
