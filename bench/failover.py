@@ -41,8 +41,9 @@ view: the time B's ``dashd_cluster_devices_online`` says all are online
 
 Load-independent figures: node B's CPU time (utime + stime from /proc)
 from the SIGKILL until every device is usable, per reconnecting device
-(and 3 s later, to include what trails), and PostgreSQL transactions per
-device (pg_stat_database, read 11 s after, when the backends have
+(and 3 s later, to include what trails), the CPU time of the PostgreSQL
+backends serving the run's database (from /proc, same window with the 3 s),
+and PostgreSQL transactions per device (pg_stat_database, read 11 s after, when the backends have
 reported). The wall-clock figures depend on the machine's load: say it
 (the load average is printed).
 
@@ -126,6 +127,24 @@ class Attaches(threading.Thread):
         self.client.close()
 
 
+def backend_cpu(database: str) -> dict[int, float]:
+    """CPU seconds (utime + stime) of each PostgreSQL backend serving
+    C{database} on this machine (its process title names the database)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                title = f.read()
+            if not title.startswith(b"postgres: ") or (" %s " % database).encode() not in title:
+                continue
+            found[int(entry)] = cpu_seconds(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -203,6 +222,7 @@ def run(args: argparse.Namespace) -> None:
         time.sleep(0.2)  # (the workers have read the command)
         attaches.armed = True
         cpu0 = cpu_seconds(b.proc.pid)
+        pg0 = backend_cpu(name)
         killed = time.monotonic()
         a.proc.send_signal(signal.SIGKILL)
         results = [w.receive(args.timeout + 60) for w in workers]
@@ -218,6 +238,7 @@ def run(args: argparse.Namespace) -> None:
             recording.stop()
         time.sleep(max(0.0, done_at + 3 - time.monotonic()))
         cpu_settled = cpu_seconds(b.proc.pid)
+        pg_cpu = sum(t - pg0.get(pid, 0.0) for pid, t in backend_cpu(name).items())
         load_after = loadavg()
         time.sleep(11)
         commits = _commits(args.postgres, name) - commits
@@ -265,6 +286,8 @@ def run(args: argparse.Namespace) -> None:
               " B idle before: %.3f cores"
               % ((cpu_done - cpu0) / n * 1000, cpu_done - cpu0,
                  (cpu_settled - cpu0) / n * 1000, idle_cores))
+        print("  PostgreSQL backends' CPU (this database): %.1f ms a device, from the kill until"
+              " 3 s after all usable" % (pg_cpu / n * 1000))
         print("  PostgreSQL transactions: %d (%.2f a device); device redials beyond the first:"
               " %d, refusals %s" % (commits, commits / n,
                                     sum(r["retries"] for r in results) - len(dropped),
