@@ -31,6 +31,7 @@ helpers below) and return C{self._run(job)}; nothing else changes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -1220,20 +1221,23 @@ def _unchanged_firmware(
         if not all(k in query.INDEXED_INFO and isinstance(v, str) and "\x00" not in v
                    for k, v in ota.items()):
             return None
+    return (_unchanged_statement(tuple(firmware), tuple(ota)),
+            tuple(firmware.values()) + tuple(ota.values()))
+
+
+@functools.lru_cache(maxsize=64)
+def _unchanged_statement(info_keys: tuple[str, ...], ota_keys: tuple[str, ...]) -> str:
     # (The keys are dashd's own names, written into the statement.)
-    conditions, params = [], []
-    for k, v in firmware.items():
+    conditions = []
+    for k in info_keys:
         conditions.append("json_typeof(info -> '%s') = 'string' AND info ->> '%s' = %%s"
                           % (k, k))
-        params.append(v)
-    for k, v in ota.items():
+    for k in ota_keys:
         path = "'{state,reported,ota,%s}'" % k
         conditions.append("json_typeof(shadow #> %s) = 'string' AND shadow #>> %s = %%s"
                           % (path, path))
-        params.append(v)
-    sql = ("UPDATE devices SET info = %%s, last_seen = %%s WHERE id = %%s AND %s RETURNING %s"
-           % (" AND ".join(conditions), _ONE_DEVICE_COLUMNS))
-    return sql, tuple(params)
+    return ("UPDATE devices SET info = %%s, last_seen = %%s WHERE id = %%s AND %s RETURNING %s"
+            % (" AND ".join(conditions), _ONE_DEVICE_COLUMNS))
 
 
 def _refused(error: psycopg.DataError) -> StoreError:
