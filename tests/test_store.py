@@ -105,6 +105,25 @@ async def test_devices_keys_and_sharing(store):
     assert await store.delete_key("knope", account.id, now=0.0) is False
 
 
+@pytest_twisted.ensureDeferred
+async def test_credentials_asked_together(store):
+    """Credentials asked in one turn (read with one statement on
+    PostgreSQL): each gets its own, the same device twice both, an unknown
+    or impossible ID None; a token change is seen once committed."""
+    account, _, device = await _account_and_device(store)
+    other = Device(tokens.new_id("d"), account.id, "other", 3.0)
+    await store.create_device(other, "o" * 64)
+    asked = [device.id, other.id, "dnosuchdevice", device.id, "d\x00"]
+    found = await gatherResults([store.device_credentials(i) for i in asked])
+    assert [f and (f[0].id, f[1]) for f in found] == [
+        (device.id, "t" * 64), (other.id, "o" * 64), None, (device.id, "t" * 64), None]
+    assert found[0][0] == device
+    assert await store.set_device_token(other.id, "n" * 64) is True
+    assert (await store.device_credentials(other.id))[1] == "n" * 64
+    assert await store.delete_device(other.id) is True
+    assert await store.device_credentials(other.id) is None
+
+
 class TracedSQLite:
     """A SQLite store whose connections report every statement they run
     (sqlite3's trace callback), to count the writer's transactions; and a
