@@ -6,7 +6,8 @@ other node, and what their return costs that node.
 
     options: --workers 4 (device processes) --addresses 4 (source addresses
     127.0.0.2... each) --redial 0.1,1.0 (seconds) --sample 200 (devices
-    called through B) --node-timeout 2 --profile (py-spy on B)
+    called through B) --node-timeout 2 --profile (py-spy on B; with
+    DASHD_PROFILE_GIL=1 only samples holding the GIL: B's CPU)
     --twistd /work/main/.venv/bin/twistd (run the nodes from another tree,
     e.g. main, to compare; the load generator stays this tree's)
 
@@ -43,8 +44,8 @@ Load-independent figures: node B's CPU time (utime + stime from /proc)
 from the SIGKILL until every device is usable, per reconnecting device
 (and 3 s later, to include what trails), the CPU time of the PostgreSQL
 backends serving the run's database (from /proc, same window with the 3 s),
-and PostgreSQL transactions per device (pg_stat_database, read 11 s after, when the backends have
-reported). The wall-clock figures depend on the machine's load: say it
+and PostgreSQL transactions per device (pg_stat_database, read 11 s after,
+when the backends have reported). The wall-clock figures depend on the machine's load: say it
 (the load average is printed).
 
 The issue-22 target: with 10,000 devices, all usable in under 5 s. A
