@@ -14,6 +14,11 @@ Commands (``{"cmd": NAME, ...}``), each answered by one line when done:
   like firmware would. ``fail_methods`` / ``fail_count``: the first N
   devices of the command answer those methods with an error (a job's
   failing phase).
+  With ``fallback`` (host, port) a device whose open connection drops
+  redials there instead, after a random delay in ``redial`` (like firmware
+  with a second server address); ``failover`` then reports, per device,
+  when its connection dropped, reopened, and had its heartbeat
+  acknowledged, and times calls through the REST API on a sample of them.
 - ``close``: close devices (by position) cleanly.
 - ``shadow``: the first N devices send ``Dash.Shadow.Update`` in a closed
   loop, one outstanding each; counts the acknowledgements.
@@ -110,11 +115,18 @@ class _Factory(protocol.ClientFactory):
         self._failed(reason)
 
 
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
 class Slot:
     """One simulated device across its connection attempts."""
 
     __slots__ = ("index", "token", "bind", "proto", "started", "acked_at", "wanted", "attempts",
-                 "fail_methods")
+                 "fail_methods", "target", "dropped_at", "reopened_at", "back_at")
 
     def __init__(self, index: int, token: str, bind: str | None) -> None:
         self.index = index
@@ -126,6 +138,14 @@ class Slot:
         self.wanted = False
         self.attempts = 0
         self.fail_methods: frozenset[str] = frozenset()
+        # Failing over (cmd_connect's fallback): 0 while on the first
+        # server, 1 once redialling the fallback; when the open connection
+        # dropped, when one to the fallback opened (101), and when that one
+        # had its heartbeat acknowledged.
+        self.target = 0
+        self.dropped_at: float | None = None
+        self.reopened_at: float | None = None
+        self.back_at: float | None = None
 
 
 class Worker:
@@ -140,6 +160,14 @@ class Worker:
         self.retries = 0
         self.refusals: dict[str, int] = {}
         self.lost_open = 0
+        # failover: the second server, the redial delay, the devices whose
+        # heartbeat the fallback has not acknowledged yet, who waits for
+        # that, and the probes (calls through the REST API) of a sample.
+        self.fallback: tuple[str, int] | None = None
+        self.redial = (0.1, 1.0)
+        self._not_back = 0
+        self._back_wait: Deferred[None] | None = None
+        self._probe: dict[str, Any] | None = None
         # shadow
         self.shadow_acked = 0
         self.shadow_errors = 0
@@ -160,14 +188,15 @@ class Worker:
         proto = LeanDevice(slot.index, slot.token, self)
         proto.slot = slot
         proto.fail_methods = slot.fail_methods
+        host, port = (self.host, self.port) if slot.target == 0 else self.fallback  # type: ignore[misc]
         proto.handshake = ws_handshake(
-            "%s:%d" % (self.host, self.port), self.handshake_path, slot.token, "dash.mongoose-os.com"
+            "%s:%d" % (host, port), self.handshake_path, slot.token, "dash.mongoose-os.com"
         )
         slot.proto = proto
         bind = (slot.bind, 0) if slot.bind else None
         connect(
-            self.host,
-            self.port,
+            host,
+            port,
             _Factory(lambda: proto, lambda reason: self._failed(slot, proto, reason)),
             timeout=30,
             bindAddress=bind,
@@ -191,7 +220,9 @@ class Worker:
             self._retry_later(slot)
 
     def device_opened(self, proto: LeanDevice) -> None:
-        pass
+        slot = proto.slot
+        if slot.target == 1 and slot.reopened_at is None:
+            slot.reopened_at = now()
 
     def device_refused(self, proto: LeanDevice, status: int) -> None:
         key = "HTTP %d" % status
@@ -204,12 +235,26 @@ class Worker:
         slot.proto = None
         if was_open:
             self.lost_open += 1
+            if slot.target == 0 and self.fallback is not None and slot.wanted:
+                # Its server is gone: on to the fallback, shortly.
+                slot.target = 1
+                slot.dropped_at = now()
+                self.retries += 1
+                reactor.callLater(random.uniform(*self.redial), self._retry_now, slot)
+                return
         # Like firmware: a device that is wanted keeps trying, whether its
         # connection was refused, cut mid-handshake, or dropped once open.
         self._retry_later(slot)
 
     def device_info_acked(self, proto: LeanDevice, ok: bool) -> None:
         slot = proto.slot
+        if slot.target == 1 and slot.back_at is None:
+            slot.back_at = now()
+            self._not_back -= 1
+            probe = self._probe
+            if probe is not None and slot.index in probe["sample"]:
+                self._probe_call(slot)
+            self._check_back()
         if slot.acked_at is None:
             slot.acked_at = now()
             self._pending_ack -= 1
@@ -220,6 +265,9 @@ class Worker:
     def cmd_connect(self, c: dict[str, Any]) -> Deferred[dict[str, Any]] | dict[str, Any]:
         self.host, self.port = c["host"], c["port"]
         self.handshake_path = c.get("path", "/api/v2/rpc")
+        if c.get("fallback"):
+            self.fallback = (c["fallback"]["host"], c["fallback"]["port"])
+            self.redial = tuple(c.get("redial", self.redial))  # type: ignore[assignment]
         binds = c.get("binds") or [None]
         first = len(self.slots)
         new = [
@@ -292,6 +340,99 @@ class Worker:
             "open": sum(1 for s in self.slots if s.proto is not None and s.proto.is_open),
             "lost_open": self.lost_open,
         }
+
+    # Failing over to the fallback (see cmd_connect)
+
+    def cmd_failover(self, c: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """
+        Sent before the first server is killed. Answers once every device
+        has had its heartbeat acknowledged by the fallback (or after
+        C{timeout} seconds), with each device's times (CLOCK_MONOTONIC, the
+        same in every process here): when its connection dropped, when one
+        to the fallback opened, when its heartbeat was acknowledged there
+        (dashd answers once the device's info is on disk). Meanwhile
+        C{sample} devices, picked at random, each get one call
+        (C{method}, through the fallback's REST API, C{key}) as soon as
+        their heartbeat is acknowledged, retried 50 ms after any answer
+        but 200: when it first succeeded, and the other answers.
+        """
+        for slot in self.slots:
+            slot.target = 0
+            slot.dropped_at = slot.reopened_at = slot.back_at = None
+        self._not_back = len(self.slots)
+        self.retries = 0
+        self.refusals = {}
+        assert self.fallback is not None
+        host, port = self.fallback
+        picked = random.sample(range(len(self.slots)), min(c.get("sample", 0), len(self.slots)))
+        self._probe = {
+            "sample": set(picked),
+            "pool": HttpPool(host, port, c.get("conns", 8), initial=0),
+            "request": lambda device_id: http_request(
+                "POST", "%s:%d" % (host, port),
+                "/api/v2/devices/%s/rpc/%s" % (device_id, c.get("method", "Sim.Echo")),
+                c.get("key"), b'{"ok":1}'),
+            "pending": len(picked),
+            "usable": {},
+            "answers": {},
+            "first_try": {},
+        }
+        d: Deferred[None] = Deferred()
+        self._back_wait = d
+        timer = reactor.callLater(c.get("timeout", 300), self._back_timeout, d)
+
+        def done(_: Any) -> dict[str, Any]:
+            if timer.active():
+                timer.cancel()
+            probe = self._probe
+            assert probe is not None
+            probe["pool"].close()
+            self._probe = None
+            return {
+                "devices": [
+                    [s.token.split("-", 1)[0], s.dropped_at, s.reopened_at, s.back_at]
+                    for s in self.slots
+                ],
+                "usable": probe["usable"],
+                "first_try": probe["first_try"],
+                "answers": probe["answers"],
+                "retries": self.retries,
+                "refusals": self.refusals,
+            }
+
+        return d.addCallback(done)
+
+    def _probe_call(self, slot: Slot) -> None:
+        probe = self._probe
+        assert probe is not None
+        device_id = slot.token.split("-", 1)[0]
+        probe["first_try"].setdefault(device_id, now())
+
+        def answered(status: int, body: bytes) -> None:
+            if self._probe is not probe:
+                return
+            if status == 200 and _json_or_none(body) == {"ok": 1}:
+                probe["usable"][device_id] = now()
+                probe["pending"] -= 1
+                self._check_back()
+                return
+            key = str(status) if status != 200 else "200, other body"
+            probe["answers"][key] = probe["answers"].get(key, 0) + 1
+            reactor.callLater(0.05, self._probe_call, slot)
+
+        probe["pool"].submit(probe["request"](device_id), answered)
+
+    def _check_back(self) -> None:
+        probe = self._probe
+        if self._not_back == 0 and (probe is None or probe["pending"] == 0):
+            d, self._back_wait = self._back_wait, None
+            if d is not None:
+                d.callback(None)
+
+    def _back_timeout(self, d: Deferred[None]) -> None:
+        if self._back_wait is d:
+            self._back_wait = None
+            d.callback(None)
 
     # Shadow updates
 

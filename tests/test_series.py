@@ -162,6 +162,23 @@ async def test_events_keep_the_last_n_per_device_with_stable_offsets(store):
     assert [e["data"] for e in events] == [8] and following == new + 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_events_appended_together_keep_the_last_n(store):
+    """Appends asked together (one transaction on PostgreSQL, where each
+    appends and trims in one statement): the last N of each device stay."""
+    from twisted.internet.defer import gatherResults
+
+    one, two = await _devices(store)
+    offsets = await gatherResults(
+        [store.append_event(d.id, "a", "online", i, 1.0, 3) for i in range(7) for d in (one, two)]
+        + [store.append_event(one.id, "a", "only", 0, 1.0, 1)])
+    events, _ = await store.query_events("a", one.id, 0, 100)
+    assert [e["data"] for e in events] == [0]
+    assert [e["offset"] for e in events] == offsets[-1:]
+    events, _ = await store.query_events("a", two.id, 0, 100)
+    assert [e["data"] for e in events] == [4, 5, 6]
+
+
 # OTA status
 
 

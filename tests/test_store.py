@@ -105,6 +105,25 @@ async def test_devices_keys_and_sharing(store):
     assert await store.delete_key("knope", account.id, now=0.0) is False
 
 
+@pytest_twisted.ensureDeferred
+async def test_credentials_asked_together(store):
+    """Credentials asked in one turn (read with one statement on
+    PostgreSQL): each gets its own, the same device twice both, an unknown
+    or impossible ID None; a token change is seen once committed."""
+    account, _, device = await _account_and_device(store)
+    other = Device(tokens.new_id("d"), account.id, "other", 3.0)
+    await store.create_device(other, "o" * 64)
+    asked = [device.id, other.id, "dnosuchdevice", device.id, "d\x00"]
+    found = await gatherResults([store.device_credentials(i) for i in asked])
+    assert [f and (f[0].id, f[1]) for f in found] == [
+        (device.id, "t" * 64), (other.id, "o" * 64), None, (device.id, "t" * 64), None]
+    assert found[0][0] == device
+    assert await store.set_device_token(other.id, "n" * 64) is True
+    assert (await store.device_credentials(other.id))[1] == "n" * 64
+    assert await store.delete_device(other.id) is True
+    assert await store.device_credentials(other.id) is None
+
+
 class TracedSQLite:
     """A SQLite store whose connections report every statement they run
     (sqlite3's trace callback), to count the writer's transactions; and a
@@ -234,6 +253,60 @@ async def test_connected_and_info_return_what_a_read_would(store):
     assert recorded.info == {"fw_version": "1.2"} and recorded.last_seen == 6.0
     again, result = await store.record_info(device.id, {"uptime": 3}, None, 7.0)
     assert result is None and again == await store.get_device(device.id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_info_of_a_device_back_with_its_firmware(store):
+    """A device reconnecting with the firmware it had (the info's identity
+    and the shadow's reported.ota unchanged: PostgreSQL writes it in one
+    statement) is recorded as one that changed firmware is: the record as
+    stored, the firmware facts that the queries read."""
+    from dashd.domain import query as q
+
+    account, _, device = await _account_and_device(store)
+    firmware = {"app": "a", "arch": "esp32", "fw_version": "1.0", "fw_id": "20261129-1"}
+
+    def ota(fw):
+        return shadow.ShadowUpdate({"reported": {"ota": dict(fw)}}, stamp=False)
+
+    async def matching(text):
+        selection = q.Selection(where=q.parse(text), account_id=account.id)
+        return [d.id for d in await store.select_devices(selection)]
+
+    first, result = await store.record_info(device.id, dict(firmware, ram_free=1), ota(firmware),
+                                            6.0)
+    assert result.changed
+    version = first.shadow["version"]
+    from dashd.store import postgres
+
+    reads = []
+    real = postgres._get_device
+    postgres._get_device = lambda *a, **kw: reads.append(a) or real(*a, **kw)
+    try:
+        again, result = await store.record_info(device.id, dict(firmware, ram_free=2),
+                                                ota(firmware), 7.0)
+    finally:
+        postgres._get_device = real
+    assert not reads  # (PostgreSQL: no read before the write)
+    assert not (result and result.changed)
+    assert again == await store.get_device(device.id)
+    assert again.info == dict(firmware, ram_free=2) and again.last_seen == 7.0
+    assert again.shadow["version"] == version
+    assert again.shadow["state"]["reported"]["ota"] == firmware
+    assert await matching('info.fw_version = "1.0"') == [device.id]
+    # A new firmware: the shadow and the facts follow.
+    newer = dict(firmware, fw_version="1.1", fw_id="20261129-2")
+    updated, result = await store.record_info(device.id, dict(newer, ram_free=3), ota(newer), 8.0)
+    assert result.changed and updated == await store.get_device(device.id)
+    assert updated.shadow["state"]["reported"]["ota"] == newer
+    assert updated.shadow["version"] == version + 1
+    assert await matching('info.fw_version = "1.0"') == []
+    assert await matching('info.fw_version = "1.1"') == [device.id]
+    # The shadow's ota changed elsewhere (not by the info): applied again.
+    await store.update_shadow(device.id, shadow.ShadowUpdate(
+        {"reported": {"ota": {"fw_id": "other"}}}), 8.5)
+    fixed, result = await store.record_info(device.id, dict(newer), ota(newer), 9.0)
+    assert result.changed and fixed.shadow["state"]["reported"]["ota"] == newer
 
 
 @pytest_twisted.ensureDeferred

@@ -189,9 +189,30 @@ def prune_points(cur: Cursor, before: float, batch: int) -> int:
 # Device events (logs and notifications)
 
 
+_APPEND_AND_TRIM = (
+    "WITH appended AS ("
+    " INSERT INTO device_events (device_id, account_id, t, name, data)"
+    " SELECT %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM devices WHERE id = %s)"
+    " RETURNING id),"
+    " trimmed AS ("
+    " DELETE FROM device_events WHERE device_id = %s AND EXISTS (SELECT 1 FROM appended)"
+    " AND id <= (SELECT id FROM device_events WHERE device_id = %s"
+    " ORDER BY id DESC LIMIT 1 OFFSET %s))"
+    " SELECT id FROM appended"
+)
+
+
 def append_event(cur: Cursor, device_id: str, account_id: str, name: str, data: Any,
                  now: float, keep: int) -> int:
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_EVENTS_LOCK,))
+    if keep >= 1:
+        # The append and the trim in one round trip (a reconnect storm
+        # appends two events a device: offline from the dead node, online
+        # here). The trim's statement does not see the row it appends:
+        # what goes is from the keep-th newest before it down.
+        row = _one(cur, _APPEND_AND_TRIM, (device_id, account_id, now, name, json_param(data),
+                                           device_id, device_id, device_id, keep - 1))
+        return int(row[0]) if row is not None else 0
     row = _one(
         cur,
         "INSERT INTO device_events (device_id, account_id, t, name, data)"
