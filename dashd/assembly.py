@@ -54,6 +54,7 @@ from dashd.ops.metrics import CounterOf, Metrics
 from dashd.ops.services import DashdService, FleetService, OtaService, StoreService
 from dashd.ops.stallprobe import StallProbe
 from dashd.ops.systemd import NotifyService
+from dashd.ops.turns import bound_turns
 from dashd.store import IStore
 from dashd.store.alarms_sql import AlarmStore
 
@@ -164,6 +165,9 @@ def build(config: Config, reactor: Any) -> DashdService:
     device_factory = DeviceFactory(config, reactor)
     notify_factory = NotifyFactory(config, reactor)
     stall_probe = StallProbe(reactor)
+    # A connect storm's thousands of ready connections are handled a bounded
+    # batch a turn, timers between (dashd.ops.turns).
+    bound_turns(reactor)
     metrics = Metrics(fleet, store, device_factory, puller, delivery, stall_probe)
     metrics.registry.register(CounterOf(  # type: ignore[arg-type]
         "dashd_audit_entries_lost", "Audit entries given up (their count is also logged)",

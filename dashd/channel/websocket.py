@@ -226,7 +226,7 @@ _QUIET.update(
     wasMaxFramePayloadSizeExceeded=False, wasMaxMessagePayloadSizeExceeded=False,
     inside_message=False, triggered=False, data=b"", send_state=0,
     websocket_protocol_in_use=None, websocket_version=13, base_url=None, device=None,
-    _errors=0, send_queue=_NO_SEND_QUEUE,
+    _errors=0, send_queue=_NO_SEND_QUEUE, _ping_waits=0, _ping_waited_for=0,
 )
 
 
@@ -326,6 +326,10 @@ class DeviceProtocol(ChannelProtocol):
     _quiet = _QUIET
     send_queue = _NO_SEND_QUEUE
 
+    # How many more ping timeouts a device gets while its socket holds
+    # bytes dashd has not read (see onAutoPingTimeout).
+    MAX_PING_WAITS = 6
+
     # Set by Handover before the connection is made; the device record is
     # handed to the session when the connection opens (the session keeps it
     # and the newer versions it learns).
@@ -365,6 +369,30 @@ class DeviceProtocol(ChannelProtocol):
     def _unread(self) -> bool:
         """Whether the device's socket holds bytes dashd has not read."""
         return unread_bytes(self.transport) > 0
+
+    def onAutoPingTimeout(self) -> None:
+        """
+        No pong within the ping timeout: Autobahn drops the connection. But
+        when dashd itself is behind (a turn of the reactor handles a bounded
+        number of ready connections, dashd.ops.turns, so in a connect storm
+        timers run while thousands of sockets wait to be read), the pong may
+        be in the socket, unread: then wait another timeout for dashd to
+        read it (the pong, or any frame, cancels the wait as usual), up to
+        L{MAX_PING_WAITS} times a ping. A dead device sends nothing, so its
+        socket holds nothing unread and it is dropped on time.
+        """
+        seq = self.autoPingPendingSeq
+        if self._ping_waited_for != seq:
+            self._ping_waited_for, self._ping_waits = seq, 0
+        if (self._ping_waits < self.MAX_PING_WAITS and self.autoPingTimeout
+                and self.state == WebSocketProtocol.STATE_OPEN
+                and unread_bytes(self.transport) > 0):
+            self._ping_waits += 1
+            self.factory.ping_waits += 1
+            self.autoPingTimeoutCall = self.factory._batched_timer.call_later(
+                self.autoPingTimeout, self.onAutoPingTimeout)
+            return
+        super().onAutoPingTimeout()
 
     def _send_text(self, text: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
@@ -442,6 +470,8 @@ class DeviceFactory(WebSocketServerFactory):
         self.frames_received = 0
         self.frames_invalid = 0
         self.frames_sent = 0
+        # Ping timeouts put off because the device's pong may be unread.
+        self.ping_waits = 0
         # What compact() gives every open device connection instead of its
         # own: traffic totals over all of them, the events list.
         self.traffic_stats = TrafficStats()
