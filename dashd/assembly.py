@@ -45,7 +45,7 @@ from dashd.ops.alarm_metrics import AlarmMetrics
 from dashd.ops.alarms import AlarmService
 from dashd.ops.control import control_service
 from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, FIRMWARE_DIR
-from dashd.ops.gcfreeze import FreezeSurvivors
+from dashd.ops.gcfreeze import FreezeSurvivors, GarbageProbe
 from dashd.ops.hangup import HangupService
 from dashd.ops.lbagent import AgentFactory
 from dashd.ops.jobs import JobCollector, JobService
@@ -294,7 +294,8 @@ def build(config: Config, reactor: Any) -> DashdService:
     library_sweeper.setServiceParent(service)
     if config["gc.full_collection_interval"] > 0:
         FreezeSurvivors(reactor, config["gc.full_collection_interval"],
-                        lambda: len(fleet.router.sessions())).setServiceParent(service)
+                        lambda: len(fleet.router.sessions()),
+                        probe=GarbageProbe(reactor)).setServiceParent(service)
     # The load balancer's agent stops after the drain (dashd.ops.lbagent).
     agent = AgentFactory(readiness, application.ping, reactor)
     for endpoint in config["lb.agent_listen"]:
