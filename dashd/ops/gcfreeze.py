@@ -79,6 +79,10 @@ def _probe_child(write_fd: int) -> None:
     whole heap, write the count of unreachable objects, exit at once."""
     code = 1
     try:
+        # A stop of the service (systemd signals the whole group) ends it at
+        # once; the parent's handlers would try to stop a reactor not here.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
