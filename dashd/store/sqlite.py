@@ -35,6 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 from importlib import resources
 from typing import Any, Callable, TypeVar
@@ -212,6 +213,10 @@ class SQLiteStore:
         # Called on the reactor with the seconds each job took, from its
         # submission to its durable result (dashd.ops.metrics sets it).
         self.latency_observer: Callable[[float], None] | None = None
+        # Results from the threads, in the order they came, delivered on the
+        # reactor a slice at a time (see _delivered).
+        self._results: deque[tuple[Deferred[Any] | None, Any]] = deque()
+        self._delivering = False
 
     @property
     def is_open(self) -> bool:
@@ -322,12 +327,13 @@ class SQLiteStore:
                         stop_after = True
                         break
                     batch.append(nxt)
-                self._reactor.callFromThread(_deliver, self._write(conn, batch))
+                self._reactor.callFromThread(self._delivered, self._write(conn, batch))
                 if stop_after:
                     break
         finally:
             conn.close()
-            self._reactor.callFromThread(self._stopped_now)
+            # After every result: through the same queue.
+            self._reactor.callFromThread(self._delivered, [(None, self._stopped_now)])
 
     def _read(self, job: Job) -> Deferred[Any]:
         """Run a read-only job on the reader thread."""
@@ -348,9 +354,38 @@ class SQLiteStore:
                 if item is _STOP:
                     break
                 job, d = item
-                self._reactor.callFromThread(_deliver, [(d, _read_job(conn, job))])
+                self._reactor.callFromThread(self._delivered, [(d, _read_job(conn, job))])
         finally:
             conn.close()
+
+    def _delivered(self, results: list[tuple[Deferred[Any] | None, Any]]) -> None:
+        """
+        Results from the writer and reader threads, on the reactor. A batch
+        of the writer's is up to 1,000 jobs, and what their callbacks do
+        (a connect storm's sessions opening, say) took up to a quarter of a
+        second in one go: deliver for at most L{DELIVERY_SLICE} seconds,
+        then let the reactor turn (timers, devices) and go on, in the order
+        the results came. (None, f): call f once everything before it has
+        been delivered.
+        """
+        self._results.extend(results)
+        if not self._delivering:
+            self._deliver_some()
+
+    def _deliver_some(self) -> None:
+        self._delivering = False
+        pending = self._results
+        until = time.perf_counter() + DELIVERY_SLICE
+        while pending:
+            d, result = pending.popleft()
+            if d is None:
+                result()
+            else:
+                _deliver(((d, result),))
+            if pending and time.perf_counter() >= until:
+                self._delivering = True
+                self._reactor.callLater(0, self._deliver_some)  # type: ignore[attr-defined]
+                return
 
     def _stopped_now(self) -> None:
         if self._reader is not None:
@@ -1211,7 +1246,11 @@ def _read_job(conn: sqlite3.Connection, job: Job) -> Any:
             conn.execute("ROLLBACK")
 
 
-def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
+# Seconds of delivering store results before the reactor gets a turn.
+DELIVERY_SLICE = 0.02
+
+
+def _deliver(results: Any) -> None:
     for d, result in results:
         if d.called:
             # Cancelled meanwhile (e.g. its HTTP client went away); the work
