@@ -181,3 +181,26 @@ def test_a_closing_connection_is_not_kept(device):
     proto.state = WebSocketProtocol.STATE_CLOSING
     proto.onAutoPingTimeout()
     assert len(dropped) == 1
+
+
+def test_subscribers_get_the_same_waits():
+    from dashd.channel.websocket import ChannelProtocol, NotifyProtocol
+
+    assert issubclass(NotifyProtocol, ChannelProtocol)
+    assert NotifyProtocol.onAutoPingTimeout is DeviceProtocol.onAutoPingTimeout
+    ours, theirs = socket.socketpair()
+    try:
+        clock = Clock()
+        proto = NotifyProtocol()
+        proto.factory = type("F", (), {"_batched_timer": _Timer(clock)})()
+        proto.transport = _Transport(ours)
+        proto.state = WebSocketProtocol.STATE_OPEN
+        proto.autoPingTimeout = 10
+        proto.autoPingPendingSeq = 1
+        proto.dropConnection = lambda abort=False: pytest.fail("dropped")
+        theirs.send(b"\x8a\x00")
+        proto.onAutoPingTimeout()
+        assert proto.factory.ping_waits == 1
+    finally:
+        ours.close()
+        theirs.close()

@@ -287,6 +287,37 @@ def unread_bytes(transport: Any) -> int:
 class ChannelProtocol(WebSocketServerProtocol):
     """What the device and notification channels share."""
 
+    # How many more ping timeouts a peer gets while its socket holds bytes
+    # dashd has not read (see onAutoPingTimeout), and for which ping.
+    MAX_PING_WAITS = 6
+    _ping_waits = 0
+    _ping_waited_for = 0
+
+    def onAutoPingTimeout(self) -> None:
+        """
+        No pong within the ping timeout: Autobahn drops the connection. But
+        when dashd itself is behind (a turn of the reactor handles a bounded
+        number of ready connections, dashd.ops.turns, so in a connect storm
+        timers run while thousands of sockets wait to be read), the pong may
+        be in the socket, unread: then wait another timeout for dashd to
+        read it (the pong, or any frame, cancels the wait as usual), up to
+        L{MAX_PING_WAITS} times a ping. A dead peer (device or subscriber)
+        sends nothing, so its socket holds nothing unread and it is dropped
+        on time.
+        """
+        seq = self.autoPingPendingSeq
+        if self._ping_waited_for != seq:
+            self._ping_waited_for, self._ping_waits = seq, 0
+        if (self._ping_waits < self.MAX_PING_WAITS and self.autoPingTimeout
+                and self.state == WebSocketProtocol.STATE_OPEN
+                and unread_bytes(self.transport) > 0):
+            self._ping_waits += 1
+            self.factory.ping_waits = getattr(self.factory, "ping_waits", 0) + 1
+            self.autoPingTimeoutCall = self.factory._batched_timer.call_later(
+                self.autoPingTimeout, self.onAutoPingTimeout)
+            return
+        super().onAutoPingTimeout()
+
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         # Autobahn fires is_closed with the protocol itself: a reference
@@ -325,10 +356,6 @@ def _accept_subprotocol(request: Any) -> str | None:
 class DeviceProtocol(ChannelProtocol):
     _quiet = _QUIET
     send_queue = _NO_SEND_QUEUE
-
-    # How many more ping timeouts a device gets while its socket holds
-    # bytes dashd has not read (see onAutoPingTimeout).
-    MAX_PING_WAITS = 6
 
     # Set by Handover before the connection is made; the device record is
     # handed to the session when the connection opens (the session keeps it
@@ -369,30 +396,6 @@ class DeviceProtocol(ChannelProtocol):
     def _unread(self) -> bool:
         """Whether the device's socket holds bytes dashd has not read."""
         return unread_bytes(self.transport) > 0
-
-    def onAutoPingTimeout(self) -> None:
-        """
-        No pong within the ping timeout: Autobahn drops the connection. But
-        when dashd itself is behind (a turn of the reactor handles a bounded
-        number of ready connections, dashd.ops.turns, so in a connect storm
-        timers run while thousands of sockets wait to be read), the pong may
-        be in the socket, unread: then wait another timeout for dashd to
-        read it (the pong, or any frame, cancels the wait as usual), up to
-        L{MAX_PING_WAITS} times a ping. A dead device sends nothing, so its
-        socket holds nothing unread and it is dropped on time.
-        """
-        seq = self.autoPingPendingSeq
-        if self._ping_waited_for != seq:
-            self._ping_waited_for, self._ping_waits = seq, 0
-        if (self._ping_waits < self.MAX_PING_WAITS and self.autoPingTimeout
-                and self.state == WebSocketProtocol.STATE_OPEN
-                and unread_bytes(self.transport) > 0):
-            self._ping_waits += 1
-            self.factory.ping_waits += 1
-            self.autoPingTimeoutCall = self.factory._batched_timer.call_later(
-                self.autoPingTimeout, self.onAutoPingTimeout)
-            return
-        super().onAutoPingTimeout()
 
     def _send_text(self, text: str) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
