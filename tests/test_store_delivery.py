@@ -11,11 +11,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from dashd.store import sqlite
+from dashd.store import delivery, sqlite
 
 
 def test_results_are_delivered_a_slice_at_a_time_in_the_order_they_came(tmp_path, monkeypatch):
-    monkeypatch.setattr(sqlite, "DELIVERY_SLICE", 0.0)  # one result a turn
+    monkeypatch.setattr(delivery, "DELIVERY_SLICE", 0.0)  # one result a turn
     clock = Clock()
     store = sqlite.SQLiteStore(str(tmp_path / "d.sqlite3"), clock)
     seen: list[object] = []

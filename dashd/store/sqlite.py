@@ -35,7 +35,6 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import deque
 from dataclasses import replace
 from importlib import resources
 from typing import Any, Callable, TypeVar
@@ -50,6 +49,7 @@ from dashd.domain import query, shadow, timeseries
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
 from dashd.domain.errors import Conflict
+from dashd.store.delivery import Deliveries
 from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
                          calls_sql, firmware_sql, jobs_sql, query_sql, ranges_sql, sessions_sql,
                          sqlite_records)
@@ -214,9 +214,8 @@ class SQLiteStore:
         # submission to its durable result (dashd.ops.metrics sets it).
         self.latency_observer: Callable[[float], None] | None = None
         # Results from the threads, in the order they came, delivered on the
-        # reactor a slice at a time (see _delivered).
-        self._results: deque[tuple[Deferred[Any] | None, Any]] = deque()
-        self._delivering = False
+        # reactor a slice of time at a time (dashd.store.delivery).
+        self._deliveries = Deliveries(reactor)
 
     @property
     def is_open(self) -> bool:
@@ -359,33 +358,9 @@ class SQLiteStore:
             conn.close()
 
     def _delivered(self, results: list[tuple[Deferred[Any] | None, Any]]) -> None:
-        """
-        Results from the writer and reader threads, on the reactor. A batch
-        of the writer's is up to 1,000 jobs, and what their callbacks do
-        (a connect storm's sessions opening, say) took up to a quarter of a
-        second in one go: deliver for at most L{DELIVERY_SLICE} seconds,
-        then let the reactor turn (timers, devices) and go on, in the order
-        the results came. (None, f): call f once everything before it has
-        been delivered.
-        """
-        self._results.extend(results)
-        if not self._delivering:
-            self._deliver_some()
-
-    def _deliver_some(self) -> None:
-        self._delivering = False
-        pending = self._results
-        until = time.perf_counter() + DELIVERY_SLICE
-        while pending:
-            d, result = pending.popleft()
-            if d is None:
-                result()
-            else:
-                _deliver(((d, result),))
-            if pending and time.perf_counter() >= until:
-                self._delivering = True
-                self._reactor.callLater(0, self._deliver_some)  # type: ignore[attr-defined]
-                return
+        """Results from the writer and reader threads, on the reactor; (None,
+        f): call f after everything before it."""
+        self._deliveries.add(results)
 
     def _stopped_now(self) -> None:
         if self._reader is not None:
@@ -1246,11 +1221,7 @@ def _read_job(conn: sqlite3.Connection, job: Job) -> Any:
             conn.execute("ROLLBACK")
 
 
-# Seconds of delivering store results before the reactor gets a turn.
-DELIVERY_SLICE = 0.02
-
-
-def _deliver(results: Any) -> None:
+def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
     for d, result in results:
         if d.called:
             # Cancelled meanwhile (e.g. its HTTP client went away); the work
