@@ -16,7 +16,7 @@ waiting), so none is starved.
 The catch, which made the first try at this fail: a timer that waits on a
 device (the keep-alive ping's timeout) can now fire while the device's
 answer sits read by the kernel but not yet by dashd. Such timers check the
-socket first (L{dashd.channel.websocket.DeviceProtocol.onAutoPingTimeout}).
+socket first (L{dashd.channel.websocket.ChannelProtocol.onAutoPingTimeout}).
 """
 
 from __future__ import annotations
