@@ -85,6 +85,19 @@ def test_a_turn_handles_at_most_the_bound_and_every_connection_gets_its_turn(rea
     assert len(seen) - before == 8
 
 
+def test_a_full_turn_says_dashd_is_behind(ready_reactor, monkeypatch):
+    monkeypatch.setattr(turns, "_last_full", float("-inf"))
+    reactor, readers, seen = ready_reactor
+    turns.bound_turns(reactor, 200)
+    reactor.doPoll(0)  # 100 ready, room for 200: not full
+    assert not turns.behind(10)
+    turns.bound_turns(reactor, 16)
+    reactor.doPoll(0)
+    assert turns.behind(10)
+    monkeypatch.setattr(turns, "_last_full", turns._last_full - 11)
+    assert not turns.behind(10)
+
+
 def test_other_reactors_are_left_alone():
     assert not turns.bound_turns(Clock(), 16)
     reactor = epollreactor.EPollReactor()
@@ -120,7 +133,8 @@ class _Transport:
 
 
 @pytest.fixture
-def device():
+def device(monkeypatch):
+    monkeypatch.setattr(turns, "_last_full", float("-inf"))  # no storm
     ours, theirs = socket.socketpair()
     clock = Clock()
     proto = DeviceProtocol()
@@ -163,6 +177,19 @@ def test_a_pong_waiting_unread_in_the_socket_gets_more_time(device):
     assert proto.factory.ping_waits == DeviceProtocol.MAX_PING_WAITS
 
 
+def test_in_a_storm_a_ping_timeout_waits_even_with_nothing_unread(device, monkeypatch):
+    """A full turn lately: dashd's ping may itself have waited its turn to
+    be written, so the pong cannot be there yet."""
+    proto, _, clock, dropped = device
+    monkeypatch.setattr(turns.time, "monotonic", lambda: 1000.0)
+    monkeypatch.setattr(turns, "_last_full", 995.0)
+    proto.onAutoPingTimeout()
+    assert dropped == [] and proto.factory.ping_waits == 1
+    monkeypatch.setattr(turns, "_last_full", 985.0)  # the storm is over
+    clock.advance(proto.autoPingTimeout)
+    assert len(dropped) == 1
+
+
 def test_each_ping_gets_its_own_waits(device):
     proto, theirs, clock, dropped = device
     theirs.send(b"\x8a\x00")
@@ -183,7 +210,8 @@ def test_a_closing_connection_is_not_kept(device):
     assert len(dropped) == 1
 
 
-def test_subscribers_get_the_same_waits():
+def test_subscribers_get_the_same_waits(monkeypatch):
+    monkeypatch.setattr(turns, "_last_full", float("-inf"))
     from dashd.channel.websocket import ChannelProtocol, NotifyProtocol
 
     assert issubclass(NotifyProtocol, ChannelProtocol)

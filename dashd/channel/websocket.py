@@ -39,6 +39,7 @@ from dashd.channel.hub import Event, IHub
 from dashd.channel.jsonstream import JSONStreamDecoder, StreamError
 from dashd.channel.session import DeviceSession
 from dashd.config import Config
+from dashd.ops import turns
 from dashd.domain import access
 from dashd.domain.model import ApiKey, Device
 
@@ -299,18 +300,21 @@ class ChannelProtocol(WebSocketServerProtocol):
         when dashd itself is behind (a turn of the reactor handles a bounded
         number of ready connections, dashd.ops.turns, so in a connect storm
         timers run while thousands of sockets wait to be read), the pong may
-        be in the socket, unread: then wait another timeout for dashd to
-        read it (the pong, or any frame, cancels the wait as usual), up to
-        L{MAX_PING_WAITS} times a ping. A dead peer (device or subscriber)
-        sends nothing, so its socket holds nothing unread and it is dropped
-        on time.
+        be in the socket, unread, or the ping itself may have waited its
+        turn to be written: when the socket holds unread bytes, or a turn
+        was full within the timeout (L{dashd.ops.turns.behind}), wait
+        another timeout (the pong, or any frame, cancels the wait as
+        usual), up to L{MAX_PING_WAITS} times a ping. A dead peer (device or
+        subscriber) sends nothing, so its socket holds nothing unread, and
+        outside a storm it is dropped on time; in one, up to six timeouts
+        later.
         """
         seq = self.autoPingPendingSeq
         if self._ping_waited_for != seq:
             self._ping_waited_for, self._ping_waits = seq, 0
         if (self._ping_waits < self.MAX_PING_WAITS and self.autoPingTimeout
                 and self.state == WebSocketProtocol.STATE_OPEN
-                and unread_bytes(self.transport) > 0):
+                and (unread_bytes(self.transport) > 0 or turns.behind(self.autoPingTimeout))):
             self._ping_waits += 1
             self.factory.ping_waits = getattr(self.factory, "ping_waits", 0) + 1
             self.autoPingTimeoutCall = self.factory._batched_timer.call_later(

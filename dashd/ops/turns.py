@@ -15,17 +15,33 @@ waiting), so none is starved.
 
 The catch, which made the first try at this fail: a timer that waits on a
 device (the keep-alive ping's timeout) can now fire while the device's
-answer sits read by the kernel but not yet by dashd. Such timers check the
-socket first (L{dashd.channel.websocket.ChannelProtocol.onAutoPingTimeout}).
+answer sits read by the kernel but not yet by dashd, or while dashd's ping
+itself still waits to be written. Such timers check first whether the
+socket holds unread bytes or a turn was full lately (L{behind}), and wait
+longer if so (L{dashd.channel.websocket.ChannelProtocol.onAutoPingTimeout}).
 """
 
 from __future__ import annotations
 
 import select
+import time
 from typing import Any
 
 # About 30-60 ms of handshakes on an idle core; 0 or less: no bound.
 MAX_EVENTS = 48
+
+
+# When (time.monotonic()) a turn last got as many ready descriptors as it
+# may handle: more were likely waiting, dashd was behind.
+_last_full = float("-inf")
+
+
+def behind(within: float) -> bool:
+    """Whether a turn of the reactor was full (more ready connections than it
+    handles at once) in the last C{within} seconds: then a timer waiting on
+    a peer may fire while the peer's answer, or dashd's own write it
+    answers, still waits its turn."""
+    return time.monotonic() - _last_full < within
 
 
 class _CappedPoller:
@@ -44,10 +60,14 @@ class _CappedPoller:
         self.fileno = poller.fileno
 
     def poll(self, timeout: float = -1, maxevents: int = -1) -> list[tuple[int, int]]:
+        global _last_full
         cap = self.cap
         if maxevents < 0 or maxevents > cap:
             maxevents = cap
-        return self._poll(timeout, maxevents)
+        events = self._poll(timeout, maxevents)
+        if len(events) >= cap:
+            _last_full = time.monotonic()
+        return events
 
 
 def bound_turns(reactor: Any, max_events: int = MAX_EVENTS) -> bool:
