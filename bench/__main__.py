@@ -353,8 +353,11 @@ class Server:
         req = urllib.request.Request("%s://127.0.0.1:%d/metrics" % (self.scheme, self.port))
         with urllib.request.urlopen(req, timeout=60, context=self._ssl) as r:
             text = r.read().decode()
-        return {m.group(1): float(m.group(2)) for m in re.finditer(
-            r'^dashd_reactor_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
+        # busy: the part of each lateness dashd's reactor thread spent
+        # working (its CPU time), as opposed to waiting for a core; absent
+        # from dashd before 2026-11-29.
+        return {m.group(1) + m.group(2): float(m.group(3)) for m in re.finditer(
+            r'^dashd_reactor_(lag|busy_lag)_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
 
     def connected(self) -> int:
         """Devices holding a connection now (cheaper than online())."""
@@ -476,15 +479,20 @@ def run_target(kind: str, args: argparse.Namespace, workdir: str, round_no: int)
                     # How long the reactor stood still at worst: the stall
                     # probe's lateness, read as bucket counts around the test.
                     now = server.stalls()  # type: ignore[misc]
-                    during = {b: now[b] - self.stalls.get(b, 0) for b in now}
-                    bounds = sorted((b for b in during if b != "+Inf"), key=float)
-                    total = during.get("+Inf", 0)
-                    longest = next((b for b in bounds if during[b] == total), "+Inf")
-                    stalls[self.name] = {
-                        "probes": total,
-                        "over_100ms": total - during.get("0.1", 0),
-                        "longest_at_most": longest,
-                    }
+                    stalls[self.name] = entry = {}
+                    for kind, prefix in (("", "lag"), ("busy_", "busy_lag")):
+                        during = {b[len(prefix):]: now[b] - self.stalls.get(b, 0)
+                                  for b in now if b.startswith(prefix)
+                                  and b[len(prefix):][:1] in "0123456789+"}
+                        if not during:
+                            continue
+                        bounds = sorted((b for b in during if b != "+Inf"), key=float)
+                        total = during.get("+Inf", 0)
+                        longest = next((b for b in bounds if during[b] == total), "+Inf")
+                        if not kind:
+                            entry["probes"] = total
+                        entry[kind + "over_100ms"] = total - during.get("0.1", 0)
+                        entry[kind + "longest_at_most"] = longest
                 if self.recording is not None:
                     self.recording.stop()
                     profiles.append(self.recording.path)
@@ -794,6 +802,12 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
                          for test, g in r.get("stalls", {}).items()]
                 lines.append("  reactor stalls over 100 ms (stall probe): %s"
                              % (", ".join(still) or "none measured"))
+                busy = ["%s %d (longest <= %s s)" % (test, g["busy_over_100ms"],
+                                                     g["busy_longest_at_most"])
+                        for test, g in r.get("stalls", {}).items() if "busy_over_100ms" in g]
+                if busy:
+                    lines.append("    of them the reactor's own work (its CPU time, not waiting "
+                                 "for a core): %s" % ", ".join(busy))
     return "\n".join(lines)
 
 

@@ -45,7 +45,7 @@ from dashd.ops.alarm_metrics import AlarmMetrics
 from dashd.ops.alarms import AlarmService
 from dashd.ops.control import control_service
 from dashd.ops.datadir import CONTROL_SOCKET, DATABASE_FILE, FIRMWARE_DIR
-from dashd.ops.gcfreeze import FreezeSurvivors
+from dashd.ops.gcfreeze import FreezeSurvivors, GarbageProbe
 from dashd.ops.hangup import HangupService
 from dashd.ops.lbagent import AgentFactory
 from dashd.ops.jobs import JobCollector, JobService
@@ -54,6 +54,7 @@ from dashd.ops.metrics import CounterOf, Metrics
 from dashd.ops.services import DashdService, FleetService, OtaService, StoreService
 from dashd.ops.stallprobe import StallProbe
 from dashd.ops.systemd import NotifyService
+from dashd.ops.turns import bound_turns
 from dashd.store import IStore
 from dashd.store.alarms_sql import AlarmStore
 
@@ -164,6 +165,9 @@ def build(config: Config, reactor: Any) -> DashdService:
     device_factory = DeviceFactory(config, reactor)
     notify_factory = NotifyFactory(config, reactor)
     stall_probe = StallProbe(reactor)
+    # A connect storm's thousands of ready connections are handled a bounded
+    # batch a turn, timers between (dashd.ops.turns).
+    bound_turns(reactor)
     metrics = Metrics(fleet, store, device_factory, puller, delivery, stall_probe)
     metrics.registry.register(CounterOf(  # type: ignore[arg-type]
         "dashd_audit_entries_lost", "Audit entries given up (their count is also logged)",
@@ -292,7 +296,8 @@ def build(config: Config, reactor: Any) -> DashdService:
     library_sweeper.setServiceParent(service)
     if config["gc.full_collection_interval"] > 0:
         FreezeSurvivors(reactor, config["gc.full_collection_interval"],
-                        lambda: len(fleet.router.sessions())).setServiceParent(service)
+                        lambda: len(fleet.router.sessions()),
+                        probe=GarbageProbe(reactor)).setServiceParent(service)
     # The load balancer's agent stops after the drain (dashd.ops.lbagent).
     agent = AgentFactory(readiness, application.ping, reactor)
     for endpoint in config["lb.agent_listen"]:

@@ -332,8 +332,9 @@ OPTIONS = [
     Option("gc.full_collection_interval", 3600.0, (int, float),
            "Seconds between collections of everything dashd holds by Python's cycle "
            "collector; in between, what survived a full collection is frozen and not walked "
-           "again, so that a large fleet does not stop dashd for most of a second each time. "
-           "0: Python's own policy", _not_negative),
+           "again, so that a large fleet does not stop dashd for most of a second each time; "
+           "and only when a forked copy of dashd finds it would free enough to be worth the "
+           "pause. 0: Python's own policy", _not_negative),
     Option("metrics.allow", ["127.0.0.0/8", "::1/128"], list,
            "Networks whose clients may read /metrics without an API key; any other client "
            "needs one (Authorization: Bearer KEY). [] requires a key from everyone",

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from dashd.ops.gcfreeze import FreezeSurvivors
+from dashd.ops.gcfreeze import PROBE_POLL, FreezeSurvivors, GarbageProbe
 from support import Client, DashdProcess, connect_device, device_online, eventually
 from test_ops import sample
 
@@ -126,13 +126,15 @@ async def test_dashd_freezes_survivors_and_keeps_working(tmp_path):
         device = await connect_device(server, token)
         await device_online(admin, device_id)
 
-        async def collected_since() -> bool:
+        async def probed() -> bool:
+            # Each interval a forked copy of dashd counts the garbage first;
+            # a few objects are not worth a pause (test_garbage_probe_...).
             text = await metrics()
             return (sample(text, "dashd_gc_full_collection_seconds_count")
                     > sample(first, "dashd_gc_full_collection_seconds_count")
-                    and sample(text, "dashd_gc_frozen_objects") > 0)
+                    or "no collection of everything: the probe found only" in server.log())
 
-        await eventually(collected_since, 10)
+        await eventually(probed, 10)
         # Frozen or not, the device's connection and the bridge go on.
         reply = await admin.get("/api/v2/devices/%s/rpc/Sys.GetInfo" % device_id)
         assert reply.status == 200, reply
@@ -141,3 +143,90 @@ async def test_dashd_freezes_survivors_and_keeps_working(tmp_path):
     finally:
         server.stop()
     assert not server.problems()
+
+
+def _frozen_cycles(n: int) -> list[weakref.ref[_Node]]:
+    refs = []
+    nodes = []
+    for _ in range(n):
+        a, b = _Node(), _Node()
+        a.other, b.other = b, a
+        refs.append(weakref.ref(a))
+        nodes.append(a)
+    gc.freeze()
+    del nodes, a, b
+    return refs
+
+
+def _run_probe(probe: GarbageProbe, reactor: Clock) -> list[int | None]:
+    import time
+
+    answers: list[int | None] = []
+    probe.start(answers.append)
+    deadline = time.monotonic() + 30
+    while not answers and time.monotonic() < deadline:
+        time.sleep(0.02)
+        reactor.advance(PROBE_POLL)
+    return answers
+
+
+def test_garbage_probe_counts_frozen_garbage_in_a_forked_copy_and_leaves_ours():
+    """The probe's child collects its copy of the heap: it finds the frozen
+    cycles, and ours are untouched (still frozen, still there)."""
+    gc.collect()
+    gc.unfreeze()
+    reactor = Clock()
+    try:
+        refs = _frozen_cycles(2000)
+        frozen = gc.get_freeze_count()
+        answers = _run_probe(GarbageProbe(reactor), reactor)
+        assert len(answers) == 1 and answers[0] is not None
+        assert answers[0] >= 4000  # both nodes of each cycle, at least
+        assert all(r() is not None for r in refs)
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        gc.collect()
+    assert all(r() is None for r in refs)
+    # And with no frozen garbage it finds next to nothing.
+    gc.freeze()
+    try:
+        answers = _run_probe(GarbageProbe(reactor), reactor)
+        assert answers[0] is not None and answers[0] < 1000
+    finally:
+        gc.unfreeze()
+
+
+class _FakeProbe:
+    def __init__(self) -> None:
+        self.running = False
+        self.started: list[Callable[[int | None], None]] = []
+
+    def start(self, done: Callable[[int | None], None]) -> None:
+        self.started.append(done)
+
+
+def test_everything_is_collected_only_when_the_probe_finds_it_worth_a_pause():
+    reactor = _Reactor()
+    probe = _FakeProbe()
+    service = FreezeSurvivors(reactor, 60, probe=probe, worth_a_pause=1000)
+    collected: list[int] = []
+    service.collect_everything = lambda: collected.append(1) or 0  # type: ignore[method-assign]
+    service.startService()
+    try:
+        reactor.advance(60)
+        assert len(probe.started) == 1 and collected == []
+        probe.started[0](999)  # not worth it
+        assert collected == [] and service.skipped == 1
+        reactor.advance(60)
+        probe.started[1](1000)
+        assert collected == [1]
+        reactor.advance(60)
+        probe.started[2](None)  # the probe failed: collect, as before
+        assert collected == [1, 1]
+        # A probe still running is not started again.
+        probe.running = True
+        reactor.advance(60)
+        assert len(probe.started) == 3
+    finally:
+        service.stopService()

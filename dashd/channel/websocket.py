@@ -39,6 +39,7 @@ from dashd.channel.hub import Event, IHub
 from dashd.channel.jsonstream import JSONStreamDecoder, StreamError
 from dashd.channel.session import DeviceSession
 from dashd.config import Config
+from dashd.ops import turns
 from dashd.domain import access
 from dashd.domain.model import ApiKey, Device
 
@@ -226,7 +227,7 @@ _QUIET.update(
     wasMaxFramePayloadSizeExceeded=False, wasMaxMessagePayloadSizeExceeded=False,
     inside_message=False, triggered=False, data=b"", send_state=0,
     websocket_protocol_in_use=None, websocket_version=13, base_url=None, device=None,
-    _errors=0, send_queue=_NO_SEND_QUEUE,
+    _errors=0, send_queue=_NO_SEND_QUEUE, _ping_waits=0, _ping_waited_for=0,
 )
 
 
@@ -286,6 +287,40 @@ def unread_bytes(transport: Any) -> int:
 
 class ChannelProtocol(WebSocketServerProtocol):
     """What the device and notification channels share."""
+
+    # How many more ping timeouts a peer gets while its socket holds bytes
+    # dashd has not read (see onAutoPingTimeout), and for which ping.
+    MAX_PING_WAITS = 6
+    _ping_waits = 0
+    _ping_waited_for = 0
+
+    def onAutoPingTimeout(self) -> None:
+        """
+        No pong within the ping timeout: Autobahn drops the connection. But
+        when dashd itself is behind (a turn of the reactor handles a bounded
+        number of ready connections, dashd.ops.turns, so in a connect storm
+        timers run while thousands of sockets wait to be read), the pong may
+        be in the socket, unread, or the ping itself may have waited its
+        turn to be written: when the socket holds unread bytes, or a turn
+        was full within the timeout (L{dashd.ops.turns.behind}), wait
+        another timeout (the pong, or any frame, cancels the wait as
+        usual), up to L{MAX_PING_WAITS} times a ping. A dead peer (device or
+        subscriber) sends nothing, so its socket holds nothing unread, and
+        outside a storm it is dropped on time; in one, up to six timeouts
+        later.
+        """
+        seq = self.autoPingPendingSeq
+        if self._ping_waited_for != seq:
+            self._ping_waited_for, self._ping_waits = seq, 0
+        if (self._ping_waits < self.MAX_PING_WAITS and self.autoPingTimeout
+                and self.state == WebSocketProtocol.STATE_OPEN
+                and (unread_bytes(self.transport) > 0 or turns.behind(self.autoPingTimeout))):
+            self._ping_waits += 1
+            self.factory.ping_waits = getattr(self.factory, "ping_waits", 0) + 1
+            self.autoPingTimeoutCall = self.factory._batched_timer.call_later(
+                self.autoPingTimeout, self.onAutoPingTimeout)
+            return
+        super().onAutoPingTimeout()
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
@@ -442,6 +477,8 @@ class DeviceFactory(WebSocketServerFactory):
         self.frames_received = 0
         self.frames_invalid = 0
         self.frames_sent = 0
+        # Ping timeouts put off because the device's pong may be unread.
+        self.ping_waits = 0
         # What compact() gives every open device connection instead of its
         # own: traffic totals over all of them, the events list.
         self.traffic_stats = TrafficStats()

@@ -14,6 +14,7 @@ are scraped, so the hot paths pay an integer increment at most.
 | ``dashd_device_frames_invalid_total`` | counter | unreadable or too large values from devices |
 | ``dashd_device_frames_limited_total`` | counter | frames dropped for being over their device's rate limit (``device.frames_per_second``) |
 | ``dashd_device_frames_sent_total`` | counter | frames sent to devices |
+| ``dashd_device_ping_waits_total`` | counter | ping timeouts put off because the device's socket held bytes dashd had not read yet (L{dashd.ops.turns}) |
 | ``dashd_notify_subscribers`` | gauge | notification streams open now |
 | ``dashd_rpc_calls_total{outcome}`` | counter | REST RPC calls to devices: ``ok``, ``device_error`` (the device answered with an error), ``timeout``, ``offline``, ``rejected`` (too many in flight), ``cancelled`` (the client went away), ``error`` |
 | ``dashd_rpc_call_duration_seconds`` | histogram | time to the device's answer (outcomes ``ok`` and ``device_error``) |
@@ -194,6 +195,12 @@ class _Live:
         yield CounterMetricFamily(
             "dashd_device_frames_sent", "JSON-RPC frames sent to devices",
             value=factory.frames_sent,
+        )
+        yield CounterMetricFamily(
+            "dashd_device_ping_waits",
+            "Ping timeouts put off because the device's socket held bytes dashd had not "
+            "read yet",
+            value=factory.ping_waits,
         )
         yield CounterMetricFamily(
             "dashd_data_lines_pulled",

@@ -57,6 +57,7 @@ from dashd.domain.errors import Conflict
 from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
                          StoreUnreachable, calls_sql, firmware_sql, jobs_sql, postgres_records,
                          query_sql, ranges_sql, sessions_sql)
+from dashd.store.delivery import Deliveries
 from dashd.store.postgres_records import json_param, json_text_param
 
 log = Logger()
@@ -210,6 +211,8 @@ class PostgresStore:
         self._migrate = migrate
         self.shadow_limits = shadow_limits
         self._reactor = reactor
+        # Results delivered a slice of time at a time (dashd.store.delivery).
+        self._deliveries = Deliveries(reactor)
         self._pool_size = pool_size
         self._timeout = timeout
         self._queue_size = queue_size
@@ -464,18 +467,15 @@ class PostgresStore:
                                        all(m for _, _, m in taken))
                     else:
                         del self._waiting[order]
-                for (_, d), outcome in zip(ready.batch, mine):
-                    if d.called:
-                        # Cancelled meanwhile (e.g. its HTTP client went away);
-                        # the work is done and durable all the same.
-                        continue
-                    if isinstance(outcome, Failure):
-                        d.errback(outcome)
-                    elif isinstance(outcome, _Raised):
-                        d.errback(outcome.error)
-                    else:
-                        d.callback(outcome)
-            self._maybe_stopped()
+                # Delivered a slice of time at a time, in order (a group's
+                # callbacks in one go held the reactor; dashd.store.delivery).
+                # One cancelled meanwhile (its HTTP client went away, say) is
+                # skipped there: the work is done and durable all the same.
+                self._deliveries.add(
+                    (d, Failure(outcome.error) if isinstance(outcome, _Raised) else outcome)
+                    for (_, d), outcome in zip(ready.batch, mine))
+            # After the results: the stop, if it waits for them.
+            self._deliveries.add([(None, self._maybe_stopped)])
             self._pump()
 
         running.addBoth(done)

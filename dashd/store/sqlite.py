@@ -50,6 +50,7 @@ from dashd.domain import query, shadow, timeseries
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
 from dashd.domain.errors import Conflict
+from dashd.store.delivery import Deliveries
 from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
                          calls_sql, firmware_sql, jobs_sql, query_sql, ranges_sql, sessions_sql,
                          sqlite_records)
@@ -230,6 +231,9 @@ class SQLiteStore:
         # When each job handed over and not delivered yet was submitted:
         # the writer delivers them in that order.
         self._started: deque[float] = deque()
+        # Results from the threads, in the order they came, delivered on the
+        # reactor a slice of time at a time (dashd.store.delivery).
+        self._deliveries = Deliveries(reactor)
 
     @property
     def is_open(self) -> bool:
@@ -325,9 +329,10 @@ class SQLiteStore:
         if turn:
             self._queue.put(turn)
 
-    def _delivered(self, results: list[tuple[Deferred[Any], Any]]) -> None:
+    def _written(self, results: list[tuple[Deferred[Any], Any]]) -> None:
         """A batch written (on the reactor): the latencies of its jobs
-        told, then their Deferreds fired."""
+        told, then their Deferreds fired (in turn with the other results,
+        L{_delivered})."""
         started = self._started
         observer = self.latencies_observer
         if observer is None:
@@ -336,7 +341,7 @@ class SQLiteStore:
         else:
             now = time.monotonic()
             observer([now - started.popleft() for _ in results])
-        _deliver(results)
+        self._delivered(results)
 
     def _run(self, conn: sqlite3.Connection) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
@@ -368,10 +373,11 @@ class SQLiteStore:
                 else:
                     batch, waiting = waiting, []
                 self._taken += len(batch)
-                self._reactor.callFromThread(self._delivered, self._write(conn, batch))
+                self._reactor.callFromThread(self._written, self._write(conn, batch))
         finally:
             conn.close()
-            self._reactor.callFromThread(self._stopped_now)
+            # After every result: through the same queue.
+            self._reactor.callFromThread(self._delivered, [(None, self._stopped_now)])
 
     def _read(self, job: Job) -> Deferred[Any]:
         """Run a read-only job on the reader thread."""
@@ -392,9 +398,14 @@ class SQLiteStore:
                 if item is _STOP:
                     break
                 job, d = item
-                self._reactor.callFromThread(_deliver, [(d, _read_job(conn, job))])
+                self._reactor.callFromThread(self._delivered, [(d, _read_job(conn, job))])
         finally:
             conn.close()
+
+    def _delivered(self, results: list[tuple[Deferred[Any] | None, Any]]) -> None:
+        """Results from the writer and reader threads, on the reactor; (None,
+        f): call f after everything before it."""
+        self._deliveries.add(results)
 
     def _stopped_now(self) -> None:
         if self._reader is not None:
@@ -1238,8 +1249,12 @@ class InlineSQLiteStore(SQLiteStore):
             d.errback(StoreError("the store is closed"))
             return d
         self._started.append(time.monotonic())
-        self._delivered(self._write(self._conn, [(job, d)]))
+        self._written(self._write(self._conn, [(job, d)]))
         return d
+
+    def _delivered(self, results: list[tuple[Deferred[Any], Any]]) -> None:
+        # At once, not a slice at a time on a reactor: there is none here.
+        _deliver(results)
 
     def _read(self, job: Job) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
