@@ -10,7 +10,7 @@ runs them in processes of their own, then:
 
 1. ``rpc``: an RPC job (``Sim.Echo``) on every device, no rate limit,
    concurrency 10,000, while one REST client reads a device (``GET
-   /api/v2/devices/ID``) over and over: prints devices a second (from the
+   /api/v2/devices/ID``, on one keep-alive connection) over and over: prints devices a second (from the
    job's creation to its completion; target >= 1,000) and the GET latencies
    (target: p99 <= 100 ms);
 2. ``firmware``: a firmware job pushing an image of ``--image-kb`` KB from
@@ -32,6 +32,7 @@ devices fail ``Job.Step`` (the rollout's first phase).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -243,10 +244,19 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
     done = threading.Event()
 
     def reader() -> None:
+        # One keep-alive connection, as a polling client holds one.
+        host, port = base.split("//", 1)[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        path = "/api/v2/devices/" + ids[-1]
+        headers = {"Authorization": "Bearer " + key}
         while not done.is_set():
             t = time.monotonic()
-            request("GET", base + "/api/v2/devices/" + ids[-1], key)
+            conn.request("GET", path, headers=headers)
+            reply = conn.getresponse()
+            reply.read()
+            assert reply.status == 200, reply.status
             latencies.append(time.monotonic() - t)
+        conn.close()
 
     thread = threading.Thread(target=reader, daemon=True)
     # Once the devices' connections are settled (their info stored): the

@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
@@ -146,16 +147,17 @@ class TracedSQLite:
     def commits(self) -> int:
         return sum(1 for s in self.statements if s.strip().upper() == "COMMIT")
 
-    async def hold_writer(self):
+    async def hold_writer(self, **touches):
         """Occupy the writer with a job of its own until the returned
-        function is called; that function fires once the job is done."""
+        function is called; that function fires once the job is done.
+        C{touches}: what the job may change (see C{SQLiteStore._submit})."""
         started, release = threading.Event(), threading.Event()
 
         def job(conn):
             started.set()
             release.wait(10)
 
-        d = self.store._submit(job)
+        d = self.store._submit(job, **touches)
         assert await deferToThread(started.wait, 10)
 
         def let_go():
@@ -353,6 +355,41 @@ async def test_the_jobs_of_one_reactor_turn_are_one_batch(traced):
     assert [r[1].document["version"] for r in results] == list(range(1, 21))
     assert traced.commits() - before == 1
     assert store.queue_depth() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_view_waits_only_for_writes_it_could_see(traced):
+    """GET /api/v2/devices/ID's reads (get_device_view) on SQLite: behind a
+    writer busy with what changes no device record (a fleet job's calls),
+    the view reads the last commit at once; behind a write of that device,
+    or one that may change any device, it waits for it and sees it."""
+    store = traced.store
+    account, _, device = await _account_and_device(store)
+    other = Device(tokens.new_id("d"), account.id, "other", 2.0)
+    await store.create_device(other, "u" * 64)
+
+    async def still_waiting(d) -> bool:
+        # Long enough for a read that did not wait to have come back.
+        await deferLater(reactor, 0.3, lambda: None)
+        return not d.called
+
+    let_go = await traced.hold_writer(touches=None)
+    seen, ota = await within(store.get_device_view(device.id), 5)
+    assert seen.id == device.id and ota is None
+    report = store.update_shadow(device.id, shadow.ShadowUpdate({"reported": {"n": 1}}), 4.0)
+    after_report = store.get_device_view(device.id)
+    assert (await within(store.get_device_view(other.id), 5))[0].id == other.id
+    assert await still_waiting(after_report)
+    await let_go()
+    await report
+    seen, _ = await within(after_report, 5)
+    assert seen.shadow["state"]["reported"]["n"] == 1
+
+    let_go = await traced.hold_writer()
+    anything = store.get_device_view(other.id)
+    assert await still_waiting(anything)
+    await let_go()
+    assert (await within(anything, 5))[0].id == other.id
 
 
 @pytest.mark.parametrize("backend", STORES)

@@ -61,6 +61,8 @@ T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 
 _STOP = object()
+# A writer job that may change any device's record (L{SQLiteStore._submit}).
+_ANY_DEVICE = object()
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -224,6 +226,19 @@ class SQLiteStore:
         # (WAL lets it read the last commit meanwhile).
         self._read_queue: queue.Queue[Any] = queue.Queue(1000)
         self._reader: threading.Thread | None = None
+        # A REST view of one device reads the last commit on a thread of
+        # its own when no write it could see is waiting (L{get_device_view}):
+        # it then waits neither for the writer's queue (a fleet job's
+        # batches) nor for long reads, and still sees every write asked
+        # before it. What the writer's jobs not delivered yet may change of
+        # a device's record or OTA status: how many may change any device's
+        # (the default), and how many each device's; each job's in a deque
+        # in delivery order, like their submission times.
+        self._point_queue: queue.Queue[Any] = queue.Queue(1000)
+        self._point_reader: threading.Thread | None = None
+        self._pending_any = 0
+        self._pending_device: dict[str, int] = {}
+        self._touches: deque[Any] = deque()
         # Called on the reactor with the seconds each job of a batch took,
         # from its submission to its durable result, as a list (one call a
         # batch; dashd.ops.metrics sets it).
@@ -253,9 +268,20 @@ class SQLiteStore:
         )
         self._thread.start()
         self._reader = threading.Thread(
-            target=self._run_reader, args=(reader,), name="dashd-sqlite-reader", daemon=True
+            target=self._run_reader, args=(reader, self._read_queue),
+            name="dashd-sqlite-reader", daemon=True
         )
         self._reader.start()
+        self._point_reader = threading.Thread(
+            target=self._run_reader, args=(self._reader_connection(), self._point_queue),
+            name="dashd-sqlite-point-reader", daemon=True
+        )
+        self._point_reader.start()
+
+    def _reader_connection(self) -> sqlite3.Connection:
+        reader = connect(self.path, self._synchronous)
+        reader.execute("PRAGMA query_only = ON")
+        return reader
 
     def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         """The writer's connection (schema brought up to date) and the
@@ -286,9 +312,7 @@ class SQLiteStore:
                 after=after,
             )
         self._cache.attach(conn)
-        reader = connect(self.path, self._synchronous)
-        reader.execute("PRAGMA query_only = ON")
-        return conn, reader
+        return conn, self._reader_connection()
 
     def stop(self) -> Deferred[None]:
         if self._thread is None:
@@ -298,13 +322,18 @@ class SQLiteStore:
         if self._stopped is None:
             self._stopped = Deferred()
             self._read_queue.put(_STOP)
+            self._point_queue.put(_STOP)
             self._hand_over()
             self._queue.put(_STOP)
         return self._stopped
 
     # The writer thread
 
-    def _submit(self, job: Job) -> Deferred[Any]:
+    def _submit(self, job: Job, touches: Any = _ANY_DEVICE) -> Deferred[Any]:
+        """Hand a job to the writer. C{touches}: what it may change of a
+        device's record or OTA status (L{get_device_view}): any device's
+        (unless told), C{None} (calls, jobs, alarms, audit, history), or
+        that of the device with this ID."""
         d: Deferred[Any] = Deferred()
         if self._thread is None or self._stopped is not None:
             d.errback(StoreError("the store is closed"))
@@ -312,6 +341,7 @@ class SQLiteStore:
         if self._handed - self._taken >= self._queue_size:
             d.errback(StoreError("the store is overloaded; try again shortly"))
             return d
+        self._pending(touches)
         self._handed += 1
         turn = self._turn
         turn.append((job, d))
@@ -329,10 +359,32 @@ class SQLiteStore:
         if turn:
             self._queue.put(turn)
 
+    def _pending(self, touches: Any) -> None:
+        self._touches.append(touches)
+        if touches is _ANY_DEVICE:
+            self._pending_any += 1
+        elif touches is not None:
+            self._pending_device[touches] = self._pending_device.get(touches, 0) + 1
+
+    def _done(self, n: int) -> None:
+        """The first C{n} jobs not delivered yet are (committed)."""
+        touching, pending = self._touches, self._pending_device
+        for _ in range(n):
+            touches = touching.popleft()
+            if touches is _ANY_DEVICE:
+                self._pending_any -= 1
+            elif touches is not None:
+                left = pending[touches] - 1
+                if left:
+                    pending[touches] = left
+                else:
+                    del pending[touches]
+
     def _written(self, results: list[tuple[Deferred[Any], Any]]) -> None:
-        """A batch written (on the reactor): the latencies of its jobs
-        told, then their Deferreds fired (in turn with the other results,
-        L{_delivered})."""
+        """A batch written (on the reactor): its jobs are committed (a view
+        need not wait for them any more), their latencies told, then their
+        Deferreds fired (in turn with the other results, L{_delivered})."""
+        self._done(len(results))
         started = self._started
         observer = self.latencies_observer
         if observer is None:
@@ -379,22 +431,23 @@ class SQLiteStore:
             # After every result: through the same queue.
             self._reactor.callFromThread(self._delivered, [(None, self._stopped_now)])
 
-    def _read(self, job: Job) -> Deferred[Any]:
-        """Run a read-only job on the reader thread."""
+    def _read(self, job: Job, point: bool = False) -> Deferred[Any]:
+        """Run a read-only job on the reader thread (C{point}: the point
+        reader's, see L{get_device_view})."""
         d: Deferred[Any] = Deferred()
         if self._reader is None or self._stopped is not None:
             d.errback(StoreError("the store is closed"))
             return d
         try:
-            self._read_queue.put_nowait((job, d))
+            (self._point_queue if point else self._read_queue).put_nowait((job, d))
         except queue.Full:
             d.errback(StoreError("the store is overloaded; try again shortly"))
         return d
 
-    def _run_reader(self, conn: sqlite3.Connection) -> None:
+    def _run_reader(self, conn: sqlite3.Connection, jobs: queue.Queue[Any]) -> None:
         try:
             while True:
-                item = self._read_queue.get()
+                item = jobs.get()
                 if item is _STOP:
                     break
                 job, d = item
@@ -408,10 +461,11 @@ class SQLiteStore:
         self._deliveries.add(results)
 
     def _stopped_now(self) -> None:
-        if self._reader is not None:
-            # It had its stop first; it is done with its last read by now or
-            # soon (a daemon thread; its connection only reads).
-            self._reader.join(5)
+        for reader in (self._reader, self._point_reader):
+            if reader is not None:
+                # It had its stop first; it is done with its last read by
+                # now or soon (a daemon thread; its connection only reads).
+                reader.join(5)
         if self._stopped is not None:
             self._stopped.callback(None)
 
@@ -622,7 +676,7 @@ class SQLiteStore:
         return self._submit(job)
 
     def get_device(self, device_id: str) -> Deferred[Device | None]:
-        return self._submit(lambda conn: _get_device(conn, device_id))
+        return self._submit(lambda conn: _get_device(conn, device_id), touches=None)
 
     def get_device_view(self, device_id: str) -> Deferred[tuple[Device | None, Any]]:
         def job(conn: sqlite3.Connection) -> tuple[Device | None, Any]:
@@ -631,7 +685,11 @@ class SQLiteStore:
                 return None, None
             return device, sqlite_records.get_ota_status(conn, device_id)
 
-        return self._submit(job)
+        if not self._pending_any and device_id not in self._pending_device:
+            # Nothing waiting could change what it reads: the last commit
+            # holds every write asked before it.
+            return self._read(job, point=True)
+        return self._submit(job, touches=None)
 
     def device_credentials(self, device_id: str) -> Deferred[tuple[Device, str] | None]:
         def job(conn: sqlite3.Connection) -> tuple[Device, str] | None:
@@ -732,7 +790,7 @@ class SQLiteStore:
             return device, result
 
         job.atomic = True  # type: ignore[attr-defined]
-        return self._submit(job)
+        return self._submit(job, touches=device_id)
 
     def _apply_shadow(
         self,
@@ -786,7 +844,7 @@ class SQLiteStore:
                 cache.put(device)
             return device, result
 
-        return self._submit(job)
+        return self._submit(job, touches=device_id)
 
     def device_connected(
         self, device_id: str, now: float
@@ -798,13 +856,13 @@ class SQLiteStore:
                 return None
             return device, sqlite_records.data_pull(conn, device_id)
 
-        return self._submit(job)
+        return self._submit(job, touches=device_id)
 
     def touch(self, device_id: str, now: float) -> Deferred[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
 
-        return self._submit(job)
+        return self._submit(job, touches=device_id)
 
     def set_device_token(self, device_id: str, token_hash: str) -> Deferred[bool]:
         def job(conn: sqlite3.Connection) -> bool:
@@ -844,7 +902,8 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> Any:
             return job(calls_sql.Db(conn, "sqlite"), *args)
 
-        return self._read(run) if read else self._submit(run)
+        # Calls and jobs write no device record nor OTA status.
+        return self._read(run) if read else self._submit(run, touches=None)
 
     def create_call(self, call: Any, per_device: int, per_account: int) -> Deferred[Any]:
         return self._calls(calls_sql.create, call, per_device, per_account)
@@ -1010,7 +1069,9 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> Any:
             return job(calls_sql.Db(conn, "sqlite"), *args)
 
-        return self._read(run) if read else self._submit(run)
+        # The jobs of alarms_sql, jobs_sql and calls_sql (the queued calls'
+        # claims and ends) write no device record nor OTA status.
+        return self._read(run) if read else self._submit(run, touches=None)
 
     # Stored data, device events, OTA status (the jobs are in sqlite_records.py)
 
@@ -1060,8 +1121,8 @@ class SQLiteStore:
         self, device_id: str, account_id: str, name: str, data: Any, now: float, keep: int
     ) -> Deferred[int]:
         return self._submit(
-            lambda conn: sqlite_records.append_event(conn, device_id, account_id, name, data, now, keep)
-        )
+            lambda conn: sqlite_records.append_event(conn, device_id, account_id, name, data, now, keep),
+            touches=None)
 
     def query_events(
         self, account_id: str, device_id: str | None, start: int, limit: int
@@ -1092,12 +1153,13 @@ class SQLiteStore:
         return self._submit(lambda conn: sqlite_records.set_ota_status(conn, device_id, status, now))
 
     def get_ota_status(self, device_id: str) -> Deferred[dict[str, Any] | None]:
-        return self._submit(lambda conn: sqlite_records.get_ota_status(conn, device_id))
+        return self._submit(lambda conn: sqlite_records.get_ota_status(conn, device_id),
+                            touches=None)
 
     def ota_statuses(self, states: tuple[str, ...]) -> Deferred[list[dict[str, Any]]]:
         return self._submit(lambda conn: sqlite_records.ota_statuses(conn, states))
     def append_audit(self, entries: list[dict[str, Any]]) -> Deferred[int]:
-        return self._submit(lambda conn: sqlite_records.append_audit(conn, entries))
+        return self._submit(lambda conn: sqlite_records.append_audit(conn, entries), touches=None)
 
     def query_audit(
         self, account_id: str, start: int, limit: int
@@ -1243,11 +1305,12 @@ class InlineSQLiteStore(SQLiteStore):
             self._stopped.callback(None)
         return self._stopped
 
-    def _submit(self, job: Job) -> Deferred[Any]:
+    def _submit(self, job: Job, touches: Any = _ANY_DEVICE) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         if self._conn is None:
             d.errback(StoreError("the store is closed"))
             return d
+        self._pending(touches)
         self._started.append(time.monotonic())
         self._written(self._write(self._conn, [(job, d)]))
         return d
@@ -1256,7 +1319,7 @@ class InlineSQLiteStore(SQLiteStore):
         # At once, not a slice at a time on a reactor: there is none here.
         _deliver(results)
 
-    def _read(self, job: Job) -> Deferred[Any]:
+    def _read(self, job: Job, point: bool = False) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         if self._reading is None:
             d.errback(StoreError("the store is closed"))
