@@ -97,7 +97,7 @@ def main() -> None:
     args = p.parse_args()
     workdir = tempfile.mkdtemp(prefix="dashd-bench-alarms-")
     receiver = Receiver()
-    ns = argparse.Namespace(backlog=4096, twistd_option=[], dashd_config=[
+    ns = argparse.Namespace(backlog=4096, twistd_option=[], tls=False, dashd_config=[
         "webhooks.allow_http=true", 'webhooks.allowed_networks=["127.0.0.0/8"]'])
     server = Server("dashd", ns, os.path.join(workdir, "dashd"))
     workers = [WorkerProcess("d%d" % i, workdir) for i in range(args.workers)]
