@@ -99,3 +99,23 @@ def test_one_node_drives_a_job_until_its_lease_lapses(tmp_path):
     assert here.jobs_driven == {}
     assert done(world.store.get_job(job["id"]))["lease"] == "nother"
     world.close()
+
+
+def test_a_step_that_moved_anything_is_followed_at_a_tenth_of_the_interval(tmp_path):
+    """A job whose devices are done quickly is not paced by jobs.interval:
+    a step that sent anything schedules the next a tenth of it later (no
+    interval's timer runs here: only those steps move the job)."""
+    world = World(tmp_path)
+    runner = JobRunner(world.fleet, world.app.jobs, world.app.devices)
+    ids = [world.register("q%d" % i)[0].id for i in range(3)]
+    job = shadow_job(world, ids, concurrency=1)
+    tenth = world.fleet.config["jobs.interval"] / 10
+    world.clock.advance(0)  # the step its creation asked for
+    assert [interval(world, i) for i in ids].count(60) == 1
+    world.clock.advance(tenth)
+    assert [interval(world, i) for i in ids].count(60) == 2
+    world.clock.advance(tenth)
+    assert [interval(world, i) for i in ids].count(60) == 3
+    world.clock.advance(tenth)
+    assert state(world, job["id"]) == "completed"
+    world.close()
