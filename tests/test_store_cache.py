@@ -187,7 +187,7 @@ def update_job(store, device_id, update, now):
     """The store job update_shadow would submit, not run."""
     jobs = []
     real_submit = store._submit
-    store._submit = lambda job: jobs.append(job) or Deferred()
+    store._submit = lambda job, **kw: jobs.append(job) or Deferred()
     try:
         store.update_shadow(device_id, update, now)
     finally:
