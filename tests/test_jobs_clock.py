@@ -106,7 +106,8 @@ def test_a_step_that_moved_anything_is_followed_at_a_tenth_of_the_interval(tmp_p
     a step that sent anything schedules the next a tenth of it later (no
     interval's timer runs here: only those steps move the job)."""
     world = World(tmp_path)
-    runner = JobRunner(world.fleet, world.app.jobs, world.app.devices)
+    # Kept by the jobs (jobs.runner), which wake it when a job is created.
+    JobRunner(world.fleet, world.app.jobs, world.app.devices)
     ids = [world.register("q%d" % i)[0].id for i in range(3)]
     job = shadow_job(world, ids, concurrency=1)
     tenth = world.fleet.config["jobs.interval"] / 10
