@@ -28,8 +28,9 @@ def make_bus(url: str, channels: list[bytes], received: list, states: list, **kw
     )
 
 
-@pytest_twisted.ensureDeferred
-async def test_publish_subscribe_and_commands_in_order():
+async def started_bus() -> tuple[RedisBus, bytes, list]:
+    """A bus on the machine's Redis, up, subscribed to NS:a of a namespace
+    of its own: (bus, NS, the messages it receives)."""
     backends.check_redis()
     ns = backends.redis_namespace().encode()
     received: list = []
@@ -38,6 +39,16 @@ async def test_publish_subscribe_and_commands_in_order():
     bus.start()
     try:
         await eventually(lambda: states == ["up"])
+    except BaseException:
+        await within(bus.stop())
+        raise
+    return bus, ns, received
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_subscribe_and_commands_in_order():
+    bus, ns, received = await started_bus()
+    try:
         counts = [bus.publish(ns + b":a", b"m%d" % i) for i in range(200)]
         assert (await within(counts[-1])) == 1  # one subscriber: this bus
         await eventually(lambda: len(received) == 200)
@@ -55,14 +66,8 @@ async def test_publish_subscribe_and_commands_in_order():
 
 @pytest_twisted.ensureDeferred
 async def test_a_message_someone_must_hear_tells_only_when_nobody_did():
-    backends.check_redis()
-    ns = backends.redis_namespace().encode()
-    received: list = []
-    states: list = []
-    bus = make_bus(backends.REDIS_URL, [ns + b":a"], received, states)
-    bus.start()
+    bus, ns, received = await started_bus()
     try:
-        await eventually(lambda: states == ["up"])
         unheard: list = []
         bus.publish_unheard(ns + b":a", b"heard", unheard.append)
         bus.publish_unheard(ns + b":nobody", b"lost", unheard.append)
