@@ -24,11 +24,21 @@ from twisted.python.failure import Failure
 DELIVERY_SLICE = 0.02
 
 
+def deliver(d: Deferred[Any], result: Any) -> None:
+    """C{d} gets C{result} (a L{Failure}: errback), unless it was called
+    meanwhile (cancelled, say, because its HTTP client went away; the work
+    is done and durable all the same)."""
+    if d.called:
+        return
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
+
+
 class Deliveries:
     """
-    C{add([(d, result), ...])} on the reactor: C{d} gets C{result} (a
-    L{Failure}: errback), unless it was called meanwhile (cancelled, say,
-    because its HTTP client went away; the work is done all the same).
+    C{add([(d, result), ...])} on the reactor: each L{deliver}ed in turn.
     C{(None, f)}: call C{f()} once everything before it has been delivered.
     """
 
@@ -50,11 +60,8 @@ class Deliveries:
             d, result = pending.popleft()
             if d is None:
                 result()
-            elif not d.called:
-                if isinstance(result, Failure):
-                    d.errback(result)
-                else:
-                    d.callback(result)
+            else:
+                deliver(d, result)
             if pending and time.perf_counter() >= until:
                 self._scheduled = True
                 self._reactor.callLater(0, self._deliver_some)

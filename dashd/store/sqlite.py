@@ -50,7 +50,7 @@ from dashd.domain import query, shadow, timeseries
 from dashd.domain.model import Account, ApiKey, Device
 from dashd.jsontext import compact
 from dashd.domain.errors import Conflict
-from dashd.store.delivery import Deliveries
+from dashd.store.delivery import Deliveries, deliver
 from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
                          calls_sql, firmware_sql, jobs_sql, query_sql, ranges_sql, sessions_sql,
                          sqlite_records)
@@ -1344,16 +1344,7 @@ def _read_job(conn: sqlite3.Connection, job: Job) -> Any:
 
 def _deliver(results: list[tuple[Deferred[Any], Any]]) -> None:
     for d, result in results:
-        if d.called:
-            # Cancelled meanwhile (e.g. its HTTP client went away); the work
-            # is done and durable all the same.
-            continue
-        if isinstance(result, Failure):
-            d.errback(result)
-        else:
-            d.callback(result)
-
-
+        deliver(d, result)
 
 
 def _account(row: tuple[Any, ...]) -> Account:
