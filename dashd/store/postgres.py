@@ -57,7 +57,7 @@ from dashd.domain.errors import Conflict
 from dashd.store import (ACCOUNT_NAME_TAKEN, IStore, LastAdminKey, NotFound, StoreError,
                          StoreUnreachable, calls_sql, firmware_sql, jobs_sql, postgres_records,
                          query_sql, ranges_sql, sessions_sql)
-from dashd.store.delivery import Deliveries
+from dashd.store.delivery import Deliveries, deliver
 from dashd.store.postgres_records import json_param, json_text_param
 
 log = Logger()
@@ -699,17 +699,12 @@ class PostgresStore:
             return {row[0]: (_device(cur, row, _shares_column(row[7])), row[-1])
                     for row in rows}
 
-        def read(found: dict[str, tuple[Device, str]]) -> None:
+        def read(found: Any) -> None:
+            # Each asker its credentials (or the failure), unless cancelled.
             for device_id, d in wanted:
-                if not d.called:  # (not cancelled meanwhile)
-                    d.callback(found.get(device_id))
+                deliver(d, found if isinstance(found, Failure) else found.get(device_id))
 
-        def failed(failure: Failure) -> None:
-            for _, d in wanted:
-                if not d.called:
-                    d.errback(failure)
-
-        self._run(job, merge=True).addCallbacks(read, failed)
+        self._run(job, merge=True).addBoth(read)
 
     def list_devices(self, account_id: str) -> Deferred[list[Device]]:
         def job(cur: Cursor) -> list[Device]:
