@@ -200,6 +200,13 @@ def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 60) -> No
     raise RuntimeError("server did not listen on %d within %ds" % (port, timeout))
 
 
+def buckets(metrics_text: str, name: str) -> dict[str, float]:
+    """A Prometheus histogram's buckets in /metrics text: bound (the C{le}
+    label, "+Inf" last) -> cumulative count."""
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^%s_bucket\{le="([^"]+)"\} (\S+)$' % re.escape(name), metrics_text, re.M)}
+
+
 class WorkerProcess:
     """A bench.worker process, talked to one JSON line each way."""
 
@@ -356,8 +363,8 @@ class Server:
         # busy: the part of each lateness dashd's reactor thread spent
         # working (its CPU time), as opposed to waiting for a core; absent
         # from dashd before 2026-11-29.
-        return {m.group(1) + m.group(2): float(m.group(3)) for m in re.finditer(
-            r'^dashd_reactor_(lag|busy_lag)_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
+        return {kind + bound: count for kind in ("lag", "busy_lag")
+                for bound, count in buckets(text, "dashd_reactor_%s_seconds" % kind).items()}
 
     def connected(self) -> int:
         """Devices holding a connection now (cheaper than online())."""

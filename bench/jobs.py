@@ -35,7 +35,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -46,7 +45,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.__main__ import WorkerProcess, call_all, cpu_seconds
+from bench.__main__ import WorkerProcess, buckets, call_all, cpu_seconds
 from bench.datapull import TWISTD, free_port, metric, request, rss_kb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -79,11 +78,8 @@ def histograms(base: str) -> dict[str, dict[str, float]]:
     histograms: name -> bucket -> count."""
     with urllib.request.urlopen(base + "/metrics", timeout=30) as reply:
         text = reply.read().decode()
-    out: dict[str, dict[str, float]] = {}
-    for name in ("dashd_reactor_lag_seconds", "dashd_store_job_duration_seconds"):
-        out[name] = {m.group(1): float(m.group(2)) for m in re.finditer(
-            r'^%s_bucket\{le="([^"]+)"\} (\S+)$' % name, text, re.M)}
-    return out
+    return {name: buckets(text, name)
+            for name in ("dashd_reactor_lag_seconds", "dashd_store_job_duration_seconds")}
 
 
 def over(before: dict[str, float], after: dict[str, float], limit: float) -> str:
