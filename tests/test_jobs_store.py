@@ -9,9 +9,10 @@ import pytest_twisted
 
 from dashd.app.retention import DataRetention
 from dashd.domain import tokens
+from dashd.domain.model import Device
 from dashd.store.jobs_sql import JobStore
 
-from test_calls_store import _device, stores  # noqa: F401 (the fixture)
+from test_calls_store import _call, _device, stores  # noqa: F401 (the fixture)
 
 
 async def _job(store, device, n: int, state: str | None, finished: float = 0.0) -> str:
@@ -103,3 +104,33 @@ async def test_a_firmware_execution_starts_only_under_the_lease_it_was_taken_wit
     assert (e["state"], e["dispatched"], e["attempts"]) == ("queued", False, 0)
     assert "dispatched" not in e["times"]
     assert c not in [d for d, _ in started]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dispatch_batch_skips_deleted_devices_and_busy_ones(stores):  # noqa: F811
+    """An RPC job's batch reads its devices together: one deleted since is
+    skipped (and gets no call), one with as many calls queued as it may
+    have fails with 429, the others each get their call."""
+    store, _ = stores
+    first = await _device(store)
+    account = first.account_id
+    others = [Device(tokens.new_id("d"), account, "dev%d" % i, 2.0) for i in range(3)]
+    for device in others:
+        await store.create_device(device, tokens.new_id("t"))
+    gone, busy, fine = others
+    job = {"id": tokens.new_id("j"), "account_id": account, "key_id": "k1", "name": "rpc",
+           "kind": "rpc", "firmware_id": None, "state": "running", "created": 1.0,
+           "started": 1.0, "spec": {"action": {"type": "rpc", "method": "Sim.Echo"},
+                                    "timeouts": {"queued": 60.0, "running": 10.0}}}
+    await store.create_job(job, [(d.id, "queued", None) for d in [first] + others])
+    await store.create_call(_call(busy), 10, 100)
+    assert await store.delete_device(gone.id)
+    made = await store.dispatch_job(job, 10, 5.0, 1, 100)
+    assert sorted(call.device_id for call in made) == sorted([first.id, fine.id])
+    found = {e["device_id"]: e for e in await store.job_executions(job["id"], None, 10, None)}
+    assert found[gone.id]["state"] == "skipped"
+    assert found[gone.id]["reason"] == "not found: the device was deleted"
+    assert found[busy.id]["state"] == "failed"
+    assert found[busy.id]["error"]["code"] == 429
+    assert "calls.max_queued_per_device" in found[busy.id]["error"]["message"]
+    assert found[first.id]["call_id"] and found[fine.id]["call_id"]
