@@ -87,7 +87,7 @@ async def test_events_go_only_to_nodes_that_want_them(tmp_path):
         subs.append(there)
         # (At once: its stream opens once node 0 is to send them.)
         device.notify("Ping", {"n": 3})
-        got = await there.next(lambda e: e["name"] == "rpc.out.Ping", seconds=2)
+        got = await there.next(lambda e: e["name"] == "rpc.out.Ping", seconds=10)
         assert got["data"] == {"n": 3}
         assert [m["d"] for _, m in tap.events(device_id)] == [{"n": 3}]
         # It leaves: a moment later (cluster.interest.LINGER) nothing goes again.
@@ -110,7 +110,7 @@ async def test_events_go_only_to_nodes_that_want_them(tmp_path):
         assert reply.status == 200, reply
         device.notify("Ping", {"n": 99})
         await subs[1].next(lambda e: e["id"] == device_id and e["name"] == "rpc.out.Ping",
-                           seconds=2)
+                           seconds=10)
         assert [m["d"] for _, m in tap.events(device_id) if m["n"] == "rpc.out.Ping"] == \
             [{"n": 99}]
     finally:
