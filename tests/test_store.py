@@ -636,3 +636,33 @@ async def test_the_store_files_are_owner_only(tmp_path):
         await s.stop()
     finally:
         os.umask(old_umask)
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_a_sharees_audit_entries_are_copied_to_the_owners_log(store):
+    """One batch: the owner's call, a sharee's (b1) and a stranger's (c1) on
+    the shared device, the sharee's on a device not shared with it, and one
+    about no device: the owner's log gets the sharee's entry on the shared
+    device too, and nothing else (SQLite reads the batch's devices' shares
+    once instead of trying a copy an entry)."""
+    account, key, device = await _account_and_device(store)
+    other = Device(tokens.new_id("d"), account.id, "other", 2.0)
+    await store.create_device(other, "u" * 64)
+
+    def entry(t: float, account_id: str, device_id: str | None) -> dict:
+        return {"t": t, "account_id": account_id, "key_id": "k-" + account_id, "method": "GET",
+                "path": "/api/v2/devices/%s/rpc/Sys.GetInfo" % device_id,
+                "device_id": device_id, "status": 200, "error": None, "detail": None}
+
+    assert await store.append_audit([
+        entry(1.0, account.id, device.id), entry(2.0, "b1", device.id),
+        entry(3.0, "c1", device.id), entry(4.0, "b1", other.id),
+        dict(entry(5.0, "b1", None), path="/api/v2/keys"),
+    ]) == 5
+    owner, _ = await store.query_audit(account.id, 0, 10)
+    assert [(e["timestamp"], e["key_account"]) for e in owner] == [
+        (1.0, account.id), (2.0, "b1")]
+    sharee, _ = await store.query_audit("b1", 0, 10)
+    assert [e["timestamp"] for e in sharee] == [2.0, 4.0, 5.0]
+    stranger, _ = await store.query_audit("c1", 0, 10)
+    assert [e["timestamp"] for e in stranger] == [3.0]

@@ -166,13 +166,28 @@ class ClientAddresses:
     trusted, and only the hops trusted proxies added count.
     """
 
+    # Peers' hosts whose trust was decided, at most this many (then
+    # forgotten all at once and decided again).
+    MAX_PEERS = 4096
+
     def __init__(self, trusted: list[str], header: str = "X-Forwarded-For") -> None:
         self._unix = "unix" in trusted
         self._networks = [ipaddress.ip_network(n, strict=False) for n in trusted if n != "unix"]
         self._header = header.lower().encode("ascii")
+        # Whether a peer's host is a trusted proxy, by host: parsing the
+        # address was most of what every authenticated request paid here.
+        self._peers: dict[str, bool] = {}
 
     def _trusted(self, address: Any) -> bool:
         return address is not None and any(address in n for n in self._networks)
+
+    def _trusted_peer(self, host: str) -> bool:
+        trusted = self._peers.get(host)
+        if trusted is None:
+            if len(self._peers) >= self.MAX_PEERS:
+                self._peers.clear()
+            trusted = self._peers[host] = self._trusted(_ip(host))
+        return trusted
 
     def __call__(self, request: Any) -> str | None:
         peer = request.getClientAddress()
@@ -180,7 +195,7 @@ class ClientAddresses:
         if host is None:
             if not self._unix or not isinstance(peer, UNIXAddress):
                 return None
-        elif not self._trusted(_ip(host)):
+        elif not self._networks or not self._trusted_peer(host):
             return host
         values = request.requestHeaders.getRawHeaders(self._header) or []
         if self._header == b"forwarded":

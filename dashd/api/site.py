@@ -243,6 +243,9 @@ class DashdRequest(Request):
     _refused = False
     _received = 0
     _deadline: Any = None
+    _started: float | None = None
+    # Received whole (requestReceived ran): no deadline any more.
+    _complete = False
     _spool: _Spool | None = None
     _rule: SpoolRule | None = None
     upload: Upload | None = None
@@ -259,8 +262,27 @@ class DashdRequest(Request):
         site = getattr(channel, "site", None)
         if site is not None:
             # Created when the request line arrives; the clock runs from there.
+            # Its timer is set only if the request is not whole once the
+            # channel has taken in what it read (arm_deadline): most arrive
+            # whole in one read, and a timer set and cancelled at once was
+            # work on every request.
             self._started = site.reactor.seconds()
-            self._deadline = site.reactor.callLater(site.request_timeout, self._too_slow)
+
+    def arm_deadline(self) -> None:
+        """Set the request's timer (C{http.request_timeout} from its first
+        line) if it is still being received and has none yet."""
+        if self._deadline is not None or self._complete or self._refused \
+                or self._started is None:
+            return
+        channel = getattr(self, "channel", None)
+        site = getattr(channel, "site", None)
+        if site is None:
+            return
+        left = site.request_timeout - (site.reactor.seconds() - self._started)
+        if left <= 0:
+            self._too_slow()
+            return
+        self._deadline = site.reactor.callLater(left, self._too_slow)
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():
@@ -394,6 +416,7 @@ class DashdRequest(Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
+            self._complete = True
             self._cancel_deadline()
             return
         if self._gated is not None:
@@ -401,6 +424,7 @@ class DashdRequest(Request):
             # decided.
             self._received_line = (command, path, version)
             return
+        self._complete = True
         self._cancel_deadline()
         if self._spool is not None:
             try:
@@ -505,6 +529,15 @@ class DashdHTTPChannel(HTTPChannel):
             self._answer_and_close(431, b"Request Header Fields Too Large",
                                    "the request's headers are larger than %d bytes"
                                    % self.totalHeadersSize)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # The request still being received, if any, gets its timer now.
+        requests = self.requests
+        if requests:
+            arm = getattr(requests[-1], "arm_deadline", None)
+            if arm is not None:
+                arm()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._too_long()

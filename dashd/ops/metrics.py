@@ -55,7 +55,6 @@ from typing import Any, Iterator
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -68,6 +67,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.utils import floatToGoString
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
@@ -291,42 +291,35 @@ class Metrics:
         full_collections()
         self.registry.register(_Live(fleet, store, device_factory, puller,  # type: ignore[arg-type]
                                      delivery, stall_probe))
-        self.rpc_calls = Counter(
-            "dashd_rpc_calls", "REST RPC calls to devices, by outcome", ["outcome"],
-            registry=self.registry,
-        )
-        # Labelled children looked up once: labels() takes a lock and
-        # builds a tuple on every call, and these count every request.
-        self._rpc_outcomes = {
-            outcome: self.rpc_calls.labels(outcome)
-            for outcome in ("ok", "device_error", "timeout", "offline", "rejected", "cancelled",
-                            "error")
-        }
-        self.rpc_seconds = Histogram(
-            "dashd_rpc_call_duration_seconds",
-            "Seconds from a REST RPC call to the device's answer",
-            buckets=RPC_BUCKETS, registry=self.registry,
-        )
+        # Counted on the reactor thread as plain numbers and read when
+        # scraped: a prometheus_client counter or histogram takes a lock on
+        # each change, three a call (docs/performance.md, issue 21 item 0).
+        self._calls = _CallCounts()
+        self.registry.register(self._calls)  # type: ignore[arg-type]
+        self._rpc_outcomes = self._calls.outcomes
         self.store_seconds = Histogram(
             "dashd_store_job_duration_seconds",
             "Seconds from a store job's submission to its durable result",
             buckets=STORE_BUCKETS, registry=self.registry,
         )
-        self.http_requests = Counter(
-            "dashd_http_requests", "REST requests answered, by status", ["code"],
-            registry=self.registry,
-        )
-        # At most one per status code dashd answers with.
-        self._statuses: dict[int, Any] = {}
+        self._requests = _RequestCounts()
+        self.registry.register(self._requests)  # type: ignore[arg-type]
+        # Answered requests by status code, at most one entry per status
+        # dashd answers with.
+        self._statuses = self._requests.statuses
 
     def observe_call(self, d: Deferred[Any]) -> None:
         d.addBoth(self._call_done, time.monotonic())
 
     def _call_done(self, result: Any, started: float) -> Any:
-        outcome = outcome_of(result)
-        self._rpc_outcomes[outcome].inc()
-        if outcome in ("ok", "device_error"):
-            self.rpc_seconds.observe(time.monotonic() - started)
+        if isinstance(result, Failure):
+            outcome = outcome_of(result)
+            self._rpc_outcomes[outcome] += 1
+            if outcome != "device_error":
+                return result
+        else:
+            self._rpc_outcomes["ok"] += 1
+        self._calls.observe(time.monotonic() - started)
         return result
 
     def observe_store_job(self, seconds: float) -> None:
@@ -354,13 +347,69 @@ class Metrics:
             buckets[i].inc(n)
 
     def observe_request(self, request: Any) -> None:
-        counter = self._statuses.get(request.code)
-        if counter is None:
-            counter = self._statuses[request.code] = self.http_requests.labels(str(request.code))
-        counter.inc()
+        statuses = self._statuses
+        code = request.code
+        statuses[code] = statuses.get(code, 0) + 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CallCounts:
+    """``dashd_rpc_calls_total{outcome}`` and
+    ``dashd_rpc_call_duration_seconds``, kept as plain numbers by the
+    reactor thread and read when scraped (the same samples as
+    prometheus_client's Counter and Histogram gave)."""
+
+    def __init__(self) -> None:
+        self.outcomes = {outcome: 0 for outcome in (
+            "ok", "device_error", "timeout", "offline", "rejected", "cancelled", "error")}
+        self._bounds = (*RPC_BUCKETS, float("inf"))
+        self._le = [floatToGoString(b) for b in self._bounds]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # The first bound at or above the value, as Histogram.observe finds it.
+        self._counts[bisect.bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily("dashd_rpc_calls", "REST RPC calls to devices, by outcome",
+                                    labels=["outcome"])
+        for outcome, count in list(self.outcomes.items()):
+            calls.add_metric([outcome], float(count))
+        yield calls
+        cumulative, buckets = 0.0, []
+        for le, count in zip(self._le, list(self._counts)):
+            cumulative += count
+            buckets.append((le, cumulative))
+        yield HistogramMetricFamily(
+            "dashd_rpc_call_duration_seconds",
+            "Seconds from a REST RPC call to the device's answer",
+            buckets=buckets, sum_value=self._sum,
+        )
+
+
+class _RequestCounts:
+    """``dashd_http_requests_total{code}``, kept by the reactor thread as
+    plain numbers (a status appears once it has been answered with)."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("dashd_http_requests", "REST requests answered, by status",
+                                       labels=["code"])
+        for code, count in list(self.statuses.items()):
+            requests.add_metric([str(code)], float(count))
+        yield requests
 
 
 class CounterOf:

@@ -322,16 +322,34 @@ def ota_statuses(conn: sqlite3.Connection, states: tuple[str, ...]) -> list[dict
 
 
 def append_audit(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> int:
-    entries = [dict(e, detail=compact(e["detail"]) if e.get("detail") is not None else None)
+    # (Copied only where the detail must be written as JSON, or is missing.)
+    entries = [e if "detail" in e and e["detail"] is None else
+               dict(e, detail=compact(e["detail"]) if e.get("detail") is not None else None)
                for e in entries]
+    # Positional parameters: sqlite3 binds a named one by looking it up in
+    # the entry (a string made for each), 15% of the statement's time.
     conn.executemany(
         "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error,"
-        " detail) VALUES (:t, :account_id, :key_id, :method, :path, :device_id, :status, :error,"
-        " :detail)",
-        entries,
+        " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(e["t"], e["account_id"], e["key_id"], e["method"], e["path"], e["device_id"],
+          e["status"], e["error"], e["detail"]) for e in entries],
     )
-    # What a sharee did to a device goes to its owner's log too.
-    about_devices = [e for e in entries if e.get("device_id")]
+    # What a sharee did to a device goes to its owner's log too: only an
+    # entry whose account has a share of its device can be one (one read
+    # of the batch's devices' shares, not a statement an entry; the insert
+    # checks the rest).
+    devices = {e["device_id"] for e in entries if e.get("device_id")}
+    if not devices:
+        return len(entries)
+    shares: set[tuple[str, str]] = set()
+    listed = list(devices)
+    for i in range(0, len(listed), 500):
+        part = listed[i:i + 500]
+        shares.update(conn.execute(
+            "SELECT device_id, account_id FROM device_shares WHERE device_id IN (%s)"
+            % ",".join("?" * len(part)), part).fetchall())
+    about_devices = [e for e in entries
+                     if e.get("device_id") and (e["device_id"], e["account_id"]) in shares]
     if about_devices:
         conn.executemany(
             "INSERT INTO audit (t, account_id, key_id, method, path, device_id, status, error,"
