@@ -283,14 +283,18 @@ def _sections_text(sections: dict[str, dict[str, Any]], now: Any, now_text: str)
     """C{compact(sections)}, each C{now} written as C{now_text}."""
     parts = []
     for name, section in sections.items():
-        if tuple(section) == ("version", "timestamp"):
-            t = section["timestamp"]
-            parts.append('%s{"version":%s,"timestamp":%s}' % (
-                _key_text(name), compact(section["version"]),
-                now_text if t is now else compact(t)))
+        version = section.get("version")
+        t = section.get("timestamp", _MISSING)
+        if type(version) is int and tuple(section) == ("version", "timestamp"):
+            parts.append('%s{"version":%d,"timestamp":%s}' % (
+                _SECTION_KEYS.get(name) or _key_text(name), version,
+                now_text if t is now else "null" if t is None else compact(t)))
         else:
             parts.append(_key_text(name) + compact(section))
     return "{" + ",".join(parts) + "}"
+
+
+_SECTION_KEYS = {name: '"%s":' % name for name in SECTIONS}
 
 
 def _key_text(key: Any) -> str:
