@@ -14,6 +14,7 @@ subscriber that does not read.
 from __future__ import annotations
 
 import fcntl
+import functools
 import inspect
 import pprint
 import random
@@ -50,18 +51,15 @@ log = Logger()
 MAX_CONSECUTIVE_ERRORS = 50
 
 
-class _Formatted:
-    """Text made only if a log line shows it."""
+class _Formatted(functools.partial):  # type: ignore[type-arg]
+    """Text made only if a log line shows it: the call it is, made when
+    the text is wanted. A C{partial}, so that making one (six times a
+    message, for Autobahn's debug lines) runs no Python code."""
 
-    __slots__ = ("function", "args", "kwargs")
-
-    def __init__(self, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.function = function
-        self.args = args
-        self.kwargs = kwargs
+    __slots__ = ()
 
     def __str__(self) -> str:
-        return str(self.function(*self.args, **self.kwargs))
+        return str(self())
 
 
 def _lazy_pformat(value: Any, *args: Any, **kwargs: Any) -> Any:
@@ -70,15 +68,13 @@ def _lazy_pformat(value: Any, *args: Any, **kwargs: Any) -> Any:
     # storm). That list is the only one it pretty-prints: defer it to when
     # the line is written; anything else is formatted as before.
     if isinstance(value, list) and not args and not kwargs:
-        return _Formatted(pprint.pformat, (value,), {})
+        return _Formatted(pprint.pformat, value)
     return pprint.pformat(value, *args, **kwargs)
 
 
 def _lazy(function: Any) -> Any:
-    def deferred(*args: Any, **kwargs: Any) -> _Formatted:
-        return _Formatted(function, args, kwargs)
-
-    return deferred
+    # Calling it makes a _Formatted, in C.
+    return functools.partial(_Formatted, function)
 
 
 def _defer_autobahn_debug_formatting() -> None:
