@@ -284,11 +284,12 @@ def _sections_text(sections: dict[str, dict[str, Any]], now: Any, now_text: str)
     parts = []
     for name, section in sections.items():
         version = section.get("version")
-        t = section.get("timestamp", _MISSING)
-        if type(version) is int and tuple(section) == ("version", "timestamp"):
-            parts.append('%s{"version":%d,"timestamp":%s}' % (
-                _SECTION_KEYS.get(name) or _key_text(name), version,
-                now_text if t is now else "null" if t is None else compact(t)))
+        if type(version) is int and len(section) == 2 and next(iter(section)) == "version" \
+                and "timestamp" in section:
+            t = section["timestamp"]
+            text = now_text if t is now else "null" if t is None else compact(t)
+            key = _SECTION_KEYS.get(name) or _key_text(name)
+            parts.append(f'{key}{{"version":{version},"timestamp":{text}}}')
         else:
             parts.append(_key_text(name) + compact(section))
     return "{" + ",".join(parts) + "}"
@@ -379,8 +380,10 @@ def apply_update(
     # of this update (several: the document's, the section's, each key
     # reported) are one text.
     now_text = compact(now)
+    version = new["version"]
     tail = '"version":%s,"timestamp":%s,"sections":%s,"metadata":{"reported":%s}}' % (
-        compact(new["version"]), now_text, _sections_text(new["sections"], now, now_text),
+        version if type(version) is int else compact(version), now_text,
+        _sections_text(new["sections"], now, now_text),
         _times_text(new["metadata"]["reported"], now, now_text))
     return UpdateResult(new, changed=True, desired_changed="desired" in changed, stamped=True,
                         text=head[:-1] + "," + tail)
