@@ -374,6 +374,24 @@ class ChannelProtocol(WebSocketServerProtocol):
             return
         super().onAutoPingTimeout()
 
+    def onMessageEnd(self) -> None:
+        """
+        Autobahn's, without its C{message} event when nothing listens to
+        it: after C{onMessage} Autobahn fires the event to the handlers
+        added with C{.on("message", ...)}, and with none it still makes a
+        Deferred, a closure and a callback a message. dashd adds none;
+        should anything add one, Autobahn's own runs.
+        """
+        if self._listeners is not None or self._parent is not None:
+            super().onMessageEnd()
+            return
+        if not self.failedByMe:
+            payload = b"".join(self.message_data)
+            if self.trackedTimings:
+                self.trackedTimings.track("onMessage")
+            self._onMessage(payload, self.message_is_binary)
+        self.message_data = None
+
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         # Autobahn fires is_closed with the protocol itself: a reference
