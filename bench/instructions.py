@@ -77,13 +77,18 @@ async def calls(reactor, base: str, key: str, device_id: str, n: int, agent=None
         assert reply.code == 200, reply.code
 
 
-def start(target: str, work: str, port: int, cert=None) -> tuple[subprocess.Popen, str, str, str]:
+def start(target: str, work: str, port: int, cert=None,
+          separate_threads: bool = False) -> tuple[subprocess.Popen, str, str, str]:
     """Start C{target} under callgrind with counting off; return the
-    process, its API key (none for the baseline), a device's token and ID."""
+    process, its API key (none for the baseline), a device's token and ID.
+    With C{separate_threads}, callgrind counts each thread apart (see
+    L{callgrind_threads})."""
     out = os.path.join(work, "callgrind.out")
     log = open(os.path.join(work, "server.log"), "wb")
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                 "--callgrind-out-file=" + out]
+    if separate_threads:
+        valgrind.append("--separate-threads=yes")
     endpoint = "tcp:%d:interface=127.0.0.1" % port
     base = "http://127.0.0.1:%d" % port
     context = None
@@ -128,6 +133,23 @@ def start(target: str, work: str, port: int, cert=None) -> tuple[subprocess.Pope
         key = f.read().strip()
     device = post(base + "/api/v2/devices", key, {}, context)
     return server, key, device["token"], device["id"]
+
+
+def callgrind_threads(work: str) -> dict[int, int]:
+    """Each thread's instructions (by callgrind's thread number: 1 is the
+    main thread, the reactor's), from a run with C{separate_threads}; the
+    files in C{work} are left."""
+    totals: dict[int, int] = {}
+    for name in os.listdir(work):
+        m = re.match(r"^callgrind\.out.*-(\d+)$", name)
+        if m:
+            with open(os.path.join(work, name)) as f:
+                for line in f:
+                    t = re.match(r"^(?:summary|totals): (\d+)", line)
+                    if t:
+                        number = int(m.group(1))
+                        totals[number] = max(totals.get(number, 0), int(t.group(1)))
+    return totals
 
 
 def callgrind_total(work: str) -> int:

@@ -17,13 +17,15 @@ load. Kernel work (fsync, the socket calls) is not counted.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
 
 from twisted.internet import defer, task
 
-from bench.instructions import PYTHON, callgrind_total, control, free_port, post, start
+from bench.instructions import (PYTHON, callgrind_threads, callgrind_total, control, free_port,
+                                post, start)
 
 
 async def updates(devices: list, n: int) -> None:
@@ -40,10 +42,13 @@ async def updates(devices: list, n: int) -> None:
                               consumeErrors=True)
 
 
-def count(target: str, n: int, k: int) -> int:
+def count(target: str, n: int, k: int, separate_threads: bool = False) -> list[int]:
+    """Instructions per update: the whole process's, then (with
+    C{separate_threads}) each thread's in callgrind's order (the first is
+    the reactor's)."""
     work = tempfile.mkdtemp(prefix="dashd-shadow-instructions-")
     port = free_port()
-    server, key, token, device_id = start(target, work, port)
+    server, key, token, device_id = start(target, work, port, separate_threads=separate_threads)
     base = "http://127.0.0.1:%d" % port
     if target == "baseline":
         tokens = ["bench%d-x" % i for i in range(1, k + 1)]
@@ -76,7 +81,12 @@ def count(target: str, n: int, k: int) -> int:
     finally:
         server.terminate()
         server.wait(120)
-    return callgrind_total(work) // n
+    if separate_threads:
+        threads = callgrind_threads(work)
+        shutil.rmtree(work, ignore_errors=True)
+        per = [threads[t] // n for t in sorted(threads)]
+        return [sum(threads.values()) // n] + per
+    return [callgrind_total(work) // n]
 
 
 def main() -> int:
@@ -84,22 +94,30 @@ def main() -> int:
     p.add_argument("--updates", type=int, default=2000)
     p.add_argument("--devices", type=int, default=20)
     p.add_argument("--targets", default="baseline,dashd")
+    p.add_argument("--separate-threads", action="store_true",
+                   help="count each thread apart too (callgrind --separate-threads=yes)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(count(args.one, args.updates, args.devices))
+        print(" ".join(map(str, count(args.one, args.updates, args.devices,
+                                      args.separate_threads))))
         return 0
     figures = {}
     for target in args.targets.split(","):
         out = subprocess.run([PYTHON, "-m", "bench.shadow_instructions", "--one", target,
-                              "--updates", str(args.updates), "--devices", str(args.devices)],
+                              "--updates", str(args.updates), "--devices", str(args.devices)]
+                             + (["--separate-threads"] if args.separate_threads else []),
                              capture_output=True, text=True)
         if out.returncode:
             sys.stderr.write(out.stderr)
             return 1
-        figures[target] = int(out.stdout.split()[-1])
+        numbers = [int(x) for x in out.stdout.split("\n")[-2].split()]
+        figures[target] = numbers[0]
         print("%-8s %12d instructions a shadow update (%d counted, %d devices)"
               % (target, figures[target], args.updates, args.devices), flush=True)
+        if len(numbers) > 1:
+            print("         by thread (the first is the reactor's): %s"
+                  % ", ".join("{:,}".format(x) for x in numbers[1:]), flush=True)
     if "baseline" in figures and "dashd" in figures:
         print("dashd / baseline: %.2f" % (figures["dashd"] / figures["baseline"]))
     return 0

@@ -30,7 +30,7 @@ from dashd.app.calls import CallDelivery
 from dashd.app.datapull import DataPuller
 from dashd.app.firmware import OtaManager
 from dashd.app.fleet import Fleet
-from dashd.app.history import History
+from dashd.app.history import History, stored as stored_event
 from dashd.app.jobs import JobRunner
 from dashd.app.limits import FailureLimiter, TokenBucket
 from dashd.app.retention import DataRetention
@@ -205,26 +205,27 @@ def build(config: Config, reactor: Any) -> DashdService:
         )],
     )
 
-    # Who hears of what happens.
-    fleet.event_observers.append(history.observe)
-    fleet.event_observers.append(ota.device_event)
+    # Who hears of what happens: each observer only of the events it acts
+    # on (a device's report goes to the alarms and the jobs, not to five others).
+    fleet.observe_events(history.observe, accepts=stored_event)
+    fleet.observe_events(ota.device_event, ota.DEVICE_EVENTS)
     fleet.info_observers.append(ota.device_info)
     if cluster is not None:
         # A dead node's devices said offline by another: in their history too.
         cluster.announce = fleet.publish
         # Updates driven by another node end on the node the device is on.
         cluster.hub.remote_observers.append(ota.remote_event)
-    fleet.event_observers.append(puller.device_event)
+    fleet.observe_events(puller.device_event, puller.DEVICE_EVENTS)
     fleet.connect_observers.append(puller.device_connected)
     fleet.call_observers.append(metrics.observe_call)
     fleet.ready_observers.append(delivery.device_ready)
-    fleet.event_observers.append(delivery.device_event)
+    fleet.observe_events(delivery.device_event, delivery.DEVICE_EVENTS)
     router.queue_observers.append(delivery.calls_queued)
-    fleet.event_observers.append(alarm_engine.device_event)
+    fleet.observe_events(alarm_engine.device_event, alarm_engine.DEVICE_EVENTS)
     fleet.connect_observers.append(alarm_engine.device_connected)
     fleet.info_observers.append(alarm_engine.device_info)
     fleet.call_result_observers.append(alarm_engine.call_result)
-    fleet.event_observers.append(webhooks.device_event)
+    fleet.observe_events(webhooks.device_event, webhooks.DEVICE_EVENTS)
     alarm_engine.observers.append(webhooks.alarm_event)
     application.jobs.observers.append(webhooks.job_event)
     if hasattr(store, "latencies_observer"):
@@ -280,7 +281,7 @@ def build(config: Config, reactor: Any) -> DashdService:
     # Fleet jobs: each node steps those whose lease it holds (or takes).
     job_runner = JobRunner(fleet, application.jobs, application.devices, audit.record)
     # Devices that come to match continuous targets join as events say so.
-    fleet.event_observers.append(job_runner.device_event)
+    fleet.observe_events(job_runner.device_event, job_runner.DEVICE_EVENTS)
     fleet.info_observers.append(job_runner.device_info)
     if cluster is not None:
         cluster.hub.remote_observers.append(job_runner.remote_event)

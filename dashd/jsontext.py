@@ -13,8 +13,22 @@ import math
 import re
 from typing import Any, Callable
 
-# Built once: json.dumps with options builds a new encoder on every call.
-compact: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# Built once: json.dumps with options builds a new encoder on every call,
+# and so does JSONEncoder.encode (its C encoder, whose arguments alone cost
+# more than encoding a small frame): the C encoder is made once here. It
+# keeps no state between calls (no markers: dashd encodes no circular
+# values; one would end in RecursionError rather than ValueError).
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+if json.encoder.c_make_encoder is not None:  # type: ignore[attr-defined]
+    _encode = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False,
+        True)
+    _join = "".join
+
+    def compact(value: Any) -> str:
+        return _join(_encode(value, 0))
+else:  # pragma: no cover (CPython has the C encoder)
+    compact = _encoder.encode
 
 
 class NotJSON(ValueError):

@@ -392,6 +392,10 @@ class AlarmEngine:
             return True
         return any(self._by_account.get(a) for a in shared_with)
 
+    # The names of the events L{device_event} acts on.
+    DEVICE_EVENTS = ("shadow.update", "online", "offline", "ota.status", "rpc.out.Log",
+                     "device.deleted", "device.updated")
+
     def device_event(self, event: Any) -> None:
         if event.device_id not in self._devices and not self._concerns(
                 event.account_id, event.shared_with):

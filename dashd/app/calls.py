@@ -350,6 +350,9 @@ class CallDelivery:
         if session.device_id in self._queued:
             self._fill(pump)
 
+    # The names of the events L{device_event} acts on.
+    DEVICE_EVENTS = ("offline",)
+
     def device_event(self, event: Any) -> None:
         """A fleet event observer: a device that went offline has no pump."""
         if event.name == "offline":

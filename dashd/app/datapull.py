@@ -109,6 +109,9 @@ class DataPuller:
 
     # When to pull
 
+    # The names of the events L{device_event} acts on.
+    DEVICE_EVENTS = ("rpc.out.DB.NewData",)
+
     def device_event(self, event: Event) -> None:
         """A fleet event observer: the device said it stored data."""
         if event.name == "rpc.out.DB.NewData":

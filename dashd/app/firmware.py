@@ -709,6 +709,9 @@ class OtaManager:
 
     # What the device says after the transfer
 
+    # The names of the events L{device_event} acts on.
+    DEVICE_EVENTS = ("online", "rpc.out.OTAState")
+
     def device_event(self, event: Event) -> None:
         """A fleet event observer: a device came back online, or said how
         its own update goes (Mongoose OS's Dash.OTAState {state, msg})."""

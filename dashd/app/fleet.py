@@ -13,7 +13,7 @@ it.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
@@ -37,6 +37,11 @@ log = Logger()
 FIRMWARE_KEYS = ("app", "arch", "fw_version", "fw_id")
 
 
+# Event names whose observers L{Fleet} remembers (the others are looked up
+# on each event).
+MAX_EVENT_NAMES = 1000
+
+
 class Fleet:
     def __init__(
         self,
@@ -55,6 +60,11 @@ class Fleet:
         # history, dashd.app.history) and every info a device gives about itself
         # (firmware updates, dashd.app.firmware). Observers must not block or raise.
         self.event_observers: list[Callable[[Event], None]] = []
+        # Observers of some events only (L{observe_events}), in the order
+        # they were added, and who is told of each name (found when an
+        # event of that name is first published).
+        self._named: list[tuple[Callable[[str], bool], Callable[[Event], None]]] = []
+        self._by_name: dict[str, tuple[Callable[[Event], None], ...]] = {}
         self.info_observers: list[Callable[[Device, dict[str, Any]], None]] = []
         # Each device that connected, with its pull record (dashd.app.datapull).
         self.connect_observers: list[Callable[[Device, dict[str, Any] | None], None]] = []
@@ -77,9 +87,40 @@ class Fleet:
     def publish(self, device: Device, name: str, data: Any) -> None:
         self._publish(Event(name, device.id, data, device.account_id, device.shared_with))
 
+    def observe_events(self, observer: Callable[[Event], None],
+                       names: Collection[str] = (),
+                       accepts: Callable[[str], bool] | None = None) -> None:
+        """Tell C{observer} of every published event whose name is one of
+        C{names} or is accepted by C{accepts} (after L{event_observers}, in
+        the order added): an event of another name does not call it."""
+        wanted = frozenset(names)
+        if accepts is None:
+            test: Callable[[str], bool] = wanted.__contains__
+        else:
+            def test(name: str, accepts: Callable[[str], bool] = accepts) -> bool:
+                return name in wanted or accepts(name)
+        self._named.append((test, observer))
+        self._by_name.clear()
+
+    def _observers_of(self, name: str) -> tuple[Callable[[Event], None], ...]:
+        observers = tuple(observer for test, observer in self._named if test(name))
+        # Names are few (devices' method names among them: bounded, so
+        # that a device making up names cannot grow this).
+        if len(self._by_name) < MAX_EVENT_NAMES:
+            self._by_name[name] = observers
+        return observers
+
     def _publish(self, event: Event) -> None:
         self.hub.publish(event)
         for observer in self.event_observers:
+            try:
+                observer(event)
+            except Exception:
+                log.failure("event observer {observer}", observer=observer)
+        named = self._by_name.get(event.name)
+        if named is None:
+            named = self._observers_of(event.name)
+        for observer in named:
             try:
                 observer(event)
             except Exception:

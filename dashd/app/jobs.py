@@ -519,6 +519,9 @@ class JobRunner:
 
     # Devices that may join continuous targets
 
+    # The names of the events L{device_event} acts on.
+    DEVICE_EVENTS = JOINING + ("job.state",)
+
     def device_event(self, event: Any) -> None:
         """A fleet event observer (and a cluster hub remote observer, with
         the node): a device that changed may match a continuous target; a

@@ -415,6 +415,9 @@ class WebhookDispatcher:
 
     # What happens
 
+    # The names of the events L{device_event} acts on.
+    DEVICE_EVENTS = tuple(_DEVICE_EVENTS)
+
     def device_event(self, event: Any) -> None:
         kind = _DEVICE_EVENTS.get(event.name)
         if kind is None or not self._hooks:

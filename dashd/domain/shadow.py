@@ -30,6 +30,7 @@ emptied. ``version`` grows by one on every update that changes something.
 from __future__ import annotations
 
 import copy
+from json.encoder import encode_basestring
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +217,91 @@ def depth(value: Any) -> int:
     return 0
 
 
+def _merged(old: dict[str, Any], patch: dict[str, Any], room: int) -> tuple[dict[str, Any], bool]:
+    """
+    C{old} with the merge C{patch} applied (L{merge_patch}), and whether
+    that differs from C{old} (L{_same}), walking only what C{patch} reaches.
+    C{room}: how deep the values of the result may nest (L{depth}).
+
+    What C{patch} does not reach is taken to be within the limit (as it was
+    when it was written), so only C{patch}'s own values are measured.
+
+    @raise ShadowTooLarge: C{patch} nests deeper than C{room}.
+    """
+    result = dict(old)
+    changed = False
+    for key, value in patch.items():
+        if value is None:
+            if key in result:
+                del result[key]
+                changed = True
+            continue
+        have = result.get(key, _MISSING)
+        if isinstance(value, dict):
+            if room < 1:
+                raise _TooDeep()
+            if isinstance(have, dict):
+                value, sub = _merged(have, value, room - 1)
+                changed = changed or sub
+            else:
+                value = _merged({}, value, room - 1)[0]
+                changed = True
+        else:
+            if isinstance(value, list):
+                if depth(value) > room:
+                    raise _TooDeep()
+                fresh = copy.deepcopy(value)
+            else:
+                fresh = value  # a string, number, bool: nothing to copy
+            if not changed and (have is _MISSING or not _same(value, have)):
+                changed = True
+            value = fresh
+        result[key] = value
+    return result, changed
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _times_text(times: dict[str, Any], now: Any, now_text: str) -> str:
+    """C{compact(times)} for the report times, each C{now} written as
+    C{now_text} (encoded once: a float's shortest repr is dear)."""
+    parts = []
+    for key, value in times.items():
+        if value is now:
+            text = now_text
+        elif isinstance(value, dict):
+            text = _times_text(value, now, now_text)
+        else:
+            text = compact(value)
+        parts.append(_key_text(key) + text)
+    return "{" + ",".join(parts) + "}"
+
+
+def _sections_text(sections: dict[str, dict[str, Any]], now: Any, now_text: str) -> str:
+    """C{compact(sections)}, each C{now} written as C{now_text}."""
+    parts = []
+    for name, section in sections.items():
+        version = section.get("version")
+        if type(version) is int and len(section) == 2 and next(iter(section)) == "version" \
+                and "timestamp" in section:
+            t = section["timestamp"]
+            text = now_text if t is now else "null" if t is None else compact(t)
+            key = _SECTION_KEYS.get(name) or _key_text(name)
+            parts.append(f'{key}{{"version":{version},"timestamp":{text}}}')
+        else:
+            parts.append(_key_text(name) + compact(section))
+    return "{" + ",".join(parts) + "}"
+
+
+_SECTION_KEYS = {name: '"%s":' % name for name in SECTIONS}
+
+
+def _key_text(key: Any) -> str:
+    return (encode_basestring(key) if isinstance(key, str) else compact({key: 0})[1:-3]) + ":"
+
+
 def apply_update(
     doc: dict[str, Any],
     update: ShadowUpdate,
@@ -225,6 +311,12 @@ def apply_update(
 ) -> UpdateResult:
     """
     Apply C{update} to the stored document C{doc}.
+
+    Only what the update's patches reach is walked (for the depth limit and
+    to tell whether anything changed): the rest of a section is taken to be
+    within the limits, as it was when it was written (a section stored
+    deeper than a C{max_depth} lowered since is refused only for the parts
+    an update reaches).
 
     @raise VersionConflict: C{update.version} is given and is not current.
     @raise ShadowTooLarge: the result would exceed the size or depth limit.
@@ -247,18 +339,23 @@ def apply_update(
     stamped = False
     for name, patch in update.patches.items():
         old = _section(doc, name)
-        value = {} if patch is None else merge_patch(old, patch)
-        if depth(value) > max_depth:
-            raise ShadowTooLarge(
-                "the shadow's %s section would be nested deeper than %d levels"
-                % (name, max_depth)
-            )
+        if patch is None:
+            value, differs = {}, bool(old)
+            if max_depth < 1:
+                raise _too_deep(name, max_depth)
+        else:
+            try:
+                if max_depth < 1:
+                    raise _TooDeep()
+                value, differs = _merged(old, patch, max_depth - 1)
+            except _TooDeep:
+                raise _too_deep(name, max_depth) from None
         if name == "reported" and update.stamp:
             times = {} if patch is None else _stamp(reported_times(doc), patch, now)
             if patch is None or patch:
                 new["metadata"] = {"reported": times}
                 stamped = True
-        if not _same(value, old):
+        if differs:
             changed.add(name)
             new["sections"][name] = {"version": current[name]["version"] + 1, "timestamp": now}
             if name == "tags":
@@ -279,11 +376,22 @@ def apply_update(
     new["version"] = doc["version"] + 1
     new["timestamp"] = now
     # The whole document's text is the head's and the rest's (the keys in
-    # the order of C{new}): state and tags are encoded once.
-    tail = compact({"version": new["version"], "timestamp": now, "sections": new["sections"],
-                    "metadata": new["metadata"]})
+    # the order of C{new}): state and tags are encoded once, and the times
+    # of this update (several: the document's, the section's, each key
+    # reported) are one text.
+    now_text = compact(now)
+    version = new["version"]
+    tail = '"version":%s,"timestamp":%s,"sections":%s,"metadata":{"reported":%s}}' % (
+        version if type(version) is int else compact(version), now_text,
+        _sections_text(new["sections"], now, now_text),
+        _times_text(new["metadata"]["reported"], now, now_text))
     return UpdateResult(new, changed=True, desired_changed="desired" in changed, stamped=True,
-                        text=head[:-1] + "," + tail[1:])
+                        text=head[:-1] + "," + tail)
+
+
+def _too_deep(name: str, max_depth: int) -> ShadowTooLarge:
+    return ShadowTooLarge("the shadow's %s section would be nested deeper than %d levels"
+                          % (name, max_depth))
 
 
 def view(doc: dict[str, Any], include_tags: bool = True) -> dict[str, Any]:

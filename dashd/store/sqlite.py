@@ -782,9 +782,7 @@ class SQLiteStore:
             if several:
                 conn.execute("RELEASE shadow")
             if result.stamped:
-                device = Device(device.id, device.account_id, device.name, device.created,
-                                device.shared_with, device.last_seen, device.info, document,
-                                device.share_scopes)
+                device = _with_shadow(device, document)
             # What the row holds now (its UPDATE dropped what was kept).
             cache.put(device)
             return device, result
@@ -1422,6 +1420,18 @@ def _device(
         shared_with=shares[0],
         share_scopes=dict(shares[1]),
     )
+
+
+def _with_shadow(device: Device, document: dict[str, Any]) -> Device:
+    """C{replace(device, shadow=document)} for every report the writer
+    keeps: the frozen L{Device}'s fields copied at once rather than set one
+    by one through C{object.__setattr__} by its C{__init__} (it has no
+    C{__post_init__})."""
+    new = object.__new__(Device)
+    fields = new.__dict__
+    fields.update(device.__dict__)
+    fields["shadow"] = document
+    return new
 
 
 def _replace_shadow(device: Device, document: dict[str, Any]) -> Device:
