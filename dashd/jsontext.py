@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Callable
+from typing import Any
 
 # Built once: json.dumps with options builds a new encoder on every call,
 # and so does JSONEncoder.encode (its C encoder, whose arguments alone cost
