@@ -20,7 +20,11 @@ once it lapses). A step:
 
 1. follows the calls of its executions (their durable states in the store:
    sent -> ``in_progress``; succeeded, failed, timed out, lost, expired ->
-   the execution's end, or queued again while it has ``retries`` left);
+   the execution's end, or queued again while it has ``retries`` left).
+   A call's end usually does that itself, in its own transaction
+   (L{dashd.store.jobs_sql.call_ended}); the step finds what it did not
+   (a call cancelled through the API, one whose device was deleted, an
+   execution that was locked at the time on PostgreSQL);
 2. starts a scheduled job at its ``start_at``, ends one at its ``end_at``
    (``completed``, what was not sent cancelled);
 3. checks the abort rules (``aborted`` with the rule that fired and the
@@ -35,8 +39,9 @@ once it lapses). A step:
 6. publishes ``job.progress`` (the counts) when they changed, and
    ``job.state`` on every change of state.
 
-A step that moved anything (sent to devices, or found calls ended) is
-followed by another a tenth of ``jobs.interval`` later rather than a whole
+A step that moved anything (sent to devices, found calls ended, or found
+its counts changed: an RPC execution ends with its call, in the call's own
+store transaction, wherever the call ended) is followed by another a tenth of ``jobs.interval`` later rather than a whole
 one: a job whose devices answer quickly is not paced by the timer (and its
 end is seen at once), while one that waits on its devices costs a step an
 interval.
@@ -659,6 +664,10 @@ class JobRunner:
         counts = await self._store.job_counts(job_id)
         driven.state = job["state"]  # type: ignore[attr-defined]
         if counts != driven.counts:
+            if driven.counts is not None:
+                # Executions ended (their calls' ends end them, on any
+                # node, between two steps): the job moved.
+                self._moved = True
             before = driven.counts or {}
             for state in j.FINAL:
                 grown = counts.get(state, 0) - before.get(state, 0)
