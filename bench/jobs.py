@@ -300,6 +300,12 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
             break
         jobs_before = count
     jobs_before = metric(base, "dashd_store_job_duration_seconds_count")
+    # What dashd spends with nothing asked of it (its devices' pings and
+    # timers), to take out of the job's CPU: the job's wall time, and with
+    # it that share, grows with the machine's load.
+    idle_cpu, idle_t = cpu_seconds(pid), time.monotonic()
+    time.sleep(5)
+    idle = (cpu_seconds(pid) - idle_cpu) / (time.monotonic() - idle_t)
     if reader_on:
         thread.start()
     sampler = subprocess.Popen(
@@ -338,6 +344,9 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
              job["progress"]["succeeded"] / took), flush=True)
     print("  dashd CPU meanwhile: %.2f s, %.0f us an execution (with the GETs'), %.0f%% of a core"
           % (cpu, 1e6 * cpu / max(1, job["progress"]["total"]), 100 * cpu / took), flush=True)
+    print("  dashd idle before the job: %.0f%% of a core; the job's CPU net of it: %.0f us an "
+          "execution" % (100 * idle, 1e6 * (cpu - idle * took) / max(1, job["progress"]["total"])),
+          flush=True)
     print("  reactor lag probe ticks meanwhile: %s" % lag, flush=True)
     print("  store jobs' durations (queued to done): %s" % store, flush=True)
     print("  store jobs meanwhile: %d, %.2f an execution (with those of %d GETs)"
