@@ -22,9 +22,10 @@ once it lapses). A step:
    sent -> ``in_progress``; succeeded, failed, timed out, lost, expired ->
    the execution's end, or queued again while it has ``retries`` left).
    A call's end usually does that itself, in its own transaction
-   (L{dashd.store.jobs_sql.call_ended}); the step finds what it did not
-   (a call cancelled through the API, one whose device was deleted, an
-   execution that was locked at the time on PostgreSQL);
+   (L{dashd.store.jobs_sql.call_ended}); a step (at most one an interval:
+   it reads every execution out) finds the calls sent and what their ends
+   did not end (a call cancelled through the API, one whose device was
+   deleted, an execution that was locked at the time on PostgreSQL);
 2. starts a scheduled job at its ``start_at``, ends one at its ``end_at``
    (``completed``, what was not sent cancelled);
 3. checks the abort rules (``aborted`` with the rule that fired and the
@@ -457,6 +458,9 @@ class _Driven:
         self.tokens = 0.0
         self.last = now
         self.refreshed = now
+        # When the job's executions were last brought up to their calls
+        # (an RPC job's sync).
+        self.synced = float("-inf")
         self.counts: dict[str, int] | None = None
         # The lease: its token (epoch) and until when it holds.
         self.token = 0
@@ -648,7 +652,13 @@ class JobRunner:
             driven.account = job["account_id"]
             self._accounts_changed()
         spec = job["spec"]
-        if job["kind"] == "rpc":
+        if job["kind"] == "rpc" and now - driven.synced >= self._config["jobs.interval"]:
+            # Once an interval, not every step: a call's end ends its
+            # execution itself; this finds the calls sent (in progress)
+            # and what their ends did not end, reading every execution
+            # out (thousands, in a big job: a step comes every tenth of
+            # the interval while the job moves).
+            driven.synced = now
             if await self._store.sync_job(job_id, spec["retries"], now):
                 self._moved = True
         elif job["kind"] == "firmware":
