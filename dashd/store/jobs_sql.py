@@ -407,7 +407,12 @@ def call_ended(db: Db, call: Call, now: float) -> bool:
     elif call.error is not None:
         outcome["error"] = call.error
     _end_by_call(e, call.state, call.sent, outcome, int(spec.get("retries") or 0), now)
-    _write_exec(db, row[0], e, now)
+    # Only what an end changes (not call_id, whose index would be rewritten).
+    kept = {k: e[k] for k in ("result", "error") if k in e} or None
+    db.execute("UPDATE job_executions SET state = ?, times = ?, outcome = ?, dispatched = 0,"
+               " updated = ? WHERE job_id = ? AND device_id = ?",
+               (e["state"], db.json(e["times"]), db.json(kept) if kept is not None else None,
+                now, row[0], e["device_id"]))
     return True
 
 
