@@ -388,25 +388,29 @@ def call_ended(db: Db, call: Call, now: float) -> bool:
     ``dispatched`` cleared) is left alone, as L{sync} leaves it."""
     if call.state not in _CALL_END:
         return False
-    row = db.one("SELECT e.job_id, %s, j.spec FROM job_executions e JOIN jobs j ON j.id ="
-                 " e.job_id WHERE e.call_id = ? AND e.dispatched = 1%s"
-                 % (_EXEC_E, " FOR UPDATE OF e SKIP LOCKED" if db.pg else ""), (call.id,))
+    row = db.one("SELECT job_id, %s FROM job_executions WHERE call_id = ? AND dispatched = 1%s"
+                 % (_EXEC, " FOR UPDATE SKIP LOCKED" if db.pg else ""), (call.id,))
     if row is None:
         # Not a job's call; or (PostgreSQL) its execution is locked by
         # another transaction (a cancel, the job's sync): the job's next
         # sync ends it (this transaction waits for no execution's lock
         # while it holds the call's, so it cannot deadlock with them).
         return False
-    e = _execution(db, row[1:11])
+    e = _execution(db, row[1:])
     e.pop("result", None)
     e.pop("error", None)
-    spec = db.load(row[11]) or {}
     outcome: dict[str, Any] = {}
+    retries = 0
     if call.state == c.SUCCEEDED:
         outcome["result"] = call.result
-    elif call.error is not None:
-        outcome["error"] = call.error
-    _end_by_call(e, call.state, call.sent, outcome, int(spec.get("retries") or 0), now)
+    else:
+        if call.error is not None:
+            outcome["error"] = call.error
+        if _CALL_END[call.state] in (j.FAILED, j.TIMED_OUT):
+            # May be retried: the job's spec says how often.
+            (spec,) = db.one("SELECT spec FROM jobs WHERE id = ?", (row[0],))
+            retries = int((db.load(spec) or {}).get("retries") or 0)
+    _end_by_call(e, call.state, call.sent, outcome, retries, now)
     # Only what an end changes (not call_id, whose index would be rewritten).
     kept = {k: e[k] for k in ("result", "error") if k in e} or None
     db.execute("UPDATE job_executions SET state = ?, times = ?, outcome = ?, dispatched = 0,"
