@@ -30,6 +30,17 @@ from bench.datapull import free_port, request
 from bench.instructions import callgrind_total, control, start
 
 
+def ask(method: str, url: str, key: str, body: dict | None = None) -> tuple[int, bytes]:
+    """A request, asked again while dashd (slowed by callgrind, on a busy
+    machine) does not answer in time."""
+    for _ in range(20):
+        try:
+            return request(method, url, key, body)
+        except OSError:
+            time.sleep(1)
+    return request(method, url, key, body)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.jobs_instructions")
     p.add_argument("--devices", type=int, default=500)
@@ -53,7 +64,7 @@ def main() -> int:
                                         "tokens": tokens, "binds": ["127.0.0.2"],
                                         "timeout": 600}], timeout=630)
         while True:
-            status, body = request("GET", base + "/api/v2/devices/count?where=online", key)
+            status, body = ask("GET", base + "/api/v2/devices/count?where=online", key)
             if json.loads(body)["count"] >= args.devices + 0:
                 break
             time.sleep(1)
@@ -66,7 +77,7 @@ def main() -> int:
         job_id = json.loads(body)["id"]
         while True:
             time.sleep(1)
-            status, body = request("GET", base + "/api/v2/jobs/" + job_id, key)
+            status, body = ask("GET", base + "/api/v2/jobs/" + job_id, key)
             job = json.loads(body)
             if job["state"] in ("completed", "aborted"):
                 break
