@@ -170,9 +170,9 @@ def claim(db: Db, device_id: str, claim_id: str, now: float,
     taken: list[Call] = []
     expired: list[Call] = []
     while len(taken) < limit:
+        wanted = limit - len(taken)
         rows = db.all("SELECT %s FROM calls WHERE device_id = ? AND state = 'queued'"
-                      " ORDER BY seq LIMIT ?%s" % (_COLUMNS, db.lock),
-                      (device_id, limit - len(taken)))
+                      " ORDER BY seq LIMIT ?%s" % (_COLUMNS, db.lock), (device_id, wanted))
         if not rows:
             break
         for row in rows:
@@ -186,6 +186,8 @@ def claim(db: Db, device_id: str, claim_id: str, now: float,
             call = c.sent(call, claim_id, now)
             taken.append(call)
             _write(db, call)
+        if len(rows) < wanted:
+            break  # none left queued: no need to ask again
     return taken, expired
 
 
