@@ -3,6 +3,8 @@ Fleet jobs under load (issue 18's benchmark lines).
 
     .venv/bin/python -m bench.jobs [--devices 10000] [--firmware-devices 1000]
                                    [--image-kb 256] [--store-url URL]
+                                   [--parts rpc,firmware,rollout] [--no-reader]
+                                   [--gets N]
 
 Starts dashd (``twistd -n dashd``, SQLite in a temporary directory unless
 ``--store-url`` names a PostgreSQL database), registers the devices and

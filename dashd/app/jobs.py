@@ -42,10 +42,10 @@ once it lapses). A step:
 
 A step that moved anything (sent to devices, found calls ended, or found
 its counts changed: an RPC execution ends with its call, in the call's own
-store transaction, wherever the call ended) is followed by another a tenth of ``jobs.interval`` later rather than a whole
-one: a job whose devices answer quickly is not paced by the timer (and its
-end is seen at once), while one that waits on its devices costs a step an
-interval.
+store transaction, wherever the call ended) is followed by another a
+tenth of ``jobs.interval`` later rather than a whole one: a job whose
+devices answer quickly is not paced by the timer (and its end is seen at
+once), while one that waits on its devices costs a step an interval.
 
 Restarts and node deaths: nothing is sent twice. A call is made once per
 attempt, atomically with its execution's record; the queued calls send it

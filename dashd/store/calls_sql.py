@@ -97,9 +97,9 @@ def _write(db: Db, call: Call) -> None:
 
 
 def _ended(db: Db, call: Call, now: float) -> None:
-    """The call has ended (or was queued again, to retry): the fleet job's
-    execution that follows it, if any, ends in the same transaction
-    (L{dashd.store.jobs_sql.call_ended}), not at the job's next step."""
+    """If the call has ended, the fleet job's execution that follows it, if
+    any, ends in the same transaction (L{dashd.store.jobs_sql.call_ended}),
+    not at the job's next step."""
     if call.final:
         from dashd.store import jobs_sql  # it imports this module
 

@@ -10,9 +10,10 @@ in one transaction (L{dispatch}), and the execution follows the call's
 durable state: ended in the transaction that ends the call
 (L{call_ended}, from L{dashd.store.calls_sql}; found by its ``call_id``,
 indexed since ``migrations/0013``), and brought up to the call's state at
-the job's steps (L{sync}: a call sent, or one whose end did not end it). So whatever stops, and wherever the job is driven
-from, a device gets each attempt once: the call goes out once (the queued
-calls' guarantee) and a new attempt is made only after the last one ended.
+the job's steps (L{sync}: a call sent, or one whose end did not end it).
+So whatever stops, and wherever the job is driven from, a device gets each
+attempt once: the call goes out once (the queued calls' guarantee) and a
+new attempt is made only after the last one ended.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from dashd.store.calls_sql import Db
 _JOB = ("id, account_id, key_id, name, kind, firmware_id, spec, state, reason, created, "
         "started, finished, updated, lease, lease_until, seq, stage")
 _EXEC = "device_id, seq, state, reason, attempts, call_id, times, outcome, dispatched, updated"
-_EXEC_E = ", ".join("e." + name.strip() for name in _EXEC.split(","))
 _LIVE = "('scheduled', 'running', 'paused')"
 _NO_LIMIT = 1 << 30
 
