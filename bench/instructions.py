@@ -66,10 +66,16 @@ def tls_cert(work: str):
     return make_server_cert(work, ["127.0.0.1"])
 
 
+# What is asked: a REST RPC call (the default), or the device's view
+# (--request device: GET /api/v2/devices/ID, what a client polls).
+REQUEST = {"rpc": "%s/api/v2/devices/%s/rpc/Sys.GetInfo", "device": "%s/api/v2/devices/%s"}
+_request = "rpc"
+
+
 async def calls(reactor, base: str, key: str, device_id: str, n: int, agent=None) -> None:
     import treq
 
-    url = "%s/api/v2/devices/%s/rpc/Sys.GetInfo" % (base, device_id)
+    url = REQUEST[_request] % (base, device_id)
     extra = {"agent": agent} if agent is not None else {"persistent": True}
     for _ in range(n):
         reply = await treq.get(url, headers={"Authorization": ["Bearer " + key]}, **extra)
@@ -218,8 +224,13 @@ def main() -> int:
     p.add_argument("--targets", default="baseline,dashd",
                    help="which servers to count, in order (default: baseline,dashd)")
     p.add_argument("--tls", action="store_true", help="both servers on TLS")
+    p.add_argument("--request", choices=sorted(REQUEST), default="rpc",
+                   help="rpc: GET .../rpc/Sys.GetInfo (default); device: GET "
+                        "/api/v2/devices/ID")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
+    global _request
+    _request = args.request
     if args.one:
         print(count(args.one, args.calls, args.tls))
         return 0
@@ -227,11 +238,14 @@ def main() -> int:
     for target in args.targets.split(","):
         # A reactor cannot be restarted: each count runs in a process of its own.
         out = subprocess.run([PYTHON, "-m", "bench.instructions", "--one", target,
-                              "--calls", str(args.calls)] + (["--tls"] if args.tls else []),
+                              "--calls", str(args.calls), "--request", args.request]
+                             + (["--tls"] if args.tls else []),
                              capture_output=True, text=True, check=True)
         figures[target] = int(out.stdout.split()[-1])
-        print("%-8s %12d instructions a REST RPC call (%d calls counted%s)"
-              % (target, figures[target], args.calls, ", TLS" if args.tls else ""), flush=True)
+        print("%-8s %12d instructions a %s (%d counted%s)"
+              % (target, figures[target], "REST RPC call" if args.request == "rpc" else
+                 "GET /api/v2/devices/ID", args.calls, ", TLS" if args.tls else ""),
+              flush=True)
     if "baseline" in figures and "dashd" in figures:
         print("dashd / baseline: %.2f" % (figures["dashd"] / figures["baseline"]))
     return 0

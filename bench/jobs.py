@@ -3,6 +3,8 @@ Fleet jobs under load (issue 18's benchmark lines).
 
     .venv/bin/python -m bench.jobs [--devices 10000] [--firmware-devices 1000]
                                    [--image-kb 256] [--store-url URL]
+                                   [--parts rpc,firmware,rollout] [--no-reader]
+                                   [--gets N]
 
 Starts dashd (``twistd -n dashd``, SQLite in a temporary directory unless
 ``--store-url`` names a PostgreSQL database), registers the devices and
@@ -127,6 +129,12 @@ def main() -> int:
     p.add_argument("--py-spy", default="",
                    help="sample dashd with py-spy during the rpc job into this file "
                         "(collapsed stacks; py-spy must be installed)")
+    p.add_argument("--no-reader", action="store_true",
+                   help="the rpc job without the REST reader beside it (dashd's CPU an "
+                        "execution alone)")
+    p.add_argument("--gets", type=int, default=0,
+                   help="before the parts: this many GET /api/v2/devices/ID on one "
+                        "keep-alive connection, no job running: dashd's CPU a GET")
     p.add_argument("--devices-process", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.devices_process:
@@ -213,8 +221,11 @@ def main() -> int:
             online, "PostgreSQL" if args.store_url else "SQLite", rss_kb(dashd.pid) / 1024),
             flush=True)
 
+        if args.gets:
+            gets_alone(base, key, ids, args.gets, dashd.pid)
         if "rpc" in parts:
-            rpc_job(base, key, ids, args.timeout, dashd.pid, args.py_spy)
+            rpc_job(base, key, ids, args.timeout, dashd.pid, args.py_spy,
+                    reader_on=not args.no_reader)
         if "firmware" in parts:
             firmware_job(base, key, ids, work, dashd.pid, args)
         if "rollout" in parts:
@@ -233,8 +244,34 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def gets_alone(base: str, key: str, ids: list[str], count: int, pid: int) -> None:
+    """GET /api/v2/devices/ID C{count} times on one keep-alive connection,
+    nothing else asked of dashd: its CPU a GET (user + system, /proc)."""
+    host, port = base.split("//", 1)[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    path = "/api/v2/devices/" + ids[-1]
+    headers = {"Authorization": "Bearer " + key}
+
+    def some(n: int) -> None:
+        for _ in range(n):
+            conn.request("GET", path, headers=headers)
+            reply = conn.getresponse()
+            reply.read()
+            assert reply.status == 200, reply.status
+
+    some(min(200, count))  # warm: the key's cache, the device's record
+    cpu = cpu_seconds(pid)
+    started = time.monotonic()
+    some(count)
+    took = time.monotonic() - started
+    cpu = cpu_seconds(pid) - cpu
+    conn.close()
+    print("GET /api/v2/devices/ID alone: %d in %.1f s, dashd CPU %.0f us a GET"
+          % (count, took, 1e6 * cpu / count), flush=True)
+
+
 def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
-            spy: str = "") -> None:
+            spy: str = "", reader_on: bool = True) -> None:
     """1. An RPC job on every device, no rate limit, with REST beside it."""
     latencies: list[float] = []
     done = threading.Event()
@@ -265,7 +302,14 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
             break
         jobs_before = count
     jobs_before = metric(base, "dashd_store_job_duration_seconds_count")
-    thread.start()
+    # What dashd spends with nothing asked of it (its devices' pings and
+    # timers), to take out of the job's CPU: the job's wall time, and with
+    # it that share, grows with the machine's load.
+    idle_cpu, idle_t = cpu_seconds(pid), time.monotonic()
+    time.sleep(5)
+    idle = (cpu_seconds(pid) - idle_cpu) / (time.monotonic() - idle_t)
+    if reader_on:
+        thread.start()
     sampler = subprocess.Popen(
         [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid", str(pid),
          "--format", "raw", "--nonblocking", "--rate", "200", "-o", spy],
@@ -289,7 +333,8 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
         sampler.send_signal(signal.SIGINT)
         sampler.wait(60)
     done.set()
-    thread.join(30)
+    if reader_on:
+        thread.join(30)
     store_jobs = metric(base, "dashd_store_job_duration_seconds_count") - jobs_before
     latencies.sort()
 
@@ -301,6 +346,9 @@ def rpc_job(base: str, key: str, ids: list[str], timeout: float, pid: int,
              job["progress"]["succeeded"] / took), flush=True)
     print("  dashd CPU meanwhile: %.2f s, %.0f us an execution (with the GETs'), %.0f%% of a core"
           % (cpu, 1e6 * cpu / max(1, job["progress"]["total"]), 100 * cpu / took), flush=True)
+    print("  dashd idle before the job: %.0f%% of a core; the job's CPU net of it: %.0f us an "
+          "execution" % (100 * idle, 1e6 * (cpu - idle * took) / max(1, job["progress"]["total"])),
+          flush=True)
     print("  reactor lag probe ticks meanwhile: %s" % lag, flush=True)
     print("  store jobs' durations (queued to done): %s" % store, flush=True)
     print("  store jobs meanwhile: %d, %.2f an execution (with those of %d GETs)"

@@ -134,3 +134,80 @@ async def test_a_dispatch_batch_skips_deleted_devices_and_busy_ones(stores):  # 
     assert found[busy.id]["error"]["code"] == 429
     assert "calls.max_queued_per_device" in found[busy.id]["error"]["message"]
     assert found[first.id]["call_id"] and found[fine.id]["call_id"]
+
+
+async def _rpc_job(store, account: str, devices: list, retries: int,
+                   queued: float = 60.0) -> dict:
+    job = {"id": tokens.new_id("j"), "account_id": account, "key_id": "k1", "name": "rpc",
+           "kind": "rpc", "firmware_id": None, "state": "running", "created": 1.0,
+           "started": 1.0, "spec": {"action": {"type": "rpc", "method": "Sim.Echo"},
+                                    "timeouts": {"queued": queued, "running": 10.0},
+                                    "retries": retries}}
+    await store.create_job(job, [(d.id, "queued", None) for d in devices])
+    return job
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_calls_end_ends_its_job_execution_in_the_same_transaction(
+        stores):  # noqa: F811
+    """An RPC job's call that ends (its device's answer, through the
+    batched ends as dashd.app.calls stores them; or the sweep expiring it)
+    ends its execution in the call's own transaction: no step of the job
+    (sync) is needed to see it, and the sync then finds nothing left to do.
+    A failed attempt with retries left is queued again; a call that is not
+    a job's ends alone."""
+    from dashd.store import calls_sql
+
+    store, other = stores
+    first = await _device(store)
+    account = first.account_id
+    devices = [first] + [Device(tokens.new_id("d"), account, "dev%d" % i, 2.0)
+                         for i in range(3)]
+    for device in devices[1:]:
+        await store.create_device(device, tokens.new_id("t"))
+    answered, failing, expiring, retried = devices
+    job = await _rpc_job(store, account, [answered, failing], 0)
+    late_job = await _rpc_job(store, account, [expiring], 0, queued=0.5)
+    again = await _rpc_job(store, account, [retried], 1)
+    made = []
+    for one in (job, late_job, again):
+        made += await store.dispatch_job(one, 10, 5.0, 10, 100)
+    calls = {call.device_id: call for call in made}
+    alone = await store.create_call(_call(first), 10, 100)
+    # The sweep expires one before its device takes it (on another node).
+    (expired,) = await other.expire_calls(5.5)
+    assert expired.id == calls[expiring.id].id
+    taken = {}
+    for device in (answered, failing, retried):
+        sent, _ = await store.claim_calls(device.id, "n1/%s" % device.id, 6.0, 10)
+        taken.update((call.id, call) for call in sent)
+    assert alone.id in taken
+    # The ends, batched in one transaction as CallDelivery gathers them.
+    ends = [(calls[answered.id].id, 1, "n1/" + answered.id, "succeeded", 7.0, {"n": 1}, None),
+            (calls[failing.id].id, 1, "n1/" + failing.id, "failed", 7.0, None,
+             {"code": 500, "message": "no"}),
+            (calls[retried.id].id, 1, "n1/" + retried.id, "failed", 7.0, None,
+             {"code": 500, "message": "not yet"}),
+            (alone.id, 1, "n1/" + first.id, "succeeded", 7.0, "alone", None)]
+    results = await store.alarms_job(calls_sql.each, calls_sql.end, ends)
+    assert [r.state for r in results] == ["succeeded", "failed", "failed", "succeeded"]
+    found = {e["device_id"]: e for e in await store.job_executions(job["id"], None, 10, None)}
+    ok = found[answered.id]
+    assert (ok["state"], ok["result"], ok["dispatched"]) == ("succeeded", {"n": 1}, False)
+    assert ok["times"]["in_progress"] == 6.0 and ok["times"]["succeeded"] == 7.0
+    bad = found[failing.id]
+    assert (bad["state"], bad["error"]) == ("failed", {"code": 500, "message": "no"})
+    (late,) = await store.job_executions(late_job["id"], None, 10, None)
+    assert late["state"] == "timed_out" and late["error"]["code"] == 504
+    assert "in_progress" not in late["times"]
+    (retry,) = await store.job_executions(again["id"], None, 10, None)
+    assert (retry["state"], retry["dispatched"], retry["attempts"]) == ("queued", False, 1)
+    assert retry["error"] == {"code": 500, "message": "not yet"}
+    assert await store.jobs_in_flight(job["id"]) == 0
+    # Nothing left for the job's step.
+    assert await store.sync_job(job["id"], 0, 8.0) == 0
+    assert await store.sync_job(late_job["id"], 0, 8.0) == 0
+    assert await store.sync_job(again["id"], 1, 8.0) == 0
+    # The retry is a new attempt, sent once more (a new call).
+    (next_call,) = await store.dispatch_job(again, 10, 9.0, 10, 100)
+    assert next_call.id != calls[retried.id].id

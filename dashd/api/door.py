@@ -3,6 +3,8 @@ The site's root resource: the busiest requests are answered here, before
 Klein's routing; everything else goes on to Klein.
 
 - C{GET|POST /api/v2/devices/ID/rpc/METHOD}, the REST to device bridge;
+- C{GET /api/v2/devices/ID}, a device's view (what a dashboard or a
+  script polls, beside a fleet job: issue 18);
 - C{/api/v2/rpc} and C{/api/v2/notify}, the WebSocket upgrades (a fleet
   reconnecting is thousands of them).
 
@@ -38,6 +40,9 @@ DEVICE_CHANNEL = b"/api/v2/rpc"
 NOTIFY_CHANNEL = b"/api/v2/notify"
 # Path segments as sent (percent-encoded).
 _RPC_PATH = re.compile(rb"^/api/v2/devices/([^/]+)/rpc/([^/]+)$")
+_DEVICE_PATH = re.compile(rb"^/api/v2/devices/([^/]+)$")
+# What Klein's device converter (dashd.api.devices) leaves to other routes.
+_NOT_DEVICES = ("data", "count")
 
 # What the door answers itself, as (method, path template); "*": any
 # method (a WebSocket upgrade). tests/test_openapi.py checks each is in the
@@ -47,6 +52,7 @@ ROUTES = (
     ("*", NOTIFY_CHANNEL.decode()),
     ("GET", "/api/v2/devices/{device_id}/rpc/{method}"),
     ("POST", "/api/v2/devices/{device_id}/rpc/{method}"),
+    ("GET", "/api/v2/devices/{device_id}"),
 )
 
 
@@ -78,6 +84,12 @@ class Door(Resource):
             return self._serve(request, self._api.device_channel_resource(request))
         if path == NOTIFY_CHANNEL:
             return self._serve(request, self._api.notify_channel_resource(request))
+        if request.method == b"GET":
+            m = _DEVICE_PATH.match(path)
+            if m is not None:
+                device_id = unquote_to_bytes(m.group(1)).decode("utf-8")
+                if device_id not in _NOT_DEVICES:
+                    return self._serve(request, self._api.get_device(request, device_id))
         if request.method in (b"GET", b"POST"):
             m = _RPC_PATH.match(path)
             if m is not None:

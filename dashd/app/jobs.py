@@ -20,7 +20,12 @@ once it lapses). A step:
 
 1. follows the calls of its executions (their durable states in the store:
    sent -> ``in_progress``; succeeded, failed, timed out, lost, expired ->
-   the execution's end, or queued again while it has ``retries`` left);
+   the execution's end, or queued again while it has ``retries`` left).
+   A call's end usually does that itself, in its own transaction
+   (L{dashd.store.jobs_sql.call_ended}); a step (at most one an interval:
+   it reads every execution out) finds the calls sent and what their ends
+   did not end (a call cancelled through the API, one whose device was
+   deleted, an execution that was locked at the time on PostgreSQL);
 2. starts a scheduled job at its ``start_at``, ends one at its ``end_at``
    (``completed``, what was not sent cancelled);
 3. checks the abort rules (``aborted`` with the rule that fired and the
@@ -35,11 +40,12 @@ once it lapses). A step:
 6. publishes ``job.progress`` (the counts) when they changed, and
    ``job.state`` on every change of state.
 
-A step that moved anything (sent to devices, or found calls ended) is
-followed by another a tenth of ``jobs.interval`` later rather than a whole
-one: a job whose devices answer quickly is not paced by the timer (and its
-end is seen at once), while one that waits on its devices costs a step an
-interval.
+A step that moved anything (sent to devices, found calls ended, or found
+its counts changed: an RPC execution ends with its call, in the call's own
+store transaction, wherever the call ended) is followed by another a
+tenth of ``jobs.interval`` later rather than a whole one: a job whose
+devices answer quickly is not paced by the timer (and its end is seen at
+once), while one that waits on its devices costs a step an interval.
 
 Restarts and node deaths: nothing is sent twice. A call is made once per
 attempt, atomically with its execution's record; the queued calls send it
@@ -452,6 +458,9 @@ class _Driven:
         self.tokens = 0.0
         self.last = now
         self.refreshed = now
+        # When the job's executions were last brought up to their calls
+        # (an RPC job's sync).
+        self.synced = float("-inf")
         self.counts: dict[str, int] | None = None
         # The lease: its token (epoch) and until when it holds.
         self.token = 0
@@ -646,7 +655,13 @@ class JobRunner:
             driven.account = job["account_id"]
             self._accounts_changed()
         spec = job["spec"]
-        if job["kind"] == "rpc":
+        if job["kind"] == "rpc" and now - driven.synced >= self._config["jobs.interval"]:
+            # Once an interval, not every step: a call's end ends its
+            # execution itself; this finds the calls sent (in progress)
+            # and what their ends did not end, reading every execution
+            # out (thousands, in a big job: a step comes every tenth of
+            # the interval while the job moves).
+            driven.synced = now
             if await self._store.sync_job(job_id, spec["retries"], now):
                 self._moved = True
         elif job["kind"] == "firmware":
@@ -662,6 +677,10 @@ class JobRunner:
         counts = await self._store.job_counts(job_id)
         driven.state = job["state"]  # type: ignore[attr-defined]
         if counts != driven.counts:
+            if driven.counts is not None:
+                # Executions ended (their calls' ends end them, on any
+                # node, between two steps): the job moved.
+                self._moved = True
             before = driven.counts or {}
             for state in j.FINAL:
                 grown = counts.get(state, 0) - before.get(state, 0)

@@ -96,6 +96,16 @@ def _write(db: Db, call: Call) -> None:
          call.finished, call.id))
 
 
+def _ended(db: Db, call: Call, now: float) -> None:
+    """If the call has ended, the fleet job's execution that follows it, if
+    any, ends in the same transaction (L{dashd.store.jobs_sql.call_ended}),
+    not at the job's next step."""
+    if call.final:
+        from dashd.store import jobs_sql  # it imports this module
+
+        jobs_sql.call_ended(db, call, now)
+
+
 def _get(db: Db, call_id: str, lock: bool = False) -> Call | None:
     row = db.one("SELECT %s FROM calls WHERE id = ?%s" % (_COLUMNS, db.lock if lock else ""),
                  (call_id,))
@@ -160,9 +170,9 @@ def claim(db: Db, device_id: str, claim_id: str, now: float,
     taken: list[Call] = []
     expired: list[Call] = []
     while len(taken) < limit:
+        wanted = limit - len(taken)
         rows = db.all("SELECT %s FROM calls WHERE device_id = ? AND state = 'queued'"
-                      " ORDER BY seq LIMIT ?%s" % (_COLUMNS, db.lock),
-                      (device_id, limit - len(taken)))
+                      " ORDER BY seq LIMIT ?%s" % (_COLUMNS, db.lock), (device_id, wanted))
         if not rows:
             break
         for row in rows:
@@ -170,10 +180,14 @@ def claim(db: Db, device_id: str, claim_id: str, now: float,
             if call.expires <= now:
                 call = c.finished(call, c.EXPIRED, now)
                 expired.append(call)
-            else:
-                call = c.sent(call, claim_id, now)
-                taken.append(call)
+                _write(db, call)
+                _ended(db, call, now)
+                continue
+            call = c.sent(call, claim_id, now)
+            taken.append(call)
             _write(db, call)
+        if len(rows) < wanted:
+            break  # none left queued: no need to ask again
     return taken, expired
 
 
@@ -187,6 +201,7 @@ def end(db: Db, call_id: str, attempt: int, claim_id: str, state: str, now: floa
         return None
     call = c.ended(call, state, now, result, error)
     _write(db, call)
+    _ended(db, call, now)
     return call
 
 
@@ -225,6 +240,7 @@ def expire(db: Db, now: float, limit: int) -> list[Call]:
     for row in rows:
         call = c.finished(_call(db, row), c.EXPIRED, now)
         _write(db, call)
+        _ended(db, call, now)
         out.append(call)
     return out
 

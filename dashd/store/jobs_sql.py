@@ -7,9 +7,13 @@ and ``migrations_pg/0008_firmware_and_jobs.sql``.
 An RPC execution is built on a queued call (L{dashd.store.calls_sql}): the
 call is created and linked to its execution (``call_id``, ``dispatched``)
 in one transaction (L{dispatch}), and the execution follows the call's
-durable state (L{sync}). So whatever stops, and wherever the job is driven
-from, a device gets each attempt once: the call goes out once (the queued
-calls' guarantee) and a new attempt is made only after the last one ended.
+durable state: ended in the transaction that ends the call
+(L{call_ended}, from L{dashd.store.calls_sql}; found by its ``call_id``,
+indexed since ``migrations/0013``), and brought up to the call's state at
+the job's steps (L{sync}: a call sent, or one whose end did not end it).
+So whatever stops, and wherever the job is driven from, a device gets each
+attempt once: the call goes out once (the queued calls' guarantee) and a
+new attempt is made only after the last one ended.
 """
 
 from __future__ import annotations
@@ -358,6 +362,64 @@ _CALL_END = {c.SUCCEEDED: j.SUCCEEDED, c.FAILED: j.FAILED, c.TIMED_OUT: j.TIMED_
              c.LOST: j.FAILED, c.EXPIRED: j.TIMED_OUT, c.CANCELLED: j.CANCELLED}
 
 
+def _end_by_call(e: dict[str, Any], call_state: str, sent: float | None, outcome: Any,
+                 retries: int, now: float) -> None:
+    """End the execution C{e} (dispatched, its call ended in C{call_state})
+    as its call's end says: one rule for L{sync} and L{call_ended}."""
+    if e["state"] == j.QUEUED and sent is not None:
+        # Sent and ended since the last look.
+        e["times"][j.IN_PROGRESS] = sent
+    outcome = outcome or {}
+    error = outcome.get("error")
+    if call_state == c.EXPIRED:
+        error = {"code": 504, "message": "the device was not online to take it within "
+                                         "the queued timeout"}
+    elif call_state == c.LOST and error is not None:
+        error = dict(error, message="lost: " + error.get("message", ""))
+    _end(e, _CALL_END[call_state], now, outcome.get("result"), error,
+         0 if call_state == c.CANCELLED else retries)
+
+
+def call_ended(db: Db, call: Call, now: float) -> bool:
+    """The call C{call} has just ended (in this transaction): if an RPC
+    job's execution follows it, end the execution too (or queue it again
+    for a retry), as L{sync} would at the job's next step. Fire with
+    whether there was one. An execution cancelled meanwhile (with force:
+    ``dispatched`` cleared) is left alone, as L{sync} leaves it."""
+    if call.state not in _CALL_END:
+        return False
+    row = db.one("SELECT job_id, %s FROM job_executions WHERE call_id = ? AND dispatched = 1%s"
+                 % (_EXEC, " FOR UPDATE SKIP LOCKED" if db.pg else ""), (call.id,))
+    if row is None:
+        # Not a job's call; or (PostgreSQL) its execution is locked by
+        # another transaction (a cancel, the job's sync): the job's next
+        # sync ends it (this transaction waits for no execution's lock
+        # while it holds the call's, so it cannot deadlock with them).
+        return False
+    e = _execution(db, row[1:])
+    e.pop("result", None)
+    e.pop("error", None)
+    outcome: dict[str, Any] = {}
+    retries = 0
+    if call.state == c.SUCCEEDED:
+        outcome["result"] = call.result
+    else:
+        if call.error is not None:
+            outcome["error"] = call.error
+        if _CALL_END[call.state] in (j.FAILED, j.TIMED_OUT):
+            # May be retried: the job's spec says how often.
+            (spec,) = db.one("SELECT spec FROM jobs WHERE id = ?", (row[0],))
+            retries = int((db.load(spec) or {}).get("retries") or 0)
+    _end_by_call(e, call.state, call.sent, outcome, retries, now)
+    # Only what an end changes (not call_id, whose index would be rewritten).
+    kept = {k: e[k] for k in ("result", "error") if k in e} or None
+    db.execute("UPDATE job_executions SET state = ?, times = ?, outcome = ?, dispatched = 0,"
+               " updated = ? WHERE job_id = ? AND device_id = ?",
+               (e["state"], db.json(e["times"]), db.json(kept) if kept is not None else None,
+                now, row[0], e["device_id"]))
+    return True
+
+
 def sync(db: Db, job_id: str, retries: int, now: float) -> int:
     """Bring the job's dispatched executions up to their calls' states;
     fire with how many changed."""
@@ -365,8 +427,10 @@ def sync(db: Db, job_id: str, retries: int, now: float) -> int:
                   " e.times, e.outcome, e.dispatched, e.updated, k.state, k.sent, k.outcome,"
                   " k.id FROM job_executions e LEFT JOIN calls k ON k.id = e.call_id"
                   " WHERE e.job_id = ? AND e.dispatched = 1 AND (k.id IS NULL OR k.state NOT"
-                  " IN ('queued', 'sent') OR (k.state = 'sent' AND e.state = 'queued'))",
-                  (job_id,))
+                  " IN ('queued', 'sent') OR (k.state = 'sent' AND e.state = 'queued'))%s"
+                  # Locked (PostgreSQL): a call's end (call_ended) may end
+                  # one of them meanwhile; it skips those locked here.
+                  % (" FOR UPDATE OF e" if db.pg else ""), (job_id,))
     changed = 0
     for row in rows:
         e = _execution(db, row[:10])
@@ -382,18 +446,7 @@ def sync(db: Db, job_id: str, retries: int, now: float) -> int:
             e["state"] = j.IN_PROGRESS
             e["times"][j.IN_PROGRESS] = sent or now
         elif call_state in _CALL_END:
-            if e["state"] == j.QUEUED and sent is not None:
-                # Sent and ended since the last look.
-                e["times"][j.IN_PROGRESS] = sent
-            outcome = outcome or {}
-            error = outcome.get("error")
-            if call_state == c.EXPIRED:
-                error = {"code": 504, "message": "the device was not online to take it within "
-                                                 "the queued timeout"}
-            elif call_state == c.LOST and error is not None:
-                error = dict(error, message="lost: " + error.get("message", ""))
-            _end(e, _CALL_END[call_state], now, outcome.get("result"), error,
-                 0 if call_state == c.CANCELLED else retries)
+            _end_by_call(e, call_state, sent, outcome, retries, now)
         else:
             continue
         _write_exec(db, job_id, e, now)
