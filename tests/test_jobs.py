@@ -744,7 +744,7 @@ async def test_dashctl_jobs_cancel_force_cancels_what_is_in_progress(
     try:
         job = await create(admin, {
             "name": "slow from scripts", "target": {"devices": ids}, "concurrency": 1,
-            "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 1.5}}})
+            "action": {"type": "rpc", "method": "Sim.Sleep", "params": {"seconds": 30}}})
 
         await some_in(admin, job["id"], "in_progress")
         after = json.loads(ok(dashctl(server, "--json", "jobs", "cancel", "--force", job["id"])))
