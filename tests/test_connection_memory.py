@@ -15,7 +15,7 @@ import sys
 
 import pytest_twisted
 
-from dashd.channel.websocket import _NO_SEND_QUEUE, DeviceProtocol, unread_bytes
+from dashd.channel.websocket import _NO_SEND_QUEUE, DeviceProtocol, _TimerCall, unread_bytes
 from support import Client, connect_device, device_online, eventually
 from test_garbage import InProcessDashd
 
@@ -79,6 +79,28 @@ async def test_an_open_device_connection_keeps_little_and_still_works(tmp_path):
         await eventually(lambda: all(not p.autoPingPending for p in protos))
         for proto in protos:
             assert len(proto.__dict__) <= 42, " ".join(sorted(proto.__dict__))
+            # What reading frames and answering pings sets is in slots
+            # (DeviceProtocol.__slots__): the dictionary stays the size
+            # compact() left (a 32-entry table, not 64), and no frame's
+            # unmasker is kept once its frame has been read.
+            assert sys.getsizeof(proto.__dict__) <= 500, " ".join(sorted(proto.__dict__))
+            assert proto.current_frame_masker is None
+            # The next ping: one slotted call of the protocol's own method,
+            # not txaio's call wrapping a closure of its arguments.
+            ping = proto.autoPingPendingCall
+            assert type(ping) is _TimerCall and not hasattr(ping, "__dict__")
+            assert ping._call == proto._sendAutoPing
+
+        # What each device said of itself (its heartbeat's info, kept while
+        # it is connected): the same keys and short values are one object
+        # for all devices (jsontext.shared).
+        infos = [p.session.device.info for p in protos]
+        assert infos[0].keys() == infos[1].keys() and "fw_version" in infos[0]
+        for key in infos[0]:
+            other = next(k for k in infos[1] if k == key)
+            assert other is key, key
+            if isinstance(infos[0][key], str) and infos[0][key] == infos[1][key]:
+                assert infos[0][key] is infos[1][key], key
         assert not _NO_SEND_QUEUE
         for device in devices:
             device.stop()

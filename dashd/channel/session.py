@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dashd.app.fleet import Fleet
+from dashd import jsontext
 from dashd.channel import closecodes, frames
 from dashd.channel.router import ISession
 from dashd.domain import shadow
@@ -446,7 +447,10 @@ class DeviceSession:
         if not self._store_call(frame):
             return
         self._heard_info = True
-        info = frame.params if isinstance(frame.params, dict) else {}
+        # Kept for as long as the device is connected (the session's device
+        # record), by thousands of devices alike: one copy of each key and
+        # short value for all (jsontext.shared).
+        info = jsontext.shared(frame.params) if isinstance(frame.params, dict) else {}
         self._publish_out(frame.method, frame.params)
         self._answer(frame, self._record_info(info), lambda _: True)
 
