@@ -103,6 +103,87 @@ def _defer_autobahn_debug_formatting() -> None:
 _defer_autobahn_debug_formatting()
 
 
+class _LazyUtf8Validator:
+    """
+    Autobahn's incremental UTF-8 validator, made when first used. Autobahn
+    makes one for every connection as it is made (a C object through cffi,
+    its own allocation and a release of the interpreter lock), used only
+    when the connection checks incoming text (utf8validateIncoming): the
+    device channel does not (it has its own check), so its connections
+    never make one.
+    """
+
+    __slots__ = ("_validator",)
+
+    def __init__(self) -> None:
+        self._validator: Any = None
+
+    def _made(self) -> Any:
+        if self._validator is None:
+            self._validator = _Utf8Validator()
+        return self._validator
+
+    def reset(self) -> None:
+        self._made().reset()
+
+    def validate(self, ba: bytes) -> Any:
+        return self._made().validate(ba)
+
+
+class _SmallFrameMasker:
+    """
+    Autobahn's unmasker of one frame (C{XorMaskerSimple}: pointer, reset,
+    process), for frames under L{SMALL_FRAME} bytes, in Python: the XOR of
+    the payload and the repeated key as two integers. Autobahn's own is a C
+    object through cffi, made for every frame a device sends (three calls
+    into C a frame, each a release of the interpreter lock, and an
+    allocation freed by the cffi collector); this is one object with two
+    slots.
+    """
+
+    __slots__ = ("_mask", "_ptr")
+
+    def __init__(self, mask: bytes) -> None:
+        self._mask = bytes(mask)
+        self._ptr = 0
+
+    def pointer(self) -> int:
+        return self._ptr
+
+    def reset(self) -> None:
+        self._ptr = 0
+
+    def process(self, data: bytes) -> bytes:
+        n = len(data)
+        start = self._ptr & 3
+        key = self._mask[start:] + self._mask[:start]
+        self._ptr += n
+        return (int.from_bytes(data, "little")
+                ^ int.from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little")
+
+
+# Frames of this size or more go to Autobahn's (SIMD) unmasker.
+SMALL_FRAME = 4096
+
+
+def _create_xor_masker(mask: bytes, length: int | None = None) -> Any:
+    if length is not None and length < SMALL_FRAME:
+        return _SmallFrameMasker(mask)
+    return _autobahn_xor_masker(mask, length)
+
+
+# Autobahn's own (kept on ours, should this module be imported again).
+_autobahn_xor_masker = getattr(autobahn.websocket.protocol.create_xor_masker, "autobahn",
+                               autobahn.websocket.protocol.create_xor_masker)
+_create_xor_masker.autobahn = _autobahn_xor_masker  # type: ignore[attr-defined]
+autobahn.websocket.protocol.create_xor_masker = _create_xor_masker
+
+_Utf8Validator = getattr(autobahn.websocket.protocol.Utf8Validator, "autobahn",
+                         autobahn.websocket.protocol.Utf8Validator)
+_LazyUtf8Validator.autobahn = _Utf8Validator  # type: ignore[attr-defined]
+autobahn.websocket.protocol.Utf8Validator = _LazyUtf8Validator  # type: ignore[misc]
+
+
 def shared_options(factory: WebSocketServerFactory) -> None:
     """
     Give the factory its own protocol class that carries the protocol options
