@@ -55,3 +55,25 @@ def test_the_lazy_validator_answers_as_autobahn_does(chunks):
     ours.reset()
     theirs.reset()
     assert ours.validate("é".encode()) == theirs.validate("é".encode())
+
+
+def test_the_device_channel_timer_calls_and_cancels_as_txaio_does():
+    from twisted.internet.task import Clock
+    from txaio._common import _BatchedTimer
+
+    clock = Clock()
+    fired = []
+    timer = websocket.LeanBatchedTimer(1000.0, 1000, clock.seconds, clock.callLater)
+    txaio_timer = _BatchedTimer(1000.0, 1000, clock.seconds, clock.callLater)
+    for t in (timer, txaio_timer):
+        calls = [t.call_later(5, fired.append, (t, n)) for n in range(3)]
+        calls += [t.call_later(5, lambda t=t: fired.append((t, "no args")))]
+        calls[-1].cancel()  # the last made: popped from the end
+        calls[0].cancel()  # the first: as txaio does
+        alone = t.call_later(9, fired.append, (t, "alone"))
+        alone.cancel()  # its second's only call: the second's timer goes too
+    assert type(calls[-1]) is not websocket._TimerCall  # txaio's own
+    assert len(clock.getDelayedCalls()) == 2  # one a timer: the 5 s bucket
+    clock.advance(10)
+    assert [n for t, n in fired if t is timer] == [n for t, n in fired if t is txaio_timer] == [1, 2]
+    assert timer._buckets == txaio_timer._buckets == {}

@@ -256,6 +256,21 @@ class LeanBatchedTimer(_BatchedTimer):  # type: ignore[misc]
             self._buckets[real_time] = (delayed_call, [call])
         return call
 
+    def _remove_call(self, real_time: int, call: Any) -> None:
+        # txaio's list.remove() looks from the start of the second's list;
+        # a call cancelled just after it was made (the first ping, moved by
+        # spread_pings() as each device connects) is at its end, behind all
+        # the others made in that second (a thousand in a connect storm).
+        bucket = self._buckets.get(real_time)
+        if bucket is not None and bucket[1] and bucket[1][-1] is call:
+            calls = bucket[1]
+            calls.pop()
+            if not calls:
+                del self._buckets[real_time]
+                bucket[0].cancel()
+            return
+        super()._remove_call(real_time, call)
+
 
 def spread_pings(proto: WebSocketProtocol) -> None:
     """
