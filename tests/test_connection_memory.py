@@ -13,7 +13,10 @@ from __future__ import annotations
 import gc
 import sys
 
+import pytest
 import pytest_twisted
+
+import backends
 
 from dashd.channel.websocket import _NO_SEND_QUEUE, DeviceProtocol, _TimerCall, unread_bytes
 from support import Client, connect_device, device_online, eventually
@@ -24,11 +27,16 @@ def _device_protocols() -> list[DeviceProtocol]:
     return [o for o in gc.get_objects() if isinstance(o, DeviceProtocol) and o.session is not None]
 
 
+@pytest.mark.parametrize("store", backends.STORES)
 @pytest_twisted.ensureDeferred
-async def test_an_open_device_connection_keeps_little_and_still_works(tmp_path):
+async def test_an_open_device_connection_keeps_little_and_still_works(tmp_path, store):
     # No keep-alive pings but the test's own (a ping in flight is state).
+    # Each store parses the device record its own way (what is kept of it
+    # is shared whichever it is).
+    store_url = backends.create_database() if store == "postgresql" else None
     server = InProcessDashd(str(tmp_path), {"gc": {"full_collection_interval": 0},
-                                            "device": {"ping_interval": 3600}})
+                                            "device": {"ping_interval": 3600}},
+                            store_url=store_url)
     await server.start_here()
     try:
         admin = Client(server, server.admin_key)
@@ -91,16 +99,27 @@ async def test_an_open_device_connection_keeps_little_and_still_works(tmp_path):
             assert type(ping) is _TimerCall and not hasattr(ping, "__dict__")
             assert ping._call == proto._sendAutoPing
 
-        # What each device said of itself (its heartbeat's info, kept while
-        # it is connected): the same keys and short values are one object
-        # for all devices (jsontext.shared).
-        infos = [p.session.device.info for p in protos]
-        assert infos[0].keys() == infos[1].keys() and "fw_version" in infos[0]
-        for key in infos[0]:
-            other = next(k for k in infos[1] if k == key)
-            assert other is key, key
-            if isinstance(infos[0][key], str) and infos[0][key] == infos[1][key]:
-                assert infos[0][key] is infos[1][key], key
+        # What each device said of itself and its shadow, kept while it is
+        # connected (the session's device record): the same keys and short
+        # values are one object for all devices (jsontext.shared).
+        def same_objects(a, b, path="") -> int:
+            assert a == b or type(a) is type(b), path
+            if isinstance(a, dict):
+                n = 0
+                for key in a.keys() & b.keys():
+                    other = next(k for k in b if k == key)
+                    assert other is key, path + "/" + key
+                    n += 1 + same_objects(a[key], b[key], path + "/" + key)
+                return n
+            if isinstance(a, str) and a == b:
+                assert a is b, path
+                return 1
+            return 0
+
+        records = [p.session.device for p in protos]
+        assert same_objects(records[0].info, records[1].info) >= 10
+        assert records[0].shadow["state"]["reported"]["ota"]["fw_version"]
+        assert same_objects(records[0].shadow, records[1].shadow) >= 15
         assert not _NO_SEND_QUEUE
         for device in devices:
             device.stop()

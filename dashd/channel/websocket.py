@@ -208,7 +208,7 @@ class _TimerCall:
     (C{cancel}, and being called), in slots, calling the function itself
     rather than a closure made for its arguments. Every open connection
     holds one (its next keep-alive ping, or the timeout of the ping in
-    flight): about 0.35 KB less a device (docs/performance.md).
+    flight): about 0.4 KB less a device (docs/performance.md).
     """
 
     __slots__ = ("_timer", "_index", "_call")
