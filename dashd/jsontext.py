@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from typing import Any
 
 # Built once: json.dumps with options builds a new encoder on every call,
@@ -94,3 +95,29 @@ def loads(text: str | bytes) -> Any:
         return _decoder.decode(text)
     except RecursionError:
         raise NotJSON("arrays and objects are nested too deep")
+
+
+# Strings longer than this are left as they are by shared().
+SHARED_MAX_CHARS = 64
+
+
+def shared(value: Any) -> Any:
+    """
+    C{value} (a JSON value as read) with its object keys, and its strings of
+    up to L{SHARED_MAX_CHARS} characters, interned: the same text one
+    object for all who keep it. What thousands of devices keep of
+    themselves (their info: the same keys, mostly the same firmware names
+    and versions) is then one copy, not one a device. Dicts and lists are
+    rebuilt (a dict's keys cannot be replaced in place); equal to C{value}.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {_intern(k) if type(k) is str else k: shared(v) for k, v in value.items()}
+    if kind is str:
+        return _intern(value) if len(value) <= SHARED_MAX_CHARS else value
+    if kind is list:
+        return [shared(v) for v in value]
+    return value
+
+
+_intern = sys.intern

@@ -29,6 +29,7 @@ import autobahn.twisted.websocket
 import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from txaio._common import _BatchedTimer
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.logger import Logger
@@ -98,18 +99,42 @@ def _defer_autobahn_debug_formatting() -> None:
 _defer_autobahn_debug_formatting()
 
 
-# Frames up to this size are unmasked by L{_SmallMasker}; larger ones by
-# Autobahn's own (NVX, SIMD) masker.
-SMALL_FRAME = 4096
-
-
-class _SmallMasker:
+class _LazyUtf8Validator:
     """
-    Autobahn's frame masker (C{pointer}, C{reset}, C{process}) for the
-    small frames devices send: the XOR of the payload and the repeated mask
-    as two integers. Autobahn's NVX masker costs about ten thousand
-    instructions a frame whatever its size (an import, two cffi
-    allocations, a finaliser, a copy in and out); this, a few hundred.
+    Autobahn's incremental UTF-8 validator, made when first used. Autobahn
+    makes one for every connection as it is made (a C object through cffi,
+    its own allocation and a release of the interpreter lock), used only
+    when the connection checks incoming text (utf8validateIncoming): the
+    device channel does not (it has its own check), so its connections
+    never make one.
+    """
+
+    __slots__ = ("_validator",)
+
+    def __init__(self) -> None:
+        self._validator: Any = None
+
+    def _made(self) -> Any:
+        if self._validator is None:
+            self._validator = _Utf8Validator()
+        return self._validator
+
+    def reset(self) -> None:
+        self._made().reset()
+
+    def validate(self, ba: bytes) -> Any:
+        return self._made().validate(ba)
+
+
+class _SmallFrameMasker:
+    """
+    Autobahn's unmasker of one frame (C{XorMaskerSimple}: pointer, reset,
+    process), for frames under L{SMALL_FRAME} bytes, in Python: the XOR of
+    the payload and the repeated key as two integers. Autobahn's own is a C
+    object through cffi, made for every frame a device sends (three calls
+    into C a frame, each a release of the interpreter lock, and an
+    allocation freed by the cffi collector); this is one object with two
+    slots.
     """
 
     __slots__ = ("_mask", "_ptr")
@@ -126,32 +151,33 @@ class _SmallMasker:
 
     def process(self, data: bytes) -> bytes:
         n = len(data)
-        shift = self._ptr & 3
-        mask = self._mask[shift:] + self._mask[:shift] if shift else self._mask
+        start = self._ptr & 3
+        key = self._mask[start:] + self._mask[:start]
         self._ptr += n
-        key = (mask * ((n >> 2) + 1))[:n]
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
-            n, "little")
+        return (int.from_bytes(data, "little")
+                ^ int.from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little")
 
 
-def _masker_for_small_frames() -> None:
-    """Have Autobahn unmask the frames of up to L{SMALL_FRAME} bytes with
-    L{_SmallMasker}."""
-    module = autobahn.websocket.protocol
-    original = module.create_xor_masker
-    if getattr(original, "_dashd_small", False):
-        return
-
-    def create_xor_masker(mask: bytes, length: int | None = None) -> Any:
-        if length is not None and length <= SMALL_FRAME:
-            return _SmallMasker(mask)
-        return original(mask, length)
-
-    create_xor_masker._dashd_small = True  # type: ignore[attr-defined]
-    module.create_xor_masker = create_xor_masker  # type: ignore[attr-defined]
+# Frames of this size or more go to Autobahn's (SIMD) unmasker.
+SMALL_FRAME = 4096
 
 
-_masker_for_small_frames()
+def _create_xor_masker(mask: bytes, length: int | None = None) -> Any:
+    if length is not None and length < SMALL_FRAME:
+        return _SmallFrameMasker(mask)
+    return _autobahn_xor_masker(mask, length)
+
+
+# Autobahn's own (kept on ours, should this module be imported again).
+_autobahn_xor_masker = getattr(autobahn.websocket.protocol.create_xor_masker, "autobahn",
+                               autobahn.websocket.protocol.create_xor_masker)
+_create_xor_masker.autobahn = _autobahn_xor_masker  # type: ignore[attr-defined]
+autobahn.websocket.protocol.create_xor_masker = _create_xor_masker
+
+_Utf8Validator = getattr(autobahn.websocket.protocol.Utf8Validator, "autobahn",
+                         autobahn.websocket.protocol.Utf8Validator)
+_LazyUtf8Validator.autobahn = _Utf8Validator  # type: ignore[attr-defined]
+autobahn.websocket.protocol.Utf8Validator = _LazyUtf8Validator  # type: ignore[misc]
 
 
 def shared_options(factory: WebSocketServerFactory) -> None:
@@ -170,6 +196,76 @@ def shared_options(factory: WebSocketServerFactory) -> None:
         # is one): keep functions as they are.
         options[name] = staticmethod(value) if inspect.isfunction(value) else value
     factory.protocol = type(base.__name__, (base,), options)
+
+
+class _TimerCall:
+    """
+    One call in a L{LeanBatchedTimer}: what txaio's C{_BatchedCall} does
+    (C{cancel}, and being called), in slots, calling the function itself
+    rather than a closure made for its arguments. Every open connection
+    holds one (its next keep-alive ping, or the timeout of the ping in
+    flight): about 0.4 KB less a device (docs/performance.md).
+    """
+
+    __slots__ = ("_timer", "_index", "_call")
+
+    def __init__(self, timer: Any, index: int, call: Any) -> None:
+        self._timer = timer
+        self._index = index
+        self._call = call
+
+    def cancel(self) -> None:
+        self._timer._remove_call(self._index, self)
+        self._timer = None
+
+    def __call__(self) -> Any:
+        return self._call()
+
+
+class LeanBatchedTimer(_BatchedTimer):  # type: ignore[misc]
+    """
+    Autobahn's batched timer (a factory's C{_batched_timer}: a timer a
+    second for all the connections' timers due in that second), whose
+    calls without arguments (all of Autobahn's and dashd's) are
+    L{_TimerCall}s.
+    """
+
+    @classmethod
+    def replacing(cls, timer: _BatchedTimer) -> "LeanBatchedTimer":
+        return cls(timer._bucket_milliseconds, timer._chunk_size, timer._get_seconds,
+                   timer._create_delayed_call)
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return super().call_later(delay, func, *args, **kwargs)
+        # As _BatchedTimer.call_later, with the function itself.
+        now = self._get_seconds()
+        real_time = int(now + delay) * 1000
+        real_time -= int(real_time % self._bucket_milliseconds)
+        call = _TimerCall(self, real_time, func)
+        bucket = self._buckets.get(real_time)
+        if bucket is not None:
+            bucket[1].append(call)
+        else:
+            delayed_call = self._create_delayed_call(
+                max(0.0, (real_time / 1000.0) - now), self._notify_bucket, real_time)
+            self._buckets[real_time] = (delayed_call, [call])
+        return call
+
+    def _remove_call(self, real_time: int, call: Any) -> None:
+        # txaio's list.remove() looks from the start of the second's list;
+        # a call cancelled just after it was made (the first ping, moved by
+        # spread_pings() as each device connects) is at its end, behind all
+        # the others made in that second (a thousand in a connect storm).
+        bucket = self._buckets.get(real_time)
+        if bucket is not None and bucket[1] and bucket[1][-1] is call:
+            calls = bucket[1]
+            calls.pop()
+            if not calls:
+                del self._buckets[real_time]
+                bucket[0].cancel()
+            return
+        super()._remove_call(real_time, call)
 
 
 def spread_pings(proto: WebSocketProtocol) -> None:
@@ -426,8 +522,30 @@ def _accept_subprotocol(request: Any) -> str | None:
     return request.protocols[0] if request.protocols else None
 
 
+# What every open device connection has on itself once it has read a frame
+# and answered a ping: in slots of the device protocol, 8 bytes each, not in
+# its instance dictionary. compact() leaves about 20 keys in the dictionary
+# (a table of 32 slots, 0.45 KB); reading frames added these back, and at
+# 22 keys the dictionary grew to a table of 64 (0.83 KB) for good.
+_SLOTS = (
+    # Autobahn's, per frame and message read
+    "data", "current_frame", "current_frame_masker", "inside_message", "_isMessageCompressed",
+    "utf8validateIncomingCurrentMessage", "message_is_binary", "message_data",
+    "message_data_total_length", "frame_length", "frame_data", "control_frame_data",
+    # per keep-alive ping
+    "autoPingPendingSent", "autoPingPendingSeq", "autoPingPending", "autoPingTimeoutCall",
+    "autoPingPendingCall",
+    # for the connection's life
+    "factory", "transport", "connected", "peer", "state", "trafficStats", "is_closed", "is_open",
+    "_valid_events", "_results", "websocket_protocol_in_use", "websocket_extensions_in_use",
+    # dashd's
+    "fleet", "session", "_decoder", "_errors",
+)
+
+
 @implementer(IPushProducer)
 class DeviceProtocol(ChannelProtocol):
+    __slots__ = _SLOTS
     _quiet = _QUIET
     send_queue = _NO_SEND_QUEUE
 
@@ -436,7 +554,14 @@ class DeviceProtocol(ChannelProtocol):
     # and the newer versions it learns).
     device: Device | None
     fleet: Fleet
-    session: DeviceSession | None = None
+    session: DeviceSession | None
+
+    def __init__(self) -> None:
+        # A slot has no class attribute to fall back on: each starts at the
+        # value the attribute had before it was set (_SLOT_DEFAULTS).
+        for name, value in _SLOT_DEFAULTS:
+            setattr(self, name, value)
+        super().__init__()
 
     base_url: str | None = None
 
@@ -501,6 +626,14 @@ class DeviceProtocol(ChannelProtocol):
         except Exception:
             log.failure("device {id}: handling a message", id=session.device_id)
 
+    def onFrameEnd(self) -> Any:
+        ended = super().onFrameEnd()
+        # The frame's unmasker (about 0.3 KB with its C buffer) is read only
+        # until its frame ends, and made anew for the next frame.
+        if self.current_frame is None:
+            self.current_frame_masker = None
+        return ended
+
     def pauseProducing(self) -> None:
         # Stop reading from the device too: a device that does not read may
         # not make us queue replies to what it keeps sending.
@@ -531,8 +664,30 @@ class DeviceProtocol(ChannelProtocol):
                 log.failure("device {id}: closing the session", id=session.device_id)
 
 
+_UNSET = object()
+
+
+def _slot_default(name: str) -> Any:
+    """What reading a slot's attribute gave before it was set, when it
+    was a class attribute (or dashd's idle value, _QUIET)."""
+    if name == "session":
+        return None
+    if name in _QUIET:
+        return _QUIET[name]
+    for klass in ChannelProtocol.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return _UNSET
+
+
+_SLOT_DEFAULTS = tuple(
+    (name, default) for name in _SLOTS for default in (_slot_default(name),)
+    if default is not _UNSET
+)
+
 for _name, _value in _QUIET.items():
-    setattr(DeviceProtocol, _name, _value)
+    if _name not in _SLOTS:
+        setattr(DeviceProtocol, _name, _value)
 
 
 class DeviceFactory(WebSocketServerFactory):
@@ -541,6 +696,7 @@ class DeviceFactory(WebSocketServerFactory):
 
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__(reactor=reactor)
+        self._batched_timer = LeanBatchedTimer.replacing(self._batched_timer)
         self.max_frame_bytes = config["device.max_frame_bytes"]
         # Counted here, read by dashd.ops.metrics when /metrics is scraped.
         self.connections_opened = 0
