@@ -88,12 +88,22 @@ def _write(db: Db, call: Call) -> None:
         outcome = {"result": call.result}
     elif call.error is not None:
         outcome = {"error": call.error}
+    # By its row's key (seq), not its id: no lookup in the id's index.
     db.execute(
         "UPDATE calls SET state = ?, attempts = ?, times = ?, outcome = ?, claim = ?, sent = ?,"
-        " finished = ? WHERE id = ?",
+        " finished = ? WHERE seq = ?",
         (call.state, db.json(list(call.attempts)), db.json(call.times),
          db.json(outcome) if outcome is not None else None, call.claim, call.sent,
-         call.finished, call.id))
+         call.finished, call.seq))
+
+
+def _write_sent(db: Db, call: Call) -> None:
+    """A queued call taken to send: only what that changes (its outcome and
+    end stay unset, so the index of ends is not touched)."""
+    db.execute(
+        "UPDATE calls SET state = ?, attempts = ?, times = ?, claim = ?, sent = ? WHERE seq = ?",
+        (call.state, db.json(list(call.attempts)), db.json(call.times), call.claim, call.sent,
+         call.seq))
 
 
 def _ended(db: Db, call: Call, now: float) -> None:
@@ -185,7 +195,7 @@ def claim(db: Db, device_id: str, claim_id: str, now: float,
                 continue
             call = c.sent(call, claim_id, now)
             taken.append(call)
-            _write(db, call)
+            _write_sent(db, call)
         if len(rows) < wanted:
             break  # none left queued: no need to ask again
     return taken, expired
