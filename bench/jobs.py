@@ -34,6 +34,7 @@ devices fail ``Job.Step`` (the rollout's first phase).
 from __future__ import annotations
 
 import argparse
+import collections
 import http.client
 import json
 import os
@@ -404,6 +405,15 @@ def firmware_job(base: str, key: str, ids: list[str], work: str, pid: int,
           % (args.image_kb, job["progress"]["succeeded"], job["progress"]["failed"], took,
              60 * job["progress"]["succeeded"] / took, before / 1024, highest / 1024),
           flush=True)
+    if job["progress"]["failed"] or job["progress"]["timed_out"]:
+        # Why, by error message: a failure must be the device's, not dashd's.
+        status, body = request("GET", base + "/api/v2/jobs/%s/executions?state=failed,timed_out"
+                               "&limit=500" % job_id, key)
+        why = collections.Counter(
+            "%s: %s" % (e["state"], (e.get("error") or {}).get("message") or e.get("reason"))
+            for e in json.loads(body))
+        for message, n in why.most_common(5):
+            print("  %d %s" % (n, message), flush=True)
     request("POST", base + "/api/v2/jobs/%s/cancel" % job_id, key)
 
 
