@@ -762,6 +762,15 @@ class JobRunner:
                                 max(1.0, per_second * self._config["jobs.interval"]))
             room = min(room, int(driven.tokens))
         driven.last = now
+        if room > 0 and spec.get("abort"):
+            # An execution that ended after the rules were checked above
+            # (its call's end ends it, in its own transaction) may have made
+            # this room: the counts read after the room see every such end,
+            # so no device is sent to past a rule that has fired.
+            counts = await self._store.job_counts(job_id)
+            fired = j.rule_fired(spec, counts)
+            if fired is not None:
+                return await self._end(job, j.ABORTED, fired)
         if room > 0 and counts.get(j.QUEUED, 0) > 0:
             sent = await self._send(job, key, room, now, phase, driven)
             if sent:
