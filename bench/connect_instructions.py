@@ -17,41 +17,13 @@ the session, the store jobs of a connect. Prints the count per device.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 
 from twisted.internet import defer, protocol, task
 
-from bench.instructions import PYTHON, TWISTD, callgrind_total, control, free_port, post
+from bench.instructions import callgrind_total, control, free_port, post, start, stopped_after
 from bench.lean import LeanDevice, ws_handshake
-
-
-def start(work: str, port: int) -> tuple[subprocess.Popen, str]:
-    out = os.path.join(work, "callgrind.out")
-    log = open(os.path.join(work, "server.log"), "wb")
-    config = os.path.join(work, "dashd.toml")
-    with open(config, "w") as f:
-        f.write('listen = ["tcp:%d:interface=127.0.0.1"]\ndata_dir = %s\n'
-                "[limits]\nrequests_per_second = 0\nfailed_auth_per_minute = 0\n"
-                "[device]\nping_interval = 30\n"
-                "[gc]\nfull_collection_interval = 0\n"
-                % (port, json.dumps(os.path.join(work, "data"))))
-    server = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                               "--callgrind-out-file=" + out, PYTHON, TWISTD, "-n",
-                               "--pidfile=", "dashd", "--config", config],
-                              stdout=log, stderr=subprocess.STDOUT)
-    key_file = os.path.join(work, "data", "admin.key")
-    deadline = time.monotonic() + 300
-    while not os.path.exists(key_file):
-        assert server.poll() is None and time.monotonic() < deadline, "dashd did not start"
-        time.sleep(0.5)
-    time.sleep(2)
-    with open(key_file) as f:
-        return server, f.read().strip()
 
 
 class _Owner:
@@ -80,10 +52,11 @@ class _Owner:
 def count(n: int, batch: int) -> int:
     work = tempfile.mkdtemp(prefix="dashd-connect-instructions-")
     port = free_port()
-    server, key = start(work, port)
+    # Keep-alive pings every 30 s, as by default: a connect schedules its pings.
+    server, key, _, _ = start("dashd", work, port, ping_interval=30)
     base = "http://127.0.0.1:%d" % port
     tokens = [post(base + "/api/v2/devices", key, {})["token"] for _ in range(n + batch)]
-    try:
+    with stopped_after(server):
         async def run(reactor):
             owner = _Owner()
             protos = []
@@ -119,12 +92,6 @@ def count(n: int, batch: int) -> int:
                 proto.close()
 
         task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
-    except SystemExit as e:
-        if e.code:
-            raise
-    finally:
-        server.terminate()
-        server.wait(120)
     return callgrind_total(work) // n
 
 

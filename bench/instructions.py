@@ -20,6 +20,7 @@ package).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+from typing import Iterator
 
 from twisted.internet import defer, task
 
@@ -84,11 +87,13 @@ async def calls(reactor, base: str, key: str, device_id: str, n: int, agent=None
 
 
 def start(target: str, work: str, port: int, cert=None,
-          separate_threads: bool = False) -> tuple[subprocess.Popen, str, str, str]:
+          separate_threads: bool = False,
+          ping_interval: int = 0) -> tuple[subprocess.Popen, str, str, str]:
     """Start C{target} under callgrind with counting off; return the
     process, its API key (none for the baseline), a device's token and ID.
     With C{separate_threads}, callgrind counts each thread apart (see
-    L{callgrind_threads})."""
+    L{callgrind_threads}); C{ping_interval}: dashd's keep-alive pings (0:
+    none, so that a count holds only the work measured)."""
     out = os.path.join(work, "callgrind.out")
     log = open(os.path.join(work, "server.log"), "wb")
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -123,9 +128,9 @@ def start(target: str, work: str, port: int, cert=None,
     with open(config, "w") as f:
         f.write('listen = ["%s"]\ndata_dir = %s\n'
                 "[limits]\nrequests_per_second = 0\nfailed_auth_per_minute = 0\n"
-                "[device]\nping_interval = 0\n"
+                "[device]\nping_interval = %d\n"
                 "[gc]\nfull_collection_interval = 0\n"
-                % (endpoint, json.dumps(os.path.join(work, "data"))))
+                % (endpoint, json.dumps(os.path.join(work, "data")), ping_interval))
     server = subprocess.Popen(valgrind + [PYTHON, TWISTD, "-n", "--pidfile=", "dashd",
                                           "--config", config],
                               stdout=log, stderr=subprocess.STDOUT)
@@ -139,6 +144,21 @@ def start(target: str, work: str, port: int, cert=None,
         key = f.read().strip()
     device = post(base + "/api/v2/devices", key, {}, context)
     return server, key, device["token"], device["id"]
+
+
+@contextlib.contextmanager
+def stopped_after(server: subprocess.Popen) -> Iterator[None]:
+    """Run a count's C{task.react} inside: its clean exit (SystemExit 0)
+    is not an error, and the server under callgrind is stopped however the
+    count ends (its counts are written as it exits)."""
+    try:
+        yield
+    except SystemExit as e:
+        if e.code:
+            raise
+    finally:
+        server.terminate()
+        server.wait(120)
 
 
 def callgrind_threads(work: str) -> dict[int, int]:
@@ -179,7 +199,7 @@ def count(target: str, n: int, tls: bool = False) -> int:
     port = free_port()
     cert = tls_cert(work) if tls else None
     server, key, token, device_id = start(target, work, port, cert)
-    try:
+    with stopped_after(server):
         async def run(reactor):
             from dashd.simulator import SimulatedDevice
 
@@ -209,12 +229,6 @@ def count(target: str, n: int, tls: bool = False) -> int:
 
         # One reactor per process: each target is counted in a child.
         task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
-    except SystemExit as e:
-        if e.code:
-            raise
-    finally:
-        server.terminate()
-        server.wait(120)
     return callgrind_total(work) // n
 
 

@@ -25,7 +25,7 @@ import tempfile
 from twisted.internet import defer, task
 
 from bench.instructions import (PYTHON, callgrind_threads, callgrind_total, control, free_port,
-                                post, start)
+                                post, start, stopped_after)
 
 
 async def updates(devices: list, n: int) -> None:
@@ -55,7 +55,7 @@ def count(target: str, n: int, k: int, separate_threads: bool = False) -> list[i
     else:
         tokens = [token] + [post(base + "/api/v2/devices", key, {})["token"]
                             for _ in range(k - 1)]
-    try:
+    with stopped_after(server):
         async def run(reactor):
             from dashd.simulator import SimulatedDevice
 
@@ -75,12 +75,6 @@ def count(target: str, n: int, k: int, separate_threads: bool = False) -> list[i
                 await s.stop()
 
         task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
-    except SystemExit as e:
-        if e.code:
-            raise
-    finally:
-        server.terminate()
-        server.wait(120)
     if separate_threads:
         threads = callgrind_threads(work)
         shutil.rmtree(work, ignore_errors=True)
