@@ -115,6 +115,19 @@ def wait_for(base: str, key: str, job_id: str, states: tuple[str, ...], timeout:
         time.sleep(0.2)
 
 
+
+def register_all(base: str, key: str, n: int, threads: int) -> list[tuple[str, str]]:
+    """Register C{n} devices (named b0, b1, ...) over C{threads} connections
+    at once: their tokens and IDs, in order."""
+    def register(i: int) -> tuple[str, str]:
+        status, body = request("POST", base + "/api/v2/devices", key, {"name": "b%d" % i})
+        assert status == 200, body
+        reply = json.loads(body)
+        return reply["token"], reply["id"]
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(register, range(n)))
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.jobs",
                                 description=__doc__.split("\n\n")[0])
@@ -174,14 +187,7 @@ def main() -> int:
         time.sleep(0.5)
         with open(key_file) as f:
             key = f.read().strip()
-        def register(i: int) -> tuple[str, str]:
-            status, body = request("POST", base + "/api/v2/devices", key, {"name": "b%d" % i})
-            assert status == 200, body
-            reply = json.loads(body)
-            return reply["token"], reply["id"]
-
-        with ThreadPoolExecutor(8) as pool:
-            registered = list(pool.map(register, range(args.devices)))
+        registered = register_all(base, key, args.devices, 8)
         tokens = [t for t, _ in registered]
         ids = [i for _, i in registered]
         tokens_file = os.path.join(work, "tokens")

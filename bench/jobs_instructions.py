@@ -22,11 +22,11 @@ import json
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from bench.__main__ import WorkerProcess, call_all
 from bench.datapull import free_port, request
 from bench.instructions import callgrind_total, control, start
+from bench.jobs import register_all
 
 
 def ask(method: str, url: str, key: str, body: dict | None = None) -> tuple[int, bytes]:
@@ -50,14 +50,7 @@ def main() -> int:
     base = "http://127.0.0.1:%d" % port
     workers: list[WorkerProcess] = []
     try:
-        def register(i: int) -> tuple[str, str]:
-            status, body = request("POST", base + "/api/v2/devices", key, {"name": "b%d" % i})
-            assert status == 200, body
-            reply = json.loads(body)
-            return reply["token"], reply["id"]
-
-        with ThreadPoolExecutor(4) as pool:
-            tokens = [t for t, _ in pool.map(register, range(args.devices))]
+        tokens = [t for t, _ in register_all(base, key, args.devices, 4)]
         workers.append(WorkerProcess("jobs-instr", work))
         (answer,) = call_all(workers, [{"cmd": "connect", "host": "127.0.0.1", "port": port,
                                         "tokens": tokens, "binds": ["127.0.0.2"],
