@@ -150,6 +150,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def threads_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process's threads other than its main thread (in
+    dashd, the store's reader and writer threads; 0 for the baseline)."""
+    total = 0.0
+    task = "/proc/%d/task" % pid
+    for tid in os.listdir(task):
+        if int(tid) == pid:
+            continue
+        try:
+            with open("%s/%s/stat" % (task, tid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine has spent busy (all cores)."""
     with open("/proc/stat") as f:
@@ -167,6 +184,7 @@ class Meter:
         self.t = time.monotonic()
         self.busy = machine_busy_seconds()
         self.cpu = [cpu_seconds(p) for p in self.pids]
+        self.threads = threads_cpu_seconds(server_pid)
         self.children = _children_cpu()
 
     def read(self) -> dict[str, float]:
@@ -177,6 +195,9 @@ class Meter:
         ours = sum(cpu) + wrk_cpu
         return {
             "server_cpu_s": cpu[0],
+            # A thread that ended during the test takes its CPU with it:
+            # never below 0.
+            "server_threads_cpu_s": max(0.0, threads_cpu_seconds(self.pids[0]) - self.threads),
             "server_cores": round(cpu[0] / dt, 2),
             "load_generator_cores": round((sum(cpu[1:]) + wrk_cpu) / dt, 2),
             "other_cores": round(max(0.0, busy - ours) / dt, 2),
@@ -701,8 +722,9 @@ PER_OP_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
 ]
 
 
-def per_op_us(result: dict[str, Any], test: str, count: tuple[str, ...]) -> float | None:
-    cpu = _cpu(result, test, "server_cpu_s")
+def per_op_us(result: dict[str, Any], test: str, count: tuple[str, ...],
+              field: str = "server_cpu_s") -> float | None:
+    cpu = _cpu(result, test, field)
     n = pick(result, count)
     if cpu is None or not n:
         return None
@@ -782,6 +804,11 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
         lines.append("%-38s %12s %12s %8s" % (
             label, fmt(b) + " us" if b is not None else "-", fmt(d) + " us" if d is not None else "-",
             ratio))
+    lines.append("  of which outside dashd's reactor thread (its store threads):")
+    for label, test, count in PER_OP_ROWS:
+        d = median([per_op_us(r, test, count, "server_threads_cpu_s") for r in dash])
+        if d is not None:
+            lines.append("  %-36s %12s %12s" % (label, "", fmt(d) + " us"))
     lines.append("")
     lines.append("CPU during each test, in cores (this machine has %s): server / load generators "
                  "/ everything else (others' work)" % os.cpu_count())
