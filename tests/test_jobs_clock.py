@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from twisted.internet.defer import ensureDeferred
 
 from clocked import World, done
+from dashd.app.calls import END_WAIT, CallDelivery
 from dashd.app.jobs import Jobs, JobRunner
 
 
@@ -120,3 +121,59 @@ def test_a_step_that_moved_anything_is_followed_at_a_tenth_of_the_interval(tmp_p
     world.clock.advance(tenth)
     assert state(world, job["id"]) == "completed"
     world.close()
+
+
+def test_an_execution_ending_during_a_step_cannot_send_past_a_fired_abort_rule(tmp_path):
+    """An RPC execution ends in its call's own end, whenever that comes: an
+    end between the step's check of the abort rules and its reading of the
+    room (the executions out) frees a slot, and the rule it makes fire must
+    still stop the job before another device is sent to."""
+    world = World(tmp_path)
+    runner = JobRunner(world.fleet, world.app.jobs, world.app.devices)
+    # Queued calls go to their devices as dashd.assembly connects them.
+    delivery = CallDelivery(world.fleet, world.clock)
+    world.fleet.ready_observers.append(delivery.device_ready)
+    world.fleet.observe_events(delivery.device_event, delivery.DEVICE_EVENTS)
+    world.router.queue_observers.append(delivery.calls_queued)
+    fakes = [world.connect(world.register("abort%d" % i)[0]) for i in range(4)]
+    job = done(world.app.jobs.create(world.admin, {
+        "name": "abort mid-step", "target": {"devices": [f.device_id for f in fakes]},
+        "concurrency": 1, "action": {"type": "rpc", "method": "Job.Step"},
+        "abort": [{"on": "failed", "percent": 50, "min_finished": 2}]}))
+
+    def called() -> list[int]:
+        return [len(f.calls("Job.Step")) for f in fakes]
+
+    def until_called(counts: list[int]) -> None:
+        for _ in range(20):
+            if called() == counts:
+                return
+            step(runner)
+            world.clock.advance(0.1)
+        assert called() == counts
+
+    until_called([1, 0, 0, 0])
+    fakes[0].refuse(fakes[0].calls("Job.Step")[0], 7)
+    until_called([1, 1, 0, 0])
+    # The second device's failure is stored just as the step reads the room.
+    in_flight = world.store.jobs_in_flight
+    failed_meanwhile = []
+
+    def ended_meanwhile(job_id: str):
+        unanswered = fakes[1].unanswered()
+        if unanswered:
+            fakes[1].refuse(unanswered[0], 7)
+            world.clock.advance(END_WAIT)  # the end's batch goes to the store
+            failed_meanwhile.append(done(world.store.job_counts(job_id)).get("failed"))
+        return in_flight(job_id)
+
+    world.store.jobs_in_flight = ended_meanwhile
+    for _ in range(5):
+        step(runner)
+        world.clock.advance(0.1)
+    assert failed_meanwhile == [2]
+    after = done(world.store.get_job(job["id"]))
+    assert after["state"] == "aborted", after
+    assert called() == [1, 1, 0, 0]
+    world.close()
+
